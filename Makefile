@@ -1,0 +1,34 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch builds this machine has as local wheels; override on other machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DATA ?= data/synth
+DEMO_IMAGES ?= 600
+
+.PHONY: demo test test-fast venv clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth voc07 --out $(DEMO_DATA) --images $(DEMO_IMAGES) --seed 0
+
+demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt
+	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
+	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+clean-demo:
+	rm -rf runs/goyal2019-mini runs/feature-cache $(DEMO_DATA)

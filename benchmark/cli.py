@@ -1,0 +1,119 @@
+"""The ``ssl-bench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_CONFIG, list_suites, load_suite
+from .errors import BenchmarkError
+
+
+def default_config() -> Path:
+    local = Path("benchmark.yaml")
+    return local if local.is_file() else DEFAULT_CONFIG
+
+
+def cmd_run(args) -> int:
+    from .report import write_report
+    from .runner import run_suite
+
+    suite = load_suite(args.suite, args.config)
+    run_dir = Path(args.out) / suite.name
+    cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
+    summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
+                        device=args.device, force=args.force)
+    paths = write_report(run_dir)
+    print(f"\n{len(summary.done)} unit(s) run, {len(summary.skipped)} already done, {len(summary.failed)} failed")
+    print(paths["md"].read_text())
+    print(f"leaderboard: {paths['md']}  {paths['csv']}  {paths.get('png', '')}")
+    for unit_id, message in summary.failed.items():
+        print(f"FAILED {unit_id}: {message}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "units").is_dir():
+        raise BenchmarkError(f"{run_dir} is not a run directory (no units/ inside); pass the folder "
+                             f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
+    paths = write_report(run_dir)
+    print(paths["md"].read_text())
+    print(f"leaderboard: {paths['md']}  {paths['csv']}  {paths.get('png', '')}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .models import list_models
+    from .registry import PRETRAINERS, TASKS
+
+    if args.what == "suites":
+        for name, description in list_suites(args.config).items():
+            print(f"{name:24s} {description}")
+    else:
+        names = {"tasks": TASKS.names, "pretrainers": PRETRAINERS.names, "archs": list_models}[args.what]()
+        print("\n".join(names))
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from .datasets.synth_voc import synth_voc07
+
+    root = synth_voc07(Path(args.out), n_images=args.images, seed=args.seed)
+    print(f"wrote {args.images} images in VOC2007 layout to {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-bench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ssl-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (resumes: finished units are skipped)")
+    run.add_argument("--suite", required=True)
+    run.add_argument("--config", type=Path, default=default_config(), help="suite file (default: benchmark.yaml)")
+    run.add_argument("--models", nargs="+", help="only these models of the suite")
+    run.add_argument("--tasks", nargs="+", help="only these tasks of the suite")
+    run.add_argument("--data-root", type=Path, help="overrides the suite's data_root")
+    run.add_argument("--out", type=Path, default=Path("runs"), help="results go to OUT/<suite>")
+    run.add_argument("--cache", type=Path, help="feature cache (default: $SSL_BENCH_CACHE or OUT/feature-cache)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1 (default: the suite's, 'auto')")
+    run.add_argument("--force", action="store_true", help="rerun units that are already done")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="write leaderboard.md/.csv/.png for a run directory")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(func=cmd_report)
+
+    listing = sub.add_parser("list", help="list suites, tasks, pretrainers or architectures")
+    listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs"])
+    listing.add_argument("--config", type=Path, default=default_config())
+    listing.set_defaults(func=cmd_list)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
+    synth.add_argument("dataset", choices=["voc07"])
+    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007")
+    synth.add_argument("--images", type=int, default=400)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchmarkError as exc:
+        print(f"ssl-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""benchmark.yaml: safe loading, duplicate-key detection and schema validation.
+
+One config tree: ``suites.<name>`` holds run settings, ``models`` (name -> pretrainer options) and
+``tasks`` (name -> task options). Task and pretrainer options are validated against the defaults
+each plugin declares, so an unknown key anywhere is an error that names it and suggests the
+closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .registry import PRETRAINERS, TASKS, closest
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "benchmark.yaml"
+
+SUITE_KEYS = {
+    "description": "",
+    "data_root": "data",
+    "seed": 0,
+    "device": "auto",
+    "batch_size": 64,
+    "num_workers": 2,
+    "models": None,
+    "tasks": None,
+}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicated mapping keys instead of silently keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}: duplicated key '{key}' at line {key_node.start_mark.line + 1} "
+                    f"(first at line {seen[key] + 1}); YAML would silently keep only the last one"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain a mapping with a 'suites' key")
+    return data
+
+
+def validate_options(given: dict | None, allowed: dict, where: str) -> dict:
+    """Defaults overlaid with ``given``; an unknown key is an error with a suggestion."""
+    given = given or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(given).__name__}")
+    for key in given:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key '{key}' in {where}.{closest(key, allowed)} "
+                f"Valid keys: {', '.join(sorted(allowed))}"
+            )
+    merged = copy.deepcopy(allowed)
+    merged.update(copy.deepcopy(given))
+    return merged
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    pretrainer: str
+    options: dict
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    task: str
+    options: dict
+
+
+@dataclass
+class Suite:
+    name: str
+    settings: dict
+    models: list[ModelSpec] = field(default_factory=list)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    source: str = ""
+
+
+def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
+    if not isinstance(raw, dict) or "pretrainer" not in raw:
+        raise ConfigError(f"{where} needs a 'pretrainer' key (one of: {', '.join(PRETRAINERS.names())})")
+    raw = dict(raw)
+    pretrainer = raw.pop("pretrainer")
+    cls = PRETRAINERS.get(pretrainer)
+    return ModelSpec(name, pretrainer, validate_options(raw, cls.options, where))
+
+
+def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
+    raw = dict(raw or {})
+    task = raw.pop("task", name)
+    cls = TASKS.get(task)
+    return TaskSpec(name, task, validate_options(raw, cls.options, where))
+
+
+def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
+    data = load_yaml(path)
+    for key in data:
+        if key != "suites":
+            raise ConfigError(f"unknown top-level key '{key}' in {path}.{closest(key, ['suites'])}")
+    suites = data.get("suites") or {}
+    if name not in suites:
+        raise ConfigError(
+            f"no suite '{name}' in {path}.{closest(name, suites)} Suites: {', '.join(sorted(suites))}"
+        )
+    where = f"{path}: suites.{name}"
+    settings = validate_options(suites[name], SUITE_KEYS, where)
+    models = settings.pop("models") or {}
+    tasks = settings.pop("tasks") or {}
+    return Suite(
+        name=name,
+        settings=settings,
+        models=[parse_model(m, spec, f"{where}.models.{m}") for m, spec in models.items()],
+        tasks=[parse_task(t, spec, f"{where}.tasks.{t}") for t, spec in tasks.items()],
+        source=str(path),
+    )
+
+
+def list_suites(path: str | Path = DEFAULT_CONFIG) -> dict[str, str]:
+    suites = load_yaml(path).get("suites") or {}
+    return {name: (spec or {}).get("description", "") for name, spec in suites.items()}

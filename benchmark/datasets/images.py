@@ -1,0 +1,70 @@
+"""Image files -> tensors, with the protocol's transforms and errors that name the bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from ..errors import DatasetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def svm_transform(size: int = 224) -> tuple[T.Compose, str]:
+    """The reference SVM preprocessing, scaled to ``size``: shorter side to 256/224*size, then a
+    size x size resize that does not keep the aspect ratio; no crop, no flip.
+
+    Returns the transform and a canonical description used in cache keys and result rows.
+    """
+    short_side = round(size * 256 / 224)
+    transform = T.Compose([
+        T.Resize(short_side, interpolation=T.InterpolationMode.BILINEAR),
+        T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    return transform, f"resize_short{short_side}-resize{size}x{size}-bilinear-imagenet_norm"
+
+
+def train_transform(size: int = 224) -> T.Compose:
+    """Random resized crop (area 8-100 %, aspect 3/4-4/3) + horizontal flip, as in the protocol."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DatasetError(f"image {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(
+            f"image {path} is corrupt or not an image ({exc}); replace or re-extract it"
+        ) from exc
+
+
+class ImageFileDataset(Dataset):
+    """(image tensor, index) for a list of files; optional per-image targets."""
+
+    def __init__(self, paths: Sequence[Path], transform, targets: torch.Tensor | None = None):
+        self.paths = list(paths)
+        self.transform = transform
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = self.transform(open_rgb(self.paths[index]))
+        return image, (self.targets[index] if self.targets is not None else index)

@@ -1,0 +1,71 @@
+"""What tasks and pretrainers share: the run context, a loaded model, and their base classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from .features import ExtractionStats, FeatureCache
+from .models import Architecture, FrozenBackbone
+
+
+@dataclass
+class RunContext:
+    """Everything a unit of work may need from the run, and nothing more."""
+
+    run_dir: Path
+    data_root: Path
+    cache: FeatureCache
+    device: torch.device
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int = 2
+    extraction: ExtractionStats = field(default_factory=ExtractionStats)
+
+
+@dataclass
+class LoadedModel:
+    """A frozen representation to benchmark: its trunk, and the identity of its weights."""
+
+    name: str
+    arch: Architecture
+    backbone: FrozenBackbone
+    weights: str  # content hash of the trunk weights, the feature-cache identity
+    info: dict = field(default_factory=dict)
+
+
+class Pretrainer:
+    """Produces a frozen backbone. Subclasses declare ``options`` (key -> default) and ``build``."""
+
+    name: ClassVar[str]
+    options: ClassVar[dict] = {}
+
+    def __init__(self, **options):
+        self.config = options
+
+    def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+        raise NotImplementedError
+
+
+class Task:
+    """One evaluation. Declares ``options`` (key -> default), splits work into ``units`` (for
+    example one per layer) and turns one unit into result rows."""
+
+    name: ClassVar[str]
+    dataset: ClassVar[str]
+    options: ClassVar[dict] = {}
+
+    def __init__(self, **options):
+        self.config = options
+
+    def units(self, arch: Architecture) -> list[str]:
+        raise NotImplementedError
+
+    def check_data(self, ctx: RunContext) -> None:
+        """Raise a DatasetError before any model is built when the data is missing."""
+
+    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        raise NotImplementedError

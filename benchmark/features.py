@@ -1,0 +1,212 @@
+"""Per-layer feature extraction in one forward pass, and an on-disk cache of the results.
+
+A cache entry is one layer of one dataset split for one representation, keyed by everything that
+changes its values: trunk weights hash, architecture, layer, pooling, transform, and the split's
+file-list fingerprint. Entries are written to a temporary file and renamed, so an interrupted
+extraction never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .datasets.images import ImageFileDataset
+from .errors import FeatureError
+from .models import FrozenBackbone
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    weights: str
+    arch: str
+    layer: str
+    pooling: str
+    transform: str
+    dataset: str
+    split: str
+    fingerprint: str
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: FeatureKey) -> Path:
+        digest = key.digest()
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def get(self, key: FeatureKey) -> np.ndarray | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        return np.load(path, mmap_mode="r")
+
+    def writer(self, key: FeatureKey, shape: tuple[int, int]) -> "_EntryWriter":
+        return _EntryWriter(self._path(key), key, shape)
+
+
+class _EntryWriter:
+    """Fills a memory-mapped temporary .npy; ``commit`` renames it into place atomically."""
+
+    def __init__(self, path: Path, key: FeatureKey, shape: tuple[int, int]):
+        self.path = path
+        self.key = key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)
+
+    def commit(self, meta: dict) -> None:
+        self.array.flush()
+        del self.array
+        os.replace(self.tmp, self.path)
+        meta_tmp = self.path.with_suffix(".json.tmp")
+        meta_tmp.write_text(json.dumps({**asdict(self.key), **meta}, indent=1))
+        os.replace(meta_tmp, self.path.with_suffix(".json"))
+
+    def abort(self) -> None:
+        if hasattr(self, "array"):
+            del self.array
+        self.tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class ExtractionStats:
+    images: int = 0
+    seconds: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+def extract_features(
+    backbone: FrozenBackbone,
+    image_paths: Sequence[Path],
+    layers: Sequence[str],
+    transform,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    sinks: dict[str, np.ndarray] | None = None,
+    desc: str = "features",
+) -> dict[str, np.ndarray]:
+    """Run the frozen trunk once over the images; returns (or fills ``sinks``) {layer: (N, D) float32}."""
+    loader = DataLoader(
+        ImageFileDataset(image_paths, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    backbone = backbone.to(device)
+    if device.type == "cuda":
+        backbone = backbone.to(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext()
+    outputs = sinks if sinks is not None else {}
+    position = 0
+    with tqdm(total=len(image_paths), desc=desc, unit="img", leave=False, disable=None) as bar:
+        for images, _ in loader:
+            images = images.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                feats = backbone(images, layers)
+            for layer, value in feats.items():
+                value = value.float().cpu().numpy()
+                if layer not in outputs:
+                    outputs[layer] = np.empty((len(image_paths), value.shape[1]), dtype=np.float32)
+                outputs[layer][position:position + len(value)] = value
+            position += len(images)
+            bar.update(len(images))
+    return outputs
+
+
+def check_finite(features: np.ndarray, what: str) -> None:
+    finite = np.isfinite(features)
+    if not finite.all():
+        bad_rows = int((~finite).any(axis=1).sum())
+        raise FeatureError(
+            f"{what}: {bad_rows} of {len(features)} feature rows contain NaN/inf. The checkpoint's "
+            f"weights or BatchNorm statistics are probably broken (diverged training?); nothing was cached."
+        )
+
+
+def cached_features(
+    backbone: FrozenBackbone,
+    weights: str,
+    image_paths: Sequence[Path],
+    layers: Sequence[str],
+    transform,
+    transform_desc: str,
+    input_size: int,
+    dataset: str,
+    split: str,
+    fingerprint: str,
+    cache: FeatureCache,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    stats: ExtractionStats | None = None,
+) -> dict[str, np.ndarray]:
+    """{layer: features} for a dataset split, extracting only the layers not yet in the cache,
+    all of them in ONE pass over the images."""
+    pooling = backbone.describe_pooling(layers, input_size)
+    keys = {
+        layer: FeatureKey(weights, backbone.arch.name, layer, pooling[layer], transform_desc,
+                          dataset, split, fingerprint)
+        for layer in layers
+    }
+    result = {layer: cache.get(key) for layer, key in keys.items()}
+    missing = [layer for layer, value in result.items() if value is None]
+    stats = stats if stats is not None else ExtractionStats()
+    stats.cache_hits += len(layers) - len(missing)
+    stats.cache_misses += len(missing)
+    if not missing:
+        return result
+
+    dims = _layer_dims(backbone, missing, input_size)
+    writers = {layer: cache.writer(keys[layer], (len(image_paths), dims[layer])) for layer in missing}
+    start = time.perf_counter()
+    try:
+        extract_features(
+            backbone, image_paths, missing, transform, device=device, batch_size=batch_size,
+            num_workers=num_workers, sinks={layer: w.array for layer, w in writers.items()},
+            desc=f"{dataset}/{split} {','.join(missing)}",
+        )
+        for layer, writer in writers.items():
+            check_finite(writer.array, f"{backbone.arch.name} layer {layer} on {dataset}/{split}")
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    seconds = time.perf_counter() - start
+    stats.images += len(image_paths)
+    stats.seconds += seconds
+    for layer, writer in writers.items():
+        writer.commit({"n": len(image_paths), "dim": dims[layer], "extract_seconds": seconds,
+                       "device": str(device)})
+        result[layer] = cache.get(keys[layer])
+    return result
+
+
+def _layer_dims(backbone: FrozenBackbone, layers: Sequence[str], input_size: int) -> dict[str, int]:
+    device = next(backbone.parameters()).device
+    probe = torch.zeros(1, 3, input_size, input_size, device=device)
+    return {layer: value.shape[1] for layer, value in backbone(probe, layers).items()}

@@ -1,0 +1,55 @@
+"""Average precision as the reference protocols define it (not scikit-learn's step-wise AP)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def precision_recall(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each ranked sample, ranked by decreasing score.
+
+    As in the reference code every sample is its own operating point (ties are not grouped); ties
+    are broken by a stable order (later index first, as the reference's reversed argsort does).
+    """
+    y_true = np.asarray(y_true).ravel() > 0
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if y_true.shape != scores.shape:
+        raise ValueError(f"y_true has {y_true.size} entries but scores has {scores.size}")
+    order = np.argsort(scores, kind="stable")[::-1]
+    hits = y_true[order].astype(np.float64)
+    tp = np.cumsum(hits)
+    fp = np.cumsum(1.0 - hits)
+    n_pos = hits.sum()
+    precision = tp / (tp + fp)
+    recall = tp / n_pos if n_pos > 0 else np.full_like(tp, np.nan)
+    return precision, recall
+
+
+def envelope_ap(precision, recall) -> float:
+    """Area under the interpolated (monotone) precision envelope at every recall change: the
+    'all-point' AP of VOC2010+ and of the Goyal et al. SVM benchmark."""
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    change = np.nonzero(mrec[1:] != mrec[:-1])[0] + 1
+    return float(np.sum((mrec[change] - mrec[change - 1]) * mpre[change]))
+
+
+def eleven_point_ap(precision, recall) -> float:
+    """VOC2007 11-point interpolated AP: mean over t in {0, 0.1, ..., 1} of max precision at
+    recall >= t (0 where that recall is never reached)."""
+    precision = np.asarray(precision, dtype=np.float64)
+    recall = np.asarray(recall, dtype=np.float64)
+    points = []
+    for t in np.linspace(0.0, 1.0, 11):
+        reached = recall >= t
+        points.append(precision[reached].max() if reached.any() else 0.0)
+    return float(np.mean(points))
+
+
+def voc_ap(y_true, scores) -> float:
+    """All-point AP of a binary ranking; NaN when there is no positive (AP undefined)."""
+    precision, recall = precision_recall(y_true, scores)
+    if not np.any(np.asarray(y_true) > 0):
+        return float("nan")
+    return envelope_ap(precision, recall)

@@ -1,0 +1,147 @@
+"""A frozen trunk that returns the protocol's pooled per-layer features from one forward pass."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import ARCHITECTURES
+
+
+@dataclass(frozen=True)
+class LayerPool:
+    """Average pooling of one layer, defined at the reference input size.
+
+    ``reference`` maps the layer's spatial size at the reference input (e.g. 112 for ResNet conv1
+    at 224 px) to the protocol's (kernel, stride, padding). Feature maps of any other size are
+    pooled adaptively to the same output ``grid``, so feature dimensions do not depend on the input
+    size. ``grid == 1`` is global average pooling (pool5).
+    """
+
+    grid: int
+    reference: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        if x.shape[-2] == size and size in self.reference:
+            kernel, stride, padding = self.reference[size]
+            # count_include_pad=True as in the reference (Caffe2 / VISSL nn.AvgPool2d defaults)
+            return F.avg_pool2d(x, kernel, stride, padding)
+        return F.adaptive_avg_pool2d(x, self.grid)
+
+    def describe(self, size: int) -> str:
+        if size in self.reference:
+            kernel, stride, padding = self.reference[size]
+            return f"avg(k={kernel},s={stride},p={padding})->{self.grid}x{self.grid}"
+        return f"adaptive_avg->{self.grid}x{self.grid}"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the engine needs to know about an architecture family member."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    layers: tuple[str, ...]
+    pools: dict[str, LayerPool]
+    stages: Callable[[nn.Module], list[tuple[str, nn.Module]]]
+    head_prefixes: tuple[str, ...]  # state-dict keys that are not part of the frozen trunk
+    reference_input_size: int = 224
+    default_layers: tuple[str, ...] = ()
+
+
+def list_models() -> list[str]:
+    return ARCHITECTURES.names()
+
+
+def get_architecture(name: str) -> Architecture:
+    return ARCHITECTURES.get(name)()
+
+
+def create_model(name: str, seed: int | None = None) -> nn.Module:
+    """A freshly initialised network of architecture ``name`` (never downloads weights)."""
+    arch = get_architecture(name)
+    if seed is None:
+        return arch.build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return arch.build()
+
+
+def trunk_state_dict(arch: Architecture, model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(arch.head_prefixes)}
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of the trunk weights: the identity of a representation in the feature cache."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FrozenBackbone(nn.Module):
+    """Wraps a network: eval mode, no gradients, ``forward(x, layers)`` -> {layer: pooled (N, D)}.
+
+    Stages run in order and stop after the deepest requested layer, so asking for conv1 only does
+    not pay for res5.
+    """
+
+    def __init__(self, arch: Architecture, model: nn.Module):
+        super().__init__()
+        self.arch = arch
+        self.model = model
+        self.stages = nn.ModuleList(module for _, module in arch.stages(model))
+        self.stage_names = [name for name, _ in arch.stages(model)]
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        # Frozen means frozen BatchNorm statistics too, whatever a caller asks.
+        return super().train(False)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.arch.layers
+
+    def check_layers(self, layers) -> list[str]:
+        unknown = [layer for layer in layers if layer not in self.arch.layers]
+        if unknown:
+            raise ConfigError(
+                f"architecture {self.arch.name} has no layer(s) {unknown}; "
+                f"its layers are {list(self.arch.layers)}"
+            )
+        return list(layers)
+
+    def feature_maps(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+        wanted = set(self.check_layers(layers))
+        out: dict[str, torch.Tensor] = {}
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x)
+            if name in wanted:
+                out[name] = x
+                if len(out) == len(wanted):
+                    break
+        return out
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+        maps = self.feature_maps(x, layers)
+        return {name: self.arch.pools[name].pool(fmap).flatten(1) for name, fmap in maps.items()}
+
+    def describe_pooling(self, layers, input_size: int) -> dict[str, str]:
+        """Pooling per layer at this input size, probed with one tiny forward pass."""
+        probe = torch.zeros(1, 3, input_size, input_size, device=next(self.model.parameters()).device)
+        with torch.inference_mode():
+            maps = self.feature_maps(probe, layers)
+        return {name: self.arch.pools[name].describe(fmap.shape[-1]) for name, fmap in maps.items()}

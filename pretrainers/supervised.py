@@ -1,0 +1,105 @@
+"""`supervised`: train the architecture with labels on a labelled dataset, save a checkpoint.
+
+On the generated VOC07 data this is the "good representation" baseline of the mini suite. The
+checkpoint is keyed by the training config, so a rerun loads it instead of training again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from benchmark.checkpoint import load_trunk_weights
+from benchmark.config import config_hash
+from benchmark.datasets.images import ImageFileDataset, train_transform
+from benchmark.datasets.voc import load_voc
+from benchmark.engine import LoadedModel, Pretrainer, RunContext
+from benchmark.errors import ConfigError
+from benchmark.models import create_model
+from benchmark.models.backbone import get_architecture
+from benchmark.registry import PRETRAINERS
+from benchmark.training import atomic_torch_save, seed_everything, seed_worker
+
+from . import freeze
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    if hasattr(model, "fc"):
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    elif hasattr(model, "classifier"):
+        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
+    else:
+        raise ConfigError(f"supervised pretrainer: cannot find the classifier of {type(model).__name__}")
+
+
+@PRETRAINERS.register("supervised")
+class Supervised(Pretrainer):
+    options = {
+        "arch": "resnet50", "dataset": "voc07", "split": "trainval", "epochs": 30,
+        "image_size": 224, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+        "seed": 0,
+    }
+
+    def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+        cfg = self.config
+        if cfg["dataset"] != "voc07":
+            raise ConfigError(f"model '{model_name}': supervised training supports dataset 'voc07' "
+                              f"(multi-label), got '{cfg['dataset']}'")
+        path = ctx.run_dir / "checkpoints" / f"{model_name}-{config_hash(cfg)}.pth"
+        if not path.exists():
+            self.train(ctx, model_name, path)
+        model = create_model(cfg["arch"], seed=cfg["seed"])
+        info = load_trunk_weights(model, get_architecture(cfg["arch"]), path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return freeze(model_name, cfg["arch"], model, {"pretrainer": "supervised", **info, **meta})
+
+    def train(self, ctx: RunContext, model_name: str, path) -> None:
+        cfg = self.config
+        data = load_voc(ctx.data_root, cfg["split"])
+        generator = seed_everything(cfg["seed"])
+        model = create_model(cfg["arch"], seed=cfg["seed"])
+        replace_head(model, data.labels.shape[1])
+        targets = torch.as_tensor(data.labels == 1, dtype=torch.float32)
+        loader = DataLoader(
+            ImageFileDataset(data.image_paths, train_transform(cfg["image_size"]), targets),
+            batch_size=cfg["batch_size"], shuffle=True, drop_last=len(targets) > cfg["batch_size"],
+            num_workers=ctx.num_workers, worker_init_fn=seed_worker, generator=generator,
+        )
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
+        optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0}],
+            lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
+        )
+        steps = cfg["epochs"] * len(loader)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=steps,
+                                                        pct_start=0.15)
+        model.to(ctx.device).train()
+        loss_fn = nn.BCEWithLogitsLoss()
+        history = []
+        with tqdm(total=steps, desc=f"train {model_name}", unit="it", leave=False, disable=None) as bar:
+            for epoch in range(cfg["epochs"]):
+                total, count = 0.0, 0
+                for images, labels in loader:
+                    images, labels = images.to(ctx.device), labels.to(ctx.device)
+                    loss = loss_fn(model(images), labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    total += loss.item() * len(images)
+                    count += len(images)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+                history.append(round(total / count, 4))
+        meta = {"trained_on": f"{cfg['dataset']}/{cfg['split']}", "train_images": len(targets),
+                "epochs": cfg["epochs"], "final_train_loss": history[-1], "loss_history": history,
+                "train_config_hash": config_hash(cfg)}
+        # metadata first: the checkpoint's existence is what marks training as done
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        atomic_torch_save({"state_dict": model.cpu().state_dict(), "meta": meta}, path)

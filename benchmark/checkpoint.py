@@ -13,6 +13,7 @@ plausible-looking but meaningless benchmark numbers.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -33,13 +34,23 @@ def read_checkpoint(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch raises the same error for a refused Python object and for bytes that are not a
+        # pickle at all; only the former names a GLOBAL (the class it refused to import)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:
+            detail = (str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines() or [""])[0]
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read: it is corrupt or not a PyTorch checkpoint "
+                f"(unpickling failed: {detail[:200]})"
+            ) from exc
         raise CheckpointError(
-            f"checkpoint {path} holds pickled Python objects, which ssl-bench does not execute "
-            f"(torch.load weights_only=True). Re-save only tensors: "
-            f"torch.save(model.state_dict(), 'clean.pth'). Detail: {str(exc).splitlines()[0]}"
+            f"checkpoint {path} holds pickled Python objects ({refused.group(1)}), which ssl-bench does "
+            f"not execute (torch.load weights_only=True). Re-save only tensors: "
+            f"torch.save(model.state_dict(), 'clean.pth')."
         ) from exc
     except Exception as exc:  # corrupt or truncated file: torch raises several types
-        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} cannot be read (corrupt, truncated or not a PyTorch "
+                              f"checkpoint): {type(exc).__name__}: {exc}") from exc
 
 
 def unwrap_state_dict(obj: object, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:

@@ -9,6 +9,7 @@ closest valid key.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -111,19 +112,40 @@ class Suite:
     source: str = ""
 
 
+def _mapping(value, where: str) -> dict:
+    """``value`` (empty/None -> {}) when it is a mapping; otherwise an error naming where it is."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of names to options, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _registered(registry, name: str, where: str):
+    """``registry.get(name)`` whose error also says where in the config the name was found."""
+    try:
+        return registry.get(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
     if not isinstance(raw, dict) or "pretrainer" not in raw:
-        raise ConfigError(f"{where} needs a 'pretrainer' key (one of: {', '.join(PRETRAINERS.names())})")
+        # a misspelt 'pretrainer' is the likeliest cause: name that key and suggest the fix
+        typos = difflib.get_close_matches("pretrainer", [str(k) for k in raw], n=1, cutoff=0.8) \
+            if isinstance(raw, dict) else []
+        typo = f" (unknown key '{typos[0]}'.{closest(typos[0], ['pretrainer'])})" if typos else ""
+        raise ConfigError(f"{where} needs a 'pretrainer' key{typo} (one of: {', '.join(PRETRAINERS.names())})")
     raw = dict(raw)
     pretrainer = raw.pop("pretrainer")
-    cls = PRETRAINERS.get(pretrainer)
+    cls = _registered(PRETRAINERS, pretrainer, where)
     return ModelSpec(name, pretrainer, validate_options(raw, cls.options, where))
 
 
 def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
-    raw = dict(raw or {})
+    raw = dict(_mapping(raw, where))
     task = raw.pop("task", name)
-    cls = TASKS.get(task)
+    cls = _registered(TASKS, task, where)
     return TaskSpec(name, task, validate_options(raw, cls.options, where))
 
 
@@ -132,15 +154,15 @@ def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
     for key in data:
         if key != "suites":
             raise ConfigError(f"unknown top-level key '{key}' in {path}.{closest(key, ['suites'])}")
-    suites = data.get("suites") or {}
+    suites = _mapping(data.get("suites"), f"{path}: suites")
     if name not in suites:
         raise ConfigError(
             f"no suite '{name}' in {path}.{closest(name, suites)} Suites: {', '.join(sorted(suites))}"
         )
     where = f"{path}: suites.{name}"
     settings = validate_options(suites[name], SUITE_KEYS, where)
-    models = settings.pop("models") or {}
-    tasks = settings.pop("tasks") or {}
+    models = _mapping(settings.pop("models"), f"{where}.models")
+    tasks = _mapping(settings.pop("tasks"), f"{where}.tasks")
     return Suite(
         name=name,
         settings=settings,

@@ -110,8 +110,19 @@ def extract_features(
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
+    with tqdm(total=len(image_paths), desc=desc, unit="img", leave=False, disable=None) as bar:
+        return forward_batches(backbone, (images for images, _ in loader), layers, len(image_paths),
+                               device=device, sinks=sinks, on_batch=bar.update)
+
+
+def forward_batches(backbone: FrozenBackbone, batches, layers: Sequence[str], total: int, *,
+                    device: torch.device, sinks: dict[str, np.ndarray] | None = None,
+                    on_batch=None) -> dict[str, np.ndarray]:
+    """The extraction loop proper: batches -> pooled features written row-wise into ``sinks``.
+
+    bf16 autocast and channels-last on CUDA; float32 features on every device.
+    """
     backbone = backbone.to(device)
     if device.type == "cuda":
         backbone = backbone.to(memory_format=torch.channels_last)
@@ -120,20 +131,20 @@ def extract_features(
         autocast = contextlib.nullcontext()
     outputs = sinks if sinks is not None else {}
     position = 0
-    with tqdm(total=len(image_paths), desc=desc, unit="img", leave=False, disable=None) as bar:
-        for images, _ in loader:
-            images = images.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                feats = backbone(images, layers)
-            for layer, value in feats.items():
-                value = value.float().cpu().numpy()
-                if layer not in outputs:
-                    outputs[layer] = np.empty((len(image_paths), value.shape[1]), dtype=np.float32)
-                outputs[layer][position:position + len(value)] = value
-            position += len(images)
-            bar.update(len(images))
+    for images in batches:
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            feats = backbone(images, layers)
+        for layer, value in feats.items():
+            value = value.float().cpu().numpy()
+            if layer not in outputs:
+                outputs[layer] = np.empty((total, value.shape[1]), dtype=np.float32)
+            outputs[layer][position:position + len(value)] = value
+        position += len(images)
+        if on_batch:
+            on_batch(len(images))
     return outputs
 
 

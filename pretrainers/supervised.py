@@ -40,7 +40,7 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
 class Supervised(Pretrainer):
     options = {
         "arch": "resnet50", "dataset": "voc07", "split": "trainval", "epochs": 30,
-        "image_size": 224, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+        "image_size": 224, "crop_scale": [0.08, 1.0], "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
         "seed": 0,
     }
 
@@ -65,7 +65,7 @@ class Supervised(Pretrainer):
         replace_head(model, data.labels.shape[1])
         targets = torch.as_tensor(data.labels == 1, dtype=torch.float32)
         loader = DataLoader(
-            ImageFileDataset(data.image_paths, train_transform(cfg["image_size"]), targets),
+            ImageFileDataset(data.image_paths, train_transform(cfg["image_size"], cfg["crop_scale"]), targets),
             batch_size=cfg["batch_size"], shuffle=True, drop_last=len(targets) > cfg["batch_size"],
             num_workers=ctx.num_workers, worker_init_fn=seed_worker, generator=generator,
         )

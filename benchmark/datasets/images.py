@@ -32,10 +32,11 @@ def svm_transform(size: int = 224) -> tuple[T.Compose, str]:
     return transform, f"resize_short{short_side}-resize{size}x{size}-bilinear-imagenet_norm"
 
 
-def train_transform(size: int = 224) -> T.Compose:
-    """Random resized crop (area 8-100 %, aspect 3/4-4/3) + horizontal flip, as in the protocol."""
+def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0)) -> T.Compose:
+    """Random resized crop (area 8-100 % by default, aspect 3/4-4/3) + horizontal flip, as in the
+    protocol."""
     return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        T.RandomResizedCrop(size, scale=tuple(scale), ratio=(3 / 4, 4 / 3)),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),

@@ -9,6 +9,7 @@ random one while colour statistics alone carry no class information.
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ _CANVAS_MARGIN = 1.2  # local canvas spans [-1.2, 1.2] so rotated corners are no
 _MIN_VISIBLE = 0.6  # an object must keep this fraction of its area inside the image
 _MAX_OVERLAP = 0.25  # max fraction of a box covered by another, so objects stay visible
 _SMALL_SCALE = (0.09, 0.14)  # canvas side / short image side for "difficult" small objects
-_NORMAL_SCALE = (0.2, 0.6)
+_GOLDEN = 0.6180339887
+_HUE_JITTER = 0.05
+_MAIN_SCALE = (0.45, 0.8)  # the labelled main object dominates, as in most VOC images
+_NORMAL_SCALE = (0.3, 0.55)
 _P_SMALL = 0.15
 _P_RANDOM_DIFFICULT = 0.1
 _MAX_ROTATION_DEG = 15.0
@@ -245,11 +249,14 @@ def _render_sprite(cls: int, side: int, angle: float, colour: np.ndarray, shade:
 
 
 def _pattern_colours(
-    rng: np.random.Generator, background: tuple[np.ndarray, np.ndarray]
+    rng: np.random.Generator, background: tuple[np.ndarray, np.ndarray], cls: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random object colour far from the background, and a contrasting shade for the pattern."""
+    """Object colour around a class hue (as real categories have colour statistics) with random
+    saturation and value, far from the background; and a contrasting shade for the pattern."""
+    base_hue = (cls * _GOLDEN) % 1.0  # neighbouring class indices get distant hues
     for _ in range(50):
-        fg = rng.uniform(0, 255, 3)
+        hue = (base_hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 1.0
+        fg = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0))) * 255
         if min(np.linalg.norm(fg - b) for b in background) > 110:
             break
     shade = fg * 0.3 if fg.mean() > 110 else fg + (255 - fg) * 0.65
@@ -259,8 +266,9 @@ def _pattern_colours(
 def _background(
     rng: np.random.Generator, width: int, height: int
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Smooth linear gradient between two random colours plus mild noise."""
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    """Smooth linear gradient between two random greyish colours plus mild noise."""
+    # desaturated (grey with a tint), so the background does not drown the objects' colour
+    c0, c1 = (rng.uniform(40, 220) + rng.uniform(-25, 25, 3) for _ in range(2))
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:height, 0:width]
     t = (xx * math.cos(theta) + yy * math.sin(theta)).astype(np.float32)
@@ -277,13 +285,13 @@ class _Plan:
 
 
 def _plan_objects(rng: np.random.Generator, main_class: int, force_difficult_only: bool) -> list[_Plan]:
-    """1-3 objects: the main one large and not difficult, others random.
+    """1-2 objects (plus a small difficult one when forced): the main one large and not difficult, others random.
 
     With `force_difficult_only` the last object is small and of a class absent from the
     rest of the image, so the image gets a -1 (difficult-only) label.
     """
-    plans = [_Plan(main_class, rng.uniform(*_NORMAL_SCALE), difficult=False)]
-    for _ in range(int(rng.integers(0, 3))):
+    plans = [_Plan(main_class, rng.uniform(*_MAIN_SCALE), difficult=False)]
+    for _ in range(int(rng.integers(0, 2))):
         cls = int(rng.integers(len(VOC_CLASSES)))
         if rng.random() < _P_SMALL:
             plans.append(_Plan(cls, rng.uniform(*_SMALL_SCALE), difficult=True))
@@ -357,7 +365,7 @@ def _synth_image(
     for plan in _plan_objects(rng, main_class, force_difficult_only):
         side = max(4, round(plan.scale * min(width, height) * _CANVAS_MARGIN))
         angle = math.radians(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
-        sprite = _render_sprite(plan.cls, side, angle, *_pattern_colours(rng, background))
+        sprite = _render_sprite(plan.cls, side, angle, *_pattern_colours(rng, background, plan.cls))
         placed = _place(rng, sprite, width, height, boxes)
         if placed is None:
             continue

@@ -1,0 +1,283 @@
+"""benchmark.yaml loading: the shipped suites, strict keys with suggestions, duplicate keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.config import DEFAULT_CONFIG, SUITE_KEYS, config_hash, list_suites, load_suite, load_yaml
+from benchmark.errors import ConfigError
+from benchmark.registry import PRETRAINERS, TASKS
+from benchmark.svm import REFERENCE_COSTS
+from tasks.voc07_svm import resolve_costs
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINIMAL = """\
+suites:
+  s:
+    description: tiny
+    seed: 3
+    models:
+      rnd:
+        pretrainer: random
+        arch: resnet18
+    tasks:
+      voc07_svm:
+        layers: [conv1, res5]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bench.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _error(path: Path, suite: str = "s") -> str:
+    with pytest.raises(ConfigError) as info:
+        load_suite(suite, path)
+    return str(info.value)
+
+
+# --- the shipped benchmark.yaml ----------------------------------------------------------------
+
+
+def test_default_config_is_the_repo_file() -> None:
+    assert DEFAULT_CONFIG == REPO / "benchmark.yaml"
+
+
+def _raw_repo_suites() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())["suites"]
+
+
+@pytest.mark.parametrize("name", ["goyal2019", "goyal2019-mini"])
+def test_repo_config_loads_both_suites(name: str) -> None:
+    # compared with the file as plain PyYAML reads it, overlaid on the declared defaults
+    raw = _raw_repo_suites()[name]
+    suite = load_suite(name)
+    assert suite.name == name and suite.source == str(DEFAULT_CONFIG)
+    expected_settings = {k: raw.get(k, v) for k, v in SUITE_KEYS.items() if k not in ("models", "tasks")}
+    assert suite.settings == expected_settings
+    assert [m.name for m in suite.models] == list(raw["models"])
+    for model in suite.models:
+        spec = dict(raw["models"][model.name])
+        assert model.pretrainer == spec.pop("pretrainer")
+        assert model.options == {**PRETRAINERS.get(model.pretrainer).options, **spec}
+    assert [t.name for t in suite.tasks] == list(raw["tasks"])
+    for task in suite.tasks:
+        spec = dict(raw["tasks"][task.name] or {})
+        assert task.task == spec.pop("task", task.name)
+        assert task.options == {**TASKS.get(task.task).options, **spec}
+
+
+def test_repo_suites_follow_the_protocol() -> None:
+    full = load_suite("goyal2019")
+    assert [m.options["arch"] for m in full.models] == ["resnet50"]
+    [task] = full.tasks
+    assert task.task == "voc07_svm"
+    assert task.options["layers"] == ["conv1", "res2", "res3", "res4", "res5"]
+    assert task.options["folds"] == 3 and task.options["image_size"] is None  # the reference 224 px
+    assert resolve_costs(task.options["costs"]) == ("reference", REFERENCE_COSTS)
+    mini = load_suite("goyal2019-mini")
+    assert {m.pretrainer for m in mini.models} >= {"random", "supervised"}
+
+
+def test_list_suites_descriptions() -> None:
+    suites = list_suites()
+    assert {"goyal2019", "goyal2019-mini"} <= set(suites)
+    assert suites == {name: spec.get("description", "") for name, spec in _raw_repo_suites().items()}
+    assert all(suites.values())
+
+
+def test_minimal_suite_fills_defaults(tmp_path: Path) -> None:
+    suite = load_suite("s", _write(tmp_path, MINIMAL))
+    assert suite.settings["seed"] == 3 and suite.settings["batch_size"] == SUITE_KEYS["batch_size"]
+    assert suite.models[0].options == {"arch": "resnet18", "seed": 0}
+    assert suite.tasks[0].options["layers"] == ["conv1", "res5"]
+    assert suite.tasks[0].options["costs"] == "reference"
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+
+
+def test_unknown_suite_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("    seed: 3", "    sed: 3"))
+    message = _error(path)
+    assert "'sed'" in message and str(path) in message and "suites.s" in message
+    assert "Did you mean 'seed'?" in message
+
+
+def test_unknown_model_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("        arch: resnet18", "        acrh: resnet18"))
+    message = _error(path)
+    assert "'acrh'" in message and str(path) in message and "models.rnd" in message
+    assert "Did you mean 'arch'?" in message
+
+
+def test_unknown_task_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("layers:", "lyaers:"))
+    message = _error(path)
+    assert "'lyaers'" in message and str(path) in message and "tasks.voc07_svm" in message
+    assert "Did you mean 'layers'?" in message
+
+
+def test_misspelt_pretrainer_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("pretrainer: random", "pretrainr: random"))
+    message = _error(path)
+    assert "'pretrainr'" in message and str(path) in message and "models.rnd" in message
+    assert "Did you mean 'pretrainer'?" in message
+
+
+def test_model_without_pretrainer(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("        pretrainer: random\n", ""))
+    message = _error(path)
+    assert "needs a 'pretrainer' key" in message and ", ".join(PRETRAINERS.names()) in message
+    assert "Did you mean" not in message  # 'arch' is not a misspelt 'pretrainer'
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "suite:\n  s: {}\n")
+    message = _error(path)
+    assert "'suite'" in message and str(path) in message and "Did you mean 'suites'?" in message
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("layers:", "zzz:"))
+    message = _error(path)
+    assert "'zzz'" in message and "Did you mean" not in message
+    assert "Valid keys: " + ", ".join(sorted(TASKS.get("voc07_svm").options)) in message
+    assert "layers" in TASKS.get("voc07_svm").options
+
+
+@pytest.mark.parametrize("text, where", [
+    ("suites:\n  s:\n    tasks:\n      voc07_svm: [conv1]\n", "suites.s.tasks.voc07_svm"),
+    ("suites:\n  s:\n    tasks: [voc07_svm]\n", "suites.s.tasks"),
+    ("suites:\n  s:\n    models: [random]\n", "suites.s.models"),
+    ("suites: [s]\n", "suites"),
+    ("suites:\n  s: [1, 2]\n", "suites.s"),
+])
+def test_list_where_a_mapping_belongs(tmp_path: Path, text: str, where: str) -> None:
+    path = _write(tmp_path, text)
+    message = _error(path)
+    assert f"{path}: {where} must be a mapping" in message and "got list" in message
+
+
+def test_empty_sections_are_allowed(tmp_path: Path) -> None:
+    suite = load_suite("s", _write(tmp_path, "suites:\n  s:\n    models:\n    tasks: {}\n"))
+    assert suite.models == [] and suite.tasks == []
+
+
+# --- unknown names --------------------------------------------------------------------------------
+
+
+def test_unknown_suite_name_suggests_closest() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_suite("goyal2019-mnii")
+    message = str(info.value)
+    assert "'goyal2019-mnii'" in message and "Did you mean 'goyal2019-mini'?" in message
+    assert "Suites: " in message and "goyal2019," in message
+
+
+def test_unknown_task_name_suggests_closest(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("      voc07_svm:", "      voc07_svn:"))
+    message = _error(path)
+    assert "'voc07_svn'" in message and "Did you mean 'voc07_svm'?" in message
+    assert "tasks.voc07_svn" in message and str(path) in message
+
+
+def test_task_alias_with_task_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("      voc07_svm:\n", "      my_svm:\n        task: voc07_svm\n"))
+    [task] = load_suite("s", path).tasks
+    assert (task.name, task.task) == ("my_svm", "voc07_svm")
+    assert "task" not in task.options
+
+
+def test_unknown_pretrainer_name_suggests_closest(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.replace("pretrainer: random", "pretrainer: randon"))
+    message = _error(path)
+    assert "'randon'" in message and "Did you mean 'random'?" in message
+    assert "models.rnd" in message and str(path) in message
+
+
+# --- YAML syntax -----------------------------------------------------------------------------------
+
+
+def test_duplicated_key_reports_both_lines(tmp_path: Path) -> None:
+    text = MINIMAL.replace("    seed: 3\n", "    seed: 3\n    seed: 4\n")
+    path = _write(tmp_path, text)
+    # 'seed' is on lines 4 and 5 of the file
+    assert text.splitlines()[3:5] == ["    seed: 3", "    seed: 4"]
+    message = _error(path)
+    assert "duplicated key 'seed'" in message and str(path) in message
+    assert "line 5" in message and "first at line 4" in message
+
+
+def test_duplicated_key_nested_deeply(tmp_path: Path) -> None:
+    text = MINIMAL.replace("        arch: resnet18\n", "        arch: resnet18\n        arch: resnet50\n")
+    path = _write(tmp_path, text)
+    assert text.splitlines()[8] == "        arch: resnet50"
+    with pytest.raises(ConfigError, match=r"duplicated key 'arch' at line 9 \(first at line 8\)"):
+        load_yaml(path)
+
+
+def test_duplicated_suite_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "  s:\n    seed: 1\n")
+    with pytest.raises(ConfigError, match=r"duplicated key 's' at line 12 \(first at line 2\)"):
+        load_yaml(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "suites: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="must contain a mapping"):
+        load_yaml(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = _write(tmp_path, "suites: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(path)
+
+
+# --- config_hash -----------------------------------------------------------------------------------
+
+
+def test_config_hash_is_order_independent_and_sensitive() -> None:
+    a = {"model": ["random", {"arch": "resnet18", "seed": 0}], "unit": "res5", "seed": 0}
+    b = {"seed": 0, "unit": "res5", "model": ["random", {"seed": 0, "arch": "resnet18"}]}
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 16 and int(config_hash(a), 16) >= 0
+    assert config_hash({**a, "unit": "res4"}) != config_hash(a)
+    assert config_hash({**a, "seed": 1}) != config_hash(a)
+    # list order is meaningful (layers, costs)
+    assert config_hash({"l": [1, 2]}) != config_hash({"l": [2, 1]})
+
+
+def test_config_hash_is_sha256_of_sorted_json() -> None:
+    obj = {"b": [1, 2.5, None], "a": {"y": "x", "x": True}}
+    canonical = '{"a": {"x": true, "y": "x"}, "b": [1, 2.5, null]}'
+    assert json.dumps(obj, sort_keys=True) == canonical
+    assert config_hash(obj) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_config_hash_is_stable_across_processes() -> None:
+    # a resumed run must recognise its finished units: no dependence on hash randomisation
+    obj = {"task": "voc07_svm", "options": {"layers": ["conv1"], "costs": "reference"}, "seed": 0}
+    code = ("import json, sys; from benchmark.config import config_hash; "
+            "print(config_hash(json.loads(sys.argv[1])))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(obj)], capture_output=True, text=True,
+                         env=env, cwd=REPO, check=True).stdout.strip()
+    assert out == config_hash(obj)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .datasets.images import ImageFileDataset
-from .errors import FeatureError
+from .errors import DatasetError, FeatureError
 from .models import FrozenBackbone
 
 
@@ -112,8 +112,13 @@ def extract_features(
         pin_memory=device.type == "cuda",
     )
     with tqdm(total=len(image_paths), desc=desc, unit="img", leave=False, disable=None) as bar:
-        return forward_batches(backbone, (images for images, _ in loader), layers, len(image_paths),
-                               device=device, sinks=sinks, on_batch=bar.update)
+        try:
+            return forward_batches(backbone, (images for images, _ in loader), layers, len(image_paths),
+                                   device=device, sinks=sinks, on_batch=bar.update)
+        except DatasetError as exc:
+            # A worker's error arrives wrapped in its traceback; the user needs the file name.
+            raise DatasetError(str(exc).strip().splitlines()[-1].removeprefix(
+                "benchmark.errors.DatasetError: ")) from None
 
 
 def forward_batches(backbone: FrozenBackbone, batches, layers: Sequence[str], total: int, *,

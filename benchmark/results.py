@@ -48,8 +48,10 @@ class ResultStore:
         path = self.unit_path(unit_id)
         if not path.exists():
             return False
-        hashes = pd.read_csv(path, usecols=["config_hash"], dtype=str)["config_hash"]
-        return bool(len(hashes)) and (hashes == config_hash).all()
+        frame = pd.read_csv(path, dtype=str)
+        if "config_hash" not in frame:  # not written by this store: rerun rather than trust it
+            return False
+        return bool(len(frame)) and (frame["config_hash"] == config_hash).all()
 
     def write_unit(self, unit_id: str, rows: list[dict]) -> Path:
         frame = pd.DataFrame(rows)

@@ -110,13 +110,29 @@ def train_and_test_class(cls, X_train, labels_train, X_test, labels_test, costs,
     return result
 
 
+def span_coordinates(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact change of coordinates to the span of the training rows, for n_train < d.
+
+    With X_train^T = Q R (Q: d x n orthonormal), every SVM weight vector trained on any subset of
+    the training rows is a combination of those rows, so it lies in span(Q). In the coordinates
+    X Q all inner products between training rows are unchanged (X_train Q = R^T), hence liblinear
+    solves the same dual problem, and w . x_test = (Q^T w) . (Q^T x_test) for every test row. The
+    decision values are the same up to rounding, while each liblinear iteration costs n instead of
+    d operations per sample (the reference's 9216-dim layers, n = 5011 on VOC07).
+    """
+    q, r = np.linalg.qr(X_train.T, mode="reduced")
+    return np.ascontiguousarray(r.T), X_test @ q
+
+
 def voc07_svm(train_features, train_labels, test_features, test_labels, costs=REFERENCE_COSTS,
-              folds: int = 3, n_jobs: int = 1, seed: int = 0) -> list[ClassResult]:
+              folds: int = 3, n_jobs: int = 1, seed: int = 0, span_trick: bool = True) -> list[ClassResult]:
     """The full per-layer protocol: for each class, CV over costs, refit at the best, test AP."""
     X_train, X_test = l2_normalize(train_features), l2_normalize(test_features)
     for name, X in (("train", X_train), ("test", X_test)):
         if not np.isfinite(X).all():
             raise FeatureError(f"{name} features contain NaN/inf; cannot train SVMs on them")
+    if span_trick and X_train.shape[0] < X_train.shape[1]:
+        X_train, X_test = span_coordinates(X_train, X_test)
     n_classes = train_labels.shape[1]
     return Parallel(n_jobs=n_jobs)(
         delayed(train_and_test_class)(

@@ -198,3 +198,31 @@ def test_reference_costs_are_fair_ssb_list_in_order() -> None:
 def test_to_binary() -> None:
     np.testing.assert_array_equal(to_binary(np.array([1, 0, -1, 1, 0])), [1, -1, -1, 1, -1])
     np.testing.assert_array_equal(to_binary(np.array([[1, -1], [0, 1]], dtype=np.int8)), [[1, -1], [-1, 1]])
+
+
+def test_span_coordinates_give_the_reference_answers() -> None:
+    """n < d: the exact change of coordinates must not change any CV AP, cost or test AP."""
+    rng = np.random.default_rng(3)
+    n_train, n_test, dim = 40, 30, 300
+    labels_train, labels_test = _labels(rng, n_train), _labels(rng, n_test)
+    directions = rng.normal(size=(N_CLASSES, dim))
+    signal = lambda labels: (labels == 1).astype(np.float64) @ directions  # noqa: E731
+    X_train = np.abs(rng.normal(size=(n_train, dim)) + 0.4 * signal(labels_train))
+    X_test = np.abs(rng.normal(size=(n_test, dim)) + 0.4 * signal(labels_test))
+    plain = voc07_svm(X_train, labels_train, X_test, labels_test, costs=COSTS, span_trick=False)
+    span = voc07_svm(X_train, labels_train, X_test, labels_test, costs=COSTS, span_trick=True)
+    for a, b in zip(plain, span):
+        assert a.best_cost == b.best_cost
+        np.testing.assert_allclose(b.cv_ap, a.cv_ap, atol=1e-9)
+        assert b.test_ap == pytest.approx(a.test_ap, abs=1e-9)
+
+
+def test_span_coordinates_preserve_inner_products() -> None:
+    from benchmark.svm import span_coordinates
+
+    rng = np.random.default_rng(4)
+    X_train, X_test = rng.normal(size=(15, 60)), rng.normal(size=(7, 60))
+    Z_train, Z_test = span_coordinates(X_train, X_test)
+    assert Z_train.shape == (15, 15) and Z_test.shape == (7, 15)
+    np.testing.assert_allclose(Z_train @ Z_train.T, X_train @ X_train.T, atol=1e-10)
+    np.testing.assert_allclose(Z_test @ Z_train.T, X_test @ X_train.T, atol=1e-10)

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The torch builds this machine has as local wheels; override on other machines.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/synth
-DEMO_IMAGES ?= 600
+DEMO_IMAGES ?= 1200
 
 .PHONY: demo test test-fast venv clean-demo
 

@@ -29,7 +29,7 @@ def cmd_run(args) -> int:
     paths = write_report(run_dir)
     print(f"\n{len(summary.done)} unit(s) run, {len(summary.skipped)} already done, {len(summary.failed)} failed")
     print(paths["md"].read_text())
-    print(f"leaderboard: {paths['md']}  {paths['csv']}  {paths.get('png', '')}")
+    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k != "results"))
     for unit_id, message in summary.failed.items():
         print(f"FAILED {unit_id}: {message}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -44,7 +44,7 @@ def cmd_report(args) -> int:
                              f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
     paths = write_report(run_dir)
     print(paths["md"].read_text())
-    print(f"leaderboard: {paths['md']}  {paths['csv']}  {paths.get('png', '')}")
+    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k != "results"))
     return 0
 
 
@@ -62,6 +62,15 @@ def cmd_list(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
+    if args.dataset == "places205":
+        from .datasets.synth_places import synth_places205
+
+        val_per_class = args.per_class // 3
+        root = synth_places205(Path(args.out), num_classes=args.classes, train_per_class=args.per_class,
+                               val_per_class=val_per_class, seed=args.seed)
+        print(f"wrote {args.classes} classes x ({args.per_class} train + {val_per_class} val) images "
+              f"in Places205 layout to {root}")
+        return 0
     from .datasets.synth_voc import synth_voc07
 
     root = synth_voc07(Path(args.out), n_images=args.images, seed=args.seed)
@@ -98,9 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
-    synth.add_argument("dataset", choices=["voc07"])
-    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007")
-    synth.add_argument("--images", type=int, default=400)
+    synth.add_argument("dataset", choices=["voc07", "places205"])
+    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007 or OUT/Places205")
+    synth.add_argument("--images", type=int, default=400, help="voc07 only")
+    synth.add_argument("--classes", type=int, default=10, help="places205 only")
+    synth.add_argument("--per-class", type=int, default=30, help="places205 only: train images per class "
+                       "(val gets per-class // 3)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
     return parser

@@ -8,23 +8,40 @@ import pandas as pd
 
 from .results import ResultStore, atomic_write_text
 
-HEADLINE_METRICS = ("mAP", "top1")
+HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean")
+TEST_SELECTED = "reference(test-set)"
+
+
+def _text(df: pd.DataFrame, column: str) -> pd.Series:
+    if column not in df:
+        return pd.Series("", index=df.index)
+    return df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
 
 
 def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate rows (no per-class breakdown) of the metrics a leaderboard shows."""
+    """Aggregate rows (no per-class or per-sample breakdown) of the metrics a leaderboard shows."""
     if df.empty:
         return df
-    mask = df["metric"].isin(HEADLINE_METRICS) & df["class"].fillna("").eq("")
+    mask = df["metric"].isin(HEADLINE_METRICS) & _text(df, "class").eq("") & _text(df, "sample").eq("")
     return df[mask]
 
 
+def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds 'section' (task, plus the cost selection where a task reports several) and 'column'."""
+    selection = _text(rows, "cost_selection")
+    several = selection.groupby(rows["task"]).transform("nunique") > 1
+    section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
+    k = _text(rows, "k")
+    column = (section + "/" + _text(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"])
+    return rows.assign(section=section, column=column)
+
+
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """models x (task, layer) table of headline metrics, layers in run order."""
+    """models x (task, layer[, k]) table of headline metrics, columns in run order."""
     rows = headline_rows(df)
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.assign(column=rows["task"] + "/" + rows["layer"].fillna("").astype(str) + ":" + rows["metric"])
+    rows = _labelled(rows)
     table = rows.pivot_table(index="model", columns="column", values="value", aggfunc="mean", sort=False)
     model_order = list(dict.fromkeys(rows["model"]))
     column_order = list(dict.fromkeys(rows["column"]))
@@ -36,12 +53,21 @@ def convergence_notes(df: pd.DataFrame) -> list[str]:
         return []
     rows = headline_rows(df)
     rows = rows[pd.to_numeric(rows["not_converged"], errors="coerce").fillna(0) > 0]
+    rows = rows.drop_duplicates(["model", "task", "layer"])
     return [f"- {r.model} {r.task}/{r.layer}: {int(r.not_converged)} of {int(r.fits)} SVM fits hit "
             f"the iteration limit (max_iter) without converging" for r in rows.itertuples()]
 
 
+def skipped_notes(df: pd.DataFrame) -> list[str]:
+    if df.empty:
+        return []
+    rows = df[df["metric"] == "skipped"].drop_duplicates(["task", "k"])
+    return [f"- {r.task}: {r.note}" for r in rows.itertuples()]
+
+
 def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = headline_rows(df)
+    rows = rows[_text(rows, "k").eq("")]
     if rows.empty:
         return None
     import matplotlib
@@ -69,6 +95,52 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
+    """Per low-shot task: mean metric vs k (log axis), one line per model and layer, shaded 95 %
+    confidence interval over samples; one panel per cost selection."""
+    rows = headline_rows(df)
+    rows = rows[_text(rows, "k").ne("")]
+    if rows.empty:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    ci = df[df["metric"].astype(str).str.endswith("_ci95")]
+    for task, sub in rows.groupby("task", sort=False):
+        selections = list(dict.fromkeys(_text(sub, "cost_selection")))
+        fig, axes = plt.subplots(1, len(selections), figsize=(6 * len(selections), 4.2), squeeze=False)
+        for ax, selection in zip(axes[0], selections):
+            panel = sub[_text(sub, "cost_selection") == selection]
+            for (model, layer, metric), line in panel.groupby(["model", "layer", "metric"], sort=False):
+                line = line.assign(k=pd.to_numeric(line["k"])).sort_values("k")
+                half = ci[(ci.task == task) & (ci.model == model) & (ci.layer == layer)
+                          & (_text(ci, "cost_selection") == selection) & (ci.metric == metric.replace("_mean", "_ci95"))]
+                half = half.assign(k=pd.to_numeric(half["k"])).set_index("k")["value"].reindex(line["k"]).fillna(0)
+                ax.plot(line["k"], line["value"], marker="o", label=f"{model} {layer}")
+                ax.fill_between(line["k"], line["value"] - half.values, line["value"] + half.values, alpha=0.2)
+            ax.set_xscale("log", base=2)
+            ticks = sorted(pd.to_numeric(panel["k"]).unique())
+            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("k (positives per class)")
+            ax.set_ylabel(panel["metric"].iloc[0].replace("_mean", "") + " (mean over samples, 95 % CI)")
+            title = "cost selected on the TEST set (reference)" if selection == TEST_SELECTED else f"cost: {selection}"
+            ax.set_title(f"{task}: {title}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = run_dir / f"{task}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
 def write_report(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     store = ResultStore(run_dir)
@@ -80,17 +152,26 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     if table.empty:
         lines.append("No finished results yet.")
     else:
-        for task, columns in _columns_by_task(table).items():
+        for section, columns in _columns_by_task(table).items():
             sub = table[columns].rename(columns=lambda c: c.split("/", 1)[1])
-            lines += [f"## {task}", "", sub.to_markdown(floatfmt=".2f"), ""]
+            lines += [f"## {section}", ""]
+            if TEST_SELECTED in section:
+                lines += ["> The reference protocol picks this cost on the TEST set (argmax of mean test "
+                          "mAP): optimistic numbers, kept for comparison with published results.", ""]
+            lines += [sub.to_markdown(floatfmt=".2f"), ""]
         lines += _protocol_lines(df)
-    notes = convergence_notes(df)
-    if notes:
-        lines += ["", "## Convergence warnings", ""] + notes
-    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    for title, notes in (("Skipped", skipped_notes(df)), ("Convergence warnings", convergence_notes(df))):
+        if notes:
+            lines += ["", f"## {title}", ""] + notes
     png = plot_layers(df, run_dir / "leaderboard.png")
     if png:
         paths["png"] = png
+    for path in plot_lowshot(df, run_dir):
+        paths[path.stem] = path
+    figures = [p.name for k, p in paths.items() if p.suffix == ".png"]
+    if figures:
+        lines += ["", "Figures: " + ", ".join(figures)]
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     return paths
 
 
@@ -106,8 +187,9 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
     lines = ["## How these numbers were made", ""]
     for task, sub in rows.groupby("task", sort=False):
         first = sub.iloc[0]
-        details = [f"{col}={first[col]}" for col in ("cost_list", "cost_selection", "n_train", "n_test")
+        details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "n_train", "n_test")
                    if col in sub and pd.notna(first.get(col))]
+        details.append("cost selection: " + ", ".join(dict.fromkeys(_text(sub, "cost_selection"))))
         lines.append(f"- {task}: " + ", ".join(details))
     meta = df.iloc[0]
     lines.append(f"- ssl-bench {meta.get('ssl_bench_version')} at git {meta.get('git_sha')}, "

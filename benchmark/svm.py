@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
-from .errors import FeatureError
+from .errors import ConfigError, FeatureError
 from .metrics import voc_ap
 
 # fair_ssb's list, in its order (argmax ties resolve to the earlier cost, as in the reference).
@@ -28,6 +28,19 @@ VISSL_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
 COST_LISTS = {"reference": REFERENCE_COSTS, "vissl": VISSL_COSTS}
 MAX_ITER = 2000
 TOL = 1e-4
+
+
+def resolve_costs(costs, task: str) -> tuple[str, tuple[float, ...]]:
+    """A named cost list ('reference', 'vissl') or explicit numbers -> (name, costs)."""
+    if isinstance(costs, str):
+        if costs not in COST_LISTS:
+            raise ConfigError(f"{task}: unknown cost list '{costs}'; use one of {sorted(COST_LISTS)} "
+                              f"or a list of numbers")
+        return costs, COST_LISTS[costs]
+    values = tuple(float(c) for c in costs)
+    if not values or min(values) <= 0:
+        raise ConfigError(f"{task}: costs must be positive numbers, got {costs}")
+    return "custom", values
 
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:

@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.datasets.images import svm_transform
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
-from benchmark.errors import ConfigError
-from benchmark.features import cached_features
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
-from benchmark.svm import COST_LISTS, voc07_svm
+from benchmark.svm import resolve_costs, voc07_svm
 
-
-def resolve_costs(costs) -> tuple[str, tuple[float, ...]]:
-    if isinstance(costs, str):
-        if costs not in COST_LISTS:
-            raise ConfigError(f"voc07_svm: unknown cost list '{costs}'; use one of {sorted(COST_LISTS)} "
-                              f"or a list of numbers")
-        return costs, COST_LISTS[costs]
-    values = tuple(float(c) for c in costs)
-    if not values or min(values) <= 0:
-        raise ConfigError(f"voc07_svm: costs must be positive numbers, got {costs}")
-    return "custom", values
+from .common import resolve_layers, split_features
 
 
 @TASKS.register("voc07_svm")
@@ -47,11 +34,7 @@ class VOC07SVM(Task):
     }
 
     def layers(self, arch: Architecture) -> list[str]:
-        layers = self.config["layers"] or list(arch.default_layers)
-        unknown = [layer for layer in layers if layer not in arch.layers]
-        if unknown:
-            raise ConfigError(f"voc07_svm: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")
-        return list(layers)
+        return resolve_layers("voc07_svm", self.config["layers"], arch)
 
     def units(self, arch: Architecture) -> list[str]:
         return self.layers(arch)
@@ -62,19 +45,12 @@ class VOC07SVM(Task):
 
     def features(self, ctx: RunContext, model: LoadedModel, split: str):
         data = load_voc(ctx.data_root, split)
-        size = self.config["image_size"] or model.arch.reference_input_size
-        transform, description = svm_transform(size)
-        feats = cached_features(
-            model.backbone, model.weights, data.image_paths, self.layers(model.arch), transform,
-            description, size, "voc07", split, data.fingerprint(), ctx.cache,
-            device=ctx.device, batch_size=ctx.batch_size, num_workers=ctx.num_workers,
-            stats=ctx.extraction,
-        )
+        feats = split_features(ctx, model, data, "voc07", split, self.layers(model.arch), self.config["image_size"])
         return feats, data.labels
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
-        cost_list, costs = resolve_costs(self.config["costs"])
+        cost_list, costs = resolve_costs(self.config["costs"], "voc07_svm")
         train_feats, train_labels = self.features(ctx, model, self.config["train_split"])
         test_feats, test_labels = self.features(ctx, model, self.config["test_split"])
         results = voc07_svm(train_feats[layer], train_labels, test_feats[layer], test_labels,

@@ -17,7 +17,7 @@ from benchmark.config import DEFAULT_CONFIG, SUITE_KEYS, config_hash, list_suite
 from benchmark.errors import ConfigError
 from benchmark.registry import PRETRAINERS, TASKS
 from benchmark.svm import REFERENCE_COSTS
-from tasks.voc07_svm import resolve_costs
+from benchmark.svm import resolve_costs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_repo_suites_follow_the_protocol() -> None:
     assert task.task == "voc07_svm"
     assert task.options["layers"] == ["conv1", "res2", "res3", "res4", "res5"]
     assert task.options["folds"] == 3 and task.options["image_size"] is None  # the reference 224 px
-    assert resolve_costs(task.options["costs"]) == ("reference", REFERENCE_COSTS)
+    assert resolve_costs(task.options["costs"], "voc07_svm") == ("reference", REFERENCE_COSTS)
     mini = load_suite("goyal2019-mini")
     assert {m.pretrainer for m in mini.models} >= {"random", "supervised"}
 

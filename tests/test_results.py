@@ -202,7 +202,7 @@ def test_markdown_report_content(run_dir: Path) -> None:
     assert [c.strip() for c in random_.strip("|").split("|")] == ["random", "9.25", "5.50"]
     header = next(line for line in lines if "conv1:mAP" in line)
     assert "res5:mAP" in header and "voc07_svm/" not in header
-    assert "cost_list=reference" in md and "cost_selection=3-fold-cv-ap" in md
+    assert "cost_list=reference" in md and "cost selection: 3-fold-cv-ap" in md
     assert "git abc1234" in md
     assert "## Convergence warnings" in md
     assert "- random voc07_svm/res5: 2 of 158 SVM fits hit the iteration limit" in md

@@ -1,0 +1,139 @@
+"""Low-shot SVMs (Goyal et al. 2019): seeded samples, every cost trained, two cost selections.
+
+The reference trains, for each k and each of 5 samples, one SVM per class and cost on the sample,
+tests each on the full test set, and reports the cost with the best mean TEST mAP ("reference"
+selection; the numbers are selected on test, which the report says). ssl-bench also offers a
+"validation" selection that never looks at the test set.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from .errors import DatasetError
+from .results import atomic_write_bytes
+from .svm import FitLog, cv_average_precision, fit_svm
+
+K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
+NUM_SAMPLES = 5
+
+
+# --- samples -------------------------------------------------------------------------------
+
+
+def sample_voc07(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The reference's sample format: an (n, C) matrix, -1 = ignored, 1 = one of the k positives,
+    0 = one of the (C-1)k negatives of that class. Difficult-only rows (-1) are never drawn."""
+    n, num_classes = labels.shape
+    sample = np.full((n, num_classes), -1, dtype=np.int8)
+    for c in range(num_classes):
+        positives = np.flatnonzero(labels[:, c] == 1)
+        negatives = np.flatnonzero(labels[:, c] == 0)
+        n_neg = (num_classes - 1) * k
+        if len(positives) < k or len(negatives) < n_neg:
+            raise ValueError(f"class {c} has {len(positives)} positives / {len(negatives)} negatives, "
+                             f"k={k} needs {k} / {n_neg}")
+        sample[rng.choice(negatives, n_neg, replace=False), c] = 0
+        sample[rng.choice(positives, k, replace=False), c] = 1
+    return sample
+
+
+def voc07_max_k(labels: np.ndarray) -> int:
+    """Largest k every class can supply (k positives and (C-1)k negatives)."""
+    num_classes = labels.shape[1]
+    pos = (labels == 1).sum(axis=0).min()
+    neg = (labels == 0).sum(axis=0).min()
+    return int(min(pos, neg // (num_classes - 1)))
+
+
+def sample_places(labels: np.ndarray, num_classes: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of k images per class (sorted), drawn without replacement."""
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < k:
+            raise ValueError(f"class {c} has {len(members)} images, k={k}")
+        chosen.append(rng.choice(members, k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def sample_rng(seed: int, k: int, sample: int) -> np.random.Generator:
+    """One independent stream per (seed, k, sample): adding a k never changes the other samples."""
+    return np.random.default_rng([seed, k, sample])
+
+
+def load_or_draw(path: Path, draw) -> np.ndarray:
+    """Samples are files: drawn once from the recorded seed, then always read back, so a rerun or
+    another machine uses the identical images."""
+    if path.exists():
+        return np.load(path)
+    sample = draw()
+    buffer = io.BytesIO()
+    np.save(buffer, sample)
+    atomic_write_bytes(path, buffer.getvalue())
+    return sample
+
+
+def reference_sample_file(directory: Path, sample: int, k: int) -> Path:
+    """fair_ssb's file name for sample index 1..5: train_targets_sample{s}_k{k}.npy."""
+    return Path(directory) / f"train_targets_sample{sample}_k{k}.npy"
+
+
+def load_reference_voc_sample(directory: Path, sample: int, k: int, n: int, num_classes: int) -> np.ndarray:
+    path = reference_sample_file(directory, sample, k)
+    if not path.exists():
+        raise DatasetError(f"low-shot sample file {path} does not exist (expected the reference's "
+                           f"train_targets_sample{{1..5}}_k{{k}}.npy files in {directory})")
+    matrix = np.load(path, allow_pickle=False)
+    if matrix.shape != (n, num_classes) or not np.isin(matrix, (-1, 0, 1)).all():
+        raise DatasetError(f"{path}: expected a {n} x {num_classes} matrix of 1/0/-1 (the trainval "
+                           f"split's size), got shape {matrix.shape}")
+    return matrix.astype(np.int8)
+
+
+# --- training and selection ----------------------------------------------------------------
+
+
+def decision_values_all_costs(X_train, y, X_test, costs, seed: int, log: FitLog) -> np.ndarray:
+    """(n_test, n_costs) SVM scores, one fit per cost on the same training rows."""
+    scores = np.empty((len(X_test), len(costs)))
+    for j, cost in enumerate(costs):
+        clf = fit_svm(X_train, y, cost, log, seed)
+        scores[:, j] = clf.decision_function(X_test)
+    return scores
+
+
+def cv_cost(X, y, costs, folds: int, seed: int, log: FitLog) -> float | None:
+    """Cost with the best mean CV AP on the training sample, or None with too few positives."""
+    if min((y == 1).sum(), (y == -1).sum()) < folds:
+        return None
+    aps = [cv_average_precision(X, y, c, folds, log, seed) for c in costs]
+    return float(costs[int(np.argmax(aps))])
+
+
+@dataclass
+class Aggregate:
+    mean: float
+    std: float  # population std over samples, as the reference reports
+    min: float
+    max: float
+    ci95: float  # half-width of the 95 % t-interval of the mean (sample std, n-1 dof)
+
+
+def aggregate(values) -> Aggregate:
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    half = (scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return Aggregate(float(values.mean()), float(values.std()), float(values.min()), float(values.max()),
+                     float(half))
+
+
+def reference_selection(map_per_cost: np.ndarray) -> int:
+    """(samples, costs) mAP -> index of the cost with the best mean over samples (first on ties),
+    as fair_ssb's aggregate script does. This looks at the TEST set."""
+    return int(np.argmax(map_per_cost.mean(axis=0)))

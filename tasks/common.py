@@ -1,0 +1,30 @@
+"""What the feature-based tasks share: layer choice and cached features of a dataset split."""
+
+from __future__ import annotations
+
+from benchmark.datasets.images import svm_transform
+from benchmark.engine import LoadedModel, RunContext
+from benchmark.errors import ConfigError
+from benchmark.features import cached_features
+from benchmark.models import Architecture
+
+
+def resolve_layers(task: str, requested, arch: Architecture) -> list[str]:
+    layers = list(requested or arch.default_layers)
+    unknown = [layer for layer in layers if layer not in arch.layers]
+    if unknown:
+        raise ConfigError(f"{task}: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")
+    return layers
+
+
+def split_features(ctx: RunContext, model: LoadedModel, data, dataset: str, split: str, layers,
+                   image_size: int | None) -> dict:
+    """{layer: (n, d) float32} for a loaded split (anything with image_paths and fingerprint()),
+    extracted with the SVM transform in one pass, from the cache when possible."""
+    size = image_size or model.arch.reference_input_size
+    transform, description = svm_transform(size)
+    return cached_features(
+        model.backbone, model.weights, data.image_paths, layers, transform, description, size,
+        dataset, split, data.fingerprint(), ctx.cache, device=ctx.device, batch_size=ctx.batch_size,
+        num_workers=ctx.num_workers, stats=ctx.extraction,
+    )

@@ -1,0 +1,173 @@
+"""`lowshot_voc07`: per-layer low-shot SVMs on VOC2007 (k positives + 19k negatives per class).
+
+Samples come from files: drawn once from the suite seed and saved under
+``RUN_DIR/lowshot_samples/<task>/seed<seed>/`` in the reference's format, or read from the
+reference's own files (``sample_dir``). Every cost is trained on every sample and tested on the
+full test set; rows are emitted for both cost selections (see benchmark.lowshot).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from benchmark import lowshot
+from benchmark.datasets.voc import load_voc
+from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.metrics import voc_ap
+from benchmark.models import Architecture
+from benchmark.registry import TASKS
+from benchmark.results import ResultStore, atomic_write_bytes
+from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates, to_binary
+
+from .common import resolve_layers, split_features
+
+
+def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, folds, fallback_cost, seed):
+    """One class over all (k, sample): test AP per cost, and the validation-selected cost index."""
+    keep = test_labels != -1
+    y_test = test_labels[keep] == 1
+    aps = np.full((len(samples), len(costs)), np.nan)
+    chosen = np.zeros(len(samples), dtype=int)
+    sources = []
+    log = FitLog()
+    for i, sample in enumerate(samples):
+        rows = np.flatnonzero(sample != -1)
+        y = np.where(sample[rows] == 1, 1, -1)
+        scores = lowshot.decision_values_all_costs(Z_train[rows], y, Z_test[keep], costs, seed, log)
+        aps[i] = [voc_ap(y_test, scores[:, j]) for j in range(len(costs))]
+        cost = lowshot.cv_cost(Z_train[rows], y, costs, folds, seed, log)
+        if cost is None:
+            cost, source = fallback_cost(c), "full-data-cv"
+            if cost is None:
+                raise ValueError(f"class {c}: too few positives for cross-validation even on the full "
+                                 f"training set; the validation cost selection is undefined")
+        else:
+            source = f"{folds}-fold-cv-on-sample"
+        chosen[i] = costs.index(cost)
+        sources.append(source)
+    return aps, chosen, sources, log
+
+
+@TASKS.register("lowshot_voc07")
+class LowShotVOC07(Task):
+    dataset = "voc07"
+    options = {
+        "layers": None,  # default: all five protocol layers; VISSL evaluates [res4, res5]
+        "image_size": None,
+        "k_values": list(lowshot.K_VALUES),
+        "num_samples": lowshot.NUM_SAMPLES,
+        "costs": "reference",
+        "folds": 3,
+        "n_jobs": 2,
+        "sample_dir": None,  # the reference's train_targets_sample{s}_k{k}.npy files, for exact comparison
+        "train_split": "trainval",
+        "test_split": "test",
+    }
+
+    def units(self, arch: Architecture) -> list[str]:
+        return resolve_layers("lowshot_voc07", self.config["layers"], arch)
+
+    def check_data(self, ctx: RunContext) -> None:
+        for split in (self.config["train_split"], self.config["test_split"]):
+            load_voc(ctx.data_root, split)
+
+    def samples(self, ctx: RunContext, labels: np.ndarray, k: int) -> list[np.ndarray]:
+        n, num_classes = labels.shape
+        if self.config["sample_dir"]:
+            return [lowshot.load_reference_voc_sample(self.config["sample_dir"], s, k, n, num_classes)
+                    for s in range(1, self.config["num_samples"] + 1)]
+        directory = ctx.run_dir / "lowshot_samples" / "lowshot_voc07" / f"seed{ctx.seed}"
+        return [lowshot.load_or_draw(lowshot.reference_sample_file(directory, s, k),
+                                     lambda s=s: lowshot.sample_voc07(labels, k, lowshot.sample_rng(ctx.seed, k, s)))
+                for s in range(1, self.config["num_samples"] + 1)]
+
+    def full_data_costs(self, ctx, model, layer, Z_train, labels, costs, seed):
+        """Per-class cost of the full-data VOC07 sweep of this layer: from the voc07_svm results of
+        this run when they exist for the same weights and costs, else computed here (CV only)."""
+        df = ResultStore(ctx.run_dir).load()
+        needed = {"weights_sha256", "cost_selection", "cost", "dataset"}
+        if not df.empty and needed <= set(df.columns):
+            rows = df[(df.metric == "AP") & (df.layer == layer) & (df.dataset == "voc07")
+                      & (df.cost_selection == f"{self.config['folds']}-fold-cv-ap")
+                      & (df.weights_sha256 == model.weights[:16])]
+            found = rows.cost.astype(float)
+            if len(rows) == labels.shape[1] and found.notna().all() and set(found) <= set(costs):
+                return dict(enumerate(found.tolist()))
+        log = FitLog()
+        return {c: lowshot.cv_cost(Z_train, to_binary(labels[:, c]), costs, self.config["folds"], seed, log)
+                for c in range(labels.shape[1])}
+
+    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        layer = unit
+        cost_list, costs = resolve_costs(self.config["costs"], "lowshot_voc07")
+        costs = list(costs)
+        layers = resolve_layers("lowshot_voc07", self.config["layers"], model.arch)
+        train = load_voc(ctx.data_root, self.config["train_split"])
+        test = load_voc(ctx.data_root, self.config["test_split"])
+        X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, self.config["image_size"])[layer])
+        X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, self.config["image_size"])[layer])
+        # every sample is a subset of trainval: one exact change of basis serves all of them
+        Z_train, Z_test = span_coordinates(X_train, X_test) if len(X_train) < X_train.shape[1] else (X_train, X_test)
+
+        max_k = lowshot.voc07_max_k(train.labels)
+        ks = [k for k in self.config["k_values"] if k <= max_k]
+        skipped = [k for k in self.config["k_values"] if k > max_k]
+        samples = {k: self.samples(ctx, train.labels, k) for k in ks}
+        flat = [(k, s) for k in ks for s in range(len(samples[k]))]
+        flat_samples = [samples[k][s] for k, s in flat]
+        fallback = {}
+        if any(k < self.config["folds"] for k in ks):
+            fallback = self.full_data_costs(ctx, model, layer, Z_train, train.labels, costs, ctx.seed)
+
+        results = Parallel(n_jobs=self.config["n_jobs"])(
+            delayed(_class_sweep)(c, Z_train, Z_test, train.labels[:, c], test.labels[:, c],
+                                  [m[:, c] for m in flat_samples], costs, self.config["folds"],
+                                  fallback.get, ctx.seed)
+            for c in range(train.labels.shape[1])
+        )
+        aps = np.stack([r[0] for r in results], axis=-1)  # (k*sample, costs, classes)
+        chosen = np.stack([r[1] for r in results], axis=-1)  # (k*sample, classes)
+        sources = [[r[2][i] for r in results] for i in range(len(flat))]  # (k*sample) x classes
+        not_converged = sum(r[3].not_converged for r in results)
+        fits = sum(r[3].fits for r in results)
+        self.save_arrays(ctx, model, layer, ks, costs, aps)
+
+        common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": "liblinear+span",
+                  "n_train": len(train.labels), "n_test": len(test.labels), "fits": fits,
+                  "not_converged": not_converged}
+        rows = []
+        for k in ks:
+            idx = [i for i, (kk, _) in enumerate(flat) if kk == k]
+            map_per_cost = np.nanmean(aps[idx], axis=2) * 100  # (samples, costs)
+            best = lowshot.reference_selection(map_per_cost)
+            reference = map_per_cost[:, best]
+            per_class = np.take_along_axis(aps[idx], chosen[idx][:, None, :], axis=1)[:, 0, :]
+            validation = np.nanmean(per_class, axis=1) * 100
+            rows += lowshot_rows(common, k, reference, "reference(test-set)", costs[best], "mAP")
+            used = sorted({src for i in idx for src in sources[i]})
+            rows += lowshot_rows(common, k, validation, "validation", "per-class:" + "+".join(used), "mAP")
+        for k in skipped:
+            rows.append({**common, "metric": "skipped", "k": k, "value": float("nan"),
+                         "note": f"k={k} skipped: some class has fewer than {k} positives or {19 * k} "
+                                 f"negatives in {train.split}"})
+        return rows
+
+    def save_arrays(self, ctx, model, layer, ks, costs, aps) -> None:
+        """Test AP per (k x sample, cost, class), for analyses beyond the report."""
+        buffer = io.BytesIO()
+        np.savez(buffer, k=np.repeat(ks, self.config["num_samples"]), costs=np.array(costs), ap=aps)
+        path = ctx.run_dir / "lowshot" / model.name / "lowshot_voc07" / f"{layer}_ap.npz"
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def lowshot_rows(common: dict, k: int, per_sample: np.ndarray, selection: str, cost, metric: str) -> list[dict]:
+    """Per-sample rows plus mean/std/min/max/ci95 rows of one (k, selection)."""
+    base = {**common, "k": k, "cost_selection": selection, "cost": cost}
+    rows = [{**base, "metric": metric, "sample": s + 1, "value": float(v)} for s, v in enumerate(per_sample)]
+    agg = lowshot.aggregate(per_sample)
+    for name in ("mean", "std", "min", "max", "ci95"):
+        rows.append({**base, "metric": f"{metric}_{name}", "sample": "", "value": getattr(agg, name)})
+    return rows

@@ -20,7 +20,10 @@ venv: $(VENV)/.installed
 $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt: | $(VENV)/.installed
 	$(VENV)/bin/ssl-bench data synth voc07 --out $(DEMO_DATA) --images $(DEMO_IMAGES) --seed 0
 
-demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt
+$(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth places205 --out $(DEMO_DATA) --classes 20 --per-class 30 --seed 0
+
+demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv
 	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
 	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
 

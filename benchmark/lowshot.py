@@ -96,6 +96,36 @@ def load_reference_voc_sample(directory: Path, sample: int, k: int, n: int, num_
     return matrix.astype(np.int8)
 
 
+def check_voc_sample(matrix: np.ndarray, labels: np.ndarray, path: Path) -> np.ndarray:
+    """A sample read from disk must belong to these labels: same shape, its positives labelled 1
+    and its negatives labelled 0 (a file from another split or dataset is an error, not data)."""
+    if matrix.shape != labels.shape:
+        raise DatasetError(f"{path}: a {matrix.shape} sample for a {labels.shape} label matrix; it was "
+                           f"drawn for another split or dataset. Delete it to draw again.")
+    wrong = ((matrix == 1) & (labels != 1)) | ((matrix == 0) & (labels != 0))
+    if wrong.any():
+        raise DatasetError(f"{path}: {int(wrong.sum())} sampled entries disagree with the labels (a "
+                           f"positive that is not labelled 1 or a negative not labelled 0); it was drawn "
+                           f"for other data. Delete it to draw again.")
+    return matrix
+
+
+def check_places_sample(indices: np.ndarray, labels: np.ndarray, num_classes: int, k: int, path: Path) -> np.ndarray:
+    if indices.ndim != 1 or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(labels):
+        raise DatasetError(f"{path}: indices outside the {len(labels)} training images; it was drawn for "
+                           f"other data. Delete it to draw again.")
+    counts = np.bincount(labels[indices], minlength=num_classes)
+    if not (counts == k).all():
+        raise DatasetError(f"{path}: expected {k} images of every class, found counts {sorted(set(counts))}; "
+                           f"it was drawn for other data. Delete it to draw again.")
+    return indices
+
+
+def sample_directory(run_dir: Path, task: str, split, seed: int) -> Path:
+    """Samples belong to a dataset split (fingerprinted) and a seed, never to a model."""
+    return run_dir / "lowshot_samples" / task / f"{split.split}-{split.fingerprint()[:12]}" / f"seed{seed}"
+
+
 # --- training and selection ----------------------------------------------------------------
 
 

@@ -78,8 +78,8 @@ class ResultStore:
         files = sorted(self.units_dir.glob("*.csv"))
         if not files:
             return pd.DataFrame(columns=ORDER_FIRST)
-        frames = [pd.read_csv(f, dtype={"class": str, "k": str, "sample": str, "layer": str}, keep_default_na=False,
-                              na_values=[""]) for f in files]
+        text = {c: str for c in ("class", "k", "sample", "layer", "weights_sha256", "config_hash", "git_sha")}
+        frames = [pd.read_csv(f, dtype=text, keep_default_na=False, na_values=[""]) for f in files]
         return pd.concat(frames, ignore_index=True, sort=False)
 
     def gather(self) -> Path:

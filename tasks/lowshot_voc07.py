@@ -9,8 +9,10 @@ full test set; rows are emitted for both cost selections (see benchmark.lowshot)
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from joblib import Parallel, delayed
 
 from benchmark import lowshot
@@ -36,9 +38,11 @@ def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, 
     for i, sample in enumerate(samples):
         rows = np.flatnonzero(sample != -1)
         y = np.where(sample[rows] == 1, 1, -1)
-        scores = lowshot.decision_values_all_costs(Z_train[rows], y, Z_test[keep], costs, seed, log)
+        # a second exact change of basis: the sample's own span is smaller still (20k rows)
+        Z_sample, Z_eval = span_coordinates(Z_train[rows], Z_test[keep])
+        scores = lowshot.decision_values_all_costs(Z_sample, y, Z_eval, costs, seed, log)
         aps[i] = [voc_ap(y_test, scores[:, j]) for j in range(len(costs))]
-        cost = lowshot.cv_cost(Z_train[rows], y, costs, folds, seed, log)
+        cost = lowshot.cv_cost(Z_sample, y, costs, folds, seed, log)
         if cost is None:
             cost, source = fallback_cost(c), "full-data-cv"
             if cost is None:
@@ -74,15 +78,23 @@ class LowShotVOC07(Task):
         for split in (self.config["train_split"], self.config["test_split"]):
             load_voc(ctx.data_root, split)
 
-    def samples(self, ctx: RunContext, labels: np.ndarray, k: int) -> list[np.ndarray]:
+    def samples(self, ctx: RunContext, train, k: int) -> list[np.ndarray]:
+        labels = train.labels
         n, num_classes = labels.shape
+        numbers = range(1, self.config["num_samples"] + 1)
         if self.config["sample_dir"]:
-            return [lowshot.load_reference_voc_sample(self.config["sample_dir"], s, k, n, num_classes)
-                    for s in range(1, self.config["num_samples"] + 1)]
-        directory = ctx.run_dir / "lowshot_samples" / "lowshot_voc07" / f"seed{ctx.seed}"
-        return [lowshot.load_or_draw(lowshot.reference_sample_file(directory, s, k),
-                                     lambda s=s: lowshot.sample_voc07(labels, k, lowshot.sample_rng(ctx.seed, k, s)))
-                for s in range(1, self.config["num_samples"] + 1)]
+            directory = Path(self.config["sample_dir"])
+            return [lowshot.check_voc_sample(lowshot.load_reference_voc_sample(directory, s, k, n, num_classes),
+                                             labels, lowshot.reference_sample_file(directory, s, k))
+                    for s in numbers]
+        directory = lowshot.sample_directory(ctx.run_dir, "lowshot_voc07", train, ctx.seed)
+        out = []
+        for s in numbers:
+            path = lowshot.reference_sample_file(directory, s, k)
+            matrix = lowshot.load_or_draw(
+                path, lambda s=s: lowshot.sample_voc07(labels, k, lowshot.sample_rng(ctx.seed, k, s)))
+            out.append(lowshot.check_voc_sample(matrix, labels, path))
+        return out
 
     def full_data_costs(self, ctx, model, layer, Z_train, labels, costs, seed):
         """Per-class cost of the full-data VOC07 sweep of this layer: from the voc07_svm results of
@@ -92,13 +104,18 @@ class LowShotVOC07(Task):
         if not df.empty and needed <= set(df.columns):
             rows = df[(df.metric == "AP") & (df.layer == layer) & (df.dataset == "voc07")
                       & (df.cost_selection == f"{self.config['folds']}-fold-cv-ap")
-                      & (df.weights_sha256 == model.weights[:16])]
+                      & (df.weights_sha256 == model.weights[:16])
+                      & (df.get("image_size", pd.Series("", index=df.index)).astype(str) == str(self.image_size(model)))
+                      & (df.get("train_split", pd.Series("", index=df.index)).astype(str) == self.config["train_split"])]
             found = rows.cost.astype(float)
             if len(rows) == labels.shape[1] and found.notna().all() and set(found) <= set(costs):
                 return dict(enumerate(found.tolist()))
         log = FitLog()
         return {c: lowshot.cv_cost(Z_train, to_binary(labels[:, c]), costs, self.config["folds"], seed, log)
                 for c in range(labels.shape[1])}
+
+    def image_size(self, model: LoadedModel) -> int:
+        return self.config["image_size"] or model.arch.reference_input_size
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
@@ -115,7 +132,7 @@ class LowShotVOC07(Task):
         max_k = lowshot.voc07_max_k(train.labels)
         ks = [k for k in self.config["k_values"] if k <= max_k]
         skipped = [k for k in self.config["k_values"] if k > max_k]
-        samples = {k: self.samples(ctx, train.labels, k) for k in ks}
+        samples = {k: self.samples(ctx, train, k) for k in ks}
         flat = [(k, s) for k in ks for s in range(len(samples[k]))]
         flat_samples = [samples[k][s] for k, s in flat]
         fallback = {}
@@ -136,6 +153,7 @@ class LowShotVOC07(Task):
         self.save_arrays(ctx, model, layer, ks, costs, aps)
 
         common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": "liblinear+span",
+                  "image_size": self.image_size(model), "train_split": train.split,
                   "n_train": len(train.labels), "n_test": len(test.labels), "fits": fits,
                   "not_converged": not_converged}
         rows = []

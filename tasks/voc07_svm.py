@@ -58,6 +58,8 @@ class VOC07SVM(Task):
                             seed=ctx.seed, span_trick=self.config["span_coordinates"])
         solver = "liblinear" + ("+span" if self.config["span_coordinates"] else "")
         common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": solver,
+                  "image_size": self.config["image_size"] or model.arch.reference_input_size,
+                  "train_split": self.config["train_split"],
                   "cost_selection": f"{self.config['folds']}-fold-cv-ap",
                   "feature_dim": int(train_feats[layer].shape[1]),
                   "n_train": len(train_labels), "n_test": len(test_labels)}

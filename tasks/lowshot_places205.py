@@ -1,0 +1,140 @@
+"""`lowshot_places205`: per-layer low-shot one-vs-rest SVMs on Places205 (k images per class).
+
+Each (k, sample) draws k training images per class (indices saved under
+``RUN_DIR/lowshot_samples/<task>/seed<seed>/train_sample{s}_k{k}.npy``), trains one SVM per class
+and cost on those 205k images, and scores the full val set: mAP over the classes (the reference's
+metric) and top-1 (argmax over the class SVMs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from benchmark import lowshot
+from benchmark.datasets.places import load_places205
+from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.errors import ConfigError
+from benchmark.metrics import voc_ap
+from benchmark.models import Architecture
+from benchmark.registry import TASKS
+from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
+
+from .common import resolve_layers, split_features
+from .lowshot_voc07 import lowshot_rows
+
+
+def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
+    """One class of one sample: val scores for every cost, AP per cost, CV-chosen cost index."""
+    y = np.where(train_labels == c, 1, -1)
+    log = FitLog()
+    scores = lowshot.decision_values_all_costs(Z_train, y, Z_val, costs, seed, log).astype(np.float32)
+    aps = np.array([voc_ap(val_labels == c, scores[:, j]) for j in range(len(costs))])
+    cost = lowshot.cv_cost(Z_train, y, costs, folds, seed, log)
+    return scores, aps, (None if cost is None else costs.index(cost)), log
+
+
+@TASKS.register("lowshot_places205")
+class LowShotPlaces205(Task):
+    dataset = "places205"
+    options = {
+        "layers": None,
+        "image_size": None,
+        "data_dir": "Places205",  # relative to the data root, or absolute
+        "k_values": list(lowshot.K_VALUES),
+        "num_samples": lowshot.NUM_SAMPLES,
+        "costs": "reference",
+        "folds": 3,
+        "n_jobs": 2,
+    }
+
+    def root(self, ctx: RunContext) -> Path:
+        return ctx.data_root / self.config["data_dir"]
+
+    def units(self, arch: Architecture) -> list[str]:
+        return resolve_layers("lowshot_places205", self.config["layers"], arch)
+
+    def check_data(self, ctx: RunContext) -> None:
+        load_places205(self.root(ctx), "train")
+        load_places205(self.root(ctx), "val")
+        if not any(k >= self.config["folds"] for k in self.config["k_values"]):
+            raise ConfigError(f"lowshot_places205: the validation cost selection needs at least one k >= "
+                              f"folds ({self.config['folds']}); k_values are {self.config['k_values']}")
+
+    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        layer = unit
+        cost_list, costs = resolve_costs(self.config["costs"], "lowshot_places205")
+        costs = list(costs)
+        folds = self.config["folds"]
+        layers = resolve_layers("lowshot_places205", self.config["layers"], model.arch)
+        train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
+        feats = {split.split: split_features(ctx, model, split, "places205", split.split, layers,
+                                             self.config["image_size"])[layer] for split in (train, val)}
+        X_train, X_val = l2_normalize(feats["train"]), l2_normalize(feats["val"])
+
+        smallest = int(train.class_counts().min())
+        ks = [k for k in self.config["k_values"] if k <= smallest]
+        skipped = [k for k in self.config["k_values"] if k > smallest]
+        fallback_k = min((k for k in ks if k >= folds), default=None)
+        if any(k < folds for k in ks) and fallback_k is None:
+            raise ConfigError(f"lowshot_places205: no k >= {folds} fits the smallest class ({smallest} images), "
+                              f"so the validation selection has no cost for k < {folds}")
+        directory = lowshot.sample_directory(ctx.run_dir, "lowshot_places205", train, ctx.seed)
+        per = {}  # (k, sample) -> dict of arrays
+        log = FitLog()
+        for k in ks:
+            for s in range(1, self.config["num_samples"] + 1):
+                path = directory / f"train_sample{s}_k{k}.npy"
+                idx = lowshot.load_or_draw(
+                    path, lambda k=k, s=s: lowshot.sample_places(train.labels, train.num_classes, k,
+                                                                 lowshot.sample_rng(ctx.seed, k, s)))
+                lowshot.check_places_sample(idx, train.labels, train.num_classes, k, path)
+                per[k, s] = self.sweep(X_train[idx], train.labels[idx], X_val, val.labels, train.num_classes,
+                                       costs, folds, ctx.seed, log)
+
+        common = {"dataset": "places205", "layer": layer, "cost_list": cost_list, "solver": "liblinear+span",
+                  "n_train": len(train.labels), "n_test": len(val.labels), "fits": log.fits,
+                  "not_converged": log.not_converged}
+        rows = []
+        for k in ks:
+            runs = [per[k, s] for s in range(1, self.config["num_samples"] + 1)]
+            map_per_cost = np.stack([r["ap"].mean(axis=0) for r in runs]) * 100  # (samples, costs)
+            best = lowshot.reference_selection(map_per_cost)
+            top1_ref = np.array([r["top1"][best] for r in runs]) * 100
+            chosen = [r["cv"] if k >= folds else per[fallback_k, s]["cv"]
+                      for s, r in enumerate(runs, start=1)]
+            val_map = np.array([r["ap"][np.arange(len(c)), c].mean() for r, c in zip(runs, chosen)]) * 100
+            val_top1 = np.array([self.top1_at(r["scores"], c, val.labels) for r, c in zip(runs, chosen)]) * 100
+            source = f"{folds}-fold-cv-on-sample" if k >= folds else f"{folds}-fold-cv-on-k{fallback_k}-sample"
+            for metric, reference, validation in (("mAP", map_per_cost[:, best], val_map),
+                                                  ("top1", top1_ref, val_top1)):
+                rows += lowshot_rows(common, k, reference, "reference(test-set)", costs[best], metric)
+                rows += lowshot_rows(common, k, validation, "validation", f"per-class:{source}", metric)
+        for k in skipped:
+            rows.append({**common, "metric": "skipped", "k": k, "value": float("nan"),
+                         "note": f"k={k} skipped: the smallest Places205 class has {smallest} training images"})
+        return rows
+
+    def sweep(self, X, y, X_val, val_labels, num_classes, costs, folds, seed, log: FitLog) -> dict:
+        """All classes x costs on one sample; the scores are kept for top-1 at any cost choice."""
+        Z, Z_val = span_coordinates(X, X_val) if len(X) < X.shape[1] else (X, X_val)
+        results = Parallel(n_jobs=self.config["n_jobs"])(
+            delayed(_class_sweep)(c, Z, y, Z_val, val_labels, costs, folds, seed) for c in range(num_classes))
+        scores = np.stack([r[0] for r in results])  # (classes, n_val, costs)
+        for r in results:
+            log.fits += r[3].fits
+            log.not_converged += r[3].not_converged
+        return {
+            "scores": scores,
+            "ap": np.stack([r[1] for r in results]),  # (classes, costs)
+            "cv": np.array([-1 if r[2] is None else r[2] for r in results]),
+            "top1": (scores.argmax(axis=0) == val_labels[:, None]).mean(axis=0),  # per cost
+        }
+
+    @staticmethod
+    def top1_at(scores: np.ndarray, cost_index: np.ndarray, labels: np.ndarray) -> float:
+        """Top-1 when class c uses its own cost: argmax over classes of scores[c, :, cost_index[c]]."""
+        chosen = scores[np.arange(len(cost_index)), :, cost_index]  # (classes, n_val)
+        return float((chosen.argmax(axis=0) == labels).mean())

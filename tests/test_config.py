@@ -82,13 +82,17 @@ def test_repo_config_loads_both_suites(name: str) -> None:
 def test_repo_suites_follow_the_protocol() -> None:
     full = load_suite("goyal2019")
     assert [m.options["arch"] for m in full.models] == ["resnet50"]
-    [task] = full.tasks
-    assert task.task == "voc07_svm"
+    assert [t.task for t in full.tasks] == ["voc07_svm", "lowshot_voc07", "lowshot_places205"]
+    task = full.tasks[0]
     assert task.options["layers"] == ["conv1", "res2", "res3", "res4", "res5"]
     assert task.options["folds"] == 3 and task.options["image_size"] is None  # the reference 224 px
     assert resolve_costs(task.options["costs"], "voc07_svm") == ("reference", REFERENCE_COSTS)
+    for lowshot in full.tasks[1:]:  # the reference's low-shot protocol: k = 1..96, 5 samples, 26 costs
+        assert lowshot.options["k_values"] == [1, 2, 4, 8, 16, 32, 64, 96]
+        assert lowshot.options["num_samples"] == 5 and lowshot.options["costs"] == "reference"
     mini = load_suite("goyal2019-mini")
     assert {m.pretrainer for m in mini.models} >= {"random", "supervised"}
+    assert {t.task for t in mini.tasks} == {"voc07_svm", "lowshot_voc07", "lowshot_places205"}
 
 
 def test_list_suites_descriptions() -> None:

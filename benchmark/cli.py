@@ -17,15 +17,9 @@ def default_config() -> Path:
     return local if local.is_file() else DEFAULT_CONFIG
 
 
-def cmd_run(args) -> int:
+def _finish(summary, run_dir: Path) -> int:
     from .report import write_report
-    from .runner import run_suite
 
-    suite = load_suite(args.suite, args.config)
-    run_dir = Path(args.out) / suite.name
-    cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
-    summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
-                        device=args.device, force=args.force)
     paths = write_report(run_dir)
     print(f"\n{len(summary.done)} unit(s) run, {len(summary.skipped)} already done, {len(summary.failed)} failed")
     print(paths["md"].read_text())
@@ -33,6 +27,48 @@ def cmd_run(args) -> int:
     for unit_id, message in summary.failed.items():
         print(f"FAILED {unit_id}: {message}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _executor(suite_executor: dict, name: str | None) -> dict:
+    return {**suite_executor, "name": name} if name else suite_executor
+
+
+def cmd_run(args) -> int:
+    from .runner import run_suite
+
+    suite = load_suite(args.suite, args.config)
+    run_dir = Path(args.out) / suite.name
+    cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
+    summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
+                        device=args.device, force=args.force,
+                        executor=_executor(suite.settings["executor"], args.executor))
+    return _finish(summary, run_dir)
+
+
+def cmd_resume(args) -> int:
+    from .runner import load_plan, run_plan
+    from .status import unit_states
+
+    plan = load_plan(args.run_dir)
+    if args.only_failed:
+        failed = {u.unit_id for u, state in unit_states(plan) if state.state == "failed"}
+        plan.units = [u for u in plan.units if u.unit_id in failed]
+        print(f"retrying {len(plan.units)} failed unit(s)")
+    summary = run_plan(plan, executor=_executor(plan.suite.settings["executor"], args.executor))
+    return _finish(summary, plan.run_dir)
+
+
+def cmd_status(args) -> int:
+    from .runner import load_plan
+    from .status import print_status
+
+    return print_status(load_plan(args.run_dir))
+
+
+def cmd_check(args) -> int:
+    from .check import run_check
+
+    return run_check(args.run_dir, args.against, tolerance=args.tolerance, update=args.update)
 
 
 def cmd_report(args) -> int:
@@ -93,7 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", type=Path, help="feature cache (default: $SSL_BENCH_CACHE or OUT/feature-cache)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: the suite's, 'auto')")
     run.add_argument("--force", action="store_true", help="rerun units that are already done")
+    run.add_argument("--executor", choices=["local", "debug", "slurm"],
+                     help="where units run (default: the suite's executor, 'local')")
     run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted run (finished units are skipped)")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--only-failed", action="store_true", help="retry only the units that failed")
+    resume.add_argument("--executor", choices=["local", "debug", "slurm"])
+    resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="units done / running / failed / pending of a run")
+    status.add_argument("run_dir", type=Path)
+    status.set_defaults(func=cmd_status)
+
+    check = sub.add_parser("check", help="compare a run's results with reference results (CI regression check)")
+    check.add_argument("run_dir", type=Path)
+    check.add_argument("--against", type=Path, required=True, help="e.g. results/reference/goyal2019-mini.csv")
+    check.add_argument("--tolerance", type=float, help="absolute tolerance for every metric (default: per metric)")
+    check.add_argument("--update", action="store_true", help="write the run's results as the new reference")
+    check.set_defaults(func=cmd_check)
 
     report = sub.add_parser("report", help="write leaderboard.md/.csv/.png for a run directory")
     report.add_argument("run_dir", type=Path)

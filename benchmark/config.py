@@ -30,9 +30,25 @@ SUITE_KEYS = {
     "device": "auto",
     "batch_size": 64,
     "num_workers": 2,
+    "executor": None,  # local (default) | debug | slurm, with SLURM settings: see benchmark.scheduler
     "models": None,
     "tasks": None,
 }
+
+
+EXECUTOR_KEYS = {
+    "name": "local",
+    "partition": None,
+    "gpus_per_node": 1,
+    "cpus_per_task": 10,  # GPU jobs: model preparation, feature extraction, training tasks
+    "cpus_per_svm_task": 10,  # CPU-only jobs: SVM units on cached features
+    "mem_gb": 64,
+    "timeout_min": 24 * 60,
+    "constraint": None,
+    "account": None,
+    "array_parallelism": 64,
+}
+EXECUTORS = ("local", "debug", "slurm")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -161,6 +177,10 @@ def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
         )
     where = f"{path}: suites.{name}"
     settings = validate_options(suites[name], SUITE_KEYS, where)
+    settings["executor"] = validate_options(settings["executor"], EXECUTOR_KEYS, f"{where}.executor")
+    if settings["executor"]["name"] not in EXECUTORS:
+        raise ConfigError(f"{where}.executor: unknown executor '{settings['executor']['name']}'; "
+                          f"use one of {', '.join(EXECUTORS)}")
     models = _mapping(settings.pop("models"), f"{where}.models")
     tasks = _mapping(settings.pop("tasks"), f"{where}.tasks")
     return Suite(

@@ -57,6 +57,8 @@ class Task:
     name: ClassVar[str]
     dataset: ClassVar[str]
     options: ClassVar[dict] = {}
+    # Schedulers send units that need no accelerator (SVMs on cached features) as CPU jobs.
+    needs_gpu: ClassVar[bool] = False
 
     def __init__(self, **options):
         self.config = options
@@ -66,6 +68,9 @@ class Task:
 
     def check_data(self, ctx: RunContext) -> None:
         """Raise a DatasetError before any model is built when the data is missing."""
+
+    def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
+        """Work shared by all units of a model, done once before them (e.g. feature extraction)."""
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         raise NotImplementedError

@@ -1,22 +1,27 @@
-"""Expand a suite into units (model x task x unit) and run the ones not done yet.
+"""A suite as units of work (model x task x unit), planned once and run by an executor.
 
-Units run in this process in order (the local executor). A unit whose result file exists for
-the same config is skipped, so rerunning ``ssl-bench run`` resumes an interrupted suite. A failing
-unit is recorded next to the results and does not stop the others.
+The plan is written into the run directory (a copy of the config, the invocation and a manifest
+of units), so the run can be resumed, inspected (``ssl-bench status``) and executed by jobs in
+other processes or on other machines. A unit whose result file exists for the same config is
+skipped; a failing unit is recorded next to the results and does not stop the others.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from .config import Suite, config_hash
-from .engine import RunContext
+from .config import Suite, config_hash, load_suite
+from .engine import LoadedModel, RunContext, Task
 from .errors import BenchmarkError, ConfigError
 from .features import FeatureCache
 from .models.backbone import get_architecture
@@ -25,6 +30,31 @@ from .registry import PRETRAINERS, TASKS, closest
 from .results import ResultStore, atomic_write_text
 
 MIN_FREE_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Unit:
+    unit_id: str
+    model: str
+    task: str
+    unit: str
+    config_hash: str
+    needs_gpu: bool
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    run_dir: Path
+    cache_dir: Path
+    data_root: Path
+    device: str
+    units: list[Unit]
+
+    def invocation(self) -> dict:
+        return {"suite": self.suite.name, "cache_dir": str(self.cache_dir), "data_root": str(self.data_root),
+                "device": self.device, "models": sorted({u.model for u in self.units}),
+                "tasks": sorted({u.task for u in self.units})}
 
 
 @dataclass
@@ -60,85 +90,159 @@ def check_writable(directory: Path, what: str) -> None:
                              f"{MIN_FREE_BYTES // 2**20} MiB are needed. Free space or use --out/--cache elsewhere")
 
 
-def run_suite(
-    suite: Suite,
-    run_dir: Path,
-    cache_dir: Path,
-    *,
-    data_root: Path | None = None,
-    models: list[str] | None = None,
-    tasks: list[str] | None = None,
-    device: str | None = None,
-    force: bool = False,
-    log: Callable[[str], None] = print,
-) -> RunSummary:
-    settings = suite.settings
-    run_dir, cache_dir = Path(run_dir), Path(cache_dir)
-    data_root = Path(data_root or settings["data_root"]).expanduser()
+def build_tasks(suite: Suite) -> dict[str, Task]:
+    return {t.name: TASKS.get(t.task)(**t.options) for t in suite.tasks}
+
+
+def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
+             models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None) -> Plan:
     model_specs = {m.name: m for m in suite.models}
     task_specs = {t.name: t for t in suite.tasks}
     model_names = select(models, list(model_specs), "model")
     task_names = select(tasks, list(task_specs), "task")
-
-    check_writable(run_dir, "run directory")
-    check_writable(cache_dir, "feature cache")
-    torch_device = resolve_device(device or settings["device"])
-    ctx = RunContext(run_dir=run_dir, data_root=data_root, cache=FeatureCache(cache_dir), device=torch_device,
-                     seed=settings["seed"], batch_size=settings["batch_size"], num_workers=settings["num_workers"])
-    task_objects = {name: TASKS.get(task_specs[name].task)(**task_specs[name].options) for name in task_names}
-    for task in task_objects.values():
-        task.check_data(ctx)
-    atomic_write_text(run_dir / "suite.yaml", yaml.safe_dump(_resolved(suite, data_root), sort_keys=False))
-
-    store = ResultStore(run_dir)
-    summary = RunSummary(run_dir)
+    task_objects = build_tasks(suite)
+    units = []
     for model_name in model_names:
         spec = model_specs[model_name]
         arch = get_architecture(spec.options["arch"])
-        pending = []
         for task_name in task_names:
-            for unit in task_objects[task_name].units(arch):
-                unit_id = f"{model_name}/{task_name}/{unit}"
-                unit_hash = config_hash({"model": [spec.pretrainer, spec.options], "task": task_specs[task_name].task,
-                                         "options": task_specs[task_name].options, "unit": unit, "seed": ctx.seed})
-                if not force and store.is_done(unit_id, unit_hash):
-                    summary.skipped.append(unit_id)
-                else:
-                    pending.append((task_name, unit, unit_id, unit_hash))
-        if not pending:
-            continue
-        try:  # built only when some unit needs it: a supervised model trains here
-            loaded = PRETRAINERS.get(spec.pretrainer)(**spec.options).build(ctx, model_name)
-        except Exception as exc:
-            for _, _, unit_id, _ in pending:
-                _record_failure(store, summary, unit_id, exc, log)
-            continue
-        for task_name, unit, unit_id, unit_hash in pending:
-            log(f"[ssl-bench] {unit_id}")
-            try:
-                with measure(torch_device) as stats:
-                    rows = task_objects[task_name].run(ctx, loaded, unit)
+            task = task_objects[task_name]
+            for unit in task.units(arch):
+                digest = config_hash({"model": [spec.pretrainer, spec.options], "task": task_specs[task_name].task,
+                                      "options": task_specs[task_name].options, "unit": unit,
+                                      "seed": suite.settings["seed"]})
+                units.append(Unit(f"{model_name}/{task_name}/{unit}", model_name, task_name, unit, digest,
+                                  needs_gpu=task.needs_gpu))
+    return Plan(suite, Path(run_dir), Path(cache_dir), Path(data_root or suite.settings["data_root"]).expanduser(),
+                device or suite.settings["device"], units)
+
+
+def write_plan(plan: Plan) -> None:
+    """Everything a job (or a later resume) needs to rebuild this plan, inside the run directory."""
+    atomic_write_text(plan.run_dir / "config.yaml", Path(plan.suite.source).read_text())
+    atomic_write_text(plan.run_dir / "invocation.json", json.dumps(plan.invocation(), indent=1))
+    atomic_write_text(plan.run_dir / "manifest.json", json.dumps([asdict(u) for u in plan.units], indent=1))
+    atomic_write_text(plan.run_dir / "suite.yaml", yaml.safe_dump(_resolved(plan), sort_keys=False))
+
+
+def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
+    """The plan of an existing run directory (for resume, status and jobs)."""
+    run_dir = Path(run_dir)
+    invocation_path = run_dir / "invocation.json"
+    if not invocation_path.is_file():
+        raise BenchmarkError(f"{run_dir} is not a run directory (no invocation.json); pass the folder that "
+                             f"'ssl-bench run' created, e.g. runs/goyal2019-mini")
+    invocation = json.loads(invocation_path.read_text())
+    suite = load_suite(invocation["suite"], run_dir / "config.yaml")
+    plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
+                    models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"])
+    if only is not None:
+        plan.units = [u for u in plan.units if u.unit_id in set(only)]
+    return plan
+
+
+class UnitRunner:
+    """Runs units in this process; each model is built (trained, loaded) at most once."""
+
+    def __init__(self, plan: Plan, log: Callable[[str], None] = print, log_path: str = ""):
+        settings = plan.suite.settings
+        self.log_path = log_path  # where this process's output goes (a job's log file)
+        self.plan = plan
+        self.log = log
+        self.store = ResultStore(plan.run_dir)
+        self.device = resolve_device(plan.device)
+        self.ctx = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
+                              device=self.device, seed=settings["seed"], batch_size=settings["batch_size"],
+                              num_workers=settings["num_workers"])
+        self.tasks = build_tasks(plan.suite)
+        self.specs = {m.name: m for m in plan.suite.models}
+        self.models: dict[str, LoadedModel | Exception] = {}
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self.models:
+            spec = self.specs[name]
+            try:  # a supervised model trains here, once
+                self.models[name] = PRETRAINERS.get(spec.pretrainer)(**spec.options).build(self.ctx, name)
             except Exception as exc:
-                _record_failure(store, summary, unit_id, exc, log)
-                continue
-            provenance = {"model": model_name, "task": task_name, "pretrainer": spec.pretrainer,
-                          "arch": arch.name, "config_hash": unit_hash, "seed": ctx.seed,
-                          "weights_sha256": loaded.weights[:16], **stats, **static_provenance(torch_device)}
-            store.write_unit(unit_id, [{**row, **provenance} for row in rows])
-            summary.done.append(unit_id)
-    return summary
+                self.models[name] = exc
+        if isinstance(self.models[name], Exception):
+            raise self.models[name]
+        return self.models[name]
+
+    def prepare(self, model_name: str, units: list[Unit]) -> None:
+        """Build the model and extract the features its units need, once (a job of its own)."""
+        model = self.model(model_name)
+        for task_name in dict.fromkeys(u.task for u in units):
+            self.tasks[task_name].prepare(self.ctx, model)
+
+    def run(self, unit: Unit, summary: RunSummary) -> None:
+        self.log(f"[ssl-bench] {unit.unit_id}")
+        marker = self.store.unit_path(unit.unit_id).with_suffix(".running")
+        atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                              "job_id": os.environ.get("SLURM_JOB_ID", ""),
+                                              "log": self.log_path, "started": time.time()}))
+        try:
+            model = self.model(unit.model)
+            with measure(self.device) as stats:
+                rows = self.tasks[unit.task].run(self.ctx, model, unit.unit)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            where = f"log: {self.log_path}\n" if self.log_path else ""
+            self.store.write_error(unit.unit_id, message + "\n" + where + "\n" + traceback.format_exc())
+            summary.failed[unit.unit_id] = message
+            self.log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
+            return
+        finally:
+            marker.unlink(missing_ok=True)
+        spec = self.specs[unit.model]
+        provenance = {"model": unit.model, "task": unit.task, "pretrainer": spec.pretrainer,
+                      "arch": model.arch.name, "config_hash": unit.config_hash, "seed": self.ctx.seed,
+                      "weights_sha256": model.weights[:16], **stats, **static_provenance(self.device)}
+        self.store.write_unit(unit.unit_id, [{**row, **provenance} for row in rows])
+        summary.done.append(unit.unit_id)
 
 
-def _record_failure(store: ResultStore, summary: RunSummary, unit_id: str, exc: Exception, log) -> None:
-    message = f"{type(exc).__name__}: {exc}"
-    store.write_error(unit_id, message + "\n\n" + traceback.format_exc())
-    summary.failed[unit_id] = message
-    log(f"[ssl-bench] FAILED {unit_id}: {message}")
+def pending_units(plan: Plan, force: bool = False) -> tuple[list[Unit], list[str]]:
+    store = ResultStore(plan.run_dir)
+    pending, skipped = [], []
+    for unit in plan.units:
+        if not force and store.is_done(unit.unit_id, unit.config_hash):
+            skipped.append(unit.unit_id)
+        else:
+            pending.append(unit)
+    return pending, skipped
 
 
-def _resolved(suite: Suite, data_root: Path) -> dict:
+def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
+             log: Callable[[str], None] = print) -> RunSummary:
+    check_writable(plan.run_dir, "run directory")
+    check_writable(plan.cache_dir, "feature cache")
+    ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
+                           device=resolve_device(plan.device))
+    tasks = build_tasks(plan.suite)
+    for task_name in dict.fromkeys(u.task for u in plan.units):
+        tasks[task_name].check_data(ctx_probe)
+    write_plan(plan)
+    pending, skipped = pending_units(plan, force)
+    summary = RunSummary(plan.run_dir, skipped=skipped)
+    if not pending:
+        return summary
+    from .scheduler import execute
+
+    return execute(plan, pending, summary, executor or {"name": "local"}, log)
+
+
+def run_suite(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
+              models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
+              force: bool = False, executor: dict | None = None, log: Callable[[str], None] = print) -> RunSummary:
+    plan = plan_run(suite, run_dir, cache_dir, data_root=data_root, models=models, tasks=tasks, device=device)
+    return run_plan(plan, force=force, executor=executor, log=log)
+
+
+def _resolved(plan: Plan) -> dict:
+    suite = plan.suite
     return {
-        "suite": suite.name, "source": suite.source, "data_root": str(data_root), **suite.settings,
+        "suite": suite.name, "source": suite.source, "data_root": str(plan.data_root), **suite.settings,
         "models": {m.name: {"pretrainer": m.pretrainer, **m.options} for m in suite.models},
         "tasks": {t.name: {"task": t.task, **t.options} for t in suite.tasks},
     }

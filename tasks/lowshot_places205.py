@@ -63,6 +63,12 @@ class LowShotPlaces205(Task):
             raise ConfigError(f"lowshot_places205: the validation cost selection needs at least one k >= "
                               f"folds ({self.config['folds']}); k_values are {self.config['k_values']}")
 
+    def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
+        layers = resolve_layers("lowshot_places205", self.config["layers"], model.arch)
+        for split in ("train", "val"):
+            data = load_places205(self.root(ctx), split)
+            split_features(ctx, model, data, "places205", split, layers, self.config["image_size"])
+
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
         cost_list, costs = resolve_costs(self.config["costs"], "lowshot_places205")

@@ -114,6 +114,12 @@ class LowShotVOC07(Task):
         return {c: lowshot.cv_cost(Z_train, to_binary(labels[:, c]), costs, self.config["folds"], seed, log)
                 for c in range(labels.shape[1])}
 
+    def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
+        layers = resolve_layers("lowshot_voc07", self.config["layers"], model.arch)
+        for split in (self.config["train_split"], self.config["test_split"]):
+            split_features(ctx, model, load_voc(ctx.data_root, split), "voc07", split, layers,
+                           self.config["image_size"])
+
     def image_size(self, model: LoadedModel) -> int:
         return self.config["image_size"] or model.arch.reference_input_size
 

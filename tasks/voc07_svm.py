@@ -43,6 +43,10 @@ class VOC07SVM(Task):
         for split in (self.config["train_split"], self.config["test_split"]):
             load_voc(ctx.data_root, split)
 
+    def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
+        for split in (self.config["train_split"], self.config["test_split"]):
+            self.features(ctx, model, split)
+
     def features(self, ctx: RunContext, model: LoadedModel, split: str):
         data = load_voc(ctx.data_root, split)
         feats = split_features(ctx, model, data, "voc07", split, self.layers(model.arch), self.config["image_size"])

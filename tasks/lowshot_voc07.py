@@ -45,13 +45,11 @@ def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, 
         cost = lowshot.cv_cost(Z_sample, y, costs, folds, seed, log)
         if cost is None:
             cost, source = fallback_cost(c), "full-data-cv"
-            if cost is None:
-                raise ValueError(f"class {c}: too few positives for cross-validation even on the full "
-                                 f"training set; the validation cost selection is undefined")
         else:
             source = f"{folds}-fold-cv-on-sample"
-        chosen[i] = costs.index(cost)
-        sources.append(source)
+        # -1: fewer positives than folds even in the full training set, so no validation choice
+        chosen[i] = -1 if cost is None else costs.index(cost)
+        sources.append(source if cost is not None else "none(too-few-positives)")
     return aps, chosen, sources, log
 
 
@@ -168,7 +166,8 @@ class LowShotVOC07(Task):
             map_per_cost = np.nanmean(aps[idx], axis=2) * 100  # (samples, costs)
             best = lowshot.reference_selection(map_per_cost)
             reference = map_per_cost[:, best]
-            per_class = np.take_along_axis(aps[idx], chosen[idx][:, None, :], axis=1)[:, 0, :]
+            per_class = np.take_along_axis(aps[idx], np.maximum(chosen[idx], 0)[:, None, :], axis=1)[:, 0, :]
+            per_class[chosen[idx] < 0] = np.nan  # left out of the validation mean, and said so in the row
             validation = np.nanmean(per_class, axis=1) * 100
             rows += lowshot_rows(common, k, reference, "reference(test-set)", costs[best], "mAP")
             used = sorted({src for i in idx for src in sources[i]})

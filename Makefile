@@ -6,7 +6,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/synth
 DEMO_IMAGES ?= 1200
 
-.PHONY: demo test test-fast venv clean-demo
+REFERENCE ?= results/reference/goyal2019-mini.csv
+
+.PHONY: demo test test-fast venv clean-demo regression-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +34,11 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
+
+# CI: the mini suite from scratch, then its numbers against the stored reference
+# (after a deliberate change: ssl-bench check runs/goyal2019-mini --against $(REFERENCE) --update)
+regression-check: demo
+	$(VENV)/bin/ssl-bench check runs/goyal2019-mini --against $(REFERENCE)
 
 clean-demo:
 	rm -rf runs/goyal2019-mini runs/feature-cache $(DEMO_DATA)

@@ -1,6 +1,7 @@
 """``ssl-bench check``: compare a run's results with stored reference results (CI regressions).
 
-Rows are joined on (model, task, dataset, layer, metric, class, k, sample, cost_selection). A
+Rows are joined on (model, task, dataset, layer, metric, class, k, sample, cost_selection,
+evaluation). A
 metric moved beyond its tolerance is a regression; a reference row the run lacks is missing; a
 run row the reference lacks is new (reported, not a failure). Tolerance: ``--tolerance`` for
 everything when given; otherwise, for low-shot means, the larger of the base tolerance and the
@@ -17,7 +18,7 @@ import pandas as pd
 from .errors import BenchmarkError
 from .results import ResultStore, atomic_write_text
 
-JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection"]
+JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
 BASE_TOLERANCE = 0.5
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
 REFERENCE_COLUMNS = JOIN + ["value", "ssl_bench_version", "git_sha", "device"]
@@ -48,6 +49,8 @@ def tolerances(reference: pd.DataFrame, tolerance: float | None) -> pd.Series:
 def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None = None) -> dict[str, pd.DataFrame]:
     ref_all = reference.copy()
     for column in JOIN:
+        if column not in ref_all:
+            ref_all[column] = ""
         ref_all[column] = ref_all[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
     ref_all["value"] = pd.to_numeric(ref_all["value"], errors="coerce")
     ref_all["tolerance"] = tolerances(ref_all, tolerance)

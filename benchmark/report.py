@@ -32,7 +32,9 @@ def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     several = selection.groupby(rows["task"]).transform("nunique") > 1
     section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
     k = _text(rows, "k")
-    column = (section + "/" + _text(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"])
+    evaluation = _text(rows, "evaluation")  # training tasks report the best and the final evaluation
+    column = (section + "/" + _text(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
+              + evaluation.where(evaluation.eq(""), " (" + evaluation + ")"))
     return rows.assign(section=section, column=column)
 
 

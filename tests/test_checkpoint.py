@@ -18,13 +18,7 @@ from benchmark.registry import PRETRAINERS
 ARCH = get_architecture("resnet18")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: on a shared 2-core machine intra-op threads cost far more than they gain."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class NotATensor:

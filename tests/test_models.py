@@ -23,13 +23,7 @@ RESNET50_TABLE = {
 GRIDS = {"conv1": 12, "res2": 6, "res3": 4, "res4": 3, "res5": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: on a shared 2-core machine intra-op threads cost far more than they gain."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _backbone(name: str, seed: int = 0) -> FrozenBackbone:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.config import DEFAULT_CONFIG, SUITE_KEYS, config_hash, list_suites, load_suite, load_yaml
+from benchmark.config import (DEFAULT_CONFIG, EXECUTOR_KEYS, SUITE_KEYS, config_hash, list_suites, load_suite,
+                              load_yaml)
 from benchmark.errors import ConfigError
 from benchmark.registry import PRETRAINERS, TASKS
 from benchmark.svm import REFERENCE_COSTS
@@ -66,6 +67,7 @@ def test_repo_config_loads_both_suites(name: str) -> None:
     suite = load_suite(name)
     assert suite.name == name and suite.source == str(DEFAULT_CONFIG)
     expected_settings = {k: raw.get(k, v) for k, v in SUITE_KEYS.items() if k not in ("models", "tasks")}
+    expected_settings["executor"] = {**EXECUTOR_KEYS, **(raw.get("executor") or {})}
     assert suite.settings == expected_settings
     assert [m.name for m in suite.models] == list(raw["models"])
     for model in suite.models:
@@ -82,17 +84,20 @@ def test_repo_config_loads_both_suites(name: str) -> None:
 def test_repo_suites_follow_the_protocol() -> None:
     full = load_suite("goyal2019")
     assert [m.options["arch"] for m in full.models] == ["resnet50"]
-    assert [t.task for t in full.tasks] == ["voc07_svm", "lowshot_voc07", "lowshot_places205"]
+    assert [t.task for t in full.tasks] == ["voc07_svm", "lowshot_voc07", "lowshot_places205", "linear_places205"]
     task = full.tasks[0]
     assert task.options["layers"] == ["conv1", "res2", "res3", "res4", "res5"]
     assert task.options["folds"] == 3 and task.options["image_size"] is None  # the reference 224 px
     assert resolve_costs(task.options["costs"], "voc07_svm") == ("reference", REFERENCE_COSTS)
-    for lowshot in full.tasks[1:]:  # the reference's low-shot protocol: k = 1..96, 5 samples, 26 costs
+    for lowshot in full.tasks[1:3]:  # the reference's low-shot protocol: k = 1..96, 5 samples, 26 costs
         assert lowshot.options["k_values"] == [1, 2, 4, 8, 16, 32, 64, 96]
         assert lowshot.options["num_samples"] == 5 and lowshot.options["costs"] == "reference"
+    linear = full.tasks[3].options  # the reference's schedule at 224 px, every ResNet layer with pool5
+    assert linear["schedule"] == "reference" and linear["image_size"] is None
+    assert linear["batch_size"] in (None, 256) and linear["layers"][-1] == "pool5"
     mini = load_suite("goyal2019-mini")
     assert {m.pretrainer for m in mini.models} >= {"random", "supervised"}
-    assert {t.task for t in mini.tasks} == {"voc07_svm", "lowshot_voc07", "lowshot_places205"}
+    assert {t.task for t in mini.tasks} == {"voc07_svm", "lowshot_voc07", "lowshot_places205", "linear_places205"}
 
 
 def test_list_suites_descriptions() -> None:
@@ -285,3 +290,15 @@ def test_config_hash_is_stable_across_processes() -> None:
     out = subprocess.run([sys.executable, "-c", code, json.dumps(obj)], capture_output=True, text=True,
                          env=env, cwd=REPO, check=True).stdout.strip()
     assert out == config_hash(obj)
+
+
+def test_executor_settings_are_validated(tmp_path: Path) -> None:
+    text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: slurm, partiton: gpu}\n")
+    with pytest.raises(ConfigError, match="partiton.*Did you mean 'partition'"):
+        load_suite("s", _write(tmp_path, text))
+    text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: kubernetes}\n")
+    with pytest.raises(ConfigError, match="unknown executor 'kubernetes'"):
+        load_suite("s", _write(tmp_path, text))
+    text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: slurm, partition: gpu}\n")
+    executor = load_suite("s", _write(tmp_path, text)).settings["executor"]
+    assert executor == {**EXECUTOR_KEYS, "name": "slurm", "partition": "gpu"}

@@ -16,6 +16,12 @@ class ConfigError(BenchmarkError):
 class DatasetError(BenchmarkError):
     """A dataset is missing, malformed or contains an unreadable file."""
 
+    @classmethod
+    def from_worker(cls, exc: "DatasetError") -> "DatasetError":
+        """A DataLoader worker's error arrives wrapped in its traceback; keep the message the user
+        needs (it names the file)."""
+        return cls(str(exc).strip().splitlines()[-1].removeprefix("benchmark.errors.DatasetError: "))
+
 
 class CheckpointError(BenchmarkError):
     """A checkpoint cannot be read or does not match the architecture."""

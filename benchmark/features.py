@@ -116,9 +116,7 @@ def extract_features(
             return forward_batches(backbone, (images for images, _ in loader), layers, len(image_paths),
                                    device=device, sinks=sinks, on_batch=bar.update)
         except DatasetError as exc:
-            # A worker's error arrives wrapped in its traceback; the user needs the file name.
-            raise DatasetError(str(exc).strip().splitlines()[-1].removeprefix(
-                "benchmark.errors.DatasetError: ")) from None
+            raise DatasetError.from_worker(exc) from None
 
 
 def forward_batches(backbone: FrozenBackbone, batches, layers: Sequence[str], total: int, *,

@@ -477,11 +477,6 @@ def _ddp_entry(rank, world_size, port, arch_name, trunk, train_set, val_set, set
         dist.destroy_process_group()
 
 
-def _unwrap_dataset_error(exc: DatasetError) -> DatasetError:
-    # A worker's error arrives wrapped in its traceback; the user needs the file name.
-    return DatasetError(str(exc).strip().splitlines()[-1].removeprefix("benchmark.errors.DatasetError: "))
-
-
 class _Log:
     """The CSV log: one row per iteration (LR, loss per head) and per evaluation (top-1/top-5 per
     head). Rows are buffered and flushed every ``log_every`` iterations and before a checkpoint,
@@ -685,7 +680,7 @@ def _batches(loader: DataLoader):
     try:
         yield from loader
     except DatasetError as exc:
-        raise _unwrap_dataset_error(exc) from None
+        raise DatasetError.from_worker(exc) from None
 
 
 @torch.no_grad()

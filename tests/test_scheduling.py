@@ -189,3 +189,22 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tiny, tmp
     pd.testing.assert_frame_equal(rows, _rows(reference_dir))
     gathered = pd.read_csv(out / "tiny" / "results.csv")
     assert len(gathered) == len(rows)
+
+
+def test_unwritable_or_full_results_dir_fails_before_any_work(tiny, tmp_path, monkeypatch, capsys) -> None:
+    """Results that could not be saved are an error up front, not after hours of compute."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    _, config, _ = tiny
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and str(blocker) in err
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "only 1 MiB free" in err and "--out" in err
+    assert not (tmp_path / "runs" / "tiny" / "units").exists()

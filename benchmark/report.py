@@ -69,7 +69,8 @@ def skipped_notes(df: pd.DataFrame) -> list[str]:
 
 def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = headline_rows(df)
-    rows = rows[_text(rows, "k").eq("")]
+    # one value per layer: no low-shot k, and of a training task's evaluations the reported (best)
+    rows = rows[_text(rows, "k").eq("") & _text(rows, "evaluation").isin(["", "best"])]
     if rows.empty:
         return None
     import matplotlib
@@ -189,9 +190,12 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
     lines = ["## How these numbers were made", ""]
     for task, sub in rows.groupby("task", sort=False):
         first = sub.iloc[0]
-        details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "n_train", "n_test")
-                   if col in sub and pd.notna(first.get(col))]
-        details.append("cost selection: " + ", ".join(dict.fromkeys(_text(sub, "cost_selection"))))
+        details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
+                   if col in sub and pd.notna(first.get(col)) and first.get(col) != ""]
+        for column, label in (("cost_selection", "cost selection"), ("evaluation", "evaluations")):
+            values = [v for v in dict.fromkeys(_text(sub, column)) if v]
+            if values:
+                details.append(f"{label}: " + ", ".join(values))
         lines.append(f"- {task}: " + ", ".join(details))
     meta = df.iloc[0]
     lines.append(f"- ssl-bench {meta.get('ssl_bench_version')} at git {meta.get('git_sha')}, "

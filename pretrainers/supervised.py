@@ -81,8 +81,21 @@ class Supervised(Pretrainer):
         model.to(ctx.device).train()
         loss_fn = nn.BCEWithLogitsLoss()
         history = []
-        with tqdm(total=steps, desc=f"train {model_name}", unit="it", leave=False, disable=None) as bar:
-            for epoch in range(cfg["epochs"]):
+        # resumable at epoch boundaries: a preempted or killed job continues where it stopped and
+        # ends with the weights an uninterrupted run would have
+        partial = path.with_name(path.stem + ".partial.pth")
+        start_epoch = 0
+        if partial.exists():
+            state = torch.load(partial, map_location=ctx.device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, history = state["epoch"], state["history"]
+        with tqdm(total=steps, initial=start_epoch * len(loader), desc=f"train {model_name}", unit="it",
+                  leave=False, disable=None) as bar:
+            for epoch in range(start_epoch, cfg["epochs"]):
                 total, count = 0.0, 0
                 for images, labels in loader:
                     images, labels = images.to(ctx.device), labels.to(ctx.device)
@@ -96,6 +109,10 @@ class Supervised(Pretrainer):
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
                 history.append(round(total / count, 4))
+                atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                   "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                                   "history": history}, partial)
         meta = {"trained_on": f"{cfg['dataset']}/{cfg['split']}", "train_images": len(targets),
                 "epochs": cfg["epochs"], "final_train_loss": history[-1], "loss_history": history,
                 "train_config_hash": config_hash(cfg)}
@@ -103,3 +120,4 @@ class Supervised(Pretrainer):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         atomic_torch_save({"state_dict": model.cpu().state_dict(), "meta": meta}, path)
+        partial.unlink(missing_ok=True)

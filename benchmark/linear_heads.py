@@ -484,8 +484,8 @@ class _Log:
 
     def __init__(self, path: Path, layers: Sequence[str], resume_bytes: int | None, enabled: bool):
         self.path, self.enabled = path, enabled
-        self.columns = ["phase", "iteration", "epoch", "lr"] + [f"loss/{l}" for l in layers] + \
-                       [f"top{k}/{l}" for l in layers for k in TOPK]
+        self.columns = ["phase", "iteration", "epoch", "lr"] + [f"loss/{layer}" for layer in layers] + \
+                       [f"top{k}/{layer}" for layer in layers for k in TOPK]
         self.pending: list[tuple] = []
         if not enabled:
             return
@@ -504,7 +504,7 @@ class _Log:
     def evaluation(self, iteration: int, epoch: int, accuracy: dict[str, dict[int, float]]) -> None:
         self.flush()
         if self.enabled:
-            values = [f"{accuracy[l][k]:.4f}" for l in accuracy for k in TOPK]
+            values = [f"{accuracy[layer][k]:.4f}" for layer in accuracy for k in TOPK]
             self.writer.writerow(["eval", iteration, epoch, ""] + [""] * len(accuracy) + values)
 
     def flush(self) -> list[float]:
@@ -600,7 +600,7 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
             "rng": rng_state(),
             "evaluations": evaluations, "best": best, "final": evaluations[-1] if done else None,
             "log_bytes": log_bytes, "schedule": schedule.describe(), "layers": layers,
-            "feature_dims": {l: h.fc.in_features for l, h in heads.heads.items()}, **(extra or {}),
+            "feature_dims": {layer: h.fc.in_features for layer, h in heads.heads.items()}, **(extra or {}),
         }, path)
 
     def evaluate(iteration: int) -> None:
@@ -610,15 +610,15 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
 
             dist.all_reduce(counts)
             dist.all_reduce(n)
-        accuracy = {l: {k: 100.0 * float(c) / float(n) for k, c in zip(TOPK, counts[i].tolist())}
-                    for i, l in enumerate(layers)}
+        accuracy = {layer: {k: 100.0 * float(c) / float(n) for k, c in zip(TOPK, counts[i].tolist())}
+                    for i, layer in enumerate(layers)}
         evaluations.append({"iteration": iteration, "epoch": iteration / ipe,
-                            **{f"top{k}/{l}": accuracy[l][k] for l in layers for k in TOPK}})
-        for l in layers:
+                            **{f"top{k}/{layer}": accuracy[layer][k] for layer in layers for k in TOPK}})
+        for layer in layers:
             for k in TOPK:
-                key = f"top{k}/{l}"
-                if key not in best or accuracy[l][k] > best[key][0]:
-                    best[key] = (accuracy[l][k], iteration)
+                key = f"top{k}/{layer}"
+                if key not in best or accuracy[layer][k] > best[key][0]:
+                    best[key] = (accuracy[layer][k], iteration)
         log.evaluation(iteration, iteration // ipe, accuracy)
 
     bar = tqdm(total=schedule.iterations, initial=start, desc=setup.desc, unit="it", leave=False,
@@ -632,7 +632,7 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
             with torch.no_grad(), autocast():
                 maps = backbone.feature_maps(images, layers)
             logits = ddp_heads(maps)
-            losses = torch.stack([F.cross_entropy(logits[l].float(), targets) for l in layers])
+            losses = torch.stack([F.cross_entropy(logits[layer].float(), targets) for layer in layers])
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
@@ -695,7 +695,7 @@ def _evaluate(backbone, heads: MultiHead, val_set: Dataset, layers, device, setu
         with autocast():
             maps = backbone.feature_maps(images, layers)
         logits = heads(maps)
-        counts += torch.stack([topk_correct(logits[l].float(), targets, TOPK) for l in layers])
+        counts += torch.stack([topk_correct(logits[layer].float(), targets, TOPK) for layer in layers])
         n += len(targets)
     return counts, n
 

@@ -105,9 +105,9 @@ def _execute_submitit(plan: Plan, pending: list[Unit], summary: RunSummary, cfg:
                                        [False] * len(group))
             log(f"[ssl-bench] submitted {len(group)} {'GPU' if gpu else 'CPU'} unit job(s) for {model}: "
                 f"{', '.join(j.job_id for j in array)}")
-            jobs += [(prepare, u, j) for u, j in zip(group, array)]
+            jobs += list(zip(group, array))
     store = ResultStore(plan.run_dir)
-    for prepare, unit, job in jobs:
+    for unit, job in jobs:
         try:
             job.result()
         except Exception as exc:  # the job died (killed, node failure, prepare failed): say where to look

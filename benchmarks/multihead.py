@@ -73,7 +73,7 @@ def main() -> None:
             with torch.no_grad(), autocast():
                 maps = backbone.feature_maps(x, layers)
             logits = heads(maps)
-            loss = sum(F.cross_entropy(logits[l].float(), y) for l in layers)
+            loss = sum(F.cross_entropy(logits[layer].float(), y) for layer in layers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -82,7 +82,7 @@ def main() -> None:
 
     def separate(full_trunk: bool) -> float:
         heads = fresh()
-        per_layer = {l: make_optimizer(type(heads)({l: heads.heads[l]}), schedule)[0] for l in layers}
+        per_layer = {layer: make_optimizer(type(heads)({layer: heads.heads[layer]}), schedule)[0] for layer in layers}
 
         def step(x, y):
             for layer in layers:

@@ -20,6 +20,7 @@ from .results import atomic_write_bytes
 from .svm import FitLog, cv_average_precision, fit_svm
 
 K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
+TEST_SELECTED = "reference(test-set)"  # cost_selection of the reference: argmax of mean TEST mAP
 NUM_SAMPLES = 5
 
 
@@ -167,3 +168,13 @@ def reference_selection(map_per_cost: np.ndarray) -> int:
     """(samples, costs) mAP -> index of the cost with the best mean over samples (first on ties),
     as fair_ssb's aggregate script does. This looks at the TEST set."""
     return int(np.argmax(map_per_cost.mean(axis=0)))
+
+
+def lowshot_rows(common: dict, k: int, per_sample: np.ndarray, selection: str, cost, metric: str) -> list[dict]:
+    """Per-sample rows plus mean/std/min/max/ci95 rows of one (k, selection)."""
+    base = {**common, "k": k, "cost_selection": selection, "cost": cost}
+    rows = [{**base, "metric": metric, "sample": s + 1, "value": float(v)} for s, v in enumerate(per_sample)]
+    agg = aggregate(per_sample)
+    for name in ("mean", "std", "min", "max", "ci95"):
+        rows.append({**base, "metric": f"{metric}_{name}", "sample": "", "value": getattr(agg, name)})
+    return rows

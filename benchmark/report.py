@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .lowshot import TEST_SELECTED
 from .results import ResultStore, atomic_write_text
 
 HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean")
-TEST_SELECTED = "reference(test-set)"
 
 
 def _text(df: pd.DataFrame, column: str) -> pd.Series:

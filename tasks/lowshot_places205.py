@@ -23,7 +23,6 @@ from benchmark.registry import TASKS
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
 
 from .common import resolve_layers, split_features
-from .lowshot_voc07 import lowshot_rows
 
 
 def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
@@ -116,8 +115,8 @@ class LowShotPlaces205(Task):
             source = f"{folds}-fold-cv-on-sample" if k >= folds else f"{folds}-fold-cv-on-k{fallback_k}-sample"
             for metric, reference, validation in (("mAP", map_per_cost[:, best], val_map),
                                                   ("top1", top1_ref, val_top1)):
-                rows += lowshot_rows(common, k, reference, "reference(test-set)", costs[best], metric)
-                rows += lowshot_rows(common, k, validation, "validation", f"per-class:{source}", metric)
+                rows += lowshot.lowshot_rows(common, k, reference, lowshot.TEST_SELECTED, costs[best], metric)
+                rows += lowshot.lowshot_rows(common, k, validation, "validation", f"per-class:{source}", metric)
         for k in skipped:
             rows.append({**common, "metric": "skipped", "k": k, "value": float("nan"),
                          "note": f"k={k} skipped: the smallest Places205 class has {smallest} training images"})

@@ -169,9 +169,9 @@ class LowShotVOC07(Task):
             per_class = np.take_along_axis(aps[idx], np.maximum(chosen[idx], 0)[:, None, :], axis=1)[:, 0, :]
             per_class[chosen[idx] < 0] = np.nan  # left out of the validation mean, and said so in the row
             validation = np.nanmean(per_class, axis=1) * 100
-            rows += lowshot_rows(common, k, reference, "reference(test-set)", costs[best], "mAP")
+            rows += lowshot.lowshot_rows(common, k, reference, lowshot.TEST_SELECTED, costs[best], "mAP")
             used = sorted({src for i in idx for src in sources[i]})
-            rows += lowshot_rows(common, k, validation, "validation", "per-class:" + "+".join(used), "mAP")
+            rows += lowshot.lowshot_rows(common, k, validation, "validation", "per-class:" + "+".join(used), "mAP")
         for k in skipped:
             rows.append({**common, "metric": "skipped", "k": k, "value": float("nan"),
                          "note": f"k={k} skipped: some class has fewer than {k} positives or {19 * k} "
@@ -184,13 +184,3 @@ class LowShotVOC07(Task):
         np.savez(buffer, k=np.repeat(ks, self.config["num_samples"]), costs=np.array(costs), ap=aps)
         path = ctx.run_dir / "lowshot" / model.name / "lowshot_voc07" / f"{layer}_ap.npz"
         atomic_write_bytes(path, buffer.getvalue())
-
-
-def lowshot_rows(common: dict, k: int, per_sample: np.ndarray, selection: str, cost, metric: str) -> list[dict]:
-    """Per-sample rows plus mean/std/min/max/ci95 rows of one (k, selection)."""
-    base = {**common, "k": k, "cost_selection": selection, "cost": cost}
-    rows = [{**base, "metric": metric, "sample": s + 1, "value": float(v)} for s, v in enumerate(per_sample)]
-    agg = lowshot.aggregate(per_sample)
-    for name in ("mean", "std", "min", "max", "ci95"):
-        rows.append({**base, "metric": f"{metric}_{name}", "sample": "", "value": getattr(agg, name)})
-    return rows

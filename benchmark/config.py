@@ -117,6 +117,7 @@ class TaskSpec:
     name: str
     task: str
     options: dict
+    models: list[str] | None = None  # the suite models this task evaluates; None: all of them
 
 
 @dataclass
@@ -161,8 +162,11 @@ def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
 def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
     raw = dict(_mapping(raw, where))
     task = raw.pop("task", name)
+    models = raw.pop("models", None)
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise ConfigError(f"{where}.models must be a list of model names of this suite, got {models!r}")
     cls = _registered(TASKS, task, where)
-    return TaskSpec(name, task, validate_options(raw, cls.options, where))
+    return TaskSpec(name, task, validate_options(raw, cls.options, where), models)
 
 
 def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
@@ -183,11 +187,17 @@ def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
                           f"use one of {', '.join(EXECUTORS)}")
     models = _mapping(settings.pop("models"), f"{where}.models")
     tasks = _mapping(settings.pop("tasks"), f"{where}.tasks")
+    task_specs = [parse_task(t, spec, f"{where}.tasks.{t}") for t, spec in tasks.items()]
+    for spec in task_specs:
+        for model in spec.models or []:
+            if model not in models:
+                raise ConfigError(f"{where}.tasks.{spec.name}.models: no model '{model}' in this suite."
+                                  f"{closest(model, models)} Models: {', '.join(models)}")
     return Suite(
         name=name,
         settings=settings,
         models=[parse_model(m, spec, f"{where}.models.{m}") for m, spec in models.items()],
-        tasks=[parse_task(t, spec, f"{where}.tasks.{t}") for t, spec in tasks.items()],
+        tasks=task_specs,
         source=str(path),
     )
 

@@ -107,6 +107,8 @@ def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | 
         arch = get_architecture(spec.options["arch"])
         for task_name in task_names:
             task = task_objects[task_name]
+            if task_specs[task_name].models is not None and model_name not in task_specs[task_name].models:
+                continue
             for unit in task.units(arch):
                 digest = config_hash({"model": [spec.pretrainer, spec.options], "task": task_specs[task_name].task,
                                       "options": task_specs[task_name].options, "unit": unit,

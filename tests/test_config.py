@@ -302,3 +302,32 @@ def test_executor_settings_are_validated(tmp_path: Path) -> None:
     text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: slurm, partition: gpu}\n")
     executor = load_suite("s", _write(tmp_path, text)).settings["executor"]
     assert executor == {**EXECUTOR_KEYS, "name": "slurm", "partition": "gpu"}
+
+
+TWO_MODELS = MINIMAL.replace("""        arch: resnet18
+""", """        arch: resnet18
+      rnd2:
+        pretrainer: random
+        arch: resnet18
+        seed: 1
+""")
+
+
+def test_task_models_restricts_the_plan(tmp_path: Path) -> None:
+    from benchmark.runner import plan_run
+
+    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: [rnd2]"))
+    suite = load_suite("s", path)
+    assert suite.tasks[0].models == ["rnd2"] and "models" not in suite.tasks[0].options
+    plan = plan_run(suite, tmp_path / "run", tmp_path / "cache")
+    assert [u.unit_id for u in plan.units] == ["rnd2/voc07_svm/conv1", "rnd2/voc07_svm/res5"]
+    everything = plan_run(load_suite("s", _write(tmp_path, TWO_MODELS)), tmp_path / "run", tmp_path / "cache")
+    assert len(everything.units) == 4
+
+
+def test_task_models_must_name_suite_models(tmp_path: Path) -> None:
+    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: [rnd3]"))
+    message = _error(path)
+    assert "tasks.voc07_svm.models" in message and "'rnd3'" in message and "Did you mean" in message
+    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: rnd2"))
+    assert "must be a list of model names" in _error(path)

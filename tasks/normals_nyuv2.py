@@ -1,0 +1,175 @@
+"""`normals_nyuv2`: surface normal estimation on NYUv2 with a dilated ResNet (output stride 8) and a
+pyramid pooling decoder, conv1..res4 frozen, res5 and the decoder trained (Goyal et al. 2019).
+
+One unit per model (``res5``: the deepest frozen layer is res4, training starts at res5). The
+normal codebook (k-means on the training normals) is computed once per dataset and cached under
+the feature cache (``<cache>/normals-codebook/``). The run lives in
+``RUN_DIR/normals_nyuv2/<model>/<fingerprint>/`` (checkpoint.pt, log.csv); an interrupted unit
+resumes from its checkpoint and reaches the same numbers. Rows: mean / median angular error
+(degrees) and % of pixels within 11.25 / 22.5 / 30 degrees on the test split, final model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.config import config_hash
+from benchmark.datasets.nyuv2 import LABELED_FILE, NORMALS_FILE, NORMALS_SOURCES, SPLITS_FILE, load_nyuv2
+from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.errors import ConfigError
+from benchmark.models import Architecture
+from benchmark.normals.codebook import cached_codebook
+from benchmark.normals.metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES
+from benchmark.normals.model import PSP_BINS
+from benchmark.normals.train import HEADS, NormalsSchedule, NormalsSetup, train_normals
+from benchmark.registry import TASKS
+
+UNIT = "res5"
+REFERENCE_HEIGHT = 480  # NYUv2 frames; the training short sides are given for them
+# The reference's optimiser (PROTOCOL: SGD LR 0.02 poly 0.9, weight decay 1e-4, momentum 0.9). The
+# protocol gives no iteration count or batch size: ssl-bench chose 10,000 iterations of 16 images
+# (about 200 epochs of the 795 training images).
+SCHEDULES = {"reference": {"iterations": 10_000, "batch_size": 16, "base_lr": 0.02, "weight_decay": 1e-4}}
+SCHEDULE_NAMES = (*SCHEDULES, "custom")
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"normals_nyuv2: {what} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_schedule(cfg: dict) -> NormalsSchedule:
+    name = cfg["schedule"]
+    if name not in SCHEDULE_NAMES:
+        raise ConfigError(f"normals_nyuv2: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
+    if name == "custom":
+        if cfg["iterations"] is None:
+            raise ConfigError("normals_nyuv2: the custom schedule needs 'iterations'")
+        spec = {"iterations": cfg["iterations"], "batch_size": 16, "base_lr": 0.02, "weight_decay": 1e-4}
+    else:
+        if cfg["iterations"] is not None:
+            raise ConfigError(f"normals_nyuv2: iterations only apply to schedule: custom; the {name!r} schedule "
+                              f"fixes them (set schedule: custom to choose your own)")
+        spec = dict(SCHEDULES[name])
+    spec.update({k: cfg[k] for k in ("batch_size", "base_lr", "weight_decay") if cfg[k] is not None})
+    _positive_int(spec["iterations"], "iterations")
+    if _positive_int(spec["batch_size"], "batch_size") < 2:
+        raise ConfigError("normals_nyuv2: batch_size must be at least 2 (the decoder's BatchNorm needs it)")
+    for key in ("base_lr", "weight_decay"):
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"normals_nyuv2: {key} must be a non-negative number, got {value!r}")
+    return NormalsSchedule(name, int(spec["iterations"]), int(spec["batch_size"]), float(spec["base_lr"]),
+                           float(spec["weight_decay"]))
+
+
+@TASKS.register("normals_nyuv2")
+class NormalsNYUv2(Task):
+    dataset = "nyuv2"
+    needs_gpu = True  # trains res5 and a decoder on dense maps
+    options = {
+        "data_dir": "NYUv2",  # relative to the data root, or absolute
+        "labeled_file": LABELED_FILE,
+        "splits_file": SPLITS_FILE,
+        "normals": "file",  # file (normals_file: Ladicky-style ground truth) | depth (computed from the depths)
+        "normals_file": NORMALS_FILE,
+        "depth_window": 5,  # normals: depth -> plane-fit window (pixels, odd)
+        "head": "codebook",  # codebook (40-way classification, the reference) | regression (cosine loss)
+        "codebook_size": 40,
+        "codebook_samples": 1_000_000,  # training pixels drawn for k-means
+        "codebook_iterations": 100,
+        "schedule": "reference",  # reference (see SCHEDULES) | custom (needs iterations)
+        "iterations": None,
+        "batch_size": None,
+        "base_lr": None,
+        "weight_decay": None,
+        "train_short_side": [300, 600],  # multi-scale training, in pixels of 480-pixel-high frames (scaled)
+        "decoder_channels": 512,
+        "checkpoint_every": 500,
+        "num_workers": None,  # DataLoader workers; None = the suite's num_workers
+    }
+
+    def root(self, ctx: RunContext) -> Path:
+        return ctx.data_root / self.config["data_dir"]
+
+    def units(self, arch: Architecture) -> list[str]:
+        if arch.layers[:5] != ("conv1", "res2", "res3", "res4", "res5"):
+            raise ConfigError(f"normals_nyuv2 needs a ResNet (a dilated conv1..res5 trunk); {arch.name} is not one")
+        return [UNIT]
+
+    def _check_options(self) -> None:
+        cfg = self.config
+        resolve_schedule(cfg)
+        if cfg["head"] not in HEADS:
+            raise ConfigError(f"normals_nyuv2: unknown head {cfg['head']!r}; expected one of {', '.join(HEADS)}")
+        if cfg["normals"] not in NORMALS_SOURCES:
+            raise ConfigError(f"normals_nyuv2: unknown normals source {cfg['normals']!r}; expected one of "
+                              f"{', '.join(NORMALS_SOURCES)}")
+        for key in ("codebook_size", "codebook_samples", "codebook_iterations", "decoder_channels", "checkpoint_every"):
+            _positive_int(cfg[key], key)
+        if not isinstance(cfg["depth_window"], int) or cfg["depth_window"] < 3 or cfg["depth_window"] % 2 == 0:
+            raise ConfigError(f"normals_nyuv2: depth_window must be an odd integer >= 3, got {cfg['depth_window']!r}")
+        sides = cfg["train_short_side"]
+        if not isinstance(sides, (list, tuple)) or len(sides) != 2 or \
+                not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides) or sides[0] > sides[1]:
+            raise ConfigError(f"normals_nyuv2: train_short_side must be [low, high] positive integers with "
+                              f"low <= high, got {sides!r}")
+
+    def _splits(self, ctx: RunContext):
+        cfg = self.config
+        kwargs = {k: cfg[k] for k in ("normals", "normals_file", "labeled_file", "splits_file", "depth_window")}
+        return load_nyuv2(self.root(ctx), "train", **kwargs), load_nyuv2(self.root(ctx), "test", **kwargs)
+
+    def check_data(self, ctx: RunContext) -> None:
+        self._check_options()
+        self._splits(ctx)
+
+    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        if unit != UNIT:
+            raise ConfigError(f"normals_nyuv2 has one unit, {UNIT!r}; got {unit!r}")
+        self._check_options()
+        cfg = self.config
+        schedule = resolve_schedule(cfg)
+        train, test = self._splits(ctx)
+        train_fp, test_fp = train.fingerprint(), test.fingerprint()
+        short_side = tuple(max(1, round(s * train.height / REFERENCE_HEIGHT)) for s in cfg["train_short_side"])
+        codes, codebook_path = None, ""
+        if cfg["head"] == "codebook":
+            array, path = cached_codebook(ctx.cache.root, train_fp, cfg["codebook_size"], train.normals, len(train),
+                                          samples=cfg["codebook_samples"], seed=ctx.seed,
+                                          iterations=cfg["codebook_iterations"])
+            codes, codebook_path = torch.as_tensor(array, dtype=torch.float32), str(path)
+        fingerprint = config_hash({
+            "weights": model.weights, "arch": model.arch.name, "schedule": schedule.describe(), "head": cfg["head"],
+            "codes": hashlib.sha256(np.asarray(codes).tobytes()).hexdigest() if codes is not None else "",
+            "short_side": short_side, "decoder_channels": cfg["decoder_channels"], "seed": ctx.seed,
+            "train": train_fp, "test": test_fp,
+        })
+        out_dir = ctx.run_dir / "normals_nyuv2" / model.name / fingerprint
+        setup = NormalsSetup(
+            head=cfg["head"], schedule=schedule, short_side=short_side, codes=codes,
+            decoder_channels=cfg["decoder_channels"], seed=ctx.seed, checkpoint_every=cfg["checkpoint_every"],
+            num_workers=ctx.num_workers if cfg["num_workers"] is None else cfg["num_workers"],
+            eval_batch_size=max(2, min(ctx.batch_size, schedule.batch_size)), fingerprint=fingerprint,
+            desc=f"normals_nyuv2 {model.name}",
+        )
+        result = train_normals(model.backbone.model, train, test, setup, out_dir, ctx.device)
+        metrics = result["metrics"]
+        common = {
+            "dataset": "nyuv2", "layer": UNIT, "head": cfg["head"], "schedule": schedule.name,
+            "iterations": schedule.iterations, "batch_size": schedule.batch_size, "base_lr": schedule.base_lr,
+            "lr_policy": f"poly{schedule.power:g}", "weight_decay": schedule.weight_decay,
+            "momentum": schedule.momentum, "train_short_side": f"{short_side[0]}-{short_side[1]}",
+            "image_size": f"{train.width}x{train.height}", "codebook_size": len(codes) if codes is not None else "",
+            "codebook": codebook_path, "normals_source": cfg["normals"], "frozen": "conv1-res4",
+            "decoder": f"psp{'/'.join(map(str, PSP_BINS))}-{cfg['decoder_channels']}", "output_stride": 8,
+            "n_train": len(train), "n_test": len(test), "valid_pixels": int(metrics["valid_pixels"]),
+            "median_resolution_deg": MEDIAN_MAX_ERROR_DEG, "final_train_loss": round(float(result["losses"][-1]), 5),
+            "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),
+        }
+        return [{**common, "metric": name, "value": float(metrics[name])} for name in METRIC_NAMES]

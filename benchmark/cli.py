@@ -91,9 +91,28 @@ def cmd_list(args) -> int:
     if args.what == "suites":
         for name, description in list_suites(args.config).items():
             print(f"{name:24s} {description}")
+    elif args.what == "pretext":
+        from pretrainers.pretext import PRETEXT_METHODS
+
+        for name in PRETEXT_METHODS.names():  # the first line of the method module's docstring
+            doc = (sys.modules[PRETEXT_METHODS.get(name).__module__].__doc__ or "").strip()
+            print(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
     else:
         names = {"tasks": TASKS.names, "pretrainers": PRETRAINERS.names, "archs": list_models}[args.what]()
         print("\n".join(names))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from pretrainers.pretext_trainer import parse_opts, train_pretext
+
+    meta = train_pretext(args.method, args.data, args.out, arch=args.arch, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, seed=args.seed,
+                         device=args.device, method_options=parse_opts(args.opt), num_workers=args.workers,
+                         checkpoint_every=args.checkpoint_every, data_root=args.data_root)
+    print(f"wrote {args.out} ({meta['method']}, {meta['arch']}, {meta['epochs']} epochs on {meta['num_images']} "
+          f"images; final pretext loss {meta['final_loss']:.4f}, metrics {meta['final_metrics']})")
+    print(f"evaluate it with a suite model: {{pretrainer: checkpoint, arch: {meta['arch']}, path: {args.out}}}")
     return 0
 
 
@@ -155,9 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     listing = sub.add_parser("list", help="list suites, tasks, pretrainers or architectures")
-    listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs"])
+    listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs", "pretext"])
     listing.add_argument("--config", type=Path, default=default_config())
     listing.set_defaults(func=cmd_list)
+
+    pretrain = sub.add_parser("pretrain", help="pretrain a trunk with a pretext method on a folder of images "
+                              "(resumes from OUT's .partial.pth)")
+    pretrain.add_argument("method", help="rotation, jigsaw, simclr, moco, ... (ssl-bench list pretext)")
+    pretrain.add_argument("--data", required=True, help="IMAGE_DIR (searched recursively) or voc07:trainval")
+    pretrain.add_argument("--data-root", type=Path, default=Path("data"), help="where NAME:SPLIT datasets live")
+    pretrain.add_argument("--arch", default="resnet50")
+    pretrain.add_argument("--out", type=Path, required=True, help="checkpoint to write (+ .json, .log.csv)")
+    pretrain.add_argument("--epochs", type=int, default=30)
+    pretrain.add_argument("--batch-size", type=int, default=64)
+    pretrain.add_argument("--lr", type=float, help="default: the method's paper value")
+    pretrain.add_argument("--image-size", type=int, default=224)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--device", default="auto")
+    pretrain.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    pretrain.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints "
+                          "(and one every epoch)")
+    pretrain.add_argument("--opt", action="append", metavar="KEY=VALUE", help="a method option (YAML value), "
+                          "repeatable, e.g. --opt temperature=0.2")
+    pretrain.set_defaults(func=cmd_pretrain)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -75,6 +75,7 @@ class Registry(Generic[T]):
 TASKS: Registry = Registry("tasks", builtin_modules=("tasks.voc07_svm", "tasks.lowshot_voc07", "tasks.lowshot_places205", "tasks.linear_places205"))
 PRETRAINERS: Registry = Registry(
     "pretrainers",
-    builtin_modules=("pretrainers.random_init", "pretrainers.supervised", "pretrainers.checkpoint"),
+    builtin_modules=("pretrainers.random_init", "pretrainers.supervised", "pretrainers.checkpoint",
+                     "pretrainers.pretext_pretrainer"),
 )
 ARCHITECTURES: Registry = Registry("architectures", builtin_modules=("benchmark.models",))

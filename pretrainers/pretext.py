@@ -18,9 +18,11 @@ method's training state.
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+import contextlib
+from typing import Callable, ClassVar, Iterable
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -28,8 +30,8 @@ from benchmark.models import Architecture
 from benchmark.registry import Registry
 
 # one module per method under pretrainers/; a module is listed once it exists
-_MODERN_AND_RECENT = ()
-_CLASSIC = ()
+_MODERN_AND_RECENT = ("rotation", "jigsaw", "simclr", "moco")
+_CLASSIC = ("colorization", "relative_position", "deepcluster", "exemplar", "context_encoder", "pirl", "nat")
 PRETEXT_METHODS: Registry = Registry(
     "pretext_methods", builtin_modules=tuple(f"pretrainers.{m}" for m in _MODERN_AND_RECENT + _CLASSIC))
 
@@ -38,6 +40,9 @@ class PretextMethod(nn.Module):
     name: ClassVar[str]
     # method hyper-parameters (key -> default), validated like every other option block
     options: ClassVar[dict] = {}
+    # the paper's optimiser settings, overriding the loop's defaults where the user gave none:
+    # keys of pretrainers.pretext_trainer.TRAIN_DEFAULTS (lr, momentum, weight_decay, warmup_epochs)
+    training: ClassVar[dict] = {}
 
     def __init__(self, trunk: nn.Module, arch: Architecture, image_size: int, **options):
         super().__init__()
@@ -56,10 +61,64 @@ class PretextMethod(nn.Module):
 
     def epoch_start(self, epoch: int, plain_loader: Iterable, device: torch.device) -> None:
         """Called before each epoch; ``plain_loader`` yields (images, indices) batches of the whole
-        dataset with a deterministic resize + centre crop to ``image_size`` (no augmentation)."""
+        dataset with a deterministic resize + centre crop to ``image_size`` (no augmentation).
+
+        A run resumed in the middle of an epoch does NOT call it again (the weights have moved
+        since): whatever it computes that later batches need must live in the module's state
+        (registered buffers, or ``get_extra_state``/``set_extra_state``), which the loop's
+        checkpoints save and restore with ``state_dict``."""
 
     def after_step(self) -> None:
         """Called after each optimizer step."""
+
+    # --- helpers for methods ---------------------------------------------------------------------
+
+    def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last feature map (ResNet: layer4 output; AlexNet: conv5 output), computed
+        through the architecture's stages, so gradients flow into exactly the weights that are
+        saved under their torchvision key names; the trunk's classifier (``fc`` / ``classifier``)
+        is never used and stays untrained (the benchmark ignores it)."""
+        for name, stage in self.arch.stages(self.trunk):
+            if name == "pool5":  # ResNet's global pooling: embed() pools
+                break
+            x = stage(x)
+        return x
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled trunk feature, (N, embed_dim): ResNet pool5 (512 for
+        ResNet-18, 2048 for ResNet-50), AlexNet the 256 conv5 channels. The input a method's
+        heads should sit on."""
+        return F.adaptive_avg_pool2d(self.trunk_features(x), 1).flatten(1)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of ``embed``'s output, probed once with one image (eval mode: BatchNorm
+        statistics are not touched)."""
+        if not hasattr(self, "_embed_dim"):
+            was_training = self.trunk.training
+            self.trunk.eval()
+            size = max(self.image_size, 64 if "alexnet" not in self.arch.name else 127)
+            with torch.no_grad():
+                device = next(self.trunk.parameters()).device
+                self._embed_dim = self.embed(torch.zeros(1, 3, size, size, device=device)).shape[1]
+            self.trunk.train(was_training)
+        return self._embed_dim
+
+    @staticmethod
+    @contextlib.contextmanager
+    def seeded(generator: torch.Generator):
+        """Inside the block, torch's global CPU RNG is seeded from ``generator`` (one draw) and
+        restored afterwards: torchvision's random transforms draw from the global RNG, so this
+        makes them a function of the example's generator without disturbing anyone else."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+
+    def augment(self, transform: Callable, image, generator: torch.Generator):
+        """``transform(image)`` with torchvision's randomness drawn via ``seeded(generator)``."""
+        with self.seeded(generator):
+            return transform(image)
 
     def parameter_groups(self) -> list[dict]:
         """Parameters to optimise; by default everything that requires grad (weight decay on

@@ -1,0 +1,389 @@
+"""The one training loop every pretext method runs in (``train_pretext``), and its data.
+
+Reproducible and resumable by construction, like ``benchmark.linear_heads``:
+
+- the order of epoch ``e`` is a permutation seeded from (seed, e); example ``i`` of epoch ``e``
+  is made by ``method.sample(image, i, generator)`` with a generator seeded from (seed, e, i), so
+  neither the number of DataLoader workers nor an interruption changes a batch;
+- the method's own initialisation (heads, queues) is seeded from the run seed, the trunk's from
+  ``create_model(arch, seed)``;
+- a checkpoint (atomic write) at the end of every epoch and every ``checkpoint_every`` iterations
+  holds the whole method state (trunk, heads, momentum encoders, queues and banks: everything in
+  its ``state_dict``), the optimiser, the LR scheduler, torch's and numpy's RNG states, the
+  iteration, the epoch's running sums and the byte length of the CSV log. A run killed at any
+  point and started again with the same arguments ends with the weights of an uninterrupted run.
+
+The final checkpoint is ``{"state_dict": trunk weights in torchvision layout, "meta": {...}}``
+(the ``checkpoint`` pretrainer and ``benchmark.checkpoint.load_trunk_weights`` read it strictly),
+with the same ``meta`` as JSON next to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from benchmark import __version__
+from benchmark.config import config_hash, validate_options
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, open_rgb
+from benchmark.errors import ConfigError, DatasetError
+from benchmark.linear_heads import derived_seed, epoch_order, rng_state, set_rng_state
+from benchmark.models import create_model
+from benchmark.models.backbone import get_architecture, trunk_state_dict
+from benchmark.provenance import resolve_device
+from benchmark.training import atomic_torch_save
+
+from .pretext import PRETEXT_METHODS, PretextMethod
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+# suite datasets usable as unlabeled images: "NAME:SPLIT" (labels are never read for training)
+SUITE_DATASETS = ("voc07", "places205")
+# optimiser defaults of the loop; a method's ``training`` ClassVar (its paper's values) overrides
+# them, and a value the user gives overrides both
+TRAIN_DEFAULTS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 0}
+CHECKPOINT_FORMAT = 1
+_EXAMPLE_TAG, _INIT_TAG, _RUN_TAG = 0x5A31, 0x1A17, 0x7E57  # keep the derived seeds apart
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def list_images(image_dir: Path) -> list[Path]:
+    """Image files under ``image_dir`` (recursive, common extensions, any case), sorted by their
+    relative path so the list, and so the run, is the same on every file system."""
+    files = [p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(image_dir).as_posix())
+
+
+def resolve_images(data: str | Path, data_root: Path | None = None) -> tuple[list[Path], Path, str]:
+    """(image paths, their root, description) for an IMAGE_DIR or a suite dataset ``NAME:SPLIT``
+    (``voc07:trainval``, ``places205:train``; under ``data_root``). A relative IMAGE_DIR that does
+    not exist as given is looked up under ``data_root``."""
+    text = str(data)
+    name, _, split = text.partition(":")
+    if split and name in SUITE_DATASETS:
+        root = Path(data_root or "data")
+        if name == "voc07":
+            from benchmark.datasets.voc import load_voc
+
+            voc = load_voc(root, split)
+            return list(voc.image_paths), voc.root, f"voc07:{split} ({voc.root})"
+        from benchmark.datasets.places import load_places205
+
+        places = load_places205(root / "Places205", split)
+        return list(places.image_paths), places.root, f"places205:{split} ({places.root})"
+    image_dir = Path(text).expanduser()
+    if not image_dir.is_dir() and not image_dir.is_absolute() and data_root is not None:
+        image_dir = Path(data_root) / image_dir
+    if not image_dir.is_dir():
+        raise DatasetError(f"image directory {image_dir} does not exist; pass a folder of images "
+                           f"(searched recursively) or a suite dataset such as 'voc07:trainval'")
+    paths = list_images(image_dir)
+    if not paths:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {image_dir}")
+    return paths, image_dir, str(image_dir)
+
+
+def data_fingerprint(paths: list[Path], root: Path) -> str:
+    """sha256 of the sorted relative paths and file sizes: which images a model was trained on."""
+    digest = hashlib.sha256()
+    for rel, size in sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in paths):
+        digest.update(f"{rel}\t{size}\n".encode())
+    return digest.hexdigest()
+
+
+def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, _EXAMPLE_TAG, epoch, index))
+
+
+class PretextDataset(Dataset):
+    """Item ``(index, epoch)``: ``method.sample`` of image ``index`` with its own generator."""
+
+    def __init__(self, paths: list[Path], method: PretextMethod, seed: int):
+        self.paths, self.method, self.seed = paths, method, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        image = open_rgb(self.paths[index])  # DatasetError naming the file when it is corrupt
+        return self.method.sample(image, index, example_generator(self.seed, epoch, index))
+
+
+class EpochBatches(Sampler):
+    """Batches ``[position, iterations_per_epoch)`` of epoch ``epoch``: ``(index, epoch)`` keys in
+    the epoch's seeded order; the last incomplete batch is dropped (contrastive losses and
+    BatchNorm want full batches)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int = 0):
+        self.order = epoch_order(seed, epoch, n)
+        self.batch_size, self.epoch, self.position = batch_size, epoch, position
+        self.per_epoch = n // batch_size
+
+    def __len__(self) -> int:
+        return self.per_epoch - self.position
+
+    def __iter__(self):
+        for b in range(self.position, self.per_epoch):
+            yield [(int(i), self.epoch) for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+def plain_transform(size: int) -> T.Compose:
+    """Resize (shorter side) + centre crop to ``size``, ImageNet normalisation: ``epoch_start``'s
+    view of the data."""
+    return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _batches(loader: DataLoader):
+    try:
+        yield from loader
+    except DatasetError as exc:  # raised in a worker: keep the message that names the file
+        raise DatasetError.from_worker(exc) from None
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def parse_opts(pairs: list[str] | None) -> dict:
+    """``["temperature=0.2", "blur=false"]`` -> {"temperature": 0.2, "blur": False} (YAML values)."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--opt {pair!r}: expected key=value, e.g. --opt temperature=0.2")
+        key = key.strip()
+        if key in out:
+            raise ConfigError(f"--opt {key} is given twice")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--opt {pair!r}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+def _check_int(value, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def resolve_training(method_cls, **given) -> dict:
+    """lr / momentum / weight_decay / warmup_epochs: the user's value, else the method's paper
+    value (``method_cls.training``), else the loop default."""
+    out = {}
+    for key, default in TRAIN_DEFAULTS.items():
+        value = given.get(key)
+        out[key] = _check_number(value if value is not None else method_cls.training.get(key, default), key)
+    return out
+
+
+def cosine_factor(iteration: int, total: int, warmup: int) -> float:
+    """LR multiplier of the update made at 0-based ``iteration``: linear warm-up over ``warmup``
+    iterations, then half a cosine from 1 to 0 over the rest (SimCLR's and MoCo v2's schedule)."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --- CSV log -----------------------------------------------------------------------------------
+
+
+class _Log:
+    """iteration, epoch, lr, loss and the method's metrics per iteration; on resume the file is
+    cut back to the byte length the checkpoint recorded, so no row is written twice."""
+
+    def __init__(self, path: Path, resume_bytes: int | None, columns: list[str] | None):
+        self.path, self.columns = path, columns
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_bytes is not None and path.exists():
+            with open(path, "r+b") as handle:
+                handle.truncate(resume_bytes)
+            self.handle = open(path, "a", newline="")
+        else:
+            self.handle = open(path, "w", newline="")
+            self.columns = None  # the header is written with the first row, once metrics are known
+        self.writer = csv.writer(self.handle)
+
+    def row(self, iteration: int, epoch: int, lr: float, loss: float, metrics: dict[str, float]) -> None:
+        if self.columns is None:
+            self.columns = sorted(metrics)
+            self.writer.writerow(["iteration", "epoch", "lr", "loss", *self.columns])
+        self.writer.writerow([iteration, epoch, f"{lr:.6g}", f"{loss:.5f}",
+                              *(f"{metrics.get(c, float('nan')):.5f}" for c in self.columns)])
+
+    def sync(self) -> int:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        return self.handle.tell()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def build_method(name: str, arch_name: str, image_size: int, seed: int, options: dict) -> PretextMethod:
+    """The method around a fresh trunk; its heads, queues, etc. are initialised from the seed."""
+    cls = PRETEXT_METHODS.get(name)
+    trunk = create_model(arch_name, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, _INIT_TAG))
+        return cls(trunk, get_architecture(arch_name), image_size, **options)
+
+
+def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str = "resnet50", epochs: int = 30,
+                  batch_size: int = 64, lr: float | None = None, image_size: int = 224, seed: int = 0,
+                  device: str | torch.device = "auto", method_options: dict | None = None,
+                  momentum: float | None = None, weight_decay: float | None = None,
+                  warmup_epochs: float | None = None, num_workers: int = 2, checkpoint_every: int = 500,
+                  data_root: Path | None = None, options_where: str = "--opt") -> dict:
+    """Train ``method`` on the images of ``data``; writes ``out`` (+ ``.json``, ``.log.csv``) and
+    returns the checkpoint's ``meta``. Resumes from ``out``'s ``.partial.pth`` when one made with the
+    same configuration and data exists."""
+    cls = PRETEXT_METHODS.get(method)
+    options = validate_options(method_options, cls.options, f"pretext method '{method}' options ({options_where})")
+    get_architecture(arch)  # unknown architecture: an error with the closest name, before any work
+    for value, what in ((epochs, "epochs"), (batch_size, "batch_size"), (checkpoint_every, "checkpoint_every")):
+        _check_int(value, what)
+    _check_int(image_size, "image_size", 16)
+    _check_int(num_workers, "num_workers", 0)
+    _check_int(seed, "seed", 0)
+    training = resolve_training(cls, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs)
+    out = Path(out).expanduser()
+    paths, root, described = resolve_images(data, data_root)
+    fingerprint = data_fingerprint(paths, root)
+    if batch_size > len(paths):
+        raise ConfigError(f"batch_size {batch_size} is larger than the {len(paths)} images in {described}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    per_epoch = len(paths) // batch_size
+    total = epochs * per_epoch
+    run_config = {"method": method, "options": options, "arch": arch, "image_size": image_size, "seed": seed,
+                  "epochs": epochs, "batch_size": batch_size, "training": training, "data_fingerprint": fingerprint}
+    run_id = config_hash(run_config)
+
+    model = build_method(method, arch, image_size, seed, options).to(device)
+    optimizer = torch.optim.SGD(model.parameter_groups(), lr=training["lr"], momentum=training["momentum"],
+                                weight_decay=training["weight_decay"])
+    warmup = round(training["warmup_epochs"] * per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(it, total, warmup))
+
+    partial = out.with_name(out.stem + ".partial.pth")
+    log_path = out.with_name(out.stem + ".log.csv")
+    start, history, sums, log_bytes, log_columns = 0, [], {}, None, None
+    torch.manual_seed(derived_seed(seed, _RUN_TAG))  # what forward() draws (MoCo's key shuffle, dropout)
+    if partial.exists():
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        if state.get("format") == CHECKPOINT_FORMAT and state.get("run_id") == run_id:
+            model.load_state_dict(state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start, history, sums = state["iteration"], state["history"], state["sums"]
+            log_bytes, log_columns = state["log_bytes"], state["log_columns"]
+            print(f"[pretext] resuming {partial} at iteration {start}/{total}")
+        else:
+            print(f"[pretext] {partial} was made with another configuration or data; starting afresh")
+
+    log = _Log(log_path, log_bytes, log_columns)
+    dataset = PretextDataset(paths, model, seed)
+    plain = DataLoader(ImageFileDataset(paths, plain_transform(image_size)), batch_size=batch_size,
+                       num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+    iteration = start
+    began = time.time()
+
+    def save() -> None:
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "run_id": run_id, "run_config": run_config, "iteration": iteration,
+            "epoch": iteration // per_epoch, "position": iteration % per_epoch,
+            "method": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+            "history": history, "sums": sums, "log_bytes": log.sync(), "log_columns": log.columns,
+        }, partial)
+
+    bar = tqdm(total=total, initial=start, desc=f"pretrain {method}", unit="it", leave=False, disable=None,
+               dynamic_ncols=True)
+    model.train()
+    try:
+        for epoch in range(start // per_epoch, epochs):
+            position = iteration - epoch * per_epoch
+            if position == 0:
+                model.epoch_start(epoch, plain, device)
+                model.train()
+                sums = {}
+            # a loader per epoch: its workers fork after epoch_start, so sample() sees its state
+            # its own generator: a loader draws a base seed, which must not come from the global RNG
+            # (forward's draws, checkpointed) or a resumed run would draw it at another moment
+            loader = DataLoader(dataset, batch_sampler=EpochBatches(len(paths), batch_size, seed, epoch, position),
+                                num_workers=num_workers, pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(derived_seed(seed, _RUN_TAG, epoch)))
+            for batch in _batches(loader):
+                batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                         for k, v in batch.items()}
+                loss, metrics = model(batch)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"pretext {method}: the loss is {loss.item()} at iteration {iteration} "
+                                      f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower the learning rate")
+                lr_now = optimizer.param_groups[0]["lr"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                model.after_step()
+                value = float(loss.detach())
+                for key, metric in (("loss", value), *metrics.items()):
+                    sums[key] = sums.get(key, 0.0) + float(metric)
+                sums["count"] = sums.get("count", 0.0) + 1
+                log.row(iteration, epoch, lr_now, value, metrics)
+                iteration += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}",
+                                **{k: f"{v:.3f}" for k, v in list(metrics.items())[:2]})
+                if iteration % per_epoch == 0:
+                    history.append(round(sums["loss"] / sums["count"], 5))
+                    save()
+                elif iteration % checkpoint_every == 0:
+                    save()
+    finally:
+        bar.close()
+        log.close()
+
+    arch_obj = get_architecture(arch)
+    meta = {
+        "method": method, "options": options, "arch": arch, "image_size": image_size, "seed": seed,
+        "epochs": epochs, "batch_size": batch_size, "iterations": total, "training": training,
+        "optimizer": "sgd", "schedule": f"cosine, {warmup} warm-up iterations",
+        "data": described, "num_images": len(paths), "data_fingerprint": fingerprint,
+        "final_loss": history[-1], "loss_history": history,
+        "final_metrics": {k: round(v / sums["count"], 5) for k, v in sums.items() if k not in ("loss", "count")},
+        "run_id": run_id, "train_seconds_last_session": round(time.time() - began, 1),
+        "ssl_bench_version": __version__, "log_csv": str(log_path),
+    }
+    state_dict = {k: v.detach().cpu().clone() for k, v in trunk_state_dict(arch_obj, model.trunk).items()}
+    # metadata first: the checkpoint's existence is what marks training as done
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out.with_suffix(".json"))
+    atomic_torch_save({"state_dict": state_dict, "meta": meta}, out)
+    partial.unlink(missing_ok=True)
+    return meta

@@ -25,7 +25,10 @@ $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt: | $(VENV)/.installed
 $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv: | $(VENV)/.installed
 	$(VENV)/bin/ssl-bench data synth places205 --out $(DEMO_DATA) --classes 20 --per-class 30 --seed 0
 
-demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv
+$(DEMO_DATA)/NYUv2/splits.mat: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth nyuv2 --out $(DEMO_DATA) --seed 0
+
+demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv $(DEMO_DATA)/NYUv2/splits.mat
 	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
 	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
 

@@ -117,6 +117,12 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
+    if args.dataset == "nyuv2":
+        from .datasets.synth_nyuv2 import synth_nyuv2
+
+        root = synth_nyuv2(Path(args.out), seed=args.seed)
+        print(f"wrote rendered rooms (images, depths, normals, 795/654-proportioned split) in NYUv2 format to {root}")
+        return 0
     if args.dataset == "places205":
         from .datasets.synth_places import synth_places205
 
@@ -201,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
-    synth.add_argument("dataset", choices=["voc07", "places205"])
-    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007 or OUT/Places205")
+    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2"])
+    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007, OUT/Places205 "
+                       "or OUT/NYUv2")
     synth.add_argument("--images", type=int, default=400, help="voc07 only")
     synth.add_argument("--classes", type=int, default=10, help="places205 only")
     synth.add_argument("--per-class", type=int, default=30, help="places205 only: train images per class "

@@ -1,5 +1,6 @@
-"""`context_encoder`: Pathak, Krähenbühl, Donahue, Darrell & Efros, CVPR 2016, "Context Encoders:
-Feature Learning by Inpainting".
+"""`context_encoder`: inpainting the image centre (Pathak et al., CVPR 2016, "Context Encoders").
+
+Pathak, Krähenbühl, Donahue, Darrell & Efros, "Context Encoders: Feature Learning by Inpainting".
 
 ``mask: center`` (the paper's main setting): the central square of side ``mask_fraction`` x
 image_size (64 of 128 px) is the region to predict; in the input, that square shrunk by

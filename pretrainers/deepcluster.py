@@ -1,5 +1,6 @@
-"""`deepcluster`: Caron, Bojanowski, Joulin & Douze, ECCV 2018, "Deep Clustering for Unsupervised
-Learning of Visual Features".
+"""`deepcluster`: k-means pseudo-labels every epoch (Caron et al., ECCV 2018, "DeepCluster").
+
+Caron, Bojanowski, Joulin & Douze, "Deep Clustering for Unsupervised Learning of Visual Features".
 
 Every epoch (``epoch_start``): the pooled trunk features of the whole dataset (plain loader: resize
 + centre crop, trunk in eval mode) are PCA-whitened to ``pca_dim`` dimensions and L2-normalised,
@@ -49,8 +50,9 @@ def pca_whiten(features: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Ten
     return F.normalize(x @ vectors / torch.sqrt(values.clamp_min(0) + eps), dim=1)
 
 
-def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(x, centroids).argmin(1)
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    # in chunks of rows: the full N x k distance matrix of a large dataset does not fit in memory
+    return torch.cat([torch.cdist(part, centroids).argmin(1) for part in x.split(chunk)])
 
 
 def split_empty_clusters(x: torch.Tensor, assignment: torch.Tensor, centroids: torch.Tensor,

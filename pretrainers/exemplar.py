@@ -1,5 +1,7 @@
-"""`exemplar`: Dosovitskiy, Springenberg, Riedmiller & Brox, NIPS 2014 / TPAMI 2016,
-"Discriminative Unsupervised Feature Learning with Exemplar Convolutional Neural Networks".
+"""`exemplar`: every image is its own class (Dosovitskiy et al., NIPS 2014, "Exemplar CNN").
+
+Dosovitskiy, Springenberg, Riedmiller & Brox, NIPS 2014 / TPAMI 2016, "Discriminative Unsupervised
+Feature Learning with Exemplar Convolutional Neural Networks".
 
 Every training image is a surrogate class. Its seed patch is the central ``image_size`` square of
 the image resized so that its shorter side is ``context`` x ``image_size`` (the surroundings give

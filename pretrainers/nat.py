@@ -1,5 +1,4 @@
-"""`nat`: Bojanowski & Joulin, ICML 2017, "Unsupervised Learning by Predicting Noise" (Noise As
-Targets).
+"""`nat`: Noise As Targets (Bojanowski & Joulin, ICML 2017, "Unsupervised Learning by Predicting Noise").
 
 One fixed target per training image, drawn uniformly on the unit sphere of ``target_dim``
 dimensions (normalised Gaussian vectors), and a random initial one-to-one assignment of targets to

@@ -1,5 +1,6 @@
-"""`pirl`: Misra & van der Maaten, CVPR 2020, "Self-Supervised Learning of Pretext-Invariant
-Representations".
+"""`pirl`: jigsaw-invariant representations with a memory bank (Misra & van der Maaten, CVPR 2020).
+
+"Self-Supervised Learning of Pretext-Invariant Representations".
 
 Two views of each image: the image itself (random resized crop, flip, colour jitter, greyscale)
 and its jigsaw transform (another random resized crop cut into a ``grid`` x ``grid`` grid; from

@@ -1,5 +1,6 @@
-"""`relative_position`: Doersch, Gupta & Efros, ICCV 2015, "Unsupervised Visual Representation
-Learning by Context Prediction".
+"""`relative_position`: where is the second patch? (Doersch, Gupta & Efros, ICCV 2015).
+
+"Unsupervised Visual Representation Learning by Context Prediction".
 
 A 3x3 grid of ``patch_size`` patches separated by ``gap`` pixels is laid on the image (resized so
 its shorter side is the grid's extent plus the jitter margin, the grid placed at a random position

@@ -9,7 +9,13 @@ import pytest
 import scipy.io
 
 from benchmark.cli import main
-from benchmark.datasets.nyuv2 import NYU_INTRINSICS, Intrinsics, load_nyuv2, normals_from_depth
+from benchmark.datasets.nyuv2 import (
+    NYU_INTRINSICS,
+    Intrinsics,
+    load_nyuv2,
+    normals_from_depth,
+    write_normals_from_depth,
+)
 from benchmark.datasets.synth_nyuv2 import render_room, synth_nyuv2, write_mat73
 from benchmark.errors import DatasetError
 from benchmark.normals.metrics import angular_errors
@@ -112,6 +118,22 @@ def test_normals_from_synth_depth_match_the_analytic_normals(synth) -> None:
                                             (computed.normals(j)[1] & split.normals(j)[1]).ravel())
                              for j in range(len(split))])
     assert np.median(errors) < 0.1  # exact on planes; only windows across edges differ
+
+
+def test_normals_written_from_depth_equal_those_computed_on_the_fly(synth, tmp_path) -> None:
+    root = tmp_path / "NYUv2"
+    root.mkdir()
+    for name in ("nyu_depth_v2_labeled.mat", "splits.mat"):
+        (root / name).symlink_to(synth / name)
+    path = write_normals_from_depth(root, "from_depth.mat", depth_window=3)
+    with open(path, "rb") as handle:
+        assert handle.read(19) == b"MATLAB 7.3 MAT-file"
+    written = load_nyuv2(root, "test", normals_file="from_depth.mat")
+    on_the_fly = load_nyuv2(root, "test", normals="depth", depth_window=3)
+    for j in range(len(written)):
+        (a, mask_a), (b, mask_b) = written.normals(j), on_the_fly.normals(j)
+        assert np.array_equal(mask_a, mask_b) and mask_a.any()
+        assert np.allclose(a, b, atol=1e-6)
 
 
 def test_c_layout_normals_file_reads_the_same(synth, tmp_path) -> None:

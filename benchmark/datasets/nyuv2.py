@@ -311,3 +311,33 @@ def _normals_layout(path: Path, num: int, width: int, height: int) -> str:
             raise DatasetError(f"NYUv2 normals file {path}: 'masks' has shape {handle['masks'].shape}; expected "
                                f"{mask_shape} to match 'normals' {shape}")
     return layout
+
+
+def write_normals_from_depth(root: str | Path, out_name: str = NORMALS_FILE, *, labeled_file: str = LABELED_FILE,
+                             depth_window: int = 5) -> Path:
+    """Compute ``normals_from_depth`` for every image of the labelled file once and write them as a
+    normals file (MATLAB layout ``normals`` (N, 3, W, H) float32, ``masks`` (N, W, H) uint8, with
+    the MATLAB v7.3 header), so training reads them instead of recomputing them (about 0.9 s per
+    640 x 480 frame) in every DataLoader item. One image at a time; atomic (temporary file + rename)."""
+    import h5py
+
+    from .synth_nyuv2 import mat73_header
+
+    root = Path(root).expanduser()
+    source = _require(root / labeled_file, "labelled dataset")
+    out = root / out_name
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with _open_hdf5(source, "labelled dataset") as labeled, h5py.File(tmp, "w", userblock_size=512) as handle:
+        depths = labeled["depths"]
+        num, width, height = depths.shape
+        camera = NYU_INTRINSICS.scaled(width, height)
+        normals = handle.create_dataset("normals", (num, 3, width, height), np.float32, chunks=(1, 3, width, height))
+        masks = handle.create_dataset("masks", (num, width, height), np.uint8, chunks=(1, width, height))
+        normals.attrs["MATLAB_class"], masks.attrs["MATLAB_class"] = np.bytes_("single"), np.bytes_("uint8")
+        for i in range(num):
+            n, m = normals_from_depth(depths[i].T, camera, depth_window)
+            normals[i], masks[i] = n.transpose(2, 1, 0), m.T
+    with open(tmp, "r+b") as handle:
+        handle.write(mat73_header())
+    os.replace(tmp, out)
+    return out

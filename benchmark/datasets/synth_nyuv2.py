@@ -77,12 +77,18 @@ def write_mat73(path: Path, datasets: dict[str, tuple[np.ndarray, str]]) -> None
         for name, (array, matlab_class) in datasets.items():
             dataset = handle.create_dataset(name, data=array, chunks=(1, *array.shape[1:]))
             dataset.attrs["MATLAB_class"] = np.bytes_(matlab_class)
+    with open(tmp, "r+b") as handle:
+        handle.write(mat73_header())
+    os.replace(tmp, path)
+
+
+def mat73_header() -> bytes:
+    """The 512-byte user block MATLAB writes in front of a v7.3 file's HDF5 data: 116 bytes of
+    text, 8 bytes of subsystem offset, version 0x0200, endian indicator 'IM'. A fixed date keeps
+    generated files byte-identical."""
     text = MATLAB_73_HEADER + b", Platform: GLNXA64, Created on: " + \
         time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(0)).encode() + b" HDF5 schema 1.00 ."
-    header = text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"
-    with open(tmp, "r+b") as handle:
-        handle.write(header.ljust(512, b"\x00"))
-    os.replace(tmp, path)
+    return (text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM").ljust(512, b"\x00")
 
 
 def _write_splits(path: Path, train: np.ndarray, test: np.ndarray) -> None:

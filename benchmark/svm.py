@@ -66,9 +66,12 @@ class FitLog:
 
     def add(self, clf: LinearSVC) -> None:
         n_iter = int(np.max(clf.n_iter_))
+        self.record(n_iter, n_iter < MAX_ITER)
+
+    def record(self, n_iter: int, converged: bool) -> None:
         self.fits += 1
         self.max_iter_seen = max(self.max_iter_seen, n_iter)
-        self.not_converged += n_iter >= MAX_ITER
+        self.not_converged += not converged
 
 
 def fit_svm(X: np.ndarray, y: np.ndarray, cost: float, log: FitLog, seed: int = 0) -> LinearSVC:

@@ -1,0 +1,349 @@
+"""Many liblinear-equivalent SVMs at once: batched primal Newton in kernel coordinates, in torch.
+
+The problem is exactly liblinear's L2-regularised squared-hinge SVM (``LinearSVC(loss=
+"squared_hinge", dual=True)``) with the bias as a regularised constant feature of value 1 and
+per-sample costs c_i = C * class_weight(y_i):
+
+    min_w  1/2 |w|^2 + sum_i c_i max(0, 1 - y_i w.x_i)^2,     x_i = [features_i, 1].
+
+Every solution is a combination of the training rows, w = sum_i beta_i x_i (beta_i = y_i alpha_i
+with alpha the dual variables), so with the kernel K = X X^T all problems of a layer (classes x
+costs x CV folds: a fold is only a mask of training rows) share one n x n matrix and are solved
+together with matrix products, which is where CPUs and GPUs are fast.
+
+Solver: the finite Newton method for the squared hinge (Keerthi & DeCoste 2005; Chapelle 2007).
+For the current active set S = {i : y_i f_i < 1} the Newton point solves (K_SS + D_S) z_S = y_S
+with D_i = 1 / (2 c_i), z = 0 off S; it is found by Jacobi-preconditioned conjugate gradients
+batched over problems, then an exact line search on the piecewise-quadratic primal objective
+moves to the best point between the current iterate and the Newton point. This converges in a
+finite number of steps; in practice a handful.
+
+Stopping is liblinear's own test on the dual: with alpha = y * beta and
+G_i = y_i f_i - 1 + alpha_i / (2 c_i), the projected gradient PG_i = G_i (alpha_i > 0) or
+min(G_i, 0) (alpha_i = 0) must satisfy max PG - min PG <= tol (1e-4, as the reference; 0 counted in both), per
+problem. Problems that do not reach it within the iteration limits are reported as not converged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import StratifiedKFold
+
+from .errors import FeatureError
+from .metrics import voc_ap
+
+TOL = 1e-4
+DEBUG = bool(os.environ.get('SSL_BENCH_SVM_DEBUG'))
+
+
+@dataclass
+class SolveInfo:
+    """Per problem: converged, Newton iterations, conjugate-gradient iterations, final PG range."""
+
+    converged: torch.Tensor
+    newton_iters: torch.Tensor
+    cg_iters: torch.Tensor
+    pg_range: torch.Tensor
+
+
+def projected_gradient_range(beta, f, y, c, train) -> torch.Tensor:
+    """liblinear's stopping quantity max PG - min PG over the training rows of each problem."""
+    alpha = y * beta
+    inv2c = torch.where(train, 0.5 / c.clamp_min(1e-300), torch.zeros_like(c))
+    grad = y * f - 1 + alpha * inv2c
+    pg = torch.where(alpha > 0, grad, grad.clamp(max=0))
+    big = torch.finfo(f.dtype).max
+    # 0 is included so that a point where every PG is equal but not 0 (e.g. alpha = 0, where all
+    # G = -1) is not mistaken for an optimum
+    pg_max = torch.where(train, pg, torch.full_like(pg, -big)).amax(dim=0).clamp_min(0)
+    pg_min = torch.where(train, pg, torch.full_like(pg, big)).amin(dim=0).clamp_max(0)
+    return pg_max - pg_min
+
+
+def _masked_cg(K, rhs, d, active, z0, tol, max_iter):
+    """Solve (K_SS + D_S) z_S = rhs_S for every column (S: the column's active rows), z = 0 off S.
+
+    Batched conjugate gradients with a Jacobi preconditioner; a column stops when the largest
+    residual entry is below its ``tol``. Only unconverged columns take part in the products.
+    Returns z and the number of iterations of each column.
+    """
+    act = active.to(K.dtype)
+    d = d * act
+
+    def apply(v, cols):
+        return (K @ v) * act[:, cols] + d[:, cols] * v
+
+    z = z0 * act
+    r = (rhs - apply(z, slice(None))) * act
+    inv_diag = act / (torch.diagonal(K).unsqueeze(1) + d + (1 - act))
+    s = r * inv_diag
+    p = s.clone()
+    rs = (r * s).sum(0)
+    iters = torch.zeros(rhs.shape[1], dtype=torch.long, device=K.device)
+    live = torch.nonzero(r.abs().amax(0) > tol).flatten()
+    for _ in range(max_iter):
+        if live.numel() == 0:
+            break
+        p_l = p[:, live]
+        q = apply(p_l, live)
+        step = rs[live] / (p_l * q).sum(0).clamp_min(1e-300)
+        z[:, live] += step * p_l
+        r_l = r[:, live] - step * q
+        r[:, live] = r_l
+        s_l = r_l * inv_diag[:, live]
+        rs_new = (r_l * s_l).sum(0)
+        p[:, live] = s_l + (rs_new / rs[live].clamp_min(1e-300)) * p_l
+        rs[live] = rs_new
+        iters[live] += 1
+        live = live[r_l.abs().amax(0) > tol[live]]
+    return z, iters
+
+
+def _line_search(beta, f, delta, dfx, y, c, train, iters: int = 30):
+    """argmin over t in [0, 1] of the primal objective on beta + t delta (exact: phi' is monotone,
+    piecewise linear); safeguarded Newton on phi'(t) = 0."""
+    a = (delta * f).sum(0)       # delta' K beta
+    b = (delta * dfx).sum(0)     # delta' K delta
+    ydf = y * dfx
+    ymarg = y * f
+    ct = torch.where(train, c, torch.zeros_like(c))
+
+    def dphi(t):
+        slack = (1 - ymarg - t * ydf).clamp_min(0)
+        d1 = a + t * b - 2 * (ct * slack * ydf).sum(0)
+        d2 = b + 2 * (ct * (slack > 0) * ydf * ydf).sum(0)
+        return d1, d2
+
+    lo = torch.zeros_like(a)
+    hi = torch.ones_like(a)
+    d1_hi, _ = dphi(hi)
+    t = hi.clone()
+    search = d1_hi > 0  # otherwise the full step is (at least) as good as any shorter one
+    for _ in range(iters):
+        if not bool(search.any()):
+            break
+        d1, d2 = dphi(t)
+        lo = torch.where(search & (d1 < 0), t, lo)
+        hi = torch.where(search & (d1 > 0), t, hi)
+        newton = t - d1 / d2.clamp_min(1e-300)
+        inside = (newton > lo) & (newton < hi)
+        t_next = torch.where(inside, newton, 0.5 * (lo + hi))
+        done = d1.abs() <= 1e-12 * (a.abs() + b.abs() + 1)
+        search = search & ~done
+        t = torch.where(search, t_next, t)
+    # Rounding can put the minimiser a hair before 1 when a point's margin crosses 1 right at the
+    # Newton point; the full step then keeps a ~1e-9 dual variable alive on an inactive point
+    # forever. Take the full step when it is as good to rounding (it zeroes those exactly).
+    base = 0.5 * (beta * f).sum(0)
+
+    def phi(t):
+        slack = (1 - ymarg - t * ydf).clamp_min(0)
+        return base + t * a + 0.5 * t * t * b + (ct * slack * slack).sum(0)
+
+    full_ok = phi(torch.ones_like(t)) <= phi(t) + 1e-10 * phi(torch.zeros_like(t)).abs()
+    return torch.where(full_ok, torch.ones_like(t), t)
+
+
+def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor, beta0=None, tol: float = TOL,
+          max_newton: int = 60, max_cg: int = 1000) -> tuple[torch.Tensor, SolveInfo]:
+    """Solve P squared-hinge SVMs sharing the kernel K (n x n, bias included).
+
+    y: (n, P) labels +-1; c: (n, P) per-sample costs; train: (n, P) bool, the rows each problem is
+    trained on (the others are ignored: CV folds). beta0: optional warm start (n, P).
+    Returns beta (n, P), the kernel-space solution: decision values are K_rows @ beta.
+    """
+    n, P = y.shape
+    dtype, device = K.dtype, K.device
+    y, c = y.to(dtype), c.to(dtype)
+    beta = torch.zeros((n, P), dtype=dtype, device=device) if beta0 is None else (beta0.to(dtype) * train)
+    f = K @ beta
+    converged = torch.zeros(P, dtype=torch.bool, device=device)
+    newton = torch.zeros(P, dtype=torch.long, device=device)
+    cg_total = torch.zeros(P, dtype=torch.long, device=device)
+    pg = projected_gradient_range(beta, f, y, c, train)
+    live = torch.nonzero(pg > tol).flatten()
+    converged[pg <= tol] = True
+    for _ in range(max_newton):
+        if live.numel() == 0:
+            break
+        b, fl, yl, cl, tl = beta[:, live], f[:, live], y[:, live], c[:, live], train[:, live]
+        active = tl & (yl * fl < 1)
+        d = torch.where(active, 0.5 / cl.clamp_min(1e-300), torch.zeros_like(cl))
+        # the Newton point to liblinear's tolerance: a truncated solve need not be a descent step
+        cg_tol = torch.full_like(pg[live], 0.25 * tol)
+        z, it = _masked_cg(K, yl, d, active, b, cg_tol, max_cg)
+        delta = z - b
+        dfx = K @ delta
+        t = _line_search(b, fl, delta, dfx, yl, cl, tl)
+        # no decrease left to rounding (the Newton point of a borderline active set): take the
+        # full step, which puts the iterate on that active set's exact solution
+        t = torch.where(t < 1e-8, torch.ones_like(t), t)
+        b = b + t * delta
+        fl = fl + t * dfx
+        beta[:, live], f[:, live] = b, fl
+        newton[live] += 1
+        cg_total[live] += it
+        # liblinear's test on the iterate's own dual point alpha = y * beta. A negative alpha is no
+        # dual point; but rounding can leave a tiny one on a point whose margin ended just above 1:
+        # clip those (one product gives the exact decision values back) and test again.
+        pg_l = projected_gradient_range(b, fl, yl, cl, tl)
+        negative = (yl * b) < 0
+        clip = torch.nonzero(negative.any(0) & (pg_l <= tol)).flatten()
+        if clip.numel():
+            b_clip = torch.where(negative[:, clip], torch.zeros_like(b[:, clip]), b[:, clip])
+            f_clip = K @ b_clip
+            pg_clip = projected_gradient_range(b_clip, f_clip, yl[:, clip], cl[:, clip], tl[:, clip])
+            keep = pg_clip <= tol  # otherwise Newton goes on from the unclipped iterate
+            clip, b_clip, f_clip = clip[keep], b_clip[:, keep], f_clip[:, keep]
+            b[:, clip], fl[:, clip] = b_clip, f_clip
+            beta[:, live[clip]], f[:, live[clip]] = b_clip, f_clip
+            pg_l[clip] = pg_clip[keep]
+            negative[:, clip] = False
+        pg_l = torch.where(negative.any(0), torch.full_like(pg_l, float("inf")), pg_l)
+        if DEBUG and newton[live].max() > 20:
+            j = int(newton[live].argmax())
+            print("  stuck", int(live[j]), "t", float(t[j]), "pg", float(pg_l[j]), "active", int(active[:, j].sum()),
+                  "cg", int(it[j]))
+        pg[live] = pg_l
+        done = pg_l <= tol
+        converged[live[done]] = True
+        # a step of ~0 cannot change anything any more: stop and report it as not converged
+        stalled = torch.zeros_like(done)
+        if DEBUG and stalled.any():
+            j = int(torch.nonzero(stalled)[0])
+            raw = projected_gradient_range(b, fl, yl, cl, tl)
+            print("  stalled", int(stalled.sum()), "pg", float(pg_l[j]), "raw", float(raw[j]), "neg", int(negative[:, j].sum()),
+                  "negsum", float((yl * b)[:, j].clamp(max=0).abs().sum()), "cg", int(it[j]), "t", float(t[j]))
+        live = live[~done & ~stalled]
+    return beta, SolveInfo(converged.cpu(), newton.cpu(), cg_total.cpu(), pg.cpu())
+
+
+def implied_dual(K, f, y, c, train):
+    """beta_i = y_i 2 c_i max(0, 1 - y_i f_i) on training rows, and its decision values K beta."""
+    beta = torch.where(train, y * 2 * c * (1 - y * f).clamp_min(0), torch.zeros_like(f))
+    return beta, K @ beta
+
+
+def _warm_start(beta, f, y, c, train, ratio: float):
+    """Rescale the previous cost's solution for the next cost: for small costs the dual variables
+    grow in proportion to C, for large ones the solution saturates; keep, per problem, the scale
+    among a few candidates with the lowest primal objective (no kernel products needed)."""
+    best_obj, best_scale = None, None
+    ct = torch.where(train, c, torch.zeros_like(c))
+    for scale in sorted({1.0, ratio ** 0.5, ratio}):
+        obj = 0.5 * scale * scale * (beta * f).sum(0) + (ct * (1 - scale * y * f).clamp_min(0) ** 2).sum(0)
+        s = torch.full_like(obj, scale)
+        if best_obj is None:
+            best_obj, best_scale = obj, s
+        else:
+            better = obj < best_obj
+            best_obj, best_scale = torch.where(better, obj, best_obj), torch.where(better, s, best_scale)
+    return beta * best_scale, f * best_scale
+
+
+def resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def kernel_with_bias(X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
+    """[X, 1] [Z, 1]^T: the bias is liblinear's constant feature of value 1 (intercept_scaling)."""
+    Z = X if Z is None else Z
+    return X @ Z.T + 1.0
+
+
+def cv_masks(y: np.ndarray, folds: int) -> np.ndarray:
+    """(n, folds) bool: the training rows of each fold of scikit-learn's StratifiedKFold without
+    shuffling, which the reference's cross_val_score uses (folds depend on the class's labels)."""
+    masks = np.ones((len(y), folds), dtype=bool)
+    for j, (_, val_idx) in enumerate(StratifiedKFold(n_splits=folds, shuffle=False).split(np.zeros(len(y)), y)):
+        masks[val_idx, j] = False
+    return masks
+
+
+def voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds: int = 3,
+                    device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000) -> list:
+    """The per-layer protocol of ``benchmark.svm.voc07_svm`` (CV over costs per class, refit at
+    the best, test AP) with every class x fold x cost solved by the batched kernel solver.
+
+    Costs are visited in increasing order and each (class, fold) problem starts from its solution
+    at the previous cost; all classes and folds of one cost are one batch sharing the kernel.
+    """
+    from .svm import ClassResult, FitLog, l2_normalize, to_binary  # the liblinear module's types
+
+    device = resolve_device(device)
+    X_train = l2_normalize(train_features)
+    X_test = l2_normalize(test_features)
+    for name, X in (("train", X_train), ("test", X_test)):
+        if not np.isfinite(X).all():
+            raise FeatureError(f"{name} features contain NaN/inf; cannot train SVMs on them")
+    n, n_classes = train_labels.shape
+    results = [ClassResult(cls=c, costs=tuple(costs), log=FitLog()) for c in range(n_classes)]
+    Y = np.stack([to_binary(train_labels[:, c]) for c in range(n_classes)], axis=1)
+    trainable = []
+    for c, r in enumerate(results):
+        n_pos = int((Y[:, c] == 1).sum())
+        if n_pos < folds or (Y[:, c] == -1).sum() < folds:
+            r.note = f"only {n_pos} positive training images: fewer than the {folds} CV folds"
+        else:
+            trainable.append(c)
+    if not trainable:
+        return results
+    Xt = torch.as_tensor(X_train, dtype=torch.float64, device=device)
+    K = kernel_with_bias(Xt)
+    # one column per (class, fold)
+    cols = [(c, j) for c in trainable for j in range(folds)]
+    masks = {c: cv_masks(Y[:, c], folds) for c in trainable}
+    train = torch.as_tensor(np.stack([masks[c][:, j] for c, j in cols], axis=1), device=device)
+    y = torch.as_tensor(np.stack([Y[:, c] for c, _ in cols], axis=1), dtype=torch.float64, device=device)
+    weight = torch.where(y > 0, 2.0, 1.0)
+    cv_ap = np.full((n_classes, len(costs)), np.nan)
+    order = np.argsort(costs, kind="stable")
+    beta, f, previous = None, None, None
+    for k in order:
+        cost = float(costs[k])
+        c_mat = cost * weight
+        if beta is not None:
+            beta, f = _warm_start(beta, f, y, c_mat, train, cost / previous)
+        _t = time.perf_counter()
+        beta, info = solve(K, y, c_mat, train, beta0=beta, tol=tol, max_newton=max_newton, max_cg=max_cg)
+        if DEBUG:
+            print(f"C={cost:g} {time.perf_counter() - _t:.2f}s newton max {int(info.newton_iters.max())} "
+                  f"mean {info.newton_iters.float().mean():.1f} cg max {int(info.cg_iters.max())} "
+                  f"mean {info.cg_iters.float().mean():.0f} not converged {int((~info.converged).sum())}")
+        f = K @ beta
+        previous = cost
+        scores = f.cpu().numpy()
+        per_fold = {}
+        for col, (c, j) in enumerate(cols):
+            results[c].log.record(int(info.newton_iters[col]), bool(info.converged[col]))
+            val = ~masks[c][:, j]
+            per_fold.setdefault(c, []).append(average_precision_score(Y[val, c] == 1, scores[val, col]))
+        for c, aps in per_fold.items():
+            cv_ap[c, k] = float(np.mean(aps))
+    # refit every trainable class on all training rows at its chosen cost (first maximum in the
+    # given cost order, as the reference's argmax)
+    best = {c: int(np.argmax(cv_ap[c])) for c in trainable}
+    y_full = torch.as_tensor(Y[:, trainable], dtype=torch.float64, device=device)
+    c_full = torch.as_tensor([float(costs[best[c]]) for c in trainable], dtype=torch.float64, device=device) * \
+        torch.where(y_full > 0, 2.0, 1.0)
+    beta, info = solve(K, y_full, c_full, torch.ones_like(y_full, dtype=torch.bool), tol=tol,
+                       max_newton=max_newton, max_cg=max_cg)
+    w = torch.cat([Xt.T @ beta, beta.sum(0, keepdim=True)])  # weights and bias of [x, 1]
+    Xs = torch.as_tensor(X_test, dtype=torch.float64, device=device)
+    test_scores = (Xs @ w[:-1] + w[-1]).cpu().numpy()
+    for col, c in enumerate(trainable):
+        r = results[c]
+        r.log.record(int(info.newton_iters[col]), bool(info.converged[col]))
+        r.cv_ap = cv_ap[c].tolist()
+        r.best_cost, r.best_cv_ap = float(costs[best[c]]), float(cv_ap[c, best[c]])
+        keep = np.asarray(test_labels[:, c]) != -1  # difficult-only rows are removed for this class
+        r.test_ap = voc_ap(np.asarray(test_labels[:, c])[keep] == 1, test_scores[keep, col])
+    return results

@@ -154,6 +154,7 @@ class Jigsaw(PretextMethod):
             raise ConfigError(f"jigsaw: {n} permutations reach a minimum Hamming distance of {min_hamming(perms)}, "
                               f"less than min_distance {options['min_distance']}; use fewer permutations")
         self.register_buffer("permutations", torch.as_tensor(perms, dtype=torch.int64))
+        self._table = perms  # sample() reads this CPU copy: the buffer may live on the GPU
         if not 0 < options["tile_fraction"] <= 1:
             raise ConfigError(f"jigsaw: tile_fraction must be in (0, 1], got {options['tile_fraction']!r}")
         self.cell = image_size // GRID
@@ -182,8 +183,8 @@ class Jigsaw(PretextMethod):
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         crop = self.puzzle_crop(image, generator)
-        label = int(torch.randint(0, len(self.permutations), (1,), generator=generator))
-        tiles = make_tiles(crop, self.permutations[label], self.tile,
+        label = int(torch.randint(0, len(self._table), (1,), generator=generator))
+        tiles = make_tiles(crop, self._table[label], self.tile,
                            generator if self.tile < self.cell else None, self.config["normalize_tiles"])
         return {"tiles": tiles, "labels": torch.tensor(label)}
 

@@ -323,3 +323,14 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(tmp_path, monkeypa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["loss_history"] == whole["loss_history"] and resumed["final_metrics"] == whole["final_metrics"]
     assert (tmp_path / "a" / "m.log.csv").read_text() == out.with_name("m.log.csv").read_text()
+
+
+def test_embed_helper_uses_torchvision_trunk_stages() -> None:
+    method = _method("rotation")
+    x = torch.rand(2, 3, SIZE, SIZE)
+    model = method.trunk.eval()
+    expected = model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(
+        model.maxpool(model.relu(model.bn1(model.conv1(x))))))))).flatten(1)
+    assert method.embed_dim == 512 and torch.allclose(method.embed(x), expected)
+    alexnet = trainer.build_method("rotation", "alexnet", 64, 0, dict(PRETEXT_METHODS.get("rotation").options))
+    assert alexnet.embed_dim == 256 and alexnet.embed(torch.rand(2, 3, 64, 64)).shape == (2, 256)

@@ -1,0 +1,353 @@
+"""`detection_voc07`: Fast R-CNN ResNet-C4 object detection, VOC07 test 11-point mAP (Goyal et al.
+2019, "object detection"; ../shared/PROTOCOL.md).
+
+One unit per mode: ``frozen`` (conv1..res4 frozen, res5 box head and predictors trained, the
+reference's FREEZE_AT 4) and ``finetune`` (every layer trained; BatchNorm frozen in both). The
+detector is a copy of the benchmark's backbone (benchmark.detection.model); proposals come from
+Detectron-format files (the reference's Selective Search pickles), from Selective Search run
+here (opencv-contrib), or from an RPN trained on the frozen res4 map (benchmark.detection.rpn),
+cached on disk. Training resumes from ``RUN_DIR/detection_voc07/<model>/<mode>-<fingerprint>/``.
+Rows: VOC07 11-point AP (``AP``/``mAP``), all-point AP (``AP_all``/``mAP_all``) and COCO-style
+AP50:95 (``AP50_95``/``mAP50_95``) per class and averaged, x100.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.config import config_hash
+from benchmark.datasets.voc import VOC_CLASSES, load_voc
+from benchmark.detection.data import DetectionData
+from benchmark.detection.evaluate import evaluate_detections
+from benchmark.detection.model import FastRCNNC4, check_c4
+from benchmark.detection.proposals import (
+    SS_INSTALL,
+    cache_path,
+    cached_proposals,
+    clean_proposals,
+    proposals_for,
+    read_proposals,
+    selective_search,
+    selective_search_available,
+    to_continuous,
+)
+from benchmark.detection.train import (
+    DetectionSetup,
+    ImageFeatures,
+    detect,
+    mark_evaluated,
+    resolve_schedule,
+    train_detector,
+)
+from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.errors import ConfigError
+from benchmark.linear_heads import derived_seed
+from benchmark.models import Architecture
+from benchmark.registry import TASKS
+
+MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
+TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
+PROPOSAL_SOURCES = ("auto", "selective_search", "rpn", "files")
+# options that do not change the trained detector (a checkpoint made with others is resumed)
+RESULT_NEUTRAL = ("checkpoint_every", "cache_features_mb", "evaluate_untrained", "modes")
+SCHEDULE_KEYS = ("iterations", "milestones", "base_lr", "batch_size", "warmup_iterations", "weight_decay")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@TASKS.register("detection_voc07")
+class DetectionVOC07(Task):
+    dataset = "voc07"
+    needs_gpu = True
+    options = {
+        "modes": ["frozen", "finetune"],  # one unit each
+        "train_set": "voc07",  # voc07 (VOC2007 trainval) | voc07+12 (+ VOC2012 trainval); test: VOC2007 test
+        "backend": "torchvision",  # torchvision (tested) | detectron2 (optional, needs detectron2 installed)
+        # proposals: auto = selective_search when opencv-contrib is importable, else rpn; files = proposal_files
+        "proposals": "auto",
+        "proposal_files": None,  # {voc07_trainval: path, voc12_trainval: path, voc07_test: path} (Detectron .pkl)
+        "proposal_limit_train": 2000,  # Detectron TRAIN/TEST.PROPOSAL_LIMIT
+        "proposal_limit_test": 2000,
+        "selective_search_mode": "fast",
+        "rpn_iterations": 2000, "rpn_batch_size": 4, "rpn_lr": 0.01,
+        "rpn_anchor_sizes": [32, 64, 128, 256, 512], "rpn_post_nms": 2000,
+        "schedule": "reference",  # reference (VOC07 30k step 22k / VOC07+12 80k step 66k, batch 4) | custom
+        "iterations": None, "milestones": None, "base_lr": None, "batch_size": None,
+        "warmup_iterations": None, "weight_decay": None,
+        "freeze_at": None,  # None: the mode's (frozen 4, finetune 0)
+        "scale": 600, "max_size": 1000, "flip": True,
+        "size_multiple": 1,  # > 1: round image sides to a multiple (few shapes: faster CPU convolutions)
+        "roi_op": "pool",  # pool (Detectron's default RoIPoolF, the reference) | align
+        "roi_size": 14, "sampling_ratio": 0, "rois_per_image": 64, "fg_fraction": 0.25,
+        "checkpoint_every": 1000,
+        "cache_features_mb": 2048,  # frozen mode: res4 maps of training images kept in memory up to this
+        "evaluate_untrained": False,  # also report the mAP of the untrained head (a floor)
+    }
+
+    # --- configuration -------------------------------------------------------------------------
+
+    def modes(self) -> list[str]:
+        modes = self.config["modes"]
+        if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+            raise ConfigError(f"detection_voc07: modes must be a non-empty list of {list(MODES)} without "
+                              f"repetition, got {modes!r}")
+        return list(modes)
+
+    def units(self, arch: Architecture) -> list[str]:
+        check_c4(arch.build(), arch.name)  # fail at planning time for a non-ResNet architecture
+        return self.modes()
+
+    def check_options(self) -> None:
+        cfg = self.config
+        self.modes()
+        if cfg["train_set"] not in TRAIN_SETS:
+            raise ConfigError(f"detection_voc07: train_set must be one of {list(TRAIN_SETS)}, got {cfg['train_set']!r}")
+        if cfg["backend"] not in ("torchvision", "detectron2"):
+            raise ConfigError(f"detection_voc07: backend must be 'torchvision' or 'detectron2', got {cfg['backend']!r}")
+        if cfg["backend"] == "detectron2":
+            from benchmark.detection.detectron2_backend import require_detectron2
+
+            require_detectron2()
+        if cfg["proposals"] not in PROPOSAL_SOURCES:
+            raise ConfigError(f"detection_voc07: proposals must be one of {', '.join(PROPOSAL_SOURCES)}, "
+                              f"got {cfg['proposals']!r}")
+        if cfg["proposals"] == "selective_search" and not selective_search_available():
+            raise ConfigError(f"detection_voc07: proposals: selective_search, but cv2.ximgproc is not importable. "
+                              f"{SS_INSTALL}; or use proposals: rpn / files")
+        for key in ("proposal_limit_train", "proposal_limit_test", "rpn_iterations", "rpn_batch_size", "rpn_post_nms",
+                    "scale", "max_size", "size_multiple", "roi_size", "rois_per_image", "checkpoint_every"):
+            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+                raise ConfigError(f"detection_voc07: {key} must be a positive integer, got {cfg[key]!r}")
+        resolve_schedule(cfg["schedule"], cfg["train_set"], **{k: cfg[k] for k in SCHEDULE_KEYS})
+
+    def split_names(self) -> list[tuple[str, str, str]]:
+        """(year, split, proposal_files key) of the training splits and the test split."""
+        train = [(year, split, f"voc{year[2:]}_{split}") for year, split in TRAIN_SETS[self.config["train_set"]]]
+        return train + [("2007", "test", "voc07_test")]
+
+    def proposal_file(self, ctx: RunContext, key: str) -> Path:
+        files = self.config["proposal_files"] or {}
+        if not isinstance(files, dict) or key not in files:
+            raise ConfigError(f"detection_voc07: proposals: files needs proposal_files.{key} (a Detectron-format "
+                              f".pkl of that split); given: {sorted(files) if isinstance(files, dict) else files!r}")
+        path = Path(files[key]).expanduser()
+        return path if path.is_absolute() else ctx.data_root / path
+
+    def check_data(self, ctx: RunContext) -> None:
+        self.check_options()
+        for year, split, key in self.split_names():
+            load_voc(ctx.data_root, split, year=year)
+            if self.config["proposals"] == "files":
+                path = self.proposal_file(ctx, key)
+                if not path.is_file():
+                    raise ConfigError(f"detection_voc07: proposal file {path} (proposal_files.{key}) does not exist")
+
+    # --- proposals -----------------------------------------------------------------------------
+
+    def source(self) -> str:
+        source = self.config["proposals"]
+        if source == "auto":
+            return "selective_search" if selective_search_available() else "rpn"
+        return source
+
+    def proposals(self, ctx: RunContext, model: LoadedModel, splits: dict, features: dict | None,
+                  setup: DetectionSetup) -> tuple[dict, dict]:
+        """{part: list of inclusive-pixel box arrays, list of scores} for 'train' and 'test', and the
+        identity of the proposals (part of the run's fingerprint)."""
+        cfg, source = self.config, self.source()
+        root = ctx.cache.root
+        out, identity = {}, {"source": source}
+        if source == "files":
+            for part, entries in splits.items():
+                boxes, scores = [], []
+                for key, data in entries:
+                    path = self.proposal_file(ctx, key)
+                    b, s = proposals_for(read_proposals(path), data.ids, f"proposal file {path}")
+                    boxes += b
+                    scores += s
+                    identity[key] = _file_digest(path)
+                out[part] = (boxes, scores)
+        elif source == "selective_search":
+            mode, limit = cfg["selective_search_mode"], max(cfg["proposal_limit_train"], cfg["proposal_limit_test"])
+            for part, entries in splits.items():
+                boxes, scores = [], []
+                for key, data in entries:
+                    ident = {"generator": "selective_search", "mode": mode, "max": limit, "data": data.fingerprint()}
+                    b, s = cached_proposals(cache_path(root, ident), data.ids,
+                                            lambda d=data: _selective_search_all(d, mode, limit))
+                    boxes += b
+                    scores += s
+                    identity[key] = ident
+                out[part] = (boxes, scores)
+        else:
+            out, identity = self.rpn_proposals(ctx, model, splits, features, setup)
+        return out, identity
+
+    def rpn_proposals(self, ctx, model, splits, features, setup):
+        from benchmark.detection.rpn import RPNSettings, propose, train_rpn
+
+        cfg = self.config
+        settings = RPNSettings(iterations=cfg["rpn_iterations"], batch_size=cfg["rpn_batch_size"], lr=cfg["rpn_lr"],
+                               anchor_sizes=tuple(cfg["rpn_anchor_sizes"]), post_nms=cfg["rpn_post_nms"])
+        train_data = _joined([d for _, d in splits["train"]])
+        test_data = splits["test"][0][1]
+        ident = {"generator": "rpn", "weights": model.weights, "arch": model.arch.name, "rpn": settings.describe(),
+                 "scale": setup.scale, "max_size": setup.max_size, "flip": setup.flip, "seed": ctx.seed,
+                 "train": train_data.fingerprint()}
+        paths = {part: cache_path(ctx.cache.root, {**ident, "part": part, "data": data.fingerprint()})
+                 for part, data in (("train", train_data), ("test", test_data))}
+        if not all(p.exists() for p in paths.values()):
+            if features is None:  # fine-tuning: the RPN still sees the frozen, unchanged res4 map
+                frozen = FastRCNNC4(model.backbone.model, model.arch.name, freeze_at=4).to(ctx.device)
+                features = {"train": ImageFeatures(frozen, train_data, setup, ctx.device, setup.cache_features_mb),
+                            "test": ImageFeatures(frozen, test_data, setup, ctx.device)}
+            rpn = train_rpn(features["train"], train_data, settings, ctx.seed, setup.flip, ctx.device)
+            boxes = {part: propose(rpn, features[part], data) for part, data in (("train", train_data),
+                                                                                 ("test", test_data))}
+        else:
+            boxes = {}
+        out = {}
+        for part, data in (("train", train_data), ("test", test_data)):
+            out[part] = cached_proposals(paths[part], data.ids, lambda p=part: boxes[p])
+        return out, {"source": "rpn", **ident}
+
+    # --- running -------------------------------------------------------------------------------
+
+    def setup(self, ctx: RunContext, model: LoadedModel, mode: str, fingerprint: str = "") -> DetectionSetup:
+        cfg = self.config
+        schedule = resolve_schedule(cfg["schedule"], cfg["train_set"], **{k: cfg[k] for k in SCHEDULE_KEYS})
+        return DetectionSetup(schedule=schedule, seed=ctx.seed, scale=cfg["scale"], max_size=cfg["max_size"],
+                              size_multiple=cfg["size_multiple"],
+                              flip=bool(cfg["flip"]), rois_per_image=cfg["rois_per_image"],
+                              fg_fraction=cfg["fg_fraction"], checkpoint_every=cfg["checkpoint_every"],
+                              cache_features_mb=cfg["cache_features_mb"], fingerprint=fingerprint,
+                              desc=f"detection {model.name} {mode}")
+
+    def detector(self, ctx: RunContext, model: LoadedModel, mode: str) -> FastRCNNC4:
+        cfg = self.config
+        freeze_at = MODES[mode] if cfg["freeze_at"] is None else cfg["freeze_at"]
+        generator = torch.Generator().manual_seed(derived_seed(ctx.seed, 0xDE7))
+        return FastRCNNC4(model.backbone.model, model.arch.name, num_classes=len(VOC_CLASSES), roi_size=cfg["roi_size"],
+                          roi_op=cfg["roi_op"], sampling_ratio=cfg["sampling_ratio"], freeze_at=freeze_at,
+                          generator=generator)
+
+    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        self.check_options()
+        if unit not in self.modes():
+            raise ConfigError(f"detection_voc07: unknown unit {unit!r}; units are the modes {self.modes()}")
+        if self.config["backend"] == "detectron2":
+            from benchmark.detection.detectron2_backend import run_detectron2
+
+            return run_detectron2(self, ctx, model, unit)
+        cfg, mode = self.config, unit
+        names = self.split_names()
+        loaded = [(key, DetectionData.from_voc([load_voc(ctx.data_root, split, year=year)])) for year, split, key in names]
+        splits = {"train": loaded[:-1], "test": loaded[-1:]}
+        train_data, test_data = _joined([d for _, d in splits["train"]]), loaded[-1][1]
+        detector = self.detector(ctx, model, mode).to(ctx.device)
+        setup = self.setup(ctx, model, mode)
+        # a frozen trunk's res4 maps are computed once, shared by the RPN, training and testing
+        features = {"train": ImageFeatures(detector, train_data, setup, ctx.device, setup.cache_features_mb),
+                    "test": ImageFeatures(detector, test_data, setup, ctx.device, setup.cache_features_mb)} \
+            if detector.freeze_at >= 4 else None
+        raw, identity = self.proposals(ctx, model, splits, features, setup)
+        train_props = _cleaned(raw["train"], train_data, cfg["proposal_limit_train"])
+        test_props = _cleaned(raw["test"], test_data, cfg["proposal_limit_test"])
+
+        fingerprint = config_hash({"weights": model.weights, "arch": model.arch.name, "mode": mode,
+                                   "freeze_at": detector.freeze_at, "seed": ctx.seed,
+                                   "options": {k: v for k, v in cfg.items() if k not in RESULT_NEUTRAL},
+                                   "setup": setup.__dict__ | {"schedule": setup.schedule.describe()},
+                                   "proposals": identity, "train": train_data.fingerprint(),
+                                   "test": test_data.fingerprint()})
+        setup = self.setup(ctx, model, mode, fingerprint)
+        out_dir = ctx.run_dir / "detection_voc07" / model.name / f"{mode}-{fingerprint}"
+        untrained = None
+        if cfg["evaluate_untrained"]:
+            untrained = evaluate_detections(detect(detector, test_data, test_props, setup, ctx.device, "untrained",
+                                                   features and features["test"]),
+                                            test_data.ground_truth, len(VOC_CLASSES))
+            detector.train()
+        state = train_detector(detector, train_data, train_props, setup, out_dir, ctx.device,
+                               features and features["train"])
+        metrics = state.get("metrics")
+        if metrics is None:
+            detections = detect(detector, test_data, test_props, setup, ctx.device, f"detect {model.name}",
+                                features and features["test"])
+            np.savez_compressed(out_dir / "detections.npz", images=detections.images, labels=detections.labels,
+                                scores=detections.scores, boxes=detections.boxes,
+                                ids=np.array(test_data.ids))
+            metrics = {k: torch.as_tensor(v) for k, v in
+                       evaluate_detections(detections, test_data.ground_truth, len(VOC_CLASSES)).items()}
+            mark_evaluated(out_dir, metrics)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        return self.rows(model, mode, detector, setup, identity, metrics, untrained, train_data, test_data,
+                         train_props, test_props, out_dir)
+
+    def rows(self, model, mode, detector, setup, identity, metrics, untrained, train_data, test_data,
+             train_props, test_props, out_dir) -> list[dict]:
+        cfg, schedule = self.config, setup.schedule
+        common = {
+            "dataset": "voc07", "layer": mode, "mode": mode, "train_set": cfg["train_set"], "test_set": "voc07_test",
+            "proposals": identity["source"], "backend": "torchvision", "freeze_at": detector.freeze_at,
+            "schedule": schedule.name, "iterations": schedule.iterations,
+            "milestones": "/".join(str(m) for m in schedule.milestones), "batch_size": schedule.batch_size,
+            "base_lr": schedule.base_lr, "lr": schedule.lr, "warmup_iterations": schedule.warmup_iterations,
+            "scale": setup.scale, "max_size": setup.max_size, "size_multiple": setup.size_multiple, "roi_op": cfg["roi_op"], "roi_size": cfg["roi_size"],
+            "rois_per_image": setup.rois_per_image, "n_train": len(train_data), "n_test": len(test_data),
+            "proposals_per_image_train": round(float(np.mean([len(p) for p in train_props])), 1),
+            "proposals_per_image_test": round(float(np.mean([len(p) for p in test_props])), 1),
+            "checkpoint": str(out_dir / "checkpoint.pt"), "log_csv": str(out_dir / "log.csv"),
+        }
+        rows = []
+        for key, per_class, mean, definition in (("ap11", "AP", "mAP", "voc07-11point-iou0.5"),
+                                                  ("ap_all", "AP_all", "mAP_all", "all-point-iou0.5"),
+                                                  ("ap50_95", "AP50_95", "mAP50_95", "coco101-iou0.50:0.95")):
+            values = metrics[key]
+            for c, name in enumerate(VOC_CLASSES):
+                rows.append({**common, "metric": per_class, "class": name, "value": 100 * float(values[c]),
+                             "ap_definition": definition, "positives": int(metrics["positives"][c]),
+                             "detections": int(metrics["detections"][c])})
+            rows.append({**common, "metric": mean, "class": "", "value": 100 * float(np.nanmean(values)),
+                         "ap_definition": definition, "positives": int(metrics["positives"].sum()),
+                         "detections": int(metrics["detections"].sum()),
+                         "note": "; ".join(f"{VOC_CLASSES[c]}: no ground truth in test, left out"
+                                           for c in np.where(np.isnan(values))[0])})
+        if untrained is not None:
+            rows.append({**common, "metric": "mAP_untrained_head", "class": "",
+                         "value": 100 * float(np.nanmean(untrained["ap11"])), "ap_definition": "voc07-11point-iou0.5"})
+        return rows
+
+
+def _joined(parts: list[DetectionData]) -> DetectionData:
+    if len(parts) == 1:
+        return parts[0]
+    return DetectionData(sum((p.ids for p in parts), []), sum((p.paths for p in parts), []),
+                         sum((p.sizes for p in parts), []), sum((p.ground_truth for p in parts), []),
+                         sum((p.fingerprints for p in parts), []))
+
+
+def _cleaned(raw: tuple[list, list], data: DetectionData, limit: int) -> list[np.ndarray]:
+    """File/generator proposals -> continuous boxes after Detectron's clip/unique/min-size/limit."""
+    out = []
+    for (boxes, scores), (width, height) in zip(zip(*raw), data.sizes):
+        kept, _ = clean_proposals(boxes, scores, width, height, limit)
+        out.append(to_continuous(kept))
+    return out
+
+
+def _selective_search_all(data: DetectionData, mode: str, limit: int) -> tuple[list, list]:
+    from tqdm.auto import tqdm
+
+    results = [selective_search(path, mode, limit) for path in tqdm(data.paths, desc="selective search", leave=False)]
+    return [b for b, _ in results], [s for _, s in results]

@@ -72,7 +72,7 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-TASKS: Registry = Registry("tasks", builtin_modules=("tasks.voc07_svm", "tasks.lowshot_voc07", "tasks.lowshot_places205", "tasks.linear_places205", "tasks.normals_nyuv2"))
+TASKS: Registry = Registry("tasks", builtin_modules=("tasks.voc07_svm", "tasks.lowshot_voc07", "tasks.lowshot_places205", "tasks.linear_places205", "tasks.normals_nyuv2", "tasks.detection_voc07"))
 PRETRAINERS: Registry = Registry(
     "pretrainers",
     builtin_modules=("pretrainers.random_init", "pretrainers.supervised", "pretrainers.checkpoint",

@@ -56,8 +56,10 @@ def convergence_notes(df: pd.DataFrame) -> list[str]:
     rows = headline_rows(df)
     rows = rows[pd.to_numeric(rows["not_converged"], errors="coerce").fillna(0) > 0]
     rows = rows.drop_duplicates(["model", "task", "layer"])
-    return [f"- {r.model} {r.task}/{r.layer}: {int(r.not_converged)} of {int(r.fits)} SVM fits hit "
-            f"the iteration limit (max_iter) without converging" for r in rows.itertuples()]
+    return [f"- {r.model} {r.task}/{r.layer}: {int(r.not_converged)} of {int(r.fits)} SVM fits stopped at "
+            f"the iteration limit without reaching the stopping tolerance"
+            f"{f' (solver {r.solver})' if isinstance(getattr(r, 'solver', None), str) else ''}"
+            for r in rows.itertuples()]
 
 
 def skipped_notes(df: pd.DataFrame) -> list[str]:

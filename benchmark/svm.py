@@ -43,6 +43,16 @@ def resolve_costs(costs, task: str) -> tuple[str, tuple[float, ...]]:
     return "custom", values
 
 
+SOLVERS = ("torch", "liblinear")
+
+
+def check_solver(solver: str, task: str) -> str:
+    if solver not in SOLVERS:
+        raise ConfigError(f"{task}: unknown solver '{solver}'; use 'torch' (batched, the default) or "
+                          f"'liblinear' (the reference's LinearSVC loop)")
+    return solver
+
+
 def l2_normalize(features: np.ndarray) -> np.ndarray:
     """x / (||x|| + 1e-5) in float64, as the reference does before every SVM."""
     features = np.asarray(features, dtype=np.float64)

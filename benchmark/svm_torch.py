@@ -37,6 +37,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from .errors import FeatureError
 from .metrics import voc_ap
+from .provenance import resolve_device
 
 TOL = 1e-4
 DEBUG = bool(os.environ.get('SSL_BENCH_SVM_DEBUG'))
@@ -247,12 +248,6 @@ def _warm_start(beta, f, y, c, train, ratio: float):
     return beta * best_scale, f * best_scale
 
 
-def resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def kernel_with_bias(X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Tensor:
     """[X, 1] [Z, 1]^T: the bias is liblinear's constant feature of value 1 (intercept_scaling)."""
     Z = X if Z is None else Z
@@ -278,7 +273,7 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
     """
     from .svm import ClassResult, FitLog, l2_normalize, to_binary  # the liblinear module's types
 
-    device = resolve_device(device)
+    device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
     X_train = l2_normalize(train_features)
     X_test = l2_normalize(test_features)
     for name, X in (("train", X_train), ("test", X_test)):
@@ -347,3 +342,20 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
         keep = np.asarray(test_labels[:, c]) != -1  # difficult-only rows are removed for this class
         r.test_ap = voc_ap(np.asarray(test_labels[:, c])[keep] == 1, test_scores[keep, col])
     return results
+
+
+def scores_all_costs(train_features, train_labels, test_features, costs, device=None, tol: float = TOL):
+    """Decision values on the test rows of one SVM per (class, cost), each trained on all training
+    rows: (n_test, n_classes, n_costs) and the SolveInfo of the (n_classes x n_costs) problems.
+    Used to compare with liblinear at every cost (fidelity tests, benchmarks/svm_sweep.py)."""
+    from .svm import l2_normalize, to_binary
+
+    device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
+    X = torch.as_tensor(l2_normalize(train_features), dtype=torch.float64, device=device)
+    Xs = torch.as_tensor(l2_normalize(test_features), dtype=torch.float64, device=device)
+    Y = np.stack([to_binary(train_labels[:, c]) for c in range(train_labels.shape[1])], axis=1)
+    y = torch.as_tensor(np.repeat(Y, len(costs), axis=1), dtype=torch.float64, device=device)
+    c = torch.as_tensor(np.tile(np.asarray(costs, dtype=float), Y.shape[1]), device=device) * torch.where(y > 0, 2.0, 1.0)
+    beta, info = solve(kernel_with_bias(X), y, c, torch.ones_like(y, dtype=torch.bool), tol=tol)
+    scores = kernel_with_bias(Xs, X) @ beta
+    return scores.cpu().numpy().reshape(len(Xs), Y.shape[1], len(costs)), info

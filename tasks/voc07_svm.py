@@ -13,7 +13,9 @@ from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
-from benchmark.svm import resolve_costs, voc07_svm
+from benchmark.svm import check_solver, resolve_costs, voc07_svm
+from benchmark.provenance import resolve_device
+from benchmark.svm_torch import voc07_svm_torch
 
 from .common import resolve_layers, split_features
 
@@ -27,7 +29,11 @@ class VOC07SVM(Task):
         "costs": "reference",
         "folds": 3,
         "n_jobs": 2,
-        # exact speed-up for n < d (same answers as plain liblinear, see benchmark.svm.span_coordinates)
+        # torch: all classes x costs x folds of a layer batched (benchmark.svm_torch), same problem
+        # and stopping test as liblinear; liblinear: the reference's LinearSVC loop
+        "solver": "torch",
+        "svm_device": "auto",  # torch solver: cuda when available, else cpu
+        # liblinear only: exact speed-up for n < d (see benchmark.svm.span_coordinates)
         "span_coordinates": True,
         "train_split": "trainval",
         "test_split": "test",
@@ -57,10 +63,17 @@ class VOC07SVM(Task):
         cost_list, costs = resolve_costs(self.config["costs"], "voc07_svm")
         train_feats, train_labels = self.features(ctx, model, self.config["train_split"])
         test_feats, test_labels = self.features(ctx, model, self.config["test_split"])
-        results = voc07_svm(train_feats[layer], train_labels, test_feats[layer], test_labels,
-                            costs=costs, folds=self.config["folds"], n_jobs=self.config["n_jobs"],
-                            seed=ctx.seed, span_trick=self.config["span_coordinates"])
-        solver = "liblinear" + ("+span" if self.config["span_coordinates"] else "")
+        solver = check_solver(self.config["solver"], "voc07_svm")
+        if solver == "torch":
+            device = resolve_device(self.config["svm_device"])
+            results = voc07_svm_torch(train_feats[layer], train_labels, test_feats[layer], test_labels,
+                                      costs=costs, folds=self.config["folds"], device=device)
+            solver = f"torch-newton({device.type})"
+        else:
+            results = voc07_svm(train_feats[layer], train_labels, test_feats[layer], test_labels,
+                                costs=costs, folds=self.config["folds"], n_jobs=self.config["n_jobs"],
+                                seed=ctx.seed, span_trick=self.config["span_coordinates"])
+            solver = "liblinear" + ("+span" if self.config["span_coordinates"] else "")
         common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": solver,
                   "image_size": self.config["image_size"] or model.arch.reference_input_size,
                   "train_split": self.config["train_split"],

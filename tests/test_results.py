@@ -161,7 +161,7 @@ def test_leaderboard_pivots_models_by_task_and_layer() -> None:
 
 def test_convergence_notes() -> None:
     notes = convergence_notes(_table_rows())
-    assert notes == ["- random voc07_svm/res5: 3 of 79 SVM fits hit the iteration limit (max_iter) without converging"]
+    assert notes == ["- random voc07_svm/res5: 3 of 79 SVM fits stopped at the iteration limit without reaching the stopping tolerance"]
     df = _table_rows()
     df["not_converged"] = 0
     assert convergence_notes(df) == []
@@ -205,7 +205,7 @@ def test_markdown_report_content(run_dir: Path) -> None:
     assert "cost_list=reference" in md and "cost selection: 3-fold-cv-ap" in md
     assert "git abc1234" in md
     assert "## Convergence warnings" in md
-    assert "- random voc07_svm/res5: 2 of 158 SVM fits hit the iteration limit" in md
+    assert "- random voc07_svm/res5: 2 of 158 SVM fits stopped at the iteration limit" in md
     assert "moco voc07_svm" not in md.split("## Convergence warnings")[1]
 
 

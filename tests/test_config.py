@@ -78,6 +78,7 @@ def test_repo_config_loads_both_suites(name: str) -> None:
     for task in suite.tasks:
         spec = dict(raw["tasks"][task.name] or {})
         assert task.task == spec.pop("task", task.name)
+        assert task.models == spec.pop("models", None)
         assert task.options == {**TASKS.get(task.task).options, **spec}
 
 

@@ -85,8 +85,10 @@ def test_repo_config_loads_both_suites(name: str) -> None:
 def test_repo_suites_follow_the_protocol() -> None:
     full = load_suite("goyal2019")
     assert [m.options["arch"] for m in full.models] == ["resnet50"]
-    assert [t.task for t in full.tasks] == ["voc07_svm", "lowshot_voc07", "lowshot_places205", "linear_places205"]
+    assert [t.task for t in full.tasks][:4] == ["voc07_svm", "lowshot_voc07", "lowshot_places205", "linear_places205"]
+    assert {t.task for t in full.tasks[4:]} == {"normals_nyuv2", "detection_voc07"}
     task = full.tasks[0]
+    assert task.options["solver"] == "torch"
     assert task.options["layers"] == ["conv1", "res2", "res3", "res4", "res5"]
     assert task.options["folds"] == 3 and task.options["image_size"] is None  # the reference 224 px
     assert resolve_costs(task.options["costs"], "voc07_svm") == ("reference", REFERENCE_COSTS)
@@ -98,7 +100,8 @@ def test_repo_suites_follow_the_protocol() -> None:
     assert linear["batch_size"] in (None, 256) and linear["layers"][-1] == "pool5"
     mini = load_suite("goyal2019-mini")
     assert {m.pretrainer for m in mini.models} >= {"random", "supervised"}
-    assert {t.task for t in mini.tasks} == {"voc07_svm", "lowshot_voc07", "lowshot_places205", "linear_places205"}
+    assert {t.task for t in mini.tasks} >= {"voc07_svm", "lowshot_voc07", "lowshot_places205", "linear_places205",
+                                           "normals_nyuv2"}
 
 
 def test_list_suites_descriptions() -> None:

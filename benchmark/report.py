@@ -9,7 +9,8 @@ import pandas as pd
 from .lowshot import TEST_SELECTED
 from .results import ResultStore, atomic_write_text
 
-HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean")
+# normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
+HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
 
 
 def _text(df: pd.DataFrame, column: str) -> pd.Series:

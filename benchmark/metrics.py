@@ -53,3 +53,22 @@ def voc_ap(y_true, scores) -> float:
     if not np.any(np.asarray(y_true) > 0):
         return float("nan")
     return envelope_ap(precision, recall)
+
+
+def stepwise_ap(y_true, scores) -> float:
+    """scikit-learn's ``average_precision_score`` (the reference's CV scoring): sum over distinct
+    score thresholds, highest first, of (recall increase) x precision, tied scores forming one
+    threshold. The same number without sklearn's per-call validation, for the many CV folds of a
+    batched SVM sweep."""
+    y_true = np.asarray(y_true).ravel() > 0
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int(y_true.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    ranked = scores[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked) != 0), len(ranked) - 1]
+    tp = np.cumsum(y_true[order])[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / n_pos
+    return float(np.sum(recall_gain * precision))

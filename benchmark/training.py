@@ -29,3 +29,15 @@ def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_matching_checkpoint(path: Path, fmt: int, fingerprint: str, tag: str) -> dict | None:
+    """A training checkpoint to resume from, or None when there is none or it was written by
+    another format or configuration (then training starts afresh, and says so)."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != fmt or state.get("fingerprint") != fingerprint:
+        print(f"[{tag}] {path} was made with another configuration; starting afresh")
+        return None
+    return state

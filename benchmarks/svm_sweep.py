@@ -30,9 +30,9 @@ from benchmark.svm import REFERENCE_COSTS, voc07_svm  # noqa: E402
 from benchmark.svm_torch import voc07_svm_torch  # noqa: E402
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
 
 
@@ -60,8 +60,7 @@ def five_layers(args) -> int:
             Xtr, Ltr, Xte, Lte = voc_like_features(dim=dim, seed=args.seed + layer)
             if device == "cuda":
                 torch.cuda.synchronize()
-            results, seconds = timed(lambda: voc07_svm_torch(Xtr, Ltr, Xte, Lte, REFERENCE_COSTS,
-                                                             device=torch.device(device)))
+            results, seconds = timed(voc07_svm_torch, Xtr, Ltr, Xte, Lte, REFERENCE_COSTS, device=torch.device(device))
             total += seconds
             summary(f"engine ({device}) layer {layer + 1}, d={dim}", results, seconds)
         print(f"engine ({device}): five-layer VOC07 protocol {total:.1f} s")
@@ -95,7 +94,7 @@ def main() -> int:
     for device in devices:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        results, seconds = timed(lambda: voc07_svm_torch(Xtr, Ltr, Xte, Lte, costs, device=torch.device(device)))
+        results, seconds = timed(voc07_svm_torch, Xtr, Ltr, Xte, Lte, costs, device=torch.device(device))
         engine[device] = (results, seconds)
         summary(f"engine ({device})", results, seconds)
         not_converged = sum(r.log.not_converged for r in results)
@@ -109,10 +108,10 @@ def main() -> int:
         return 0
     timed_classes = min(args.reference_classes or classes, classes)
     subset = (Ltr[:, :timed_classes], Lte[:, :timed_classes])
-    serial, t_serial = timed(lambda: voc07_svm(Xtr, subset[0], Xte, subset[1], costs, n_jobs=1, span_trick=False))
+    serial, t_serial = timed(voc07_svm, Xtr, subset[0], Xte, subset[1], costs, n_jobs=1, span_trick=False)
     t_serial *= classes / timed_classes
     summary("reference, serial (liblinear)", serial, t_serial, timed_classes, classes)
-    parallel, t_parallel = timed(lambda: voc07_svm(Xtr, subset[0], Xte, subset[1], costs, n_jobs=-1, span_trick=False))
+    parallel, t_parallel = timed(voc07_svm, Xtr, subset[0], Xte, subset[1], costs, n_jobs=-1, span_trick=False)
     t_parallel *= classes / timed_classes
     summary(f"reference, {os.cpu_count()} workers (liblinear)", parallel, t_parallel, timed_classes, classes)
     for device, (results, seconds) in engine.items():

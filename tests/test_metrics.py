@@ -205,3 +205,22 @@ def test_eleven_point_ap_differs_from_all_point_ap() -> None:
 def test_eleven_point_ap_perfect_ranking_is_one() -> None:
     precision, recall = precision_recall([1, 1, 1, 0, 0], [5.0, 4.0, 3.0, 2.0, 1.0])
     assert eleven_point_ap(precision, recall) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_stepwise_ap_equals_sklearn_average_precision() -> None:
+    from sklearn.metrics import average_precision_score
+
+    from benchmark.metrics import stepwise_ap
+
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(2, 60))
+        y = rng.random(n) < rng.uniform(0.05, 0.6)
+        if not y.any():
+            y[0] = True
+        # every third trial with heavy ties (scores on a coarse grid)
+        scores = rng.normal(size=n) if trial % 3 else rng.integers(0, 4, size=n).astype(float)
+        assert stepwise_ap(y, scores) == pytest.approx(average_precision_score(y, scores), abs=1e-12)
+    # hand case: ranking + - + -: (0.5 x 1) + (0.5 x 2/3)
+    assert stepwise_ap([1, 0, 1, 0], [4, 3, 2, 1]) == pytest.approx(0.5 + 1 / 3)
+    assert np.isnan(stepwise_ap([0, 0], [1, 2]))

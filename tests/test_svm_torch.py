@@ -116,7 +116,7 @@ def test_cv_masks_are_stratified_kfold_without_shuffling() -> None:
 
     y = np.array([1, -1, -1, 1, -1, 1, -1, -1, 1, -1, 1, -1])
     masks = cv_masks(y, 3)
-    for j, (train_idx, val_idx) in enumerate(StratifiedKFold(3, shuffle=False).split(np.zeros(len(y)), y)):
+    for j, (train_idx, _) in enumerate(StratifiedKFold(3, shuffle=False).split(np.zeros(len(y)), y)):
         assert np.array_equal(np.flatnonzero(masks[:, j]), train_idx)
     assert masks.sum(1).tolist() == [2] * len(y)  # each row is held out exactly once
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..linear_heads import derived_seed
 from ..results import atomic_write_text
-from ..training import atomic_torch_save
+from ..training import atomic_torch_save, load_matching_checkpoint
 from .data import DetectionData, load_image, transform_boxes
 from .evaluate import Detections
 from .model import FastRCNNC4
@@ -255,12 +255,7 @@ def train_detector(detector: FastRCNNC4, data: DetectionData, proposals: list[np
     schedule = setup.schedule
     detector.to(device).train()
     optimizer = make_optimizer(detector, schedule)
-    state = None
-    if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != setup.fingerprint:
-            print(f"[detection] {path} was made with another configuration; starting afresh")
-            state = None
+    state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, "detection")
     start, log = 0, []
     if state is not None:
         detector.load_state_dict(state["model"])

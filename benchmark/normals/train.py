@@ -42,7 +42,7 @@ from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, DatasetError
 from ..linear_heads import derived_seed, epoch_order
 from ..results import atomic_write_text
-from ..training import atomic_torch_save
+from ..training import atomic_torch_save, load_matching_checkpoint
 from .codebook import assign, decode
 from .metrics import AngularErrors
 from .model import NormalsNet
@@ -236,12 +236,7 @@ def train_normals(resnet: torch.nn.Module, train_set, test_set, setup: NormalsSe
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CHECKPOINT_NAME
     schedule = setup.schedule
-    state = None
-    if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != setup.fingerprint:
-            print(f"[normals] {path} was made with another configuration; starting afresh")
-            state = None
+    state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, "normals")
     if state is not None and state["done"]:
         return state
 

@@ -125,7 +125,7 @@ def test_unknown_key_is_a_clear_error(tmp_path, capsys) -> None:
 def test_console_script_lists_the_registries() -> None:
     exe = Path(sys.executable).with_name("ssl-bench")
     out = subprocess.run([str(exe), "list", "pretrainers"], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["checkpoint", "random", "supervised"]
+    assert out.split() == ["checkpoint", "pretext", "random", "supervised"]
     suites = subprocess.run([str(exe), "list", "suites"], capture_output=True, text=True, check=True).stdout
     assert "goyal2019 " in suites and "goyal2019-mini" in suites
 

@@ -159,7 +159,8 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         lines.append("No finished results yet.")
     else:
         for section, columns in _columns_by_task(table).items():
-            sub = table[columns].rename(columns=lambda c: c.split("/", 1)[1])
+            # models a task did not run for (a task's `models:` list) are left out of its table
+            sub = table[columns].rename(columns=lambda c: c.split("/", 1)[1]).dropna(how="all")
             lines += [f"## {section}", ""]
             if TEST_SELECTED in section:
                 lines += ["> The reference protocol picks this cost on the TEST set (argmax of mean test "

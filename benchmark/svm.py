@@ -120,12 +120,28 @@ class ClassResult:
     note: str = ""
 
 
+def too_few_for_cv(y: np.ndarray, folds: int) -> str:
+    """Why a class cannot be cross-validated (fewer positives or negatives than folds), or ''."""
+    n_pos = int((y == 1).sum())
+    if n_pos < folds or (y == -1).sum() < folds:
+        return f"only {n_pos} positive training images: fewer than the {folds} CV folds"
+    return ""
+
+
+def normalized_features(train_features, test_features) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits L2-normalised; NaN/inf anywhere is an error, not an SVM input."""
+    X_train, X_test = l2_normalize(train_features), l2_normalize(test_features)
+    for name, X in (("train", X_train), ("test", X_test)):
+        if not np.isfinite(X).all():
+            raise FeatureError(f"{name} features contain NaN/inf; cannot train SVMs on them")
+    return X_train, X_test
+
+
 def train_and_test_class(cls, X_train, labels_train, X_test, labels_test, costs, folds, seed) -> ClassResult:
     result = ClassResult(cls=cls, costs=tuple(costs))
     y = to_binary(labels_train)
-    n_pos = int((y == 1).sum())
-    if n_pos < folds or (y == -1).sum() < folds:
-        result.note = f"only {n_pos} positive training images: fewer than the {folds} CV folds"
+    result.note = too_few_for_cv(y, folds)
+    if result.note:
         return result
     result.cv_ap = [cv_average_precision(X_train, y, c, folds, result.log, seed) for c in costs]
     best = int(np.argmax(result.cv_ap))
@@ -153,10 +169,7 @@ def span_coordinates(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarra
 def voc07_svm(train_features, train_labels, test_features, test_labels, costs=REFERENCE_COSTS,
               folds: int = 3, n_jobs: int = 1, seed: int = 0, span_trick: bool = True) -> list[ClassResult]:
     """The full per-layer protocol: for each class, CV over costs, refit at the best, test AP."""
-    X_train, X_test = l2_normalize(train_features), l2_normalize(test_features)
-    for name, X in (("train", X_train), ("test", X_test)):
-        if not np.isfinite(X).all():
-            raise FeatureError(f"{name} features contain NaN/inf; cannot train SVMs on them")
+    X_train, X_test = normalized_features(train_features, test_features)
     if span_trick and X_train.shape[0] < X_train.shape[1]:
         X_train, X_test = span_coordinates(X_train, X_test)
     n_classes = train_labels.shape[1]

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from .errors import FeatureError
 from .metrics import stepwise_ap, voc_ap
 from .provenance import resolve_device
 
@@ -311,22 +310,16 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
 
 def _voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds, device, tol,
                      max_newton, max_cg) -> list:
-    from .svm import ClassResult, FitLog, l2_normalize, to_binary  # the liblinear module's types
+    from .svm import ClassResult, FitLog, normalized_features, to_binary, too_few_for_cv
 
-    X_train = l2_normalize(train_features)
-    X_test = l2_normalize(test_features)
-    for name, X in (("train", X_train), ("test", X_test)):
-        if not np.isfinite(X).all():
-            raise FeatureError(f"{name} features contain NaN/inf; cannot train SVMs on them")
+    X_train, X_test = normalized_features(train_features, test_features)
     n, n_classes = train_labels.shape
     results = [ClassResult(cls=c, costs=tuple(costs), log=FitLog()) for c in range(n_classes)]
     Y = np.stack([to_binary(train_labels[:, c]) for c in range(n_classes)], axis=1)
     trainable = []
     for c, r in enumerate(results):
-        n_pos = int((Y[:, c] == 1).sum())
-        if n_pos < folds or (Y[:, c] == -1).sum() < folds:
-            r.note = f"only {n_pos} positive training images: fewer than the {folds} CV folds"
-        else:
+        r.note = too_few_for_cv(Y[:, c], folds)
+        if not r.note:
             trainable.append(c)
     if not trainable:
         return results

@@ -54,6 +54,37 @@ class SolveInfo:
     decision: torch.Tensor | None = None  # K @ beta on the kernel's rows, on the solver's device
 
 
+class FactoredKernel:
+    """K = A A^T kept as A = [features, 1] (m x (d+1)): a product costs 4 m d instead of 2 m^2 and
+    no m x m matrix is stored. Pays when m > 2 (d + 1) or when the dense kernel does not fit (large
+    training sets); the solver only needs products and the diagonal."""
+
+    def __init__(self, A: torch.Tensor):
+        self.A = A
+
+    def __matmul__(self, p: torch.Tensor) -> torch.Tensor:
+        return self.A @ (self.A.T @ p)
+
+    def diagonal(self) -> torch.Tensor:
+        return (self.A * self.A).sum(1)
+
+    @property
+    def dtype(self):
+        return self.A.dtype
+
+    @property
+    def device(self):
+        return self.A.device
+
+    @property
+    def shape(self):
+        return (self.A.shape[0], self.A.shape[0])
+
+
+def kernel_diagonal(K) -> torch.Tensor:
+    return K.diagonal() if isinstance(K, FactoredKernel) else torch.diagonal(K)
+
+
 def projected_gradient_range(beta, f, y, c, train) -> torch.Tensor:
     """liblinear's stopping quantity max PG - min PG over the training rows of each problem."""
     alpha = y * beta
@@ -87,7 +118,7 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter):
     cols = torch.arange(rhs.shape[1], device=K.device)
     z, u, a, dd, y, cs, tol_c, q_c = z_out.clone(), u_out.clone(), act, d, rhs, c * act, tol, q_stop
     r = (y - u - dd * z) * a
-    inv_diag = a / (torch.diagonal(K).unsqueeze(1) + dd + (1 - a))
+    inv_diag = a / (kernel_diagonal(K).unsqueeze(1) + dd + (1 - a))
     s = r * inv_diag
     p = s.clone()
     rs = (r * s).sum(0)
@@ -294,22 +325,59 @@ def cpu_threads_for(n: int, device: torch.device):
         torch.set_num_threads(before)
 
 
+KERNEL_FORMS = ("auto", "dense", "factored")
+BYTES_PER_COLUMN_ROW = 8 * 40  # float64 vectors the solver and the fold batches keep per problem and row
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the engine lets itself use: half the free GPU memory, or half the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):  # not available on this platform
+        return 4 * 2**30
+
+
+def choose_kernel_form(n: int, d: int, budget: int, form: str = "auto") -> str:
+    """'dense' (the n x n kernel, products 2 n^2) or 'factored' (the features, products 4 n (d+1)):
+    dense where n < d as on VOC07; factored for large training sets or when the kernel would take
+    more than half the memory budget."""
+    if form not in KERNEL_FORMS:
+        raise ValueError(f"kernel form must be one of {KERNEL_FORMS}, got {form!r}")
+    if form != "auto":
+        return form
+    return "factored" if n > 2 * (d + 1) or 8 * n * n > budget // 2 else "dense"
+
+
+def class_chunks(classes: list, n: int, budget: int, kernel_bytes: int) -> list[list]:
+    """Split the classes so that one chunk's problems (every class x fold keeps a few vectors per
+    row) fit in what the kernel leaves of the budget; one chunk when they do (the usual case)."""
+    per_class = BYTES_PER_COLUMN_ROW * n
+    size = max(1, int((budget - kernel_bytes) // per_class))
+    return [classes[i:i + size] for i in range(0, len(classes), size)]
+
+
 def voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds: int = 3,
-                    device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000) -> list:
+                    device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
+                    kernel_form: str = "auto", memory_bytes: int | None = None) -> list:
     """The per-layer protocol of ``benchmark.svm.voc07_svm`` (CV over costs per class, refit at
     the best, test AP) with every class x fold x cost solved by the batched kernel solver.
 
     Costs are visited in increasing order and each (class, fold) problem starts from its solution
     at the previous cost; all classes of one fold and cost are one batch sharing the kernel.
+    ``memory_bytes`` caps what the engine plans to use (default: ``memory_budget(device)``); it
+    decides the kernel form (``kernel_form='auto'``) and whether classes are solved in chunks.
     """
     device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
     with cpu_threads_for(len(train_features), device):
         return _voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds, device,
-                                tol, max_newton, max_cg)
+                                tol, max_newton, max_cg, kernel_form, memory_bytes)
 
 
 def _voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds, device, tol,
-                     max_newton, max_cg) -> list:
+                     max_newton, max_cg, kernel_form, memory_bytes) -> list:
     from .svm import ClassResult, FitLog, normalized_features, to_binary, too_few_for_cv
 
     X_train, X_test = normalized_features(train_features, test_features)
@@ -323,31 +391,47 @@ def _voc07_svm_torch(train_features, train_labels, test_features, test_labels, c
             trainable.append(c)
     if not trainable:
         return results
+    budget = memory_budget(device) if memory_bytes is None else int(memory_bytes)
+    form = choose_kernel_form(n, X_train.shape[1], budget, kernel_form)
     Xt = torch.as_tensor(X_train, dtype=torch.float64, device=device)
-    K = kernel_with_bias(Xt)
-    masks = {c: cv_masks(Y[:, c], folds) for c in trainable}
-    cv_ap = np.full((n_classes, len(costs)), np.nan)
+    A = torch.cat([Xt, torch.ones((n, 1), dtype=Xt.dtype, device=device)], dim=1)  # [x, 1]: liblinear's bias
+    del Xt
+    K = A @ A.T if form == "dense" else None
+    Xs = torch.as_tensor(X_test, dtype=torch.float64, device=device)
+    kernel_bytes = 8 * n * n if form == "dense" else 0
+    for chunk in class_chunks(trainable, n, budget, kernel_bytes):
+        _sweep_classes(A, K, Xs, Y, test_labels, chunk, costs, folds, tol, max_newton, max_cg, results)
+    return results
+
+
+def _sweep_classes(A, K, Xs, Y, test_labels, classes, costs, folds, tol, max_newton, max_cg, results):
+    """CV over the sorted costs, then refit at each class's best cost and test AP, for ``classes``
+    together. K is the dense kernel A A^T, or None to work with A itself (FactoredKernel)."""
+    device = A.device
+    masks = {c: cv_masks(Y[:, c], folds) for c in classes}
+    cv_ap = {c: np.full(len(costs), np.nan) for c in classes}
     # One batch per fold j, one column per class. The classes' folds differ (stratified per class)
     # but overlap almost entirely, so each batch works on the union of its classes' training rows:
     # about 2/3 of the kernel, i.e. ~half the work of masking the whole one.
     batches = []
     for j in range(folds):
-        rows = np.flatnonzero(np.any([masks[c][:, j] for c in trainable], axis=0))
+        rows = np.flatnonzero(np.any([masks[c][:, j] for c in classes], axis=0))
         index = torch.as_tensor(rows, device=device)
-        y = torch.as_tensor(Y[rows][:, trainable], dtype=torch.float64, device=device)
-        batches.append({
-            "fold": j, "K_all_rows": K[:, index], "y": y, "weight": torch.where(y > 0, 2.0, 1.0),
-            "train": torch.as_tensor(np.stack([masks[c][rows, j] for c in trainable], axis=1), device=device),
-            "beta": None, "f": None,
-        })
-    for batch in batches:
-        batch["K"] = batch["K_all_rows"][torch.as_tensor(np.flatnonzero(
-            np.any([masks[c][:, batch["fold"]] for c in trainable], axis=0)), device=device)]
+        y = torch.as_tensor(Y[rows][:, classes], dtype=torch.float64, device=device)
+        batch = {"fold": j, "y": y, "weight": torch.where(y > 0, 2.0, 1.0), "beta": None, "f": None,
+                 "train": torch.as_tensor(np.stack([masks[c][rows, j] for c in classes], axis=1), device=device)}
+        if K is not None:
+            K_all_rows = K[:, index]
+            batch["K"], batch["score"] = K_all_rows[index], K_all_rows.__matmul__
+        else:
+            A_rows = A[index]
+            batch["K"], batch["score"] = FactoredKernel(A_rows), (lambda beta, A_rows=A_rows: A @ (A_rows.T @ beta))
+        batches.append(batch)
     order = np.argsort(costs, kind="stable")
     previous = None
     for k in order:
         cost = float(costs[k])
-        fold_aps = {c: [] for c in trainable}
+        fold_aps = {c: [] for c in classes}
         for batch in batches:
             c_mat = cost * batch["weight"]
             beta, f = batch["beta"], batch["f"]
@@ -362,34 +446,32 @@ def _voc07_svm_torch(train_features, train_labels, test_features, test_labels, c
                       f"{int(info.cg_iters.max())} mean {info.cg_iters.float().mean():.0f} "
                       f"not converged {int((~info.converged).sum())}")
             batch["beta"], batch["f"] = beta, info.decision
-            scores = (batch["K_all_rows"] @ beta).cpu().numpy()  # every row, held-out ones included
-            for col, c in enumerate(trainable):
+            scores = batch["score"](beta).cpu().numpy()  # every row, held-out ones included
+            for col, c in enumerate(classes):
                 results[c].log.record(int(info.newton_iters[col]), bool(info.converged[col]))
                 held_out = ~masks[c][:, batch["fold"]]
                 fold_aps[c].append(stepwise_ap(Y[held_out, c] == 1, scores[held_out, col]))
         for c, aps in fold_aps.items():
-            cv_ap[c, k] = float(np.mean(aps))
+            cv_ap[c][k] = float(np.mean(aps))
         previous = cost
     del batches
-    # refit every trainable class on all training rows at its chosen cost (first maximum in the
-    # given cost order, as the reference's argmax)
-    best = {c: int(np.argmax(cv_ap[c])) for c in trainable}
-    y_full = torch.as_tensor(Y[:, trainable], dtype=torch.float64, device=device)
-    c_full = torch.as_tensor([float(costs[best[c]]) for c in trainable], dtype=torch.float64, device=device) * \
+    # refit every class on all training rows at its chosen cost (first maximum in the given cost
+    # order, as the reference's argmax)
+    best = {c: int(np.argmax(cv_ap[c])) for c in classes}
+    y_full = torch.as_tensor(Y[:, classes], dtype=torch.float64, device=device)
+    c_full = torch.as_tensor([float(costs[best[c]]) for c in classes], dtype=torch.float64, device=device) * \
         torch.where(y_full > 0, 2.0, 1.0)
-    beta, info = solve(K, y_full, c_full, torch.ones_like(y_full, dtype=torch.bool), tol=tol,
-                       max_newton=max_newton, max_cg=max_cg)
-    w = torch.cat([Xt.T @ beta, beta.sum(0, keepdim=True)])  # weights and bias of [x, 1]
-    Xs = torch.as_tensor(X_test, dtype=torch.float64, device=device)
+    beta, info = solve(K if K is not None else FactoredKernel(A), y_full, c_full,
+                       torch.ones_like(y_full, dtype=torch.bool), tol=tol, max_newton=max_newton, max_cg=max_cg)
+    w = A.T @ beta  # weights and bias of [x, 1]
     test_scores = (Xs @ w[:-1] + w[-1]).cpu().numpy()
-    for col, c in enumerate(trainable):
+    for col, c in enumerate(classes):
         r = results[c]
         r.log.record(int(info.newton_iters[col]), bool(info.converged[col]))
         r.cv_ap = cv_ap[c].tolist()
-        r.best_cost, r.best_cv_ap = float(costs[best[c]]), float(cv_ap[c, best[c]])
+        r.best_cost, r.best_cv_ap = float(costs[best[c]]), float(cv_ap[c][best[c]])
         keep = np.asarray(test_labels[:, c]) != -1  # difficult-only rows are removed for this class
         r.test_ap = voc_ap(np.asarray(test_labels[:, c])[keep] == 1, test_scores[keep, col])
-    return results
 
 
 def scores_all_costs(train_features, train_labels, test_features, costs, device=None, tol: float = TOL):

@@ -19,6 +19,9 @@ from benchmark.metrics import voc_ap
 from benchmark.svm import MAX_ITER, REFERENCE_COSTS, check_solver, l2_normalize, make_svm, span_coordinates, to_binary, voc07_svm
 from benchmark.svm_torch import (
     TOL,
+    FactoredKernel,
+    choose_kernel_form,
+    class_chunks,
     cv_masks,
     kernel_with_bias,
     projected_gradient_range,
@@ -168,6 +171,50 @@ def test_test_ap_at_every_cost_matches_liblinear(voc_like_small) -> None:
             ours = voc_ap(Lte[keep, c] == 1, scores[keep, c, k])
             theirs = voc_ap(Lte[keep, c] == 1, reference[keep, k])
             assert abs(ours - theirs) * 100 <= 0.2, (c, costs[k])
+
+
+def test_factored_kernel_solves_the_same_problem() -> None:
+    """Products through the features (A A^T p) instead of the n x n kernel: same solution."""
+    X, y = _problem(seed=4)
+    A = torch.cat([torch.as_tensor(X, dtype=torch.float64), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    K = kernel_with_bias(torch.as_tensor(X, dtype=torch.float64))
+    p = torch.randn(len(X), 3, dtype=torch.float64)
+    np.testing.assert_allclose((FactoredKernel(A) @ p).numpy(), (K @ p).numpy(), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(FactoredKernel(A).diagonal().numpy(), torch.diagonal(K).numpy(), rtol=1e-12)
+    yt = torch.as_tensor(np.stack([y, -y], 1), dtype=torch.float64)
+    c = torch.tensor([0.1, 10.0], dtype=torch.float64) * torch.where(yt > 0, 2.0, 1.0)
+    train = torch.ones_like(yt, dtype=torch.bool)
+    dense, info_d = solve(K, yt, c, train)
+    factored, info_f = solve(FactoredKernel(A), yt, c, train)
+    assert bool(info_d.converged.all()) and bool(info_f.converged.all())
+    np.testing.assert_allclose((K @ factored).numpy(), (K @ dense).numpy(), atol=1e-6)
+
+
+def test_kernel_form_and_class_chunks_do_not_change_the_answers(voc_like_small) -> None:
+    Xtr, Ltr, Xte, Lte = voc_like_small
+    costs = (1e-4, 0.01, 0.0625, 1.0)
+    dense = voc07_svm_torch(Xtr, Ltr, Xte, Lte, costs, device=CPU, kernel_form="dense")
+    # a budget for one class at a time (each class x fold keeps ~40 float64 vectors of n rows)
+    chunked = voc07_svm_torch(Xtr, Ltr, Xte, Lte, costs, device=CPU, kernel_form="factored",
+                              memory_bytes=8 * 40 * len(Xtr) + 1)
+    for a, b in zip(dense, chunked):
+        np.testing.assert_allclose(a.cv_ap, b.cv_ap, atol=1e-9)
+        assert a.best_cost == b.best_cost and a.test_ap == pytest.approx(b.test_ap, abs=1e-9)
+        assert a.log.fits == b.log.fits == len(costs) * 3 + 1
+
+
+def test_kernel_form_choice_and_chunking() -> None:
+    gib = 2**30
+    assert choose_kernel_form(5011, 9216, 8 * gib) == "dense"          # VOC07: n < d
+    assert choose_kernel_form(118_000, 2048, 64 * gib) == "factored"   # n > 2 (d + 1)
+    assert choose_kernel_form(5011, 9216, 300 * 2**20) == "factored"   # 200 MB kernel > half of 300 MB
+    assert choose_kernel_form(5011, 9216, 300 * 2**20, "dense") == "dense"
+    with pytest.raises(ValueError, match="factored"):
+        choose_kernel_form(10, 10, gib, "sparse")
+    per_class = 8 * 40 * 1000
+    assert class_chunks(list(range(5)), 1000, 2 * per_class + 7, 0) == [[0, 1], [2, 3], [4]]
+    assert class_chunks(list(range(5)), 1000, gib, 0) == [[0, 1, 2, 3, 4]]
+    assert class_chunks(list(range(3)), 1000, 10, 10**9) == [[0], [1], [2]]  # at least one class
 
 
 def test_few_positives_and_nan_features(voc_like_small) -> None:

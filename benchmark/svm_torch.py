@@ -26,21 +26,11 @@ problem. Problems that do not reach it within the iteration limits are reported 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
-
-from .metrics import stepwise_ap, voc_ap
-from .provenance import resolve_device
 
 TOL = 1e-4
-SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
-DEBUG = bool(os.environ.get('SSL_BENCH_SVM_DEBUG'))
 
 
 @dataclass
@@ -278,7 +268,7 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
     return beta, SolveInfo(converged.cpu(), newton.cpu(), cg_total.cpu(), pg.cpu(), f)
 
 
-def _warm_start(beta, f, y, c, train, ratio: float):
+def warm_start(beta, f, y, c, train, ratio: float):
     """Rescale the previous cost's solution for the next cost: for small costs the dual variables
     grow in proportion to C, for large ones the solution saturates; keep, per problem, the scale
     among a few candidates with the lowest primal objective (no kernel products needed)."""
@@ -299,193 +289,3 @@ def kernel_with_bias(X: torch.Tensor, Z: torch.Tensor | None = None) -> torch.Te
     """[X, 1] [Z, 1]^T: the bias is liblinear's constant feature of value 1 (intercept_scaling)."""
     Z = X if Z is None else Z
     return X @ Z.T + 1.0
-
-
-def cv_masks(y: np.ndarray, folds: int) -> np.ndarray:
-    """(n, folds) bool: the training rows of each fold of scikit-learn's StratifiedKFold without
-    shuffling, which the reference's cross_val_score uses (folds depend on the class's labels)."""
-    masks = np.ones((len(y), folds), dtype=bool)
-    for j, (_, val_idx) in enumerate(StratifiedKFold(n_splits=folds, shuffle=False).split(np.zeros(len(y)), y)):
-        masks[val_idx, j] = False
-    return masks
-
-
-@contextlib.contextmanager
-def cpu_threads_for(n: int, device: torch.device):
-    """One intra-op thread for small kernels on CPU: their products are too small to split, and
-    threads that wait on each other are measured 4x slower on a busy 2-core machine."""
-    if device.type != "cpu" or n > SMALL_KERNEL:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-KERNEL_FORMS = ("auto", "dense", "factored")
-BYTES_PER_COLUMN_ROW = 8 * 40  # float64 vectors the solver and the fold batches keep per problem and row
-
-
-def memory_budget(device: torch.device) -> int:
-    """Bytes the engine lets itself use: half the free GPU memory, or half the available RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError):  # not available on this platform
-        return 4 * 2**30
-
-
-def choose_kernel_form(n: int, d: int, budget: int, form: str = "auto") -> str:
-    """'dense' (the n x n kernel, products 2 n^2) or 'factored' (the features, products 4 n (d+1)):
-    dense where n < d as on VOC07; factored for large training sets or when the kernel would take
-    more than half the memory budget."""
-    if form not in KERNEL_FORMS:
-        raise ValueError(f"kernel form must be one of {KERNEL_FORMS}, got {form!r}")
-    if form != "auto":
-        return form
-    return "factored" if n > 2 * (d + 1) or 8 * n * n > budget // 2 else "dense"
-
-
-def class_chunks(classes: list, n: int, budget: int, kernel_bytes: int) -> list[list]:
-    """Split the classes so that one chunk's problems (every class x fold keeps a few vectors per
-    row) fit in what the kernel leaves of the budget; one chunk when they do (the usual case)."""
-    per_class = BYTES_PER_COLUMN_ROW * n
-    size = max(1, int((budget - kernel_bytes) // per_class))
-    return [classes[i:i + size] for i in range(0, len(classes), size)]
-
-
-def voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds: int = 3,
-                    device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
-                    kernel_form: str = "auto", memory_bytes: int | None = None) -> list:
-    """The per-layer protocol of ``benchmark.svm.voc07_svm`` (CV over costs per class, refit at
-    the best, test AP) with every class x fold x cost solved by the batched kernel solver.
-
-    Costs are visited in increasing order and each (class, fold) problem starts from its solution
-    at the previous cost; all classes of one fold and cost are one batch sharing the kernel.
-    ``memory_bytes`` caps what the engine plans to use (default: ``memory_budget(device)``); it
-    decides the kernel form (``kernel_form='auto'``) and whether classes are solved in chunks.
-    """
-    device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
-    with cpu_threads_for(len(train_features), device):
-        return _voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds, device,
-                                tol, max_newton, max_cg, kernel_form, memory_bytes)
-
-
-def _voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds, device, tol,
-                     max_newton, max_cg, kernel_form, memory_bytes) -> list:
-    from .svm import ClassResult, FitLog, normalized_features, to_binary, too_few_for_cv
-
-    X_train, X_test = normalized_features(train_features, test_features)
-    n, n_classes = train_labels.shape
-    results = [ClassResult(cls=c, costs=tuple(costs), log=FitLog()) for c in range(n_classes)]
-    Y = np.stack([to_binary(train_labels[:, c]) for c in range(n_classes)], axis=1)
-    trainable = []
-    for c, r in enumerate(results):
-        r.note = too_few_for_cv(Y[:, c], folds)
-        if not r.note:
-            trainable.append(c)
-    if not trainable:
-        return results
-    budget = memory_budget(device) if memory_bytes is None else int(memory_bytes)
-    form = choose_kernel_form(n, X_train.shape[1], budget, kernel_form)
-    Xt = torch.as_tensor(X_train, dtype=torch.float64, device=device)
-    A = torch.cat([Xt, torch.ones((n, 1), dtype=Xt.dtype, device=device)], dim=1)  # [x, 1]: liblinear's bias
-    del Xt
-    K = A @ A.T if form == "dense" else None
-    Xs = torch.as_tensor(X_test, dtype=torch.float64, device=device)
-    kernel_bytes = 8 * n * n if form == "dense" else 0
-    for chunk in class_chunks(trainable, n, budget, kernel_bytes):
-        _sweep_classes(A, K, Xs, Y, test_labels, chunk, costs, folds, tol, max_newton, max_cg, results)
-    return results
-
-
-def _sweep_classes(A, K, Xs, Y, test_labels, classes, costs, folds, tol, max_newton, max_cg, results):
-    """CV over the sorted costs, then refit at each class's best cost and test AP, for ``classes``
-    together. K is the dense kernel A A^T, or None to work with A itself (FactoredKernel)."""
-    device = A.device
-    masks = {c: cv_masks(Y[:, c], folds) for c in classes}
-    cv_ap = {c: np.full(len(costs), np.nan) for c in classes}
-    # One batch per fold j, one column per class. The classes' folds differ (stratified per class)
-    # but overlap almost entirely, so each batch works on the union of its classes' training rows:
-    # about 2/3 of the kernel, i.e. ~half the work of masking the whole one.
-    batches = []
-    for j in range(folds):
-        rows = np.flatnonzero(np.any([masks[c][:, j] for c in classes], axis=0))
-        index = torch.as_tensor(rows, device=device)
-        y = torch.as_tensor(Y[rows][:, classes], dtype=torch.float64, device=device)
-        batch = {"fold": j, "y": y, "weight": torch.where(y > 0, 2.0, 1.0), "beta": None, "f": None,
-                 "train": torch.as_tensor(np.stack([masks[c][rows, j] for c in classes], axis=1), device=device)}
-        if K is not None:
-            K_all_rows = K[:, index]
-            batch["K"], batch["score"] = K_all_rows[index], K_all_rows.__matmul__
-        else:
-            A_rows = A[index]
-            batch["K"], batch["score"] = FactoredKernel(A_rows), (lambda beta, A_rows=A_rows: A @ (A_rows.T @ beta))
-        batches.append(batch)
-    order = np.argsort(costs, kind="stable")
-    previous = None
-    for k in order:
-        cost = float(costs[k])
-        fold_aps = {c: [] for c in classes}
-        for batch in batches:
-            c_mat = cost * batch["weight"]
-            beta, f = batch["beta"], batch["f"]
-            if beta is not None:
-                beta, f = _warm_start(beta, f, batch["y"], c_mat, batch["train"], cost / previous)
-            started = time.perf_counter()
-            beta, info = solve(batch["K"], batch["y"], c_mat, batch["train"], beta0=beta, f0=f, tol=tol,
-                               max_newton=max_newton, max_cg=max_cg)
-            if DEBUG:
-                print(f"C={cost:g} fold {batch['fold']} {time.perf_counter() - started:.2f}s newton max "
-                      f"{int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "
-                      f"{int(info.cg_iters.max())} mean {info.cg_iters.float().mean():.0f} "
-                      f"not converged {int((~info.converged).sum())}")
-            batch["beta"], batch["f"] = beta, info.decision
-            scores = batch["score"](beta).cpu().numpy()  # every row, held-out ones included
-            for col, c in enumerate(classes):
-                results[c].log.record(int(info.newton_iters[col]), bool(info.converged[col]))
-                held_out = ~masks[c][:, batch["fold"]]
-                fold_aps[c].append(stepwise_ap(Y[held_out, c] == 1, scores[held_out, col]))
-        for c, aps in fold_aps.items():
-            cv_ap[c][k] = float(np.mean(aps))
-        previous = cost
-    del batches
-    # refit every class on all training rows at its chosen cost (first maximum in the given cost
-    # order, as the reference's argmax)
-    best = {c: int(np.argmax(cv_ap[c])) for c in classes}
-    y_full = torch.as_tensor(Y[:, classes], dtype=torch.float64, device=device)
-    c_full = torch.as_tensor([float(costs[best[c]]) for c in classes], dtype=torch.float64, device=device) * \
-        torch.where(y_full > 0, 2.0, 1.0)
-    beta, info = solve(K if K is not None else FactoredKernel(A), y_full, c_full,
-                       torch.ones_like(y_full, dtype=torch.bool), tol=tol, max_newton=max_newton, max_cg=max_cg)
-    w = A.T @ beta  # weights and bias of [x, 1]
-    test_scores = (Xs @ w[:-1] + w[-1]).cpu().numpy()
-    for col, c in enumerate(classes):
-        r = results[c]
-        r.log.record(int(info.newton_iters[col]), bool(info.converged[col]))
-        r.cv_ap = cv_ap[c].tolist()
-        r.best_cost, r.best_cv_ap = float(costs[best[c]]), float(cv_ap[c][best[c]])
-        keep = np.asarray(test_labels[:, c]) != -1  # difficult-only rows are removed for this class
-        r.test_ap = voc_ap(np.asarray(test_labels[:, c])[keep] == 1, test_scores[keep, col])
-
-
-def scores_all_costs(train_features, train_labels, test_features, costs, device=None, tol: float = TOL):
-    """Decision values on the test rows of one SVM per (class, cost), each trained on all training
-    rows: (n_test, n_classes, n_costs) and the SolveInfo of the (n_classes x n_costs) problems.
-    Used to compare with liblinear at every cost (fidelity tests, benchmarks/svm_sweep.py)."""
-    from .svm import l2_normalize, to_binary
-
-    device = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
-    X = torch.as_tensor(l2_normalize(train_features), dtype=torch.float64, device=device)
-    Xs = torch.as_tensor(l2_normalize(test_features), dtype=torch.float64, device=device)
-    Y = np.stack([to_binary(train_labels[:, c]) for c in range(train_labels.shape[1])], axis=1)
-    y = torch.as_tensor(np.repeat(Y, len(costs), axis=1), dtype=torch.float64, device=device)
-    c = torch.as_tensor(np.tile(np.asarray(costs, dtype=float), Y.shape[1]), device=device) * torch.where(y > 0, 2.0, 1.0)
-    beta, info = solve(kernel_with_bias(X), y, c, torch.ones_like(y, dtype=torch.bool), tol=tol)
-    scores = kernel_with_bias(Xs, X) @ beta
-    return scores.cpu().numpy().reshape(len(Xs), Y.shape[1], len(costs)), info

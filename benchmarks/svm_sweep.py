@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.datasets.synth_features import voc_like_features  # noqa: E402
 from benchmark.svm import REFERENCE_COSTS, voc07_svm  # noqa: E402
-from benchmark.svm_torch import voc07_svm_torch  # noqa: E402
+from benchmark.svm_paths import voc07_svm_torch  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):

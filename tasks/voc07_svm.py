@@ -15,7 +15,7 @@ from benchmark.models import Architecture
 from benchmark.registry import TASKS
 from benchmark.svm import check_solver, resolve_costs, voc07_svm
 from benchmark.provenance import resolve_device
-from benchmark.svm_torch import voc07_svm_torch
+from benchmark.svm_paths import voc07_svm_torch
 
 from .common import resolve_layers, split_features
 

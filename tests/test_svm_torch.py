@@ -17,18 +17,14 @@ from benchmark.datasets.synth_features import voc_like_features
 from benchmark.errors import ConfigError, FeatureError
 from benchmark.metrics import voc_ap
 from benchmark.svm import MAX_ITER, REFERENCE_COSTS, check_solver, l2_normalize, make_svm, span_coordinates, to_binary, voc07_svm
-from benchmark.svm_torch import (
-    TOL,
-    FactoredKernel,
+from benchmark.svm_paths import (
     choose_kernel_form,
     class_chunks,
     cv_masks,
-    kernel_with_bias,
-    projected_gradient_range,
-    solve,
     scores_all_costs,
     voc07_svm_torch,
 )
+from benchmark.svm_torch import TOL, FactoredKernel, kernel_with_bias, projected_gradient_range, solve
 
 CPU = torch.device("cpu")
 

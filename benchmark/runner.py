@@ -91,7 +91,11 @@ def check_writable(directory: Path, what: str) -> None:
 
 
 def build_tasks(suite: Suite) -> dict[str, Task]:
-    return {t.name: TASKS.get(t.task)(**t.options) for t in suite.tasks}
+    tasks = {}
+    for spec in suite.tasks:
+        tasks[spec.name] = TASKS.get(spec.task)(**spec.options)
+        tasks[spec.name].instance_name = spec.name
+    return tasks
 
 
 def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,

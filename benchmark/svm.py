@@ -83,6 +83,11 @@ class FitLog:
         self.max_iter_seen = max(self.max_iter_seen, n_iter)
         self.not_converged += not converged
 
+    def merge(self, other: "FitLog") -> None:
+        self.fits += other.fits
+        self.not_converged += other.not_converged
+        self.max_iter_seen = max(self.max_iter_seen, other.max_iter_seen)
+
 
 def fit_svm(X: np.ndarray, y: np.ndarray, cost: float, log: FitLog, seed: int = 0) -> LinearSVC:
     clf = make_svm(cost, seed)

@@ -323,3 +323,25 @@ def scores_all_costs(train_features, train_labels, test_features, costs, device=
     beta, info = solve(K, y, c, torch.ones_like(y, dtype=torch.bool), tol=tol)
     scores = (Xs @ X.T + 1.0) @ beta
     return scores.cpu().numpy().reshape(len(Xs), Y.shape[1], len(costs)), info
+
+
+def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, device=None,
+                   tol: float = TOL) -> dict[int, float | None]:
+    """Per class, the cost with the best mean CV AP on all training rows (Y: (n, C) +-1), or None
+    for a class with fewer positives or negatives than folds: ``lowshot.cv_cost`` for every class
+    at once."""
+    from .svm import FitLog
+
+    device = _device(device)
+    classes = [c for c in range(Y.shape[1]) if min((Y[:, c] > 0).sum(), (Y[:, c] < 0).sum()) >= folds]
+    out: dict[int, float | None] = {c: None for c in range(Y.shape[1])}
+    if not classes:
+        return out
+    with cpu_threads_for(len(Y), device):
+        layout, budget, kernel_bytes = layout_for(X_train, device, "auto", None)
+        logs = {c: FitLog() for c in classes}
+        for chunk in class_chunks(classes, len(Y), budget, kernel_bytes):
+            cv_ap = cross_validated_ap(layout, Y, np.ones_like(Y, dtype=bool), chunk, costs, folds, logs,
+                                       SolverOptions(tol=tol))
+            out.update({c: float(costs[int(np.argmax(cv_ap[c]))]) for c in chunk})
+    return out

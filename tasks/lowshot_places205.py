@@ -20,7 +20,9 @@ from benchmark.errors import ConfigError
 from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
-from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
+from benchmark.provenance import resolve_device
+from benchmark.svm import FitLog, check_solver, l2_normalize, resolve_costs, span_coordinates
+from benchmark.svm_paths import lowshot_sweep_torch
 
 from .common import resolve_layers, split_features
 
@@ -46,7 +48,11 @@ class LowShotPlaces205(Task):
         "num_samples": lowshot.NUM_SAMPLES,
         "costs": "reference",
         "folds": 3,
-        "n_jobs": 2,
+        "n_jobs": 2,  # liblinear: classes in parallel
+        # torch: all classes of a sample share its rows, so every class x cost x fold is batched
+        # (benchmark.svm_paths); liblinear: the reference's loop, one class and cost at a time
+        "solver": "torch",
+        "svm_device": "auto",
     }
 
     def root(self, ctx: RunContext) -> Path:
@@ -86,20 +92,29 @@ class LowShotPlaces205(Task):
         if any(k < folds for k in ks) and fallback_k is None:
             raise ConfigError(f"lowshot_places205: no k >= {folds} fits the smallest class ({smallest} images), "
                               f"so the validation selection has no cost for k < {folds}")
+        solver = check_solver(self.config["solver"], "lowshot_places205")
+        device = resolve_device(self.config["svm_device"]) if solver == "torch" else None
         directory = lowshot.sample_directory(ctx.run_dir, "lowshot_places205", train, ctx.seed)
-        per = {}  # (k, sample) -> dict of arrays
+        per = {}  # (k, sample) -> per-run results; the val scores are dropped once used (GBs at full size)
         log = FitLog()
-        for k in ks:
+        # the k whose CV choices the smaller k borrow comes first, so no run's scores wait for it
+        order = ([fallback_k] if fallback_k is not None else []) + [k for k in ks if k != fallback_k]
+        for k in order:
             for s in range(1, self.config["num_samples"] + 1):
                 path = directory / f"train_sample{s}_k{k}.npy"
                 idx = lowshot.load_or_draw(
                     path, lambda k=k, s=s: lowshot.sample_places(train.labels, train.num_classes, k,
                                                                  lowshot.sample_rng(ctx.seed, k, s)))
                 lowshot.check_places_sample(idx, train.labels, train.num_classes, k, path)
-                per[k, s] = self.sweep(X_train[idx], train.labels[idx], X_val, val.labels, train.num_classes,
-                                       costs, folds, ctx.seed, log)
+                run = self.sweep(X_train[idx], train.labels[idx], X_val, val.labels, train.num_classes,
+                                 costs, folds, ctx.seed, log, device)
+                run["chosen"] = run["cv"] if k >= folds else per[fallback_k, s]["cv"]
+                run["val_map"] = run["ap"][np.arange(len(run["chosen"])), run["chosen"]].mean()
+                run["val_top1"] = self.top1_at(run.pop("scores"), run["chosen"], val.labels)
+                per[k, s] = run
 
-        common = {"dataset": "places205", "layer": layer, "cost_list": cost_list, "solver": "liblinear+span",
+        solver_name = "liblinear+span" if device is None else f"torch-newton({device.type})"
+        common = {"dataset": "places205", "layer": layer, "cost_list": cost_list, "solver": solver_name,
                   "n_train": len(train.labels), "n_test": len(val.labels), "fits": log.fits,
                   "not_converged": log.not_converged}
         rows = []
@@ -108,10 +123,8 @@ class LowShotPlaces205(Task):
             map_per_cost = np.stack([r["ap"].mean(axis=0) for r in runs]) * 100  # (samples, costs)
             best = lowshot.reference_selection(map_per_cost)
             top1_ref = np.array([r["top1"][best] for r in runs]) * 100
-            chosen = [r["cv"] if k >= folds else per[fallback_k, s]["cv"]
-                      for s, r in enumerate(runs, start=1)]
-            val_map = np.array([r["ap"][np.arange(len(c)), c].mean() for r, c in zip(runs, chosen)]) * 100
-            val_top1 = np.array([self.top1_at(r["scores"], c, val.labels) for r, c in zip(runs, chosen)]) * 100
+            val_map = np.array([r["val_map"] for r in runs]) * 100
+            val_top1 = np.array([r["val_top1"] for r in runs]) * 100
             source = f"{folds}-fold-cv-on-sample" if k >= folds else f"{folds}-fold-cv-on-k{fallback_k}-sample"
             for metric, reference, validation in (("mAP", map_per_cost[:, best], val_map),
                                                   ("top1", top1_ref, val_top1)):
@@ -122,19 +135,31 @@ class LowShotPlaces205(Task):
                          "note": f"k={k} skipped: the smallest Places205 class has {smallest} training images"})
         return rows
 
-    def sweep(self, X, y, X_val, val_labels, num_classes, costs, folds, seed, log: FitLog) -> dict:
-        """All classes x costs on one sample; the scores are kept for top-1 at any cost choice."""
-        Z, Z_val = span_coordinates(X, X_val) if len(X) < X.shape[1] else (X, X_val)
-        results = Parallel(n_jobs=self.config["n_jobs"])(
-            delayed(_class_sweep)(c, Z, y, Z_val, val_labels, costs, folds, seed) for c in range(num_classes))
-        scores = np.stack([r[0] for r in results])  # (classes, n_val, costs)
-        for r in results:
-            log.fits += r[3].fits
-            log.not_converged += r[3].not_converged
+    def sweep(self, X, y, X_val, val_labels, num_classes, costs, folds, seed, log: FitLog, device=None) -> dict:
+        """All classes x costs on one sample; the scores are kept for top-1 at any cost choice.
+        device: the batched engine on that device; None: liblinear, one class and cost at a time."""
+        if device is not None:
+            Y = np.where(y[:, None] == np.arange(num_classes)[None, :], 1, -1)
+            sweep = lowshot_sweep_torch(X, Y, X_val, costs, folds, device=device)
+            scores = np.moveaxis(sweep.scores, 1, 0)  # (classes, n_val, costs)
+            aps = np.array([[voc_ap(val_labels == c, scores[c, :, j]) for j in range(len(costs))]
+                            for c in range(num_classes)])
+            cv = np.array([-1 if np.isnan(a).all() else int(np.argmax(a)) for a in sweep.cv_ap])
+            for class_log in sweep.logs:
+                log.merge(class_log)
+        else:
+            Z, Z_val = span_coordinates(X, X_val) if len(X) < X.shape[1] else (X, X_val)
+            results = Parallel(n_jobs=self.config["n_jobs"])(
+                delayed(_class_sweep)(c, Z, y, Z_val, val_labels, costs, folds, seed) for c in range(num_classes))
+            scores = np.stack([r[0] for r in results])  # (classes, n_val, costs)
+            for r in results:
+                log.merge(r[3])
+            aps = np.stack([r[1] for r in results])
+            cv = np.array([-1 if r[2] is None else r[2] for r in results])
         return {
             "scores": scores,
-            "ap": np.stack([r[1] for r in results]),  # (classes, costs)
-            "cv": np.array([-1 if r[2] is None else r[2] for r in results]),
+            "ap": aps,  # (classes, costs)
+            "cv": cv,
             "top1": (scores.argmax(axis=0) == val_labels[:, None]).mean(axis=0),  # per cost
         }
 

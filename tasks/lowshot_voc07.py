@@ -22,7 +22,9 @@ from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
 from benchmark.results import ResultStore, atomic_write_bytes
-from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates, to_binary
+from benchmark.provenance import resolve_device
+from benchmark.svm import FitLog, check_solver, l2_normalize, resolve_costs, span_coordinates, to_binary
+from benchmark.svm_paths import cv_costs_torch, lowshot_sweep_torch
 
 from .common import resolve_layers, split_features
 
@@ -53,6 +55,31 @@ def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, 
     return aps, chosen, sources, log
 
 
+def _sweep_torch(X_train, X_test, test_labels, samples, costs, folds, fallback_cost, device):
+    """Every (k, sample) with all classes batched: the arrays of the liblinear path."""
+    num_classes = test_labels.shape[1]
+    aps = np.full((len(samples), len(costs), num_classes), np.nan)
+    chosen = np.zeros((len(samples), num_classes), dtype=int)
+    sources, logs = [], [FitLog() for _ in range(num_classes)]
+    keep = test_labels != -1  # difficult-only rows are removed per class
+    for i, sample in enumerate(samples):
+        Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+        sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=device)
+        row_sources = []
+        for c in range(num_classes):
+            y_test = test_labels[keep[:, c], c] == 1
+            aps[i, :, c] = [voc_ap(y_test, sweep.scores[keep[:, c], c, j]) for j in range(len(costs))]
+            if not np.isnan(sweep.cv_ap[c]).all():
+                cost, source = costs[int(np.argmax(sweep.cv_ap[c]))], f"{folds}-fold-cv-on-sample"
+            else:
+                cost, source = fallback_cost(c), "full-data-cv"
+            chosen[i, c] = -1 if cost is None else costs.index(cost)
+            row_sources.append(source if cost is not None else "none(too-few-positives)")
+            logs[c].merge(sweep.logs[c])
+        sources.append(row_sources)
+    return aps, chosen, sources, logs
+
+
 @TASKS.register("lowshot_voc07")
 class LowShotVOC07(Task):
     dataset = "voc07"
@@ -63,7 +90,11 @@ class LowShotVOC07(Task):
         "num_samples": lowshot.NUM_SAMPLES,
         "costs": "reference",
         "folds": 3,
-        "n_jobs": 2,
+        "n_jobs": 2,  # liblinear: classes in parallel
+        # torch: every class of a sample at every cost batched (benchmark.svm_paths), same problem
+        # as liblinear's; liblinear: the reference's loop, one class and cost at a time
+        "solver": "torch",
+        "svm_device": "auto",
         "sample_dir": None,  # the reference's train_targets_sample{s}_k{k}.npy files, for exact comparison
         "train_split": "trainval",
         "test_split": "test",
@@ -94,7 +125,7 @@ class LowShotVOC07(Task):
             out.append(lowshot.check_voc_sample(matrix, labels, path))
         return out
 
-    def full_data_costs(self, ctx, model, layer, Z_train, labels, costs, seed):
+    def full_data_costs(self, ctx, model, layer, Z_train, labels, costs, seed, device=None):
         """Per-class cost of the full-data VOC07 sweep of this layer: from the voc07_svm results of
         this run when they exist for the same weights and costs, else computed here (CV only)."""
         df = ResultStore(ctx.run_dir).load()
@@ -108,8 +139,11 @@ class LowShotVOC07(Task):
             found = rows.cost.astype(float)
             if len(rows) == labels.shape[1] and found.notna().all() and set(found) <= set(costs):
                 return dict(enumerate(found.tolist()))
+        Y = np.stack([to_binary(labels[:, c]) for c in range(labels.shape[1])], axis=1)
+        if device is not None:  # the batched engine
+            return cv_costs_torch(Z_train, Y, costs, self.config["folds"], device)
         log = FitLog()
-        return {c: lowshot.cv_cost(Z_train, to_binary(labels[:, c]), costs, self.config["folds"], seed, log)
+        return {c: lowshot.cv_cost(Z_train, Y[:, c], costs, self.config["folds"], seed, log)
                 for c in range(labels.shape[1])}
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
@@ -130,8 +164,11 @@ class LowShotVOC07(Task):
         test = load_voc(ctx.data_root, self.config["test_split"])
         X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, self.config["image_size"])[layer])
         X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, self.config["image_size"])[layer])
-        # every sample is a subset of trainval: one exact change of basis serves all of them
-        Z_train, Z_test = span_coordinates(X_train, X_test) if len(X_train) < X_train.shape[1] else (X_train, X_test)
+        solver = check_solver(self.config["solver"], "lowshot_voc07")
+        device = resolve_device(self.config["svm_device"]) if solver == "torch" else None
+        if device is None:
+            # every sample is a subset of trainval: one exact change of basis serves all of them
+            X_train, X_test = span_coordinates(X_train, X_test) if len(X_train) < X_train.shape[1] else (X_train, X_test)
 
         max_k = lowshot.voc07_max_k(train.labels)
         ks = [k for k in self.config["k_values"] if k <= max_k]
@@ -141,22 +178,29 @@ class LowShotVOC07(Task):
         flat_samples = [samples[k][s] for k, s in flat]
         fallback = {}
         if any(k < self.config["folds"] for k in ks):
-            fallback = self.full_data_costs(ctx, model, layer, Z_train, train.labels, costs, ctx.seed)
+            fallback = self.full_data_costs(ctx, model, layer, X_train, train.labels, costs, ctx.seed, device)
 
-        results = Parallel(n_jobs=self.config["n_jobs"])(
-            delayed(_class_sweep)(c, Z_train, Z_test, train.labels[:, c], test.labels[:, c],
-                                  [m[:, c] for m in flat_samples], costs, self.config["folds"],
-                                  fallback.get, ctx.seed)
-            for c in range(train.labels.shape[1])
-        )
-        aps = np.stack([r[0] for r in results], axis=-1)  # (k*sample, costs, classes)
-        chosen = np.stack([r[1] for r in results], axis=-1)  # (k*sample, classes)
-        sources = [[r[2][i] for r in results] for i in range(len(flat))]  # (k*sample) x classes
-        not_converged = sum(r[3].not_converged for r in results)
-        fits = sum(r[3].fits for r in results)
+        if device is None:
+            results = Parallel(n_jobs=self.config["n_jobs"])(
+                delayed(_class_sweep)(c, X_train, X_test, train.labels[:, c], test.labels[:, c],
+                                      [m[:, c] for m in flat_samples], costs, self.config["folds"],
+                                      fallback.get, ctx.seed)
+                for c in range(train.labels.shape[1])
+            )
+            logs = [r[3] for r in results]
+            aps = np.stack([r[0] for r in results], axis=-1)  # (k*sample, costs, classes)
+            chosen = np.stack([r[1] for r in results], axis=-1)  # (k*sample, classes)
+            sources = [[r[2][i] for r in results] for i in range(len(flat))]  # (k*sample) x classes
+            solver_name = "liblinear+span"
+        else:
+            aps, chosen, sources, logs = _sweep_torch(X_train, X_test, test.labels, flat_samples, costs,
+                                                      self.config["folds"], fallback.get, device)
+            solver_name = f"torch-newton({device.type})"
+        not_converged = sum(log.not_converged for log in logs)
+        fits = sum(log.fits for log in logs)
         self.save_arrays(ctx, model, layer, ks, costs, aps)
 
-        common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": "liblinear+span",
+        common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": solver_name,
                   "image_size": self.image_size(model), "train_split": train.split,
                   "n_train": len(train.labels), "n_test": len(test.labels), "fits": fits,
                   "not_converged": not_converged}
@@ -182,5 +226,5 @@ class LowShotVOC07(Task):
         """Test AP per (k x sample, cost, class), for analyses beyond the report."""
         buffer = io.BytesIO()
         np.savez(buffer, k=np.repeat(ks, self.config["num_samples"]), costs=np.array(costs), ap=aps)
-        path = ctx.run_dir / "lowshot" / model.name / "lowshot_voc07" / f"{layer}_ap.npz"
+        path = ctx.run_dir / "lowshot" / model.name / (self.instance_name or "lowshot_voc07") / f"{layer}_ap.npz"
         atomic_write_bytes(path, buffer.getvalue())

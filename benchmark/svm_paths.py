@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,14 +60,49 @@ def cpu_threads_for(n: int, device: torch.device):
 
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes the engine lets itself use: half the free GPU memory, or half the available RAM."""
+    """Bytes the engine lets itself use: half the free GPU memory, or half the RAM this process
+    can still get (available memory, capped by its cgroup's limit: a SLURM job's --mem)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
+    return available_ram() // 2
+
+
+def available_ram(meminfo: Path = Path("/proc/meminfo"), proc_cgroup: Path = Path("/proc/self/cgroup"),
+                  cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """MemAvailable (page cache counts as available), capped by the cgroup's limit minus its usage
+    (cgroup v2 memory.max / memory.current, or v1 memory.limit_in_bytes / memory.usage_in_bytes)."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError):  # not available on this platform
-        return 4 * 2**30
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        available = 4 * 2**30  # no /proc (not Linux): a modest default
+    for headroom in _cgroup_headroom(proc_cgroup, cgroup_root):
+        available = min(available, headroom)
+    return available
+
+
+def _cgroup_headroom(proc_cgroup: Path, cgroup_root: Path):
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":  # v2
+            files = cgroup_root / relative / "memory.max", cgroup_root / relative / "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            base = cgroup_root / "memory" / relative
+            files = base / "memory.limit_in_bytes", base / "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            limit, usage = (f.read_text().strip() for f in files)
+            if limit != "max" and int(limit) < 2**60:  # v1 writes a huge number for "no limit"
+                yield max(0, int(limit) - int(usage))
+        except (OSError, ValueError):
+            continue
 
 
 def choose_kernel_form(n: int, d: int, budget: int, form: str = "auto") -> str:

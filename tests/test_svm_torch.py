@@ -18,6 +18,7 @@ from benchmark.errors import ConfigError, FeatureError
 from benchmark.metrics import voc_ap
 from benchmark.svm import MAX_ITER, REFERENCE_COSTS, check_solver, l2_normalize, make_svm, span_coordinates, to_binary, voc07_svm
 from benchmark.svm_paths import (
+    available_ram,
     choose_kernel_form,
     class_chunks,
     cv_masks,
@@ -279,3 +280,30 @@ def test_voc07_size_features_every_cost_two_classes() -> None:
         ours = [voc_ap(Lte[keep, c] == 1, scores[keep, c, k]) for k in done]
         theirs = [voc_ap(Lte[keep, c] == 1, reference[keep, k]) for k in done]
         np.testing.assert_allclose(ours, theirs, atol=0.002)
+
+
+def test_available_ram_is_capped_by_the_cgroup_limit(tmp_path) -> None:
+    """A SLURM job's --mem is its cgroup's limit: the engine plans within it, not the node's RAM."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       263000000 kB\nMemFree:  1000 kB\nMemAvailable:   200000000 kB\n")
+    root = tmp_path / "cgroup"
+    # v2: one line "0::/path"
+    (root / "job42").mkdir(parents=True)
+    (root / "job42" / "memory.max").write_text("17179869184\n")       # 16 GiB
+    (root / "job42" / "memory.current").write_text("4294967296\n")    # 4 GiB used
+    v2 = tmp_path / "cgroup_v2"
+    v2.write_text("0::/job42\n")
+    assert available_ram(meminfo, v2, root) == 12 * 2**30
+    (root / "job42" / "memory.max").write_text("max\n")  # no limit: MemAvailable
+    assert available_ram(meminfo, v2, root) == 200000000 * 1024
+    # v1: the memory controller's own hierarchy
+    (root / "memory" / "slurm" / "job7").mkdir(parents=True)
+    (root / "memory" / "slurm" / "job7" / "memory.limit_in_bytes").write_text(str(8 * 2**30))
+    (root / "memory" / "slurm" / "job7" / "memory.usage_in_bytes").write_text(str(2**30))
+    v1 = tmp_path / "cgroup_v1"
+    v1.write_text("5:cpu,cpuacct:/slurm/job7\n4:memory:/slurm/job7\n")
+    assert available_ram(meminfo, v1, root) == 7 * 2**30
+    (root / "memory" / "slurm" / "job7" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))  # unlimited
+    assert available_ram(meminfo, v1, root) == 200000000 * 1024
+    # no cgroup file, no meminfo: a modest default rather than a crash
+    assert available_ram(tmp_path / "none", tmp_path / "none", root) == 4 * 2**30

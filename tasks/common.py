@@ -28,3 +28,13 @@ def split_features(ctx: RunContext, model: LoadedModel, data, dataset: str, spli
         dataset, split, data.fingerprint(), ctx.cache, device=ctx.device, batch_size=ctx.batch_size,
         num_workers=ctx.num_workers, stats=ctx.extraction,
     )
+
+
+class BatchedSVMTask:
+    """Mixin of the SVM tasks: their units run as CPU jobs, unless the batched engine is asked
+    for a GPU (``solver: torch`` with ``svm_device: cuda``), which makes them GPU jobs on SLURM
+    (one VOC07 layer: ~4 s on an H100 against ~50 s on two CPU cores)."""
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.config.get("solver") == "torch" and str(self.config.get("svm_device", "auto")).startswith("cuda")

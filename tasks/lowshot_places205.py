@@ -24,7 +24,7 @@ from benchmark.provenance import resolve_device
 from benchmark.svm import FitLog, check_solver, l2_normalize, resolve_costs, span_coordinates
 from benchmark.svm_paths import lowshot_sweep_torch
 
-from .common import resolve_layers, split_features
+from .common import BatchedSVMTask, resolve_layers, split_features
 
 
 def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
@@ -38,7 +38,7 @@ def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed
 
 
 @TASKS.register("lowshot_places205")
-class LowShotPlaces205(Task):
+class LowShotPlaces205(BatchedSVMTask, Task):
     dataset = "places205"
     options = {
         "layers": None,

@@ -26,7 +26,7 @@ from benchmark.provenance import resolve_device
 from benchmark.svm import FitLog, check_solver, l2_normalize, resolve_costs, span_coordinates, to_binary
 from benchmark.svm_paths import cv_costs_torch, lowshot_sweep_torch
 
-from .common import resolve_layers, split_features
+from .common import BatchedSVMTask, resolve_layers, split_features
 
 
 def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, folds, fallback_cost, seed):
@@ -81,7 +81,7 @@ def _sweep_torch(X_train, X_test, test_labels, samples, costs, folds, fallback_c
 
 
 @TASKS.register("lowshot_voc07")
-class LowShotVOC07(Task):
+class LowShotVOC07(BatchedSVMTask, Task):
     dataset = "voc07"
     options = {
         "layers": None,  # default: all five protocol layers; VISSL evaluates [res4, res5]

@@ -17,11 +17,11 @@ from benchmark.svm import check_solver, resolve_costs, voc07_svm
 from benchmark.provenance import resolve_device
 from benchmark.svm_paths import voc07_svm_torch
 
-from .common import resolve_layers, split_features
+from .common import BatchedSVMTask, resolve_layers, split_features
 
 
 @TASKS.register("voc07_svm")
-class VOC07SVM(Task):
+class VOC07SVM(BatchedSVMTask, Task):
     dataset = "voc07"
     options = {
         "layers": None,  # default: the architecture's protocol layers

@@ -335,3 +335,15 @@ def test_task_models_must_name_suite_models(tmp_path: Path) -> None:
     assert "tasks.voc07_svm.models" in message and "'rnd3'" in message and "Did you mean" in message
     path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: rnd2"))
     assert "must be a list of model names" in _error(path)
+
+
+@pytest.mark.parametrize("options, gpu", [("", False), ("\n        svm_device: cuda", True),
+                                          ("\n        svm_device: cuda:1", True),
+                                          ("\n        svm_device: cuda\n        solver: liblinear", False),
+                                          ("\n        svm_device: cpu", False)])
+def test_svm_units_are_gpu_jobs_only_when_the_engine_is_sent_to_a_gpu(tmp_path: Path, options, gpu) -> None:
+    from benchmark.runner import plan_run
+
+    path = _write(tmp_path, MINIMAL.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]" + options))
+    plan = plan_run(load_suite("s", path), tmp_path / "run", tmp_path / "cache")
+    assert [u.needs_gpu for u in plan.units] == [gpu, gpu]

@@ -12,11 +12,13 @@ reassigned to the nearer of the two (split at the median when they all fall on o
 linear classifier on the pooled feature is re-initialised (N(0, 0.01), zero bias, as in the
 reference code) every epoch, since cluster ids are arbitrary from one clustering to the next.
 
-Uniform sampling over clusters: ``sample_weights()`` returns 1 / (size of the image's cluster)
-per image. The shared loop draws every image once per epoch in a seeded order and has no sampler
-hook, so by default (``balance: loss``) the same re-weighting is applied to the loss instead: an
-example weighs N / (K x size of its cluster), which has mean 1 over the dataset and makes every
-cluster contribute equally, as uniform sampling over clusters does in expectation.
+Uniform sampling over clusters (``balance: sampler``, the default, as the reference code's
+UnifLabelSampler): every epoch draws N/K' + 1 images from each of the K' non-empty clusters (with
+replacement when a cluster has no more than that many), shuffles them and keeps the first N;
+seeded by (seed, epoch), so a resumed run draws the same epoch. ``balance: loss`` keeps the loop's
+once-per-image order and weighs each example N / (K' x size of its cluster) instead (equal
+contribution per cluster in expectation); ``none`` neither. ``sample_weights()`` gives the
+per-image probabilities 1 / (size of the image's cluster).
 
 Deviation: the paper feeds Sobel-filtered greyscale images (2 channels); the trunk here must keep
 torchvision's 3-channel conv1, so it sees RGB, as DeepCluster-v2 and most ResNet re-implementations.
@@ -33,6 +35,7 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
+from benchmark.linear_heads import derived_seed
 
 from ._trunk import SizedState, dataset_size
 from .pretext import PRETEXT_METHODS, PretextMethod
@@ -98,6 +101,10 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
     return assignment, centroids, refilled + count
 
 
+BALANCE = ("sampler", "loss", "none")
+_SAMPLER_TAG = 0xDC5A
+
+
 @PRETEXT_METHODS.register("deepcluster")
 class DeepCluster(SizedState, PretextMethod):
     name = "deepcluster"
@@ -105,7 +112,7 @@ class DeepCluster(SizedState, PretextMethod):
         "num_clusters": 10000,    # the paper's k for ImageNet
         "pca_dim": 256,
         "kmeans_iterations": 20,
-        "balance": "loss",        # loss (1/cluster-size weights) | none; see sample_weights()
+        "balance": "sampler",     # sampler (uniform over clusters) | loss (1/cluster-size weights) | none
         "crop_scale": [0.08, 1.0],  # random resized crops + flips (the reference code's augmentation)
     }
     # the reference code: SGD lr 0.05, momentum 0.9, weight decay 1e-5
@@ -116,8 +123,8 @@ class DeepCluster(SizedState, PretextMethod):
         super().__init__(trunk, arch, image_size, **options)
         options = {**DeepCluster.options, **options}
         self.config = options
-        if options["balance"] not in ("loss", "none"):
-            raise ConfigError(f"deepcluster: balance must be 'loss' or 'none', got {options['balance']!r}")
+        if options["balance"] not in BALANCE:
+            raise ConfigError(f"deepcluster: balance must be one of {BALANCE}, got {options['balance']!r}")
         if options["pca_dim"] > self.embed_dim:
             raise ConfigError(f"deepcluster: pca_dim ({options['pca_dim']}) exceeds the {arch.name} feature "
                               f"dimension {self.embed_dim}")
@@ -160,6 +167,24 @@ class DeepCluster(SizedState, PretextMethod):
 
     def epoch_start(self, epoch, plain_loader, device) -> None:
         self.cluster(self.dataset_features(plain_loader, device), epoch)
+
+    def epoch_indices(self, seed: int, epoch: int, n: int) -> torch.Tensor | None:
+        if self.config["balance"] != "sampler" or self.num_images == 0:
+            return None
+        if n != self.num_images:
+            raise RuntimeError(f"deepcluster: {n} images but {self.num_images} cluster assignments")
+        generator = torch.Generator().manual_seed(derived_seed(seed, _SAMPLER_TAG, epoch))
+        clusters = torch.nonzero(self.cluster_sizes > 0).flatten()
+        per_cluster = n // len(clusters) + 1
+        drawn = []
+        for cluster in clusters.tolist():
+            members = torch.nonzero(self.assignments == cluster).flatten()
+            if len(members) <= per_cluster:
+                drawn.append(members[torch.randint(len(members), (per_cluster,), generator=generator)])
+            else:
+                drawn.append(members[torch.randperm(len(members), generator=generator)[:per_cluster]])
+        order = torch.cat(drawn)
+        return order[torch.randperm(len(order), generator=generator)[:n]]
 
     def sample_weights(self) -> torch.Tensor | None:
         """Per-image sampling weight 1 / (cluster size): uniform over clusters. None before clustering."""

@@ -72,6 +72,12 @@ class PretextMethod(nn.Module):
     def after_step(self) -> None:
         """Called after each optimizer step."""
 
+    def epoch_indices(self, seed: int, epoch: int, n: int) -> torch.Tensor | None:
+        """The images of epoch ``epoch`` in order (n of them, repeats allowed), called after
+        ``epoch_start`` and again on resume; a deterministic function of (seed, epoch) and the
+        module's state. None (the default): every image once, in the loop's seeded order."""
+        return None
+
     # --- helpers for methods ---------------------------------------------------------------------
 
     def trunk_features(self, x: torch.Tensor) -> torch.Tensor:

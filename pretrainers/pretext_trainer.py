@@ -103,8 +103,8 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(seed, _EXAMPLE_TAG, epoch, index))
+def example_generator(seed: int, epoch: int, index: int, *repeat: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, _EXAMPLE_TAG, epoch, index, *repeat))
 
 
 class PretextDataset(Dataset):
@@ -117,9 +117,9 @@ class PretextDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, key):
-        index, epoch = key
+        index, epoch, *repeat = key  # (index, epoch, r): the r-th repeat of the image in the epoch
         image = open_rgb(self.paths[index])  # DatasetError naming the file when it is corrupt
-        return self.method.sample(image, index, example_generator(self.seed, epoch, index))
+        return self.method.sample(image, index, example_generator(self.seed, epoch, index, *repeat))
 
 
 class EpochBatches(Sampler):
@@ -127,17 +127,26 @@ class EpochBatches(Sampler):
     the epoch's seeded order; the last incomplete batch is dropped (contrastive losses and
     BatchNorm want full batches)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int = 0):
-        self.order = epoch_order(seed, epoch, n)
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int = 0,
+                 order: torch.Tensor | None = None):
+        self.order = epoch_order(seed, epoch, n) if order is None else order
+        if len(self.order) != n:
+            raise ValueError(f"an epoch order must have {n} entries, got {len(self.order)}")
         self.batch_size, self.epoch, self.position = batch_size, epoch, position
         self.per_epoch = n // batch_size
+        # an image drawn again in the same epoch (a method's sampler) gets its own augmentation
+        seen: dict[int, int] = {}
+        self.keys = []
+        for i in self.order.tolist():
+            self.keys.append((i, epoch) if i not in seen else (i, epoch, seen[i]))
+            seen[i] = seen.get(i, 0) + 1
 
     def __len__(self) -> int:
         return self.per_epoch - self.position
 
     def __iter__(self):
         for b in range(self.position, self.per_epoch):
-            yield [(int(i), self.epoch) for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
+            yield self.keys[b * self.batch_size:(b + 1) * self.batch_size]
 
 
 def plain_transform(size: int) -> T.Compose:
@@ -333,7 +342,8 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
             # a loader per epoch: its workers fork after epoch_start, so sample() sees its state
             # its own generator: a loader draws a base seed, which must not come from the global RNG
             # (forward's draws, checkpointed) or a resumed run would draw it at another moment
-            loader = DataLoader(dataset, batch_sampler=EpochBatches(len(paths), batch_size, seed, epoch, position),
+            order = model.epoch_indices(seed, epoch, len(paths))
+            loader = DataLoader(dataset, batch_sampler=EpochBatches(len(paths), batch_size, seed, epoch, position, order),
                                 num_workers=num_workers, pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(derived_seed(seed, _RUN_TAG, epoch)))
             for batch in _batches(loader):

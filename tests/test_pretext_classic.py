@@ -270,7 +270,7 @@ def test_kmeans_and_whitening_match_sklearn():
 
 
 def test_deepcluster_pseudo_labels_and_uniform_cluster_weights():
-    method = build("deepcluster")
+    method = build("deepcluster", balance="loss")
     loader = PlainLoader(IMAGES)
     method.epoch_start(0, loader, torch.device("cpu"))
     # the pseudo-labels are k-means on the whitened features, with the method's seeded generator
@@ -291,6 +291,38 @@ def test_deepcluster_pseudo_labels_and_uniform_cluster_weights():
     assert torch.allclose(loss, (ce_each * 16 / (4 * sizes[labels].float())).mean(), atol=1e-6)
     # the head is re-initialised by the clustering
     assert float(method.head.bias.detach().abs().sum()) == 0.0 and float(method.head.weight.detach().std()) < 0.02
+
+
+def test_deepcluster_sampler_is_uniform_over_clusters():
+    """The reference's UnifLabelSampler: N / K' + 1 draws per non-empty cluster (with replacement
+    only for clusters no larger than that), shuffled, the first N kept; seeded by (seed, epoch)."""
+    method = build("deepcluster")  # balance: sampler, the default
+    n = len(IMAGES)
+    assert method.epoch_indices(0, 0, n) is None  # nothing clustered yet: the loop's own order
+    # hand-made clustering of 16 images: sizes 10, 4, 2 and an empty cluster
+    method._resize("assignments", (n,))
+    method.assignments.copy_(torch.tensor([0] * 10 + [1] * 4 + [2] * 2))
+    method.cluster_sizes.copy_(torch.tensor([10, 4, 2, 0]))
+    order = method.epoch_indices(7, 3, n)
+    assert len(order) == n and torch.equal(order, method.epoch_indices(7, 3, n))
+    assert not torch.equal(order, method.epoch_indices(7, 4, n))
+    per_cluster = n // 3 + 1  # 6 draws from each of the 3 non-empty clusters, 18 -> first 16 kept
+    counts = torch.bincount(method.assignments[order], minlength=4)
+    assert counts[3] == 0 and counts.sum() == n and bool((counts[:3] <= per_cluster).all())
+    assert bool((counts[:3] >= per_cluster - 2).all())
+    big = order[method.assignments[order] == 0]
+    assert len(set(big.tolist())) == len(big)  # 10 members > 6 draws: without replacement
+    # repeats of an image in one epoch get their own augmentation keys
+    from pretrainers.pretext_trainer import EpochBatches
+
+    keys = [key for batch in EpochBatches(n, 4, 7, 3, order=order) for key in batch]
+    assert len(set(keys)) == len(keys) == n and all(key[:2] == (int(i), 3) for key, i in zip(keys, order))
+    # the loss is not re-weighted when the sampler balances
+    method.eval()
+    batch = make_batch(method, IMAGES[:8])
+    loss, _ = method(batch)
+    labels = method.assignments[batch["index"]]
+    assert torch.allclose(loss, F.cross_entropy(method.head(method.embed(batch["image"])), labels), atol=1e-6)
 
 
 # --- exemplar ------------------------------------------------------------------------------------

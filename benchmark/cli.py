@@ -109,6 +109,7 @@ def cmd_pretrain(args) -> int:
     meta = train_pretext(args.method, args.data, args.out, arch=args.arch, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, seed=args.seed,
                          device=args.device, method_options=parse_opts(args.opt), num_workers=args.workers,
+                         optimizer=args.optimizer,
                          checkpoint_every=args.checkpoint_every, data_root=args.data_root)
     print(f"wrote {args.out} ({meta['method']}, {meta['arch']}, {meta['epochs']} epochs on {meta['num_images']} "
           f"images; final pretext loss {meta['final_loss']:.4f}, metrics {meta['final_metrics']})")
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--epochs", type=int, default=30)
     pretrain.add_argument("--batch-size", type=int, default=64)
     pretrain.add_argument("--lr", type=float, help="default: the method's paper value")
+    pretrain.add_argument("--optimizer", choices=["sgd", "lars"], help="default: sgd (with momentum); lars: "
+                          "SimCLR's large-batch optimiser (trust ratio on weight tensors, eta 0.001)")
     pretrain.add_argument("--image-size", type=int, default=224)
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--device", default="auto")

@@ -33,6 +33,7 @@ class PretextPretrainer(Pretrainer):
         "epochs": 30,
         "batch_size": 64,
         "lr": None,  # default: the method's paper value
+        "optimizer": None,  # sgd (default) | lars
         "image_size": 224,
         "seed": 0,
         "method_options": {},
@@ -51,11 +52,14 @@ class PretextPretrainer(Pretrainer):
         validate_options(cfg["method_options"], method_cls.options, f"{where}.method_options")
         paths, root, _ = resolve_images(cfg["data"], ctx.data_root)
         fingerprint = data_fingerprint(paths, root)
-        path = ctx.run_dir / "checkpoints" / f"{model_name}-{config_hash({**cfg, 'data': fingerprint})}.pth"
+        # an option added later stays out of the hash at its default: earlier checkpoints are found
+        identity = {k: v for k, v in cfg.items() if not (k == "optimizer" and v is None)}
+        path = ctx.run_dir / "checkpoints" / f"{model_name}-{config_hash({**identity, 'data': fingerprint})}.pth"
         if not path.exists():
             train_pretext(cfg["method"], cfg["data"], path, arch=cfg["arch"], epochs=cfg["epochs"],
                           batch_size=cfg["batch_size"], lr=cfg["lr"], image_size=cfg["image_size"], seed=cfg["seed"],
                           device=ctx.device, method_options=cfg["method_options"], num_workers=ctx.num_workers,
+                          optimizer=cfg["optimizer"],
                           data_root=ctx.data_root, options_where=f"{where}.method_options")
         model = create_model(cfg["arch"], seed=cfg["seed"])
         info = load_trunk_weights(model, get_architecture(cfg["arch"]), path)

@@ -44,6 +44,7 @@ from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.provenance import resolve_device
 from benchmark.training import atomic_torch_save
 
+from .lars import LARS
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
@@ -52,6 +53,7 @@ SUITE_DATASETS = ("voc07", "places205")
 # optimiser defaults of the loop; a method's ``training`` ClassVar (its paper's values) overrides
 # them, and a value the user gives overrides both
 TRAIN_DEFAULTS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 0}
+OPTIMIZERS = ("sgd", "lars")
 CHECKPOINT_FORMAT = 1
 _EXAMPLE_TAG, _INIT_TAG, _RUN_TAG = 0x5A31, 0x1A17, 0x7E57  # keep the derived seeds apart
 
@@ -201,7 +203,21 @@ def resolve_training(method_cls, **given) -> dict:
     for key, default in TRAIN_DEFAULTS.items():
         value = given.get(key)
         out[key] = _check_number(value if value is not None else method_cls.training.get(key, default), key)
+    optimizer = given.get("optimizer") or method_cls.training.get("optimizer", "sgd")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if optimizer != "sgd":  # keeps the run ids (and checkpoints) of SGD runs as they were
+        out["optimizer"] = optimizer
     return out
+
+
+def build_optimizer(parameter_groups, training: dict) -> torch.optim.Optimizer:
+    """SGD with momentum (the default), or LARS (SimCLR's large-batch optimiser)."""
+    if training.get("optimizer", "sgd") == "lars":
+        return LARS(parameter_groups, lr=training["lr"], momentum=training["momentum"],
+                    weight_decay=training["weight_decay"])
+    return torch.optim.SGD(parameter_groups, lr=training["lr"], momentum=training["momentum"],
+                           weight_decay=training["weight_decay"])
 
 
 def cosine_factor(iteration: int, total: int, warmup: int) -> float:
@@ -264,7 +280,8 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
                   batch_size: int = 64, lr: float | None = None, image_size: int = 224, seed: int = 0,
                   device: str | torch.device = "auto", method_options: dict | None = None,
                   momentum: float | None = None, weight_decay: float | None = None,
-                  warmup_epochs: float | None = None, num_workers: int = 2, checkpoint_every: int = 500,
+                  warmup_epochs: float | None = None, optimizer: str | None = None, num_workers: int = 2,
+                  checkpoint_every: int = 500,
                   data_root: Path | None = None, options_where: str = "--opt") -> dict:
     """Train ``method`` on the images of ``data``; writes ``out`` (+ ``.json``, ``.log.csv``) and
     returns the checkpoint's ``meta``. Resumes from ``out``'s ``.partial.pth`` when one made with the
@@ -277,7 +294,8 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     _check_int(image_size, "image_size", 16)
     _check_int(num_workers, "num_workers", 0)
     _check_int(seed, "seed", 0)
-    training = resolve_training(cls, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs)
+    training = resolve_training(cls, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                                optimizer=optimizer)
     out = Path(out).expanduser()
     paths, root, described = resolve_images(data, data_root)
     fingerprint = data_fingerprint(paths, root)
@@ -291,8 +309,7 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     run_id = config_hash(run_config)
 
     model = build_method(method, arch, image_size, seed, options).to(device)
-    optimizer = torch.optim.SGD(model.parameter_groups(), lr=training["lr"], momentum=training["momentum"],
-                                weight_decay=training["weight_decay"])
+    optimizer = build_optimizer(model.parameter_groups(), training)
     warmup = round(training["warmup_epochs"] * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(it, total, warmup))
 
@@ -381,7 +398,7 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     meta = {
         "method": method, "options": options, "arch": arch, "image_size": image_size, "seed": seed,
         "epochs": epochs, "batch_size": batch_size, "iterations": total, "training": training,
-        "optimizer": "sgd", "schedule": f"cosine, {warmup} warm-up iterations",
+        "optimizer": training.get("optimizer", "sgd"), "schedule": f"cosine, {warmup} warm-up iterations",
         "data": described, "num_images": len(paths), "data_fingerprint": fingerprint,
         "final_loss": history[-1], "loss_history": history,
         "final_metrics": {k: round(v / sums["count"], 5) for k, v in sums.items() if k not in ("loss", "count")},

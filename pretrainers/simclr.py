@@ -9,9 +9,10 @@ MLP (Linear, BN, ReLU, Linear to 128) -> L2 normalisation; NT-Xent loss with tem
 the 2N views: each view's positive is the other view of its image, the 2N - 2 other views are its
 negatives.
 
-Optimiser: the paper uses LARS (LR 0.3 x batch/256, weight decay 1e-6, warm-up + cosine); this
-implementation uses plain SGD with momentum, linear warm-up and cosine decay (the loop's
-schedule), which the paper reports works for small batches.
+Optimiser: the paper uses LARS (LR 0.3 x batch/256, weight decay 1e-6, warm-up + cosine); by
+default this implementation uses SGD with momentum, linear warm-up and cosine decay (the loop's
+schedule) for the small batches it is run with here; ``optimizer: lars`` (``--optimizer lars``)
+gives the paper's optimiser (``pretrainers/lars.py``).
 """
 
 from __future__ import annotations

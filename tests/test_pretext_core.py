@@ -334,3 +334,16 @@ def test_embed_helper_uses_torchvision_trunk_stages() -> None:
     assert method.embed_dim == 512 and torch.allclose(method.embed(x), expected)
     alexnet = trainer.build_method("rotation", "alexnet", 64, 0, dict(PRETEXT_METHODS.get("rotation").options))
     assert alexnet.embed_dim == 256 and alexnet.embed(torch.rand(2, 3, 64, 64)).shape == (2, 256)
+
+
+def test_lars_run_and_its_checkpoint(tmp_path) -> None:
+    """--optimizer lars trains through the loop, is recorded, and is part of the run's identity."""
+    root = _image_dir(tmp_path / "imgs", n=8)
+    kwargs = dict(arch="resnet18", epochs=1, batch_size=4, image_size=SIZE, device="cpu", num_workers=0)
+    lars = trainer.train_pretext("simclr", root, tmp_path / "lars.pth", optimizer="lars", **kwargs)
+    sgd = trainer.train_pretext("simclr", root, tmp_path / "sgd.pth", **kwargs)
+    assert lars["optimizer"] == "lars" and sgd["optimizer"] == "sgd" and lars["run_id"] != sgd["run_id"]
+    assert all(math.isfinite(v) for v in lars["loss_history"])
+    a = torch.load(tmp_path / "lars.pth", weights_only=True)["state_dict"]["conv1.weight"]
+    b = torch.load(tmp_path / "sgd.pth", weights_only=True)["state_dict"]["conv1.weight"]
+    assert not torch.equal(a, b)

@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from .metrics import stepwise_ap, voc_ap
 from .provenance import resolve_device
-from .svm_torch import TOL, FactoredKernel, solve, warm_start
+from .svm_torch import TOL, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
 
 SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
 KERNEL_FORMS = ("auto", "dense", "factored")
@@ -33,6 +33,11 @@ class SolverOptions:
     tol: float = TOL
     max_newton: int = 60
     max_cg: int = 2000
+    # low-rank + diagonal CG preconditioner (rank 0: Jacobi only), used for the costs where the
+    # kernel's top eigenvalue outweighs the cost's diagonal 1/(2c) by this factor: below it Jacobi
+    # needs only a few steps and building the r x r factors would cost more than it saves
+    lowrank_rank: int = 128
+    lowrank_from: float = 2500.0
 
 
 def cv_masks(y: np.ndarray, folds: int) -> np.ndarray:
@@ -159,20 +164,34 @@ def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_byt
     return TrainingRows(X, device, form), budget, (8 * len(X) ** 2 if form == "dense" else 0)
 
 
+def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None):
+    """(the kernel's eigenpairs, computed once when first worth it, and whether these costs use
+    them): low-rank + diagonal CG when 2 max(c) x top eigenvalue >= options.lowrank_from."""
+    if options.lowrank_rank <= 0:
+        return None, None
+    scale = 2 * float(c.max())
+    # the trace bounds the top eigenvalue: no eigenpairs are computed for costs that cannot use them
+    if computed is None and scale * float(kernel_diagonal(kernel).sum()) >= options.lowrank_from:
+        computed = lowrank_eig(kernel, options.lowrank_rank)
+    use = computed is not None and scale * float(computed.lam[0]) >= options.lowrank_from
+    return computed, (computed if use else None)
+
+
 def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: SolverOptions, label: str = ""):
     """Solve the columns (labels y, training rows train) at every cost, in increasing order, each
     from its solution at the previous cost (rescaled by ``warm_start``). Costs are C times the
     class weights 2 (positives) : 1. Yields (index into costs, beta, SolveInfo)."""
     weight = torch.where(y > 0, 2.0, 1.0)
-    beta = f = previous = None
+    beta = f = previous = lowrank = None
     for k in np.argsort(costs, kind="stable"):
         cost = float(costs[k])
         c = cost * weight
         if beta is not None:
             beta, f = warm_start(beta, f, y, c, train, cost / previous)
+        lowrank, use = preconditioner_for(kernel, c, options, lowrank)
         started = time.perf_counter()
         beta, info = solve(kernel, y, c, train, beta0=beta, f0=f, tol=options.tol, max_newton=options.max_newton,
-                           max_cg=options.max_cg)
+                           max_cg=options.max_cg, lowrank=use)
         if DEBUG:
             print(f"C={cost:g} {label} {time.perf_counter() - started:.2f}s newton max "
                   f"{int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "
@@ -283,8 +302,10 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
             y = _labels(Y, np.arange(n), chunk, device)
             cost = torch.as_tensor([float(costs[best[c]]) for c in chunk], dtype=torch.float64, device=device)
             kernel, _ = layout.restricted()
-            beta, info = solve(kernel, y, cost * torch.where(y > 0, 2.0, 1.0), torch.ones_like(y, dtype=torch.bool),
-                               tol=tol, max_newton=max_newton, max_cg=max_cg)
+            c = cost * torch.where(y > 0, 2.0, 1.0)
+            _, lowrank = preconditioner_for(kernel, c, options)
+            beta, info = solve(kernel, y, c, torch.ones_like(y, dtype=torch.bool), tol=tol, max_newton=max_newton,
+                               max_cg=max_cg, lowrank=lowrank)
             w = layout.weights(beta)
             test_scores = (X_eval @ w[:-1] + w[-1]).cpu().numpy()
             for col, c in enumerate(chunk):

@@ -89,10 +89,76 @@ def projected_gradient_range(beta, f, y, c, train) -> torch.Tensor:
     return pg_max - pg_min
 
 
-def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter):
+@dataclass
+class LowRank:
+    """Top eigenpairs of a kernel, K ~ U diag(lam) U^T (U: n x r, orthonormal columns)."""
+
+    U: torch.Tensor
+    lam: torch.Tensor
+
+
+def lowrank_eig(K, rank: int, seed: int = 0, oversample: int = 16) -> LowRank:
+    """Randomised eigendecomposition of the PSD kernel (one power iteration, Halko et al. 2011):
+    three products with rank + oversample columns. The test matrix comes from a seeded CPU
+    generator, so the result does not depend on the device."""
+    n = K.shape[0]
+    rank = min(rank, n)
+    omega = torch.randn(n, min(n, rank + oversample), generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64).to(device=K.device, dtype=K.dtype)
+    Q, _ = torch.linalg.qr(K @ (K @ omega))
+    lam, V = torch.linalg.eigh(Q.T @ (K @ Q))
+    lam, V = lam.flip(0)[:rank], V.flip(1)[:, :rank]
+    keep = lam > 1e-10 * lam[0].clamp_min(1e-300)
+    return LowRank(Q @ V[:, keep], lam[keep])
+
+
+class _Jacobi:
+    """Preconditioner diag(K_SS + D_S)^-1 on the active rows (identity elsewhere, where r = 0)."""
+
+    def __init__(self, K, d, a):
+        self.inv = a / (kernel_diagonal(K).unsqueeze(1) + d + (1 - a))
+
+    def __call__(self, r):
+        return r * self.inv
+
+    def keep(self, columns):
+        self.inv = self.inv[:, columns]
+
+
+class _LowRankJacobi:
+    """Preconditioner P^-1 with P = D' + U_S diag(lam) U_S^T, per column (S: its active rows):
+    the kernel's top eigenpairs restricted to S plus the diagonal rest (D' = D_S + diag(K_SS) -
+    diag of the low-rank part). Applied with the Woodbury identity through one r x r Cholesky
+    factor per column, so a step costs O(n r) against the O(n^2) kernel product. Where K has a
+    few dominant directions (non-negative features: the mean; class structure) this takes the
+    large-cost systems from tens of CG steps to a handful."""
+
+    def __init__(self, K, d, a, lowrank: LowRank, chunk: int = 16):
+        U, lam = lowrank.U, lowrank.lam
+        rest = (kernel_diagonal(K) - (U * U * lam).sum(1)).clamp_min(0)
+        self.W = a / (rest.unsqueeze(1) + d + (1 - a))  # D'^-1 on the active rows, 0 elsewhere
+        self.U = U
+        factors = []
+        for start in range(0, a.shape[1], chunk):  # (columns, r, r) without an (n, r, columns) temporary per column set
+            W = self.W[:, start:start + chunk]
+            M = torch.einsum("ir,ij,is->jrs", U, W, U) + torch.diag(1 / lam)
+            factors.append(torch.linalg.cholesky(M))
+        self.L = torch.cat(factors) if factors else torch.empty(0, len(lam), len(lam), dtype=U.dtype, device=U.device)
+
+    def __call__(self, r):
+        u = r * self.W
+        t = torch.cholesky_solve((self.U.T @ u).T.unsqueeze(2), self.L)[:, :, 0].T
+        return u - self.W * (self.U @ t)
+
+    def keep(self, columns):
+        self.W, self.L = self.W[:, columns], self.L[columns]
+
+
+def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | None = None):
     """Solve (K_SS + D_S) z_S = rhs_S for every column (S: the column's active rows), z = 0 off S.
 
-    Batched conjugate gradients with a Jacobi preconditioner, from z0 (with u0 = K z0). Along the
+    Batched preconditioned conjugate gradients (Jacobi, or low-rank + diagonal when ``lowrank``
+    eigenpairs of K are given), from z0 (with u0 = K z0). Along the
     way u = K z is kept from the same products (so the caller needs no extra product for the
     decision values), and with it the column's quadratic model q_S(z) = z'Kz / 2 +
     sum_S c (1 - y (Kz))^2. A column stops when its largest residual entry is below its ``tol``
@@ -108,8 +174,8 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter):
     cols = torch.arange(rhs.shape[1], device=K.device)
     z, u, a, dd, y, cs, tol_c, q_c = z_out.clone(), u_out.clone(), act, d, rhs, c * act, tol, q_stop
     r = (y - u - dd * z) * a
-    inv_diag = a / (kernel_diagonal(K).unsqueeze(1) + dd + (1 - a))
-    s = r * inv_diag
+    precondition = _Jacobi(K, dd, a) if lowrank is None else _LowRankJacobi(K, dd, a, lowrank)
+    s = precondition(r)
     p = s.clone()
     rs = (r * s).sum(0)
 
@@ -128,8 +194,8 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter):
             keep = ~done
             cols = cols[keep]
             z, u, r, p, rs, s = z[:, keep], u[:, keep], r[:, keep], p[:, keep], rs[keep], s[:, keep]
-            a, dd, y, cs, tol_c, q_c, inv_diag = (a[:, keep], dd[:, keep], y[:, keep], cs[:, keep], tol_c[keep],
-                                                  q_c[keep], inv_diag[:, keep])
+            a, dd, y, cs, tol_c, q_c = a[:, keep], dd[:, keep], y[:, keep], cs[:, keep], tol_c[keep], q_c[keep]
+            precondition.keep(keep)
         if cols.numel() == 0 or _ == max_iter:
             break
         kp = K @ p
@@ -138,7 +204,7 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter):
         z += step * p
         u += step * kp
         r -= step * q
-        torch.mul(r, inv_diag, out=s)
+        s = precondition(r)
         rs_new = (r * s).sum(0)
         p = s + (rs_new / rs.clamp_min(1e-300)) * p
         rs = rs_new
@@ -194,13 +260,16 @@ def _line_search(beta, f, delta, dfx, y, c, train, iters: int = 30):
 
 
 def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor, beta0=None, f0=None,
-          tol: float = TOL, max_newton: int = 60, max_cg: int = 1000) -> tuple[torch.Tensor, SolveInfo]:
+          tol: float = TOL, max_newton: int = 60, max_cg: int = 1000,
+          lowrank: LowRank | None = None) -> tuple[torch.Tensor, SolveInfo]:
     """Solve P squared-hinge SVMs sharing the kernel K (n x n, bias included).
 
     y: (n, P) labels +-1; c: (n, P) per-sample costs; train: (n, P) bool, the rows each problem is
     trained on (the others are ignored: CV folds). beta0: optional warm start (n, P), f0 = K beta0
-    when known. Returns beta (n, P), the kernel-space solution (decision values: K_rows @ beta;
-    on the n rows of K they are in ``info.decision``).
+    when known. lowrank: top eigenpairs of K for the low-rank + diagonal CG preconditioner (the
+    answer is the same; worth it for large costs, see ``needs_lowrank``). Returns beta (n, P), the
+    kernel-space solution (decision values: K_rows @ beta; on the n rows of K they are in
+    ``info.decision``).
     """
     n, P = y.shape
     dtype, device = K.dtype, K.device
@@ -232,7 +301,7 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
             u0[:, stale] = K @ z0[:, stale]
         slack = (1 - yl * fl).clamp_min(0) * tl
         objective = 0.5 * (b * fl).sum(0) + (cl * slack * slack).sum(0)
-        z, u, it = _masked_cg(K, yl, d, active, z0, u0, cl, cg_tol, objective, max_cg)
+        z, u, it = _masked_cg(K, yl, d, active, z0, u0, cl, cg_tol, objective, max_cg, lowrank)
         delta = z - b
         dfx = u - fl
         t = _line_search(b, fl, delta, dfx, yl, cl, tl)

@@ -25,7 +25,15 @@ from benchmark.svm_paths import (
     scores_all_costs,
     voc07_svm_torch,
 )
-from benchmark.svm_torch import TOL, FactoredKernel, kernel_with_bias, projected_gradient_range, solve
+from benchmark.svm_torch import (
+    TOL,
+    FactoredKernel,
+    _LowRankJacobi,
+    kernel_with_bias,
+    lowrank_eig,
+    projected_gradient_range,
+    solve,
+)
 
 CPU = torch.device("cpu")
 
@@ -307,3 +315,52 @@ def test_available_ram_is_capped_by_the_cgroup_limit(tmp_path) -> None:
     assert available_ram(meminfo, v1, root) == 200000000 * 1024
     # no cgroup file, no meminfo: a modest default rather than a crash
     assert available_ram(tmp_path / "none", tmp_path / "none", root) == 4 * 2**30
+
+
+def test_lowrank_eig_recovers_the_top_eigenpairs() -> None:
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(200, 12))
+    K = torch.as_tensor(B @ B.T + 0.01 * np.eye(200))  # 12 large eigenvalues, then 0.01
+    exact = np.linalg.eigvalsh(K.numpy())[::-1][:8]
+    lowrank = lowrank_eig(K, 8)
+    np.testing.assert_allclose(lowrank.lam.numpy(), exact, rtol=1e-8)
+    np.testing.assert_allclose((lowrank.U.T @ lowrank.U).numpy(), np.eye(8), atol=1e-10)
+    np.testing.assert_allclose((K @ lowrank.U).numpy(), (lowrank.U * lowrank.lam).numpy(), atol=1e-6)
+    assert torch.equal(lowrank_eig(K, 8).U, lowrank.U)  # seeded: the same every time
+
+
+def test_lowrank_preconditioner_is_the_inverse_of_its_matrix() -> None:
+    """P = D' + U_S diag(lam) U_S^T on each column's active rows, D' = D + diag(K) - diag(U lam U^T)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 50))
+    K = torch.as_tensor(X @ X.T)
+    lowrank = lowrank_eig(K, 5)
+    active = torch.as_tensor(rng.random((30, 2)) < 0.6)
+    d = torch.where(active, torch.tensor([0.3, 0.05], dtype=torch.float64), torch.zeros(30, 2, dtype=torch.float64))
+    a = active.double()
+    precondition = _LowRankJacobi(K, d, a, lowrank)
+    r = torch.as_tensor(rng.normal(size=(30, 2))) * a
+    out = precondition(r)
+    U, lam = lowrank.U.numpy(), lowrank.lam.numpy()
+    for j in range(2):
+        S = np.flatnonzero(active[:, j].numpy())
+        rest = np.diag(K.numpy())[S] - (U[S] ** 2 * lam).sum(1)
+        P = np.diag(d[S, j].numpy() + rest) + U[S] @ np.diag(lam) @ U[S].T
+        np.testing.assert_allclose(out[S, j].numpy(), np.linalg.solve(P, r[S, j].numpy()), rtol=1e-9, atol=1e-12)
+        assert float(out[~active[:, j], j].abs().max()) == 0.0  # inactive rows stay out
+    precondition.keep(torch.tensor([False, True]))
+    np.testing.assert_allclose(precondition(r[:, 1:]).numpy(), out[:, 1:].numpy(), rtol=1e-12)
+
+
+def test_lowrank_preconditioning_gives_the_same_solution_in_fewer_steps() -> None:
+    X, y0 = _problem(n=400, d=600, seed=5)
+    K = kernel_with_bias(torch.as_tensor(X, dtype=torch.float64))
+    Y = torch.as_tensor(np.stack([y0, -y0], 1), dtype=torch.float64)
+    c = torch.tensor([10.0, 100.0], dtype=torch.float64) * torch.where(Y > 0, 2.0, 1.0)
+    train = torch.ones_like(Y, dtype=torch.bool)
+    plain, info_plain = solve(K, Y, c, train)
+    fast, info_fast = solve(K, Y, c, train, lowrank=lowrank_eig(K, 64))
+    assert bool(info_plain.converged.all()) and bool(info_fast.converged.all())
+    assert float((Y * fast).min()) >= 0 and bool((info_fast.pg_range <= TOL).all())
+    np.testing.assert_allclose((K @ fast).numpy(), (K @ plain).numpy(), atol=2e-3)
+    assert int(info_fast.cg_iters.sum()) < 0.7 * int(info_plain.cg_iters.sum())

@@ -339,7 +339,7 @@ def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, 
     training sample and 0 for rows outside it (VOC07 samples differ per class; Places205 classes
     share one sample: no zeros). Only rows in some class's sample enter the kernel.
     """
-    from .svm import FitLog
+    from .svm import FitLog, too_few_for_cv
 
     device = _device(device)
     options = SolverOptions(tol, max_newton, max_cg)
@@ -357,7 +357,7 @@ def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, 
             scores[:, chunk] = eval_scores_along_costs(layout, Y, member, chunk, costs, X, logs, options)
             if not cv:
                 continue
-            cv_able = [c for c in chunk if min((Y[:, c] > 0).sum(), (Y[:, c] < 0).sum()) >= folds]
+            cv_able = [c for c in chunk if not too_few_for_cv(Y[:, c], folds)]
             if cv_able:
                 for c, aps in cross_validated_ap(layout, Y, member, cv_able, costs, folds, logs, options).items():
                     cv_ap[c] = aps
@@ -387,10 +387,10 @@ def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, de
     """Per class, the cost with the best mean CV AP on all training rows (Y: (n, C) +-1), or None
     for a class with fewer positives or negatives than folds: ``lowshot.cv_cost`` for every class
     at once."""
-    from .svm import FitLog
+    from .svm import FitLog, too_few_for_cv
 
     device = _device(device)
-    classes = [c for c in range(Y.shape[1]) if min((Y[:, c] > 0).sum(), (Y[:, c] < 0).sum()) >= folds]
+    classes = [c for c in range(Y.shape[1]) if not too_few_for_cv(Y[:, c], folds)]
     out: dict[int, float | None] = {c: None for c in range(Y.shape[1])}
     if not classes:
         return out

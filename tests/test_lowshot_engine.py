@@ -92,3 +92,19 @@ def test_no_cv_requested(features) -> None:
     Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
     sweep = lowshot_sweep_torch(X, Y, X_test, COSTS, cv=False, device=CPU)
     assert np.isnan(sweep.cv_ap).all() and all(log.fits == len(COSTS) for log in sweep.logs)
+
+
+def test_full_data_cv_costs_match_liblinear(features) -> None:
+    """The VOC07 fallback for k < folds without voc07_svm results: per-class CV cost on all rows."""
+    from benchmark.svm import to_binary
+    from benchmark.svm_paths import cv_costs_torch
+
+    X, labels, _, _ = features
+    Y = np.stack([to_binary(labels[:, c]) for c in range(4)], axis=1)
+    Y[:, 3] = -1
+    Y[:2, 3] = 1  # 2 positives < 3 folds: no CV cost, as liblinear's cv_cost
+    ours = cv_costs_torch(X, Y, COSTS, 3, device=CPU)
+    assert ours[3] is None
+    for c in range(3):
+        theirs = lowshot.cv_cost(X, Y[:, c], COSTS, 3, seed=0, log=FitLog())
+        assert ours[c] == theirs, c

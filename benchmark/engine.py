@@ -45,9 +45,6 @@ class Pretrainer:
 
     def __init__(self, **options):
         self.config = options
-        # the suite's name for this instance (a task can appear twice under different names with
-        # different options); files a unit writes go under it so instances do not overwrite each other
-        self.instance_name = ""  # set by benchmark.runner.build_tasks
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError

@@ -7,6 +7,8 @@ from benchmark.engine import LoadedModel, RunContext
 from benchmark.errors import ConfigError
 from benchmark.features import cached_features
 from benchmark.models import Architecture
+from benchmark.provenance import resolve_device
+from benchmark.svm import check_solver
 
 
 def resolve_layers(task: str, requested, arch: Architecture) -> list[str]:
@@ -38,3 +40,14 @@ class BatchedSVMTask:
     @property
     def needs_gpu(self) -> bool:
         return self.config.get("solver") == "torch" and str(self.config.get("svm_device", "auto")).startswith("cuda")
+
+    def engine_device(self, task: str):
+        """The batched engine's device, or None for ``solver: liblinear`` (another solver: ConfigError)."""
+        if check_solver(self.config["solver"], task) != "torch":
+            return None
+        return resolve_device(self.config["svm_device"])
+
+    @staticmethod
+    def engine_name(device) -> str:
+        """The ``solver`` column of the engine's rows."""
+        return f"torch-newton({device.type})"

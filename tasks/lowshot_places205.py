@@ -20,8 +20,7 @@ from benchmark.errors import ConfigError
 from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
-from benchmark.provenance import resolve_device
-from benchmark.svm import FitLog, check_solver, l2_normalize, resolve_costs, span_coordinates
+from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
 from benchmark.svm_paths import lowshot_sweep_torch
 
 from .common import BatchedSVMTask, resolve_layers, split_features
@@ -92,8 +91,7 @@ class LowShotPlaces205(BatchedSVMTask, Task):
         if any(k < folds for k in ks) and fallback_k is None:
             raise ConfigError(f"lowshot_places205: no k >= {folds} fits the smallest class ({smallest} images), "
                               f"so the validation selection has no cost for k < {folds}")
-        solver = check_solver(self.config["solver"], "lowshot_places205")
-        device = resolve_device(self.config["svm_device"]) if solver == "torch" else None
+        device = self.engine_device("lowshot_places205")
         directory = lowshot.sample_directory(ctx.run_dir, "lowshot_places205", train, ctx.seed)
         per = {}  # (k, sample) -> per-run results; the val scores are dropped once used (GBs at full size)
         log = FitLog()
@@ -113,7 +111,7 @@ class LowShotPlaces205(BatchedSVMTask, Task):
                 run["val_top1"] = self.top1_at(run.pop("scores"), run["chosen"], val.labels)
                 per[k, s] = run
 
-        solver_name = "liblinear+span" if device is None else f"torch-newton({device.type})"
+        solver_name = "liblinear+span" if device is None else self.engine_name(device)
         common = {"dataset": "places205", "layer": layer, "cost_list": cost_list, "solver": solver_name,
                   "n_train": len(train.labels), "n_test": len(val.labels), "fits": log.fits,
                   "not_converged": log.not_converged}

@@ -22,8 +22,7 @@ from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
 from benchmark.results import ResultStore, atomic_write_bytes
-from benchmark.provenance import resolve_device
-from benchmark.svm import FitLog, check_solver, l2_normalize, resolve_costs, span_coordinates, to_binary
+from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates, to_binary
 from benchmark.svm_paths import cv_costs_torch, lowshot_sweep_torch
 
 from .common import BatchedSVMTask, resolve_layers, split_features
@@ -164,8 +163,7 @@ class LowShotVOC07(BatchedSVMTask, Task):
         test = load_voc(ctx.data_root, self.config["test_split"])
         X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, self.config["image_size"])[layer])
         X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, self.config["image_size"])[layer])
-        solver = check_solver(self.config["solver"], "lowshot_voc07")
-        device = resolve_device(self.config["svm_device"]) if solver == "torch" else None
+        device = self.engine_device("lowshot_voc07")
         if device is None:
             # every sample is a subset of trainval: one exact change of basis serves all of them
             X_train, X_test = span_coordinates(X_train, X_test) if len(X_train) < X_train.shape[1] else (X_train, X_test)
@@ -195,7 +193,7 @@ class LowShotVOC07(BatchedSVMTask, Task):
         else:
             aps, chosen, sources, logs = _sweep_torch(X_train, X_test, test.labels, flat_samples, costs,
                                                       self.config["folds"], fallback.get, device)
-            solver_name = f"torch-newton({device.type})"
+            solver_name = self.engine_name(device)
         not_converged = sum(log.not_converged for log in logs)
         fits = sum(log.fits for log in logs)
         self.save_arrays(ctx, model, layer, ks, costs, aps)

@@ -13,8 +13,7 @@ from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.registry import TASKS
-from benchmark.svm import check_solver, resolve_costs, voc07_svm
-from benchmark.provenance import resolve_device
+from benchmark.svm import resolve_costs, voc07_svm
 from benchmark.svm_paths import voc07_svm_torch
 
 from .common import BatchedSVMTask, resolve_layers, split_features
@@ -63,12 +62,11 @@ class VOC07SVM(BatchedSVMTask, Task):
         cost_list, costs = resolve_costs(self.config["costs"], "voc07_svm")
         train_feats, train_labels = self.features(ctx, model, self.config["train_split"])
         test_feats, test_labels = self.features(ctx, model, self.config["test_split"])
-        solver = check_solver(self.config["solver"], "voc07_svm")
-        if solver == "torch":
-            device = resolve_device(self.config["svm_device"])
+        device = self.engine_device("voc07_svm")
+        if device is not None:
             results = voc07_svm_torch(train_feats[layer], train_labels, test_feats[layer], test_labels,
                                       costs=costs, folds=self.config["folds"], device=device)
-            solver = f"torch-newton({device.type})"
+            solver = self.engine_name(device)
         else:
             results = voc07_svm(train_feats[layer], train_labels, test_feats[layer], test_labels,
                                 costs=costs, folds=self.config["folds"], n_jobs=self.config["n_jobs"],

@@ -49,6 +49,11 @@ class Pretrainer:
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError
 
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        """What ``build`` writes into the run directory (a trained trunk's checkpoints), for the
+        disk-space estimate made before a run starts."""
+        return 0
+
 
 class Task:
     """One evaluation. Declares ``options`` (key -> default), splits work into ``units`` (for
@@ -74,6 +79,15 @@ class Task:
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
         """Work shared by all units of a model, done once before them (e.g. feature extraction)."""
+
+    def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
+        """The feature-cache entries (``benchmark.diskspace.FeatureNeed``) the units of one model
+        read, for the disk-space estimate made before a run starts."""
+        return []
+
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        """What one unit writes into the run directory besides its results (training checkpoints)."""
+        return 0
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         raise NotImplementedError

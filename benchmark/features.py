@@ -9,9 +9,11 @@ extraction never leaves a half-written entry behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from tqdm.auto import tqdm
 from .datasets.images import ImageFileDataset
 from .errors import DatasetError, FeatureError
 from .models import FrozenBackbone
+from .paths import disk_full, inside, is_disk_full, temporary_path
+from .results import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -43,45 +47,119 @@ class FeatureKey:
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path):
+    """Entries are ``.npy`` files with a ``.json`` of metadata (the key, shape, size and a checksum
+    of the file's first and last MiB); an entry that does not match its metadata (truncated,
+    emptied, overwritten) is reported, named, and extracted again."""
+
+    def __init__(self, root: str | Path, warn=None):
         self.root = Path(root)
+        self.warn = warn or (lambda message: print(message, file=sys.stderr))
 
     def _path(self, key: FeatureKey) -> Path:
         digest = key.digest()
-        return self.root / digest[:2] / f"{digest}.npy"
+        return inside(self.root, digest[:2], f"{digest}.npy")
 
     def get(self, key: FeatureKey) -> np.ndarray | None:
         path = self._path(key)
         if not path.exists():
             return None
-        return np.load(path, mmap_mode="r")
+        array, problem = open_entry(path)
+        if problem:
+            self.warn(f"ssl-bench: warning: feature cache entry {path} {problem}; extracting it again")
+            return None
+        return array
 
     def writer(self, key: FeatureKey, shape: tuple[int, int]) -> "_EntryWriter":
         return _EntryWriter(self._path(key), key, shape)
 
 
+SAMPLE_BYTES = 2**20
+
+
+def sample_digest(path: Path) -> str:
+    """sha256 of the file's first and last MiB: cheap on multi-GB entries, and catches a zeroed
+    or overwritten tail that the size alone would not."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        digest.update(handle.read(SAMPLE_BYTES))
+        handle.seek(max(0, size - SAMPLE_BYTES))
+        digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def open_entry(path: Path) -> tuple[np.ndarray | None, str]:
+    """(memory-mapped features, "") for an intact entry; (None, what is wrong) otherwise."""
+    meta_path = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        shape = (int(meta["n"]), int(meta["dim"]))
+    except FileNotFoundError:
+        return None, f"has no metadata file {meta_path.name}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"has unreadable metadata {meta_path.name} ({type(exc).__name__}: {exc})"
+    size = path.stat().st_size
+    if "bytes" in meta and size != meta["bytes"]:
+        return None, f"has {size} bytes where its metadata says {meta['bytes']} (truncated or altered)"
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        return None, f"cannot be read as a .npy array ({type(exc).__name__}: {exc})"
+    if array.shape != shape or array.dtype != np.float32:
+        return None, f"holds a {array.dtype} array of shape {array.shape} where its metadata says float32 {shape}"
+    if "sample_sha256" in meta and sample_digest(path) != meta["sample_sha256"]:
+        return None, "does not match the checksum in its metadata (altered)"
+    return array, ""
+
+
 class _EntryWriter:
-    """Fills a memory-mapped temporary .npy; ``commit`` renames it into place atomically."""
+    """Fills a memory-mapped temporary .npy; ``commit`` renames it into place atomically.
+
+    The file's blocks are allocated up front: a disk too small for the entry is an error here,
+    not a SIGBUS in the middle of extraction when a page of the memory map cannot be written."""
 
     def __init__(self, path: Path, key: FeatureKey, shape: tuple[int, int]):
         self.path = path
         self.key = key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)
+        self.tmp = temporary_path(path, keep_suffix=True)
+        needed = shape[0] * shape[1] * 4
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)
+            with open(self.tmp, "r+b") as handle:
+                needed = os.fstat(handle.fileno()).st_size
+                _preallocate(handle.fileno(), needed)
+        except BaseException as exc:
+            self.abort()
+            if is_disk_full(exc):
+                raise disk_full(path, exc, needed) from exc
+            raise
 
     def commit(self, meta: dict) -> None:
         self.array.flush()
         del self.array
-        os.replace(self.tmp, self.path)
-        meta_tmp = self.path.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps({**asdict(self.key), **meta}, indent=1))
-        os.replace(meta_tmp, self.path.with_suffix(".json"))
+        record = {**asdict(self.key), **meta, "bytes": self.tmp.stat().st_size,
+                  "sample_sha256": sample_digest(self.tmp)}
+        try:  # metadata first: an entry file never exists without the metadata that checks it
+            atomic_write_text(self.path.with_suffix(".json"), json.dumps(record, indent=1))
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if hasattr(self, "array"):
             del self.array
         self.tmp.unlink(missing_ok=True)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # file systems without fallocate (some NFS, ZFS): sparse as before
+        raise
 
 
 @dataclass
@@ -196,9 +274,11 @@ def cached_features(
         return result
 
     dims = _layer_dims(backbone, missing, input_size)
-    writers = {layer: cache.writer(keys[layer], (len(image_paths), dims[layer])) for layer in missing}
+    writers = {}
     start = time.perf_counter()
     try:
+        for layer in missing:
+            writers[layer] = cache.writer(keys[layer], (len(image_paths), dims[layer]))
         extract_features(
             backbone, image_paths, missing, transform, device=device, batch_size=batch_size,
             num_workers=num_workers, sinks={layer: w.array for layer, w in writers.items()},
@@ -213,10 +293,15 @@ def cached_features(
     seconds = time.perf_counter() - start
     stats.images += len(image_paths)
     stats.seconds += seconds
-    for layer, writer in writers.items():
-        writer.commit({"n": len(image_paths), "dim": dims[layer], "extract_seconds": seconds,
-                       "device": str(device)})
-        result[layer] = cache.get(keys[layer])
+    try:
+        for layer, writer in writers.items():
+            writer.commit({"n": len(image_paths), "dim": dims[layer], "extract_seconds": seconds,
+                           "device": str(device)})
+            result[layer] = cache.get(keys[layer])
+    except BaseException:
+        for writer in writers.values():  # the entries not committed yet leave no temporary file
+            writer.abort()
+        raise
     return result
 
 

@@ -9,6 +9,7 @@ selection; the numbers are selected on test, which the report says). ssl-bench a
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from .errors import DatasetError
+from .paths import inside
 from .results import atomic_write_bytes
 from .svm import FitLog, cv_average_precision, fit_svm
 
@@ -72,7 +74,12 @@ def load_or_draw(path: Path, draw) -> np.ndarray:
     """Samples are files: drawn once from the recorded seed, then always read back, so a rerun or
     another machine uses the identical images."""
     if path.exists():
-        return np.load(path)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            # the draw is a function of the recorded seed: drawing again restores the same sample
+            print(f"ssl-bench: warning: low-shot sample file {path} is damaged ({type(exc).__name__}: {exc}); "
+                  f"drawing it again from its seed", file=sys.stderr)
     sample = draw()
     buffer = io.BytesIO()
     np.save(buffer, sample)
@@ -124,7 +131,7 @@ def check_places_sample(indices: np.ndarray, labels: np.ndarray, num_classes: in
 
 def sample_directory(run_dir: Path, task: str, split, seed: int) -> Path:
     """Samples belong to a dataset split (fingerprinted) and a seed, never to a model."""
-    return run_dir / "lowshot_samples" / task / f"{split.split}-{split.fingerprint()[:12]}" / f"seed{seed}"
+    return inside(run_dir, "lowshot_samples", task, f"{split.split}-{split.fingerprint()[:12]}", f"seed{seed}")
 
 
 # --- training and selection ----------------------------------------------------------------

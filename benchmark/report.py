@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .lowshot import TEST_SELECTED
+from .paths import disk_full, inside, is_disk_full, temporary_path
 from .results import ResultStore, atomic_write_text
 
 # normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
@@ -94,11 +95,24 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
     return path
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = temporary_path(path, keep_suffix=True)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise
+    finally:
+        plt.close(fig)
 
 
 def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
@@ -138,11 +152,8 @@ def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
         fig.tight_layout()
-        path = run_dir / f"{task}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        tmp.replace(path)
+        path = inside(run_dir, f"{task}.png")
+        _save_figure(fig, path)
         paths.append(path)
     return paths
 

@@ -2,22 +2,45 @@
 
 A unit's file appears complete or not at all (temporary file + rename), so a unit killed half-way
 leaves no partial row, concurrent units never write the same file, and "is this unit done?" is a
-file lookup. Every row carries its provenance.
+file lookup. Every row carries its provenance. Next to each unit file, a small record holds its
+row count, size and checksum: a file damaged later (truncated, emptied, edited) is recognised,
+named, and the unit counts as not done.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from .errors import BenchmarkError
+from .paths import disk_full, inside, is_disk_full, temporary_path
+
 KEY_COLUMNS = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample"]
 ORDER_FIRST = KEY_COLUMNS + ["value"]
+TEXT_COLUMNS = ("class", "k", "sample", "layer", "weights_sha256", "config_hash", "git_sha")
+RECORD_SUFFIX = ".record.json"
+
+
+class DamagedResultsError(BenchmarkError):
+    """Result files whose content does not match their record."""
 
 
 def unit_filename(unit_id: str) -> str:
+    """A readable slug plus a hash of the exact unit id: ids that differ only in characters the
+    slug cannot keep ("moco v2" and "moco:v2") still get different files."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "__", unit_id)[:96].lstrip(".") or "unit"
+    return f"{slug}--{hashlib.sha256(unit_id.encode()).hexdigest()[:12]}.csv"
+
+
+def legacy_unit_filename(unit_id: str) -> str:
+    """The file name of ssl-bench versions before unit file names were made injective."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "__", unit_id) + ".csv"
 
 
@@ -26,36 +49,130 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path = Path(path)
+    tmp = temporary_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a failed write leaves neither a partial file nor litter
+        if is_disk_full(exc):
+            raise disk_full(path, exc, len(data)) from exc
         raise
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                       na_values=[""])
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def record_path(unit_file: Path) -> Path:
+    return unit_file.with_name(unit_file.stem + RECORD_SUFFIX)
 
 
 class ResultStore:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.units_dir = self.run_dir / "units"
+        self.damaged: list[str] = []  # "path: problem" of the files the last load() left out
 
     def unit_path(self, unit_id: str) -> Path:
-        return self.units_dir / unit_filename(unit_id)
+        return inside(self.run_dir, "units", unit_filename(unit_id))
 
-    def is_done(self, unit_id: str, config_hash: str) -> bool:
-        """Done = a result file exists for this unit AND was produced by the same config."""
+    def inspect(self, path: Path) -> tuple[pd.DataFrame | None, str]:
+        """(rows, "") for an intact unit file; (None, what is wrong) for a damaged one."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return None, f"cannot be read ({exc.strerror})"
+        record_file = record_path(path)
+        try:
+            record = json.loads(record_file.read_text())
+            rows, size, digest = int(record["rows"]), int(record["bytes"]), str(record["sha256"])
+        except FileNotFoundError:
+            return self._inspect_legacy(path, data, record_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return None, f"its record {record_file.name} is unreadable ({type(exc).__name__}: {exc})"
+        if not data:
+            return None, f"is empty (its record says {rows} rows, {size} bytes)"
+        if len(data) != size:
+            return None, f"has {len(data)} bytes where its record says {size} ({rows} rows): truncated or altered"
+        if _digest(data) != digest:
+            return None, f"does not match the checksum in its record {record_file.name}: altered"
+        try:
+            frame = _read_csv(data)
+        except Exception as exc:  # noqa: BLE001 - any parser failure means the same: unusable
+            return None, f"cannot be parsed as CSV ({type(exc).__name__}: {exc})"
+        if len(frame) != rows:
+            return None, f"holds {len(frame)} rows where its record says {rows}"
+        if record.get("unit_id") is not None and not (frame.get("unit_id", pd.Series(dtype=str))
+                                                        .eq(record["unit_id"]).all()):
+            return None, f"holds rows of another unit than {record['unit_id']!r}"
+        return frame, ""
+
+    @staticmethod
+    def _inspect_legacy(path: Path, data: bytes, record_file: Path) -> tuple[pd.DataFrame | None, str]:
+        """Unit files of older versions have no record: trusted when they parse and sit under the
+        old name of the single unit they hold (their truncation cannot be detected)."""
+        missing = (f"has no record ({record_file.name}): it was cut off before its record was written, "
+                   f"or copied without it")
+        if not data:
+            return None, "is empty (0 bytes)"
+        try:
+            frame = _read_csv(data)
+        except Exception as exc:  # noqa: BLE001
+            return None, f"{missing}, and cannot be parsed as CSV ({type(exc).__name__}: {exc})"
+        ids = set(frame["unit_id"].astype(str)) if "unit_id" in frame else set()
+        if len(ids) == 1 and path.name == legacy_unit_filename(next(iter(ids))) and len(frame):
+            return frame, ""
+        return None, missing
+
+    def unit_state(self, unit_id: str, config_hash: str) -> tuple[str, str]:
+        """("done" | "missing" | "other-config" | "damaged", detail) of a unit's result file."""
         path = self.unit_path(unit_id)
         if not path.exists():
-            return False
-        frame = pd.read_csv(path, dtype=str)
-        if "config_hash" not in frame:  # not written by this store: rerun rather than trust it
-            return False
-        return bool(len(frame)) and (frame["config_hash"] == config_hash).all()
+            legacy = self.units_dir / legacy_unit_filename(unit_id)
+            if not legacy.is_file():
+                return "missing", ""
+            path = legacy
+        frame, problem = self.inspect(path)
+        if problem:
+            return "damaged", f"{path} {problem}"
+        if "unit_id" in frame and not frame["unit_id"].astype(str).eq(unit_id).all():
+            return "missing", ""  # a legacy file shared by two ids now holds the other one's rows
+        if "config_hash" not in frame or not len(frame) or not (frame["config_hash"] == config_hash).all():
+            return "other-config", str(path)
+        return "done", str(path)
+
+    def is_done(self, unit_id: str, config_hash: str) -> bool:
+        """Done = an intact result file exists for this unit AND was produced by the same config."""
+        return self.unit_state(unit_id, config_hash)[0] == "done"
+
+    def adopt_legacy(self, unit_id: str) -> Path | None:
+        """Move an intact unit file of an older version to its current name, with a record."""
+        legacy = self.units_dir / legacy_unit_filename(unit_id)
+        path = self.unit_path(unit_id)
+        if path.exists() or not legacy.is_file():
+            return None
+        frame, problem = self.inspect(legacy)
+        if problem or "unit_id" not in frame or not frame["unit_id"].astype(str).eq(unit_id).all():
+            return None
+        data = legacy.read_bytes()
+        self._write_record(path, unit_id, len(frame), data)
+        os.replace(legacy, path)
+        return path
+
+    def _write_record(self, path: Path, unit_id: str, rows: int, data: bytes) -> None:
+        atomic_write_text(record_path(path), json.dumps({"unit_id": unit_id, "rows": rows, "bytes": len(data),
+                                                         "sha256": _digest(data)}))
 
     def write_unit(self, unit_id: str, rows: list[dict]) -> Path:
         frame = pd.DataFrame(rows)
@@ -65,7 +182,11 @@ class ResultStore:
         frame["unit_id"] = unit_id
         frame = frame[ORDER_FIRST + [c for c in frame.columns if c not in ORDER_FIRST]]
         path = self.unit_path(unit_id)
-        atomic_write_text(path, frame.to_csv(index=False))
+        data = frame.to_csv(index=False).encode()
+        # the record first: a crash between the two writes leaves a file that fails its record
+        # (the unit reruns), never an unverifiable one
+        self._write_record(path, unit_id, len(frame), data)
+        atomic_write_bytes(path, data)
         path.with_suffix(".error.txt").unlink(missing_ok=True)
         return path
 
@@ -74,16 +195,31 @@ class ResultStore:
         atomic_write_text(path, message)
         return path
 
-    def load(self) -> pd.DataFrame:
-        files = sorted(self.units_dir.glob("*.csv"))
-        if not files:
+    def load(self, damaged: str = "raise") -> pd.DataFrame:
+        """All rows of all intact unit files. A damaged file is an error naming it
+        (``damaged="raise"``), or is left out with a warning and listed in ``self.damaged``
+        (``damaged="skip"``)."""
+        files = sorted(self.units_dir.glob("*.csv"), key=lambda f: (f.name.rsplit("--", 1)[0], f.name))
+        frames, self.damaged = [], []
+        for file in files:
+            frame, problem = self.inspect(file)
+            if problem:
+                self.damaged.append(f"{file} {problem}")
+            else:
+                frames.append(frame)
+        if self.damaged:
+            message = (f"{len(self.damaged)} damaged result file(s) in {self.units_dir}:\n  "
+                       + "\n  ".join(self.damaged)
+                       + f"\n'ssl-bench resume {self.run_dir}' recomputes the units of this run's plan")
+            if damaged == "raise":
+                raise DamagedResultsError(message)
+            print(f"ssl-bench: warning: {message}", file=sys.stderr)
+        if not frames:
             return pd.DataFrame(columns=ORDER_FIRST)
-        text = {c: str for c in ("class", "k", "sample", "layer", "weights_sha256", "config_hash", "git_sha")}
-        frames = [pd.read_csv(f, dtype=text, keep_default_na=False, na_values=[""]) for f in files]
         return pd.concat(frames, ignore_index=True, sort=False)
 
-    def gather(self) -> Path:
+    def gather(self, damaged: str = "raise") -> Path:
         """Write results.csv (all rows of all finished units) atomically."""
         path = self.run_dir / "results.csv"
-        atomic_write_text(path, self.load().to_csv(index=False))
+        atomic_write_text(path, self.load(damaged).to_csv(index=False))
         return path

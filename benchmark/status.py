@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import dataclass
 
+from .paths import process_alive
 from .results import ResultStore
 from .runner import Plan, Unit
 
@@ -18,34 +18,36 @@ class UnitState:
     log: str = ""
 
 
-def _alive(pid: int) -> bool:
+def _read_marker(marker) -> dict:
+    """The running marker's content; {} when it vanished or was cut off (its writer is gone)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        info = json.loads(marker.read_text())
+        return info if isinstance(info, dict) and str(info.get("pid", "")).isdigit() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def unit_state(store: ResultStore, unit: Unit) -> UnitState:
     path = store.unit_path(unit.unit_id)
-    if store.is_done(unit.unit_id, unit.config_hash):
-        return UnitState("done", str(path))
+    result, detail = store.unit_state(unit.unit_id, unit.config_hash)
+    if result == "done":
+        return UnitState("done", detail)
     marker = path.with_suffix(".running")
-    if marker.exists():
-        info = json.loads(marker.read_text() or "{}")
+    info = _read_marker(marker) if marker.exists() else {}
+    if info:
         here = info.get("host") == socket.gethostname()
-        if not here or _alive(int(info.get("pid", -1))):
+        if not here or process_alive(int(info["pid"])):
             where = f"pid {info.get('pid')} on {info.get('host')}" + (f", job {info['job_id']}" if info.get("job_id") else "")
             return UnitState("running", where, info.get("log", ""))
         # the process that wrote the marker is gone: the unit was interrupted and will rerun
     error = path.with_suffix(".error.txt")
     if error.exists():
-        text = error.read_text()
+        text = error.read_text(errors="replace")
         log = next((line[5:] for line in text.splitlines() if line.startswith("log: ")), "")
-        return UnitState("failed", text.splitlines()[0] if text else "", log or str(error))
-    if path.exists():
+        return UnitState("failed", text.splitlines()[0] if text else f"(empty error file {error})", log or str(error))
+    if result == "damaged":
+        return UnitState("pending", f"damaged result file, will rerun: {detail}")
+    if result == "other-config":
         return UnitState("pending", "result from another config; will rerun")
     return UnitState("pending")
 

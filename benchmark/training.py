@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .paths import disk_full, is_disk_full, temporary_path
+
 
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
@@ -25,10 +27,16 @@ def seed_worker(worker_id: int) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a checkpoint is whole or absent, and leaves no litter
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise
 
 
 def load_matching_checkpoint(path: Path, fmt: int, fingerprint: str, tag: str) -> dict | None:

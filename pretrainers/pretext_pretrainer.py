@@ -13,10 +13,12 @@ import json
 
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash, validate_options
+from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
-from benchmark.models import create_model
+from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
+from benchmark.paths import inside
 from benchmark.registry import PRETRAINERS
 
 from . import freeze
@@ -39,6 +41,9 @@ class PretextPretrainer(Pretrainer):
         "method_options": {},
     }
 
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        return training_checkpoint_bytes(arch.name)
+
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config
         where = f"model '{model_name}'"
@@ -54,7 +59,7 @@ class PretextPretrainer(Pretrainer):
         fingerprint = data_fingerprint(paths, root)
         # an option added later stays out of the hash at its default: earlier checkpoints are found
         identity = {k: v for k, v in cfg.items() if not (k == "optimizer" and v is None)}
-        path = ctx.run_dir / "checkpoints" / f"{model_name}-{config_hash({**identity, 'data': fingerprint})}.pth"
+        path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{config_hash({**identity, 'data': fingerprint})}.pth")
         if not path.exists():
             train_pretext(cfg["method"], cfg["data"], path, arch=cfg["arch"], epochs=cfg["epochs"],
                           batch_size=cfg["batch_size"], lr=cfg["lr"], image_size=cfg["image_size"], seed=cfg["seed"],

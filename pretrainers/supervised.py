@@ -17,10 +17,12 @@ from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash
 from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.voc import load_voc
+from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
-from benchmark.models import create_model
+from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
+from benchmark.paths import inside
 from benchmark.registry import PRETRAINERS
 from benchmark.training import atomic_torch_save, seed_everything, seed_worker
 
@@ -44,12 +46,15 @@ class Supervised(Pretrainer):
         "seed": 0,
     }
 
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        return training_checkpoint_bytes(arch.name)
+
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config
         if cfg["dataset"] != "voc07":
             raise ConfigError(f"model '{model_name}': supervised training supports dataset 'voc07' "
                               f"(multi-label), got '{cfg['dataset']}'")
-        path = ctx.run_dir / "checkpoints" / f"{model_name}-{config_hash(cfg)}.pth"
+        path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{config_hash(cfg)}.pth")
         if not path.exists():
             self.train(ctx, model_name, path)
         model = create_model(cfg["arch"], seed=cfg["seed"])

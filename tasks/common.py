@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmark.datasets.images import svm_transform
+from benchmark.diskspace import FeatureNeed
 from benchmark.engine import LoadedModel, RunContext
 from benchmark.errors import ConfigError
 from benchmark.features import cached_features
@@ -30,6 +31,13 @@ def split_features(ctx: RunContext, model: LoadedModel, data, dataset: str, spli
         dataset, split, data.fingerprint(), ctx.cache, device=ctx.device, batch_size=ctx.batch_size,
         num_workers=ctx.num_workers, stats=ctx.extraction,
     )
+
+
+def split_needs(arch: Architecture, dataset: str, splits: dict, layers, image_size: int | None) -> list[FeatureNeed]:
+    """The cache entries ``split_features`` writes for these loaded splits ({name: data})."""
+    size = image_size or arch.reference_input_size
+    return [FeatureNeed(dataset, name, layer, len(data.image_paths), size)
+            for name, data in splits.items() for layer in layers]
 
 
 class BatchedSVMTask:

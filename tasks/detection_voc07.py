@@ -43,10 +43,12 @@ from benchmark.detection.train import (
     resolve_schedule,
     train_detector,
 )
+from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.linear_heads import derived_seed
 from benchmark.models import Architecture
+from benchmark.paths import inside
 from benchmark.registry import TASKS
 
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
@@ -102,6 +104,9 @@ class DetectionVOC07(Task):
             raise ConfigError(f"detection_voc07: modes must be a non-empty list of {list(MODES)} without "
                               f"repetition, got {modes!r}")
         return list(modes)
+
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        return training_checkpoint_bytes(arch.name)
 
     def units(self, arch: Architecture) -> list[str]:
         check_c4(arch.build(), arch.name)  # fail at planning time for a non-ResNet architecture
@@ -271,7 +276,7 @@ class DetectionVOC07(Task):
                                    "proposals": identity, "train": train_data.fingerprint(),
                                    "test": test_data.fingerprint()})
         setup = self.setup(ctx, model, mode, fingerprint)
-        out_dir = ctx.run_dir / "detection_voc07" / model.name / f"{mode}-{fingerprint}"
+        out_dir = inside(ctx.run_dir, "detection_voc07", model.name, f"{mode}-{fingerprint}")
         untrained = None
         if cfg["evaluate_untrained"]:
             untrained = evaluate_detections(detect(detector, test_data, test_props, setup, ctx.device, "untrained",

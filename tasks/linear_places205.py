@@ -30,6 +30,7 @@ from benchmark.linear_heads import (
     train_linear_heads,
 )
 from benchmark.models import Architecture
+from benchmark.paths import inside
 from benchmark.registry import TASKS
 
 UNIT = "all-layers"
@@ -113,7 +114,7 @@ class LinearPlaces205(Task):
             "world_size": world_size, "train": _list_identity(train), "val": _list_identity(val),
             "num_classes": train.num_classes,
         })
-        out_dir = ctx.run_dir / "linear_places205" / model.name / fingerprint
+        out_dir = inside(ctx.run_dir, "linear_places205", model.name, fingerprint)
         setup = LinearSetup(
             layers=layers, num_classes=train.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
             eval_every=cfg["eval_every"], checkpoint_every=cfg["checkpoint_every"],

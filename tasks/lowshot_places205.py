@@ -23,7 +23,7 @@ from benchmark.registry import TASKS
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
 from benchmark.svm_paths import lowshot_sweep_torch
 
-from .common import BatchedSVMTask, resolve_layers, split_features
+from .common import BatchedSVMTask, resolve_layers, split_features, split_needs
 
 
 def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
@@ -72,6 +72,11 @@ class LowShotPlaces205(BatchedSVMTask, Task):
         for split in ("train", "val"):
             data = load_places205(self.root(ctx), split)
             split_features(ctx, model, data, "places205", split, layers, self.config["image_size"])
+
+    def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
+        splits = {split: load_places205(self.root(ctx), split) for split in ("train", "val")}
+        return split_needs(arch, "places205", splits, resolve_layers("lowshot_places205", self.config["layers"], arch),
+                           self.config["image_size"])
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit

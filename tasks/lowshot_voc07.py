@@ -20,12 +20,13 @@ from benchmark.datasets.voc import load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
+from benchmark.paths import inside
 from benchmark.registry import TASKS
 from benchmark.results import ResultStore, atomic_write_bytes
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates, to_binary
 from benchmark.svm_paths import cv_costs_torch, lowshot_sweep_torch
 
-from .common import BatchedSVMTask, resolve_layers, split_features
+from .common import BatchedSVMTask, resolve_layers, split_features, split_needs
 
 
 def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, folds, fallback_cost, seed):
@@ -127,7 +128,7 @@ class LowShotVOC07(BatchedSVMTask, Task):
     def full_data_costs(self, ctx, model, layer, Z_train, labels, costs, seed, device=None):
         """Per-class cost of the full-data VOC07 sweep of this layer: from the voc07_svm results of
         this run when they exist for the same weights and costs, else computed here (CV only)."""
-        df = ResultStore(ctx.run_dir).load()
+        df = ResultStore(ctx.run_dir).load(damaged="skip")  # a damaged unit's costs are computed here
         needed = {"weights_sha256", "cost_selection", "cost", "dataset"}
         if not df.empty and needed <= set(df.columns):
             rows = df[(df.metric == "AP") & (df.layer == layer) & (df.dataset == "voc07")
@@ -149,6 +150,11 @@ class LowShotVOC07(BatchedSVMTask, Task):
         layers = resolve_layers("lowshot_voc07", self.config["layers"], model.arch)
         for split in (self.config["train_split"], self.config["test_split"]):
             split_features(ctx, model, load_voc(ctx.data_root, split), "voc07", split, layers,
+                           self.config["image_size"])
+
+    def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
+        splits = {split: load_voc(ctx.data_root, split) for split in (self.config["train_split"], self.config["test_split"])}
+        return split_needs(arch, "voc07", splits, resolve_layers("lowshot_voc07", self.config["layers"], arch),
                            self.config["image_size"])
 
     def image_size(self, model: LoadedModel) -> int:
@@ -224,5 +230,5 @@ class LowShotVOC07(BatchedSVMTask, Task):
         """Test AP per (k x sample, cost, class), for analyses beyond the report."""
         buffer = io.BytesIO()
         np.savez(buffer, k=np.repeat(ks, self.config["num_samples"]), costs=np.array(costs), ap=aps)
-        path = ctx.run_dir / "lowshot" / model.name / (self.instance_name or "lowshot_voc07") / f"{layer}_ap.npz"
+        path = inside(ctx.run_dir, "lowshot", model.name, self.instance_name or "lowshot_voc07", f"{layer}_ap.npz")
         atomic_write_bytes(path, buffer.getvalue())

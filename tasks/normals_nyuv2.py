@@ -19,6 +19,7 @@ import torch
 
 from benchmark.config import config_hash
 from benchmark.datasets.nyuv2 import LABELED_FILE, NORMALS_FILE, NORMALS_SOURCES, SPLITS_FILE, load_nyuv2
+from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
@@ -26,6 +27,7 @@ from benchmark.normals.codebook import cached_codebook
 from benchmark.normals.metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES
 from benchmark.normals.model import PSP_BINS
 from benchmark.normals.train import HEADS, NormalsSchedule, NormalsSetup, train_normals
+from benchmark.paths import inside
 from benchmark.registry import TASKS
 
 UNIT = "res5"
@@ -97,6 +99,9 @@ class NormalsNYUv2(Task):
     def root(self, ctx: RunContext) -> Path:
         return ctx.data_root / self.config["data_dir"]
 
+    def checkpoint_bytes(self, arch: Architecture) -> int:
+        return training_checkpoint_bytes(arch.name)
+
     def units(self, arch: Architecture) -> list[str]:
         if arch.layers[:5] != ("conv1", "res2", "res3", "res4", "res5"):
             raise ConfigError(f"normals_nyuv2 needs a ResNet (a dilated conv1..res5 trunk); {arch.name} is not one")
@@ -150,7 +155,7 @@ class NormalsNYUv2(Task):
             "short_side": short_side, "decoder_channels": cfg["decoder_channels"], "seed": ctx.seed,
             "train": train_fp, "test": test_fp,
         })
-        out_dir = ctx.run_dir / "normals_nyuv2" / model.name / fingerprint
+        out_dir = inside(ctx.run_dir, "normals_nyuv2", model.name, fingerprint)
         setup = NormalsSetup(
             head=cfg["head"], schedule=schedule, short_side=short_side, codes=codes,
             decoder_channels=cfg["decoder_channels"], seed=ctx.seed, checkpoint_every=cfg["checkpoint_every"],

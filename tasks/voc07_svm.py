@@ -16,7 +16,7 @@ from benchmark.registry import TASKS
 from benchmark.svm import resolve_costs, voc07_svm
 from benchmark.svm_paths import voc07_svm_torch
 
-from .common import BatchedSVMTask, resolve_layers, split_features
+from .common import BatchedSVMTask, resolve_layers, split_features, split_needs
 
 
 @TASKS.register("voc07_svm")
@@ -51,6 +51,10 @@ class VOC07SVM(BatchedSVMTask, Task):
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
         for split in (self.config["train_split"], self.config["test_split"]):
             self.features(ctx, model, split)
+
+    def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
+        splits = {split: load_voc(ctx.data_root, split) for split in (self.config["train_split"], self.config["test_split"])}
+        return split_needs(arch, "voc07", splits, self.layers(arch), self.config["image_size"])
 
     def features(self, ctx: RunContext, model: LoadedModel, split: str):
         data = load_voc(ctx.data_root, split)

@@ -31,9 +31,14 @@ def _svm_rows(model: str, layer: str, mAP: float, aps: dict[str, float], not_con
 # --- ResultStore -------------------------------------------------------------------------------------
 
 
-def test_unit_filename_is_safe() -> None:
-    assert unit_filename("random/voc07_svm/res5") == "random__voc07_svm__res5.csv"
-    assert unit_filename("a b/c:d") == "a__b__c__d.csv"
+def test_unit_filename_is_safe_and_injective() -> None:
+    assert unit_filename("random/voc07_svm/res5").startswith("random__voc07_svm__res5--")
+    assert unit_filename("a b/c:d").startswith("a__b__c__d--")
+    names = ["moco v2/voc07_svm/res5", "moco:v2/voc07_svm/res5", "moco__v2/voc07_svm/res5", "moco  v2/voc07_svm/res5"]
+    files = [unit_filename(name) for name in names]
+    assert len(set(files)) == len(names)
+    assert all("/" not in f and f.endswith(".csv") and not f.startswith(".") for f in files)
+    assert not unit_filename("../../etc/passwd").startswith(".")
 
 
 def test_write_then_load_round_trips(tmp_path: Path) -> None:
@@ -43,7 +48,7 @@ def test_write_then_load_round_trips(tmp_path: Path) -> None:
              "note": text, "config_hash": "0123abc"}
             for i, (v, text) in enumerate(zip(values, ["", "NA", "a, b", 'say "hi"', "None", "x\ty"]))]
     path = store.write_unit("m/t/res5", rows)
-    assert path == tmp_path / "units" / "m__t__res5.csv"
+    assert path == tmp_path / "units" / unit_filename("m/t/res5") and path.name.startswith("m__t__res5--")
     df = store.load()
     assert len(df) == len(values)
     assert df["value"].tolist() == values  # exact: CSV keeps the shortest round-trip repr
@@ -94,7 +99,8 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
         store.write_unit(f"m/voc07_svm/{layer}", _svm_rows("m", layer, 10.0, {"cat": 10.0}))
     store.gather()
     names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert names == ["m__voc07_svm__conv1.csv", "m__voc07_svm__res5.csv", "results.csv"]
+    units = [unit_filename(f"m/voc07_svm/{layer}") for layer in ("conv1", "res5")]
+    assert names == sorted(units + [u.replace(".csv", ".record.json") for u in units] + ["results.csv"])
 
 
 def test_atomic_write_keeps_old_content_when_replace_fails(tmp_path: Path, monkeypatch) -> None:

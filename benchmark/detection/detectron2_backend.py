@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..paths import inside
 
 INSTALL = ("the detectron2 backend needs detectron2, which is not on PyPI: install it from source, "
            "pip install 'git+https://github.com/facebookresearch/detectron2.git' (matching your torch/CUDA), "
@@ -114,7 +115,7 @@ def run_detectron2(task, ctx, model, mode: str) -> list[dict]:  # pragma: no cov
                                 **{k: cfg_opts[k] for k in ("iterations", "milestones", "base_lr", "batch_size",
                                                             "warmup_iterations", "weight_decay")})
     fingerprint = config_hash({"weights": model.weights, "mode": mode, "options": cfg_opts, "seed": ctx.seed})
-    out_dir = ctx.run_dir / "detection_voc07" / model.name / f"detectron2-{mode}-{fingerprint}"
+    out_dir = inside(ctx.run_dir, "detection_voc07", model.name, f"detectron2-{mode}-{fingerprint}")
     weights = write_detectron2_checkpoint(model.backbone.model.state_dict(), out_dir / "converted.pkl")
     names = []
     for year, split, _ in task.split_names():

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
+from ..paths import inside
 from ..results import atomic_write_bytes
 
 # the only globals a proposal pickle may name: numpy array / dtype / scalar reconstruction
@@ -181,7 +182,7 @@ def selective_search(path: Path, mode: str = "fast", max_proposals: int = 2000) 
 def cache_path(cache_root: Path, identity: dict) -> Path:
     """Where generated proposals of one (dataset split, generator, settings[, weights]) live."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return Path(cache_root) / "proposals" / f"{identity.get('generator', 'proposals')}-{digest}.pkl"
+    return inside(cache_root, "proposals", f"{identity.get('generator', 'proposals')}-{digest}.pkl")
 
 
 def cached_proposals(path: Path, ids: list[str], generate) -> tuple[list[np.ndarray], list[np.ndarray]]:

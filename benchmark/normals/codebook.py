@@ -19,7 +19,7 @@ and the iteration limit, so a second run (or another model on the same data) rea
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,8 @@ import torch
 
 from ..config import config_hash
 from ..errors import DatasetError
+from ..paths import inside
+from ..results import atomic_write_bytes
 
 CACHE_DIR = "normals-codebook"
 
@@ -97,7 +99,7 @@ def sample_normals(normals_of: Callable[[int], tuple[np.ndarray, np.ndarray]], n
 def codebook_path(cache_root: Path, fingerprint: str, k: int, samples: int, seed: int, iterations: int) -> Path:
     key = config_hash({"data": fingerprint, "k": k, "samples": samples, "seed": seed, "iterations": iterations,
                        "method": "spherical-kmeans++"})
-    return Path(cache_root) / CACHE_DIR / f"{key}-k{k}.npy"
+    return inside(cache_root, CACHE_DIR, f"{key}-k{k}.npy")
 
 
 def cached_codebook(cache_root: Path, fingerprint: str, k: int, normals_of, n_images: int, *,
@@ -105,14 +107,16 @@ def cached_codebook(cache_root: Path, fingerprint: str, k: int, normals_of, n_im
     """The (k, 3) codebook of this training data: read from the cache, or computed and stored."""
     path = codebook_path(cache_root, fingerprint, k, samples, seed, iterations)
     if path.exists():
-        codes = np.load(path)
-        if codes.shape == (k, 3) and np.all(np.isfinite(codes)):
-            return codes, path
+        try:
+            codes = np.load(path, allow_pickle=False)
+            if codes.shape == (k, 3) and np.all(np.isfinite(codes)):
+                return codes, path
+        except (ValueError, OSError, EOFError):
+            pass  # a damaged cache file: computed again and replaced below
     codes = spherical_kmeans(sample_normals(normals_of, n_images, samples, seed), k, seed, iterations)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, codes)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, codes)
+    atomic_write_bytes(path, buffer.getvalue())
     return codes, path
 
 

@@ -1,0 +1,106 @@
+"""Where ssl-bench may write: every output path stays inside its run directory or cache, and
+temporary files carry their writer's host and pid so that leftovers of a killed process can be
+recognised and removed without touching a live writer's files."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+from .errors import BenchmarkError
+
+
+class UnsafePathError(BenchmarkError):
+    """An output path built from names would resolve outside the directory it belongs to."""
+
+
+def inside(root: str | Path, *parts: str | Path) -> Path:
+    """``root/parts...``, refused unless it resolves inside ``root``.
+
+    Names are validated at load, but a path is only as safe as every name in it: this check holds
+    even for a name that slipped past validation (``..``, an absolute path, a planted symlink).
+    """
+    root = Path(root)
+    path = root.joinpath(*[str(part) for part in parts])
+    resolved_root = root.resolve()
+    resolved = path.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        shown = "/".join(str(part) for part in parts)
+        raise UnsafePathError(f"refusing to write '{shown}': it resolves to {resolved}, outside {resolved_root}. "
+                              f"A suite, model, task or dataset name probably contains '..', '/' or an "
+                              f"absolute path; rename it")
+    return path
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def temporary_path(path: Path, keep_suffix: bool = False) -> Path:
+    """A hidden sibling of ``path`` to write before renaming it into place; ``keep_suffix`` for
+    writers that infer the format from the extension (matplotlib, numpy)."""
+    path = Path(path)
+    suffix = path.suffix if keep_suffix else ""
+    return path.with_name(f".{path.name}.{_host_tag()}.{os.getpid()}.tmp{suffix}")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete temporary files under ``root`` whose writer, a process on this host, is dead.
+
+    Files of other hosts are left alone (their pids mean nothing here: a SLURM job on another
+    node may be writing them right now), and so are files of live processes."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    here = _host_tag()
+    removed = []
+    for path in root.rglob(".*.tmp*"):
+        match = TEMPORARY.match(path.name)
+        if not match or match["host"] != here or process_alive(int(match["pid"])) or not path.is_file():
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class DiskFullError(BenchmarkError):
+    """A write failed because the file system is full (or the quota is exhausted)."""
+
+
+FULL_DISK_ERRNOS = (28, 122)  # ENOSPC, EDQUOT
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS
+
+
+def disk_full(path: Path, exc: OSError, needed: int | None = None) -> DiskFullError:
+    """The error to raise instead of ``exc``: names the file, the file system's free space and what
+    was needed."""
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    wanted = f" ({needed / 2**20:.1f} MiB needed)" if needed else ""
+    return DiskFullError(f"no space left on the file system of {path}{wanted}; {free} there ({exc.strerror}). "
+                         f"Free space, then 'ssl-bench resume' reruns what did not finish")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 import traceback
@@ -21,15 +20,16 @@ from typing import Callable
 import yaml
 
 from .config import Suite, config_hash, load_suite
+from .diskspace import RESULT_BYTES_PER_UNIT, FIXED_RUN_BYTES, Estimate, check_space, feature_bytes
 from .engine import LoadedModel, RunContext, Task
 from .errors import BenchmarkError, ConfigError
 from .features import FeatureCache
 from .models.backbone import get_architecture
+from .paths import remove_stale_temporaries
 from .provenance import measure, resolve_device, static_provenance
 from .registry import PRETRAINERS, TASKS, closest
 from .results import ResultStore, atomic_write_text
-
-MIN_FREE_BYTES = 512 * 2**20
+from .runlock import RunLock, command_line
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,37 @@ def select(names: list[str] | None, available: list[str], what: str) -> list[str
 
 
 def check_writable(directory: Path, what: str) -> None:
-    """Fail before any work when results could not be saved (unwritable dir, full disk)."""
+    """Fail before any work when results could not be saved (unwritable dir)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-probe"
+        probe = directory / f".write-probe.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise BenchmarkError(f"{what} {directory} is not writable ({exc.strerror}); choose another with --out/--cache") from exc
-    free = shutil.disk_usage(directory).free
-    if free < MIN_FREE_BYTES:
-        raise BenchmarkError(f"{what} {directory} has only {free / 2**20:.0f} MiB free; at least "
-                             f"{MIN_FREE_BYTES // 2**20} MiB are needed. Free space or use --out/--cache elsewhere")
+
+
+def estimate_writes(plan: Plan, pending: list[Unit], tasks: dict[str, Task], ctx: RunContext) -> Estimate:
+    """An upper bound of what running ``pending`` writes: the features of every model with pending
+    units (all the entries its tasks read, shared entries once), checkpoints and results."""
+    specs = {m.name: m for m in plan.suite.models}
+    estimate = Estimate(run_bytes=FIXED_RUN_BYTES + RESULT_BYTES_PER_UNIT * len(pending))
+    needs, arch_of = {}, {}
+    checkpoints = 0
+    for model in dict.fromkeys(u.model for u in pending):
+        spec = specs[model]
+        arch = get_architecture(spec.options["arch"])
+        arch_of[model] = arch.name
+        checkpoints += PRETRAINERS.get(spec.pretrainer)(**spec.options).checkpoint_bytes(arch)
+        for task_name in dict.fromkeys(u.task for u in pending if u.model == model):
+            for need in tasks[task_name].feature_needs(ctx, arch):
+                needs[(model, need.dataset, need.split, need.layer, need.input_size)] = need
+        checkpoints += sum(tasks[u.task].checkpoint_bytes(arch) for u in pending if u.model == model)
+    estimate.cache_bytes, estimate.detail = feature_bytes(needs, arch_of)
+    estimate.run_bytes += checkpoints
+    estimate.detail.append(f"checkpoints {checkpoints / 2**20:,.1f} MiB, results and reports "
+                           f"{(estimate.run_bytes - checkpoints) / 2**20:,.1f} MiB")
+    return estimate
 
 
 def build_tasks(suite: Suite) -> dict[str, Task]:
@@ -138,7 +157,16 @@ def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
     if not invocation_path.is_file():
         raise BenchmarkError(f"{run_dir} is not a run directory (no invocation.json); pass the folder that "
                              f"'ssl-bench run' created, e.g. runs/goyal2019-mini")
-    invocation = json.loads(invocation_path.read_text())
+    try:
+        invocation = json.loads(invocation_path.read_text())
+        missing = [key for key in ("suite", "cache_dir", "data_root", "models", "tasks", "device")
+                   if key not in invocation]
+        problem = f"keys {missing} are missing" if missing else ""
+    except (ValueError, TypeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        raise BenchmarkError(f"{invocation_path} is damaged ({problem}); 'ssl-bench run' writes it: run the "
+                             f"suite again with the same options (finished units are kept)")
     suite = load_suite(invocation["suite"], run_dir / "config.yaml")
     plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
                     models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"])
@@ -184,35 +212,47 @@ class UnitRunner:
     def run(self, unit: Unit, summary: RunSummary) -> None:
         self.log(f"[ssl-bench] {unit.unit_id}")
         marker = self.store.unit_path(unit.unit_id).with_suffix(".running")
-        atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                              "job_id": os.environ.get("SLURM_JOB_ID", ""),
-                                              "log": self.log_path, "started": time.time()}))
         try:
+            atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                  "job_id": os.environ.get("SLURM_JOB_ID", ""),
+                                                  "log": self.log_path, "started": time.time()}))
             model = self.model(unit.model)
             with measure(self.device) as stats:
                 rows = self.tasks[unit.task].run(self.ctx, model, unit.unit)
+            spec = self.specs[unit.model]
+            provenance = {"model": unit.model, "task": unit.task, "pretrainer": spec.pretrainer,
+                          "arch": model.arch.name, "config_hash": unit.config_hash, "seed": self.ctx.seed,
+                          "weights_sha256": model.weights[:16], **stats, **static_provenance(self.device)}
+            # a full disk here fails this unit only; its earlier result file, if any, stays whole
+            self.store.write_unit(unit.unit_id, [{**row, **provenance} for row in rows])
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            where = f"log: {self.log_path}\n" if self.log_path else ""
-            self.store.write_error(unit.unit_id, message + "\n" + where + "\n" + traceback.format_exc())
-            summary.failed[unit.unit_id] = message
-            self.log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
+            self._fail(unit, summary, exc)
             return
         finally:
             marker.unlink(missing_ok=True)
-        spec = self.specs[unit.model]
-        provenance = {"model": unit.model, "task": unit.task, "pretrainer": spec.pretrainer,
-                      "arch": model.arch.name, "config_hash": unit.config_hash, "seed": self.ctx.seed,
-                      "weights_sha256": model.weights[:16], **stats, **static_provenance(self.device)}
-        self.store.write_unit(unit.unit_id, [{**row, **provenance} for row in rows])
         summary.done.append(unit.unit_id)
 
+    def _fail(self, unit: Unit, summary: RunSummary, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        where = f"log: {self.log_path}\n" if self.log_path else ""
+        try:
+            self.store.write_error(unit.unit_id, message + "\n" + where + "\n" + traceback.format_exc())
+        except (OSError, BenchmarkError) as error_exc:  # e.g. the disk is still full
+            message += f" (its error file could not be written either: {error_exc})"
+        summary.failed[unit.unit_id] = message
+        self.log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
 
-def pending_units(plan: Plan, force: bool = False) -> tuple[list[Unit], list[str]]:
+
+def pending_units(plan: Plan, force: bool = False,
+                  log: Callable[[str], None] = print) -> tuple[list[Unit], list[str]]:
     store = ResultStore(plan.run_dir)
     pending, skipped = [], []
     for unit in plan.units:
-        if not force and store.is_done(unit.unit_id, unit.config_hash):
+        store.adopt_legacy(unit.unit_id)
+        state, detail = store.unit_state(unit.unit_id, unit.config_hash)
+        if state == "damaged":
+            log(f"[ssl-bench] {detail}; {unit.unit_id} will run again")
+        if not force and state == "done":
             skipped.append(unit.unit_id)
         else:
             pending.append(unit)
@@ -223,19 +263,28 @@ def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
              log: Callable[[str], None] = print) -> RunSummary:
     check_writable(plan.run_dir, "run directory")
     check_writable(plan.cache_dir, "feature cache")
-    ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
-                           device=resolve_device(plan.device))
-    tasks = build_tasks(plan.suite)
-    for task_name in dict.fromkeys(u.task for u in plan.units):
-        tasks[task_name].check_data(ctx_probe)
-    write_plan(plan)
-    pending, skipped = pending_units(plan, force)
-    summary = RunSummary(plan.run_dir, skipped=skipped)
-    if not pending:
-        return summary
-    from .scheduler import execute
+    lock = RunLock(plan.run_dir, command_line()).acquire(log)
+    try:
+        for root in (plan.run_dir, plan.cache_dir):
+            removed = remove_stale_temporaries(root)
+            if removed:
+                log(f"[ssl-bench] removed {len(removed)} temporary file(s) of killed processes under {root}")
+        ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
+                               device=resolve_device(plan.device))
+        tasks = build_tasks(plan.suite)
+        for task_name in dict.fromkeys(u.task for u in plan.units):
+            tasks[task_name].check_data(ctx_probe)
+        pending, skipped = pending_units(plan, force, log)
+        check_space(estimate_writes(plan, pending, tasks, ctx_probe), plan.run_dir, plan.cache_dir)
+        write_plan(plan)
+        summary = RunSummary(plan.run_dir, skipped=skipped)
+        if not pending:
+            return summary
+        from .scheduler import execute
 
-    return execute(plan, pending, summary, executor or {"name": "local"}, log)
+        return execute(plan, pending, summary, executor or {"name": "local"}, log)
+    finally:
+        lock.release()
 
 
 def run_suite(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,

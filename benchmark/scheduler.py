@@ -122,5 +122,6 @@ def _execute_submitit(plan: Plan, pending: list[Unit], summary: RunSummary, cfg:
             summary.done.append(unit.unit_id)
         else:
             error = store.unit_path(unit.unit_id).with_suffix(".error.txt")
-            summary.failed[unit.unit_id] = error.read_text().splitlines()[0] if error.exists() else "no result"
+            lines = error.read_text(errors="replace").splitlines() if error.exists() else []
+            summary.failed[unit.unit_id] = lines[0] if lines else f"no result (see {error})"
     return summary

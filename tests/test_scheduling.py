@@ -206,5 +206,6 @@ def test_unwritable_or_full_results_dir_fails_before_any_work(tiny, tmp_path, mo
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
-    assert "only 1 MiB free" in err and "--out" in err
+    assert "only 1.0 MiB are free" in err and "--out" in err and str(tmp_path / "runs" / "tiny") in err
+    assert "features of random" in err
     assert not (tmp_path / "runs" / "tiny" / "units").exists()

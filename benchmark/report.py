@@ -161,9 +161,9 @@ def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
 def write_report(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     store = ResultStore(run_dir)
-    df = store.load()
+    df = store.load(damaged="skip")  # intact units still make a leaderboard; the damaged are listed
     table = leaderboard(df)
-    paths = {"results": store.gather(), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
+    paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["csv"], table.to_csv())
     lines = [f"# Leaderboard: {run_dir.name}", ""]
     if table.empty:
@@ -178,7 +178,11 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                           "mAP): optimistic numbers, kept for comparison with published results.", ""]
             lines += [sub.to_markdown(floatfmt=".2f"), ""]
         lines += _protocol_lines(df)
-    for title, notes in (("Skipped", skipped_notes(df)), ("Convergence warnings", convergence_notes(df))):
+    damaged = [f"- {problem}" for problem in store.damaged]
+    if damaged:
+        damaged.append(f"\nTheir units count as not done: `ssl-bench resume {run_dir}` recomputes them.")
+    for title, notes in (("Skipped", skipped_notes(df)), ("Convergence warnings", convergence_notes(df)),
+                         ("Damaged result files (left out)", damaged)):
         if notes:
             lines += ["", f"## {title}", ""] + notes
     png = plot_layers(df, run_dir / "leaderboard.png")

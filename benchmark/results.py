@@ -218,8 +218,8 @@ class ResultStore:
             return pd.DataFrame(columns=ORDER_FIRST)
         return pd.concat(frames, ignore_index=True, sort=False)
 
-    def gather(self, damaged: str = "raise") -> Path:
-        """Write results.csv (all rows of all finished units) atomically."""
+    def gather(self, damaged: str = "raise", rows: pd.DataFrame | None = None) -> Path:
+        """Write results.csv (all rows of all finished units, or ``rows`` already loaded) atomically."""
         path = self.run_dir / "results.csv"
-        atomic_write_text(path, self.load(damaged).to_csv(index=False))
+        atomic_write_text(path, (self.load(damaged) if rows is None else rows).to_csv(index=False))
         return path

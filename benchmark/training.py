@@ -39,12 +39,28 @@ def atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
-def load_matching_checkpoint(path: Path, fmt: int, fingerprint: str, tag: str) -> dict | None:
-    """A training checkpoint to resume from, or None when there is none or it was written by
-    another format or configuration (then training starts afresh, and says so)."""
+def load_resume_state(path: Path, tag: str, map_location="cpu") -> dict | None:
+    """A training state to resume from, or None when there is none or it cannot be read (cut off
+    by a full disk, damaged): training then starts afresh, which gives the same weights, and says so."""
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch reports damage as RuntimeError, EOFError, UnpicklingError...
+        print(f"[{tag}] {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); starting afresh")
+        return None
+    if not isinstance(state, dict):
+        print(f"[{tag}] {path} does not hold a training state; starting afresh")
+        return None
+    return state
+
+
+def load_matching_checkpoint(path: Path, fmt: int, fingerprint: str, tag: str) -> dict | None:
+    """A training checkpoint to resume from, or None when there is none, it cannot be read, or it
+    was written by another format or configuration (then training starts afresh, and says so)."""
+    state = load_resume_state(path, tag)
+    if state is None:
+        return None
     if state.get("format") != fmt or state.get("fingerprint") != fingerprint:
         print(f"[{tag}] {path} was made with another configuration; starting afresh")
         return None

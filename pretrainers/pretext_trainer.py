@@ -42,7 +42,7 @@ from benchmark.linear_heads import derived_seed, epoch_order, rng_state, set_rng
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.provenance import resolve_device
-from benchmark.training import atomic_torch_save
+from benchmark.training import atomic_torch_save, load_resume_state
 
 from .lars import LARS
 from .pretext import PRETEXT_METHODS, PretextMethod
@@ -317,8 +317,8 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     log_path = out.with_name(out.stem + ".log.csv")
     start, history, sums, log_bytes, log_columns = 0, [], {}, None, None
     torch.manual_seed(derived_seed(seed, _RUN_TAG))  # what forward() draws (MoCo's key shuffle, dropout)
-    if partial.exists():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
+    state = load_resume_state(partial, "pretext")
+    if state is not None:
         if state.get("format") == CHECKPOINT_FORMAT and state.get("run_id") == run_id:
             model.load_state_dict(state["method"])
             optimizer.load_state_dict(state["optimizer"])

@@ -24,7 +24,7 @@ from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.paths import inside
 from benchmark.registry import PRETRAINERS
-from benchmark.training import atomic_torch_save, seed_everything, seed_worker
+from benchmark.training import atomic_torch_save, load_resume_state, seed_everything, seed_worker
 
 from . import freeze
 
@@ -90,8 +90,8 @@ class Supervised(Pretrainer):
         # ends with the weights an uninterrupted run would have
         partial = path.with_name(path.stem + ".partial.pth")
         start_epoch = 0
-        if partial.exists():
-            state = torch.load(partial, map_location=ctx.device, weights_only=True)
+        state = load_resume_state(partial, "supervised", map_location=ctx.device)
+        if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

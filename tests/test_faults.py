@@ -572,3 +572,40 @@ def test_jobs_of_the_driver_are_not_blocked_by_its_lock(tiny, tmp_path, monkeypa
     assert result["done"] == ["other/voc07_svm/res5"] and not result["failed"]
     assert {k: v for k, v in _hashes(run_dir).items() if k in before} == before
     pd.testing.assert_frame_equal(_rows(run_dir), _rows(tiny["run_dir"]))
+
+
+# --- other files read back ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", [_empty, _cut_in_half, _garbage], ids=["empty", "cut_in_half", "garbage"])
+def test_a_damaged_proposal_cache_file_is_generated_again(tmp_path, capsys, damage) -> None:
+    from benchmark.detection.proposals import cache_path, cached_proposals
+
+    ids = ["000001", "000002"]
+    calls = []
+
+    def generate():
+        calls.append(1)
+        rng = np.random.default_rng(0)
+        return [rng.uniform(0, 50, (4, 4)).astype(np.float32) for _ in ids], [np.ones(4, np.float32) for _ in ids]
+
+    path = cache_path(tmp_path, {"generator": "test", "data": "abc"})
+    first = cached_proposals(path, ids, generate)
+    damage(path)
+    again = cached_proposals(path, ids, generate)
+    assert len(calls) == 2 and str(path) in capsys.readouterr().err
+    for a, b in zip(first[0], again[0]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", [_empty, _cut_in_half, _garbage], ids=["empty", "cut_in_half", "garbage"])
+def test_a_damaged_training_checkpoint_restarts_training(tmp_path, capsys, damage) -> None:
+    from benchmark.training import atomic_torch_save, load_matching_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"format": 1, "fingerprint": "f", "weights": torch.arange(50_000.0)}, path)
+    assert load_matching_checkpoint(path, 1, "f", "detection")["fingerprint"] == "f"
+    damage(path)
+    assert load_matching_checkpoint(path, 1, "f", "detection") is None
+    out = capsys.readouterr().out
+    assert str(path) in out and "starting afresh" in out

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,14 @@ def cache_path(cache_root: Path, identity: dict) -> Path:
 def cached_proposals(path: Path, ids: list[str], generate) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Read ``path`` when it exists; otherwise ``generate()`` -> (boxes, scores) lists, written
     atomically with its identity next to it, so a second run (or another task) reuses them."""
-    if not path.exists():
+    content = None
+    if path.exists():
+        try:
+            content = read_proposals(path)
+        except DatasetError as exc:  # a damaged cache file: generated again and replaced
+            print(f"ssl-bench: warning: {exc}; generating the proposals again", file=sys.stderr)
+    if content is None:
         boxes, scores = generate()
         write_proposals(path, ids, boxes, scores)
-    return proposals_for(read_proposals(path), ids, f"proposal cache {path}")
+        content = read_proposals(path)
+    return proposals_for(content, ids, f"proposal cache {path}")

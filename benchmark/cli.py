@@ -34,10 +34,11 @@ def _executor(suite_executor: dict, name: str | None) -> dict:
 
 
 def cmd_run(args) -> int:
+    from .paths import inside
     from .runner import run_suite
 
     suite = load_suite(args.suite, args.config)
-    run_dir = Path(args.out) / suite.name
+    run_dir = inside(Path(args.out), suite.name)  # a suite name cannot place the run outside --out
     cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
     summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
                         device=args.device, force=args.force,

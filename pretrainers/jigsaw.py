@@ -34,6 +34,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from benchmark.errors import ConfigError
+from benchmark.paths import inside, temporary_path
 
 from .pretext import PRETEXT_METHODS, PretextMethod
 
@@ -78,7 +79,7 @@ def _cache_dir() -> Path:
 def permutation_set(n: int, seed: int = 0, selection: str = "maxmin") -> np.ndarray:
     """(n, 9) permutations chosen for maximal Hamming distance (see the module docstring); cached
     in memory and as ``.npy`` under ``$SSL_BENCH_CACHE`` (default ``~/.cache/ssl-bench``)."""
-    path = _cache_dir() / f"n{n}-seed{seed}-{selection}.npy"
+    path = inside(_cache_dir(), f"n{n}-seed{seed}-{selection}.npy")
     try:
         cached = np.load(path)
         if cached.shape == (n, TILES) and (np.sort(cached, 1) == np.arange(TILES)).all():
@@ -86,13 +87,13 @@ def permutation_set(n: int, seed: int = 0, selection: str = "maxmin") -> np.ndar
     except (OSError, ValueError):
         pass  # absent or unreadable: compute (a few seconds for 1,000)
     perms = _select(n, seed, selection)
+    tmp = temporary_path(path, keep_suffix=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
         np.save(tmp, perms)
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache only costs the recomputation
+        tmp.unlink(missing_ok=True)  # a read-only or full cache only costs the recomputation
     return perms
 
 

@@ -609,3 +609,12 @@ def test_a_damaged_training_checkpoint_restarts_training(tmp_path, capsys, damag
     assert load_matching_checkpoint(path, 1, "f", "detection") is None
     out = capsys.readouterr().out
     assert str(path) in out and "starting afresh" in out
+
+
+def test_a_suite_name_cannot_place_the_run_outside_out(tiny, tmp_path, capsys) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(tiny["config"].read_text().replace("  tiny:", '  "../../escape":'))
+    out = tmp_path / "a" / "runs"
+    assert main(["run", "--suite", "../../escape", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    assert "../../escape" in capsys.readouterr().err
+    assert not (tmp_path / "escape").exists() and not list(tmp_path.glob("*/escape"))

@@ -20,8 +20,15 @@ def default_config() -> Path:
 def _finish(summary, run_dir: Path) -> int:
     from .report import write_report
 
-    paths = write_report(run_dir)
-    print(f"\n{len(summary.done)} unit(s) run, {len(summary.skipped)} already done, {len(summary.failed)} failed")
+    counts = f"\n{len(summary.done)} unit(s) run, {len(summary.skipped)} already done, {len(summary.failed)} failed"
+    try:
+        paths = write_report(run_dir)
+    except BenchmarkError:  # e.g. a full disk: which units ran and failed is still worth saying
+        print(counts)
+        for unit_id, message in summary.failed.items():
+            print(f"FAILED {unit_id}: {message}", file=sys.stderr)
+        raise
+    print(counts)
     print(paths["md"].read_text())
     print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k != "results"))
     for unit_id, message in summary.failed.items():

@@ -81,6 +81,14 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     return removed
 
 
+def format_bytes(n: int) -> str:
+    if n < 10 * 2**10:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
+    return f"{n / 2**20:,.1f} MiB"
+
+
 class DiskFullError(BenchmarkError):
     """A write failed because the file system is full (or the quota is exhausted)."""
 
@@ -98,9 +106,9 @@ def disk_full(path: Path, exc: OSError, needed: int | None = None) -> DiskFullEr
     import shutil
 
     try:
-        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free"
+        free = f"{format_bytes(shutil.disk_usage(Path(path).parent).free)} free"
     except OSError:
         free = "free space unknown"
-    wanted = f" ({needed / 2**20:.1f} MiB needed)" if needed else ""
+    wanted = f" ({format_bytes(needed)} needed)" if needed else ""
     return DiskFullError(f"no space left on the file system of {path}{wanted}; {free} there ({exc.strerror}). "
                          f"Free space, then 'ssl-bench resume' reruns what did not finish")

@@ -238,7 +238,7 @@ class UnitRunner:
         try:
             self.store.write_error(unit.unit_id, message + "\n" + where + "\n" + traceback.format_exc())
         except (OSError, BenchmarkError) as error_exc:  # e.g. the disk is still full
-            message += f" (its error file could not be written either: {error_exc})"
+            message += f" (its error file could not be written either: {type(error_exc).__name__})"
         summary.failed[unit.unit_id] = message
         self.log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
 

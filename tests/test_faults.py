@@ -391,7 +391,7 @@ def test_a_full_disk_during_extraction_is_an_error_not_a_crash(tiny, tmp_path, m
                  "--cache", str(cache), "--device", "cpu"]) == 1
     captured = capsys.readouterr()
     error = store.unit_path("other/voc07_svm/res5").with_suffix(".error.txt").read_text()
-    assert "no space left" in error and str(cache) in error and "MiB needed" in error
+    assert "no space left" in error and str(cache) in error and "KiB needed" in error
     assert "FAILED other/voc07_svm/res5" in captured.err
     assert _hashes(run_dir) == before
     assert _temporaries(run_dir, cache) == [] and list(cache.rglob("*.npy")) == []
@@ -618,3 +618,38 @@ def test_a_suite_name_cannot_place_the_run_outside_out(tiny, tmp_path, capsys) -
     assert main(["run", "--suite", "../../escape", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
     assert "../../escape" in capsys.readouterr().err
     assert not (tmp_path / "escape").exists() and not list(tmp_path.glob("*/escape"))
+
+
+def test_a_really_full_run_directory_then_freed(tiny, tmp_path, monkeypatch, capsys) -> None:
+    """The run directory on a tmpfs filled up to the last pages: the units that cannot be saved
+    fail (or, when even the report cannot be written, the run stops with an error naming the
+    file); nothing finished changes, nothing temporary stays, and once space is freed a resume
+    completes with the same numbers."""
+    disk = _tmpfs(tmp_path / "small", "2m")
+    try:
+        run_dir = disk / "runs" / "tiny"
+        shutil.copytree(tiny["run_dir"], run_dir)
+        store = ResultStore(run_dir)
+        for unit_id in UNITS[2:]:
+            _remove_unit(store, unit_id)
+        before = _hashes(run_dir)
+        filler = disk / "filler"
+        with open(filler, "wb") as handle:
+            handle.write(b"\0" * (shutil.disk_usage(disk).free - 16 * 2**10))
+        monkeypatch.setenv("SSL_BENCH_SKIP_SPACE_CHECK", "1")
+        capsys.readouterr()
+        code = main(["resume", str(run_dir)])
+        captured = capsys.readouterr()
+        assert code in (1, 2) and "no space left" in captured.err and str(disk) in captured.err
+        assert "FAILED other/voc07_svm/res4: DiskFullError: no space left" in captured.err
+        assert "0 unit(s) run, 2 already done, 2 failed" in captured.out
+        assert {k: v for k, v in _hashes(run_dir).items() if k in before} == before
+        assert _temporaries(disk) == []
+        assert main(["status", str(run_dir)]) in (0, 1)
+        assert "2 done" in capsys.readouterr().out
+        filler.unlink()
+        assert main(["resume", str(run_dir)]) == 0
+        assert {k: v for k, v in _hashes(run_dir).items() if k in before} == before
+        pd.testing.assert_frame_equal(_rows(run_dir), _rows(tiny["run_dir"]))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -184,6 +184,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tiny, tmp
             os.killpg(process.pid, signal.SIGKILL)  # the driver and any worker it started
         process.wait()
     assert subprocess.run(command, stdout=subprocess.DEVNULL).returncode == 0
+    assert list(out.rglob(".*.tmp*")) == []  # the killed drivers' temporary files were cleaned up
     rows = _rows(out / "tiny")
     assert not rows.duplicated(KEY).any()
     pd.testing.assert_frame_equal(rows, _rows(reference_dir))

@@ -275,7 +275,8 @@ def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
         for task_name in dict.fromkeys(u.task for u in plan.units):
             tasks[task_name].check_data(ctx_probe)
         pending, skipped = pending_units(plan, force, log)
-        check_space(estimate_writes(plan, pending, tasks, ctx_probe), plan.run_dir, plan.cache_dir)
+        if pending:  # a finished run can always be reported again, even on a full disk
+            check_space(estimate_writes(plan, pending, tasks, ctx_probe), plan.run_dir, plan.cache_dir)
         write_plan(plan)
         summary = RunSummary(plan.run_dir, skipped=skipped)
         if not pending:

@@ -14,6 +14,7 @@ AP50:95 (``AP50_95``/``mAP50_95``) per class and averaged, x100.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from benchmark.linear_heads import derived_seed
 from benchmark.models import Architecture
 from benchmark.paths import inside
 from benchmark.registry import TASKS
+from benchmark.results import atomic_write_bytes
 
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
@@ -289,9 +291,10 @@ class DetectionVOC07(Task):
         if metrics is None:
             detections = detect(detector, test_data, test_props, setup, ctx.device, f"detect {model.name}",
                                 features and features["test"])
-            np.savez_compressed(out_dir / "detections.npz", images=detections.images, labels=detections.labels,
-                                scores=detections.scores, boxes=detections.boxes,
-                                ids=np.array(test_data.ids))
+            buffer = io.BytesIO()  # whole or absent, also on a full disk
+            np.savez_compressed(buffer, images=detections.images, labels=detections.labels,
+                                scores=detections.scores, boxes=detections.boxes, ids=np.array(test_data.ids))
+            atomic_write_bytes(out_dir / "detections.npz", buffer.getvalue())
             metrics = {k: torch.as_tensor(v) for k, v in
                        evaluate_detections(detections, test_data.ground_truth, len(VOC_CLASSES)).items()}
             mark_evaluated(out_dir, metrics)

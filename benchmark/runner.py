@@ -245,7 +245,10 @@ class UnitRunner:
                       "replicate": self.plan.replicate,
                       "determinism": "trained" if unit_trains(self.plan.suite, unit.model, unit.task) else "exact",
                       "weights_sha256": model.weights[:16], **stats, **static_provenance(self.device)}
-        self.store.write_unit(unit.unit_id, [{**row, **provenance} for row in rows])
+        # a task may mark rows computed without its training (evaluator checks) as exact itself
+        self.store.write_unit(unit.unit_id, [{**row, **provenance, "determinism": row.get("determinism",
+                                                                                      provenance["determinism"])}
+                                             for row in rows])
         summary.done.append(unit.unit_id)
 
 

@@ -16,6 +16,7 @@ from . import freeze
 class CheckpointFile(Pretrainer):
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
     options = {"arch": "resnet50", "path": None, "which": "teacher"}
+    trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         if not self.config["path"]:

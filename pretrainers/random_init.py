@@ -10,6 +10,7 @@ from . import freeze
 @PRETRAINERS.register("random")
 class RandomInit(Pretrainer):
     options = {"arch": "resnet50", "seed": 0}
+    trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         arch, seed = self.config["arch"], self.config["seed"]

@@ -16,7 +16,7 @@ from benchmark.check import (BAND_FLOOR, BAND_MULTIPLIER, BASE_TOLERANCE, EXACT_
 from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.errors import BenchmarkError, ConfigError
-from benchmark.results import ResultStore
+from benchmark.results import ResultStore, record_path
 from benchmark.runner import UnitRunner, plan_run, unit_trains
 from benchmark.training import replicate_seed
 
@@ -235,17 +235,20 @@ def test_cli_planted_change_cut_reference_and_uncovered_rows(tiny_run, tmp_path,
     assert len(per_row) == len(ref) and set(per_row["rule"]) == {"exact"}
 
     unit = _unit_csvs(tiny_run)[0]
-    saved = unit.read_bytes()
+    record = record_path(unit)
+    saved, saved_record = unit.read_bytes(), record.read_bytes()
     try:  # the random model's mAP moved by one point: an exact number, so a failure
         frame = pd.read_csv(unit, dtype=str, keep_default_na=False)
         row = frame.index[frame.metric == "mAP"][0]
         frame.loc[row, "value"] = str(float(frame.loc[row, "value"]) + 1.0)
-        frame.to_csv(unit, index=False)
+        # saved through the store, as a run would (a hand-edited unit file fails its record instead)
+        assert ResultStore(tiny_run).write_unit(frame["unit_id"].iloc[0], frame.to_dict("records")) == unit
         assert main(["check", str(tiny_run), "--against", str(reference)]) == 1
         out = capsys.readouterr().out
         assert "1 moved beyond tolerance" in out and "| exact" in out and "RESULT: FAIL" in out
     finally:
         unit.write_bytes(saved)
+        record.write_bytes(saved_record)
 
     raw = reference.read_bytes()
     reference.write_bytes(raw[: len(raw) // 2])  # cut in half: an error (exit 2), not a pass

@@ -62,8 +62,8 @@ def parameter_bytes(arch_name: str) -> int:
 
 
 def training_checkpoint_bytes(arch_name: str) -> int:
-    """A training checkpoint of a trunk: weights, SGD momentum and the final weights."""
-    return 3 * parameter_bytes(arch_name)
+    """A resumable training checkpoint: the weights and their SGD momentum."""
+    return 2 * parameter_bytes(arch_name)
 
 
 @dataclass

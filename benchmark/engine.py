@@ -54,8 +54,9 @@ class Pretrainer:
         raise NotImplementedError
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
-        """What ``build`` writes into the run directory (a trained trunk's checkpoints), for the
-        disk-space estimate made before a run starts."""
+        """What ``build`` leaves in the run directory (the trained weights), for the disk-space
+        estimate made before a run starts; non-zero means it also writes a resumable training
+        state (weights and momentum) while it trains."""
         return 0
 
 

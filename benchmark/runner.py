@@ -20,7 +20,8 @@ from typing import Callable
 import yaml
 
 from .config import Suite, config_hash, load_suite
-from .diskspace import RESULT_BYTES_PER_UNIT, FIXED_RUN_BYTES, Estimate, check_space, feature_bytes
+from .diskspace import (FIXED_RUN_BYTES, RESULT_BYTES_PER_UNIT, Estimate, check_space, feature_bytes,
+                        training_checkpoint_bytes)
 from .engine import LoadedModel, RunContext, Task
 from .errors import BenchmarkError, ConfigError
 from .features import FeatureCache
@@ -94,16 +95,20 @@ def estimate_writes(plan: Plan, pending: list[Unit], tasks: dict[str, Task], ctx
     specs = {m.name: m for m in plan.suite.models}
     estimate = Estimate(run_bytes=FIXED_RUN_BYTES + RESULT_BYTES_PER_UNIT * len(pending))
     needs, arch_of = {}, {}
-    checkpoints = 0
+    checkpoints, training_state = 0, 0
     for model in dict.fromkeys(u.model for u in pending):
         spec = specs[model]
         arch = get_architecture(spec.options["arch"])
         arch_of[model] = arch.name
-        checkpoints += PRETRAINERS.get(spec.pretrainer)(**spec.options).checkpoint_bytes(arch)
+        kept = PRETRAINERS.get(spec.pretrainer)(**spec.options).checkpoint_bytes(arch)
+        checkpoints += kept
+        if kept:  # models train one after the other: one resumable training state at a time
+            training_state = max(training_state, training_checkpoint_bytes(arch.name))
         for task_name in dict.fromkeys(u.task for u in pending if u.model == model):
             for need in tasks[task_name].feature_needs(ctx, arch):
                 needs[(model, need.dataset, need.split, need.layer, need.input_size)] = need
         checkpoints += sum(tasks[u.task].checkpoint_bytes(arch) for u in pending if u.model == model)
+    checkpoints += training_state
     estimate.cache_bytes, estimate.detail = feature_bytes(needs, arch_of)
     estimate.run_bytes += checkpoints
     estimate.detail.append(f"checkpoints {checkpoints / 2**20:,.1f} MiB, results and reports "

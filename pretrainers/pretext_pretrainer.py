@@ -13,7 +13,7 @@ import json
 
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash, validate_options
-from benchmark.diskspace import training_checkpoint_bytes
+from benchmark.diskspace import parameter_bytes
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture, create_model
@@ -42,7 +42,7 @@ class PretextPretrainer(Pretrainer):
     }
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
-        return training_checkpoint_bytes(arch.name)
+        return parameter_bytes(arch.name)  # the trained weights; the training state is transient
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config

@@ -17,7 +17,7 @@ from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash
 from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.voc import load_voc
-from benchmark.diskspace import training_checkpoint_bytes
+from benchmark.diskspace import parameter_bytes
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture, create_model
@@ -47,7 +47,7 @@ class Supervised(Pretrainer):
     }
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
-        return training_checkpoint_bytes(arch.name)
+        return parameter_bytes(arch.name)  # the trained weights; the training state is transient
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config

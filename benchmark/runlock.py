@@ -27,6 +27,8 @@ class RunLockedError(BenchmarkError):
 
 
 def _describe(holder: dict) -> str:
+    if holder.get("pid") is None:
+        return "a process that is just starting (it has not written its pid yet)"
     started = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
     return f"pid {holder.get('pid')} on host {holder.get('host')}, started {when} ({holder.get('command', '?')})"
@@ -49,7 +51,7 @@ class RunLock:
 
     def acquire(self, log=print) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
+        self.handle = open(self.path, "a+", errors="replace")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,6 +71,8 @@ class RunLock:
                         else "if that pid is not ssl-bench, delete " + str(self.path))
                 raise RunLockedError(f"{self.path.parent} is in use by another ssl-bench: {_describe(holder)}; {hint}")
             log(f"[ssl-bench] taking over the lock of {self.path.parent} from a dead process ({_describe(holder)})")
+        elif "damaged" in holder:
+            log(f"[ssl-bench] replacing the unreadable lock file {self.path} (no process holds it)")
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),

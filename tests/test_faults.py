@@ -653,3 +653,12 @@ def test_a_really_full_run_directory_then_freed(tiny, tmp_path, monkeypatch, cap
         pd.testing.assert_frame_equal(_rows(run_dir), _rows(tiny["run_dir"]))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_unreadable_lock_file_nobody_holds_is_replaced(tiny, tmp_path, capsys) -> None:
+    run_dir = _copy_run(tiny, tmp_path)
+    before = _hashes(run_dir)
+    (run_dir / ".lock").write_bytes(b'{"pid": 12\x00\xff')
+    assert main(["resume", str(run_dir)]) == 0
+    assert f"replacing the unreadable lock file {run_dir / '.lock'}" in capsys.readouterr().out
+    assert (run_dir / ".lock").read_text() == "" and _hashes(run_dir) == before

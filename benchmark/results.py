@@ -183,10 +183,11 @@ class ResultStore:
         frame = frame[ORDER_FIRST + [c for c in frame.columns if c not in ORDER_FIRST]]
         path = self.unit_path(unit_id)
         data = frame.to_csv(index=False).encode()
-        # the record first: a crash between the two writes leaves a file that fails its record
-        # (the unit reruns), never an unverifiable one
-        self._write_record(path, unit_id, len(frame), data)
+        # the file, then its record: a full disk at the first write leaves the earlier file and
+        # record as they were; a crash between the two leaves a file that fails its record (the
+        # unit reruns)
         atomic_write_bytes(path, data)
+        self._write_record(path, unit_id, len(frame), data)
         path.with_suffix(".error.txt").unlink(missing_ok=True)
         return path
 

@@ -662,3 +662,16 @@ def test_an_unreadable_lock_file_nobody_holds_is_replaced(tiny, tmp_path, capsys
     assert main(["resume", str(run_dir)]) == 0
     assert f"replacing the unreadable lock file {run_dir / '.lock'}" in capsys.readouterr().out
     assert (run_dir / ".lock").read_text() == "" and _hashes(run_dir) == before
+
+
+def test_a_forced_rerun_that_cannot_save_keeps_the_finished_result(tiny, tmp_path, monkeypatch, capsys) -> None:
+    run_dir = _copy_run(tiny, tmp_path)
+    before = _hashes(run_dir)
+    _full_disk_on(monkeypatch, ResultStore(run_dir).units_dir)
+    assert main(["run", "--suite", "tiny", "--config", str(tiny["config"]), "--out", str(run_dir.parent),
+                 "--cache", str(tiny["cache"]), "--device", "cpu", "--models", "random", "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED random/voc07_svm/res4: DiskFullError" in err and str(run_dir / "units") in err
+    assert _hashes(run_dir) == before
+    monkeypatch.undo()
+    assert main(["check", str(run_dir), "--against", str(tiny["reference"])]) == 0  # all four still done

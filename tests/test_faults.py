@@ -27,7 +27,7 @@ from benchmark.cli import main
 from benchmark.diskspace import layer_dims
 from benchmark.features import FeatureCache, FeatureKey, open_entry
 from benchmark.paths import UnsafePathError, inside, remove_stale_temporaries, temporary_path
-from benchmark.results import ResultStore, legacy_unit_filename, record_path, unit_filename
+from benchmark.results import ResultStore, legacy_unit_filename, record_path
 from benchmark.runlock import RunLock
 
 SUITE = """
@@ -417,12 +417,11 @@ def test_a_plan_larger_than_the_free_space_is_refused_with_the_estimate(tiny, tm
 
 def test_the_estimate_counts_images_times_layer_dims(tiny) -> None:
     from benchmark.datasets.voc import load_voc
-    from benchmark.features import FeatureCache as Cache
     from benchmark.engine import RunContext
     from benchmark.runner import build_tasks, estimate_writes, load_plan
 
     plan = load_plan(tiny["run_dir"])
-    ctx = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=Cache(plan.cache_dir),
+    ctx = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
                      device=torch.device("cpu"))
     pending = [u for u in plan.units if u.model == "random"]
     estimate = estimate_writes(plan, pending, build_tasks(plan.suite), ctx)

@@ -192,10 +192,21 @@ def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
     if problem:
         raise BenchmarkError(f"{invocation_path} is damaged ({problem}); 'ssl-bench run' writes it: run the "
                              f"suite again with the same options (finished units are kept)")
-    suite = load_suite(invocation["suite"], run_dir / "config.yaml")
-    plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
-                    models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"],
-                    replicate=invocation.get("replicate", 0))
+    config = run_dir / "config.yaml"
+    try:
+        suite = load_suite(invocation["suite"], config)
+        plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
+                        models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"],
+                        replicate=invocation.get("replicate", 0))
+    except UnicodeDecodeError as exc:
+        raise BenchmarkError(f"{config} is damaged (not UTF-8 text: {exc.reason} at byte {exc.start}); it is "
+                             f"the copy of the suite file this run was started with: restore it, or run the "
+                             f"suite again with the same options") from None
+    except ConfigError as exc:
+        if str(config) in str(exc):
+            raise
+        raise ConfigError(f"{config} (this run's copy of its suite file) does not match {invocation_path}: "
+                          f"{exc}") from None
     if only is not None:
         plan.units = [u for u in plan.units if u.unit_id in set(only)]
     return plan

@@ -253,6 +253,14 @@ def test_damaged_plan_and_marker_files_are_named(tiny, tmp_path, capsys) -> None
         marker.write_text(text)
         assert main(["status", str(run_dir)]) == 0
         assert "3 done, 0 running, 0 failed, 1 pending" in capsys.readouterr().out
+    config = run_dir / "config.yaml"
+    saved = config.read_bytes()
+    for damaged in (b"", saved[: len(saved) // 3], b"\xff\xfe\x00garbage"):
+        config.write_bytes(damaged)
+        assert main(["status", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "config.yaml" in err and "Traceback" not in err
+    config.write_bytes(saved)
     invocation = run_dir / "invocation.json"
     for text in ("", '{"suite": "tiny"', '{"suite": "tiny"}', "[1, 2]"):
         invocation.write_text(text)

@@ -157,9 +157,13 @@ def _preallocate(fd: int, size: int) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            return  # file systems without fallocate (some NFS, ZFS): sparse as before
-        raise
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        # a file system without fallocate (some NFS, ZFS) keeps the file sparse: the free space
+        # is the best check left before the memory map is written
+        stats = os.fstatvfs(fd)
+        if stats.f_bavail * stats.f_frsize < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 from benchmark.cli import main
 from benchmark.diskspace import layer_dims
 from benchmark.features import FeatureCache, FeatureKey, open_entry
-from benchmark.paths import UnsafePathError, inside, remove_stale_temporaries, temporary_path
+from benchmark.paths import DiskFullError, UnsafePathError, inside, remove_stale_temporaries, temporary_path
 from benchmark.results import ResultStore, legacy_unit_filename, record_path
 from benchmark.runlock import RunLock
 
@@ -682,3 +682,22 @@ def test_a_forced_rerun_that_cannot_save_keeps_the_finished_result(tiny, tmp_pat
     assert _hashes(run_dir) == before
     monkeypatch.undo()
     assert main(["check", str(run_dir), "--against", str(tiny["reference"])]) == 0  # all four still done
+
+
+def test_without_fallocate_the_free_space_still_decides(tmp_path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("w", "resnet18", "res5", "p", "t", "voc07", "test", "f")
+    writer = cache.writer(key, (10, 10))  # fits: sparse as on such file systems
+    writer.abort()
+    vfs = namedtuple("vfs", "f_bavail f_frsize")
+    monkeypatch.setattr(os, "fstatvfs", lambda fd: vfs(1, 4096))
+    with pytest.raises(DiskFullError) as info:
+        cache.writer(key, (1000, 1000))
+    assert "no space left" in str(info.value) and str(cache._path(key)) in str(info.value)
+    assert _temporaries(tmp_path) == []

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 
 from .features import ExtractionStats, FeatureCache
 from .models import Architecture, FrozenBackbone
+from .options import Options
 
 
 @dataclass
@@ -38,30 +39,32 @@ class LoadedModel:
 
 
 class Pretrainer:
-    """Produces a frozen backbone. Subclasses declare ``options`` (key -> default) and ``build``."""
+    """Produces a frozen backbone. Subclasses declare ``options`` (``benchmark.options.declare``:
+    key -> type, range and default, checked when the config is loaded) and ``build``."""
 
     name: ClassVar[str]
-    options: ClassVar[dict] = {}
+    options: ClassVar[Mapping] = {}
 
     def __init__(self, **options):
-        self.config = options
+        self.config = Options(options)
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError
 
 
 class Task:
-    """One evaluation. Declares ``options`` (key -> default), splits work into ``units`` (for
-    example one per layer) and turns one unit into result rows."""
+    """One evaluation. Declares ``options`` (``benchmark.options.declare``: key -> type, range and
+    default, checked when the config is loaded), splits work into ``units`` (for example one per
+    layer) and turns one unit into result rows."""
 
     name: ClassVar[str]
     dataset: ClassVar[str]
-    options: ClassVar[dict] = {}
+    options: ClassVar[Mapping] = {}
     # Schedulers send units that need no accelerator (SVMs on cached features) as CPU jobs.
     needs_gpu: ClassVar[bool] = False
 
     def __init__(self, **options):
-        self.config = options
+        self.config = Options(options)
         # the suite's name for this instance (a task can appear twice under different names with
         # different options); files a unit writes go under it so instances do not overwrite each other
         self.instance_name = ""  # set by benchmark.runner.build_tasks

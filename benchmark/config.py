@@ -8,7 +8,6 @@ closest valid key.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json

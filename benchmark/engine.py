@@ -10,7 +10,7 @@ import torch
 
 from .features import ExtractionStats, FeatureCache
 from .models import Architecture, FrozenBackbone
-from .options import Options
+from .options import validate
 
 
 @dataclass
@@ -46,7 +46,9 @@ class Pretrainer:
     options: ClassVar[Mapping] = {}
 
     def __init__(self, **options):
-        self.config = Options(options)
+        # checked again here (the suite's loader already did, naming the file) so that a
+        # pretrainer made in code gets its defaults and the same checks
+        self.config = validate(options, type(self).options, f"pretrainer '{getattr(self, 'name', type(self).__name__)}'")
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError
@@ -64,7 +66,7 @@ class Task:
     needs_gpu: ClassVar[bool] = False
 
     def __init__(self, **options):
-        self.config = Options(options)
+        self.config = validate(options, type(self).options, f"task '{getattr(self, 'name', type(self).__name__)}'")
         # the suite's name for this instance (a task can appear twice under different names with
         # different options); files a unit writes go under it so instances do not overwrite each other
         self.instance_name = ""  # set by benchmark.runner.build_tasks

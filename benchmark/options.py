@@ -212,7 +212,7 @@ class Choice(Option):
     def problem(self, value, where):
         # 1 == True in Python: a bool must not pass for a number choice, nor the reverse
         if not any(value == c and type(value) is type(c) for c in self.choices):
-            return where, value, self.allowed()
+            return where, value, self.allowed() + _closest(value, [c for c in self.choices if isinstance(c, str)])
         return None
 
 
@@ -229,7 +229,7 @@ class Registered(Option):
 
     def problem(self, value, where):
         if not isinstance(value, str) or value not in self.registry:
-            return where, value, self.allowed()
+            return where, value, self.allowed() + _closest(value, self.registry.names())
         return None
 
 
@@ -339,7 +339,7 @@ class PluginOptions(Option):
     Checked by ``validate`` once the choosing option is known to be valid."""
 
     def __init__(self, registry, chosen_by: str, default: Any = _UNSET, **kw):
-        super().__init__({} if default is _UNSET else default, **kw)
+        super().__init__({} if default is _UNSET else default, nullable=True, **kw)
         self.registry, self.chosen_by = registry, chosen_by
 
     def describe(self) -> str:
@@ -414,10 +414,11 @@ def declared(options: Mapping[str, Any]) -> dict[str, Option]:
     return options.spec if isinstance(options, Declared) else Declared(options).spec
 
 
-def _closest(name: str, candidates: Iterable[str]) -> str:
+def _closest(name: Any, candidates: Iterable[str]) -> str:
+    """' Did you mean ...?' for a string close to a candidate, else ''."""
     from .registry import closest
 
-    return closest(name, candidates)
+    return closest(name, candidates) if isinstance(name, str) else ""
 
 
 def refuse(where: str, value: Any, allowed: str) -> ConfigError:

@@ -94,8 +94,9 @@ def _check_alias_expansion(root: yaml.Node, source: str) -> None:
         if key in expanded:
             return expanded[key]
         if key in in_progress:
-            raise ConfigError(f"{source}: the YAML alias at line {node.start_mark.line + 1} refers to a value that "
-                              f"contains it (a recursive alias); ssl-bench does not read recursive documents")
+            # the composer shares the anchored node itself: its mark is where the anchor is
+            raise ConfigError(f"{source}: the value anchored at line {node.start_mark.line + 1} contains an alias of "
+                              f"itself (a recursive YAML alias); ssl-bench does not read recursive documents")
         in_progress.add(key)
         distinct.add(key)
         children = []

@@ -21,10 +21,12 @@ from typing import Callable
 import yaml
 
 from .config import Suite, config_hash, load_suite
+from .devices import check_device
 from .engine import LoadedModel, RunContext, Task
 from .errors import BenchmarkError, ConfigError
 from .features import FeatureCache
 from .models.backbone import get_architecture
+from .options import Device, declared, refuse
 from .provenance import measure, resolve_device, static_provenance
 from .registry import PRETRAINERS, TASKS, closest
 from .results import ResultStore, atomic_write_text
@@ -50,6 +52,7 @@ class Plan:
     data_root: Path
     device: str
     units: list[Unit]
+    device_source: str = "--device"  # where the device request came from, for error messages
 
     def invocation(self) -> dict:
         return {"suite": self.suite.name, "cache_dir": str(self.cache_dir), "data_root": str(self.data_root),
@@ -99,7 +102,8 @@ def build_tasks(suite: Suite) -> dict[str, Task]:
 
 
 def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
-             models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None) -> Plan:
+             models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
+             device_source: str | None = None) -> Plan:
     model_specs = {m.name: m for m in suite.models}
     task_specs = {t.name: t for t in suite.tasks}
     model_names = select(models, list(model_specs), "model")
@@ -119,8 +123,9 @@ def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | 
                                       "seed": suite.settings["seed"]})
                 units.append(Unit(f"{model_name}/{task_name}/{unit}", model_name, task_name, unit, digest,
                                   needs_gpu=task.needs_gpu))
+    source = device_source or ("--device" if device else f"{suite.source}: suites.{suite.name}.device")
     return Plan(suite, Path(run_dir), Path(cache_dir), Path(data_root or suite.settings["data_root"]).expanduser(),
-                device or suite.settings["device"], units)
+                device or suite.settings["device"], units, source)
 
 
 def write_plan(plan: Plan) -> None:
@@ -141,7 +146,8 @@ def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
     invocation = json.loads(invocation_path.read_text())
     suite = load_suite(invocation["suite"], run_dir / "config.yaml")
     plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
-                    models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"])
+                    models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"],
+                    device_source=f"{invocation_path} (device)")
     if only is not None:
         plan.units = [u for u in plan.units if u.unit_id in set(only)]
     return plan
@@ -219,8 +225,29 @@ def pending_units(plan: Plan, force: bool = False) -> tuple[list[Unit], list[str
     return pending, skipped
 
 
+def check_devices(plan: Plan, executor: str) -> None:
+    """Every device the plan asks for (the run's, and task options such as ``svm_device``) is one
+    this machine has, before any work. SLURM units run on other machines: there only the form of
+    the request is checked here."""
+    requests = [(plan.device, plan.device_source)]
+    where = f"{plan.suite.source}: suites.{plan.suite.name}.tasks"
+    for spec in plan.suite.tasks:
+        if spec.name in {u.task for u in plan.units}:
+            requests += [(spec.options[key], f"{where}.{spec.name}.{key}")
+                         for key, option in declared(TASKS.get(spec.task).options).items()
+                         if isinstance(option, Device) and spec.options.get(key) is not None]
+    for name, source in requests:
+        if executor == "slurm":
+            found = Device().check(name, source)
+            if found:
+                raise refuse(*found)
+        else:
+            check_device(name, source)
+
+
 def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
              log: Callable[[str], None] = print) -> RunSummary:
+    check_devices(plan, (executor or {}).get("name", "local"))
     check_writable(plan.run_dir, "run directory")
     check_writable(plan.cache_dir, "feature cache")
     ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),

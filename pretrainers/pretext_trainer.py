@@ -317,8 +317,8 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     cls = PRETEXT_METHODS.get(method)
     # a plain dict: it is saved in the checkpoint's meta, which torch.load(weights_only=True) reads
     options = dict(validate(method_options, cls.options, f"{where}.method_options"))
-    if not isinstance(device, torch.device):
-        check_device(device, f"{where}.device")
+    if not isinstance(device, torch.device):  # a suite model gets the run's device, checked at start-up
+        check_device(device, f"{where} --device")
     training = resolve_training(cls, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                                 optimizer=optimizer)
     out = Path(out).expanduser()

@@ -40,8 +40,9 @@ def pickled_objects_message(path: Path, refused: str) -> str:
     """What to do with a checkpoint that holds Python objects besides tensors."""
     return (
         f"checkpoint {path} holds pickled Python objects ({refused}), not only tensors. Unpickling them can run "
-        f"arbitrary code, so ssl-bench will not execute them. Re-save only the tensors: in an environment you "
-        f"trust, load the file with the code that wrote it and save the network's state dict, "
+        f"arbitrary code, so ssl-bench (which reads checkpoints with torch.load(weights_only=True)) will not "
+        f"execute them. Re-save only the tensors: in an environment you trust, load the file with the code that "
+        f"wrote it and save the network's state dict, "
         f"torch.save(model.state_dict(), '{path.with_name(path.stem + '-weights.pth')}'), then set the model's "
         f"'path' to the new file."
     )

@@ -75,11 +75,10 @@ class Option:
     (omitted for element types, e.g. the items of a list); a default of None means the option may
     be left unset (None), whatever its type."""
 
-    def __init__(self, default: Any = _UNSET, *, nullable: bool = False, required: bool = False, doc: str = ""):
+    def __init__(self, default: Any = _UNSET, *, nullable: bool = False, required: bool = False):
         self.default = default
         self.nullable = nullable or default is None
         self.required = required  # None (the default) is not accepted: the option must be given
-        self.doc = doc
 
     def describe(self) -> str:
         """What is allowed, for error messages ('an integer >= 1')."""

@@ -225,6 +225,7 @@ LOOP_OPTIONS = declare({
 def resolve_training(method_cls, **given) -> dict:
     """lr / momentum / weight_decay / warmup_epochs: the user's value, else the method's paper
     value (``method_cls.training``), else the loop default."""
+    validate(given, {key: LOOP_OPTIONS.spec[key] for key in given}, "training")
     out = {}
     for key, default in TRAIN_DEFAULTS.items():
         value = given.get(key)

@@ -374,6 +374,17 @@ def test_unknown_device_strings_are_refused(tmp_path, capsys, no_gpu) -> None:
         load_suite("s", path)
 
 
+def test_resume_checks_the_device_the_run_was_started_with(tmp_path, capsys, no_gpu) -> None:
+    from benchmark.runner import write_plan
+
+    run_dir = tmp_path / "runs" / "s"
+    write_plan(plan_run(load_suite("s", _config(tmp_path)), run_dir, tmp_path / "cache", device="cuda:1"))
+    assert main(["resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'invocation.json'} (device): device 'cuda:1' cannot be used: this machine has no usable" in err
+    assert not (run_dir / "units").exists()
+
+
 def test_slurm_runs_check_only_the_form_of_device_requests(tmp_path, no_gpu) -> None:
     """The driver of a SLURM run may sit on a login node without a GPU; its jobs get one."""
     from benchmark.runner import check_devices
@@ -419,7 +430,7 @@ def test_pickled_objects_are_refused_with_a_safe_way_out(tmp_path, kind) -> None
         read_checkpoint(path)
     message = str(info.value)
     assert f"checkpoint {path} holds pickled Python objects" in message
-    assert "ssl-bench will not execute them" in message
+    assert "ssl-bench (which reads checkpoints with torch.load(weights_only=True)) will not execute them" in message
     assert "in an environment you trust" in message and "torch.save(model.state_dict()" in message
     assert "weights_only=False" not in message and "set to `False`" not in message and "corrupt" not in message
     assert not marker.exists() and path.read_bytes() == before

@@ -48,7 +48,8 @@ class Pretrainer:
     def __init__(self, **options):
         # checked again here (the suite's loader already did, naming the file) so that a
         # pretrainer made in code gets its defaults and the same checks
-        self.config = validate(options, type(self).options, f"pretrainer '{getattr(self, 'name', type(self).__name__)}'")
+        where = f"pretrainer '{getattr(self, 'name', type(self).__name__)}'"
+        self.config = validate(options, type(self).options, where)
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError
@@ -66,7 +67,8 @@ class Task:
     needs_gpu: ClassVar[bool] = False
 
     def __init__(self, **options):
-        self.config = validate(options, type(self).options, f"task '{getattr(self, 'name', type(self).__name__)}'")
+        where = f"task '{getattr(self, 'name', type(self).__name__)}'"
+        self.config = validate(options, type(self).options, where)
         # the suite's name for this instance (a task can appear twice under different names with
         # different options); files a unit writes go under it so instances do not overwrite each other
         self.instance_name = ""  # set by benchmark.runner.build_tasks

@@ -243,8 +243,10 @@ class ListOf(Option):
         self.unique, self.increasing = unique, increasing
 
     def describe(self) -> str:
-        size = (f"exactly {self.length} " if self.length is not None
-                else "at least 1 " if self.min_length == 1 else f"at least {self.min_length} " if self.min_length else "")
+        if self.length is not None:
+            size = f"exactly {self.length} "
+        else:
+            size = f"at least {self.min_length} " if self.min_length else ""
         order = "strictly increasing " if self.increasing else "distinct " if self.unique else ""
         return f"a list of {size}{order}items, each {self.item.describe()}"
 

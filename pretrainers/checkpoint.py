@@ -15,7 +15,8 @@ from . import ARCH, freeze
 @PRETRAINERS.register("checkpoint")
 class CheckpointFile(Pretrainer):
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
-    options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch file"), "which": Str("teacher")})
+    options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch file"),
+                       "which": Str("teacher")})
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         path = Path(self.config["path"]).expanduser()

@@ -87,7 +87,8 @@ class ContextEncoder(PretextMethod):
     name = "context_encoder"
     options = declare({
         "mask": Choice("center", "random_blocks"),  # center | random_blocks
-        "mask_fraction": Float(0.5, min=0, max=1, min_open=True, max_open=True),  # side of the central square / image side
+        # side of the central square / image side
+        "mask_fraction": Float(0.5, min=0, max=1, min_open=True, max_open=True),
         "overlap": Int(4, min=0),              # px of the predicted square left visible in the input
         "overlap_weight": Float(10.0, min=0),  # loss weight of that border band
         "num_blocks": Int(4, min=1),           # random_blocks: erased squares per image

@@ -115,7 +115,8 @@ class DeepCluster(SizedState, PretextMethod):
         "pca_dim": Int(256, min=1),
         "kmeans_iterations": Int(20, min=1),
         "balance": Choice(*BALANCE),  # sampler (uniform over clusters) | loss (1/cluster-size weights) | none
-        "crop_scale": Range(UNIT_INTERVAL, [0.08, 1.0]),  # random resized crops + flips (the reference code's augmentation)
+        # random resized crops + flips (the reference code's augmentation)
+        "crop_scale": Range(UNIT_INTERVAL, [0.08, 1.0]),
     })
     # the reference code: SGD lr 0.05, momentum 0.9, weight decay 1e-5
     training = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-5}

@@ -52,7 +52,8 @@ class PretextMethod(nn.Module):
         self.trunk = trunk
         self.arch = arch
         self.image_size = image_size
-        self.config = validate(options, type(self).options, f"pretext method '{getattr(self, 'name', type(self).__name__)}'")
+        where = f"pretext method '{getattr(self, 'name', type(self).__name__)}'"
+        self.config = validate(options, type(self).options, where)
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The training example(s) made from one image; returned tensors are collated by key."""

@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 from benchmark import __version__
 from benchmark.config import config_hash, safe_load_text
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, open_rgb
+from benchmark.devices import check_device
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.linear_heads import derived_seed, epoch_order, rng_state, set_rng_state
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
-from benchmark.options import NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem, validate
-from benchmark.devices import check_device
+from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,
+                               validate)
 from benchmark.provenance import resolve_device
 from benchmark.training import atomic_torch_save
 

@@ -35,7 +35,8 @@ class Rotation(PretextMethod):
     name = "rotation"
     options = declare({
         "head": Choice("linear", "mlp"),  # linear | mlp (hidden layer of embed_dim units, BN, ReLU)
-        "crop_scale": Range(UNIT_INTERVAL, [0.35, 1.0]),  # random resized crop area: RotNet crops moderately (no 8 % crops)
+        # random resized crop area: RotNet crops moderately (no 8 % crops)
+        "crop_scale": Range(UNIT_INTERVAL, [0.35, 1.0]),
     })
     # RotNet: SGD momentum 0.9, weight decay 5e-4, LR 0.1 at batch 192 (x0.2 steps; cosine here)
     training = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}

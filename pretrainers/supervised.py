@@ -42,7 +42,8 @@ class Supervised(Pretrainer):
     options = declare({
         "arch": ARCH, "dataset": Choice("voc07"), "split": Name("trainval"), "epochs": Int(30, min=1),
         "image_size": IMAGE_SIZE, "crop_scale": CROP_SCALE, "batch_size": Int(64, min=1),
-        "lr": Float(0.1, min=0, min_open=True), "momentum": Float(0.9, min=0, max=1), "weight_decay": Float(1e-4, min=0),
+        "lr": Float(0.1, min=0, min_open=True), "momentum": Float(0.9, min=0, max=1),
+        "weight_decay": Float(1e-4, min=0),
         "seed": SEED,
     })
 

@@ -84,7 +84,8 @@ class DetectionVOC07(Task):
         "proposal_limit_train": Int(2000, min=1),  # Detectron TRAIN/TEST.PROPOSAL_LIMIT
         "proposal_limit_test": Int(2000, min=1),
         "selective_search_mode": Choice("fast", "quality"),
-        "rpn_iterations": Int(2000, min=1), "rpn_batch_size": Int(4, min=1), "rpn_lr": Float(0.01, min=0, min_open=True),
+        "rpn_iterations": Int(2000, min=1), "rpn_batch_size": Int(4, min=1),
+        "rpn_lr": Float(0.01, min=0, min_open=True),
         "rpn_anchor_sizes": ListOf(Int(min=1), [32, 64, 128, 256, 512], min_length=1), "rpn_post_nms": Int(2000, min=1),
         # reference (VOC07 30k step 22k / VOC07+12 80k step 66k, batch 4) | custom
         "schedule": Choice("reference", "custom"),

@@ -86,7 +86,8 @@ class NormalsNYUv2(Task):
         "codebook_size": Int(40, min=1),
         "codebook_samples": Int(1_000_000, min=1),  # training pixels drawn for k-means
         "codebook_iterations": Int(100, min=1),
-        "schedule": Choice(*SCHEDULE_NAMES, default="reference"),  # reference (see SCHEDULES) | custom (needs iterations)
+        # reference (see SCHEDULES) | custom (needs iterations)
+        "schedule": Choice(*SCHEDULE_NAMES, default="reference"),
         "iterations": Int(None, min=1),
         "batch_size": Int(None, min=2),  # the decoder's BatchNorm needs 2
         "base_lr": Float(None, min=0),

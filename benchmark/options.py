@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .registry import closest
 
 _UNSET = object()
 
@@ -160,20 +161,17 @@ class Bool(Option):
 
 
 class Str(Option):
-    """Free text (paths, descriptions); ``pattern`` restricts it."""
+    """Free text (paths, descriptions); ``rule`` says what it is in messages."""
 
-    def __init__(self, default: Any = _UNSET, *, pattern: str | None = None, rule: str = "", **kw):
+    def __init__(self, default: Any = _UNSET, *, rule: str = "", **kw):
         super().__init__(default, **kw)
-        self.pattern = re.compile(pattern) if pattern else None
         self.rule = rule
 
     def describe(self) -> str:
         return self.rule or "a string"
 
     def problem(self, value, where):
-        if not isinstance(value, str) or (self.pattern is not None and not self.pattern.fullmatch(value)):
-            return where, value, self.allowed()
-        return None
+        return None if isinstance(value, str) else (where, value, self.allowed())
 
 
 class Name(Option):
@@ -417,8 +415,6 @@ def declared(options: Mapping[str, Any]) -> dict[str, Option]:
 
 def _closest(name: Any, candidates: Iterable[str]) -> str:
     """' Did you mean ...?' for a string close to a candidate, else ''."""
-    from .registry import closest
-
     return closest(name, candidates) if isinstance(name, str) else ""
 
 

@@ -1,15 +1,37 @@
 """``ssl-bench check``: compare a run's results with stored reference results (CI regressions).
 
-Rows are joined on (model, task, dataset, layer, metric, class, k, sample, cost_selection,
-evaluation). A
-metric moved beyond its tolerance is a regression; a reference row the run lacks is missing; a
-run row the reference lacks is new (reported, not a failure). Tolerance: ``--tolerance`` for
-everything when given; otherwise, for low-shot means, the larger of the base tolerance and the
-reference's 95 % interval over samples, and the base tolerance (0.5 points) for the rest.
+A reference holds, per metric, the value of a trusted run and how far that metric may move on
+another machine, and says which rule gives the tolerance:
+
+- ``exact``: the number follows from fixed inputs (a seeded initialisation or a checkpoint file,
+  SVMs solved to liblinear's tolerance, seeded low-shot samples). It is compared with the stored
+  value within ``EXACT_TOLERANCE``: only rounding of the features may move it.
+- ``band``: the number is downstream of SGD training (the model's or the task's). Such numbers
+  move with the floating-point rounding of the processor, amplified by training, much as they move
+  with the training seeds; so the reference measures them over replicate runs (the same suite with
+  every training reseeded: ``ssl-bench run --replicate N``) and stores their mean, standard
+  deviation, min, max and count. A run passes when it lies within
+  ``max(BAND_FLOOR, BAND_MULTIPLIER x std)`` of the replicates' mean.
+- ``aggregate``: per-class and per-sample numbers of a trained model (an AP over a few dozen
+  positives, one low-shot draw) are too noisy to hold one by one; they are held through the
+  aggregates they make up (mAP, means over samples), which are ``band`` rows. They are compared
+  and reported, but never fail a check.
+- ``fixed``: a trained number whose spread was not measured (no replicates): ``BASE_TOLERANCE``.
+
+``--tolerance T`` overrides every rule: each row (aggregate rows included) against its stored
+value within T, which with T = 0 asserts that a refactor changed no number on the same machine.
+
+Rows are joined on (model, task, dataset, layer, metric, class, k, sample, cost selection,
+evaluation). A reference row the run lacks is missing, a run row the reference lacks is
+uncovered; both fail the check. A reference is written with a header line that carries its row
+count and checksum, so a truncated or damaged file is an error, not a pass.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,51 +41,211 @@ from .errors import BenchmarkError
 from .results import ResultStore, atomic_write_text
 
 JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
-BASE_TOLERANCE = 0.5
+EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
+BAND_MULTIPLIER = 4.0  # x the replicates' standard deviation
+BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
+BASE_TOLERANCE = 0.5  # points; trained numbers without a measured band, and format-1 references
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
-REFERENCE_COLUMNS = JOIN + ["value", "ssl_bench_version", "git_sha", "device"]
+RULES = ("exact", "band", "aggregate", "fixed")
+SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max"]
+PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device"]
+REFERENCE_COLUMNS = JOIN + ["value"] + SPREAD_COLUMNS + PROVENANCE_COLUMNS
+FORMAT = 2
+HEADER = re.compile(r"^# ssl-bench reference: format (\d+), (\d+) rows, sha256 ([0-9a-f]{64})$")
 
 
-def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+# --- reading, writing and validating ---------------------------------------------------------
+
+def _keys(df: pd.DataFrame) -> pd.DataFrame:
+    """The join columns as comparable strings ('' for absent, '4' for 4.0)."""
     df = df.copy()
     for column in JOIN:
         df[column] = df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True) if column in df else ""
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    return df[~df["metric"].astype(str).str.endswith(SPREAD_SUFFIXES) & (df["metric"] != "skipped")]
+    return df
 
 
-def tolerances(reference: pd.DataFrame, tolerance: float | None) -> pd.Series:
-    if tolerance is not None:
-        return pd.Series(tolerance, index=reference.index)
+def scored_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that hold scores: spreads over samples and 'skipped' markers are left out."""
+    metric = df["metric"].astype(str)
+    return df[~metric.str.endswith(SPREAD_SUFFIXES) & (metric != "skipped")]
+
+
+def _duplicates(df: pd.DataFrame, what: str) -> None:
+    dup = df[df.duplicated(JOIN, keep=False)]
+    if len(dup):
+        shown = "\n".join("  " + ", ".join(f"{c}={v}" for c, v in row.items() if v != "")
+                          for row in dup[JOIN].head(5).to_dict("records"))
+        raise BenchmarkError(f"{what} has {len(dup)} rows with duplicated keys ({', '.join(JOIN)}); a key must "
+                             f"name one number. First ones:\n{shown}")
+
+
+def _numeric(df: pd.DataFrame, column: str, where: str) -> pd.Series:
+    values = pd.to_numeric(df[column].replace("", np.nan), errors="coerce")
+    bad = values.isna() & ~df[column].isin(["", "nan", "NaN"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise BenchmarkError(f"{where}: column '{column}' holds a non-number, {df[column].iloc[row]!r}, "
+                             f"on data row {row + 1}; the file is damaged: rebuild it with --update")
+    return values
+
+
+def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
+    """The reference rows (join columns as strings, numbers as floats) and the file's format."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"reference file {path} does not exist; build one from a trusted run with "
+                             f"'ssl-bench check RUN_DIR --against {path} --update' (see README: Regression checks)")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise BenchmarkError(f"reference file {path} is empty; rebuild it with --update")
+    first, _, body = raw.partition(b"\n")
+    header = HEADER.match(first.decode(errors="replace").strip())
+    if header:
+        fmt, rows, digest = int(header.group(1)), int(header.group(2)), header.group(3)
+        if hashlib.sha256(body).hexdigest() != digest:
+            lines = body.count(b"\n") - 1
+            raise BenchmarkError(f"reference file {path} is damaged: its header promises {rows} rows with sha256 "
+                                 f"{digest[:12]}..., the file holds {lines} data lines that do not match "
+                                 f"(truncated or edited). Restore it (git checkout {path}) or rebuild it with --update")
+    elif first.startswith(b"#"):
+        raise BenchmarkError(f"reference file {path}: unreadable header line {first[:80]!r}; rebuild it with --update")
+    else:  # format 1: written before references carried spreads and a checksum
+        fmt, rows, body = 1, None, raw
+    try:
+        df = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"reference file {path} is not a readable CSV ({exc}); rebuild it with --update") from None
+    required = JOIN + ["value"] + (SPREAD_COLUMNS if fmt >= 2 else [])
+    missing = [c for c in required if c not in df]
+    if missing and fmt == 1:  # format 1 files may leave out the newer join columns
+        missing = [c for c in missing if c not in ("cost_selection", "evaluation")]
+    if missing:
+        raise BenchmarkError(f"reference file {path} lacks the column(s) {', '.join(missing)}; it is damaged or not "
+                             f"an ssl-bench reference. Rebuild it with --update")
+    if rows is not None and len(df) != rows:
+        raise BenchmarkError(f"reference file {path} is damaged: its header promises {rows} rows, it holds {len(df)}")
+    df = _keys(df)
+    _duplicates(df, f"reference file {path}")
+    df["value"] = _numeric(df, "value", f"reference file {path}")
+    if fmt >= 2:
+        for column in ("tolerance", "n_runs", "mean", "std", "min", "max"):
+            df[column] = _numeric(df, column, f"reference file {path}")
+        unknown = sorted(set(df["rule"]) - set(RULES))
+        if unknown:
+            raise BenchmarkError(f"reference file {path}: unknown rule(s) {', '.join(unknown)} (known: {', '.join(RULES)})")
+    return df, fmt
+
+
+def write_reference(frame: pd.DataFrame, path: Path) -> None:
+    body = frame[[c for c in REFERENCE_COLUMNS if c in frame]].to_csv(index=False).encode()
+    header = f"# ssl-bench reference: format {FORMAT}, {len(frame)} rows, sha256 {hashlib.sha256(body).hexdigest()}\n"
+    atomic_write_text(Path(path), header + body.decode())
+
+
+def load_run(run_dir: Path) -> pd.DataFrame:
+    run = ResultStore(run_dir).load()
+    if run.empty:
+        raise BenchmarkError(f"{run_dir} has no results (units/*.csv); run the suite first")
+    run = scored_rows(_keys(run))
+    _duplicates(run, f"run {run_dir}")
+    run = run.copy()
+    run["value"] = pd.to_numeric(run["value"], errors="coerce")
+    if "determinism" not in run or (run["determinism"].fillna("") == "").any():
+        run["determinism"] = _determinism_from_plan(run, run_dir)
+    return run
+
+
+def _determinism_from_plan(run: pd.DataFrame, run_dir: Path) -> pd.Series:
+    """Rows written before they recorded it: derived from the run's own plan, as the runner does."""
+    from .runner import load_plan, unit_trains
+
+    suite = load_plan(run_dir).suite
+    trains = {(m.name, t.name): unit_trains(suite, m.name, t.name) for m in suite.models for t in suite.tasks}
+    recorded = run["determinism"].fillna("") if "determinism" in run else pd.Series("", index=run.index)
+    derived = [("trained" if trains.get((m, t), True) else "exact") for m, t in zip(run["model"], run["task"])]
+    return recorded.where(recorded != "", pd.Series(derived, index=run.index))
+
+
+# --- building a reference with spreads -------------------------------------------------------
+
+def band_tolerance(std: pd.Series) -> pd.Series:
+    return np.fmax(BAND_FLOOR, BAND_MULTIPLIER * std.fillna(0.0))
+
+
+def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.DataFrame:
+    """The reference rows of ``run`` (replicate 0), with the spread of each trained number over
+    ``run`` and the ``replicates`` (runs of the same suite made with ``--replicate N``)."""
+    ref = run.copy()
+    if "determinism" not in ref:  # results written before rows said so: hold them as trained
+        ref["determinism"] = "trained"
+    ref["determinism"] = ref["determinism"].replace("", "trained").fillna("trained")
+    values = [ref.set_index(JOIN)["value"]]
+    for index, other in enumerate(replicates, start=1):
+        other = other.set_index(JOIN)
+        exact = ref.set_index(JOIN)["determinism"] == "exact"
+        shared = other.index.intersection(exact[exact].index)
+        moved = (other.loc[shared, "value"] - values[0].loc[shared]).abs() > 0
+        if moved.any():
+            key = dict(zip(JOIN, moved[moved].index[0]))
+            raise BenchmarkError(f"replicate run {index} moved a number that its suite declares exact ({key}); a "
+                                 f"pretrainer or task that trains must say so (class attribute 'trains = True')")
+        values.append(other["value"].reindex(values[0].index))
+    table = pd.concat(values, axis=1)
+    spread = pd.DataFrame({"n_runs": table.notna().sum(axis=1), "mean": table.mean(axis=1),
+                           "std": table.std(axis=1, ddof=1), "min": table.min(axis=1), "max": table.max(axis=1)})
+    ref = ref.join(spread.reset_index(drop=True).set_axis(ref.index))
+    trained = ref["determinism"] != "exact"
+    per_item = (ref["class"] != "") | (ref["sample"] != "")
+    ref["rule"] = np.select([~trained, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
+    ref["tolerance"] = np.select([ref["rule"] == "exact", ref["rule"] == "fixed"],
+                                 [EXACT_TOLERANCE, BASE_TOLERANCE], band_tolerance(ref["std"]))
+    exact_rows = ref["rule"] == "exact"
+    ref.loc[exact_rows, ["mean", "min", "max"]] = ref.loc[exact_rows, ["value"] * 3].to_numpy()
+    ref.loc[exact_rows, "std"] = 0.0
+    return ref.reset_index(drop=True)
+
+
+# --- comparing -------------------------------------------------------------------------------
+
+def _format1_tolerances(reference: pd.DataFrame) -> pd.Series:
+    """Format 1: BASE_TOLERANCE, or for low-shot means the reference's 95 % interval over samples."""
     tol = pd.Series(BASE_TOLERANCE, index=reference.index)
     ci = reference[reference["metric"].str.endswith("_ci95")]
     if not ci.empty:
-        ci_key = ci.assign(metric=ci["metric"].str.replace("_ci95", "_mean"))
-        spread = ci_key.set_index(JOIN)["value"]
-        keyed = reference.set_index(JOIN).index
-        matched = spread.reindex(keyed).to_numpy()
+        spread = ci.assign(metric=ci["metric"].str.replace("_ci95", "_mean")).set_index(JOIN)["value"]
+        matched = spread.reindex(reference.set_index(JOIN).index).to_numpy()
         tol = pd.Series(np.fmax(tol.to_numpy(), np.nan_to_num(matched, nan=0.0)), index=reference.index)
     return tol
 
 
 def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None = None) -> dict[str, pd.DataFrame]:
-    ref_all = reference.copy()
-    for column in JOIN:
-        if column not in ref_all:
-            ref_all[column] = ""
-        ref_all[column] = ref_all[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
-    ref_all["value"] = pd.to_numeric(ref_all["value"], errors="coerce")
-    ref_all["tolerance"] = tolerances(ref_all, tolerance)
-    ref = _normalise(ref_all).assign(tolerance=ref_all["tolerance"])
-    new = _normalise(run)
-    merged = ref.merge(new[JOIN + ["value"]], on=JOIN, how="outer", suffixes=("_reference", "_run"), indicator=True)
+    """Every reference row against the run. ``reference`` as returned by read_reference (format 2
+    columns present) or a bare frame of JOIN + value (format 1 rules)."""
+    ref = _keys(reference)
+    ref["value"] = pd.to_numeric(ref["value"], errors="coerce")
+    if "rule" not in ref:
+        ref["rule"], ref["tolerance"], ref["mean"] = "fixed", _format1_tolerances(ref), ref["value"]
+    ref = scored_rows(ref)
+    if tolerance is not None:
+        ref = ref.assign(rule="override", tolerance=float(tolerance), mean=ref["value"])
+    run = scored_rows(_keys(run))[JOIN + ["value"]].copy()
+    run["value"] = pd.to_numeric(run["value"], errors="coerce")
+    merged = ref[JOIN + ["value", "rule", "tolerance", "mean"]].merge(
+        run, on=JOIN, how="outer", suffixes=("_reference", "_run"), indicator=True)
     both = merged[merged["_merge"] == "both"].copy()
+    # band and aggregate rows are held around the replicates' mean, the rest around the stored value
+    centre = np.where(both["rule"].isin(["band", "aggregate"]), both["mean"], both["value_reference"])
     both["delta"] = both["value_run"] - both["value_reference"]
+    both["distance"] = (both["value_run"] - centre).abs()
     nan_changed = both["value_run"].isna() != both["value_reference"].isna()
-    moved = (both["delta"].abs() > both["tolerance"]) | nan_changed
-    columns = JOIN + ["value_reference", "value_run", "delta", "tolerance"]
+    both["outside"] = (both["distance"] > both["tolerance"] + 1e-9) | nan_changed
+    if tolerance is not None and tolerance == 0:
+        both["outside"] = ~((both["value_run"] == both["value_reference"]) |
+                            (both["value_run"].isna() & both["value_reference"].isna()))
+    columns = JOIN + ["rule", "value_reference", "value_run", "delta", "tolerance"]
     return {
-        "regressions": both[moved][columns],
+        "regressions": both[both["outside"] & (both["rule"] != "aggregate")][columns],
+        "informational": both[both["outside"] & (both["rule"] == "aggregate")][columns],
         "missing": merged[merged["_merge"] == "left_only"][JOIN + ["value_reference"]],
         "new": merged[merged["_merge"] == "right_only"][JOIN + ["value_run"]],
         "compared": both,
@@ -76,26 +258,52 @@ def _table(df: pd.DataFrame, limit: int = 50) -> str:
     return text + (f"\n\n... and {len(df) - limit} more" if len(df) > limit else "")
 
 
-def run_check(run_dir: Path, against: Path, tolerance: float | None = None, update: bool = False) -> int:
-    run = ResultStore(run_dir).load()
-    if run.empty:
-        raise BenchmarkError(f"{run_dir} has no results (units/*.csv); run the suite first")
+def run_check(run_dir: Path, against: Path, tolerance: float | None = None, update: bool = False,
+              replicates: list[Path] | None = None, allow_new: bool = False) -> int:
+    run_dir, against = Path(run_dir), Path(against)
+    if tolerance is not None and not (tolerance >= 0):  # also refuses NaN
+        raise BenchmarkError(f"--tolerance must be a number >= 0, got {tolerance}")
+    if replicates and not update:
+        raise BenchmarkError("--replicates builds a reference: use it with --update")
+    run = load_run(run_dir)
     if update:
-        columns = [c for c in REFERENCE_COLUMNS if c in run]
-        atomic_write_text(Path(against), run[columns].to_csv(index=False))
-        print(f"wrote {len(run)} reference rows to {against}")
+        reference = build_reference(run, [load_run(Path(r)) for r in replicates or []])
+        write_reference(reference, against)
+        counts = reference["rule"].value_counts()
+        print(f"wrote {len(reference)} reference rows to {against} from {1 + len(replicates or [])} run(s): "
+              + ", ".join(f"{counts.get(rule, 0)} {rule}" for rule in RULES))
+        if not replicates and (reference["determinism"] != "exact").any():
+            print("note: no --replicates given, so trained numbers get the fixed tolerance "
+                  f"({BASE_TOLERANCE} points) instead of a measured band; see README: Regression checks")
         return 0
-    if not Path(against).is_file():
-        raise BenchmarkError(f"reference file {against} does not exist; create it from a trusted run with "
-                             f"'ssl-bench check {run_dir} --against {against} --update'")
-    reference = pd.read_csv(against, dtype=str, keep_default_na=False)
+    reference, fmt = read_reference(against)
     result = compare(run, reference, tolerance)
+    write_comparison(result["compared"], run_dir / "check.csv")
     print(f"## ssl-bench check: {run_dir} against {against}\n")
-    print(f"{len(result['compared'])} metrics compared, {len(result['regressions'])} moved beyond tolerance, "
-          f"{len(result['missing'])} missing, {len(result['new'])} new\n")
-    for title in ("regressions", "missing", "new"):
-        if len(result[title]):
-            print(f"### {title}\n\n{_table(result[title])}\n")
-    failed = len(result["regressions"]) or len(result["missing"])
+    if fmt == 1:
+        print(f"note: {against} is a format-1 reference (no spreads, no checksum): fixed tolerances; "
+              f"rebuild it with --update --replicates ... for measured bands\n")
+    rules = result["compared"]["rule"].value_counts()
+    print(f"{len(result['compared'])} metrics compared ("
+          + ", ".join(f"{rules[r]} {r}" for r in (*RULES, "override") if r in rules)
+          + f"), {len(result['regressions'])} moved beyond tolerance, {len(result['missing'])} missing, "
+          f"{len(result['new'])} not covered by the reference\n")
+    for title, key in (("regressions", "regressions"), ("missing from the run", "missing"),
+                       ("not covered by the reference", "new")):
+        if len(result[key]):
+            print(f"### {title}\n\n{_table(result[key])}\n")
+    if len(result["new"]) and not allow_new:
+        print(f"The reference covers fewer rows than the run: it is out of date or truncated. If the new rows "
+              f"are deliberate (a new model or task), rebuild it with --update, or pass --allow-new.\n")
+    if len(result["informational"]):
+        print(f"{len(result['informational'])} per-class / per-sample numbers of trained models lie outside their "
+              f"band; they are held through their aggregates and do not fail the check.\n")
+    print(f"per-row comparison (rule, tolerance, distance): {run_dir / 'check.csv'}")
+    failed = len(result["regressions"]) or len(result["missing"]) or (len(result["new"]) and not allow_new)
     print("RESULT: " + ("FAIL" if failed else "OK"))
     return 1 if failed else 0
+
+
+def write_comparison(compared: pd.DataFrame, path: Path) -> None:
+    columns = JOIN + ["rule", "value_reference", "value_run", "delta", "distance", "tolerance", "outside"]
+    atomic_write_text(path, compared[columns].to_csv(index=False))

@@ -45,10 +45,11 @@ def cmd_run(args) -> int:
     from .runner import run_suite
 
     suite = load_suite(args.suite, args.config)
-    run_dir = Path(args.out) / suite.name
+    # a replicate never shares the directory of the suite's own run: its units would replace those
+    run_dir = Path(args.out) / (suite.name if not args.replicate else f"{suite.name}.replicate{args.replicate}")
     cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
     summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
-                        device=args.device, force=args.force,
+                        device=args.device, force=args.force, replicate=args.replicate,
                         executor=_executor(suite.settings["executor"], args.executor))
     return _finish(summary, run_dir)
 
@@ -76,7 +77,8 @@ def cmd_status(args) -> int:
 def cmd_check(args) -> int:
     from .check import run_check
 
-    return run_check(args.run_dir, args.against, tolerance=args.tolerance, update=args.update)
+    return run_check(args.run_dir, args.against, tolerance=args.tolerance, update=args.update,
+                     replicates=args.replicates, allow_new=args.allow_new)
 
 
 def cmd_report(args) -> int:
@@ -163,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", type=Path, help="feature cache (default: $SSL_BENCH_CACHE or OUT/feature-cache)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: the suite's, 'auto')")
     run.add_argument("--force", action="store_true", help="rerun units that are already done")
+    run.add_argument("--replicate", type=int, default=0, metavar="N",
+                     help="N > 0: rerun only the units downstream of SGD training, every training reseeded "
+                          "(into OUT/<suite>.replicateN), to measure their spread for 'check --replicates'")
     run.add_argument("--executor", choices=["local", "debug", "slurm"],
                      help="where units run (default: the suite's executor, 'local')")
     run.set_defaults(func=cmd_run)
@@ -182,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--against", type=Path, required=True, help="e.g. results/reference/goyal2019-mini.csv")
     check.add_argument("--tolerance", type=float, help="absolute tolerance for every metric (default: per metric)")
     check.add_argument("--update", action="store_true", help="write the run's results as the new reference")
+    check.add_argument("--replicates", type=Path, nargs="+", metavar="RUN_DIR",
+                       help="with --update: replicate runs (ssl-bench run --replicate N) whose spread sets "
+                            "the band of every trained number")
+    check.add_argument("--allow-new", action="store_true",
+                       help="rows the reference does not cover are reported but do not fail the check")
     check.set_defaults(func=cmd_check)
 
     report = sub.add_parser("report", help="write leaderboard.md/.csv/.png for a run directory")

@@ -44,6 +44,10 @@ class Pretrainer:
 
     name: ClassVar[str]
     options: ClassVar[Mapping] = {}
+    # Whether build() trains (SGD: results float-sensitive across processors, and a replicate run
+    # retrains it from another seed, taken from its 'seed' option). False: weights follow from fixed
+    # inputs alone (a seeded initialisation, a file). Unknown plugins count as training: the safe side.
+    trains: ClassVar[bool] = True
 
     def __init__(self, **options):
         # checked again here (the suite's loader already did, naming the file) so that a
@@ -65,6 +69,10 @@ class Task:
     options: ClassVar[Mapping] = {}
     # Schedulers send units that need no accelerator (SVMs on cached features) as CPU jobs.
     needs_gpu: ClassVar[bool] = False
+    # Whether run() trains by SGD (heads, detectors, decoders): see Pretrainer.trains. A replicate
+    # run gives such tasks another run seed; tasks that do not train (SVMs solved to a tolerance,
+    # seeded sampling) keep theirs, so their results on a fixed model are exact.
+    trains: ClassVar[bool] = True
 
     def __init__(self, **options):
         where = f"task '{getattr(self, 'name', type(self).__name__)}'"

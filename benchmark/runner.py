@@ -14,7 +14,7 @@ import shutil
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,7 @@ from .options import Device, declared, refuse
 from .provenance import measure, resolve_device, static_provenance
 from .registry import PRETRAINERS, TASKS, closest
 from .results import ResultStore, atomic_write_text
+from .training import replicate_seed
 
 MIN_FREE_BYTES = 512 * 2**20
 
@@ -52,12 +53,13 @@ class Plan:
     data_root: Path
     device: str
     units: list[Unit]
+    replicate: int = 0  # 0: the suite as configured; N > 0: every SGD training reseeded (see unit_trains)
     device_source: str = "--device"  # where the device request came from, for error messages
 
     def invocation(self) -> dict:
         return {"suite": self.suite.name, "cache_dir": str(self.cache_dir), "data_root": str(self.data_root),
                 "device": self.device, "models": sorted({u.model for u in self.units}),
-                "tasks": sorted({u.task for u in self.units})}
+                "tasks": sorted({u.task for u in self.units}), "replicate": self.replicate}
 
 
 @dataclass
@@ -101,9 +103,24 @@ def build_tasks(suite: Suite) -> dict[str, Task]:
     return tasks
 
 
+def unit_trains(suite: Suite, model: str, task: str) -> bool:
+    """Whether a unit's numbers come downstream of SGD training (its model's or its own): such
+    numbers move with the floating-point rounding of the processor, and with a replicate's seeds.
+    The others follow from fixed inputs (seeded initialisation, files, seeded sampling, solvers run
+    to a tolerance) and are checked tightly."""
+    model_spec = next(m for m in suite.models if m.name == model)
+    task_spec = next(t for t in suite.tasks if t.name == task)
+    return PRETRAINERS.get(model_spec.pretrainer).trains or TASKS.get(task_spec.task).trains
+
+
 def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
              models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
-             device_source: str | None = None) -> Plan:
+             replicate: int = 0, device_source: str | None = None) -> Plan:
+    """The suite's units. ``replicate`` > 0 keeps only the units that train (the others would give
+    the replicate-0 numbers again) and reseeds their training, so that replicates measure how much
+    each trained number moves with its seeds."""
+    if not isinstance(replicate, int) or isinstance(replicate, bool) or replicate < 0:
+        raise ConfigError(f"replicate must be an integer >= 0, got {replicate!r}")
     model_specs = {m.name: m for m in suite.models}
     task_specs = {t.name: t for t in suite.tasks}
     model_names = select(models, list(model_specs), "model")
@@ -117,15 +134,17 @@ def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | 
             task = task_objects[task_name]
             if task_specs[task_name].models is not None and model_name not in task_specs[task_name].models:
                 continue
+            if replicate and not unit_trains(suite, model_name, task_name):
+                continue
             for unit in task.units(arch):
-                digest = config_hash({"model": [spec.pretrainer, spec.options], "task": task_specs[task_name].task,
-                                      "options": task_specs[task_name].options, "unit": unit,
-                                      "seed": suite.settings["seed"]})
+                identity = {"model": [spec.pretrainer, spec.options], "task": task_specs[task_name].task,
+                            "options": task_specs[task_name].options, "unit": unit, "seed": suite.settings["seed"]}
+                digest = config_hash({**identity, "replicate": replicate} if replicate else identity)
                 units.append(Unit(f"{model_name}/{task_name}/{unit}", model_name, task_name, unit, digest,
                                   needs_gpu=task.needs_gpu))
     source = device_source or ("--device" if device else f"{suite.source}: suites.{suite.name}.device")
     return Plan(suite, Path(run_dir), Path(cache_dir), Path(data_root or suite.settings["data_root"]).expanduser(),
-                device or suite.settings["device"], units, source)
+                device or suite.settings["device"], units, replicate, source)
 
 
 def write_plan(plan: Plan) -> None:
@@ -147,7 +166,7 @@ def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
     suite = load_suite(invocation["suite"], run_dir / "config.yaml")
     plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
                     models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"],
-                    device_source=f"{invocation_path} (device)")
+                    replicate=invocation.get("replicate", 0), device_source=f"{invocation_path} (device)")
     if only is not None:
         plan.units = [u for u in plan.units if u.unit_id in set(only)]
     return plan
@@ -174,18 +193,35 @@ class UnitRunner:
         if name not in self.models:
             spec = self.specs[name]
             try:  # a supervised model trains here, once
-                self.models[name] = PRETRAINERS.get(spec.pretrainer)(**spec.options).build(self.ctx, name)
+                self.models[name] = PRETRAINERS.get(spec.pretrainer)(**self.model_options(name)).build(self.ctx, name)
             except Exception as exc:
                 self.models[name] = exc
         if isinstance(self.models[name], Exception):
             raise self.models[name]
         return self.models[name]
 
+    def model_options(self, name: str) -> dict:
+        """The model's options; in a replicate run, a training pretrainer gets its replicate's seed
+        (its checkpoint is keyed by its options, so each replicate trains its own)."""
+        spec = self.specs[name]
+        if not self.plan.replicate or not PRETRAINERS.get(spec.pretrainer).trains:
+            return spec.options
+        if "seed" not in spec.options:
+            raise ConfigError(f"model '{name}': pretrainer '{spec.pretrainer}' trains but has no 'seed' option, "
+                              f"so a replicate run cannot reseed it")
+        return {**spec.options, "seed": replicate_seed(spec.options["seed"], self.plan.replicate)}
+
+    def task_context(self, task_name: str) -> RunContext:
+        """The run context a task's units see; in a replicate run, a training task gets its seed."""
+        if self.plan.replicate and self.tasks[task_name].trains:
+            return replace(self.ctx, seed=replicate_seed(self.ctx.seed, self.plan.replicate))
+        return self.ctx
+
     def prepare(self, model_name: str, units: list[Unit]) -> None:
         """Build the model and extract the features its units need, once (a job of its own)."""
         model = self.model(model_name)
         for task_name in dict.fromkeys(u.task for u in units):
-            self.tasks[task_name].prepare(self.ctx, model)
+            self.tasks[task_name].prepare(self.task_context(task_name), model)
 
     def run(self, unit: Unit, summary: RunSummary) -> None:
         self.log(f"[ssl-bench] {unit.unit_id}")
@@ -195,8 +231,9 @@ class UnitRunner:
                                               "log": self.log_path, "started": time.time()}))
         try:
             model = self.model(unit.model)
+            ctx = self.task_context(unit.task)
             with measure(self.device) as stats:
-                rows = self.tasks[unit.task].run(self.ctx, model, unit.unit)
+                rows = self.tasks[unit.task].run(ctx, model, unit.unit)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             where = f"log: {self.log_path}\n" if self.log_path else ""
@@ -208,9 +245,14 @@ class UnitRunner:
             marker.unlink(missing_ok=True)
         spec = self.specs[unit.model]
         provenance = {"model": unit.model, "task": unit.task, "pretrainer": spec.pretrainer,
-                      "arch": model.arch.name, "config_hash": unit.config_hash, "seed": self.ctx.seed,
+                      "arch": model.arch.name, "config_hash": unit.config_hash, "seed": ctx.seed,
+                      "replicate": self.plan.replicate,
+                      "determinism": "trained" if unit_trains(self.plan.suite, unit.model, unit.task) else "exact",
                       "weights_sha256": model.weights[:16], **stats, **static_provenance(self.device)}
-        self.store.write_unit(unit.unit_id, [{**row, **provenance} for row in rows])
+        # a task may mark rows computed without its training (evaluator checks) as exact itself
+        self.store.write_unit(unit.unit_id, [{**row, **provenance, "determinism": row.get("determinism",
+                                                                                      provenance["determinism"])}
+                                             for row in rows])
         summary.done.append(unit.unit_id)
 
 
@@ -267,8 +309,10 @@ def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
 
 def run_suite(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
               models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
-              force: bool = False, executor: dict | None = None, log: Callable[[str], None] = print) -> RunSummary:
-    plan = plan_run(suite, run_dir, cache_dir, data_root=data_root, models=models, tasks=tasks, device=device)
+              force: bool = False, executor: dict | None = None, log: Callable[[str], None] = print,
+              replicate: int = 0) -> RunSummary:
+    plan = plan_run(suite, run_dir, cache_dir, data_root=data_root, models=models, tasks=tasks, device=device,
+                    replicate=replicate)
     return run_plan(plan, force=force, executor=executor, log=log)
 
 

@@ -17,6 +17,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed a training uses in replicate ``replicate`` of a run; replicate 0 keeps ``seed``.
+    Others get well-mixed 31-bit seeds (numpy SeedSequence), far from the small seeds users pick."""
+    if replicate == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**63, replicate, 0x5EED]).generate_state(1, np.uint32)[0] >> 1)
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker seeding from torch's per-worker seed, so augmentations are reproducible."""
     seed = torch.initial_seed() % 2**32

@@ -17,6 +17,7 @@ class CheckpointFile(Pretrainer):
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
     options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch file"),
                        "which": Str("teacher")})
+    trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         path = Path(self.config["path"]).expanduser()

@@ -11,6 +11,7 @@ from . import ARCH, SEED, freeze
 @PRETRAINERS.register("random")
 class RandomInit(Pretrainer):
     options = declare({"arch": ARCH, "seed": SEED})
+    trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         arch, seed = self.config["arch"], self.config["seed"]

@@ -52,6 +52,8 @@ class BatchedSVMTask:
     for a GPU (``solver: torch`` with ``svm_device: cuda``), which makes them GPU jobs on SLURM
     (one VOC07 layer: ~4 s on an H100 against ~50 s on two CPU cores)."""
 
+    trains = False  # convex problems solved to liblinear's tolerance: fixed features give fixed answers
+
     @property
     def needs_gpu(self) -> bool:
         return self.config.get("solver") == "torch" and str(self.config.get("svm_device", "auto")).startswith("cuda")

@@ -23,7 +23,7 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.normals.codebook import cached_codebook
-from benchmark.normals.metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES
+from benchmark.normals.metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
 from benchmark.normals.model import PSP_BINS
 from benchmark.normals.train import HEADS, NormalsSchedule, NormalsSetup, train_normals
 from benchmark.options import Choice, Float, Int, Range, Str, declare
@@ -163,4 +163,9 @@ class NormalsNYUv2(Task):
             "median_resolution_deg": MEDIAN_MAX_ERROR_DEG, "final_train_loss": round(float(result["losses"][-1]), 5),
             "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),
         }
-        return [{**common, "metric": name, "value": float(metrics[name])} for name in METRIC_NAMES]
+        baseline = mean_normal_baseline(train, test)  # exact: annotations and metrics only, no model
+        return [{**common, "metric": name, "value": float(metrics[name])} for name in METRIC_NAMES] + [
+            {"dataset": "nyuv2", "layer": UNIT, "metric": name, "value": float(baseline[name]),
+             "evaluation": "mean_normal_baseline", "determinism": "exact", "n_train": len(train), "n_test": len(test),
+             "note": "every pixel predicted as the training set's mean normal: independent of the model"}
+            for name in METRIC_NAMES]

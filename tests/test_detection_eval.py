@@ -100,3 +100,25 @@ def test_box_iou_matches_torchvision() -> None:
     b = np.concatenate([xy, xy + rng.uniform(1, 30, (20, 2))], 1)
     expected = tv_box_iou(torch.as_tensor(a), torch.as_tensor(b)).numpy()
     np.testing.assert_allclose(box_iou(a, b), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_perturbed_ground_truth_is_seeded_and_catches_an_evaluator_change() -> None:
+    from benchmark.detection.evaluate import perturbed_ground_truth
+
+    rng = np.random.default_rng(0)
+    truth = []
+    for _ in range(30):
+        xy = rng.uniform(0, 200, (3, 2))
+        wh = rng.uniform(20, 80, (3, 2))
+        truth.append(GroundTruth(np.hstack([xy, xy + wh]), rng.integers(1, 5, 3), rng.random(3) < 0.1))
+    first, again = perturbed_ground_truth(truth, 4, seed=0), perturbed_ground_truth(truth, 4, seed=0)
+    for field in ("images", "labels", "scores", "boxes"):
+        np.testing.assert_array_equal(getattr(first, field), getattr(again, field))
+    # one wrong-class copy and one moved copy per image, plus the kept boxes (about 80 % of 90)
+    assert 2 * 30 + 55 <= len(first.labels) <= 2 * 30 + 90
+    assert ((first.labels >= 1) & (first.labels <= 4)).all()
+    ap = np.nanmean(evaluate_detections(first, truth, 4)["ap11"])
+    assert 0.3 < ap < 0.95  # misses, jitter beyond IoU 0.5 and false positives all cost something
+    stricter = np.nanmean(evaluate_detections(first, truth, 4, iou_threshold=0.6)["ap11"])
+    assert ap - stricter > 0.01  # a changed matching threshold shows in these exact rows
+    assert not np.array_equal(perturbed_ground_truth(truth, 4, seed=1).boxes, first.boxes)

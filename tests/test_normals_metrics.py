@@ -123,3 +123,35 @@ def test_merge_equals_one_accumulator() -> None:
     b.add_angles(angles[200:])
     a.merge(b)
     assert a.result() == pytest.approx(one.result())
+
+
+class _Split:
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def normals(self, j):
+        return self.items[j]
+
+
+def test_mean_normal_baseline_against_numpy() -> None:
+    from benchmark.normals.metrics import mean_normal_baseline, summarize
+
+    rng = np.random.default_rng(4)
+
+    def item():
+        n = rng.normal(size=(5, 6, 3)) + np.array([0, 0, -2.0])
+        return n / np.linalg.norm(n, axis=-1, keepdims=True), rng.random((5, 6)) > 0.3
+
+    train, test = _Split([item() for _ in range(3)]), _Split([item() for _ in range(2)])
+    valid = np.concatenate([n[m] for n, m in train.items])
+    direction = valid.sum(0) / np.linalg.norm(valid.sum(0))
+    gt = np.concatenate([n[m] for n, m in test.items])
+    angles = np.degrees(np.arccos(np.clip(gt @ direction, -1, 1)))
+    expected = summarize(angles)
+    got = mean_normal_baseline(train, test)
+    for name in ("mean_error", "within_11.25", "within_22.5", "within_30"):
+        assert got[name] == pytest.approx(expected[name], abs=1e-9)
+    assert got["median_error"] == pytest.approx(expected["median_error"], abs=5e-4)

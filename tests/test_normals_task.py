@@ -96,7 +96,10 @@ def test_cli_end_to_end(tmp_path, capsys) -> None:
     args = ["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs"), "--data-root", str(data)]
     assert main(args) == 0
     results = pd.read_csv(tmp_path / "runs" / "tiny" / "results.csv")
-    assert sorted(results["metric"]) == sorted(METRIC_NAMES)
+    baseline = results[results["evaluation"] == "mean_normal_baseline"]
+    assert sorted(baseline["metric"]) == sorted(METRIC_NAMES) and (baseline["determinism"] == "exact").all()
+    results = results[results["evaluation"] != "mean_normal_baseline"]
+    assert sorted(results["metric"]) == sorted(METRIC_NAMES) and (results["determinism"] == "trained").all()
     row = results.set_index("metric")
     assert (row["task"] == "normals_nyuv2").all() and (row["layer"] == "res5").all()
     assert (row["head"] == "codebook").all() and (row["iterations"] == 4).all() and (row["n_train"] == 7).all()

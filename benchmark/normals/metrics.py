@@ -143,3 +143,20 @@ class AngularErrors:
         for t, n in zip(THRESHOLDS_DEG, self.within.tolist()):
             out[f"within_{t:g}"] = 100.0 * n / self.count
         return out
+
+
+def mean_normal_baseline(train, test) -> dict[str, float]:
+    """The metrics of predicting, at every test pixel, the mean of the training set's valid normals
+    (normalised): the classic floor of surface-normal estimation, computed from the annotations
+    alone. Same files, same numbers on every machine: an exact check of the reader and the metrics.
+    ``train``/``test``: splits whose ``normals(j)`` gives ((H, W, 3) normals, (H, W) mask)."""
+    total = np.zeros(3)
+    for j in range(len(train)):
+        normals, mask = train.normals(j)
+        total += np.asarray(normals, dtype=np.float64)[np.asarray(mask, dtype=bool)].sum(0)
+    direction = total / max(np.linalg.norm(total), 1e-12)
+    errors = AngularErrors()
+    for j in range(len(test)):
+        normals, mask = test.normals(j)
+        errors.update(np.broadcast_to(direction, np.shape(normals)), normals, mask)
+    return errors.result()

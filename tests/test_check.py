@@ -1,0 +1,316 @@
+"""The regression check: references with measured spreads, one rule per row, damaged references
+refused, and replicate runs that reseed only what trains."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.check import (BAND_FLOOR, BAND_MULTIPLIER, BASE_TOLERANCE, EXACT_TOLERANCE, JOIN, build_reference,
+                             compare, read_reference, run_check, write_reference)
+from benchmark.cli import main
+from benchmark.config import load_suite
+from benchmark.errors import BenchmarkError, ConfigError
+from benchmark.results import ResultStore
+from benchmark.runner import UnitRunner, plan_run, unit_trains
+from benchmark.training import replicate_seed
+
+
+def _row(model, layer, metric="mAP", cls="", sample="", value=0.0, determinism="trained", task="voc07_svm"):
+    return {"model": model, "task": task, "dataset": "voc07", "layer": layer, "metric": metric, "class": cls,
+            "k": "", "sample": sample, "cost_selection": "", "evaluation": "", "value": value,
+            "determinism": determinism}
+
+
+def _frames():
+    """A replicate-0 run and two replicates: an exact model, and a trained one whose numbers move."""
+    base = [_row("random", "res5", value=30.0, determinism="exact"),
+            _row("random", "res5", cls="cat", value=41.25, determinism="exact"),
+            _row("supervised", "res5", value=50.0),
+            _row("supervised", "res5", cls="cat", value=60.0),
+            _row("supervised", "res4", value=45.0)]
+    rep1 = [_row("supervised", "res5", value=51.0), _row("supervised", "res5", cls="cat", value=70.0),
+            _row("supervised", "res4", value=45.0)]
+    rep2 = [_row("supervised", "res5", value=52.0), _row("supervised", "res5", cls="cat", value=65.0),
+            _row("supervised", "res4", value=45.0)]
+    return [pd.DataFrame(rows) for rows in (base, rep1, rep2)]
+
+
+def _pick(df, model, layer, cls=""):
+    return df[(df.model == model) & (df.layer == layer) & (df["class"] == cls)].iloc[0]
+
+
+def test_reference_rules_and_spreads_are_computed_from_the_replicates() -> None:
+    run, rep1, rep2 = _frames()
+    ref = build_reference(run, [rep1, rep2])
+    exact = _pick(ref, "random", "res5")
+    assert (exact["rule"], exact["tolerance"], exact["n_runs"]) == ("exact", EXACT_TOLERANCE, 1)
+    band = _pick(ref, "supervised", "res5")
+    assert band["rule"] == "band" and band["n_runs"] == 3
+    assert band["mean"] == pytest.approx(51.0) and band["std"] == pytest.approx(np.std([50, 51, 52], ddof=1))
+    assert (band["min"], band["max"]) == (50.0, 52.0)
+    assert band["tolerance"] == pytest.approx(max(BAND_FLOOR, BAND_MULTIPLIER * 1.0))
+    per_class = _pick(ref, "supervised", "res5", "cat")
+    assert per_class["rule"] == "aggregate" and per_class["std"] == pytest.approx(5.0)
+    still = _pick(ref, "supervised", "res4")  # replicates that agree: the floor, not a zero-width band
+    assert still["rule"] == "band" and still["tolerance"] == BAND_FLOOR
+    alone = build_reference(run, [])  # without replicates the spread is unmeasured
+    assert _pick(alone, "supervised", "res5")["rule"] == "fixed"
+    assert _pick(alone, "supervised", "res5")["tolerance"] == BASE_TOLERANCE
+    assert _pick(alone, "random", "res5")["rule"] == "exact"
+
+
+def test_a_replicate_that_moves_an_exact_number_is_refused() -> None:
+    run, rep1, _ = _frames()
+    liar = pd.concat([rep1, pd.DataFrame([_row("random", "res5", value=30.5, determinism="exact")])])
+    with pytest.raises(BenchmarkError, match="declares exact.*'model': 'random'"):
+        build_reference(run, [liar])
+    same = pd.concat([rep1, pd.DataFrame([_row("random", "res5", value=30.0, determinism="exact")])])
+    assert len(build_reference(run, [same])) == len(run)
+
+
+def _shifted(run, model, layer, delta, cls=""):
+    out = run.copy()
+    mask = (out.model == model) & (out.layer == layer) & (out["class"] == cls)
+    out.loc[mask, "value"] += delta
+    return out
+
+
+def test_each_rule_flags_what_it_should(tmp_path) -> None:
+    run, rep1, rep2 = _frames()
+    path = tmp_path / "ref.csv"
+    write_reference(build_reference(run, [rep1, rep2]), path)
+    ref, fmt = read_reference(path)
+    assert fmt == 2 and len(ref) == len(run)
+
+    def outcome(other):
+        result = compare(other, ref)
+        return (sorted(zip(result["regressions"]["model"], result["regressions"]["rule"])),
+                len(result["informational"]))
+
+    assert outcome(run) == ([], 0)
+    # exact: a planted 1-point change fails, rounding-level noise passes
+    assert outcome(_shifted(run, "random", "res5", 1.0)) == ([("random", "exact")], 0)
+    assert outcome(_shifted(run, "random", "res5", 0.01)) == ([], 0)
+    assert outcome(_shifted(run, "random", "res5", 1.0, cls="cat")) == ([("random", "exact")], 0)
+    # band: centred on the replicates' mean 51 with half-width 4
+    assert outcome(_shifted(run, "supervised", "res5", 4.9)) == ([], 0)  # 54.9 - 51 = 3.9
+    assert outcome(_shifted(run, "supervised", "res5", 5.5)) == ([("supervised", "band")], 0)
+    assert outcome(_shifted(run, "supervised", "res5", -3.5)) == ([("supervised", "band")], 0)  # 46.5
+    # aggregate: per-class numbers of a trained model are reported, never failing
+    assert outcome(_shifted(run, "supervised", "res5", 40.0, cls="cat")) == ([], 1)
+    # a NaN where a number was is always a regression
+    nan = run.copy()
+    nan.loc[0, "value"] = np.nan
+    assert len(compare(nan, ref)["regressions"]) == 1
+
+
+def test_override_tolerance_holds_every_row_against_its_stored_value(tmp_path) -> None:
+    run, rep1, rep2 = _frames()
+    path = tmp_path / "ref.csv"
+    write_reference(build_reference(run, [rep1, rep2]), path)
+    ref, _ = read_reference(path)
+    assert len(compare(run, ref, tolerance=0)["regressions"]) == 0  # stored values round-trip exactly
+    tiny = _shifted(run, "supervised", "res5", 1e-9, cls="cat")
+    regressions = compare(tiny, ref, tolerance=0)["regressions"]
+    assert regressions[["model", "class", "rule"]].values.tolist() == [["supervised", "cat", "override"]]
+
+
+# --- damaged references ----------------------------------------------------------------------
+
+@pytest.fixture()
+def reference_file(tmp_path) -> Path:
+    run, rep1, rep2 = _frames()
+    path = tmp_path / "ref.csv"
+    write_reference(build_reference(run, [rep1, rep2]), path)
+    return path
+
+
+def test_truncated_reference_is_an_error(reference_file) -> None:
+    raw = reference_file.read_bytes()
+    reference_file.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BenchmarkError, match=f"{reference_file}.*damaged.*promises 5 rows"):
+        read_reference(reference_file)
+    lines = raw.decode().splitlines(keepends=True)
+    reference_file.write_text("".join(lines[:-1]))  # one whole row cut: still not a pass
+    with pytest.raises(BenchmarkError, match="damaged"):
+        read_reference(reference_file)
+
+
+def test_edited_reference_values_and_missing_columns_are_errors(reference_file) -> None:
+    header, body = reference_file.read_text().split("\n", 1)
+    reference_file.write_text(header + "\n" + body.replace("41.25", "42.25"))
+    with pytest.raises(BenchmarkError, match="damaged.*truncated or edited.*--update"):
+        read_reference(reference_file)
+    frame = pd.read_csv(pd.io.common.StringIO(body), dtype=str, keep_default_na=False)
+    reference_file.write_text(frame.drop(columns=["metric"]).to_csv(index=False))  # no header: format 1
+    with pytest.raises(BenchmarkError, match="lacks the column.*metric"):
+        read_reference(reference_file)
+
+
+def _signed(path: Path, frame: pd.DataFrame) -> None:
+    """A frame written with a valid header, to reach the checks behind the checksum."""
+    body = frame.to_csv(index=False).encode()
+    path.write_bytes(f"# ssl-bench reference: format 2, {len(frame)} rows, sha256 "
+                     f"{hashlib.sha256(body).hexdigest()}\n".encode() + body)
+
+
+def test_duplicated_keys_non_numbers_and_unknown_rules_are_errors(reference_file) -> None:
+    frame, _ = read_reference(reference_file)
+    _signed(reference_file, pd.concat([frame, frame.iloc[[2]]]))
+    with pytest.raises(BenchmarkError, match="(?s)2 rows with duplicated keys.*model=supervised"):
+        read_reference(reference_file)
+    bad = frame.astype(str)
+    bad.loc[1, "value"] = "4l.25"
+    _signed(reference_file, bad)
+    with pytest.raises(BenchmarkError, match="column 'value' holds a non-number, '4l.25', on data row 2"):
+        read_reference(reference_file)
+    bad = frame.copy()
+    bad.loc[1, "rule"] = "loose"
+    _signed(reference_file, bad)
+    with pytest.raises(BenchmarkError, match="unknown rule.*loose"):
+        read_reference(reference_file)
+
+
+def test_empty_and_garbled_references_are_errors(tmp_path) -> None:
+    path = tmp_path / "ref.csv"
+    path.write_text("")
+    with pytest.raises(BenchmarkError, match="is empty"):
+        read_reference(path)
+    path.write_text("# something else\nmodel,value\n")
+    with pytest.raises(BenchmarkError, match="unreadable header"):
+        read_reference(path)
+    with pytest.raises(BenchmarkError, match="does not exist.*--update"):
+        read_reference(tmp_path / "none.csv")
+
+
+# --- end to end on a tiny run ----------------------------------------------------------------
+
+SUITE = """
+suites:
+  tiny:
+    data_root: {data}
+    num_workers: 0
+    batch_size: 16
+    models:
+      random:
+        pretrainer: random
+        arch: resnet18
+    tasks:
+      voc07_svm:
+        layers: [res5]
+        image_size: 32
+        costs: [0.1, 1.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "80", "--seed", "3"]) == 0
+    config = root / "bench.yaml"
+    config.write_text(SUITE.format(data=root / "data"))
+    assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(root / "runs"), "--device", "cpu"]) == 0
+    return root / "runs" / "tiny"
+
+
+def _unit_csvs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "units").glob("*.csv"))
+
+
+def test_cli_planted_change_cut_reference_and_uncovered_rows(tiny_run, tmp_path, capsys) -> None:
+    reference = tmp_path / "reference.csv"
+    assert main(["check", str(tiny_run), "--against", str(reference), "--update"]) == 0
+    assert "0 band" in capsys.readouterr().out
+    ref, _ = read_reference(reference)
+    assert set(ref["rule"]) == {"exact"} and (ref["determinism"] == "exact").all()
+    assert main(["check", str(tiny_run), "--against", str(reference)]) == 0
+    assert "RESULT: OK" in capsys.readouterr().out
+    per_row = pd.read_csv(tiny_run / "check.csv")
+    assert len(per_row) == len(ref) and set(per_row["rule"]) == {"exact"}
+
+    unit = _unit_csvs(tiny_run)[0]
+    saved = unit.read_bytes()
+    try:  # the random model's mAP moved by one point: an exact number, so a failure
+        frame = pd.read_csv(unit, dtype=str, keep_default_na=False)
+        row = frame.index[frame.metric == "mAP"][0]
+        frame.loc[row, "value"] = str(float(frame.loc[row, "value"]) + 1.0)
+        frame.to_csv(unit, index=False)
+        assert main(["check", str(tiny_run), "--against", str(reference)]) == 1
+        out = capsys.readouterr().out
+        assert "1 moved beyond tolerance" in out and "| exact" in out and "RESULT: FAIL" in out
+    finally:
+        unit.write_bytes(saved)
+
+    raw = reference.read_bytes()
+    reference.write_bytes(raw[: len(raw) // 2])  # cut in half: an error (exit 2), not a pass
+    assert main(["check", str(tiny_run), "--against", str(reference)]) == 2
+    assert "damaged" in capsys.readouterr().err
+
+    reference.write_bytes(raw)
+    full, _ = read_reference(reference)
+    write_reference(full[full["class"] != "cat"], reference)  # a reference that covers fewer rows
+    assert main(["check", str(tiny_run), "--against", str(reference)]) == 1
+    out = capsys.readouterr().out
+    assert "not covered by the reference" in out and "RESULT: FAIL" in out
+    assert main(["check", str(tiny_run), "--against", str(reference), "--allow-new"]) == 0
+
+
+def test_format1_reference_cut_in_half_fails(tiny_run, tmp_path, capsys) -> None:
+    """Old references (no header) cannot prove their length, but the rows they lack still fail."""
+    rows = ResultStore(tiny_run).load()
+    reference = tmp_path / "old.csv"
+    rows.head(len(rows) // 2)[[c for c in JOIN + ["value"] if c in rows]].to_csv(reference, index=False)
+    assert main(["check", str(tiny_run), "--against", str(reference)]) == 1
+    out = capsys.readouterr().out
+    assert "format-1" in out and "not covered by the reference" in out
+
+
+def test_replicate_run_holds_only_training_units_and_keeps_replicate_zero(tiny_run, capsys) -> None:
+    """A suite with nothing that trains has nothing to replicate; replicate 0's hashes are untouched."""
+    config = tiny_run / "config.yaml"
+    suite = load_suite("tiny", config)
+    zero = plan_run(suite, tiny_run, tiny_run.parent / "feature-cache")
+    assert plan_run(suite, tiny_run, tiny_run.parent / "cache", replicate=2).units == []
+    stored = {u["unit_id"]: u["config_hash"] for u in json.loads((tiny_run / "manifest.json").read_text())}
+    assert {u.unit_id: u.config_hash for u in zero.units} == stored
+    with pytest.raises(ConfigError, match="replicate must be an integer >= 0"):
+        plan_run(suite, tiny_run, tiny_run.parent / "cache", replicate=-1)
+
+
+TRAINING_SUITE = """
+suites:
+  mixed:
+    data_root: data
+    models:
+      random: {pretrainer: random, arch: resnet18, seed: 3}
+      supervised: {pretrainer: supervised, arch: resnet18, seed: 5, epochs: 1}
+    tasks:
+      voc07_svm: {layers: [res5]}
+      linear_places205: {layers: [res5]}
+"""
+
+
+def test_replicates_reseed_exactly_what_trains(tmp_path) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(TRAINING_SUITE)
+    suite = load_suite("mixed", config)
+    assert not unit_trains(suite, "random", "voc07_svm")
+    assert unit_trains(suite, "random", "linear_places205") and unit_trains(suite, "supervised", "voc07_svm")
+    zero, two = (plan_run(suite, tmp_path / "run", tmp_path / "cache", replicate=r) for r in (0, 2))
+    assert {(u.model, u.task) for u in zero.units} - {(u.model, u.task) for u in two.units} == {("random", "voc07_svm")}
+    hashes = {u.unit_id: u.config_hash for u in zero.units}
+    assert all(hashes[u.unit_id] != u.config_hash for u in two.units)  # never mistaken for replicate 0's
+    runner = UnitRunner(two, log=lambda _: None)
+    assert runner.model_options("random")["seed"] == 3  # a seeded initialisation is not training
+    assert runner.model_options("supervised")["seed"] == replicate_seed(5, 2) != 5
+    assert runner.task_context("voc07_svm").seed == 0
+    assert runner.task_context("linear_places205").seed == replicate_seed(0, 2)
+    assert UnitRunner(zero, log=lambda _: None).model_options("supervised")["seed"] == 5
+    seeds = {replicate_seed(s, r) for s in range(3) for r in range(1, 50)}
+    assert len(seeds) == 147 and all(0 <= s < 2**31 for s in seeds)

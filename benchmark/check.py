@@ -11,7 +11,8 @@ another machine, and says which rule gives the tolerance:
   with the training seeds; so the reference measures them over replicate runs (the same suite with
   every training reseeded: ``ssl-bench run --replicate N``) and stores their mean, standard
   deviation, min, max and count. A run passes when it lies within
-  ``max(BAND_FLOOR, BAND_MULTIPLIER x std)`` of the replicates' mean.
+  ``max(BAND_FLOOR, BAND_MULTIPLIER x max(std, pooled std))`` of the replicates' mean, the pooled
+  std being the typical spread of the same kind of number (see pooled_std).
 - ``aggregate``: per-class and per-sample numbers of a trained model (an AP over a few dozen
   positives, one low-shot draw) are too noisy to hold one by one; they are held through the
   aggregates they make up (mAP, means over samples), which are ``band`` rows. They are compared
@@ -42,12 +43,12 @@ from .results import ResultStore, atomic_write_text
 
 JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
 EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
-BAND_MULTIPLIER = 4.0  # x the replicates' standard deviation
+BAND_MULTIPLIER = 5.0  # x the replicates' standard deviation: few replicates, ~100s of bands per check
 BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
 BASE_TOLERANCE = 0.5  # points; trained numbers without a measured band, and format-1 references
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
 RULES = ("exact", "band", "aggregate", "fixed")
-SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max"]
+SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std"]
 PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device"]
 REFERENCE_COLUMNS = JOIN + ["value"] + SPREAD_COLUMNS + PROVENANCE_COLUMNS
 FORMAT = 2
@@ -128,7 +129,7 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
     _duplicates(df, f"reference file {path}")
     df["value"] = _numeric(df, "value", f"reference file {path}")
     if fmt >= 2:
-        for column in ("tolerance", "n_runs", "mean", "std", "min", "max"):
+        for column in ("tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std"):
             df[column] = _numeric(df, column, f"reference file {path}")
         unknown = sorted(set(df["rule"]) - set(RULES))
         if unknown:
@@ -168,8 +169,18 @@ def _determinism_from_plan(run: pd.DataFrame, run_dir: Path) -> pd.Series:
 
 # --- building a reference with spreads -------------------------------------------------------
 
-def band_tolerance(std: pd.Series) -> pd.Series:
-    return np.fmax(BAND_FLOOR, BAND_MULTIPLIER * std.fillna(0.0))
+def band_tolerance(std: pd.Series, pooled: pd.Series) -> pd.Series:
+    return np.fmax(BAND_FLOOR, BAND_MULTIPLIER * np.fmax(std.fillna(0.0), pooled.fillna(0.0)))
+
+
+def pooled_std(ref: pd.DataFrame) -> pd.Series:
+    """Per row, the root mean square of the replicate spreads of its kind of number (same task,
+    metric, evaluation and cost selection, over models, layers, classes, k and samples): a few
+    replicates can agree by chance, so a band is never narrower than the typical spread of its kind."""
+    measured = ref[(ref["rule"] != "exact") & (ref["n_runs"] >= 2)]
+    groups = ["task", "metric", "evaluation", "cost_selection"]
+    rms = (measured["std"] ** 2).groupby([measured[g] for g in groups]).mean() ** 0.5
+    return pd.Series(rms.reindex(pd.MultiIndex.from_frame(ref[groups])).to_numpy(), index=ref.index)
 
 
 def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.DataFrame:
@@ -197,11 +208,12 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     trained = ref["determinism"] != "exact"
     per_item = (ref["class"] != "") | (ref["sample"] != "")
     ref["rule"] = np.select([~trained, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
+    ref["pooled_std"] = pooled_std(ref)
     ref["tolerance"] = np.select([ref["rule"] == "exact", ref["rule"] == "fixed"],
-                                 [EXACT_TOLERANCE, BASE_TOLERANCE], band_tolerance(ref["std"]))
+                                 [EXACT_TOLERANCE, BASE_TOLERANCE], band_tolerance(ref["std"], ref["pooled_std"]))
     exact_rows = ref["rule"] == "exact"
     ref.loc[exact_rows, ["mean", "min", "max"]] = ref.loc[exact_rows, ["value"] * 3].to_numpy()
-    ref.loc[exact_rows, "std"] = 0.0
+    ref.loc[exact_rows, ["std", "pooled_std"]] = 0.0
     return ref.reset_index(drop=True)
 
 

@@ -27,6 +27,27 @@ PREFIXES = ("module.", "encoder_q.", "backbone.", "_feature_blocks.", "trunk.", 
 HEAD_PREFIXES = ("encoder_k.", "head.", "heads.", "projector.", "predictor.", "queue", "prototypes.")
 
 
+def _torch_detail(message: str) -> str:
+    """The part of torch's loading error that describes the file, without its advice: that advice
+    (re-run torch.load with weights_only=False) would execute whatever the file holds."""
+    text = message.split("WeightsUnpickler error:")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    return (lines[0] if lines else "")[:200]
+
+
+def pickled_objects_message(path: Path, refused: str) -> str:
+    """What to do with a checkpoint that holds Python objects besides tensors."""
+    return (
+        f"checkpoint {path} holds pickled Python objects ({refused}), not only tensors. Unpickling them can run "
+        f"arbitrary code, so ssl-bench (which reads checkpoints with torch.load(weights_only=True)) will not "
+        f"execute them. Re-save only the tensors: in an environment you trust, load the file with the code that "
+        f"wrote it and save the network's state dict, "
+        f"torch.save(model.state_dict(), '{path.with_name(path.stem + '-weights.pth')}'), then set the model's "
+        f"'path' to the new file."
+    )
+
+
 def read_checkpoint(path: str | Path) -> object:
     path = Path(path)
     if not path.is_file():
@@ -34,23 +55,20 @@ def read_checkpoint(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch raises the same error for a refused Python object and for bytes that are not a
-        # pickle at all; only the former names a GLOBAL (the class it refused to import)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused is None:
-            detail = (str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines() or [""])[0]
-            raise CheckpointError(
-                f"checkpoint {path} cannot be read: it is corrupt or not a PyTorch checkpoint "
-                f"(unpickling failed: {detail[:200]})"
-            ) from exc
+        # torch raises the same error for a refused Python object and for bytes it cannot parse;
+        # only the former names a GLOBAL (the class or function it refused to import)
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        if refused is not None:
+            raise CheckpointError(pickled_objects_message(path, refused.group(1))) from exc
         raise CheckpointError(
-            f"checkpoint {path} holds pickled Python objects ({refused.group(1)}), which ssl-bench does "
-            f"not execute (torch.load weights_only=True). Re-save only tensors: "
-            f"torch.save(model.state_dict(), 'clean.pth')."
+            f"checkpoint {path} cannot be read as tensors: it is corrupt, truncated, or not a PyTorch checkpoint "
+            f"(unpickling stopped at: {_torch_detail(str(exc)) or type(exc).__name__}). If it is a plain pickle "
+            f"of Python objects, re-save only the tensors with torch.save(model.state_dict(), path) in an "
+            f"environment you trust"
         ) from exc
     except Exception as exc:  # corrupt or truncated file: torch raises several types
         raise CheckpointError(f"checkpoint {path} cannot be read (corrupt, truncated or not a PyTorch "
-                              f"checkpoint): {type(exc).__name__}: {exc}") from exc
+                              f"checkpoint): {type(exc).__name__}: {_torch_detail(str(exc))}") from exc
 
 
 def unwrap_state_dict(obj: object, which: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:

@@ -12,6 +12,14 @@ from .config import DEFAULT_CONFIG, list_suites, load_suite
 from .errors import BenchmarkError
 
 
+# what to do after Ctrl-C, per sub-command
+INTERRUPTED_HINT = {
+    "run": "Run the same command again (or ssl-bench resume RUN_DIR) to continue where it stopped.",
+    "resume": "Run it again to continue where it stopped.",
+    "pretrain": "Run the same command again to resume from the last checkpoint.",
+}
+
+
 def default_config() -> Path:
     local = Path("benchmark.yaml")
     return local if local.is_file() else DEFAULT_CONFIG
@@ -248,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # results are written atomically, one unit at a time: what finished is on disk and complete
+        print(f"ssl-bench: interrupted (Ctrl-C); finished results are kept. {INTERRUPTED_HINT.get(args.command, '')}"
+              .rstrip(), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ closest valid key.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json
@@ -19,40 +18,55 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .options import Anything, Choice, Device, Int, Layers, Options, Str, check_name, declare, declared, validate
 from .registry import PRETRAINERS, TASKS, closest
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "benchmark.yaml"
 
-SUITE_KEYS = {
-    "description": "",
-    "data_root": "data",
-    "seed": 0,
-    "device": "auto",
-    "batch_size": 64,
-    "num_workers": 2,
-    "executor": None,  # local (default) | debug | slurm, with SLURM settings: see benchmark.scheduler
-    "models": None,
-    "tasks": None,
-}
-
-
-EXECUTOR_KEYS = {
-    "name": "local",
-    "partition": None,
-    "gpus_per_node": 1,
-    "cpus_per_task": 10,  # GPU jobs: model preparation, feature extraction, training tasks
-    "cpus_per_svm_task": 10,  # CPU-only jobs: SVM units on cached features
-    "mem_gb": 64,
-    "timeout_min": 24 * 60,
-    "constraint": None,
-    "account": None,
-    "array_parallelism": 64,
-}
 EXECUTORS = ("local", "debug", "slurm")
+
+# local (default) | debug | slurm, with SLURM settings: see benchmark.scheduler
+EXECUTOR_OPTIONS = declare({
+    "name": Choice(*EXECUTORS),
+    "partition": Str(None),
+    "gpus_per_node": Int(1, min=0),
+    "cpus_per_task": Int(10, min=1),  # GPU jobs: model preparation, feature extraction, training tasks
+    "cpus_per_svm_task": Int(10, min=1),  # CPU-only jobs: SVM units on cached features
+    "mem_gb": Int(64, min=1),
+    "timeout_min": Int(24 * 60, min=1),
+    "constraint": Str(None),
+    "account": Str(None),
+    "array_parallelism": Int(64, min=1),
+})
+
+SUITE_OPTIONS = declare({
+    "description": Str(""),
+    "data_root": Str("data"),
+    "seed": Int(0, min=0),
+    "device": Device("auto"),
+    "batch_size": Int(64, min=1),
+    "num_workers": Int(2, min=0),
+    "executor": Anything(None),  # checked against EXECUTOR_OPTIONS
+    "models": Anything(None),
+    "tasks": Anything(None),
+})
+# {key: default}, as the suite and executor blocks were declared before they were typed
+SUITE_KEYS = dict(SUITE_OPTIONS)
+EXECUTOR_KEYS = dict(EXECUTOR_OPTIONS)
+
+# A YAML alias repeats its anchored value wherever it appears: a few lines can expand to billions
+# of nodes ("billion laughs"). Aliases may add at most this many nodes to a file.
+MAX_ALIAS_EXPANSION = 10_000
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicated mapping keys instead of silently keeping the last."""
+    """SafeLoader that refuses duplicated mapping keys instead of silently keeping the last, and
+    aliases that expand the document beyond MAX_ALIAS_EXPANSION nodes."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_alias_expansion(node, self.name)
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -67,38 +81,74 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _check_alias_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand it by more than MAX_ALIAS_EXPANSION nodes, or that
+    refers to itself, before anything is constructed from it. The composer shares one node per
+    anchor, so sizes are counted once per node (memoised) and the check stays linear."""
+    expanded: dict[int, int] = {}
+    in_progress: set[int] = set()
+    distinct: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in expanded:
+            return expanded[key]
+        if key in in_progress:
+            # the composer shares the anchored node itself: its mark is where the anchor is
+            raise ConfigError(f"{source}: the value anchored at line {node.start_mark.line + 1} contains an alias of "
+                              f"itself (a recursive YAML alias); ssl-bench does not read recursive documents")
+        in_progress.add(key)
+        distinct.add(key)
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total - len(distinct) > MAX_ALIAS_EXPANSION:
+                raise ConfigError(
+                    f"{source}: YAML aliases (*name) expand this document by more than {MAX_ALIAS_EXPANSION:,} "
+                    f"values (near line {child.start_mark.line + 1}); ssl-bench refuses it, as a 'billion laughs' "
+                    f"document would exhaust memory. Write the values out, or use fewer nested aliases")
+        in_progress.discard(key)
+        expanded[key] = total
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def safe_load_text(text: str, source: str):
+    """``yaml.safe_load`` of ``text`` with the checks of every YAML ssl-bench reads (duplicated keys,
+    alias expansion); errors name ``source``."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    loader = _UniqueKeyLoader(text)
-    loader.name = str(path)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    finally:
-        loader.dispose()
+    data = safe_load_text(path.read_text(), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must contain a mapping with a 'suites' key")
     return data
 
 
-def validate_options(given: dict | None, allowed: dict, where: str) -> dict:
-    """Defaults overlaid with ``given``; an unknown key is an error with a suggestion."""
-    given = given or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(given).__name__}")
-    for key in given:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key '{key}' in {where}.{closest(key, allowed)} "
-                f"Valid keys: {', '.join(sorted(allowed))}"
-            )
-    merged = copy.deepcopy(allowed)
-    merged.update(copy.deepcopy(given))
-    return merged
+def validate_options(given: dict | None, allowed: dict, where: str) -> Options:
+    """Defaults overlaid with ``given``, every value checked against its declaration
+    (``benchmark.options``); an unknown key is an error with a suggestion."""
+    return validate(given, allowed, where)
 
 
 def config_hash(obj: Any) -> str:
@@ -146,7 +196,13 @@ def _registered(registry, name: str, where: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _parent(where: str, name: str) -> str:
+    """``file: suites.s.models`` of ``file: suites.s.models.NAME``: where a name is declared."""
+    return where[: -len(name) - 1] if where.endswith(f".{name}") else where
+
+
 def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
+    check_name(name, _parent(where, name), "model name")
     if not isinstance(raw, dict) or "pretrainer" not in raw:
         # a misspelt 'pretrainer' is the likeliest cause: name that key and suggest the fix
         typos = difflib.get_close_matches("pretrainer", [str(k) for k in raw], n=1, cutoff=0.8) \
@@ -160,6 +216,7 @@ def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
 
 
 def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
+    check_name(name, _parent(where, name), "task name")
     raw = dict(_mapping(raw, where))
     task = raw.pop("task", name)
     models = raw.pop("models", None)
@@ -167,6 +224,29 @@ def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
         raise ConfigError(f"{where}.models must be a list of model names of this suite, got {models!r}")
     cls = _registered(TASKS, task, where)
     return TaskSpec(name, task, validate_options(raw, cls.options, where), models)
+
+
+def check_layers(task: TaskSpec, models: list[ModelSpec], where: str) -> None:
+    """Layers a task asks for must exist in the architecture of every model it evaluates; checked
+    at load where the model declares a known architecture."""
+    from .models.backbone import get_architecture
+    from .registry import ARCHITECTURES
+
+    declared_layers = [key for key, option in declared(TASKS.get(task.task).options).items()
+                       if isinstance(option, Layers) and task.options.get(key) is not None]
+    for model in models:
+        if task.models is not None and model.name not in task.models:
+            continue
+        arch_name = model.options.get("arch")
+        if not isinstance(arch_name, str) or arch_name not in ARCHITECTURES:
+            continue
+        arch = get_architecture(arch_name)
+        for key in declared_layers:
+            for index, layer in enumerate(task.options[key]):
+                if layer not in arch.layers:
+                    raise ConfigError(
+                        f"{where}.{key}[{index}]: {layer!r} is not a layer of {arch_name} (the architecture of "
+                        f"model '{model.name}'); expected one of {', '.join(arch.layers)}")
 
 
 def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
@@ -179,27 +259,23 @@ def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
         raise ConfigError(
             f"no suite '{name}' in {path}.{closest(name, suites)} Suites: {', '.join(sorted(suites))}"
         )
+    check_name(name, f"{path}: suites", "suite name")
     where = f"{path}: suites.{name}"
-    settings = validate_options(suites[name], SUITE_KEYS, where)
-    settings["executor"] = validate_options(settings["executor"], EXECUTOR_KEYS, f"{where}.executor")
-    if settings["executor"]["name"] not in EXECUTORS:
-        raise ConfigError(f"{where}.executor: unknown executor '{settings['executor']['name']}'; "
-                          f"use one of {', '.join(EXECUTORS)}")
-    models = _mapping(settings.pop("models"), f"{where}.models")
-    tasks = _mapping(settings.pop("tasks"), f"{where}.tasks")
+    given = validate_options(suites[name], SUITE_OPTIONS, where)
+    executor = validate_options(given["executor"], EXECUTOR_OPTIONS, f"{where}.executor")
+    models = _mapping(given["models"], f"{where}.models")
+    tasks = _mapping(given["tasks"], f"{where}.tasks")
+    settings = Options({**{k: v for k, v in given.items() if k not in ("models", "tasks")}, "executor": executor})
     task_specs = [parse_task(t, spec, f"{where}.tasks.{t}") for t, spec in tasks.items()]
     for spec in task_specs:
         for model in spec.models or []:
             if model not in models:
                 raise ConfigError(f"{where}.tasks.{spec.name}.models: no model '{model}' in this suite."
                                   f"{closest(model, models)} Models: {', '.join(models)}")
-    return Suite(
-        name=name,
-        settings=settings,
-        models=[parse_model(m, spec, f"{where}.models.{m}") for m, spec in models.items()],
-        tasks=task_specs,
-        source=str(path),
-    )
+    model_specs = [parse_model(m, spec, f"{where}.models.{m}") for m, spec in models.items()]
+    for spec in task_specs:
+        check_layers(spec, model_specs, f"{where}.tasks.{spec.name}")
+    return Suite(name=name, settings=settings, models=model_specs, tasks=task_specs, source=str(path))
 
 
 def list_suites(path: str | Path = DEFAULT_CONFIG) -> dict[str, str]:

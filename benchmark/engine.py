@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 
 from .features import ExtractionStats, FeatureCache
 from .models import Architecture, FrozenBackbone
+from .options import validate
 
 
 @dataclass
@@ -38,17 +39,21 @@ class LoadedModel:
 
 
 class Pretrainer:
-    """Produces a frozen backbone. Subclasses declare ``options`` (key -> default) and ``build``."""
+    """Produces a frozen backbone. Subclasses declare ``options`` (``benchmark.options.declare``:
+    key -> type, range and default, checked when the config is loaded) and ``build``."""
 
     name: ClassVar[str]
-    options: ClassVar[dict] = {}
+    options: ClassVar[Mapping] = {}
     # Whether build() trains (SGD: results float-sensitive across processors, and a replicate run
     # retrains it from another seed, taken from its 'seed' option). False: weights follow from fixed
     # inputs alone (a seeded initialisation, a file). Unknown plugins count as training: the safe side.
     trains: ClassVar[bool] = True
 
     def __init__(self, **options):
-        self.config = options
+        # checked again here (the suite's loader already did, naming the file) so that a
+        # pretrainer made in code gets its defaults and the same checks
+        where = f"pretrainer '{getattr(self, 'name', type(self).__name__)}'"
+        self.config = validate(options, type(self).options, where)
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError
@@ -61,12 +66,13 @@ class Pretrainer:
 
 
 class Task:
-    """One evaluation. Declares ``options`` (key -> default), splits work into ``units`` (for
-    example one per layer) and turns one unit into result rows."""
+    """One evaluation. Declares ``options`` (``benchmark.options.declare``: key -> type, range and
+    default, checked when the config is loaded), splits work into ``units`` (for example one per
+    layer) and turns one unit into result rows."""
 
     name: ClassVar[str]
     dataset: ClassVar[str]
-    options: ClassVar[dict] = {}
+    options: ClassVar[Mapping] = {}
     # Schedulers send units that need no accelerator (SVMs on cached features) as CPU jobs.
     needs_gpu: ClassVar[bool] = False
     # Whether run() trains by SGD (heads, detectors, decoders): see Pretrainer.trains. A replicate
@@ -75,7 +81,8 @@ class Task:
     trains: ClassVar[bool] = True
 
     def __init__(self, **options):
-        self.config = options
+        where = f"task '{getattr(self, 'name', type(self).__name__)}'"
+        self.config = validate(options, type(self).options, where)
         # the suite's name for this instance (a task can appear twice under different names with
         # different options); files a unit writes go under it so instances do not overwrite each other
         self.instance_name = ""  # set by benchmark.runner.build_tasks

@@ -36,6 +36,8 @@ class Registry(Generic[T]):
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.name} '{name}' is registered twice")
             self._items[name] = obj
+            if isinstance(obj, type) and not isinstance(getattr(obj, "name", None), str):
+                obj.name = name  # the class knows the name it is registered under (Task.name, ...)
             return obj
 
         return decorator

@@ -20,12 +20,14 @@ from typing import Callable
 import yaml
 
 from .config import Suite, config_hash, load_suite
+from .devices import check_device
 from .diskspace import (FIXED_RUN_BYTES, RESULT_BYTES_PER_UNIT, Estimate, check_space, feature_bytes,
                         training_checkpoint_bytes)
 from .engine import LoadedModel, RunContext, Task
 from .errors import BenchmarkError, ConfigError
 from .features import FeatureCache
 from .models.backbone import get_architecture
+from .options import Device, declared, refuse
 from .paths import remove_stale_temporaries
 from .provenance import measure, resolve_device, static_provenance
 from .registry import PRETRAINERS, TASKS, closest
@@ -53,6 +55,7 @@ class Plan:
     device: str
     units: list[Unit]
     replicate: int = 0  # 0: the suite as configured; N > 0: every SGD training reseeded (see unit_trains)
+    device_source: str = "--device"  # where the device request came from, for error messages
 
     def invocation(self) -> dict:
         return {"suite": self.suite.name, "cache_dir": str(self.cache_dir), "data_root": str(self.data_root),
@@ -136,7 +139,7 @@ def unit_trains(suite: Suite, model: str, task: str) -> bool:
 
 def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
              models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
-             replicate: int = 0) -> Plan:
+             replicate: int = 0, device_source: str | None = None) -> Plan:
     """The suite's units. ``replicate`` > 0 keeps only the units that train (the others would give
     the replicate-0 numbers again) and reseeds their training, so that replicates measure how much
     each trained number moves with its seeds."""
@@ -163,8 +166,9 @@ def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | 
                 digest = config_hash({**identity, "replicate": replicate} if replicate else identity)
                 units.append(Unit(f"{model_name}/{task_name}/{unit}", model_name, task_name, unit, digest,
                                   needs_gpu=task.needs_gpu))
+    source = device_source or ("--device" if device else f"{suite.source}: suites.{suite.name}.device")
     return Plan(suite, Path(run_dir), Path(cache_dir), Path(data_root or suite.settings["data_root"]).expanduser(),
-                device or suite.settings["device"], units, replicate)
+                device or suite.settings["device"], units, replicate, source)
 
 
 def write_plan(plan: Plan) -> None:
@@ -197,7 +201,7 @@ def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
         suite = load_suite(invocation["suite"], config)
         plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),
                         models=invocation["models"], tasks=invocation["tasks"], device=invocation["device"],
-                        replicate=invocation.get("replicate", 0))
+                        replicate=invocation.get("replicate", 0), device_source=f"{invocation_path} (device)")
     except UnicodeDecodeError as exc:
         raise BenchmarkError(f"{config} is damaged (not UTF-8 text: {exc.reason} at byte {exc.start}); it is "
                              f"the copy of the suite file this run was started with: restore it, or run the "
@@ -319,8 +323,29 @@ def pending_units(plan: Plan, force: bool = False,
     return pending, skipped
 
 
+def check_devices(plan: Plan, executor: str) -> None:
+    """Every device the plan asks for (the run's, and task options such as ``svm_device``) is one
+    this machine has, before any work. SLURM units run on other machines: there only the form of
+    the request is checked here."""
+    requests = [(plan.device, plan.device_source)]
+    where = f"{plan.suite.source}: suites.{plan.suite.name}.tasks"
+    for spec in plan.suite.tasks:
+        if spec.name in {u.task for u in plan.units}:
+            requests += [(spec.options[key], f"{where}.{spec.name}.{key}")
+                         for key, option in declared(TASKS.get(spec.task).options).items()
+                         if isinstance(option, Device) and spec.options.get(key) is not None]
+    for name, source in requests:
+        if executor == "slurm":
+            found = Device().check(name, source)
+            if found:
+                raise refuse(*found)
+        else:
+            check_device(name, source)
+
+
 def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
              log: Callable[[str], None] = print) -> RunSummary:
+    check_devices(plan, (executor or {}).get("name", "local"))
     check_writable(plan.run_dir, "run directory")
     check_writable(plan.cache_dir, "feature cache")
     lock = RunLock(plan.run_dir, command_line()).acquire(log)

@@ -7,6 +7,16 @@ from torch import nn
 from benchmark.engine import LoadedModel
 from benchmark.models import FrozenBackbone
 from benchmark.models.backbone import get_architecture, trunk_state_dict, weights_hash
+from benchmark.options import Float, Int, Range, Registered
+from benchmark.registry import ARCHITECTURES
+
+# Options the pretrainers share, declared once (see benchmark.options)
+ARCH = Registered(ARCHITECTURES, "resnet50")
+SEED = Int(0, min=0)
+IMAGE_SIZE = Int(224, min=16)
+UNIT_INTERVAL = Float(min=0, max=1, min_open=True)  # e.g. RandomResizedCrop's area fractions
+POSITIVE = Float(min=0, min_open=True)
+CROP_SCALE = Range(UNIT_INTERVAL, [0.08, 1.0])
 
 
 def freeze(name: str, arch_name: str, model: nn.Module, info: dict) -> LoadedModel:

@@ -4,23 +4,22 @@ from pathlib import Path
 
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
-from benchmark.errors import ConfigError
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
+from benchmark.options import Str, declare
 from benchmark.registry import PRETRAINERS
 
-from . import freeze
+from . import ARCH, freeze
 
 
 @PRETRAINERS.register("checkpoint")
 class CheckpointFile(Pretrainer):
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
-    options = {"arch": "resnet50", "path": None, "which": "teacher"}
+    options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch file"),
+                       "which": Str("teacher")})
     trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
-        if not self.config["path"]:
-            raise ConfigError(f"model '{model_name}': the checkpoint pretrainer needs 'path: FILE'")
         path = Path(self.config["path"]).expanduser()
         arch_name = self.config["arch"]
         model = create_model(arch_name, seed=0)

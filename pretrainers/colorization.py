@@ -38,8 +38,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from benchmark.errors import ConfigError
+from benchmark.options import Bool, Choice, Float, Int, Range, declare
 
 from ._trunk import check_input_size, denormalize, normalize
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 # sRGB (D65) -> XYZ, the matrix and white point scikit-image's rgb2lab uses
@@ -133,25 +135,25 @@ def rebalancing_weights(counts: torch.Tensor, centres: torch.Tensor, sigma: floa
 @PRETEXT_METHODS.register("colorization")
 class Colorization(PretextMethod):
     name = "colorization"
-    options = {
-        "grid": 10,                 # ab quantisation step
-        "gamut_bins": "occupied",   # occupied | centre (see the module docstring)
-        "neighbours": 5,            # soft-encoding: nearest bins ...
-        "sigma": 5.0,               # ... weighted by a Gaussian of this width (ab units)
-        "rebalance": True,          # class rebalancing from the training images' ab distribution
-        "prior_sigma": 5.0,         # smoothing of the empirical distribution
-        "prior_mix": 0.5,           # lambda: weight of the uniform distribution in the mixture
-        "downsample": 4,            # targets and predictions at 1/4 of the input resolution
-        "head_channels": 256,
-        "crop_scale": [0.5, 1.0],   # mild random resized crops + flips (the paper: random crops of resized images)
-    }
+    options = declare({
+        "grid": Int(10, min=1),                 # ab quantisation step
+        "gamut_bins": Choice("occupied", "centre"),  # occupied | centre (see the module docstring)
+        "neighbours": Int(5, min=1),            # soft-encoding: nearest bins ...
+        "sigma": Float(5.0, min=0, min_open=True),  # ... weighted by a Gaussian of this width (ab units)
+        "rebalance": Bool(True),                # class rebalancing from the training images' ab distribution
+        "prior_sigma": Float(5.0, min=0, min_open=True),  # smoothing of the empirical distribution
+        "prior_mix": Float(0.5, min=0, max=1),  # lambda: weight of the uniform distribution in the mixture
+        "downsample": Int(4, min=1),            # targets and predictions at 1/4 of the input resolution
+        "head_channels": Int(256, min=1),
+        # mild random resized crops + flips (the paper: random crops of resized images)
+        "crop_scale": Range(UNIT_INTERVAL, [0.5, 1.0]),
+    })
     # Zhang et al. trained with ADAM (lr 3e-5); with the loop's SGD a moderate LR is used
     training = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**Colorization.options, **options}
-        self.config = options
+        options = self.config  # validated, with the declared defaults
         if image_size % options["downsample"]:
             raise ConfigError(f"colorization: image_size {image_size} must be a multiple of downsample "
                               f"{options['downsample']}")

@@ -36,8 +36,10 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
+from benchmark.options import Bool, Choice, Float, Int, Range, declare
 
 from ._trunk import check_input_size
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 
@@ -83,27 +85,25 @@ def discriminator() -> nn.Sequential:
 @PRETEXT_METHODS.register("context_encoder")
 class ContextEncoder(PretextMethod):
     name = "context_encoder"
-    options = {
-        "mask": "center",          # center | random_blocks
-        "mask_fraction": 0.5,      # side of the central square / image side
-        "overlap": 4,              # px of the predicted square left visible in the input
-        "overlap_weight": 10.0,    # loss weight of that border band
-        "num_blocks": 4,           # random_blocks: erased squares per image
-        "decoder_width": 256,
-        "adversarial": False,
-        "rec_weight": 0.999,       # lambda_rec, lambda_adv (used when adversarial)
-        "adv_weight": 0.001,
-        "crop_scale": [0.2, 1.0],  # random crops of the resized image + flips (our choice)
-    }
+    options = declare({
+        "mask": Choice("center", "random_blocks"),  # center | random_blocks
+        # side of the central square / image side
+        "mask_fraction": Float(0.5, min=0, max=1, min_open=True, max_open=True),
+        "overlap": Int(4, min=0),              # px of the predicted square left visible in the input
+        "overlap_weight": Float(10.0, min=0),  # loss weight of that border band
+        "num_blocks": Int(4, min=1),           # random_blocks: erased squares per image
+        "decoder_width": Int(256, min=1),
+        "adversarial": Bool(False),
+        "rec_weight": Float(0.999, min=0),     # lambda_rec, lambda_adv (used when adversarial)
+        "adv_weight": Float(0.001, min=0),
+        "crop_scale": Range(UNIT_INTERVAL, [0.2, 1.0]),  # random crops of the resized image + flips (our choice)
+    })
     # the paper trains with Adam (lr 2e-4 for the adversarial setting); with the loop's SGD:
     training = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**ContextEncoder.options, **options}
-        self.config = options
-        if options["mask"] not in ("center", "random_blocks"):
-            raise ConfigError(f"context_encoder: mask must be 'center' or 'random_blocks', got {options['mask']!r}")
+        options = self.config  # validated, with the declared defaults
         _, side = center_region(image_size, options["mask_fraction"])
         if options["mask"] == "center" and not (0 < side and 2 * options["overlap"] < side):
             raise ConfigError(f"context_encoder: mask_fraction {options['mask_fraction']} and overlap "

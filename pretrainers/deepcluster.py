@@ -36,8 +36,10 @@ from torchvision import transforms as T
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
 from benchmark.linear_heads import derived_seed
+from benchmark.options import Choice, Int, Range, declare
 
 from ._trunk import SizedState, dataset_size
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 SPLIT_EPS = 1.0 / 1024  # Faiss's centroid perturbation when splitting a cluster
@@ -108,23 +110,21 @@ _SAMPLER_TAG = 0xDC5A
 @PRETEXT_METHODS.register("deepcluster")
 class DeepCluster(SizedState, PretextMethod):
     name = "deepcluster"
-    options = {
-        "num_clusters": 10000,    # the paper's k for ImageNet
-        "pca_dim": 256,
-        "kmeans_iterations": 20,
-        "balance": "sampler",     # sampler (uniform over clusters) | loss (1/cluster-size weights) | none
-        "crop_scale": [0.08, 1.0],  # random resized crops + flips (the reference code's augmentation)
-    }
+    options = declare({
+        "num_clusters": Int(10000, min=2),   # the paper's k for ImageNet
+        "pca_dim": Int(256, min=1),
+        "kmeans_iterations": Int(20, min=1),
+        "balance": Choice(*BALANCE),  # sampler (uniform over clusters) | loss (1/cluster-size weights) | none
+        # random resized crops + flips (the reference code's augmentation)
+        "crop_scale": Range(UNIT_INTERVAL, [0.08, 1.0]),
+    })
     # the reference code: SGD lr 0.05, momentum 0.9, weight decay 1e-5
     training = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-5}
     sized = ("assignments",)
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**DeepCluster.options, **options}
-        self.config = options
-        if options["balance"] not in BALANCE:
-            raise ConfigError(f"deepcluster: balance must be one of {BALANCE}, got {options['balance']!r}")
+        options = self.config  # validated, with the declared defaults
         if options["pca_dim"] > self.embed_dim:
             raise ConfigError(f"deepcluster: pca_dim ({options['pca_dim']}) exceeds the {arch.name} feature "
                               f"dimension {self.embed_dim}")

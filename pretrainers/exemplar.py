@@ -30,8 +30,10 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from benchmark.errors import ConfigError
+from benchmark.options import Float, Int, Range, declare
 
 from ._trunk import SizedState, dataset_size, normalize
+from . import POSITIVE
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 IGNORE = -100  # images outside the surrogate-class subset
@@ -54,33 +56,26 @@ def contrast_pca(rgb: np.ndarray, factors: np.ndarray) -> np.ndarray:
 @PRETEXT_METHODS.register("exemplar")
 class Exemplar(SizedState, PretextMethod):
     name = "exemplar"
-    options = {
-        "num_classes": None,      # surrogate classes: None = one per training image, or a subset size
-        "views": 2,               # transformed views of each image per batch
-        "context": 1.5,           # seed patch = central 1/context of the resized image's shorter side
-        "translation": 0.2,       # the paper's ranges
-        "scale": [0.7, 1.4],
-        "rotation": 20.0,
-        "contrast_pca": [0.5, 2.0],
-        "contrast_power": [0.25, 4.0],
-        "contrast_multiply": [0.7, 1.4],
-        "contrast_add": [-0.1, 0.1],
-        "hue": [-0.1, 0.1],
-    }
+    options = declare({
+        "num_classes": Int(None, min=2),  # surrogate classes: None = one per training image, or a subset size
+        "views": Int(2, min=1),           # transformed views of each image per batch
+        "context": Float(1.5, min=1),     # seed patch = central 1/context of the resized image's shorter side
+        "translation": Float(0.2, min=0),  # the paper's ranges
+        "scale": Range(POSITIVE, [0.7, 1.4]),
+        "rotation": Float(20.0, min=0),
+        "contrast_pca": Range(POSITIVE, [0.5, 2.0]),
+        "contrast_power": Range(POSITIVE, [0.25, 4.0]),
+        "contrast_multiply": Range(POSITIVE, [0.7, 1.4]),
+        "contrast_add": Range(Float(), [-0.1, 0.1]),
+        "hue": Range(Float(min=-0.5, max=0.5), [-0.1, 0.1]),
+    })
     # Exemplar-CNN: SGD with momentum 0.9, lr 0.01, weight decay 4e-4 (dropout in the paper's net)
     training = {"lr": 0.01, "momentum": 0.9, "weight_decay": 4e-4}
     sized = ("class_of_image", "class_weight", "class_bias")  # rows: images, classes, classes
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**Exemplar.options, **options}
-        self.config = options
-        if options["num_classes"] is not None and (not isinstance(options["num_classes"], int)
-                                                   or options["num_classes"] < 2):
-            raise ConfigError(f"exemplar: num_classes must be null (one class per image) or an integer >= 2, "
-                              f"got {options['num_classes']!r}")
-        if options["context"] < 1:
-            raise ConfigError(f"exemplar: context must be >= 1, got {options['context']}")
+        options = self.config  # validated, with the declared defaults
         self.class_weight = nn.Parameter(torch.zeros(0, self.embed_dim))
         self.class_bias = nn.Parameter(torch.zeros(0))
         self.register_buffer("class_of_image", torch.zeros(0, dtype=torch.long))

@@ -34,6 +34,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from benchmark.errors import ConfigError
+from benchmark.options import Bool, Choice, Float, Int, declare
 from benchmark.paths import inside, temporary_path
 
 from .pretext import PRETEXT_METHODS, PretextMethod
@@ -131,33 +132,32 @@ def make_tiles(crop: torch.Tensor, perm, tile: int, generator: torch.Generator |
 @PRETEXT_METHODS.register("jigsaw")
 class Jigsaw(PretextMethod):
     name = "jigsaw"
-    options = {
-        "num_permutations": 1000,  # N: the paper's 1,000; Goyal et al. sweep 100 ... 10,000
-        "selection": "maxmin",  # maxmin | average (the paper's Algorithm 1)
-        "permutation_seed": 0,
-        "min_distance": None,  # require the set's minimum Hamming distance to reach this
-        "tile_fraction": 64 / 75,  # tile side / cell side (64 of 75 px in the paper); 1.0: no gaps
-        "normalize_tiles": True,
-        "grayscale_p": 0.3,
-        "head": "linear",  # linear on the 9 concatenated features (Goyal et al.'s ResNet) | mlp
-        "hidden_dim": 1024,  # mlp head: per-tile fc (hidden_dim / 2), concat, fc hidden_dim, fc N (paper's fc6-fc8)
-    }
+    options = declare({
+        "num_permutations": Int(1000, min=1),  # N: the paper's 1,000; Goyal et al. sweep 100 ... 10,000
+        "selection": Choice("maxmin", "average"),  # maxmin | average (the paper's Algorithm 1)
+        "permutation_seed": Int(0, min=0),
+        "min_distance": Int(None, min=0),  # require the set's minimum Hamming distance to reach this
+        # tile side / cell side (64 of 75 px in the paper); 1.0: no gaps
+        "tile_fraction": Float(64 / 75, min=0, max=1, min_open=True),
+        "normalize_tiles": Bool(True),
+        "grayscale_p": Float(0.3, min=0, max=1),
+        "head": Choice("linear", "mlp"),  # linear on the 9 concatenated features (Goyal et al.'s ResNet) | mlp
+        # mlp head: per-tile fc (hidden_dim / 2), concat, fc hidden_dim, fc N (paper's fc6-fc8)
+        "hidden_dim": Int(1024, min=2),
+    })
     # the paper: SGD, LR 0.01 (AlexNet); ResNets in Goyal et al.: LR 0.1 at batch 256, wd 1e-4
     training = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
+        options = self.config  # validated, with the declared defaults
         n = options["num_permutations"]
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise ConfigError(f"jigsaw: num_permutations must be an integer, got {n!r}")
         perms = permutation_set(n, options["permutation_seed"], options["selection"])
         if options["min_distance"] is not None and n > 1 and min_hamming(perms) < options["min_distance"]:
             raise ConfigError(f"jigsaw: {n} permutations reach a minimum Hamming distance of {min_hamming(perms)}, "
                               f"less than min_distance {options['min_distance']}; use fewer permutations")
         self.register_buffer("permutations", torch.as_tensor(perms, dtype=torch.int64))
         self._table = perms  # sample() reads this CPU copy: the buffer may live on the GPU
-        if not 0 < options["tile_fraction"] <= 1:
-            raise ConfigError(f"jigsaw: tile_fraction must be in (0, 1], got {options['tile_fraction']!r}")
         self.cell = image_size // GRID
         self.tile = max(1, round(self.cell * float(options["tile_fraction"])))
         resize = round(image_size * 256 / 225)

@@ -31,7 +31,9 @@ from PIL import Image
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.options import Bool, Float, Int, Range, declare
 
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 from .simclr import ProjectionHead, contrastive_views
 
@@ -39,27 +41,23 @@ from .simclr import ProjectionHead, contrastive_views
 @PRETEXT_METHODS.register("moco")
 class MoCo(PretextMethod):
     name = "moco"
-    options = {
-        "queue_size": 65536,  # K
-        "momentum": 0.999,  # m of the key encoder
-        "temperature": 0.2,
-        "dim": 128,
-        "hidden_dim": None,  # default: the trunk's embedding width (2048 for ResNet-50)
-        "shuffle_groups": 2,  # virtual GPUs for shuffling BN on one device; 1: off
-        "crop_scale": [0.2, 1.0],
-        "blur": True,
-    }
+    options = declare({
+        "queue_size": Int(65536, min=1),  # K
+        "momentum": Float(0.999, min=0, max=1),  # m of the key encoder
+        "temperature": Float(0.2, min=0, min_open=True),
+        "dim": Int(128, min=1),
+        "hidden_dim": Int(None, min=1),  # default: the trunk's embedding width (2048 for ResNet-50)
+        "shuffle_groups": Int(2, min=1),  # virtual GPUs for shuffling BN on one device; 1: off
+        "crop_scale": Range(UNIT_INTERVAL, [0.2, 1.0]),
+        "blur": Bool(True),
+    })
     # MoCo v2: SGD, LR 0.03 at batch 256, momentum 0.9, weight decay 1e-4, cosine schedule
     training = {"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
+        options = self.config  # validated, with the declared defaults
         k, groups = options["queue_size"], options["shuffle_groups"]
-        for value, what in ((k, "queue_size"), (groups, "shuffle_groups")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"moco: {what} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(options["momentum"]) <= 1.0:
-            raise ConfigError(f"moco: momentum must be in [0, 1], got {options['momentum']!r}")
         dim = self.embed_dim
         self.head = ProjectionHead(dim, options["hidden_dim"] or dim, options["dim"], batch_norm=False)
         self.key_trunk = copy.deepcopy(self.trunk)

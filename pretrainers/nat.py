@@ -22,8 +22,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.options import Int, Range, declare
 
 from ._trunk import SizedState, dataset_size
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 
@@ -37,19 +39,18 @@ def best_assignment(features: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 @PRETEXT_METHODS.register("nat")
 class NAT(SizedState, PretextMethod):
     name = "nat"
-    options = {
-        "target_dim": None,       # None: the trunk's pooled feature dimension
-        "reassign_every": 3,      # epochs between reassignment epochs
-        "crop_scale": [0.08, 1.0],
-    }
+    options = declare({
+        "target_dim": Int(None, min=1),       # None: the trunk's pooled feature dimension
+        "reassign_every": Int(3, min=1),      # epochs between reassignment epochs
+        "crop_scale": Range(UNIT_INTERVAL, [0.08, 1.0]),
+    })
     # NAT: SGD, lr 0.05, momentum 0.9 (the reference's values for AlexNet)
     training = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-5}
     sized = ("targets", "assignment")
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**NAT.options, **options}
-        self.config = options
+        options = self.config  # validated, with the declared defaults
         dim = options["target_dim"] or self.embed_dim
         self.head = nn.Linear(self.embed_dim, dim)
         self.register_buffer("targets", torch.zeros(0, dim))

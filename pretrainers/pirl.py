@@ -31,8 +31,10 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
+from benchmark.options import Float, Int, Range, declare
 
 from ._trunk import SizedState, check_input_size, dataset_size
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 
@@ -50,24 +52,23 @@ def nce_loss(memory_positive: torch.Tensor, x: torch.Tensor, negatives: torch.Te
 @PRETEXT_METHODS.register("pirl")
 class PIRL(SizedState, PretextMethod):
     name = "pirl"
-    options = {
-        "grid": 3,
-        "tile_fraction": 0.75,     # 64/85: random sub-crop of each cell
-        "dim": 128,
-        "temperature": 0.07,
-        "num_negatives": 32000,
-        "memory_momentum": 0.5,
-        "loss_lambda": 0.5,
-        "crop_scale": [0.08, 1.0],
-    }
+    options = declare({
+        "grid": Int(3, min=1),
+        "tile_fraction": Float(0.75, min=0, max=1, min_open=True),  # 64/85: random sub-crop of each cell
+        "dim": Int(128, min=1),
+        "temperature": Float(0.07, min=0, min_open=True),
+        "num_negatives": Int(32000, min=1),
+        "memory_momentum": Float(0.5, min=0, max=1),
+        "loss_lambda": Float(0.5, min=0, max=1),
+        "crop_scale": Range(UNIT_INTERVAL, [0.08, 1.0]),
+    })
     # PIRL: SGD, lr 0.12 (batch 1024 over 32 GPUs), momentum 0.9, weight decay 1e-4
     training = {"lr": 0.12, "momentum": 0.9, "weight_decay": 1e-4}
     sized = ("memory",)
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**PIRL.options, **options}
-        self.config = options
+        options = self.config  # validated, with the declared defaults
         grid = options["grid"]
         self.tile_size = int(image_size // grid * options["tile_fraction"])
         if self.tile_size < 1:

@@ -20,7 +20,7 @@ method's training state.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from benchmark.models import Architecture
+from benchmark.options import validate
 from benchmark.registry import Registry
 
 # one module per method under pretrainers/; a module is listed once it exists
@@ -39,8 +40,9 @@ PRETEXT_METHODS: Registry = Registry(
 
 class PretextMethod(nn.Module):
     name: ClassVar[str]
-    # method hyper-parameters (key -> default), validated like every other option block
-    options: ClassVar[dict] = {}
+    # method hyper-parameters (benchmark.options.declare: key -> type, range and default), checked
+    # when the config is loaded (a suite model's method_options, or `ssl-bench pretrain --opt`)
+    options: ClassVar[Mapping] = {}
     # the paper's optimiser settings, overriding the loop's defaults where the user gave none:
     # keys of pretrainers.pretext_trainer.TRAIN_DEFAULTS (lr, momentum, weight_decay, warmup_epochs)
     training: ClassVar[dict] = {}
@@ -50,7 +52,8 @@ class PretextMethod(nn.Module):
         self.trunk = trunk
         self.arch = arch
         self.image_size = image_size
-        self.config = options
+        where = f"pretext method '{getattr(self, 'name', type(self).__name__)}'"
+        self.config = validate(options, type(self).options, where)
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The training example(s) made from one image; returned tensors are collated by key."""

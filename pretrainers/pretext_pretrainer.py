@@ -12,34 +12,21 @@ from __future__ import annotations
 import json
 
 from benchmark.checkpoint import load_trunk_weights
-from benchmark.config import config_hash, validate_options
+from benchmark.config import config_hash
 from benchmark.diskspace import parameter_bytes
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
-from benchmark.errors import ConfigError
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.paths import inside
 from benchmark.registry import PRETRAINERS
 
 from . import freeze
-from .pretext import PRETEXT_METHODS
-from .pretext_trainer import data_fingerprint, resolve_images, train_pretext
+from .pretext_trainer import PRETEXT_OPTIONS, data_fingerprint, resolve_images, train_pretext
 
 
 @PRETRAINERS.register("pretext")
 class PretextPretrainer(Pretrainer):
-    options = {
-        "method": None,  # a pretext method: `ssl-bench list pretext`
-        "arch": "resnet50",
-        "data": "voc07:trainval",  # an IMAGE_DIR (absolute, or relative to the data root) or NAME:SPLIT
-        "epochs": 30,
-        "batch_size": 64,
-        "lr": None,  # default: the method's paper value
-        "optimizer": None,  # sgd (default) | lars
-        "image_size": 224,
-        "seed": 0,
-        "method_options": {},
-    }
+    options = PRETEXT_OPTIONS
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return parameter_bytes(arch.name)  # the trained weights; the training state is transient
@@ -47,14 +34,6 @@ class PretextPretrainer(Pretrainer):
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config
         where = f"model '{model_name}'"
-        if not cfg["method"]:
-            raise ConfigError(f"{where}: the pretext pretrainer needs 'method:' (one of "
-                              f"{', '.join(PRETEXT_METHODS.names())})")
-        try:
-            method_cls = PRETEXT_METHODS.get(cfg["method"])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        validate_options(cfg["method_options"], method_cls.options, f"{where}.method_options")
         paths, root, _ = resolve_images(cfg["data"], ctx.data_root)
         fingerprint = data_fingerprint(paths, root)
         # an option added later stays out of the hash at its default: earlier checkpoints are found
@@ -65,7 +44,7 @@ class PretextPretrainer(Pretrainer):
                           batch_size=cfg["batch_size"], lr=cfg["lr"], image_size=cfg["image_size"], seed=cfg["seed"],
                           device=ctx.device, method_options=cfg["method_options"], num_workers=ctx.num_workers,
                           optimizer=cfg["optimizer"],
-                          data_root=ctx.data_root, options_where=f"{where}.method_options")
+                          data_root=ctx.data_root, where=where)
         model = create_model(cfg["arch"], seed=cfg["seed"])
         info = load_trunk_weights(model, get_architecture(cfg["arch"]), path)
         meta = json.loads(path.with_suffix(".json").read_text())

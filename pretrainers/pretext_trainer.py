@@ -29,21 +29,24 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from benchmark import __version__
-from benchmark.config import config_hash, validate_options
+from benchmark.config import config_hash, safe_load_text
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, open_rgb
+from benchmark.devices import check_device
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.linear_heads import derived_seed, epoch_order, rng_state, set_rng_state
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
+from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,
+                               validate)
 from benchmark.provenance import resolve_device
 from benchmark.training import atomic_torch_save, load_resume_state
 
+from . import ARCH, SEED
 from .lars import LARS
 from .pretext import PRETEXT_METHODS, PretextMethod
 
@@ -177,35 +180,58 @@ def parse_opts(pairs: list[str] | None) -> dict:
         key = key.strip()
         if key in out:
             raise ConfigError(f"--opt {key} is given twice")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--opt {pair!r}: the value is not valid YAML ({exc})") from None
+        out[key] = safe_load_text(value, f"--opt {pair!r}")
     return out
 
 
-def _check_int(value, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
+class ImageSource(Str):
+    """An IMAGE_DIR (absolute, or relative to the data root) or a suite dataset ``NAME:SPLIT``,
+    whose split is a name (it becomes part of a dataset path)."""
+
+    def describe(self) -> str:
+        return (f"an image folder or one of {', '.join(n + ':SPLIT' for n in SUITE_DATASETS)} with SPLIT "
+                f"{NAME_RULE}")
+
+    def problem(self, value, where):
+        if not isinstance(value, str) or not value:
+            return where, value, self.allowed()
+        name, sep, split = value.partition(":")
+        if sep and name in SUITE_DATASETS and name_problem(split):
+            return where, value, self.allowed()
+        return None
 
 
-def _check_number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a non-negative number, got {value!r}")
-    return float(value)
+# What a pretext training takes, declared once: the `pretext` pretrainer's options (a suite
+# model) and the arguments of `ssl-bench pretrain` are these
+PRETEXT_OPTIONS = declare({
+    "method": Registered(PRETEXT_METHODS, None, required=True),  # `ssl-bench list pretext`
+    "arch": ARCH,
+    "data": ImageSource("voc07:trainval"),  # an IMAGE_DIR (absolute, or relative to the data root) or NAME:SPLIT
+    "epochs": Int(30, min=1),
+    "batch_size": Int(64, min=1),
+    "lr": Float(None, min=0),  # default: the method's paper value
+    "optimizer": Choice(*OPTIMIZERS, default=None),  # sgd (default) | lars
+    "image_size": Int(224, min=16),
+    "seed": SEED,
+    "method_options": PluginOptions(PRETEXT_METHODS, "method"),
+})
+# the loop's own settings, beyond a suite model's identity
+LOOP_OPTIONS = declare({
+    **PRETEXT_OPTIONS.spec,
+    "momentum": Float(None, min=0), "weight_decay": Float(None, min=0), "warmup_epochs": Float(None, min=0),
+    "num_workers": Int(2, min=0), "checkpoint_every": Int(500, min=1),
+})
 
 
 def resolve_training(method_cls, **given) -> dict:
     """lr / momentum / weight_decay / warmup_epochs: the user's value, else the method's paper
     value (``method_cls.training``), else the loop default."""
+    validate(given, {key: LOOP_OPTIONS.spec[key] for key in given}, "training")
     out = {}
     for key, default in TRAIN_DEFAULTS.items():
         value = given.get(key)
-        out[key] = _check_number(value if value is not None else method_cls.training.get(key, default), key)
+        out[key] = float(value if value is not None else method_cls.training.get(key, default))
     optimizer = given.get("optimizer") or method_cls.training.get("optimizer", "sgd")
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if optimizer != "sgd":  # keeps the run ids (and checkpoints) of SGD runs as they were
         out["optimizer"] = optimizer
     return out
@@ -282,18 +308,19 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
                   momentum: float | None = None, weight_decay: float | None = None,
                   warmup_epochs: float | None = None, optimizer: str | None = None, num_workers: int = 2,
                   checkpoint_every: int = 500,
-                  data_root: Path | None = None, options_where: str = "--opt") -> dict:
+                  data_root: Path | None = None, where: str = "ssl-bench pretrain") -> dict:
     """Train ``method`` on the images of ``data``; writes ``out`` (+ ``.json``, ``.log.csv``) and
     returns the checkpoint's ``meta``. Resumes from ``out``'s ``.partial.pth`` when one made with the
     same configuration and data exists."""
+    validate({"method": method, "arch": arch, "data": str(data), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+              "optimizer": optimizer, "image_size": image_size, "seed": seed, "method_options": method_options,
+              "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+              "num_workers": num_workers, "checkpoint_every": checkpoint_every}, LOOP_OPTIONS, where)
     cls = PRETEXT_METHODS.get(method)
-    options = validate_options(method_options, cls.options, f"pretext method '{method}' options ({options_where})")
-    get_architecture(arch)  # unknown architecture: an error with the closest name, before any work
-    for value, what in ((epochs, "epochs"), (batch_size, "batch_size"), (checkpoint_every, "checkpoint_every")):
-        _check_int(value, what)
-    _check_int(image_size, "image_size", 16)
-    _check_int(num_workers, "num_workers", 0)
-    _check_int(seed, "seed", 0)
+    # a plain dict: it is saved in the checkpoint's meta, which torch.load(weights_only=True) reads
+    options = dict(validate(method_options, cls.options, f"{where}.method_options"))
+    if not isinstance(device, torch.device):  # a suite model gets the run's device, checked at start-up
+        check_device(device, f"{where} --device")
     training = resolve_training(cls, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                                 optimizer=optimizer)
     out = Path(out).expanduser()

@@ -2,14 +2,15 @@
 
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.models import create_model
+from benchmark.options import declare
 from benchmark.registry import PRETRAINERS
 
-from . import freeze
+from . import ARCH, SEED, freeze
 
 
 @PRETRAINERS.register("random")
 class RandomInit(Pretrainer):
-    options = {"arch": "resnet50", "seed": 0}
+    options = declare({"arch": ARCH, "seed": SEED})
     trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:

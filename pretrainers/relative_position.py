@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.options import Choice, Int, declare
 
 from ._trunk import check_input_size, normalize
 from .pretext import PRETEXT_METHODS, PretextMethod
@@ -58,27 +59,23 @@ def project_out_green_magenta(patch: torch.Tensor) -> torch.Tensor:
 @PRETEXT_METHODS.register("relative_position")
 class RelativePosition(PretextMethod):
     name = "relative_position"
-    options = {
-        "patch_size": 96,        # the paper's 96 px patches ...
-        "gap": 48,               # ... half a patch apart ...
-        "jitter": 7,             # ... each moved by up to 7 px
-        "aberration": "drop",    # drop | project | none
-        "hidden": 4096,          # fc7/fc8 width of the pair classifier
-    }
+    options = declare({
+        "patch_size": Int(96, min=1),      # the paper's 96 px patches ...
+        "gap": Int(48, min=0),             # ... half a patch apart ...
+        "jitter": Int(7, min=0),           # ... each moved by up to 7 px
+        "aberration": Choice("drop", "project", "none"),
+        "hidden": Int(4096, min=1),        # fc7/fc8 width of the pair classifier
+    })
     # Doersch et al.: SGD, batch normalisation, lr 0.01 (batch 128), momentum 0.9, weight decay 5e-4
     training = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
-        options = {**RelativePosition.options, **options}
-        self.config = options
+        options = self.config  # validated, with the declared defaults
         patch, gap, jitter = options["patch_size"], options["gap"], options["jitter"]
         if gap <= 2 * jitter:
             raise ConfigError(f"relative_position: gap ({gap}) must be larger than 2 x jitter ({jitter}) "
                               f"so that patches never touch")
-        if options["aberration"] not in ("drop", "project", "none"):
-            raise ConfigError(f"relative_position: aberration must be drop, project or none, "
-                              f"got {options['aberration']!r}")
         check_input_size(self, patch, "patch_size")
         dim, hidden = self.embed_dim, options["hidden"]
         self.head = nn.Sequential(

@@ -17,8 +17,9 @@ from torch import nn
 from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from benchmark.errors import ConfigError
+from benchmark.options import Choice, Range, declare
 
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 ROTATIONS = 4
@@ -32,18 +33,18 @@ def rotations(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @PRETEXT_METHODS.register("rotation")
 class Rotation(PretextMethod):
     name = "rotation"
-    options = {
-        "head": "linear",  # linear | mlp (hidden layer of embed_dim units, BN, ReLU)
-        "crop_scale": [0.35, 1.0],  # random resized crop area: RotNet crops moderately (no 8 % crops)
-    }
+    options = declare({
+        "head": Choice("linear", "mlp"),  # linear | mlp (hidden layer of embed_dim units, BN, ReLU)
+        # random resized crop area: RotNet crops moderately (no 8 % crops)
+        "crop_scale": Range(UNIT_INTERVAL, [0.35, 1.0]),
+    })
     # RotNet: SGD momentum 0.9, weight decay 5e-4, LR 0.1 at batch 192 (x0.2 steps; cosine here)
     training = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
+        options = self.config  # validated, with the declared defaults
         head = options["head"]
-        if head not in ("linear", "mlp"):
-            raise ConfigError(f"rotation: head must be 'linear' or 'mlp', got {head!r}")
         dim = self.embed_dim
         self.head = nn.Linear(dim, ROTATIONS) if head == "linear" else nn.Sequential(
             nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, ROTATIONS))

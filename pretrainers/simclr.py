@@ -24,7 +24,9 @@ from torch import nn
 from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.options import Bool, Float, Int, Range, declare
 
+from . import UNIT_INTERVAL
 from .pretext import PRETEXT_METHODS, PretextMethod
 
 
@@ -65,20 +67,21 @@ class ProjectionHead(nn.Sequential):
 @PRETEXT_METHODS.register("simclr")
 class SimCLR(PretextMethod):
     name = "simclr"
-    options = {
-        "temperature": 0.5,  # the paper's value for small batches (0.1 with LARS at 4096)
-        "proj_dim": 128,
-        "hidden_dim": None,  # default: the trunk's embedding width, as in the paper
-        "crop_scale": [0.08, 1.0],
-        "jitter_strength": 1.0,
-        "grayscale_p": 0.2,
-        "blur": True,
-    }
+    options = declare({
+        "temperature": Float(0.5, min=0, min_open=True),  # the paper's value for small batches (0.1 with LARS at 4096)
+        "proj_dim": Int(128, min=1),
+        "hidden_dim": Int(None, min=1),  # default: the trunk's embedding width, as in the paper
+        "crop_scale": Range(UNIT_INTERVAL, [0.08, 1.0]),
+        "jitter_strength": Float(1.0, min=0),
+        "grayscale_p": Float(0.2, min=0, max=1),
+        "blur": Bool(True),
+    })
     # SGD stand-in for LARS: LR for the loop's batch sizes, weight decay 1e-6 as in the paper
     training = {"lr": 0.3, "momentum": 0.9, "weight_decay": 1e-6, "warmup_epochs": 1}
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
+        options = self.config  # validated, with the declared defaults
         dim = self.embed_dim
         self.projector = ProjectionHead(dim, options["hidden_dim"] or dim, options["proj_dim"])
         self.temperature = float(options["temperature"])

@@ -22,11 +22,12 @@ from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
+from benchmark.options import Choice, Float, Int, Name, declare
 from benchmark.paths import inside
 from benchmark.registry import PRETRAINERS
 from benchmark.training import atomic_torch_save, load_resume_state, seed_everything, seed_worker
 
-from . import freeze
+from . import ARCH, CROP_SCALE, IMAGE_SIZE, SEED, freeze
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
@@ -40,20 +41,19 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
 
 @PRETRAINERS.register("supervised")
 class Supervised(Pretrainer):
-    options = {
-        "arch": "resnet50", "dataset": "voc07", "split": "trainval", "epochs": 30,
-        "image_size": 224, "crop_scale": [0.08, 1.0], "batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-        "seed": 0,
-    }
+    options = declare({
+        "arch": ARCH, "dataset": Choice("voc07"), "split": Name("trainval"), "epochs": Int(30, min=1),
+        "image_size": IMAGE_SIZE, "crop_scale": CROP_SCALE, "batch_size": Int(64, min=1),
+        "lr": Float(0.1, min=0, min_open=True), "momentum": Float(0.9, min=0, max=1),
+        "weight_decay": Float(1e-4, min=0),
+        "seed": SEED,
+    })
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return parameter_bytes(arch.name)  # the trained weights; the training state is transient
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config
-        if cfg["dataset"] != "voc07":
-            raise ConfigError(f"model '{model_name}': supervised training supports dataset 'voc07' "
-                              f"(multi-label), got '{cfg['dataset']}'")
         path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{config_hash(cfg)}.pth")
         if not path.exists():
             self.train(ctx, model_name, path)

@@ -7,9 +7,24 @@ from benchmark.diskspace import FeatureNeed
 from benchmark.engine import LoadedModel, RunContext
 from benchmark.errors import ConfigError
 from benchmark.features import cached_features
+from benchmark.lowshot import K_VALUES, NUM_SAMPLES
 from benchmark.models import Architecture
+from benchmark.options import Choice, Device, Float, Int, Layers, ListOf, OneOf
 from benchmark.provenance import resolve_device
-from benchmark.svm import check_solver
+from benchmark.svm import COST_LISTS, SOLVERS, check_solver
+
+# Options the feature-based tasks share, declared once (see benchmark.options)
+LAYERS = Layers(None)  # default: the architecture's protocol layers
+IMAGE_SIZE = Int(None, min=16)  # default: the architecture's reference input (224 / 227)
+COSTS = OneOf(Choice(*COST_LISTS), ListOf(Float(min=0, min_open=True), min_length=1), default="reference")
+FOLDS = Int(3, min=2)
+N_JOBS = OneOf(Int(min=1), Choice(-1), default=2)  # liblinear: classes in parallel (-1: every core)
+# torch: the batched engine (benchmark.svm_torch / svm_paths), same problem and stopping test as
+# liblinear; liblinear: the reference's loop, one class and cost at a time
+SOLVER = Choice(*SOLVERS)
+SVM_DEVICE = Device("auto")  # torch solver: cuda when available, else cpu
+K_SHOTS = ListOf(Int(min=1), list(K_VALUES), min_length=1, unique=True)
+SAMPLES = Int(NUM_SAMPLES, min=1)
 
 
 def resolve_layers(task: str, requested, arch: Architecture) -> list[str]:

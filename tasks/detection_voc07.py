@@ -49,6 +49,7 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.linear_heads import derived_seed
 from benchmark.models import Architecture
+from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare
 from benchmark.paths import inside
 from benchmark.registry import TASKS
 from benchmark.results import atomic_write_bytes
@@ -56,6 +57,7 @@ from benchmark.results import atomic_write_bytes
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
 PROPOSAL_SOURCES = ("auto", "selective_search", "rpn", "files")
+PROPOSAL_FILE_KEYS = ("voc07_trainval", "voc12_trainval", "voc07_test")
 # options that do not change the trained detector (a checkpoint made with others is resumed)
 RESULT_NEUTRAL = ("checkpoint_every", "cache_features_mb", "evaluate_untrained", "modes")
 SCHEDULE_KEYS = ("iterations", "milestones", "base_lr", "batch_size", "warmup_iterations", "weight_decay")
@@ -73,39 +75,43 @@ def _file_digest(path: Path) -> str:
 class DetectionVOC07(Task):
     dataset = "voc07"
     needs_gpu = True
-    options = {
-        "modes": ["frozen", "finetune"],  # one unit each
-        "train_set": "voc07",  # voc07 (VOC2007 trainval) | voc07+12 (+ VOC2012 trainval); test: VOC2007 test
-        "backend": "torchvision",  # torchvision (tested) | detectron2 (optional, needs detectron2 installed)
+    options = declare({
+        "modes": ListOf(Choice(*MODES), ["frozen", "finetune"], min_length=1, unique=True),  # one unit each
+        # voc07 (VOC2007 trainval) | voc07+12 (+ VOC2012 trainval); test: VOC2007 test
+        "train_set": Choice(*TRAIN_SETS, default="voc07"),
+        # torchvision (tested) | detectron2 (optional, needs detectron2 installed)
+        "backend": Choice("torchvision", "detectron2"),
         # proposals: auto = selective_search when opencv-contrib is importable, else rpn; files = proposal_files
-        "proposals": "auto",
-        "proposal_files": None,  # {voc07_trainval: path, voc12_trainval: path, voc07_test: path} (Detectron .pkl)
-        "proposal_limit_train": 2000,  # Detectron TRAIN/TEST.PROPOSAL_LIMIT
-        "proposal_limit_test": 2000,
-        "selective_search_mode": "fast",
-        "rpn_iterations": 2000, "rpn_batch_size": 4, "rpn_lr": 0.01,
-        "rpn_anchor_sizes": [32, 64, 128, 256, 512], "rpn_post_nms": 2000,
-        "schedule": "reference",  # reference (VOC07 30k step 22k / VOC07+12 80k step 66k, batch 4) | custom
-        "iterations": None, "milestones": None, "base_lr": None, "batch_size": None,
-        "warmup_iterations": None, "weight_decay": None,
-        "freeze_at": None,  # None: the mode's (frozen 4, finetune 0)
-        "scale": 600, "max_size": 1000, "flip": True,
-        "size_multiple": 1,  # > 1: round image sides to a multiple (few shapes: faster CPU convolutions)
-        "roi_op": "pool",  # pool (Detectron's default RoIPoolF, the reference) | align
-        "roi_size": 14, "sampling_ratio": 0, "rois_per_image": 64, "fg_fraction": 0.25,
-        "checkpoint_every": 1000,
-        "cache_features_mb": 2048,  # frozen mode: res4 maps of training images kept in memory up to this
-        "evaluate_untrained": False,  # also report the mAP of the untrained head (a floor)
-    }
+        "proposals": Choice(*PROPOSAL_SOURCES, default="auto"),
+        # {voc07_trainval: path, voc12_trainval: path, voc07_test: path} (Detectron .pkl)
+        "proposal_files": MappingOf({key: Str() for key in PROPOSAL_FILE_KEYS}, None),
+        "proposal_limit_train": Int(2000, min=1),  # Detectron TRAIN/TEST.PROPOSAL_LIMIT
+        "proposal_limit_test": Int(2000, min=1),
+        "selective_search_mode": Choice("fast", "quality"),
+        "rpn_iterations": Int(2000, min=1), "rpn_batch_size": Int(4, min=1),
+        "rpn_lr": Float(0.01, min=0, min_open=True),
+        "rpn_anchor_sizes": ListOf(Int(min=1), [32, 64, 128, 256, 512], min_length=1), "rpn_post_nms": Int(2000, min=1),
+        # reference (VOC07 30k step 22k / VOC07+12 80k step 66k, batch 4) | custom
+        "schedule": Choice("reference", "custom"),
+        "iterations": Int(None, min=1), "milestones": ListOf(Int(min=1), None, increasing=True),
+        "base_lr": Float(None, min=0), "batch_size": Int(None, min=1),
+        "warmup_iterations": Int(None, min=0), "weight_decay": Float(None, min=0),
+        "freeze_at": Int(None, min=0, max=5),  # None: the mode's (frozen 4, finetune 0)
+        "scale": Int(600, min=1), "max_size": Int(1000, min=1), "flip": Bool(True),
+        "size_multiple": Int(1, min=1),  # > 1: round image sides to a multiple (few shapes: faster CPU convolutions)
+        "roi_op": Choice("pool", "align"),  # pool (Detectron's default RoIPoolF, the reference) | align
+        "roi_size": Int(14, min=1), "sampling_ratio": Int(0, min=0), "rois_per_image": Int(64, min=1),
+        "fg_fraction": Float(0.25, min=0, max=1, min_open=True),
+        "checkpoint_every": Int(1000, min=1),
+        # frozen mode: res4 maps of training images kept in memory up to this
+        "cache_features_mb": Int(2048, min=0),
+        "evaluate_untrained": Bool(False),  # also report the mAP of the untrained head (a floor)
+    })
 
     # --- configuration -------------------------------------------------------------------------
 
     def modes(self) -> list[str]:
-        modes = self.config["modes"]
-        if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
-            raise ConfigError(f"detection_voc07: modes must be a non-empty list of {list(MODES)} without "
-                              f"repetition, got {modes!r}")
-        return list(modes)
+        return list(self.config["modes"])
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return training_checkpoint_bytes(arch.name)
@@ -115,26 +121,15 @@ class DetectionVOC07(Task):
         return self.modes()
 
     def check_options(self) -> None:
+        """What the declarations cannot say alone: installed back ends, and a schedule that fits."""
         cfg = self.config
-        self.modes()
-        if cfg["train_set"] not in TRAIN_SETS:
-            raise ConfigError(f"detection_voc07: train_set must be one of {list(TRAIN_SETS)}, got {cfg['train_set']!r}")
-        if cfg["backend"] not in ("torchvision", "detectron2"):
-            raise ConfigError(f"detection_voc07: backend must be 'torchvision' or 'detectron2', got {cfg['backend']!r}")
         if cfg["backend"] == "detectron2":
             from benchmark.detection.detectron2_backend import require_detectron2
 
             require_detectron2()
-        if cfg["proposals"] not in PROPOSAL_SOURCES:
-            raise ConfigError(f"detection_voc07: proposals must be one of {', '.join(PROPOSAL_SOURCES)}, "
-                              f"got {cfg['proposals']!r}")
         if cfg["proposals"] == "selective_search" and not selective_search_available():
             raise ConfigError(f"detection_voc07: proposals: selective_search, but cv2.ximgproc is not importable. "
                               f"{SS_INSTALL}; or use proposals: rpn / files")
-        for key in ("proposal_limit_train", "proposal_limit_test", "rpn_iterations", "rpn_batch_size", "rpn_post_nms",
-                    "scale", "max_size", "size_multiple", "roi_size", "rois_per_image", "checkpoint_every"):
-            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise ConfigError(f"detection_voc07: {key} must be a positive integer, got {cfg[key]!r}")
         resolve_schedule(cfg["schedule"], cfg["train_set"], **{k: cfg[k] for k in SCHEDULE_KEYS})
 
     def split_names(self) -> list[tuple[str, str, str]]:

@@ -22,6 +22,7 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.linear_heads import (
     TOPK,
+    SCHEDULE_NAMES,
     LinearSetup,
     check_schedule_options,
     eval_transform,
@@ -30,6 +31,7 @@ from benchmark.linear_heads import (
     train_linear_heads,
 )
 from benchmark.models import Architecture
+from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
 from benchmark.paths import inside
 from benchmark.registry import TASKS
 
@@ -49,24 +51,26 @@ def _list_identity(split: PlacesSplit) -> str:
 class LinearPlaces205(Task):
     dataset = "places205"
     needs_gpu = True  # trains heads on the trunk's outputs: no feature cache, an accelerator helps
-    options = {
-        "layers": None,  # default: every layer of the architecture (ResNet: conv1..res5 and pool5)
-        "image_size": None,  # default: the architecture's reference input (224 / 227)
-        "data_dir": "Places205",  # relative to the data root, or absolute
-        "schedule": "reference",  # reference (fair_ssb: 140k it at batch 256) | vissl (14 epochs) | custom
+    options = declare({
+        "layers": Layers(None),  # default: every layer of the architecture (ResNet: conv1..res5 and pool5)
+        "image_size": Int(None, min=16),  # default: the architecture's reference input (224 / 227)
+        "data_dir": Str("Places205"),  # relative to the data root, or absolute
+        # reference (fair_ssb: 140k it at batch 256) | vissl (14 epochs) | custom
+        "schedule": Choice(*SCHEDULE_NAMES, default="reference"),
         # custom schedule: exactly one of epochs / iterations, milestones in the same unit
-        "epochs": None,
-        "iterations": None,
-        "milestones": None,
+        "epochs": Float(None, min=0, min_open=True),
+        "iterations": Int(None, min=1),
+        "milestones": ListOf(Float(min=0, min_open=True), None, increasing=True),
         # override the schedule's values (None: the schedule's; weight decay per architecture)
-        "base_lr": None,  # at batch 256; the LR used is base_lr * batch_size / 256
-        "batch_size": None,  # global batch; the reference schedule's iterations scale by 256 / batch_size
-        "weight_decay": None,
-        "eval_every": 1,  # epochs between evaluations on val (and one at the end)
-        "checkpoint_every": 1000,  # iterations between checkpoints (and one at the end)
-        "world_size": "auto",  # processes (GPUs); auto = every visible GPU when the device is cuda
-        "num_workers": None,  # DataLoader workers; None = the suite's num_workers
-    }
+        "base_lr": Float(None, min=0),  # at batch 256; the LR used is base_lr * batch_size / 256
+        "batch_size": Int(None, min=1),  # global batch; the reference schedule's iterations scale by 256 / batch_size
+        "weight_decay": Float(None, min=0),
+        "eval_every": Int(1, min=1),  # epochs between evaluations on val (and one at the end)
+        "checkpoint_every": Int(1000, min=1),  # iterations between checkpoints (and one at the end)
+        # processes (GPUs); auto = every visible GPU when the device is cuda
+        "world_size": OneOf(Choice("auto"), Int(min=1), default="auto"),
+        "num_workers": Int(None, min=0),  # DataLoader workers; None = the suite's num_workers
+    })
 
     def root(self, ctx: RunContext) -> Path:
         return ctx.data_root / self.config["data_dir"]
@@ -76,8 +80,6 @@ class LinearPlaces205(Task):
         unknown = [layer for layer in requested if layer not in arch.layers]
         if unknown:
             raise ConfigError(f"linear_places205: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")
-        if len(set(requested)) != len(requested):
-            raise ConfigError(f"linear_places205: layers {list(requested)} name a layer twice")
         return list(requested)
 
     def units(self, arch: Architecture) -> list[str]:
@@ -86,13 +88,7 @@ class LinearPlaces205(Task):
 
     def check_data(self, ctx: RunContext) -> None:
         cfg = self.config
-        check_schedule_options(cfg["schedule"], **{k: cfg[k] for k in SCHEDULE_KEYS})
-        for key in ("eval_every", "checkpoint_every"):
-            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise ConfigError(f"linear_places205: {key} must be a positive integer, got {cfg[key]!r}")
-        if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], int) or cfg["image_size"] < 16):
-            raise ConfigError(f"linear_places205: image_size must be an integer >= 16, got {cfg['image_size']!r}")
-        resolve_world_size(cfg["world_size"], torch.device("cpu"))  # type check only
+        check_schedule_options(cfg["schedule"], **{k: cfg[k] for k in SCHEDULE_KEYS})  # how they fit together
         load_places205(self.root(ctx), "train")
         load_places205(self.root(ctx), "val")
 

@@ -19,11 +19,13 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
+from benchmark.options import Str, declare
 from benchmark.registry import TASKS
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
 from benchmark.svm_paths import lowshot_sweep_torch
 
-from .common import BatchedSVMTask, resolve_layers, split_features, split_needs
+from .common import (COSTS, FOLDS, IMAGE_SIZE, K_SHOTS, LAYERS, N_JOBS, SAMPLES, SOLVER, SVM_DEVICE, BatchedSVMTask,
+                     resolve_layers, split_features, split_needs)
 
 
 def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
@@ -39,20 +41,19 @@ def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed
 @TASKS.register("lowshot_places205")
 class LowShotPlaces205(BatchedSVMTask, Task):
     dataset = "places205"
-    options = {
-        "layers": None,
-        "image_size": None,
-        "data_dir": "Places205",  # relative to the data root, or absolute
-        "k_values": list(lowshot.K_VALUES),
-        "num_samples": lowshot.NUM_SAMPLES,
-        "costs": "reference",
-        "folds": 3,
-        "n_jobs": 2,  # liblinear: classes in parallel
+    options = declare({
+        "layers": LAYERS,
+        "image_size": IMAGE_SIZE,
+        "data_dir": Str("Places205"),  # relative to the data root, or absolute
+        "k_values": K_SHOTS,
+        "num_samples": SAMPLES,
+        "costs": COSTS,
+        "folds": FOLDS,
+        "n_jobs": N_JOBS,
         # torch: all classes of a sample share its rows, so every class x cost x fold is batched
-        # (benchmark.svm_paths); liblinear: the reference's loop, one class and cost at a time
-        "solver": "torch",
-        "svm_device": "auto",
-    }
+        "solver": SOLVER,
+        "svm_device": SVM_DEVICE,
+    })
 
     def root(self, ctx: RunContext) -> Path:
         return ctx.data_root / self.config["data_dir"]

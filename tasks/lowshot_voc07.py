@@ -20,13 +20,15 @@ from benchmark.datasets.voc import load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
+from benchmark.options import Name, Str, declare
 from benchmark.paths import inside
 from benchmark.registry import TASKS
 from benchmark.results import ResultStore, atomic_write_bytes
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates, to_binary
 from benchmark.svm_paths import cv_costs_torch, lowshot_sweep_torch
 
-from .common import BatchedSVMTask, resolve_layers, split_features, split_needs
+from .common import (COSTS, FOLDS, IMAGE_SIZE, K_SHOTS, LAYERS, N_JOBS, SAMPLES, SOLVER, SVM_DEVICE, BatchedSVMTask,
+                     resolve_layers, split_features, split_needs)
 
 
 def _class_sweep(c, Z_train, Z_test, train_labels, test_labels, samples, costs, folds, fallback_cost, seed):
@@ -83,22 +85,20 @@ def _sweep_torch(X_train, X_test, test_labels, samples, costs, folds, fallback_c
 @TASKS.register("lowshot_voc07")
 class LowShotVOC07(BatchedSVMTask, Task):
     dataset = "voc07"
-    options = {
-        "layers": None,  # default: all five protocol layers; VISSL evaluates [res4, res5]
-        "image_size": None,
-        "k_values": list(lowshot.K_VALUES),
-        "num_samples": lowshot.NUM_SAMPLES,
-        "costs": "reference",
-        "folds": 3,
-        "n_jobs": 2,  # liblinear: classes in parallel
-        # torch: every class of a sample at every cost batched (benchmark.svm_paths), same problem
-        # as liblinear's; liblinear: the reference's loop, one class and cost at a time
-        "solver": "torch",
-        "svm_device": "auto",
-        "sample_dir": None,  # the reference's train_targets_sample{s}_k{k}.npy files, for exact comparison
-        "train_split": "trainval",
-        "test_split": "test",
-    }
+    options = declare({
+        "layers": LAYERS,  # default: all five protocol layers; VISSL evaluates [res4, res5]
+        "image_size": IMAGE_SIZE,
+        "k_values": K_SHOTS,
+        "num_samples": SAMPLES,
+        "costs": COSTS,
+        "folds": FOLDS,
+        "n_jobs": N_JOBS,
+        "solver": SOLVER,
+        "svm_device": SVM_DEVICE,
+        "sample_dir": Str(None),  # the reference's train_targets_sample{s}_k{k}.npy files, for exact comparison
+        "train_split": Name("trainval"),
+        "test_split": Name("test"),
+    })
 
     def units(self, arch: Architecture) -> list[str]:
         return resolve_layers("lowshot_voc07", self.config["layers"], arch)

@@ -27,6 +27,7 @@ from benchmark.normals.codebook import cached_codebook
 from benchmark.normals.metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
 from benchmark.normals.model import PSP_BINS
 from benchmark.normals.train import HEADS, NormalsSchedule, NormalsSetup, train_normals
+from benchmark.options import Choice, Float, Int, Range, Str, declare
 from benchmark.paths import inside
 from benchmark.registry import TASKS
 
@@ -74,27 +75,31 @@ def resolve_schedule(cfg: dict) -> NormalsSchedule:
 class NormalsNYUv2(Task):
     dataset = "nyuv2"
     needs_gpu = True  # trains res5 and a decoder on dense maps
-    options = {
-        "data_dir": "NYUv2",  # relative to the data root, or absolute
-        "labeled_file": LABELED_FILE,
-        "splits_file": SPLITS_FILE,
-        "normals": "file",  # file (normals_file: Ladicky-style ground truth) | depth (computed from the depths)
-        "normals_file": NORMALS_FILE,
-        "depth_window": 5,  # normals: depth -> plane-fit window (pixels, odd)
-        "head": "codebook",  # codebook (40-way classification, the reference) | regression (cosine loss)
-        "codebook_size": 40,
-        "codebook_samples": 1_000_000,  # training pixels drawn for k-means
-        "codebook_iterations": 100,
-        "schedule": "reference",  # reference (see SCHEDULES) | custom (needs iterations)
-        "iterations": None,
-        "batch_size": None,
-        "base_lr": None,
-        "weight_decay": None,
-        "train_short_side": [300, 600],  # multi-scale training, in pixels of 480-pixel-high frames (scaled)
-        "decoder_channels": 512,
-        "checkpoint_every": 500,
-        "num_workers": None,  # DataLoader workers; None = the suite's num_workers
-    }
+    options = declare({
+        "data_dir": Str("NYUv2"),  # relative to the data root, or absolute
+        "labeled_file": Str(LABELED_FILE),
+        "splits_file": Str(SPLITS_FILE),
+        # file (normals_file: Ladicky-style ground truth) | depth (computed from the depths)
+        "normals": Choice(*NORMALS_SOURCES, default="file"),
+        "normals_file": Str(NORMALS_FILE),
+        "depth_window": Int(5, min=3, odd=True),  # normals: depth -> plane-fit window (pixels)
+        # codebook (40-way classification, the reference) | regression (cosine loss)
+        "head": Choice(*HEADS, default="codebook"),
+        "codebook_size": Int(40, min=1),
+        "codebook_samples": Int(1_000_000, min=1),  # training pixels drawn for k-means
+        "codebook_iterations": Int(100, min=1),
+        # reference (see SCHEDULES) | custom (needs iterations)
+        "schedule": Choice(*SCHEDULE_NAMES, default="reference"),
+        "iterations": Int(None, min=1),
+        "batch_size": Int(None, min=2),  # the decoder's BatchNorm needs 2
+        "base_lr": Float(None, min=0),
+        "weight_decay": Float(None, min=0),
+        # multi-scale training, in pixels of 480-pixel-high frames (scaled)
+        "train_short_side": Range(Int(min=1), [300, 600]),
+        "decoder_channels": Int(512, min=1),
+        "checkpoint_every": Int(500, min=1),
+        "num_workers": Int(None, min=0),  # DataLoader workers; None = the suite's num_workers
+    })
 
     def root(self, ctx: RunContext) -> Path:
         return ctx.data_root / self.config["data_dir"]
@@ -108,22 +113,8 @@ class NormalsNYUv2(Task):
         return [UNIT]
 
     def _check_options(self) -> None:
-        cfg = self.config
-        resolve_schedule(cfg)
-        if cfg["head"] not in HEADS:
-            raise ConfigError(f"normals_nyuv2: unknown head {cfg['head']!r}; expected one of {', '.join(HEADS)}")
-        if cfg["normals"] not in NORMALS_SOURCES:
-            raise ConfigError(f"normals_nyuv2: unknown normals source {cfg['normals']!r}; expected one of "
-                              f"{', '.join(NORMALS_SOURCES)}")
-        for key in ("codebook_size", "codebook_samples", "codebook_iterations", "decoder_channels", "checkpoint_every"):
-            _positive_int(cfg[key], key)
-        if not isinstance(cfg["depth_window"], int) or cfg["depth_window"] < 3 or cfg["depth_window"] % 2 == 0:
-            raise ConfigError(f"normals_nyuv2: depth_window must be an odd integer >= 3, got {cfg['depth_window']!r}")
-        sides = cfg["train_short_side"]
-        if not isinstance(sides, (list, tuple)) or len(sides) != 2 or \
-                not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides) or sides[0] > sides[1]:
-            raise ConfigError(f"normals_nyuv2: train_short_side must be [low, high] positive integers with "
-                              f"low <= high, got {sides!r}")
+        """What the declarations cannot say alone: the schedule's options fit together."""
+        resolve_schedule(self.config)
 
     def _splits(self, ctx: RunContext):
         cfg = self.config

@@ -12,31 +12,31 @@ import numpy as np
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
+from benchmark.options import Bool, Name, declare
 from benchmark.registry import TASKS
 from benchmark.svm import resolve_costs, voc07_svm
 from benchmark.svm_paths import voc07_svm_torch
 
-from .common import BatchedSVMTask, resolve_layers, split_features, split_needs
+from .common import (COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, BatchedSVMTask, resolve_layers,
+                     split_features, split_needs)
 
 
 @TASKS.register("voc07_svm")
 class VOC07SVM(BatchedSVMTask, Task):
     dataset = "voc07"
-    options = {
-        "layers": None,  # default: the architecture's protocol layers
-        "image_size": None,  # default: the architecture's reference input (224 / 227)
-        "costs": "reference",
-        "folds": 3,
-        "n_jobs": 2,
-        # torch: all classes x costs x folds of a layer batched (benchmark.svm_torch), same problem
-        # and stopping test as liblinear; liblinear: the reference's LinearSVC loop
-        "solver": "torch",
-        "svm_device": "auto",  # torch solver: cuda when available, else cpu
+    options = declare({
+        "layers": LAYERS,
+        "image_size": IMAGE_SIZE,
+        "costs": COSTS,
+        "folds": FOLDS,
+        "n_jobs": N_JOBS,
+        "solver": SOLVER,
+        "svm_device": SVM_DEVICE,
         # liblinear only: exact speed-up for n < d (see benchmark.svm.span_coordinates)
-        "span_coordinates": True,
-        "train_split": "trainval",
-        "test_split": "test",
-    }
+        "span_coordinates": Bool(True),
+        "train_split": Name("trainval"),
+        "test_split": Name("test"),
+    })
 
     def layers(self, arch: Architecture) -> list[str]:
         return resolve_layers("voc07_svm", self.config["layers"], arch)

@@ -54,11 +54,15 @@ def test_reference_rules_and_spreads_are_computed_from_the_replicates() -> None:
     assert band["rule"] == "band" and band["n_runs"] == 3
     assert band["mean"] == pytest.approx(51.0) and band["std"] == pytest.approx(np.std([50, 51, 52], ddof=1))
     assert (band["min"], band["max"]) == (50.0, 52.0)
-    assert band["tolerance"] == pytest.approx(max(BAND_FLOOR, BAND_MULTIPLIER * 1.0))
+    # mAP rows of voc07_svm (res5, res4, per class) pool their spreads: RMS of 1, 0 and 5
+    pooled = np.sqrt((1.0 + 0.0 + 25.0) / 3)
+    assert band["pooled_std"] == pytest.approx(pooled)
+    assert band["tolerance"] == pytest.approx(max(BAND_FLOOR, BAND_MULTIPLIER * pooled))
     per_class = _pick(ref, "supervised", "res5", "cat")
     assert per_class["rule"] == "aggregate" and per_class["std"] == pytest.approx(5.0)
-    still = _pick(ref, "supervised", "res4")  # replicates that agree: the floor, not a zero-width band
-    assert still["rule"] == "band" and still["tolerance"] == BAND_FLOOR
+    assert per_class["tolerance"] == pytest.approx(BAND_MULTIPLIER * 5.0)  # its own spread is the wider
+    still = _pick(ref, "supervised", "res4")  # replicates that agree by chance: the typical spread
+    assert still["rule"] == "band" and still["std"] == 0 and still["tolerance"] == pytest.approx(BAND_MULTIPLIER * pooled)
     alone = build_reference(run, [])  # without replicates the spread is unmeasured
     assert _pick(alone, "supervised", "res5")["rule"] == "fixed"
     assert _pick(alone, "supervised", "res5")["tolerance"] == BASE_TOLERANCE
@@ -98,10 +102,11 @@ def test_each_rule_flags_what_it_should(tmp_path) -> None:
     assert outcome(_shifted(run, "random", "res5", 1.0)) == ([("random", "exact")], 0)
     assert outcome(_shifted(run, "random", "res5", 0.01)) == ([], 0)
     assert outcome(_shifted(run, "random", "res5", 1.0, cls="cat")) == ([("random", "exact")], 0)
-    # band: centred on the replicates' mean 51 with half-width 4
-    assert outcome(_shifted(run, "supervised", "res5", 4.9)) == ([], 0)  # 54.9 - 51 = 3.9
-    assert outcome(_shifted(run, "supervised", "res5", 5.5)) == ([("supervised", "band")], 0)
-    assert outcome(_shifted(run, "supervised", "res5", -3.5)) == ([("supervised", "band")], 0)  # 46.5
+    # band: centred on the replicates' mean 51 (the run's own value is 50)
+    tol = _pick(ref, "supervised", "res5")["tolerance"]
+    assert outcome(_shifted(run, "supervised", "res5", 1 + tol - 0.1)) == ([], 0)
+    assert outcome(_shifted(run, "supervised", "res5", 1 + tol + 0.1)) == ([("supervised", "band")], 0)
+    assert outcome(_shifted(run, "supervised", "res5", 1 - tol - 0.1)) == ([("supervised", "band")], 0)
     # aggregate: per-class numbers of a trained model are reported, never failing
     assert outcome(_shifted(run, "supervised", "res5", 40.0, cls="cat")) == ([], 1)
     # a NaN where a number was is always a regression
@@ -317,3 +322,45 @@ def test_replicates_reseed_exactly_what_trains(tmp_path) -> None:
     assert UnitRunner(zero, log=lambda _: None).model_options("supervised")["seed"] == 5
     seeds = {replicate_seed(s, r) for s in range(3) for r in range(1, 50)}
     assert len(seeds) == 147 and all(0 <= s < 2**31 for s in seeds)
+
+
+# --- the stored reference of the mini suite --------------------------------------------------
+
+STORED = Path(__file__).resolve().parent.parent / "results" / "reference" / "goyal2019-mini.csv"
+
+
+def test_stored_reference_is_intact_and_holds_exact_rows_for_every_stage() -> None:
+    ref, fmt = read_reference(STORED)
+    assert fmt == 2
+    exact = ref[ref["rule"] == "exact"]
+    assert (exact["determinism"] == "exact").all() and (exact["tolerance"] == EXACT_TOLERANCE).all()
+    covered = {(task, evaluation) for task, evaluation in zip(exact["task"], exact["evaluation"])}
+    # the SVM engine and AP (every layer's pooling), low-shot sampling and aggregation, and the
+    # detection and normals evaluators each have numbers that no training can move
+    assert {("voc07_svm", ""), ("lowshot_voc07", ""), ("lowshot_places205", ""),
+            ("detection_voc07", "perturbed_ground_truth"), ("normals_nyuv2", "mean_normal_baseline")} <= covered
+    layers = set(exact[(exact["task"] == "voc07_svm") & (exact["metric"] == "mAP")]["layer"])
+    assert layers == {"conv1", "res2", "res3", "res4", "res5"}
+    assert {"mAP_mean", "top1_mean"} <= set(exact[exact["task"].str.startswith("lowshot")]["metric"])
+    band = ref[ref["rule"] == "band"]
+    assert len(band) and (band["n_runs"] >= 3).all() and (band["class"] == "").all() and (band["sample"] == "").all()
+    assert (ref[ref["rule"] == "aggregate"]["determinism"] == "trained").all()
+
+
+def test_planted_changes_in_the_stored_reference_fail_and_its_own_values_pass() -> None:
+    ref, _ = read_reference(STORED)
+    run = ref[JOIN + ["value"]].copy()
+    assert compare(run, ref)["regressions"].empty  # replicate 0's own values lie in their bands
+    key = (run.model == "random") & (run.task == "voc07_svm") & (run.layer == "res5") & (run.metric == "mAP")
+    assert key.sum() == 1
+    planted = run.copy()
+    planted.loc[key, "value"] += 1.0
+    regressions = compare(planted, ref)["regressions"]
+    assert regressions[["model", "layer", "rule"]].values.tolist() == [["random", "res5", "exact"]]
+    band = ref[ref["rule"] == "band"].sort_values("tolerance").iloc[-1]  # the widest band there is
+    planted = run.copy()
+    where = (run[JOIN] == band[JOIN]).all(axis=1)
+    planted.loc[where, "value"] = band["mean"] + 1.5 * band["tolerance"]
+    regressions = compare(planted, ref)["regressions"]
+    assert regressions[["model", "task", "metric", "rule"]].values.tolist() == \
+        [[band["model"], band["task"], band["metric"], "band"]]

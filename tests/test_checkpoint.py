@@ -243,5 +243,5 @@ def test_checkpoint_pretrainer_end_to_end(tmp_path, checkpoint_files, original, 
 
 
 def test_checkpoint_pretrainer_needs_path(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="model 'm'.*needs 'path: FILE'"):
+    with pytest.raises(ConfigError, match=r"pretrainer 'checkpoint'\.path is required; expected the path of a \.pth"):
         PRETRAINERS.get("checkpoint")(arch="resnet18", path=None, which="teacher").build(_context(tmp_path), "m")

@@ -301,7 +301,7 @@ def test_executor_settings_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="partiton.*Did you mean 'partition'"):
         load_suite("s", _write(tmp_path, text))
     text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: kubernetes}\n")
-    with pytest.raises(ConfigError, match="unknown executor 'kubernetes'"):
+    with pytest.raises(ConfigError, match=r"suites\.s\.executor\.name: 'kubernetes' is not allowed; expected one of 'local', 'debug', 'slurm'"):
         load_suite("s", _write(tmp_path, text))
     text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: slurm, partition: gpu}\n")
     executor = load_suite("s", _write(tmp_path, text)).settings["executor"]

@@ -185,11 +185,11 @@ def test_task_option_errors(voc, tmp_path) -> None:
         return DetectionVOC07(**{**DetectionVOC07.options, **options})
 
     ctx = RunContext(run_dir=tmp_path, data_root=voc, cache=FeatureCache(tmp_path / "c"), device=CPU)
-    with pytest.raises(ConfigError, match="proposals must be one of"):
+    with pytest.raises(ConfigError, match=r"detection_voc07'\.proposals: 'edgeboxes' is not allowed; expected one of 'auto', 'selective_search', 'rpn', 'files'"):
         task(proposals="edgeboxes").check_data(ctx)
     with pytest.raises(ConfigError, match="proposal_files.voc07_trainval"):
         task(proposals="files").check_data(ctx)
-    with pytest.raises(ConfigError, match="modes must be"):
+    with pytest.raises(ConfigError, match=r"detection_voc07'\.modes\[1\]: 'linear' is not allowed; expected one of 'frozen', 'finetune'"):
         task(modes=["frozen", "linear"]).check_data(ctx)
     with pytest.raises(ConfigError, match="C4 structure"):
         task().units(get_architecture("alexnet"))

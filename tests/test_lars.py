@@ -53,5 +53,5 @@ def test_loop_choice_of_optimizer() -> None:
     params = [torch.nn.Parameter(torch.ones(2, 2))]
     assert isinstance(build_optimizer(params, training), LARS)
     assert isinstance(build_optimizer(params, resolve_training(simclr)), torch.optim.SGD)
-    with pytest.raises(ConfigError, match="optimizer must be one of"):
+    with pytest.raises(ConfigError, match=r"training\.optimizer: 'adam' is not allowed; expected one of 'sgd', 'lars'"):
         resolve_training(simclr, optimizer="adam")

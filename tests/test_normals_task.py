@@ -34,16 +34,16 @@ def test_schedules() -> None:
         resolve_schedule(task(schedule="custom").config)
     with pytest.raises(ConfigError, match="iterations only apply to schedule: custom"):
         resolve_schedule(task(iterations=5).config)
-    with pytest.raises(ConfigError, match="batch_size must be at least 2"):
+    with pytest.raises(ConfigError, match=r"normals_nyuv2'\.batch_size: 1 is not allowed; expected an integer >= 2"):
         resolve_schedule(task(batch_size=1).config)
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"head": "classes"}, "unknown head 'classes'"),
-    ({"normals": "ladicky"}, "unknown normals source 'ladicky'"),
-    ({"train_short_side": [600, 300]}, "train_short_side must be"),
-    ({"depth_window": 4}, "depth_window must be an odd integer"),
-    ({"codebook_size": 0}, "codebook_size must be a positive integer"),
+    ({"head": "classes"}, r"\.head: 'classes' is not allowed; expected one of 'codebook', 'regression'"),
+    ({"normals": "ladicky"}, r"\.normals: 'ladicky' is not allowed; expected one of 'file', 'depth'"),
+    ({"train_short_side": [600, 300]}, r"\.train_short_side: \[600, 300\] is not allowed; expected \[low, high\] with low <= high"),
+    ({"depth_window": 4}, r"\.depth_window: 4 is not allowed; expected an odd integer >= 3"),
+    ({"codebook_size": 0}, r"\.codebook_size: 0 is not allowed; expected an integer >= 1"),
 ])
 def test_bad_options_fail_before_any_work(tmp_path, options, message) -> None:
     ctx = RunContext(run_dir=tmp_path, data_root=tmp_path, cache=FeatureCache(tmp_path / "cache"), device=None)

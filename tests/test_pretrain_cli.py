@@ -121,9 +121,13 @@ def test_pretext_model_in_benchmark_yaml_is_validated(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'epochs'"):
         load_suite("s", path)
     cls = PRETRAINERS.get("pretext")
-    bad = cls(**{**cls.options, "method": "simclr", "arch": "resnet18", "method_options": {"temprature": 0.1}})
-    with pytest.raises(ConfigError, match=r"model 'm'\.method_options.*Did you mean 'temperature'"):
-        bad.build(_ctx(tmp_path / "run", tmp_path), "m")
+    with pytest.raises(ConfigError, match=r"pretrainer 'pretext'\.method_options.*Did you mean 'temperature'"):
+        cls(**{**cls.options, "method": "simclr", "arch": "resnet18", "method_options": {"temprature": 0.1}})
+    config["suites"]["s"]["models"]["rot"] = {"pretrainer": "pretext", "method": "simclr", "arch": "resnet18",
+                                              "method_options": {"temprature": 0.1}}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"bench\.yaml: suites\.s\.models\.rot\.method_options\. Did you mean 'temperature'"):
+        load_suite("s", path)
     mini = load_suite("goyal2019-mini")
     pretext_models = {m.name: m.options for m in mini.models if m.pretrainer == "pretext"}
     assert {"rotation", "jigsaw", "simclr"} <= set(pretext_models)

@@ -1,0 +1,530 @@
+"""Hardening, checked at load: declared option types and ranges, names that become paths, YAML
+alias bombs, device requests, checkpoints holding pickled objects, and Ctrl-C. Every bad input is
+refused before any work, with the file, the key path, the value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmark import cli
+from benchmark.checkpoint import read_checkpoint
+from benchmark.cli import main
+from benchmark.config import DEFAULT_CONFIG, config_hash, load_suite, load_yaml
+from benchmark.errors import CheckpointError, ConfigError
+from benchmark.options import NAME_MAX_LENGTH, Int, ListOf, Options, declare, validate
+from benchmark.registry import PRETRAINERS, TASKS
+from benchmark.runner import plan_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+SUITE = """\
+suites:
+  s:
+    data_root: {data}
+    num_workers: 0
+    models:
+      random:
+        pretrainer: random
+        arch: resnet18
+    tasks:
+      voc07_svm:
+        layers: [res5]
+        image_size: 32
+        costs: [1.0]
+        n_jobs: 1
+"""
+
+
+def _config(tmp_path: Path, edit=None, text: str | None = None) -> Path:
+    """bench.yaml from SUITE, after ``edit(raw dict)`` changed it (or ``text`` as given)."""
+    path = tmp_path / "bench.yaml"
+    if text is None:
+        raw = yaml.safe_load(SUITE.format(data=tmp_path / "data"))
+        if edit is not None:
+            edit(raw["suites"]["s"])
+        text = yaml.safe_dump(raw, sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def _model(name: str, **options):
+    return lambda s: s["models"].__setitem__(name, options)
+
+
+def _task(name: str, **options):
+    return lambda s: s["tasks"].__setitem__(name, options)
+
+
+def _set(block: str | tuple[str, str], key: str, value):
+    """Sets ``key`` in the suite block ("") or in one of its entries (("tasks", "voc07_svm"))."""
+    return lambda s: (s if block == "" else s[block[0]][block[1]]).__setitem__(key, value)
+
+
+# --- 1. declared, typed options ------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    # (edit of the suite, key path in the message, the value as shown, what is allowed)
+    (_task("lowshot_voc07", k_values=[1, 2, -4]), "tasks.lowshot_voc07.k_values[2]", "-4", "an integer >= 1"),
+    (_task("lowshot_places205", num_samples=0), "tasks.lowshot_places205.num_samples", "0", "an integer >= 1"),
+    (_set("", "batch_size", "64"), "s.batch_size", "'64'", "an integer >= 1"),
+    (_set("", "batch_size", -8), "s.batch_size", "-8", "an integer >= 1"),
+    (_set("", "seed", -1), "s.seed", "-1", "an integer >= 0"),
+    (_set("", "num_workers", 1.5), "s.num_workers", "1.5", "an integer >= 0"),
+    (_set(("tasks", "voc07_svm"), "image_size", -64), "tasks.voc07_svm.image_size", "-64", "an integer >= 16"),
+    (_set(("tasks", "voc07_svm"), "folds", 1), "tasks.voc07_svm.folds", "1", "an integer >= 2"),
+    (_set(("tasks", "voc07_svm"), "costs", "referense"), "tasks.voc07_svm.costs", "'referense'",
+     "one of 'reference', 'vissl' or a list of at least 1 items, each a number > 0"),
+    (_set(("tasks", "voc07_svm"), "costs", [0.1, -1.0]), "tasks.voc07_svm.costs[1]", "-1.0", "a number > 0"),
+    (_set(("tasks", "voc07_svm"), "solver", "sklearn"), "tasks.voc07_svm.solver", "'sklearn'",
+     "one of 'torch', 'liblinear'"),
+    (_set(("tasks", "voc07_svm"), "span_coordinates", "yes"), "tasks.voc07_svm.span_coordinates", "'yes'",
+     "true or false"),
+    (_set(("tasks", "voc07_svm"), "layers", [1, 2]), "tasks.voc07_svm.layers[0]", "1", "a layer name"),
+    (_task("linear_places205", schedule="fast"), "tasks.linear_places205.schedule", "'fast'",
+     "one of 'reference', 'vissl', 'custom'"),
+    (_task("linear_places205", schedule="custom", epochs=-3, milestones=[]), "tasks.linear_places205.epochs", "-3",
+     "a number > 0"),
+    (_task("linear_places205", world_size=0), "tasks.linear_places205.world_size", "0",
+     "one of 'auto' or an integer >= 1"),
+    (_task("normals_nyuv2", train_short_side=[300]), "tasks.normals_nyuv2.train_short_side", "[300]",
+     "[low, high] with low <= high"),
+    (_task("detection_voc07", rpn_lr="fast"), "tasks.detection_voc07.rpn_lr", "'fast'", "a number > 0"),
+    (_model("sup", pretrainer="supervised", arch="resnet18", lr=-0.1), "models.sup.lr", "-0.1", "a number > 0"),
+    (_model("sup", pretrainer="supervised", arch="resnet18", epochs="ten"), "models.sup.epochs", "'ten'",
+     "an integer >= 1"),
+    (_model("sup", pretrainer="supervised", arch="resnet18", crop_scale=[0.0, 1.0]), "models.sup.crop_scale[0]",
+     "0.0", "a number > 0 and <= 1"),
+    (_model("r", pretrainer="random", arch="resnet19"), "models.r.arch", "'resnet19'", "Did you mean 'resnet18'?"),
+    (_model("jig", pretrainer="pretext", method="jigsaw", arch="resnet18", method_options={"num_permutations": "many"}),
+     "models.jig.method_options.num_permutations", "'many'", "an integer >= 1"),
+    (_model("m", pretrainer="pretext", method="moco", arch="resnet18", method_options={"momentum": 1.5}),
+     "models.m.method_options.momentum", "1.5", "a number >= 0 and <= 1"),
+    (_model("rot", pretrainer="pretext", method="rotatoin", arch="resnet18"), "models.rot.method", "'rotatoin'",
+     "Did you mean 'rotation'?"),
+    (_model("rot", pretrainer="pretext", method="rotation", arch="resnet18", optimizer="adam"), "models.rot.optimizer",
+     "'adam'", "one of 'sgd', 'lars'"),
+    (lambda s: s.__setitem__("executor", {"name": "slurm", "mem_gb": -1}), "s.executor.mem_gb", "-1",
+     "an integer >= 1"),
+    (lambda s: s.__setitem__("executor", {"name": "kubernetes"}), "s.executor.name", "'kubernetes'",
+     "one of 'local', 'debug', 'slurm'"),
+]
+
+
+@pytest.mark.parametrize("edit, key, value, allowed", BAD_OPTIONS, ids=[case[1] for case in BAD_OPTIONS])
+def test_bad_option_values_are_refused_at_load(tmp_path, edit, key, value, allowed) -> None:
+    path = _config(tmp_path, edit)
+    with pytest.raises(ConfigError) as info:
+        load_suite("s", path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: suites.s"), message
+    assert f"{key}: {value} is not allowed; expected" in message and allowed in message, message
+
+
+def test_a_missing_required_option_is_named(tmp_path) -> None:
+    path = _config(tmp_path, _model("ck", pretrainer="checkpoint", arch="resnet18"))
+    with pytest.raises(ConfigError, match=rf"{path}: suites\.s\.models\.ck\.path is required"):
+        load_suite("s", path)
+    path = _config(tmp_path, _model("p", pretrainer="pretext", arch="resnet18"))
+    with pytest.raises(ConfigError, match=r"models\.p\.method is required; expected one of .*rotation"):
+        load_suite("s", path)
+
+
+def test_layers_must_exist_in_every_evaluated_architecture(tmp_path) -> None:
+    def edit(s):
+        s["models"]["alex"] = {"pretrainer": "random", "arch": "alexnet"}
+        s["tasks"]["voc07_svm"]["layers"] = ["conv1", "res5"]
+    path = _config(tmp_path, edit)
+    with pytest.raises(ConfigError) as info:
+        load_suite("s", path)
+    assert (f"{path}: suites.s.tasks.voc07_svm.layers[1]: 'res5' is not a layer of alexnet (the architecture of "
+            f"model 'alex'); expected one of conv1") in str(info.value)
+
+    def only_resnet(s):  # the task evaluates only the ResNet: its layers are fine
+        edit(s)
+        s["tasks"]["voc07_svm"]["models"] = ["random"]
+    assert load_suite("s", _config(tmp_path, only_resnet)).tasks[0].options["layers"] == ["conv1", "res5"]
+
+
+def test_bad_option_fails_the_cli_before_any_work(tmp_path, capsys, monkeypatch) -> None:
+    import benchmark.models.backbone as backbone
+
+    monkeypatch.setattr(backbone, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    path = _config(tmp_path, _task("lowshot_voc07", k_values=[1, 2, -4]))
+    out = tmp_path / "runs"
+    code = main(["run", "--suite", "s", "--config", str(path), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}: suites.s.tasks.lowshot_voc07.k_values[2]: -4 is not allowed; expected" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_every_suite_of_benchmark_yaml_loads_and_its_config_hashes_are_unchanged() -> None:
+    """The declarations changed how options are checked, not what they are: the hash that decides
+    whether a unit is done is the one computed before they were typed (tests/data, made on main)."""
+    before = json.loads((REPO / "tests" / "data" / "config_hashes_before_typed_options.json").read_text())
+    for name in ("goyal2019-mini", "goyal2019"):
+        suite = load_suite(name, DEFAULT_CONFIG)
+        plan = plan_run(suite, Path("/nonexistent/run"), Path("/nonexistent/cache"))
+        assert {u.unit_id: u.config_hash for u in plan.units} == before[name]
+        assert {m.name: config_hash({**m.options}) for m in suite.models} == before[f"{name}:models"]
+
+
+def test_validated_options_are_a_read_only_typed_mapping() -> None:
+    options = validate({"k": [1, 2]}, declare({"k": ListOf(Int(min=1), [1]), "n": Int(3, min=0)}), "here")
+    assert isinstance(options, Options) and options.k == [1, 2] and options["n"] == 3 and options.get("x") is None
+    for mutate in (lambda: options.__setitem__("n", 4), lambda: options.update(n=4), lambda: options.pop("n"),
+                   lambda: setattr(options, "n", 4), lambda: options.__delitem__("n")):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    with pytest.raises(AttributeError, match="no option 'x'"):
+        options.x
+    # what the run directory, the cache and job pickles do with it: the same as with a dict
+    assert json.dumps(options, sort_keys=True) == json.dumps({"k": [1, 2], "n": 3}, sort_keys=True)
+    assert pickle.loads(pickle.dumps(options)) == options and copy.deepcopy(options) == options
+    assert yaml.safe_load(yaml.safe_dump({"o": options})) == {"o": {"k": [1, 2], "n": 3}}
+    # a value is kept as given: an int where a number is declared is not turned into a float
+    assert type(validate({"lr": 1}, PRETRAINERS.get("supervised").options, "m")["lr"]) is int
+
+
+def test_a_plugin_made_in_code_gets_defaults_and_the_same_checks() -> None:
+    task = TASKS.get("voc07_svm")(layers=["res5"])
+    assert task.config.folds == 3 and task.config["solver"] == "torch"
+    with pytest.raises(ConfigError, match=r"task 'voc07_svm'\.folds: 0 is not allowed; expected an integer >= 2"):
+        TASKS.get("voc07_svm")(folds=0)
+    with pytest.raises(ConfigError, match=r"unknown key 'fold' in task 'voc07_svm'\. Did you mean 'folds'\?"):
+        TASKS.get("voc07_svm")(fold=3)
+    # the declaration reads as {key: default}, as plugins written before typed options expect
+    assert dict(TASKS.get("voc07_svm").options)["costs"] == "reference"
+
+
+def test_pretrain_cli_refuses_bad_arguments_before_training(tmp_path, capsys) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    out = tmp_path / "x.pth"
+    for argv, expected in (
+        (["--batch-size", "-1"], "ssl-bench pretrain.batch_size: -1 is not allowed; expected an integer >= 1"),
+        (["--image-size", "8"], "ssl-bench pretrain.image_size: 8 is not allowed; expected an integer >= 16"),
+        (["--lr", "-0.5"], "ssl-bench pretrain.lr: -0.5 is not allowed; expected a number >= 0"),
+        (["--arch", "resnet5"], "ssl-bench pretrain.arch: 'resnet5' is not allowed"),
+        (["--opt", "temperature=-1"], "ssl-bench pretrain.method_options.temperature: -1 is not allowed; "
+                                       "expected a number > 0"),
+        (["--device", "gpu"], "ssl-bench pretrain --device: device 'gpu' cannot be used"),
+    ):
+        code = main(["pretrain", "simclr", "--data", str(images), "--out", str(out), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and "Traceback" not in err, (argv, err)
+        assert not out.exists() and not out.with_name("x.partial.pth").exists()
+
+
+# --- 2. names that become paths ------------------------------------------------------------------
+
+BAD_NAMES = ["../escape", "/abs/path", "a/b", "moco v2", "moco:v2", ".hidden", "a..b", "", "x" * (NAME_MAX_LENGTH + 1),
+             "tab\tname", "back\\slash"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_model_and_task_names_are_checked_against_the_character_set(tmp_path, name) -> None:
+    path = _config(tmp_path, _model(name, pretrainer="random", arch="resnet18"))
+    with pytest.raises(ConfigError) as info:
+        load_suite("s", path)
+    message = str(info.value)
+    assert f"{path}: suites.s.models: model name {name!r} cannot be used" in message
+    assert "A-Z a-z 0-9 _ . -" in message and "no '..'" in message
+
+    def task(s):
+        s["tasks"][name] = {"task": "voc07_svm", "layers": ["res5"]}
+    with pytest.raises(ConfigError, match=r"suites\.s\.tasks: task name .* cannot be used"):
+        load_suite("s", _config(tmp_path, task))
+
+
+def test_suite_names_and_dataset_splits_are_checked(tmp_path) -> None:
+    text = SUITE.format(data=tmp_path).replace("  s:\n", "  ../../outside:\n", 1)
+    path = _config(tmp_path, text=text)
+    with pytest.raises(ConfigError, match=rf"{path}: suites: suite name '../../outside' cannot be used"):
+        load_suite("../../outside", path)
+    path = _config(tmp_path, _set(("tasks", "voc07_svm"), "train_split", "../../etc"))
+    with pytest.raises(ConfigError, match=r"tasks\.voc07_svm\.train_split: '\.\./\.\./etc' is not allowed; expected "
+                                          r"a name of 1-64 characters"):
+        load_suite("s", path)
+    path = _config(tmp_path, _model("sup", pretrainer="supervised", arch="resnet18", split="a/b"))
+    with pytest.raises(ConfigError, match=r"models\.sup\.split: 'a/b' is not allowed"):
+        load_suite("s", path)
+    path = _config(tmp_path, _model("rot", pretrainer="pretext", method="rotation", arch="resnet18", data="voc07:../x"))
+    with pytest.raises(ConfigError, match=r"models\.rot\.data: 'voc07:\.\./x' is not allowed; expected an image folder"):
+        load_suite("s", path)
+
+
+def test_the_names_of_benchmark_yaml_stay_valid() -> None:
+    for name in ("goyal2019", "goyal2019-mini"):
+        suite = load_suite(name, DEFAULT_CONFIG)
+        assert suite.models and suite.tasks
+
+
+# --- 3. YAML aliases -----------------------------------------------------------------------------
+
+def _bomb(levels: int = 9) -> str:
+    """A billion-laughs document: each level repeats the previous one ten times."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines)
+
+
+def test_an_alias_bomb_inside_a_valid_option_is_refused_quickly(tmp_path) -> None:
+    # the bomb sits under a key that exists (description), so only the alias bound can stop it
+    text = SUITE.format(data=tmp_path).replace(
+        "    num_workers: 0\n",
+        "    num_workers: 0\n    description: &top\n" + "\n".join("      " + line for line in _bomb().splitlines()) + "\n",
+        1)
+    path = _config(tmp_path, text=text)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    assert time.perf_counter() - start < 5
+    assert str(info.value).startswith(f"{path}: YAML aliases (*name) expand this document by more than 10,000")
+    assert "billion laughs" in str(info.value)
+    assert main(["run", "--suite", "s", "--config", str(path), "--out", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_recursive_aliases_are_refused_and_modest_ones_accepted(tmp_path) -> None:
+    path = _config(tmp_path, text="suites: &s\n  s: *s\n")
+    with pytest.raises(ConfigError, match=rf"{path}: the value anchored at line 1 contains an alias of itself"):
+        load_yaml(path)
+    shared = SUITE.format(data=tmp_path).replace("layers: [res5]", "layers: &layers [res4, res5]") + \
+        "      other:\n        task: voc07_svm\n        layers: *layers\n"
+    suite = load_suite("s", _config(tmp_path, text=shared))
+    assert [t.options["layers"] for t in suite.tasks] == [["res4", "res5"], ["res4", "res5"]]
+
+
+def test_pretrain_opt_values_use_the_same_loader(tmp_path, capsys) -> None:
+    from pretrainers.pretext_trainer import parse_opts
+
+    with pytest.raises(ConfigError, match="duplicated key 'a'"):
+        parse_opts(["x={a: 1, a: 2}"])
+    nested = "{" + ", ".join(f"b{i}: &b{i} [" + ", ".join([f"*b{i - 1}" if i else "x"] * 10) + "]"
+                             for i in range(8)) + "}"
+    with pytest.raises(ConfigError, match=r"--opt 'x=.*': YAML aliases \(\*name\) expand"):
+        parse_opts([f"x={nested}"])
+    assert parse_opts(["x=[&a 1, *a, *a]"]) == {"x": [1, 1, 1]}
+
+
+# --- 4. devices ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def _run(tmp_path, path, *extra) -> tuple[int, Path]:
+    out = tmp_path / "runs"
+    return main(["run", "--suite", "s", "--config", str(path), "--out", str(out), *extra]), out
+
+
+def test_cuda_without_a_gpu_is_refused_at_start_up(tmp_path, capsys, no_gpu) -> None:
+    path = _config(tmp_path)
+    code, out = _run(tmp_path, path, "--device", "cuda")
+    err = capsys.readouterr().err
+    assert code == 2 and "--device: device 'cuda' cannot be used: this machine has no usable CUDA GPU" in err
+    assert not (out / "s" / "units").exists() and not (out / "s").exists()
+    path = _config(tmp_path, _set("", "device", "cuda:0"))
+    code, out = _run(tmp_path, path)
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}: suites.s.device: device 'cuda:0' cannot be used: this machine has no" in err
+    path = _config(tmp_path, _set(("tasks", "voc07_svm"), "svm_device", "cuda"))
+    code, out = _run(tmp_path, path, "--device", "cpu")
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}: suites.s.tasks.voc07_svm.svm_device: device 'cuda' cannot be used" in err
+    assert not (out / "s").exists()
+
+
+def test_a_gpu_index_out_of_range_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code, out = _run(tmp_path, _config(tmp_path), "--device", "cuda:3")
+    err = capsys.readouterr().err
+    assert code == 2 and "device 'cuda:3' cannot be used: this machine has 2 CUDA GPU(s), cuda:0..cuda:1" in err
+    assert not (out / "s").exists()
+
+
+def test_unknown_device_strings_are_refused(tmp_path, capsys, no_gpu) -> None:
+    for bad in ("gpu", "cuda:x", "tpu", "CPU"):
+        code, out = _run(tmp_path, _config(tmp_path), "--device", bad)
+        err = capsys.readouterr().err
+        assert code == 2 and f"--device: device {bad!r} cannot be used: it is not a device ssl-bench knows; use " \
+            f"auto, cpu, cuda, cuda:N or mps" in err
+    path = _config(tmp_path, _set("", "device", "gpu"))
+    with pytest.raises(ConfigError, match=rf"{path}: suites\.s\.device: 'gpu' is not allowed; expected auto, cpu"):
+        load_suite("s", path)
+    path = _config(tmp_path, _set(("tasks", "voc07_svm"), "svm_device", "cuda0"))
+    with pytest.raises(ConfigError, match=r"tasks\.voc07_svm\.svm_device: 'cuda0' is not allowed"):
+        load_suite("s", path)
+
+
+def test_resume_checks_the_device_the_run_was_started_with(tmp_path, capsys, no_gpu) -> None:
+    from benchmark.runner import write_plan
+
+    run_dir = tmp_path / "runs" / "s"
+    write_plan(plan_run(load_suite("s", _config(tmp_path)), run_dir, tmp_path / "cache", device="cuda:1"))
+    assert main(["resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'invocation.json'} (device): device 'cuda:1' cannot be used: this machine has no usable" in err
+    assert not (run_dir / "units").exists()
+
+
+def test_slurm_runs_check_only_the_form_of_device_requests(tmp_path, no_gpu) -> None:
+    """The driver of a SLURM run may sit on a login node without a GPU; its jobs get one."""
+    from benchmark.runner import check_devices
+
+    plan = plan_run(load_suite("s", _config(tmp_path)), tmp_path / "run", tmp_path / "cache", device="cuda")
+    check_devices(plan, "slurm")
+    with pytest.raises(ConfigError, match="this machine has no usable CUDA GPU"):
+        check_devices(plan, "local")
+    plan.device = "gpu"
+    with pytest.raises(ConfigError, match=r"--device: 'gpu' is not allowed; expected auto, cpu"):
+        check_devices(plan, "slurm")
+
+
+# --- 5. checkpoints holding pickled objects ------------------------------------------------------
+
+class _Payload:
+    """Runs a command when unpickled, as a hostile checkpoint would."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _Config:
+    pass
+
+
+@pytest.mark.parametrize("kind", ["module", "class", "code", "code-legacy-format"])
+def test_pickled_objects_are_refused_with_a_safe_way_out(tmp_path, kind) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / f"{kind}.pth"
+    objects = {"module": {"model": torch.nn.Linear(2, 2)}, "class": {"state_dict": {}, "cfg": _Config()},
+               "code": {"x": _Payload(marker)}, "code-legacy-format": {"x": _Payload(marker)}}[kind]
+    if kind == "code-legacy-format":
+        with open(path, "wb") as handle:
+            torch.save(objects, handle, _use_new_zipfile_serialization=False)
+    else:
+        torch.save(objects, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert f"checkpoint {path} holds pickled Python objects" in message
+    assert "ssl-bench (which reads checkpoints with torch.load(weights_only=True)) will not execute them" in message
+    assert "in an environment you trust" in message and "torch.save(model.state_dict()" in message
+    assert "weights_only=False" not in message and "set to `False`" not in message and "corrupt" not in message
+    assert not marker.exists() and path.read_bytes() == before
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+def test_a_plain_pickle_or_garbage_is_not_called_safe_to_load(tmp_path) -> None:
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps({"x": _Config()}, protocol=4))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    for path in (raw, garbage):
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+        message = str(info.value)
+        assert str(path) in message and "weights_only" not in message and "False" not in message
+
+
+def test_the_checkpoint_pretrainer_reports_pickled_objects_for_the_model(tmp_path) -> None:
+    from benchmark.engine import RunContext
+    from benchmark.features import FeatureCache
+
+    path = tmp_path / "moco.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    pretrainer = PRETRAINERS.get("checkpoint")(arch="resnet18", path=str(path))
+    ctx = RunContext(run_dir=tmp_path, data_root=tmp_path, cache=FeatureCache(tmp_path / "c"), device=torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=r"holds pickled Python objects \(torch\.nn\.modules\.linear\.Linear\)"):
+        pretrainer.build(ctx, "m")
+
+
+# --- 6. Ctrl-C -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["status", "RUN"], ["report", "RUN"], ["list", "suites"],
+                                     ["run", "--suite", "s"], ["pretrain", "rotation", "--data", "d", "--out", "o"]])
+def test_ctrl_c_in_any_sub_command_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch, command) -> None:
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser
+
+    def patched():
+        built = parser()
+        for action in built._subparsers._group_actions:
+            for sub in action.choices.values():
+                sub.set_defaults(func=interrupted)
+        return built
+    monkeypatch.setattr(cli, "build_parser", patched)
+    assert main(command) == 130
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssl-bench: interrupted (Ctrl-C); finished results are kept.")
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_a_real_sigint_stops_the_process_cleanly(tmp_path) -> None:
+    out = tmp_path / "synth"
+    process = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "data", "synth", "voc07", "--out", str(out),
+                                "--images", "20000", "--seed", "0"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(out.rglob("*.jpg")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["ssl-bench: interrupted (Ctrl-C); finished results are kept."]
+
+
+def test_ctrl_c_during_a_run_leaves_finished_units_byte_identical(tmp_path, capsys, monkeypatch) -> None:
+    from tasks.voc07_svm import VOC07SVM
+
+    assert main(["data", "synth", "voc07", "--out", str(tmp_path / "data"), "--images", "40", "--seed", "1"]) == 0
+
+    def edit(s):
+        s["tasks"]["second"] = {"task": "voc07_svm", "layers": ["res4"], "image_size": 32, "costs": [1.0],
+                                "n_jobs": 1}
+    path = _config(tmp_path, edit)
+    out = tmp_path / "runs"
+    assert main(["run", "--suite", "s", "--config", str(path), "--out", str(out), "--device", "cpu",
+                 "--tasks", "voc07_svm"]) == 0
+    units = out / "s" / "units"
+    finished = {p: p.read_bytes() for p in units.rglob("*") if p.is_file()}
+    assert finished
+    original = VOC07SVM.run
+
+    def interrupted(self, ctx, model, unit):
+        if unit == "res4":
+            raise KeyboardInterrupt
+        return original(self, ctx, model, unit)
+    monkeypatch.setattr(VOC07SVM, "run", interrupted)
+    capsys.readouterr()
+    assert main(["run", "--suite", "s", "--config", str(path), "--out", str(out), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssl-bench: interrupted (Ctrl-C)") and "ssl-bench resume" in err[0]
+    assert {p: p.read_bytes() for p in finished} == finished
+    assert not list(units.rglob("*.running"))  # the interrupted unit is not left marked as running

@@ -364,3 +364,28 @@ def test_planted_changes_in_the_stored_reference_fail_and_its_own_values_pass() 
     regressions = compare(planted, ref)["regressions"]
     assert regressions[["model", "task", "metric", "rule"]].values.tolist() == \
         [[band["model"], band["task"], band["metric"], "band"]]
+
+
+def test_a_replicate_run_is_checked_on_its_trained_rows_only(tmp_path, capsys) -> None:
+    """A replicate reruns only what trains: its rows are held to their bands, and the exact rows
+    it never reran are not missing."""
+    from benchmark.runner import write_plan
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(TRAINING_SUITE)
+    suite = load_suite("mixed", config)
+    run, rep1, rep2 = _frames()
+    reference = tmp_path / "ref.csv"
+    write_reference(build_reference(run, [rep1, rep2]), reference)
+    plan = plan_run(suite, tmp_path / "runs" / "mixed.replicate3", tmp_path / "cache", replicate=3)
+    write_plan(plan)
+    store = ResultStore(plan.run_dir)
+    trained = rep1.drop(columns=["determinism"])
+    store.write_unit("supervised/voc07_svm/res5", trained.to_dict("records"))
+    assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 0
+    out = capsys.readouterr().out
+    assert "is replicate 3" in out and "2 exact rows are not expected" in out and "0 missing" in out
+    far = trained.assign(value=trained["value"] + 100)  # every trained row far outside its band
+    store.write_unit("supervised/voc07_svm/res5", far.to_dict("records"))
+    assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 1
+    assert "2 moved beyond tolerance" in capsys.readouterr().out  # the two bands; the per-class row informs

@@ -310,7 +310,7 @@ def test_recursive_aliases_are_refused_and_modest_ones_accepted(tmp_path) -> Non
 
 
 def test_pretrain_opt_values_use_the_same_loader(tmp_path, capsys) -> None:
-    from pretrainers.pretext_trainer import parse_opts
+    from pretrainers.pretext.trainer import parse_opts
 
     with pytest.raises(ConfigError, match="duplicated key 'a'"):
         parse_opts(["x={a: 1, a: 2}"])

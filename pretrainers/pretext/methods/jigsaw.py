@@ -36,7 +36,7 @@ from torchvision import transforms as T
 from benchmark.errors import ConfigError
 from benchmark.options import Bool, Choice, Float, Int, declare
 
-from .pretext import PRETEXT_METHODS, PretextMethod
+from ..method import PretextMethod
 
 GRID = 3
 TILES = GRID * GRID
@@ -128,7 +128,6 @@ def make_tiles(crop: torch.Tensor, perm, tile: int, generator: torch.Generator |
     return out
 
 
-@PRETEXT_METHODS.register("jigsaw")
 class Jigsaw(PretextMethod):
     name = "jigsaw"
     options = declare({

@@ -83,6 +83,6 @@ class Registry(Generic[T]):
 
 TASKS: Registry = Registry("tasks")
 PRETRAINERS: Registry = Registry("pretrainers")
-# methods the `pretext` pretrainer and `ssl-bench pretrain` train with (pretrainers.pretext.method.PretextMethod)
+# the methods the `pretext` pretrainer and `ssl-bench pretrain` train with
 PRETEXT_METHODS: Registry = Registry("pretext_methods")
 ARCHITECTURES: Registry = Registry("architectures", builtin_modules=("benchmark.models",))

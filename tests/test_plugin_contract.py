@@ -53,6 +53,14 @@ def test_every_registry_holds_the_built_in_parts() -> None:
             "context_encoder", "pirl", "nat"} <= set(PRETEXT_METHODS.names())
 
 
+def test_an_empty_registry_asks_whether_ssl_bench_is_installed() -> None:
+    from benchmark.errors import ConfigError
+    from benchmark.registry import Registry
+
+    with pytest.raises(ConfigError, match=r"None is registered: is ssl-bench installed \(pip install -e \.\)\?"):
+        Registry("no_such_group").get("voc07_svm")
+
+
 @pytest.mark.parametrize("name", TASKS.names())
 def test_task_contract(name) -> None:
     cls = TASKS.get(name)

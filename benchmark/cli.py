@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -12,12 +13,8 @@ from .config import DEFAULT_CONFIG, list_suites, load_suite
 from .errors import BenchmarkError
 
 
-# what to do after Ctrl-C, per sub-command
-INTERRUPTED_HINT = {
-    "run": "Run the same command again (or ssl-bench resume RUN_DIR) to continue where it stopped.",
-    "resume": "Run it again to continue where it stopped.",
-    "pretrain": "Run the same command again to resume from the last checkpoint.",
-}
+# each entry is a callable that adds a sub-command to the parser (plugins' commands, e.g. `pretrain`)
+COMMANDS_ENTRY_POINT_GROUP = "ssl_bench.commands"
 
 
 def default_config() -> Path:
@@ -105,34 +102,18 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     from .models import list_models
-    from .registry import PRETRAINERS, TASKS
+    from .registry import PRETEXT_METHODS, PRETRAINERS, TASKS
 
     if args.what == "suites":
         for name, description in list_suites(args.config).items():
             print(f"{name:24s} {description}")
     elif args.what == "pretext":
-        from pretrainers.pretext import PRETEXT_METHODS
-
         for name in PRETEXT_METHODS.names():  # the first line of the method module's docstring
             doc = (sys.modules[PRETEXT_METHODS.get(name).__module__].__doc__ or "").strip()
             print(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
     else:
         names = {"tasks": TASKS.names, "pretrainers": PRETRAINERS.names, "archs": list_models}[args.what]()
         print("\n".join(names))
-    return 0
-
-
-def cmd_pretrain(args) -> int:
-    from pretrainers.pretext_trainer import parse_opts, train_pretext
-
-    meta = train_pretext(args.method, args.data, args.out, arch=args.arch, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, seed=args.seed,
-                         device=args.device, method_options=parse_opts(args.opt), num_workers=args.workers,
-                         optimizer=args.optimizer,
-                         checkpoint_every=args.checkpoint_every, data_root=args.data_root)
-    print(f"wrote {args.out} ({meta['method']}, {meta['arch']}, {meta['epochs']} epochs on {meta['num_images']} "
-          f"images; final pretext loss {meta['final_loss']:.4f}, metrics {meta['final_metrics']})")
-    print(f"evaluate it with a suite model: {{pretrainer: checkpoint, arch: {meta['arch']}, path: {args.out}}}")
     return 0
 
 
@@ -179,13 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "(into OUT/<suite>.replicateN), to measure their spread for 'check --replicates'")
     run.add_argument("--executor", choices=["local", "debug", "slurm"],
                      help="where units run (default: the suite's executor, 'local')")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, interrupted_hint="Run the same command again (or ssl-bench resume RUN_DIR) "
+                     "to continue where it stopped.")
 
     resume = sub.add_parser("resume", help="continue an interrupted run (finished units are skipped)")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--only-failed", action="store_true", help="retry only the units that failed")
     resume.add_argument("--executor", choices=["local", "debug", "slurm"])
-    resume.set_defaults(func=cmd_resume)
+    resume.set_defaults(func=cmd_resume, interrupted_hint="Run it again to continue where it stopped.")
 
     status = sub.add_parser("status", help="units done / running / failed / pending of a run")
     status.add_argument("run_dir", type=Path)
@@ -212,28 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--config", type=Path, default=default_config())
     listing.set_defaults(func=cmd_list)
 
-    pretrain = sub.add_parser("pretrain", help="pretrain a trunk with a pretext method on a folder of images "
-                              "(resumes from OUT's .partial.pth)")
-    pretrain.add_argument("method", help="rotation, jigsaw, simclr, moco, ... (ssl-bench list pretext)")
-    pretrain.add_argument("--data", required=True, help="IMAGE_DIR (searched recursively) or voc07:trainval")
-    pretrain.add_argument("--data-root", type=Path, default=Path("data"), help="where NAME:SPLIT datasets live")
-    pretrain.add_argument("--arch", default="resnet50")
-    pretrain.add_argument("--out", type=Path, required=True, help="checkpoint to write (+ .json, .log.csv)")
-    pretrain.add_argument("--epochs", type=int, default=30)
-    pretrain.add_argument("--batch-size", type=int, default=64)
-    pretrain.add_argument("--lr", type=float, help="default: the method's paper value")
-    pretrain.add_argument("--optimizer", choices=["sgd", "lars"], help="default: sgd (with momentum); lars: "
-                          "SimCLR's large-batch optimiser (trust ratio on weight tensors, eta 0.001)")
-    pretrain.add_argument("--image-size", type=int, default=224)
-    pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--device", default="auto")
-    pretrain.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    pretrain.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints "
-                          "(and one every epoch)")
-    pretrain.add_argument("--opt", action="append", metavar="KEY=VALUE", help="a method option (YAML value), "
-                          "repeatable, e.g. --opt temperature=0.2")
-    pretrain.set_defaults(func=cmd_pretrain)
-
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
@@ -246,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(val gets per-class // 3)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
+
+    for entry_point in sorted(importlib.metadata.entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry_point.load()(sub)
     return parser
 
 
@@ -258,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # results are written atomically, one unit at a time: what finished is on disk and complete
-        print(f"ssl-bench: interrupted (Ctrl-C); finished results are kept. {INTERRUPTED_HINT.get(args.command, '')}"
+        print(f"ssl-bench: interrupted (Ctrl-C); finished results are kept. {getattr(args, 'interrupted_hint', '')}"
               .rstrip(), file=sys.stderr)
         return 130
 

@@ -1,8 +1,10 @@
-"""Name -> builder registries for pluggable parts (tasks, pretrainers, architectures).
+"""Name -> builder registries for pluggable parts (tasks, pretrainers, pretext methods, architectures).
 
-Built-in parts register themselves with a decorator when their module is imported; third-party
-packages add parts through Python entry points (group ``ssl_bench.<registry name>``), loaded the
-first time a registry is queried, so ``pip install my-ssl-plugin`` is all a user has to do.
+Parts come through Python entry points (group ``ssl_bench.<registry name>``), loaded the first
+time a registry is queried, so ``pip install my-ssl-plugin`` is all a user has to do. The built-in
+tasks, pretrainers and pretext methods are plugins like any other: ssl-bench's own pyproject.toml
+declares them, and the engine never imports them. Only the engine's own architectures register
+in code (``register``), from the modules named in ``builtin_modules``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def closest(name: str, candidates) -> str:
 
 class Registry(Generic[T]):
     def __init__(self, name: str, builtin_modules: tuple[str, ...] = ()):
+        # builtin_modules: engine modules that register parts with ``register`` when imported
         self.name = name
         self.entry_point_group = f"ssl_bench.{name}"
         self._builtin_modules = builtin_modules
@@ -35,12 +38,15 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.name} '{name}' is registered twice")
-            self._items[name] = obj
-            if isinstance(obj, type) and not isinstance(getattr(obj, "name", None), str):
-                obj.name = name  # the class knows the name it is registered under (Task.name, ...)
+            self._add(name, obj)
             return obj
 
         return decorator
+
+    def _add(self, name: str, obj: T) -> None:
+        self._items[name] = obj
+        if isinstance(obj, type) and not isinstance(getattr(obj, "name", None), str):
+            obj.name = name  # the class knows the name it is registered under (Task.name, ...)
 
     def _load(self) -> None:
         if self._loaded:
@@ -50,7 +56,7 @@ class Registry(Generic[T]):
             importlib.import_module(module)
         for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
             if entry_point.name not in self._items:
-                self._items[entry_point.name] = entry_point.load()
+                self._add(entry_point.name, entry_point.load())
 
     def get(self, name: str) -> T:
         self._load()
@@ -59,6 +65,7 @@ class Registry(Generic[T]):
                 f"unknown {self.name[:-1] if self.name.endswith('s') else self.name} '{name}'."
                 f"{closest(name, self._items)} Available: {', '.join(sorted(self._items))}. "
                 f"Plugins register more through the entry point group '{self.entry_point_group}'."
+                + ("" if self._items else " None is registered: is ssl-bench installed (pip install -e .)?")
             )
         return self._items[name]
 
@@ -74,10 +81,8 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-TASKS: Registry = Registry("tasks", builtin_modules=("tasks.voc07_svm", "tasks.lowshot_voc07", "tasks.lowshot_places205", "tasks.linear_places205", "tasks.normals_nyuv2", "tasks.detection_voc07"))
-PRETRAINERS: Registry = Registry(
-    "pretrainers",
-    builtin_modules=("pretrainers.random_init", "pretrainers.supervised", "pretrainers.checkpoint",
-                     "pretrainers.pretext_pretrainer"),
-)
+TASKS: Registry = Registry("tasks")
+PRETRAINERS: Registry = Registry("pretrainers")
+# the methods the `pretext` pretrainer and `ssl-bench pretrain` train with
+PRETEXT_METHODS: Registry = Registry("pretext_methods")
 ARCHITECTURES: Registry = Registry("architectures", builtin_modules=("benchmark.models",))

@@ -1,26 +1,2 @@
-"""Built-in pretrainers: each produces a frozen backbone with named layers."""
-
-from __future__ import annotations
-
-from torch import nn
-
-from benchmark.engine import LoadedModel
-from benchmark.models import FrozenBackbone
-from benchmark.models.backbone import get_architecture, trunk_state_dict, weights_hash
-from benchmark.options import Float, Int, Range, Registered
-from benchmark.registry import ARCHITECTURES
-
-# Options the pretrainers share, declared once (see benchmark.options)
-ARCH = Registered(ARCHITECTURES, "resnet50")
-SEED = Int(0, min=0)
-IMAGE_SIZE = Int(224, min=16)
-UNIT_INTERVAL = Float(min=0, max=1, min_open=True)  # e.g. RandomResizedCrop's area fractions
-POSITIVE = Float(min=0, min_open=True)
-CROP_SCALE = Range(UNIT_INTERVAL, [0.08, 1.0])
-
-
-def freeze(name: str, arch_name: str, model: nn.Module, info: dict) -> LoadedModel:
-    """Wrap a trained or loaded network as the frozen representation the tasks evaluate."""
-    arch = get_architecture(arch_name)
-    digest = weights_hash(trunk_state_dict(arch, model))
-    return LoadedModel(name, arch, FrozenBackbone(arch, model), digest, {**info, "weights_sha256": digest})
+"""Built-in pretrainers (random, supervised, checkpoint, pretext), each registered by name through the
+entry point group ``ssl_bench.pretrainers`` (pyproject.toml); ``common`` holds their shared options."""

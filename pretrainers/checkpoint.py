@@ -7,13 +7,12 @@ from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Str, declare
-from benchmark.registry import PRETRAINERS
 
-from . import ARCH, freeze
+from .common import ARCH, freeze
 
 
-@PRETRAINERS.register("checkpoint")
 class CheckpointFile(Pretrainer):
+    name = "checkpoint"
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
     options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch file"),
                        "which": Str("teacher")})

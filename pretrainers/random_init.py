@@ -3,13 +3,12 @@
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.models import create_model
 from benchmark.options import declare
-from benchmark.registry import PRETRAINERS
 
-from . import ARCH, SEED, freeze
+from .common import ARCH, SEED, freeze
 
 
-@PRETRAINERS.register("random")
 class RandomInit(Pretrainer):
+    name = "random"
     options = declare({"arch": ARCH, "seed": SEED})
     trains = False
 

@@ -24,10 +24,9 @@ from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Choice, Float, Int, Name, declare
 from benchmark.paths import inside
-from benchmark.registry import PRETRAINERS
 from benchmark.training import atomic_torch_save, load_resume_state, seed_everything, seed_worker
 
-from . import ARCH, CROP_SCALE, IMAGE_SIZE, SEED, freeze
+from .common import ARCH, CROP_SCALE, IMAGE_SIZE, SEED, freeze
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
@@ -39,8 +38,8 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
         raise ConfigError(f"supervised pretrainer: cannot find the classifier of {type(model).__name__}")
 
 
-@PRETRAINERS.register("supervised")
 class Supervised(Pretrainer):
+    name = "supervised"
     options = declare({
         "arch": ARCH, "dataset": Choice("voc07"), "split": Name("trainval"), "epochs": Int(30, min=1),
         "image_size": IMAGE_SIZE, "crop_scale": CROP_SCALE, "batch_size": Int(64, min=1),

@@ -51,9 +51,7 @@ from benchmark.linear_heads import derived_seed
 from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare
 from benchmark.paths import inside
-from benchmark.registry import TASKS
 from benchmark.results import atomic_write_bytes
-
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
 PROPOSAL_SOURCES = ("auto", "selective_search", "rpn", "files")
@@ -71,8 +69,8 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-@TASKS.register("detection_voc07")
 class DetectionVOC07(Task):
+    name = "detection_voc07"
     dataset = "voc07"
     needs_gpu = True
     options = declare({

@@ -33,8 +33,6 @@ from benchmark.linear_heads import (
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
 from benchmark.paths import inside
-from benchmark.registry import TASKS
-
 UNIT = "all-layers"
 SCHEDULE_KEYS = ("epochs", "iterations", "milestones", "base_lr", "batch_size", "weight_decay")
 
@@ -47,8 +45,8 @@ def _list_identity(split: PlacesSplit) -> str:
     return digest.hexdigest()[:16]
 
 
-@TASKS.register("linear_places205")
 class LinearPlaces205(Task):
+    name = "linear_places205"
     dataset = "places205"
     needs_gpu = True  # trains heads on the trunk's outputs: no feature cache, an accelerator helps
     options = declare({

@@ -20,7 +20,6 @@ from benchmark.errors import ConfigError
 from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.options import Str, declare
-from benchmark.registry import TASKS
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
 from benchmark.svm_paths import lowshot_sweep_torch
 
@@ -38,8 +37,8 @@ def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed
     return scores, aps, (None if cost is None else costs.index(cost)), log
 
 
-@TASKS.register("lowshot_places205")
 class LowShotPlaces205(BatchedSVMTask, Task):
+    name = "lowshot_places205"
     dataset = "places205"
     options = declare({
         "layers": LAYERS,

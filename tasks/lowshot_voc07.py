@@ -22,7 +22,6 @@ from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.options import Name, Str, declare
 from benchmark.paths import inside
-from benchmark.registry import TASKS
 from benchmark.results import ResultStore, atomic_write_bytes
 from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates, to_binary
 from benchmark.svm_paths import cv_costs_torch, lowshot_sweep_torch
@@ -82,8 +81,8 @@ def _sweep_torch(X_train, X_test, test_labels, samples, costs, folds, fallback_c
     return aps, chosen, sources, logs
 
 
-@TASKS.register("lowshot_voc07")
 class LowShotVOC07(BatchedSVMTask, Task):
+    name = "lowshot_voc07"
     dataset = "voc07"
     options = declare({
         "layers": LAYERS,  # default: all five protocol layers; VISSL evaluates [res4, res5]

@@ -29,8 +29,6 @@ from benchmark.normals.model import PSP_BINS
 from benchmark.normals.train import HEADS, NormalsSchedule, NormalsSetup, train_normals
 from benchmark.options import Choice, Float, Int, Range, Str, declare
 from benchmark.paths import inside
-from benchmark.registry import TASKS
-
 UNIT = "res5"
 REFERENCE_HEIGHT = 480  # NYUv2 frames; the training short sides are given for them
 # The reference's optimiser (PROTOCOL: SGD LR 0.02 poly 0.9, weight decay 1e-4, momentum 0.9). The
@@ -71,8 +69,8 @@ def resolve_schedule(cfg: dict) -> NormalsSchedule:
                            float(spec["weight_decay"]))
 
 
-@TASKS.register("normals_nyuv2")
 class NormalsNYUv2(Task):
+    name = "normals_nyuv2"
     dataset = "nyuv2"
     needs_gpu = True  # trains res5 and a decoder on dense maps
     options = declare({

@@ -13,7 +13,6 @@ from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Bool, Name, declare
-from benchmark.registry import TASKS
 from benchmark.svm import resolve_costs, voc07_svm
 from benchmark.svm_paths import voc07_svm_torch
 
@@ -21,8 +20,8 @@ from .common import (COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVIC
                      split_features, split_needs)
 
 
-@TASKS.register("voc07_svm")
 class VOC07SVM(BatchedSVMTask, Task):
+    name = "voc07_svm"
     dataset = "voc07"
     options = declare({
         "layers": LAYERS,

@@ -135,15 +135,21 @@ def test_third_party_plugin_registers_through_an_entry_point(tmp_path, monkeypat
     from benchmark.registry import Registry
 
     (tmp_path / "my_ssl_plugin.py").write_text(textwrap.dedent("""
-        from benchmark.engine import Pretrainer
+        from benchmark.engine import Pretrainer, Task
         class MyMethod(Pretrainer):
             options = {"arch": "resnet18"}
+        class MyTask(Task):
+            pass
     """))
     dist = tmp_path / "my_ssl_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-ssl-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ssl_bench.pretrainers]\nmy_method = my_ssl_plugin:MyMethod\n")
+    (dist / "entry_points.txt").write_text("[ssl_bench.pretrainers]\nmy_method = my_ssl_plugin:MyMethod\n\n"
+                                           "[ssl_bench.tasks]\nmy_task = my_ssl_plugin:MyTask\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("pretrainers")
-    assert registry.names() == ["my_method"]
-    assert registry.get("my_method").options == {"arch": "resnet18"}
+    # the built-in parts come through the same entry points, from ssl-bench's own distribution
+    pretrainers, tasks = Registry("pretrainers"), Registry("tasks")
+    assert pretrainers.names() == ["checkpoint", "my_method", "pretext", "random", "supervised"]
+    assert pretrainers.get("my_method").options == {"arch": "resnet18"}
+    assert "my_task" in tasks.names() and "voc07_svm" in tasks.names()
+    assert tasks.get("my_task").name == "my_task"  # named after its entry point, as a registered class is

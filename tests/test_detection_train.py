@@ -281,7 +281,7 @@ def test_task_end_to_end_with_rpn_proposals_and_a_proposal_file(voc, tmp_path) -
     as a Detectron file), rows per class and metric, a rerun answers from the finished checkpoint."""
     from benchmark.engine import RunContext
     from benchmark.features import FeatureCache
-    from pretrainers import freeze
+    from pretrainers.common import freeze
 
     options = dict(modes=["frozen"], proposals="rpn", rpn_iterations=10, rpn_anchor_sizes=[16, 32, 64],
                    rpn_post_nms=100, proposal_limit_train=100, proposal_limit_test=30, scale=64, max_size=96,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrainers.lars import LARS
-from pretrainers.pretext_trainer import build_optimizer, resolve_training
-from pretrainers.pretext import PRETEXT_METHODS
+from pretrainers.pretext.lars import LARS
+from pretrainers.pretext.trainer import build_optimizer, resolve_training
+from benchmark.registry import PRETEXT_METHODS
 from benchmark.errors import ConfigError
 
 

@@ -284,7 +284,7 @@ def _l2(x) -> np.ndarray:
 def _random_resnet18_features(*splits) -> tuple:
     """L2-normalised res5 features of each list of images, from the `random` pretrainer's model
     (create_model seed 0) at 32 px, and the weights-hash prefix the result rows carry."""
-    from pretrainers import freeze
+    from pretrainers.common import freeze
 
     model = freeze("random", "resnet18", create_model("resnet18", seed=0), {})
     transform, _ = svm_transform(32)

@@ -19,12 +19,12 @@ from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
-from pretrainers import colorization as col
-from pretrainers import deepcluster as dc
-from pretrainers import nat as nat_mod
-from pretrainers import pirl as pirl_mod
-from pretrainers import relative_position as rp
-from pretrainers.pretext import PRETEXT_METHODS
+from pretrainers.pretext.methods import colorization as col
+from pretrainers.pretext.methods import deepcluster as dc
+from pretrainers.pretext.methods import nat as nat_mod
+from pretrainers.pretext.methods import pirl as pirl_mod
+from pretrainers.pretext.methods import relative_position as rp
+from benchmark.registry import PRETEXT_METHODS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -313,7 +313,7 @@ def test_deepcluster_sampler_is_uniform_over_clusters():
     big = order[method.assignments[order] == 0]
     assert len(set(big.tolist())) == len(big)  # 10 members > 6 draws: without replacement
     # repeats of an image in one epoch get their own augmentation keys
-    from pretrainers.pretext_trainer import EpochBatches
+    from pretrainers.pretext.trainer import EpochBatches
 
     keys = [key for batch in EpochBatches(n, 4, 7, 3, order=order) for key in batch]
     assert len(set(keys)) == len(keys) == n and all(key[:2] == (int(i), 3) for key, i in zip(keys, order))
@@ -532,7 +532,7 @@ def test_state_dict_round_trip_restores_the_method_exactly(name, tmp_path):
 
 @pytest.mark.parametrize("name", CLASSIC)
 def test_one_epoch_of_the_shared_loop_gives_a_strictly_loadable_checkpoint(name, tmp_path):
-    from pretrainers.pretext_trainer import train_pretext
+    from pretrainers.pretext.trainer import train_pretext
 
     image_dir = tmp_path / "images"
     image_dir.mkdir()
@@ -567,7 +567,7 @@ def test_alexnet_trunk(name):
 def test_resume_in_the_middle_of_an_epoch_reaches_the_uninterrupted_weights(name, tmp_path, monkeypatch):
     """Per-image state (cluster assignments; memory bank and NCE constant) is restored from the
     checkpoint without epoch_start, so a killed run ends with the weights of an uninterrupted one."""
-    from pretrainers.pretext_trainer import train_pretext
+    from pretrainers.pretext.trainer import train_pretext
 
     image_dir = tmp_path / "images"
     image_dir.mkdir()

@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-import pretrainers.pretext_trainer as trainer
+import pretrainers.pretext.trainer as trainer
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
-from pretrainers import jigsaw as jigsaw_mod
-from pretrainers.moco import MoCo
-from pretrainers.pretext import PRETEXT_METHODS
-from pretrainers.simclr import nt_xent
+from pretrainers.pretext.methods import jigsaw as jigsaw_mod
+from pretrainers.pretext.methods.moco import MoCo
+from benchmark.registry import PRETEXT_METHODS
+from pretrainers.pretext.methods.simclr import nt_xent
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SIZE = 32

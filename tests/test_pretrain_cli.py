@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-import pretrainers.pretext_pretrainer as pretext_pretrainer
+import pretrainers.pretext.pretrainer as pretext_pretrainer
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.cli import main
 from benchmark.config import load_suite
@@ -21,7 +21,7 @@ from benchmark.features import FeatureCache
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.registry import PRETRAINERS
-from pretrainers.pretext_trainer import parse_opts
+from pretrainers.pretext.trainer import parse_opts
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

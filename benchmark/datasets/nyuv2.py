@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,18 @@ NORMALS_SOURCES = ("file", "depth")
 SPLITS = ("train", "test")
 SPLIT_KEYS = {"train": "trainNdxs", "test": "testNdxs"}
 MATLAB_73_HEADER = b"MATLAB 7.3 MAT-file"
+
+
+# the reader's own normals files (write_normals_from_depth) and the generator's carry the same
+# header, so it lives with the format
+def mat73_header() -> bytes:
+    """The 512-byte user block MATLAB writes in front of a v7.3 file's HDF5 data: 116 bytes of
+    text, 8 bytes of subsystem offset, version 0x0200, endian indicator 'IM'. A fixed date keeps
+    generated files byte-identical."""
+    text = MATLAB_73_HEADER + b", Platform: GLNXA64, Created on: " + \
+        time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(0)).encode() + b" HDF5 schema 1.00 ."
+    return (text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM").ljust(512, b"\x00")
+
 
 _DOWNLOAD = (f"download {LABELED_FILE} from http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/{LABELED_FILE} "
              f"and the standard split {SPLITS_FILE} (trainNdxs/testNdxs, e.g. from "
@@ -320,8 +333,6 @@ def write_normals_from_depth(root: str | Path, out_name: str = NORMALS_FILE, *, 
     the MATLAB v7.3 header), so training reads them instead of recomputing them (about 0.9 s per
     640 x 480 frame) in every DataLoader item. One image at a time; atomic (temporary file + rename)."""
     import h5py
-
-    from .synth_nyuv2 import mat73_header
 
     root = Path(root).expanduser()
     source = _require(root / labeled_file, "labelled dataset")

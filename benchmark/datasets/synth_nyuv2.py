@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
-from .nyuv2 import LABELED_FILE, MATLAB_73_HEADER, NORMALS_FILE, NYU_INTRINSICS, SPLITS_FILE
+from .nyuv2 import LABELED_FILE, NORMALS_FILE, NYU_INTRINSICS, SPLITS_FILE, mat73_header
 
 TRAIN_FRACTION = 795 / 1449  # the standard split's proportion
 _LIGHT = np.array([0.3, 1.0, -0.45]) / np.linalg.norm([0.3, 1.0, -0.45])  # world, y up; towards the light
@@ -80,15 +79,6 @@ def write_mat73(path: Path, datasets: dict[str, tuple[np.ndarray, str]]) -> None
     with open(tmp, "r+b") as handle:
         handle.write(mat73_header())
     os.replace(tmp, path)
-
-
-def mat73_header() -> bytes:
-    """The 512-byte user block MATLAB writes in front of a v7.3 file's HDF5 data: 116 bytes of
-    text, 8 bytes of subsystem offset, version 0x0200, endian indicator 'IM'. A fixed date keeps
-    generated files byte-identical."""
-    text = MATLAB_73_HEADER + b", Platform: GLNXA64, Created on: " + \
-        time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(0)).encode() + b" HDF5 schema 1.00 ."
-    return (text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM").ljust(512, b"\x00")
 
 
 def _write_splits(path: Path, train: np.ndarray, test: np.ndarray) -> None:

@@ -21,13 +21,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.datasets.places import LIST_DIR, PLACES205_NUM_CLASSES
-from benchmark.datasets.synth_voc import (
-    _CANVAS_MARGIN,
-    _SHAPES,
-    _paste,
-    _pattern_colours,
-    _render_sprite,
-)
+from benchmark.datasets.synth_shapes import CANVAS_MARGIN, SHAPES, paste, pattern_colours, render_sprite
 from benchmark.errors import DatasetError
 
 # real Places205 category names (nested ones keep their "/"); beyond them scene_NNN
@@ -142,7 +136,7 @@ def _class_style(cls: int) -> _Style:
     continuous ones are spread by low-discrepancy steps plus a class-seeded draw."""
     rng = np.random.default_rng((_STYLE_SEED, cls))
     low, high = _HORIZON_RANGE
-    n_shapes = len(_SHAPES)
+    n_shapes = len(SHAPES)
     return _Style(
         horizon=low + (high - low) * ((0.5 + cls * _SQRT2_FRAC) % 1.0),
         profile=cls % len(_PROFILES),
@@ -231,19 +225,19 @@ def _synth_image(
     for _ in range(int(rng.integers(style.n_objects[0], style.n_objects[1] + 1))):
         shape = style.shapes[int(rng.integers(2))]
         scale = style.object_scale * rng.uniform(*_SCALE_JITTER)
-        side = max(6, round(scale * short * _CANVAS_MARGIN))
+        side = max(6, round(scale * short * CANVAS_MARGIN))
         angle = math.radians(rng.uniform(-12, 12))
-        sprite = _render_sprite(shape, side, angle, *_pattern_colours(rng, background, cls))
+        sprite = render_sprite(shape, side, angle, *pattern_colours(rng, background, cls))
         left = int(rng.integers(-side // 4, max(width - 3 * side // 4, -side // 4 + 1)))
         column = int(np.clip(left + side // 2, 0, width - 1))
         ground_y = float(horizon[column])
         if style.placement == 0:  # shape spans ~[-1, 1] of the canvas' [-1.2, 1.2]: bottom on it
-            centre = ground_y - side / (2 * _CANVAS_MARGIN) + rng.uniform(-0.05, 0.05) * short
+            centre = ground_y - side / (2 * CANVAS_MARGIN) + rng.uniform(-0.05, 0.05) * short
         elif style.placement == 1:
             centre = rng.uniform(0.1 * height, max(ground_y - 0.3 * side, 0.1 * height + 1))
         else:
             centre = rng.uniform(min(ground_y + 0.3 * side, 0.9 * height - 1), 0.9 * height)
-        _paste(image, sprite, left, int(round(centre - side / 2)))
+        paste(image, sprite, left, int(round(centre - side / 2)))
 
     image = image + rng.normal(0, _NOISE_STD, image.shape)
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)

@@ -1,7 +1,7 @@
 """Time one low-shot sample's SVMs: liblinear one class and cost at a time vs the batched engine.
 
-    python benchmarks/lowshot_sweep.py --dataset voc07 --k 96          # VOC07 size, one sample
-    python benchmarks/lowshot_sweep.py --dataset places205 --k 16 --classes 205 --reference-classes 2
+    python perf/lowshot_sweep.py --dataset voc07 --k 96          # VOC07 size, one sample
+    python perf/lowshot_sweep.py --dataset places205 --k 16 --classes 205 --reference-classes 2
 
 One (k, sample) of the low-shot protocol on random features of VOC07 size (n = 5011 trainval,
 4952 test, d = 9216): every class x 26 costs trained on the sample and scored on the evaluation

@@ -31,10 +31,10 @@ from torchvision.transforms import functional as TF
 
 from benchmark.errors import ConfigError
 from benchmark.options import Float, Int, Range, declare
+from pretrainers.common import POSITIVE
 
+from ..method import PretextMethod
 from ._trunk import SizedState, dataset_size, normalize
-from . import POSITIVE
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 IGNORE = -100  # images outside the surrogate-class subset
 
@@ -53,7 +53,6 @@ def contrast_pca(rgb: np.ndarray, factors: np.ndarray) -> np.ndarray:
     return (projected @ vectors.T + mean).reshape(rgb.shape)
 
 
-@PRETEXT_METHODS.register("exemplar")
 class Exemplar(SizedState, PretextMethod):
     name = "exemplar"
     options = declare({

@@ -18,14 +18,13 @@ from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.paths import inside
-from benchmark.registry import PRETRAINERS
+from pretrainers.common import freeze
 
-from . import freeze
-from .pretext_trainer import PRETEXT_OPTIONS, data_fingerprint, resolve_images, train_pretext
+from .trainer import PRETEXT_OPTIONS, data_fingerprint, resolve_images, train_pretext
 
 
-@PRETRAINERS.register("pretext")
 class PretextPretrainer(Pretrainer):
+    name = "pretext"
     options = PRETEXT_OPTIONS
 
     def checkpoint_bytes(self, arch: Architecture) -> int:

@@ -10,7 +10,7 @@ Same model, same pre-generated batches, same heads and optimiser settings, in on
 Expected ratio separate(full trunk) / one pass: close to the number of layers, since the frozen
 trunk dominates and the heads are small.
 
-    python benchmarks/multihead.py --arch resnet50 --size 112 --batch-size 32 --iterations 5
+    python perf/multihead.py --arch resnet50 --size 112 --batch-size 32 --iterations 5
 """
 
 from __future__ import annotations

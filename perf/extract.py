@@ -4,7 +4,7 @@ Both sides see identical pre-loaded image batches, so the ratio isolates the eng
 overhead (staged forward with early stop, per-layer pooling, copies into the memory-mapped cache
 arrays). Target: ratio >= 0.9.
 
-    python benchmarks/extract.py --arch resnet50 --size 112 --images 256
+    python perf/extract.py --arch resnet50 --size 112 --images 256
 """
 
 from __future__ import annotations

@@ -32,13 +32,12 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.options import Bool, Float, Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
+from ..method import PretextMethod
 from .simclr import ProjectionHead, contrastive_views
 
 
-@PRETEXT_METHODS.register("moco")
 class MoCo(PretextMethod):
     name = "moco"
     options = declare({

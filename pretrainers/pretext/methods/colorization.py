@@ -39,10 +39,10 @@ from torchvision import transforms as T
 
 from benchmark.errors import ConfigError
 from benchmark.options import Bool, Choice, Float, Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
+from ..method import PretextMethod
 from ._trunk import check_input_size, denormalize, normalize
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 # sRGB (D65) -> XYZ, the matrix and white point scikit-image's rgb2lab uses
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -132,7 +132,6 @@ def rebalancing_weights(counts: torch.Tensor, centres: torch.Tensor, sigma: floa
     return smoothed, weights / (smoothed * weights).sum()
 
 
-@PRETEXT_METHODS.register("colorization")
 class Colorization(PretextMethod):
     name = "colorization"
     options = declare({

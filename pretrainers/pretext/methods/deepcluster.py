@@ -37,10 +37,10 @@ from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
 from benchmark.linear_heads import derived_seed
 from benchmark.options import Choice, Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
+from ..method import PretextMethod
 from ._trunk import SizedState, dataset_size
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 SPLIT_EPS = 1.0 / 1024  # Faiss's centroid perturbation when splitting a cluster
 
@@ -107,7 +107,6 @@ BALANCE = ("sampler", "loss", "none")
 _SAMPLER_TAG = 0xDC5A
 
 
-@PRETEXT_METHODS.register("deepcluster")
 class DeepCluster(SizedState, PretextMethod):
     name = "deepcluster"
     options = declare({

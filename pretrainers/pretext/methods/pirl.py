@@ -32,10 +32,10 @@ from torchvision import transforms as T
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
 from benchmark.options import Float, Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
+from ..method import PretextMethod
 from ._trunk import SizedState, check_input_size, dataset_size
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 
 def nce_loss(memory_positive: torch.Tensor, x: torch.Tensor, negatives: torch.Tensor, temperature: float,
@@ -49,7 +49,6 @@ def nce_loss(memory_positive: torch.Tensor, x: torch.Tensor, negatives: torch.Te
     return -(log_h_positive + log_one_minus_h.sum(1)).mean()
 
 
-@PRETEXT_METHODS.register("pirl")
 class PIRL(SizedState, PretextMethod):
     name = "pirl"
     options = declare({

@@ -12,7 +12,7 @@ negatives.
 Optimiser: the paper uses LARS (LR 0.3 x batch/256, weight decay 1e-6, warm-up + cosine); by
 default this implementation uses SGD with momentum, linear warm-up and cosine decay (the loop's
 schedule) for the small batches it is run with here; ``optimizer: lars`` (``--optimizer lars``)
-gives the paper's optimiser (``pretrainers/lars.py``).
+gives the paper's optimiser (``pretrainers/pretext/lars.py``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.options import Bool, Float, Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
+from ..method import PretextMethod
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -64,7 +64,6 @@ class ProjectionHead(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), *norm, nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
 
-@PRETEXT_METHODS.register("simclr")
 class SimCLR(PretextMethod):
     name = "simclr"
     options = declare({

@@ -37,10 +37,10 @@ from torchvision import transforms as T
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
 from benchmark.options import Bool, Choice, Float, Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
+from ..method import PretextMethod
 from ._trunk import check_input_size
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 
 def center_region(size: int, fraction: float) -> tuple[int, int]:
@@ -82,7 +82,6 @@ def discriminator() -> nn.Sequential:
         nn.Conv2d(64, 1, 3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-@PRETEXT_METHODS.register("context_encoder")
 class ContextEncoder(PretextMethod):
     name = "context_encoder"
     options = declare({

@@ -37,7 +37,7 @@ from benchmark.errors import ConfigError
 from benchmark.options import Bool, Choice, Float, Int, declare
 from benchmark.paths import inside, temporary_path
 
-from .pretext import PRETEXT_METHODS, PretextMethod
+from ..method import PretextMethod
 
 GRID = 3
 TILES = GRID * GRID
@@ -129,7 +129,6 @@ def make_tiles(crop: torch.Tensor, perm, tile: int, generator: torch.Generator |
     return out
 
 
-@PRETEXT_METHODS.register("jigsaw")
 class Jigsaw(PretextMethod):
     name = "jigsaw"
     options = declare({

@@ -44,11 +44,12 @@ from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,
                                validate)
 from benchmark.provenance import resolve_device
+from benchmark.registry import PRETEXT_METHODS
+from pretrainers.common import ARCH, SEED
 from benchmark.training import atomic_torch_save, load_resume_state
 
-from . import ARCH, SEED
 from .lars import LARS
-from .pretext import PRETEXT_METHODS, PretextMethod
+from .method import PretextMethod
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 # suite datasets usable as unlabeled images: "NAME:SPLIT" (labels are never read for training)

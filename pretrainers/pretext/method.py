@@ -1,4 +1,5 @@
-"""The interface every pretext method implements, and the registry they live in.
+"""The interface every pretext method implements (registered in ``benchmark.registry.PRETEXT_METHODS``
+through the entry point group ``ssl_bench.pretext_methods``, one module per method in ``methods/``).
 
 A method owns the trunk (a torchvision-layout network from ``benchmark.models.create_model``) and
 whatever heads, memory banks or momentum encoders its paper needs. The shared training loop
@@ -29,13 +30,6 @@ from torch import nn
 
 from benchmark.models import Architecture
 from benchmark.options import validate
-from benchmark.registry import Registry
-
-# one module per method under pretrainers/; a module is listed once it exists
-_MODERN_AND_RECENT = ("rotation", "jigsaw", "simclr", "moco")
-_CLASSIC = ("colorization", "relative_position", "deepcluster", "exemplar", "context_encoder", "pirl", "nat")
-PRETEXT_METHODS: Registry = Registry(
-    "pretext_methods", builtin_modules=tuple(f"pretrainers.{m}" for m in _MODERN_AND_RECENT + _CLASSIC))
 
 
 class PretextMethod(nn.Module):
@@ -44,7 +38,7 @@ class PretextMethod(nn.Module):
     # when the config is loaded (a suite model's method_options, or `ssl-bench pretrain --opt`)
     options: ClassVar[Mapping] = {}
     # the paper's optimiser settings, overriding the loop's defaults where the user gave none:
-    # keys of pretrainers.pretext_trainer.TRAIN_DEFAULTS (lr, momentum, weight_decay, warmup_epochs)
+    # keys of pretrainers.pretext.trainer.TRAIN_DEFAULTS (lr, momentum, weight_decay, warmup_epochs)
     training: ClassVar[dict] = {}
 
     def __init__(self, trunk: nn.Module, arch: Architecture, image_size: int, **options):

@@ -18,9 +18,9 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.options import Choice, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
+from ..method import PretextMethod
 
 ROTATIONS = 4
 
@@ -30,7 +30,6 @@ def rotations(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.rot90(image, k, dims=(1, 2)) for k in range(ROTATIONS)]), torch.arange(ROTATIONS)
 
 
-@PRETEXT_METHODS.register("rotation")
 class Rotation(PretextMethod):
     name = "rotation"
     options = declare({

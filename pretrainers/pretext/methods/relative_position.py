@@ -29,8 +29,8 @@ from torch import nn
 from benchmark.errors import ConfigError
 from benchmark.options import Choice, Int, declare
 
+from ..method import PretextMethod
 from ._trunk import check_input_size, normalize
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 # (row, column) offset of the neighbour of label k relative to the centre patch
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -56,7 +56,6 @@ def project_out_green_magenta(patch: torch.Tensor) -> torch.Tensor:
     return patch - axis.view(3, 1, 1) * torch.einsum("c,chw->hw", axis, patch)[None]
 
 
-@PRETEXT_METHODS.register("relative_position")
 class RelativePosition(PretextMethod):
     name = "relative_position"
     options = declare({

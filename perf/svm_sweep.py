@@ -1,8 +1,8 @@
 """Time one layer's VOC07 SVM sweep: the reference loop vs the batched torch engine.
 
-    python benchmarks/svm_sweep.py            # VOC07 size: n = 5011 / 4952, d = 9216, 20 classes
-    python benchmarks/svm_sweep.py --quick    # 3 classes of smaller features: under a minute
-    python benchmarks/svm_sweep.py --reference-classes 2   # time the reference on 2 classes and
+    python perf/svm_sweep.py            # VOC07 size: n = 5011 / 4952, d = 9216, 20 classes
+    python perf/svm_sweep.py --quick    # 3 classes of smaller features: under a minute
+    python perf/svm_sweep.py --reference-classes 2   # time the reference on 2 classes and
                                                # scale to all (its classes are independent fits)
 
 On the same features, in one process: (1) the reference serial loop (LinearSVC per class per cost

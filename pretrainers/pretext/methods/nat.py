@@ -23,10 +23,10 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.options import Int, Range, declare
+from pretrainers.common import UNIT_INTERVAL
 
+from ..method import PretextMethod
 from ._trunk import SizedState, dataset_size
-from . import UNIT_INTERVAL
-from .pretext import PRETEXT_METHODS, PretextMethod
 
 
 def best_assignment(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,6 @@ def best_assignment(features: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return torch.as_tensor(cols[rows.argsort()], dtype=torch.long)
 
 
-@PRETEXT_METHODS.register("nat")
 class NAT(SizedState, PretextMethod):
     name = "nat"
     options = declare({

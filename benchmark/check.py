@@ -293,12 +293,14 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
                   f"({BASE_TOLERANCE} points) instead of a measured band; see README: Regression checks")
         return 0
     reference, fmt = read_reference(against)
-    replicate = run_replicate(run_dir)
-    if replicate:  # a replicate reruns only what trains: its trained rows must lie in their bands
-        exact = reference["rule"] == "exact" if "rule" in reference else pd.Series(False, index=reference.index)
-        reference = reference[~exact]
-        print(f"{run_dir} is replicate {replicate}: it reruns only trained units, so the reference's "
-              f"{int(exact.sum())} exact rows are not expected\n")
+    planned = planned_pairs(run_dir)
+    if planned is not None:  # rows of models/tasks the run did not plan (--models, a replicate) are not expected
+        expected = pd.Series([pair in planned for pair in zip(reference["model"], reference["task"])],
+                             index=reference.index)
+        if not expected.all():
+            print(f"{int((~expected).sum())} reference rows belong to model x task pairs that {run_dir} did not plan "
+                  f"(--models/--tasks, or a replicate, which reruns only what trains): not expected\n")
+        reference = reference[expected]
     result = compare(run, reference, tolerance)
     write_comparison(result["compared"], run_dir / "check.csv")
     print(f"## ssl-bench check: {run_dir} against {against}\n")
@@ -326,11 +328,13 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
     return 1 if failed else 0
 
 
-def run_replicate(run_dir: Path) -> int:
-    """The replicate number a run directory was made with (0 for the suite as configured)."""
+def planned_pairs(run_dir: Path) -> set[tuple[str, str]] | None:
+    """The (model, task) pairs of the run's own plan, or None for a folder of results without one."""
     from .runner import load_plan
 
-    return load_plan(run_dir).replicate if (Path(run_dir) / "invocation.json").is_file() else 0
+    if not (Path(run_dir) / "invocation.json").is_file():
+        return None
+    return {(unit.model, unit.task) for unit in load_plan(run_dir).units}
 
 
 def write_comparison(compared: pd.DataFrame, path: Path) -> None:

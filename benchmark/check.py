@@ -294,12 +294,13 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
         return 0
     reference, fmt = read_reference(against)
     planned = planned_pairs(run_dir)
-    if planned is not None:  # rows of models/tasks the run did not plan (--models, a replicate) are not expected
+    if planned is not None:  # rows of models/tasks the run neither planned nor ran (--models, a replicate)
+        planned |= set(zip(run["model"], run["task"]))
         expected = pd.Series([pair in planned for pair in zip(reference["model"], reference["task"])],
                              index=reference.index)
         if not expected.all():
-            print(f"{int((~expected).sum())} reference rows belong to model x task pairs that {run_dir} did not plan "
-                  f"(--models/--tasks, or a replicate, which reruns only what trains): not expected\n")
+            print(f"{int((~expected).sum())} reference rows belong to model x task pairs that {run_dir} neither planned "
+                  f"nor ran (--models/--tasks, or a replicate, which reruns only what trains): not expected\n")
         reference = reference[expected]
     result = compare(run, reference, tolerance)
     write_comparison(result["compared"], run_dir / "check.csv")

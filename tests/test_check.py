@@ -384,7 +384,7 @@ def test_a_replicate_run_is_checked_on_its_trained_rows_only(tmp_path, capsys) -
     store.write_unit("supervised/voc07_svm/res5", trained.to_dict("records"))
     assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 0
     out = capsys.readouterr().out
-    assert "2 reference rows belong to model x task pairs" in out and "0 missing" in out
+    assert "2 reference rows belong to model x task pairs that" in out and "0 missing" in out
     far = trained.assign(value=trained["value"] + 100)  # every trained row far outside its band
     store.write_unit("supervised/voc07_svm/res5", far.to_dict("records"))
     assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 1

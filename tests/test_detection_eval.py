@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou as tv_box_iou
 
-from benchmark.detection.evaluate import Detections, GroundTruth, box_iou, coco_ap, evaluate_detections
+from tasks.detection.evaluate import Detections, GroundTruth, box_iou, coco_ap, evaluate_detections
 
 
 def gt(boxes, labels, difficult) -> GroundTruth:
@@ -103,7 +103,7 @@ def test_box_iou_matches_torchvision() -> None:
 
 
 def test_perturbed_ground_truth_is_seeded_and_catches_an_evaluator_change() -> None:
-    from benchmark.detection.evaluate import perturbed_ground_truth
+    from tasks.detection.evaluate import perturbed_ground_truth
 
     rng = np.random.default_rng(0)
     truth = []

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from benchmark.detection.proposals import (
+from tasks.detection.proposals import (
     cache_path,
     cached_proposals,
     clean_proposals,

@@ -15,14 +15,14 @@ from torch import nn
 
 from benchmark.datasets.synth_voc import synth_voc07
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
-from benchmark.detection.data import DetectionData
-from benchmark.detection.detectron2_backend import convert_key, convert_to_detectron2, require_detectron2
-from benchmark.detection.evaluate import evaluate_detections
-from benchmark.detection.model import FastRCNNC4
-from benchmark.detection.train import DetectionSetup, detect, resolve_schedule, train_detector
+from tasks.detection.data import DetectionData
+from tasks.detection.detectron2_backend import convert_key, convert_to_detectron2, require_detectron2
+from tasks.detection.evaluate import evaluate_detections
+from tasks.detection.model import FastRCNNC4
+from tasks.detection.train import DetectionSetup, detect, resolve_schedule, train_detector
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.models import create_model
-from tasks.detection_voc07 import DetectionVOC07
+from tasks.detection.voc07 import DetectionVOC07
 
 CPU = torch.device("cpu")
 
@@ -311,7 +311,7 @@ def test_task_end_to_end_with_rpn_proposals_and_a_proposal_file(voc, tmp_path) -
     again = DetectionVOC07(**{**DetectionVOC07.options, **options, "evaluate_untrained": False}).run(ctx, model, "frozen")
     assert [r["value"] for r in again] == [r["value"] for r in rows + checks if r["metric"] != "mAP_untrained_head"]
     # the generated proposals as Detectron files: the same numbers through proposals: files
-    from benchmark.detection.proposals import read_proposals
+    from tasks.detection.proposals import read_proposals
 
     train_ids = set(load_voc(voc, "trainval").image_ids)
     train_file = next(f for f in files if set(read_proposals(f)) == train_ids)

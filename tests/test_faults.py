@@ -155,7 +155,7 @@ def test_a_planted_symlink_does_not_lead_writes_outside(tmp_path) -> None:
 
 
 def test_names_from_results_and_options_cannot_place_files_outside(tmp_path) -> None:
-    from benchmark.detection.proposals import cache_path
+    from tasks.detection.proposals import cache_path
     from benchmark.lowshot import sample_directory
     from benchmark.report import write_report
 
@@ -586,7 +586,7 @@ def test_jobs_of_the_driver_are_not_blocked_by_its_lock(tiny, tmp_path, monkeypa
 
 @pytest.mark.parametrize("damage", [_empty, _cut_in_half, _garbage], ids=["empty", "cut_in_half", "garbage"])
 def test_a_damaged_proposal_cache_file_is_generated_again(tmp_path, capsys, damage) -> None:
-    from benchmark.detection.proposals import cache_path, cached_proposals
+    from tasks.detection.proposals import cache_path, cached_proposals
 
     ids = ["000001", "000002"]
     calls = []

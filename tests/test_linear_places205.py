@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from benchmark.errors import ConfigError
-from benchmark.linear_heads import (
+from tasks.linear.heads import (
     LinearSetup,
     MultiHead,
     ResumableBatches,
@@ -117,7 +117,7 @@ def test_vissl_schedule_and_the_scheduler_agree() -> None:
     # the real MultiStepLR stepped once per iteration, on a small data set (10 iterations / epoch)
     small = resolve_schedule("vissl", "resnet18", num_train=320, batch_size=32)
     assert (small.iterations, small.milestones, small.lr) == (140, (40, 80, 120), 0.00125)
-    from benchmark.linear_heads import LinearHead, make_optimizer
+    from tasks.linear.heads import LinearHead, make_optimizer
     from benchmark.models.resnet import RESNET_POOLS
 
     heads = MultiHead({"pool5": LinearHead(RESNET_POOLS["pool5"], 4, 2)})
@@ -304,7 +304,7 @@ import sys, time, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_linear_places205 import Toy, backbone, setup_for
-from benchmark.linear_heads import train_linear_heads
+from tasks.linear.heads import train_linear_heads
 setup = setup_for(["res2", "res4", "pool5"], epochs=3, checkpoint_every=2)
 train_linear_heads(backbone(), Toy(32, 4), Toy(16, 4, augment=False), setup, Path(sys.argv[1]),
                    torch.device("cpu"), on_iteration=lambda i: time.sleep(0.3))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark.errors import DatasetError
-from benchmark.normals.codebook import (
+from tasks.normals.codebook import (
     assign,
     cached_codebook,
     decode,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.normals.metrics import (
+from tasks.normals.metrics import (
     MEDIAN_MAX_ERROR_DEG,
     AngularErrors,
     angular_errors,
@@ -137,7 +137,7 @@ class _Split:
 
 
 def test_mean_normal_baseline_against_numpy() -> None:
-    from benchmark.normals.metrics import mean_normal_baseline, summarize
+    from tasks.normals.metrics import mean_normal_baseline, summarize
 
     rng = np.random.default_rng(4)
 

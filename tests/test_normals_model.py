@@ -12,9 +12,9 @@ from benchmark.datasets.nyuv2 import load_nyuv2
 from benchmark.datasets.synth_nyuv2 import synth_nyuv2
 from benchmark.errors import ConfigError
 from benchmark.models import create_model
-from benchmark.normals.codebook import cached_codebook
-from benchmark.normals.model import NormalsNet, dilate_resnet
-from benchmark.normals.train import (
+from tasks.normals.codebook import cached_codebook
+from tasks.normals.model import NormalsNet, dilate_resnet
+from tasks.normals.train import (
     NormalsData,
     NormalsSchedule,
     NormalsSetup,

@@ -14,9 +14,9 @@ from benchmark.engine import RunContext
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.features import FeatureCache
 from benchmark.models.backbone import get_architecture
-from benchmark.normals.metrics import METRIC_NAMES
+from tasks.normals.metrics import METRIC_NAMES
 from benchmark.registry import TASKS
-from tasks.normals_nyuv2 import resolve_schedule
+from tasks.normals.nyuv2 import resolve_schedule
 
 
 def task(**options):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from benchmark.errors import ConfigError
 
 PSP_BINS = (1, 2, 3, 6)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import envelope_ap, eleven_point_ap
+from benchmark.metrics import envelope_ap, eleven_point_ap
 
 COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 

@@ -31,10 +31,9 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..linear_heads import derived_seed
-from ..results import atomic_write_text
-from ..training import atomic_torch_save, load_matching_checkpoint
+from benchmark.errors import ConfigError
+from benchmark.results import atomic_write_text
+from benchmark.training import atomic_torch_save, derived_seed, load_matching_checkpoint
 from .data import DetectionData, load_image, transform_boxes
 from .evaluate import Detections
 from .model import FastRCNNC4

@@ -17,12 +17,13 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..paths import inside
+from benchmark.errors import ConfigError
+from benchmark.paths import inside
 
 INSTALL = ("the detectron2 backend needs detectron2, which is not on PyPI: install it from source, "
            "pip install 'git+https://github.com/facebookresearch/detectron2.git' (matching your torch/CUDA), "
@@ -86,14 +87,18 @@ def convert_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict[str, np.n
 
 def write_detectron2_checkpoint(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     """The .pkl detectron2's DetectionCheckpointer reads (exact names, no matching heuristics)."""
-    from ..results import atomic_write_bytes
+    from benchmark.results import atomic_write_bytes
 
     content = {"model": convert_to_detectron2(state_dict), "__author__": "ssl-bench", "matching_heuristics": False}
     atomic_write_bytes(Path(path), pickle.dumps(content, protocol=4))
     return Path(path)
 
 
-def run_detectron2(task, ctx, model, mode: str) -> list[dict]:  # pragma: no cover - needs detectron2
+def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root: Path, ctx, model,
+                   mode: str) -> list[dict]:  # pragma: no cover - needs detectron2
+    """Train and evaluate detectron2's R-C4 on ``splits`` ((year, split) pairs: the training sets,
+    then the test set) with the task's ``options``; files go under ``out_root`` (one folder per
+    mode and configuration)."""
     require_detectron2()
     from detectron2.config import get_cfg
     from detectron2.data import MetadataCatalog
@@ -102,11 +107,11 @@ def run_detectron2(task, ctx, model, mode: str) -> list[dict]:  # pragma: no cov
     from detectron2.evaluation import PascalVOCDetectionEvaluator, inference_on_dataset
     from detectron2.data import build_detection_test_loader
 
-    from ..config import config_hash
-    from ..datasets.voc import VOC_CLASSES, resolve_voc_root
+    from benchmark.config import config_hash
+    from benchmark.datasets.voc import VOC_CLASSES, resolve_voc_root
     from .train import resolve_schedule
 
-    cfg_opts = task.config
+    cfg_opts = options
     depth = {"resnet50": 50, "resnet101": 101, "resnet152": 152}.get(model.arch.name)
     if depth is None:
         raise ConfigError(f"detection_voc07 backend detectron2: detectron2's Res5ROIHeads needs a bottleneck "
@@ -115,10 +120,10 @@ def run_detectron2(task, ctx, model, mode: str) -> list[dict]:  # pragma: no cov
                                 **{k: cfg_opts[k] for k in ("iterations", "milestones", "base_lr", "batch_size",
                                                             "warmup_iterations", "weight_decay")})
     fingerprint = config_hash({"weights": model.weights, "mode": mode, "options": cfg_opts, "seed": ctx.seed})
-    out_dir = inside(ctx.run_dir, "detection_voc07", model.name, f"detectron2-{mode}-{fingerprint}")
+    out_dir = inside(out_root, f"detectron2-{mode}-{fingerprint}")
     weights = write_detectron2_checkpoint(model.backbone.model.state_dict(), out_dir / "converted.pkl")
     names = []
-    for year, split, _ in task.split_names():
+    for year, split in splits:
         name = f"sslbench_voc_{year}_{split}"
         if name not in MetadataCatalog.list():
             register_pascal_voc(name, str(resolve_voc_root(ctx.data_root, year)), split, int(year), VOC_CLASSES)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import random
 import socket
 import zlib
 from collections import Counter
@@ -43,10 +42,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from .datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from .errors import ConfigError, DatasetError
-from .models.backbone import FrozenBackbone, LayerPool, get_architecture
-from .training import atomic_torch_save
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.errors import ConfigError, DatasetError
+from benchmark.models.backbone import FrozenBackbone, LayerPool, get_architecture
+from benchmark.training import atomic_torch_save, derived_seed, epoch_order, rng_state, set_rng_state
 
 REFERENCE_BATCH = 256  # the batch size the reference learning rates are given for
 CHECKPOINT_FORMAT = 1
@@ -212,11 +211,6 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
 # --- heads ------------------------------------------------------------------------------------
 
 
-def derived_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (numpy SeedSequence: well mixed, no collisions of a*1000+b)."""
-    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(2, np.uint64)[0] % 2**63)
-
-
 def _layer_key(layer: str) -> int:
     return zlib.crc32(layer.encode())
 
@@ -289,15 +283,6 @@ def make_optimizer(heads: MultiHead, schedule: Schedule):
 
 # --- data order and seeded augmentation --------------------------------------------------------
 
-_ORDER_TAG = 0x0D3E  # keeps the order's seeds apart from the augmentation's
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The shuffled order of epoch ``epoch``: a deterministic function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(derived_seed(seed, _ORDER_TAG, epoch))
-    return torch.randperm(n, generator=generator)
-
-
 class SeededAugmentation(Dataset):
     """Wraps an index dataset with random transforms: item ``(index, epoch)`` runs the wrapped
     ``dataset[index]`` with torch's CPU generator seeded from (seed, epoch, index) and restored
@@ -345,28 +330,6 @@ class ResumableBatches(Sampler):
             epoch, position = divmod(iteration, ipe)
             chunk = self.order(epoch)[position * batch:(position + 1) * batch]
             yield [(int(i), epoch) for i in chunk[self.rank * local:(self.rank + 1) * local]]
-
-
-# --- RNG states as weights_only-loadable objects ---------------------------------------------
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
 
 
 # --- the training run -----------------------------------------------------------------------

@@ -23,10 +23,10 @@ from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
-from benchmark.normals.codebook import cached_codebook
-from benchmark.normals.metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
-from benchmark.normals.model import PSP_BINS
-from benchmark.normals.train import HEADS, NormalsSchedule, NormalsSetup, train_normals
+from .codebook import cached_codebook
+from .metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
+from .model import PSP_BINS
+from .train import HEADS, NormalsSchedule, NormalsSetup, train_normals
 from benchmark.options import Choice, Float, Int, Range, Str, declare
 from benchmark.paths import inside
 from benchmark.registry import TASKS

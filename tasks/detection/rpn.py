@@ -21,7 +21,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from tqdm.auto import tqdm
 
-from ..linear_heads import derived_seed
+from benchmark.training import derived_seed
 from .data import DetectionData
 from .model import FEATURE_STRIDE
 from .proposals import to_inclusive

@@ -2,7 +2,7 @@
 top-1 / top-5 on Places205 val (Goyal et al. 2019, "image classification": Places205 linear).
 
 All layers are one unit: their heads train together from a single trunk pass per batch
-(benchmark.linear_heads). The run lives in ``RUN_DIR/linear_places205/<model>/<fingerprint>/``
+(tasks.linear.heads). The run lives in ``RUN_DIR/linear_places205/<model>/<fingerprint>/``
 (checkpoint.pt, log.csv); a unit interrupted at any point resumes from its checkpoint when rerun
 and reaches the same heads and metrics. The reference reports the best evaluation during
 training; both the best and the final evaluation are reported (column ``evaluation``).
@@ -20,7 +20,7 @@ from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.places import PlacesSplit, load_places205
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.linear_heads import (
+from .heads import (
     TOPK,
     SCHEDULE_NAMES,
     LinearSetup,

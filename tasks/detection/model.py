@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.ops import roi_align, roi_pool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..errors import ConfigError
+from benchmark.errors import ConfigError
 
 C4_ATTRIBUTES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc")
 STAGES = ("stem", "res2", "res3", "res4", "res5")

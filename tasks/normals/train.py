@@ -1,6 +1,6 @@
 """Training and evaluation of the surface-normal network on a frozen trunk, resumable.
 
-``train_normals`` trains res5 and the PSP decoder of a ``NormalsNet`` (benchmark.normals.model)
+``train_normals`` trains res5 and the PSP decoder of a ``NormalsNet`` (tasks.normals.model)
 with SGD (momentum 0.9) and the poly learning rate ``base_lr * (1 - it / iterations) ** 0.9``,
 then evaluates on the test split with the streaming angular metrics.
 
@@ -38,11 +38,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import ConfigError, DatasetError
-from ..linear_heads import derived_seed, epoch_order
-from ..results import atomic_write_text
-from ..training import atomic_torch_save, load_matching_checkpoint
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.errors import ConfigError, DatasetError
+from benchmark.results import atomic_write_text
+from benchmark.training import atomic_torch_save, derived_seed, epoch_order, load_matching_checkpoint
 from .codebook import assign, decode
 from .metrics import AngularErrors
 from .model import NormalsNet

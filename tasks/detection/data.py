@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb
-from ..datasets.voc import VOC_CLASSES, VOCSplit
-from ..errors import DatasetError
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD, open_rgb
+from benchmark.datasets.voc import VOC_CLASSES, VOCSplit
+from benchmark.errors import DatasetError
 from .evaluate import GroundTruth
 
 _CLASS_LABEL = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}  # 0 is background

@@ -3,9 +3,9 @@
 
 One unit per mode: ``frozen`` (conv1..res4 frozen, res5 box head and predictors trained, the
 reference's FREEZE_AT 4) and ``finetune`` (every layer trained; BatchNorm frozen in both). The
-detector is a copy of the benchmark's backbone (benchmark.detection.model); proposals come from
+detector is a copy of the benchmark's backbone (tasks.detection.model); proposals come from
 Detectron-format files (the reference's Selective Search pickles), from Selective Search run
-here (opencv-contrib), or from an RPN trained on the frozen res4 map (benchmark.detection.rpn),
+here (opencv-contrib), or from an RPN trained on the frozen res4 map (tasks.detection.rpn),
 cached on disk. Training resumes from ``RUN_DIR/detection_voc07/<model>/<mode>-<fingerprint>/``.
 Rows: VOC07 11-point AP (``AP``/``mAP``), all-point AP (``AP_all``/``mAP_all``) and COCO-style
 AP50:95 (``AP50_95``/``mAP50_95``) per class and averaged, x100.
@@ -22,10 +22,20 @@ import torch
 
 from benchmark.config import config_hash
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
-from benchmark.detection.data import DetectionData
-from benchmark.detection.evaluate import evaluate_detections, perturbed_ground_truth
-from benchmark.detection.model import FastRCNNC4, check_c4
-from benchmark.detection.proposals import (
+from benchmark.diskspace import training_checkpoint_bytes
+from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.errors import ConfigError
+from benchmark.models import Architecture
+from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare
+from benchmark.paths import inside
+from benchmark.registry import TASKS
+from benchmark.results import atomic_write_bytes
+from benchmark.training import derived_seed
+
+from .data import DetectionData
+from .evaluate import evaluate_detections, perturbed_ground_truth
+from .model import FastRCNNC4, check_c4
+from .proposals import (
     SS_INSTALL,
     cache_path,
     cached_proposals,
@@ -36,7 +46,7 @@ from benchmark.detection.proposals import (
     selective_search_available,
     to_continuous,
 )
-from benchmark.detection.train import (
+from .train import (
     DetectionSetup,
     ImageFeatures,
     detect,
@@ -44,15 +54,6 @@ from benchmark.detection.train import (
     resolve_schedule,
     train_detector,
 )
-from benchmark.diskspace import training_checkpoint_bytes
-from benchmark.engine import LoadedModel, RunContext, Task
-from benchmark.errors import ConfigError
-from benchmark.linear_heads import derived_seed
-from benchmark.models import Architecture
-from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare
-from benchmark.paths import inside
-from benchmark.registry import TASKS
-from benchmark.results import atomic_write_bytes
 
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
@@ -124,7 +125,7 @@ class DetectionVOC07(Task):
         """What the declarations cannot say alone: installed back ends, and a schedule that fits."""
         cfg = self.config
         if cfg["backend"] == "detectron2":
-            from benchmark.detection.detectron2_backend import require_detectron2
+            from .detectron2_backend import require_detectron2
 
             require_detectron2()
         if cfg["proposals"] == "selective_search" and not selective_search_available():
@@ -196,7 +197,7 @@ class DetectionVOC07(Task):
         return out, identity
 
     def rpn_proposals(self, ctx, model, splits, features, setup):
-        from benchmark.detection.rpn import RPNSettings, propose, train_rpn
+        from .rpn import RPNSettings, propose, train_rpn
 
         cfg = self.config
         settings = RPNSettings(iterations=cfg["rpn_iterations"], batch_size=cfg["rpn_batch_size"], lr=cfg["rpn_lr"],
@@ -248,9 +249,10 @@ class DetectionVOC07(Task):
         if unit not in self.modes():
             raise ConfigError(f"detection_voc07: unknown unit {unit!r}; units are the modes {self.modes()}")
         if self.config["backend"] == "detectron2":
-            from benchmark.detection.detectron2_backend import run_detectron2
+            from .detectron2_backend import run_detectron2
 
-            return run_detectron2(self, ctx, model, unit)
+            return run_detectron2(self.config, [(year, split) for year, split, _ in self.split_names()],
+                                  inside(ctx.run_dir, self.name, model.name), ctx, model, unit)
         cfg, mode = self.config, unit
         names = self.split_names()
         loaded = [(key, DetectionData.from_voc([load_voc(ctx.data_root, split, year=year)])) for year, split, key in names]

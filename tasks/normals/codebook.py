@@ -26,10 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import config_hash
-from ..errors import DatasetError
-from ..paths import inside
-from ..results import atomic_write_bytes
+from benchmark.config import config_hash
+from benchmark.errors import DatasetError
+from benchmark.paths import inside
+from benchmark.results import atomic_write_bytes
 
 CACHE_DIR = "normals-codebook"
 

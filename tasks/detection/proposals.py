@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DatasetError
-from ..paths import inside
-from ..results import atomic_write_bytes
+from benchmark.errors import ConfigError, DatasetError
+from benchmark.paths import inside
+from benchmark.results import atomic_write_bytes
 
 # the only globals a proposal pickle may name: numpy array / dtype / scalar reconstruction
 # (numpy 1.x pickles say numpy.core, numpy 2.x numpy._core)

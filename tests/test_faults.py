@@ -156,7 +156,7 @@ def test_a_planted_symlink_does_not_lead_writes_outside(tmp_path) -> None:
 
 def test_names_from_results_and_options_cannot_place_files_outside(tmp_path) -> None:
     from tasks.detection.proposals import cache_path
-    from benchmark.lowshot import sample_directory
+    from tasks.lowshot.protocol import sample_directory
     from benchmark.report import write_report
 
     class Split:
@@ -272,7 +272,7 @@ def test_damaged_plan_and_marker_files_are_named(tiny, tmp_path, capsys) -> None
 
 
 def test_a_damaged_low_shot_sample_file_is_drawn_again_identically(tmp_path, capsys) -> None:
-    from benchmark.lowshot import load_or_draw
+    from tasks.lowshot.protocol import load_or_draw
 
     path = tmp_path / "samples" / "train_targets_sample1_k4.npy"
     draw = lambda: np.arange(12, dtype=np.int64).reshape(3, 4)  # noqa: E731

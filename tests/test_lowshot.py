@@ -18,7 +18,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
-from benchmark import lowshot
 from benchmark.cli import main
 from benchmark.datasets.images import svm_transform
 from benchmark.datasets.places import load_places205
@@ -30,6 +29,7 @@ from benchmark.features import extract_features
 from benchmark.metrics import voc_ap
 from benchmark.models import create_model
 from benchmark.results import ResultStore
+from tasks.lowshot import protocol as lowshot
 
 COSTS = [0.1, 1.0]
 

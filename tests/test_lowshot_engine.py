@@ -1,5 +1,5 @@
 """The batched engine on low-shot samples against liblinear, one class and cost at a time
-(benchmark.lowshot's reference path): decision values/APs at every cost and the CV-chosen cost."""
+(benchmark.svm.liblinear's low-shot sweep): decision values/APs at every cost and the CV-chosen cost."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import lowshot
 from benchmark.datasets.synth_features import voc_like_features
 from benchmark.metrics import voc_ap
-from benchmark.svm import FitLog, REFERENCE_COSTS, l2_normalize
-from benchmark.svm_paths import lowshot_sweep_torch
+from benchmark.svm import liblinear
+from benchmark.svm.batched import lowshot_sweep_torch
+from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize
 
 CPU = torch.device("cpu")
 COSTS = [1e-5, 1e-3, 0.03125, 0.1, 1.0, 10.0]
@@ -21,12 +21,12 @@ def _check_class(X, y, X_eval, eval_positive, costs, sweep_scores, sweep_cv, fol
     """Test AP at every cost within 0.2 points of liblinear's (where liblinear converged); the
     CV-chosen cost equal, or liblinear's within 0.1 CV-AP points of ours in our CV."""
     log = FitLog()
-    reference = lowshot.decision_values_all_costs(X, y, X_eval, costs, seed=0, log=log)
+    reference = liblinear.decision_values_all_costs(X, y, X_eval, costs, seed=0, log=log)
     assert log.fits == len(costs)
     for j in range(len(costs)):
         ours, theirs = voc_ap(eval_positive, sweep_scores[:, j]), voc_ap(eval_positive, reference[:, j])
         assert abs(ours - theirs) * 100 <= 0.2, costs[j]
-    chosen = lowshot.cv_cost(X, y, costs, folds, seed=0, log=FitLog())
+    chosen = liblinear.cv_cost(X, y, costs, folds, seed=0, log=FitLog())
     if chosen is None:
         assert np.isnan(sweep_cv).all()
         return
@@ -96,8 +96,8 @@ def test_no_cv_requested(features) -> None:
 
 def test_full_data_cv_costs_match_liblinear(features) -> None:
     """The VOC07 fallback for k < folds without voc07_svm results: per-class CV cost on all rows."""
-    from benchmark.svm import to_binary
-    from benchmark.svm_paths import cv_costs_torch
+    from benchmark.svm.batched import cv_costs_torch
+    from benchmark.svm.protocol import to_binary
 
     X, labels, _, _ = features
     Y = np.stack([to_binary(labels[:, c]) for c in range(4)], axis=1)
@@ -106,5 +106,5 @@ def test_full_data_cv_costs_match_liblinear(features) -> None:
     ours = cv_costs_torch(X, Y, COSTS, 3, device=CPU)
     assert ours[3] is None
     for c in range(3):
-        theirs = lowshot.cv_cost(X, Y[:, c], COSTS, 3, seed=0, log=FitLog())
+        theirs = liblinear.cv_cost(X, Y[:, c], COSTS, 3, seed=0, log=FitLog())
         assert ours[c] == theirs, c

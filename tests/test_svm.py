@@ -14,14 +14,8 @@ from sklearn.svm import LinearSVC
 
 from benchmark.errors import FeatureError
 from benchmark.metrics import voc_ap
-from benchmark.svm import (
-    COST_LISTS,
-    REFERENCE_COSTS,
-    VISSL_COSTS,
-    l2_normalize,
-    to_binary,
-    voc07_svm,
-)
+from benchmark.svm.liblinear import voc07_svm
+from benchmark.svm.protocol import COST_LISTS, REFERENCE_COSTS, VISSL_COSTS, l2_normalize, to_binary
 
 COSTS = (0.01, 0.1, 1.0, 10.0)
 N_TRAIN, N_TEST, DIM, N_CLASSES = 60, 50, 20, 3
@@ -51,7 +45,7 @@ def data():
 
 
 def _reference_class(X_train, labels_train, X_test, labels_test, costs):
-    """fair_ssb's per-class SVM, written independently of benchmark.svm."""
+    """fair_ssb's per-class SVM, written independently of benchmark.svm.liblinear."""
     X_train = X_train.astype(np.float64)
     X_train = X_train / (np.linalg.norm(X_train, axis=1, keepdims=True) + 1e-5)
     X_test = X_test.astype(np.float64)
@@ -218,7 +212,7 @@ def test_span_coordinates_give_the_reference_answers() -> None:
 
 
 def test_span_coordinates_preserve_inner_products() -> None:
-    from benchmark.svm import span_coordinates
+    from benchmark.svm.liblinear import span_coordinates
 
     rng = np.random.default_rng(4)
     X_train, X_test = rng.normal(size=(15, 60)), rng.normal(size=(7, 60))

@@ -16,8 +16,10 @@ from sklearn.exceptions import ConvergenceWarning
 from benchmark.datasets.synth_features import voc_like_features
 from benchmark.errors import ConfigError, FeatureError
 from benchmark.metrics import voc_ap
-from benchmark.svm import MAX_ITER, REFERENCE_COSTS, check_solver, l2_normalize, make_svm, span_coordinates, to_binary, voc07_svm
-from benchmark.svm_paths import (
+from benchmark.svm.liblinear import make_svm, span_coordinates, voc07_svm
+from benchmark.svm.protocol import MAX_ITER, REFERENCE_COSTS, l2_normalize, to_binary
+from benchmark.svm.solvers import check_solver
+from benchmark.svm.batched import (
     available_ram,
     choose_kernel_form,
     class_chunks,
@@ -25,7 +27,7 @@ from benchmark.svm_paths import (
     scores_all_costs,
     voc07_svm_torch,
 )
-from benchmark.svm_torch import (
+from benchmark.svm.newton import (
     TOL,
     FactoredKernel,
     _LowRankJacobi,

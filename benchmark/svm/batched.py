@@ -1,4 +1,4 @@
-"""The SVM protocols on the batched solver (``benchmark.svm_torch``): cost paths with warm starts,
+"""The SVM protocols on the batched solver (``benchmark.svm.newton``): cost paths with warm starts,
 per-class cross-validation over costs, the VOC07 per-layer protocol and the low-shot sweeps.
 
 All problems of a layer share the training rows: a class is a column of labels, a CV fold or a
@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from .metrics import stepwise_ap, voc_ap
-from .provenance import resolve_device
-from .svm_torch import TOL, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
+from ..metrics import stepwise_ap, voc_ap
+from ..provenance import resolve_device
+from .newton import TOL, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
+from .protocol import ClassResult, FitLog, l2_normalize, normalized_features, to_binary, too_few_for_cv
 
 SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
 KERNEL_FORMS = ("auto", "dense", "factored")
@@ -268,14 +269,12 @@ def _device(device) -> torch.device:
 def voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds: int = 3,
                     device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
                     kernel_form: str = "auto", memory_bytes: int | None = None) -> list:
-    """The per-layer protocol of ``benchmark.svm.voc07_svm`` (CV over costs per class, refit at
+    """The per-layer protocol of ``benchmark.svm.liblinear.voc07_svm`` (CV over costs per class, refit at
     the best, test AP) with every class x fold x cost solved by the batched kernel solver.
 
     ``memory_bytes`` caps what the engine plans to use (default: ``memory_budget(device)``); it
     decides the kernel form (``kernel_form='auto'``) and whether classes are solved in chunks.
     """
-    from .svm import ClassResult, FitLog, normalized_features, to_binary, too_few_for_cv
-
     device = _device(device)
     options = SolverOptions(tol, max_newton, max_cg)
     X_train, X_test = normalized_features(train_features, test_features)
@@ -332,15 +331,13 @@ class LowShotSweep:
 def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, costs, folds: int = 3,
                         cv: bool = True, device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
                         kernel_form: str = "auto", memory_bytes: int | None = None) -> LowShotSweep:
-    """Every class of one low-shot sample at every cost, batched: what ``lowshot.decision_values_
-    all_costs`` and ``lowshot.cv_cost`` compute with liblinear, one class and cost at a time.
+    """Every class of one low-shot sample at every cost, batched: what ``liblinear.decision_values_
+    all_costs`` and ``liblinear.cv_cost`` compute with liblinear, one class and cost at a time.
 
     X_train, X_eval: L2-normalised features. Y: (n, C) with 1 / -1 for the rows of class c's
     training sample and 0 for rows outside it (VOC07 samples differ per class; Places205 classes
     share one sample: no zeros). Only rows in some class's sample enter the kernel.
     """
-    from .svm import FitLog, too_few_for_cv
-
     device = _device(device)
     options = SolverOptions(tol, max_newton, max_cg)
     member = Y != 0
@@ -368,8 +365,6 @@ def scores_all_costs(train_features, train_labels, test_features, costs, device=
     """Decision values on the test rows of one SVM per (class, cost), each trained on all training
     rows: (n_test, n_classes, n_costs) and the SolveInfo of the (n_classes x n_costs) problems,
     solved cold (no cost path). Used to compare with liblinear at every cost (fidelity tests)."""
-    from .svm import l2_normalize, to_binary
-
     device = _device(device)
     X = torch.as_tensor(l2_normalize(train_features), dtype=torch.float64, device=device)
     Xs = torch.as_tensor(l2_normalize(test_features), dtype=torch.float64, device=device)
@@ -385,10 +380,8 @@ def scores_all_costs(train_features, train_labels, test_features, costs, device=
 def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, device=None,
                    tol: float = TOL) -> dict[int, float | None]:
     """Per class, the cost with the best mean CV AP on all training rows (Y: (n, C) +-1), or None
-    for a class with fewer positives or negatives than folds: ``lowshot.cv_cost`` for every class
+    for a class with fewer positives or negatives than folds: ``liblinear.cv_cost`` for every class
     at once."""
-    from .svm import FitLog, too_few_for_cv
-
     device = _device(device)
     classes = [c for c in range(Y.shape[1]) if not too_few_for_cv(Y[:, c], folds)]
     out: dict[int, float | None] = {c: None for c in range(Y.shape[1])}

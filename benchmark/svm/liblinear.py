@@ -8,7 +8,6 @@ iterations; costs chosen per class by 3-fold stratified CV (no shuffling) scored
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -17,46 +16,8 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
-from .errors import ConfigError, FeatureError
-from .metrics import voc_ap
-
-# fair_ssb's list, in its order (argmax ties resolve to the earlier cost, as in the reference).
-REFERENCE_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + tuple(
-    0.5 ** k for k in range(4, 20)
-)
-VISSL_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
-COST_LISTS = {"reference": REFERENCE_COSTS, "vissl": VISSL_COSTS}
-MAX_ITER = 2000
-TOL = 1e-4
-
-
-def resolve_costs(costs, task: str) -> tuple[str, tuple[float, ...]]:
-    """A named cost list ('reference', 'vissl') or explicit numbers -> (name, costs)."""
-    if isinstance(costs, str):
-        if costs not in COST_LISTS:
-            raise ConfigError(f"{task}: unknown cost list '{costs}'; use one of {sorted(COST_LISTS)} "
-                              f"or a list of numbers")
-        return costs, COST_LISTS[costs]
-    values = tuple(float(c) for c in costs)
-    if not values or min(values) <= 0:
-        raise ConfigError(f"{task}: costs must be positive numbers, got {costs}")
-    return "custom", values
-
-
-SOLVERS = ("torch", "liblinear")
-
-
-def check_solver(solver: str, task: str) -> str:
-    if solver not in SOLVERS:
-        raise ConfigError(f"{task}: unknown solver '{solver}'; use 'torch' (batched, the default) or "
-                          f"'liblinear' (the reference's LinearSVC loop)")
-    return solver
-
-
-def l2_normalize(features: np.ndarray) -> np.ndarray:
-    """x / (||x|| + 1e-5) in float64, as the reference does before every SVM."""
-    features = np.asarray(features, dtype=np.float64)
-    return features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-5)
+from ..metrics import voc_ap
+from .protocol import MAX_ITER, REFERENCE_COSTS, TOL, ClassResult, FitLog, normalized_features, to_binary, too_few_for_cv
 
 
 def make_svm(cost: float, seed: int = 0) -> LinearSVC:
@@ -64,29 +25,6 @@ def make_svm(cost: float, seed: int = 0) -> LinearSVC:
         C=cost, class_weight={1: 2, -1: 1}, intercept_scaling=1.0, penalty="l2",
         loss="squared_hinge", dual=True, tol=TOL, max_iter=MAX_ITER, random_state=seed,
     )
-
-
-@dataclass
-class FitLog:
-    """Convergence of every liblinear fit of one class: never hidden from the results."""
-
-    fits: int = 0
-    not_converged: int = 0
-    max_iter_seen: int = 0
-
-    def add(self, clf: LinearSVC) -> None:
-        n_iter = int(np.max(clf.n_iter_))
-        self.record(n_iter, n_iter < MAX_ITER)
-
-    def record(self, n_iter: int, converged: bool) -> None:
-        self.fits += 1
-        self.max_iter_seen = max(self.max_iter_seen, n_iter)
-        self.not_converged += not converged
-
-    def merge(self, other: "FitLog") -> None:
-        self.fits += other.fits
-        self.not_converged += other.not_converged
-        self.max_iter_seen = max(self.max_iter_seen, other.max_iter_seen)
 
 
 def fit_svm(X: np.ndarray, y: np.ndarray, cost: float, log: FitLog, seed: int = 0) -> LinearSVC:
@@ -98,11 +36,6 @@ def fit_svm(X: np.ndarray, y: np.ndarray, cost: float, log: FitLog, seed: int = 
     return clf
 
 
-def to_binary(labels: np.ndarray) -> np.ndarray:
-    """Training labels: present -> +1; absent and difficult-only -> -1 (the reference's choice)."""
-    return np.where(np.asarray(labels) == 1, 1, -1)
-
-
 def cv_average_precision(X, y, cost: float, folds: int, log: FitLog, seed: int = 0) -> float:
     """Mean AP over stratified folds without shuffling (scikit-learn's ``cross_val_score`` with
     scoring='average_precision', which the reference calls)."""
@@ -111,35 +44,6 @@ def cv_average_precision(X, y, cost: float, folds: int, log: FitLog, seed: int =
         clf = fit_svm(X[train_idx], y[train_idx], cost, log, seed)
         scores.append(average_precision_score(y[val_idx] == 1, clf.decision_function(X[val_idx])))
     return float(np.mean(scores))
-
-
-@dataclass
-class ClassResult:
-    cls: int
-    costs: tuple[float, ...]
-    cv_ap: list[float] = field(default_factory=list)  # per cost, same order as costs
-    best_cost: float = float("nan")
-    best_cv_ap: float = float("nan")
-    test_ap: float = float("nan")
-    log: FitLog = field(default_factory=FitLog)
-    note: str = ""
-
-
-def too_few_for_cv(y: np.ndarray, folds: int) -> str:
-    """Why a class cannot be cross-validated (fewer positives or negatives than folds), or ''."""
-    n_pos = int((y == 1).sum())
-    if n_pos < folds or (y == -1).sum() < folds:
-        return f"only {n_pos} positive training images: fewer than the {folds} CV folds"
-    return ""
-
-
-def normalized_features(train_features, test_features) -> tuple[np.ndarray, np.ndarray]:
-    """Both splits L2-normalised; NaN/inf anywhere is an error, not an SVM input."""
-    X_train, X_test = l2_normalize(train_features), l2_normalize(test_features)
-    for name, X in (("train", X_train), ("test", X_test)):
-        if not np.isfinite(X).all():
-            raise FeatureError(f"{name} features contain NaN/inf; cannot train SVMs on them")
-    return X_train, X_test
 
 
 def train_and_test_class(cls, X_train, labels_train, X_test, labels_test, costs, folds, seed) -> ClassResult:
@@ -184,3 +88,60 @@ def voc07_svm(train_features, train_labels, test_features, test_labels, costs=RE
         )
         for c in range(n_classes)
     )
+
+
+# --- the low-shot sweeps: every cost on a sample, and the cost chosen by CV on it -------------
+
+
+def decision_values_all_costs(X_train, y, X_test, costs, seed: int, log: FitLog) -> np.ndarray:
+    """(n_test, n_costs) SVM scores, one fit per cost on the same training rows."""
+    scores = np.empty((len(X_test), len(costs)))
+    for j, cost in enumerate(costs):
+        clf = fit_svm(X_train, y, cost, log, seed)
+        scores[:, j] = clf.decision_function(X_test)
+    return scores
+
+
+def cv_cost(X, y, costs, folds: int, seed: int, log: FitLog) -> float | None:
+    """Cost with the best mean CV AP on the training sample, or None with too few positives."""
+    if min((y == 1).sum(), (y == -1).sum()) < folds:
+        return None
+    aps = [cv_average_precision(X, y, c, folds, log, seed) for c in costs]
+    return float(costs[int(np.argmax(aps))])
+
+
+def lowshot_voc07_class(c, Z_train, Z_test, test_labels, samples, costs, folds, fallback_cost, seed, span=True):
+    """One class over all (k, sample): test AP per cost, and the validation-selected cost index
+    (``fallback_cost(c)`` where the sample has fewer positives than folds)."""
+    keep = test_labels != -1
+    y_test = test_labels[keep] == 1
+    aps = np.full((len(samples), len(costs)), np.nan)
+    chosen = np.zeros(len(samples), dtype=int)
+    sources = []
+    log = FitLog()
+    for i, sample in enumerate(samples):
+        rows = np.flatnonzero(sample != -1)
+        y = np.where(sample[rows] == 1, 1, -1)
+        # a second exact change of basis: the sample's own span is smaller still (20k rows)
+        Z_sample, Z_eval = span_coordinates(Z_train[rows], Z_test[keep]) if span else (Z_train[rows], Z_test[keep])
+        scores = decision_values_all_costs(Z_sample, y, Z_eval, costs, seed, log)
+        aps[i] = [voc_ap(y_test, scores[:, j]) for j in range(len(costs))]
+        cost = cv_cost(Z_sample, y, costs, folds, seed, log)
+        if cost is None:
+            cost, source = fallback_cost(c), "full-data-cv"
+        else:
+            source = f"{folds}-fold-cv-on-sample"
+        # -1: fewer positives than folds even in the full training set, so no validation choice
+        chosen[i] = -1 if cost is None else costs.index(cost)
+        sources.append(source if cost is not None else "none(too-few-positives)")
+    return aps, chosen, sources, log
+
+
+def lowshot_places_class(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
+    """One class of one sample: val scores for every cost, AP per cost, CV-chosen cost index."""
+    y = np.where(train_labels == c, 1, -1)
+    log = FitLog()
+    scores = decision_values_all_costs(Z_train, y, Z_val, costs, seed, log).astype(np.float32)
+    aps = np.array([voc_ap(val_labels == c, scores[:, j]) for j in range(len(costs))])
+    cost = cv_cost(Z_train, y, costs, folds, seed, log)
+    return scores, aps, (None if cost is None else costs.index(cost)), log

@@ -11,35 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
 
-from benchmark import lowshot
 from benchmark.datasets.places import load_places205
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.metrics import voc_ap
 from benchmark.models import Architecture
 from benchmark.options import Str, declare
 from benchmark.registry import TASKS
-from benchmark.svm import FitLog, l2_normalize, resolve_costs, span_coordinates
-from benchmark.svm_paths import lowshot_sweep_torch
+from benchmark.svm.protocol import FitLog, l2_normalize, resolve_costs
+from benchmark.svm.solvers import Solver
 
-from .common import (COSTS, FOLDS, IMAGE_SIZE, K_SHOTS, LAYERS, N_JOBS, SAMPLES, SOLVER, SVM_DEVICE, BatchedSVMTask,
-                     resolve_layers, split_features, split_needs)
-
-
-def _class_sweep(c, Z_train, train_labels, Z_val, val_labels, costs, folds, seed):
-    """One class of one sample: val scores for every cost, AP per cost, CV-chosen cost index."""
-    y = np.where(train_labels == c, 1, -1)
-    log = FitLog()
-    scores = lowshot.decision_values_all_costs(Z_train, y, Z_val, costs, seed, log).astype(np.float32)
-    aps = np.array([voc_ap(val_labels == c, scores[:, j]) for j in range(len(costs))])
-    cost = lowshot.cv_cost(Z_train, y, costs, folds, seed, log)
-    return scores, aps, (None if cost is None else costs.index(cost)), log
+from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
+from . import protocol as lowshot
+from .protocol import K_SHOTS, SAMPLES
 
 
 @TASKS.register("lowshot_places205")
-class LowShotPlaces205(BatchedSVMTask, Task):
+class LowShotPlaces205(SVMTask, Task):
     dataset = "places205"
     options = declare({
         "layers": LAYERS,
@@ -59,32 +47,32 @@ class LowShotPlaces205(BatchedSVMTask, Task):
         return ctx.data_root / self.config["data_dir"]
 
     def units(self, arch: Architecture) -> list[str]:
-        return resolve_layers("lowshot_places205", self.config["layers"], arch)
+        return resolve_layers(self.name, self.config["layers"], arch)
 
     def check_data(self, ctx: RunContext) -> None:
         load_places205(self.root(ctx), "train")
         load_places205(self.root(ctx), "val")
         if not any(k >= self.config["folds"] for k in self.config["k_values"]):
-            raise ConfigError(f"lowshot_places205: the validation cost selection needs at least one k >= "
+            raise ConfigError(f"{self.name}: the validation cost selection needs at least one k >= "
                               f"folds ({self.config['folds']}); k_values are {self.config['k_values']}")
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
-        layers = resolve_layers("lowshot_places205", self.config["layers"], model.arch)
+        layers = resolve_layers(self.name, self.config["layers"], model.arch)
         for split in ("train", "val"):
             data = load_places205(self.root(ctx), split)
             split_features(ctx, model, data, "places205", split, layers, self.config["image_size"])
 
     def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
         splits = {split: load_places205(self.root(ctx), split) for split in ("train", "val")}
-        return split_needs(arch, "places205", splits, resolve_layers("lowshot_places205", self.config["layers"], arch),
+        return split_needs(arch, "places205", splits, resolve_layers(self.name, self.config["layers"], arch),
                            self.config["image_size"])
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
-        cost_list, costs = resolve_costs(self.config["costs"], "lowshot_places205")
+        cost_list, costs = resolve_costs(self.config["costs"], self.name)
         costs = list(costs)
         folds = self.config["folds"]
-        layers = resolve_layers("lowshot_places205", self.config["layers"], model.arch)
+        layers = resolve_layers(self.name, self.config["layers"], model.arch)
         train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
         feats = {split.split: split_features(ctx, model, split, "places205", split.split, layers,
                                              self.config["image_size"])[layer] for split in (train, val)}
@@ -95,10 +83,10 @@ class LowShotPlaces205(BatchedSVMTask, Task):
         skipped = [k for k in self.config["k_values"] if k > smallest]
         fallback_k = min((k for k in ks if k >= folds), default=None)
         if any(k < folds for k in ks) and fallback_k is None:
-            raise ConfigError(f"lowshot_places205: no k >= {folds} fits the smallest class ({smallest} images), "
+            raise ConfigError(f"{self.name}: no k >= {folds} fits the smallest class ({smallest} images), "
                               f"so the validation selection has no cost for k < {folds}")
-        device = self.engine_device("lowshot_places205")
-        directory = lowshot.sample_directory(ctx.run_dir, "lowshot_places205", train, ctx.seed)
+        solver = self.solver(ctx)
+        directory = lowshot.sample_directory(ctx.run_dir, self.name, train, ctx.seed)
         per = {}  # (k, sample) -> per-run results; the val scores are dropped once used (GBs at full size)
         log = FitLog()
         # the k whose CV choices the smaller k borrow comes first, so no run's scores wait for it
@@ -111,14 +99,13 @@ class LowShotPlaces205(BatchedSVMTask, Task):
                                                                  lowshot.sample_rng(ctx.seed, k, s)))
                 lowshot.check_places_sample(idx, train.labels, train.num_classes, k, path)
                 run = self.sweep(X_train[idx], train.labels[idx], X_val, val.labels, train.num_classes,
-                                 costs, folds, ctx.seed, log, device)
+                                 costs, folds, log, solver)
                 run["chosen"] = run["cv"] if k >= folds else per[fallback_k, s]["cv"]
                 run["val_map"] = run["ap"][np.arange(len(run["chosen"])), run["chosen"]].mean()
                 run["val_top1"] = self.top1_at(run.pop("scores"), run["chosen"], val.labels)
                 per[k, s] = run
 
-        solver_name = "liblinear+span" if device is None else self.engine_name(device)
-        common = {"dataset": "places205", "layer": layer, "cost_list": cost_list, "solver": solver_name,
+        common = {"dataset": "places205", "layer": layer, "cost_list": cost_list, "solver": solver.name,
                   "n_train": len(train.labels), "n_test": len(val.labels), "fits": log.fits,
                   "not_converged": log.not_converged}
         rows = []
@@ -139,29 +126,11 @@ class LowShotPlaces205(BatchedSVMTask, Task):
                          "note": f"k={k} skipped: the smallest Places205 class has {smallest} training images"})
         return rows
 
-    def sweep(self, X, y, X_val, val_labels, num_classes, costs, folds, seed, log: FitLog, device=None) -> dict:
-        """All classes x costs on one sample; the scores are kept for top-1 at any cost choice.
-        device: the batched engine on that device; None: liblinear, one class and cost at a time."""
-        if device is not None:
-            Y = np.where(y[:, None] == np.arange(num_classes)[None, :], 1, -1)
-            sweep = lowshot_sweep_torch(X, Y, X_val, costs, folds, device=device)
-            scores = np.moveaxis(sweep.scores, 1, 0)  # (classes, n_val, costs)
-            aps = np.array([[voc_ap(val_labels == c, scores[c, :, j]) for j in range(len(costs))]
-                            for c in range(num_classes)])
-            cv = np.array([-1 if np.isnan(a).all() else int(np.argmax(a)) for a in sweep.cv_ap])
-            for class_log in sweep.logs:
-                log.merge(class_log)
-        else:
-            Z, Z_val = span_coordinates(X, X_val) if len(X) < X.shape[1] else (X, X_val)
-            results = Parallel(n_jobs=self.config["n_jobs"])(
-                delayed(_class_sweep)(c, Z, y, Z_val, val_labels, costs, folds, seed) for c in range(num_classes))
-            scores = np.stack([r[0] for r in results])  # (classes, n_val, costs)
-            for r in results:
-                log.merge(r[3])
-            aps = np.stack([r[1] for r in results])
-            cv = np.array([-1 if r[2] is None else r[2] for r in results])
+    def sweep(self, X, y, X_val, val_labels, num_classes, costs, folds, log: FitLog, solver: Solver) -> dict:
+        """All classes x costs on one sample; the scores are kept for top-1 at any cost choice."""
+        scores, aps, cv = solver.lowshot_places(X, y, X_val, val_labels, num_classes, costs, folds, log)
         return {
-            "scores": scores,
+            "scores": scores,  # (classes, n_val, costs)
             "ap": aps,  # (classes, costs)
             "cv": cv,
             "top1": (scores.argmax(axis=0) == val_labels[:, None]).mean(axis=0),  # per cost

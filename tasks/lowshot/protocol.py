@@ -1,4 +1,5 @@
-"""Low-shot SVMs (Goyal et al. 2019): seeded samples, every cost trained, two cost selections.
+"""Low-shot SVMs (Goyal et al. 2019): seeded samples, two cost selections, aggregation over samples
+(the SVMs themselves: ``benchmark.svm.solvers``).
 
 The reference trains, for each k and each of 5 samples, one SVM per class and cost on the sample,
 tests each on the full test set, and reports the cost with the best mean TEST mAP ("reference"
@@ -16,14 +17,17 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as scipy_stats
 
-from .errors import DatasetError
-from .paths import inside
-from .results import atomic_write_bytes
-from .svm import FitLog, cv_average_precision, fit_svm
+from benchmark.errors import DatasetError
+from benchmark.options import Int, ListOf
+from benchmark.paths import inside
+from benchmark.results import atomic_write_bytes
+from benchmark.svm.protocol import TEST_SELECTED  # noqa: F401  (the reference's selection, named in the rows)
 
 K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
-TEST_SELECTED = "reference(test-set)"  # cost_selection of the reference: argmax of mean TEST mAP
 NUM_SAMPLES = 5
+# the options of both low-shot tasks (see benchmark.options)
+K_SHOTS = ListOf(Int(min=1), list(K_VALUES), min_length=1, unique=True)
+SAMPLES = Int(NUM_SAMPLES, min=1)
 
 
 # --- samples -------------------------------------------------------------------------------
@@ -134,24 +138,7 @@ def sample_directory(run_dir: Path, task: str, split, seed: int) -> Path:
     return inside(run_dir, "lowshot_samples", task, f"{split.split}-{split.fingerprint()[:12]}", f"seed{seed}")
 
 
-# --- training and selection ----------------------------------------------------------------
-
-
-def decision_values_all_costs(X_train, y, X_test, costs, seed: int, log: FitLog) -> np.ndarray:
-    """(n_test, n_costs) SVM scores, one fit per cost on the same training rows."""
-    scores = np.empty((len(X_test), len(costs)))
-    for j, cost in enumerate(costs):
-        clf = fit_svm(X_train, y, cost, log, seed)
-        scores[:, j] = clf.decision_function(X_test)
-    return scores
-
-
-def cv_cost(X, y, costs, folds: int, seed: int, log: FitLog) -> float | None:
-    """Cost with the best mean CV AP on the training sample, or None with too few positives."""
-    if min((y == 1).sum(), (y == -1).sum()) < folds:
-        return None
-    aps = [cv_average_precision(X, y, c, folds, log, seed) for c in costs]
-    return float(costs[int(np.argmax(aps))])
+# --- selection and aggregation -------------------------------------------------------------
 
 
 @dataclass

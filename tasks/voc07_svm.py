@@ -18,9 +18,12 @@ from benchmark.svm.protocol import resolve_costs
 
 from .common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
 
+NAME = "voc07_svm"  # the name the task is registered and configured under
 
-@TASKS.register("voc07_svm")
+
+@TASKS.register(NAME)
 class VOC07SVM(SVMTask, Task):
+    name = NAME
     dataset = "voc07"
     options = declare({
         "layers": LAYERS,

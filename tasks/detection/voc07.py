@@ -55,6 +55,8 @@ from .train import (
     train_detector,
 )
 
+NAME = "detection_voc07"  # the name the task is registered and configured under
+
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
 PROPOSAL_SOURCES = ("auto", "selective_search", "rpn", "files")
@@ -72,8 +74,9 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-@TASKS.register("detection_voc07")
+@TASKS.register(NAME)
 class DetectionVOC07(Task):
+    name = NAME
     dataset = "voc07"
     needs_gpu = True
     options = declare({
@@ -129,7 +132,7 @@ class DetectionVOC07(Task):
 
             require_detectron2()
         if cfg["proposals"] == "selective_search" and not selective_search_available():
-            raise ConfigError(f"detection_voc07: proposals: selective_search, but cv2.ximgproc is not importable. "
+            raise ConfigError(f"{self.name}: proposals: selective_search, but cv2.ximgproc is not importable. "
                               f"{SS_INSTALL}; or use proposals: rpn / files")
         resolve_schedule(cfg["schedule"], cfg["train_set"], **{k: cfg[k] for k in SCHEDULE_KEYS})
 
@@ -141,7 +144,7 @@ class DetectionVOC07(Task):
     def proposal_file(self, ctx: RunContext, key: str) -> Path:
         files = self.config["proposal_files"] or {}
         if not isinstance(files, dict) or key not in files:
-            raise ConfigError(f"detection_voc07: proposals: files needs proposal_files.{key} (a Detectron-format "
+            raise ConfigError(f"{self.name}: proposals: files needs proposal_files.{key} (a Detectron-format "
                               f".pkl of that split); given: {sorted(files) if isinstance(files, dict) else files!r}")
         path = Path(files[key]).expanduser()
         return path if path.is_absolute() else ctx.data_root / path
@@ -153,7 +156,7 @@ class DetectionVOC07(Task):
             if self.config["proposals"] == "files":
                 path = self.proposal_file(ctx, key)
                 if not path.is_file():
-                    raise ConfigError(f"detection_voc07: proposal file {path} (proposal_files.{key}) does not exist")
+                    raise ConfigError(f"{self.name}: proposal file {path} (proposal_files.{key}) does not exist")
 
     # --- proposals -----------------------------------------------------------------------------
 
@@ -247,7 +250,7 @@ class DetectionVOC07(Task):
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         self.check_options()
         if unit not in self.modes():
-            raise ConfigError(f"detection_voc07: unknown unit {unit!r}; units are the modes {self.modes()}")
+            raise ConfigError(f"{self.name}: unknown unit {unit!r}; units are the modes {self.modes()}")
         if self.config["backend"] == "detectron2":
             from .detectron2_backend import run_detectron2
 
@@ -275,7 +278,7 @@ class DetectionVOC07(Task):
                                    "proposals": identity, "train": train_data.fingerprint(),
                                    "test": test_data.fingerprint()})
         setup = self.setup(ctx, model, mode, fingerprint)
-        out_dir = inside(ctx.run_dir, "detection_voc07", model.name, f"{mode}-{fingerprint}")
+        out_dir = inside(ctx.run_dir, self.name, model.name, f"{mode}-{fingerprint}")
         untrained = None
         if cfg["evaluate_untrained"]:
             untrained = evaluate_detections(detect(detector, test_data, test_props, setup, ctx.device, "untrained",

@@ -35,6 +35,8 @@ from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, de
 from benchmark.paths import inside
 from benchmark.registry import TASKS
 
+NAME = "linear_places205"  # the name the task is registered and configured under
+
 UNIT = "all-layers"
 SCHEDULE_KEYS = ("epochs", "iterations", "milestones", "base_lr", "batch_size", "weight_decay")
 
@@ -47,8 +49,9 @@ def _list_identity(split: PlacesSplit) -> str:
     return digest.hexdigest()[:16]
 
 
-@TASKS.register("linear_places205")
+@TASKS.register(NAME)
 class LinearPlaces205(Task):
+    name = NAME
     dataset = "places205"
     needs_gpu = True  # trains heads on the trunk's outputs: no feature cache, an accelerator helps
     options = declare({
@@ -79,7 +82,7 @@ class LinearPlaces205(Task):
         requested = self.config["layers"] or arch.layers
         unknown = [layer for layer in requested if layer not in arch.layers]
         if unknown:
-            raise ConfigError(f"linear_places205: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")
+            raise ConfigError(f"{self.name}: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")
         return list(requested)
 
     def units(self, arch: Architecture) -> list[str]:
@@ -94,13 +97,13 @@ class LinearPlaces205(Task):
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         if unit != UNIT:
-            raise ConfigError(f"linear_places205 has one unit, {UNIT!r}; got {unit!r}")
+            raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         cfg = self.config
         layers = self.layers(model.arch)
         size = cfg["image_size"] or model.arch.reference_input_size
         train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
         if train.num_classes != val.num_classes:  # load_places205 makes them agree; be explicit
-            raise ConfigError("linear_places205: train and val disagree on the number of classes")
+            raise ConfigError(f"{self.name}: train and val disagree on the number of classes")
         schedule = resolve_schedule(cfg["schedule"], model.arch.name, len(train.labels),
                                     **{k: cfg[k] for k in SCHEDULE_KEYS})
         world_size = resolve_world_size(cfg["world_size"], ctx.device)
@@ -110,13 +113,13 @@ class LinearPlaces205(Task):
             "world_size": world_size, "train": _list_identity(train), "val": _list_identity(val),
             "num_classes": train.num_classes,
         })
-        out_dir = inside(ctx.run_dir, "linear_places205", model.name, fingerprint)
+        out_dir = inside(ctx.run_dir, self.name, model.name, fingerprint)
         setup = LinearSetup(
             layers=layers, num_classes=train.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
             eval_every=cfg["eval_every"], checkpoint_every=cfg["checkpoint_every"],
             num_workers=ctx.num_workers if cfg["num_workers"] is None else cfg["num_workers"],
             eval_batch_size=max(ctx.batch_size, schedule.batch_size // world_size),
-            world_size=world_size, fingerprint=fingerprint, desc=f"linear_places205 {model.name}",
+            world_size=world_size, fingerprint=fingerprint, desc=f"{self.name} {model.name}",
         )
         train_set = ImageFileDataset(train.image_paths, train_transform(size),
                                      torch.as_tensor(train.labels, dtype=torch.int64))

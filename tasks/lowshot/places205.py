@@ -25,9 +25,12 @@ from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVIC
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
 
+NAME = "lowshot_places205"  # the name the task is registered and configured under
 
-@TASKS.register("lowshot_places205")
+
+@TASKS.register(NAME)
 class LowShotPlaces205(SVMTask, Task):
+    name = NAME
     dataset = "places205"
     options = declare({
         "layers": LAYERS,

@@ -28,9 +28,12 @@ from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVIC
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
 
+NAME = "lowshot_voc07"  # the name the task is registered and configured under
 
-@TASKS.register("lowshot_voc07")
+
+@TASKS.register(NAME)
 class LowShotVOC07(SVMTask, Task):
+    name = NAME
     dataset = "voc07"
     options = declare({
         "layers": LAYERS,  # default: all five protocol layers; VISSL evaluates [res4, res5]

@@ -23,13 +23,16 @@ from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
+from benchmark.options import Choice, Float, Int, Range, Str, declare
+from benchmark.paths import inside
+from benchmark.registry import TASKS
+
 from .codebook import cached_codebook
 from .metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
 from .model import PSP_BINS
 from .train import HEADS, NormalsSchedule, NormalsSetup, train_normals
-from benchmark.options import Choice, Float, Int, Range, Str, declare
-from benchmark.paths import inside
-from benchmark.registry import TASKS
+
+NAME = "normals_nyuv2"  # the name the task is registered and configured under
 
 UNIT = "res5"
 REFERENCE_HEIGHT = 480  # NYUv2 frames; the training short sides are given for them
@@ -42,37 +45,38 @@ SCHEDULE_NAMES = (*SCHEDULES, "custom")
 
 def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"normals_nyuv2: {what} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{NAME}: {what} must be a positive integer, got {value!r}")
     return value
 
 
 def resolve_schedule(cfg: dict) -> NormalsSchedule:
     name = cfg["schedule"]
     if name not in SCHEDULE_NAMES:
-        raise ConfigError(f"normals_nyuv2: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
+        raise ConfigError(f"{NAME}: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
     if name == "custom":
         if cfg["iterations"] is None:
-            raise ConfigError("normals_nyuv2: the custom schedule needs 'iterations'")
+            raise ConfigError(f"{NAME}: the custom schedule needs 'iterations'")
         spec = {"iterations": cfg["iterations"], "batch_size": 16, "base_lr": 0.02, "weight_decay": 1e-4}
     else:
         if cfg["iterations"] is not None:
-            raise ConfigError(f"normals_nyuv2: iterations only apply to schedule: custom; the {name!r} schedule "
+            raise ConfigError(f"{NAME}: iterations only apply to schedule: custom; the {name!r} schedule "
                               f"fixes them (set schedule: custom to choose your own)")
         spec = dict(SCHEDULES[name])
     spec.update({k: cfg[k] for k in ("batch_size", "base_lr", "weight_decay") if cfg[k] is not None})
     _positive_int(spec["iterations"], "iterations")
     if _positive_int(spec["batch_size"], "batch_size") < 2:
-        raise ConfigError("normals_nyuv2: batch_size must be at least 2 (the decoder's BatchNorm needs it)")
+        raise ConfigError(f"{NAME}: batch_size must be at least 2 (the decoder's BatchNorm needs it)")
     for key in ("base_lr", "weight_decay"):
         value = spec[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"normals_nyuv2: {key} must be a non-negative number, got {value!r}")
+            raise ConfigError(f"{NAME}: {key} must be a non-negative number, got {value!r}")
     return NormalsSchedule(name, int(spec["iterations"]), int(spec["batch_size"]), float(spec["base_lr"]),
                            float(spec["weight_decay"]))
 
 
-@TASKS.register("normals_nyuv2")
+@TASKS.register(NAME)
 class NormalsNYUv2(Task):
+    name = NAME
     dataset = "nyuv2"
     needs_gpu = True  # trains res5 and a decoder on dense maps
     options = declare({
@@ -109,7 +113,7 @@ class NormalsNYUv2(Task):
 
     def units(self, arch: Architecture) -> list[str]:
         if arch.layers[:5] != ("conv1", "res2", "res3", "res4", "res5"):
-            raise ConfigError(f"normals_nyuv2 needs a ResNet (a dilated conv1..res5 trunk); {arch.name} is not one")
+            raise ConfigError(f"{self.name} needs a ResNet (a dilated conv1..res5 trunk); {arch.name} is not one")
         return [UNIT]
 
     def _check_options(self) -> None:
@@ -127,7 +131,7 @@ class NormalsNYUv2(Task):
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         if unit != UNIT:
-            raise ConfigError(f"normals_nyuv2 has one unit, {UNIT!r}; got {unit!r}")
+            raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         self._check_options()
         cfg = self.config
         schedule = resolve_schedule(cfg)
@@ -146,13 +150,13 @@ class NormalsNYUv2(Task):
             "short_side": short_side, "decoder_channels": cfg["decoder_channels"], "seed": ctx.seed,
             "train": train_fp, "test": test_fp,
         })
-        out_dir = inside(ctx.run_dir, "normals_nyuv2", model.name, fingerprint)
+        out_dir = inside(ctx.run_dir, self.name, model.name, fingerprint)
         setup = NormalsSetup(
             head=cfg["head"], schedule=schedule, short_side=short_side, codes=codes,
             decoder_channels=cfg["decoder_channels"], seed=ctx.seed, checkpoint_every=cfg["checkpoint_every"],
             num_workers=ctx.num_workers if cfg["num_workers"] is None else cfg["num_workers"],
             eval_batch_size=max(2, min(ctx.batch_size, schedule.batch_size)), fingerprint=fingerprint,
-            desc=f"normals_nyuv2 {model.name}",
+            desc=f"{self.name} {model.name}",
         )
         result = train_normals(model.backbone.model, train, test, setup, out_dir, ctx.device)
         metrics = result["metrics"]

@@ -12,6 +12,7 @@ from benchmark.metrics import voc_ap
 from benchmark.svm import liblinear
 from benchmark.svm.batched import lowshot_sweep_torch
 from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize
+from tasks.lowshot import protocol as lowshot
 
 CPU = torch.device("cpu")
 COSTS = [1e-5, 1e-3, 0.03125, 0.1, 1.0, 10.0]

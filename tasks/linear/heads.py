@@ -3,7 +3,7 @@
 One forward pass of the frozen trunk per batch feeds one head per layer: the layer's protocol
 average pooling -> flatten -> BatchNorm1d without affine -> Linear (N(0, 0.01) weights, zero
 bias). The heads share nothing, so training them together gives the same heads as training each
-on its own with the same batches (tests/test_linear_places205.py checks it bit for bit), at the
+on its own with the same batches (tests/tasks/linear/test_linear_places205.py checks it bit for bit), at the
 cost of one trunk pass instead of one per layer.
 
 Reproducible and resumable by construction:

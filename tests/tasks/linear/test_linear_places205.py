@@ -32,7 +32,7 @@ from tasks.linear.heads import (
 from benchmark.models import FrozenBackbone, create_model
 from benchmark.models.backbone import get_architecture
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 CPU = torch.device("cpu")
 
 
@@ -303,7 +303,7 @@ KILL_SCRIPT = """
 import sys, time, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_linear_places205 import Toy, backbone, setup_for
+from tests.tasks.linear.test_linear_places205 import Toy, backbone, setup_for
 from tasks.linear.heads import train_linear_heads
 setup = setup_for(["res2", "res4", "pool5"], epochs=3, checkpoint_every=2)
 train_linear_heads(backbone(), Toy(32, 4), Toy(16, 4, augment=False), setup, Path(sys.argv[1]),
@@ -316,7 +316,7 @@ def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path) -> N
     """A training process killed with SIGKILL once it has written a checkpoint; resumed here."""
     setup, reference, reference_log = uninterrupted
     script = tmp_path / "train.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(REPO / "tests")))
+    script.write_text(KILL_SCRIPT.format(tests=str(REPO)))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(script), str(killed_dir)], env=env)

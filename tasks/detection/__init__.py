@@ -6,3 +6,5 @@
 ``model``: the detector built from a benchmark backbone; ``train``: the resumable training loop;
 ``detectron2_backend``: checkpoint conversion for detectron2 (optional backend).
 """
+
+NAME = "detection_voc07"  # the name the task is registered and configured under

@@ -25,6 +25,8 @@ import torch
 from benchmark.errors import ConfigError
 from benchmark.paths import inside
 
+from . import NAME
+
 INSTALL = ("the detectron2 backend needs detectron2, which is not on PyPI: install it from source, "
            "pip install 'git+https://github.com/facebookresearch/detectron2.git' (matching your torch/CUDA), "
            "or use backend: torchvision (the default)")
@@ -36,7 +38,7 @@ def require_detectron2() -> None:
     try:
         import detectron2  # noqa: F401
     except ImportError:
-        raise ConfigError(f"detection_voc07: backend: detectron2 requested but detectron2 is not importable; "
+        raise ConfigError(f"{NAME}: backend: detectron2 requested but detectron2 is not importable; "
                           f"{INSTALL}") from None
 
 
@@ -114,7 +116,7 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     cfg_opts = options
     depth = {"resnet50": 50, "resnet101": 101, "resnet152": 152}.get(model.arch.name)
     if depth is None:
-        raise ConfigError(f"detection_voc07 backend detectron2: detectron2's Res5ROIHeads needs a bottleneck "
+        raise ConfigError(f"{NAME} backend detectron2: detectron2's Res5ROIHeads needs a bottleneck "
                           f"ResNet (resnet50/101/152); {model.arch.name} is not. Use backend: torchvision")
     schedule = resolve_schedule(cfg_opts["schedule"], cfg_opts["train_set"],
                                 **{k: cfg_opts[k] for k in ("iterations", "milestones", "base_lr", "batch_size",

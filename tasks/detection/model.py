@@ -22,6 +22,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from benchmark.errors import ConfigError
 
+from . import NAME
+
 C4_ATTRIBUTES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc")
 STAGES = ("stem", "res2", "res3", "res4", "res5")
 FEATURE_STRIDE = 16
@@ -30,7 +32,7 @@ FEATURE_STRIDE = 16
 def check_c4(network: nn.Module, arch_name: str) -> None:
     missing = [a for a in C4_ATTRIBUTES if not hasattr(network, a)]
     if missing:
-        raise ConfigError(f"detection_voc07 needs a ResNet with the C4 structure (conv1, layer1..layer4); "
+        raise ConfigError(f"{NAME} needs a ResNet with the C4 structure (conv1, layer1..layer4); "
                           f"architecture {arch_name} has no {', '.join(missing)}. Use a ResNet (resnet18/34/50/...)")
 
 
@@ -57,9 +59,9 @@ class FastRCNNC4(nn.Module):
         super().__init__()
         check_c4(network, arch_name)
         if roi_op not in ("pool", "align"):
-            raise ConfigError(f"detection_voc07: roi_op must be 'pool' (RoIPool, the reference) or 'align', got {roi_op!r}")
+            raise ConfigError(f"{NAME}: roi_op must be 'pool' (RoIPool, the reference) or 'align', got {roi_op!r}")
         if not (isinstance(freeze_at, int) and 0 <= freeze_at <= 5):
-            raise ConfigError(f"detection_voc07: freeze_at must be 0..5 (stages frozen from conv1), got {freeze_at!r}")
+            raise ConfigError(f"{NAME}: freeze_at must be 0..5 (stages frozen from conv1), got {freeze_at!r}")
         net = freeze_batchnorm(copy.deepcopy(network))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.res2, self.res3, self.res4, self.res5 = net.layer1, net.layer2, net.layer3, net.layer4

@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 from benchmark.errors import ConfigError
 from benchmark.results import atomic_write_text
 from benchmark.training import atomic_torch_save, derived_seed, load_matching_checkpoint
+
+from . import NAME
 from .data import DetectionData, load_image, transform_boxes
 from .evaluate import Detections
 from .model import FastRCNNC4
@@ -84,7 +86,7 @@ def resolve_schedule(schedule: str, train_set: str, *, iterations=None, mileston
     """``reference``: the train set's iterations at batch 4; at another batch size iterations,
     milestones and warm-up scale by 4 / batch_size and the LR by batch_size / 4. ``custom``:
     ``iterations`` and ``milestones`` as given (at the chosen batch size)."""
-    where = "detection_voc07"
+    where = NAME
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
     batch = batch_size or REFERENCE_BATCH

@@ -32,6 +32,7 @@ from benchmark.registry import TASKS
 from benchmark.results import atomic_write_bytes
 from benchmark.training import derived_seed
 
+from . import NAME
 from .data import DetectionData
 from .evaluate import evaluate_detections, perturbed_ground_truth
 from .model import FastRCNNC4, check_c4
@@ -54,8 +55,6 @@ from .train import (
     resolve_schedule,
     train_detector,
 )
-
-NAME = "detection_voc07"  # the name the task is registered and configured under
 
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}

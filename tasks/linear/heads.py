@@ -47,6 +47,8 @@ from benchmark.errors import ConfigError, DatasetError
 from benchmark.models.backbone import FrozenBackbone, LayerPool, get_architecture
 from benchmark.training import atomic_torch_save, derived_seed, epoch_order, rng_state, set_rng_state
 
+from . import NAME
+
 REFERENCE_BATCH = 256  # the batch size the reference learning rates are given for
 CHECKPOINT_FORMAT = 1
 TOPK = (1, 5)
@@ -108,7 +110,7 @@ def _positive_int(value, what: str) -> int:
 
 
 def check_schedule_options(schedule: str, *, epochs=None, iterations=None, milestones=None, base_lr=None,
-                           batch_size=None, weight_decay=None, where: str = "linear_places205") -> None:
+                           batch_size=None, weight_decay=None, where: str = NAME) -> None:
     """The arch- and data-independent checks, so a bad config fails before any model is built."""
     if schedule not in SCHEDULE_NAMES:
         raise ConfigError(f"{where}: unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
@@ -143,7 +145,7 @@ def check_schedule_options(schedule: str, *, epochs=None, iterations=None, miles
 
 def resolve_schedule(schedule: str, arch_name: str, num_train: int, *, epochs=None, iterations=None,
                      milestones=None, base_lr=None, batch_size=None, weight_decay=None,
-                     where: str = "linear_places205") -> Schedule:
+                     where: str = NAME) -> Schedule:
     """Iterations and milestones of a named or custom schedule for this data and batch size.
 
     ``reference`` is defined in iterations at batch 256: at another batch size its iterations and

@@ -20,6 +20,12 @@ from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.places import PlacesSplit, load_places205
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
+from benchmark.models import Architecture
+from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
+from benchmark.paths import inside
+from benchmark.registry import TASKS
+
+from . import NAME
 from .heads import (
     TOPK,
     SCHEDULE_NAMES,
@@ -30,12 +36,6 @@ from .heads import (
     resolve_world_size,
     train_linear_heads,
 )
-from benchmark.models import Architecture
-from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
-from benchmark.paths import inside
-from benchmark.registry import TASKS
-
-NAME = "linear_places205"  # the name the task is registered and configured under
 
 UNIT = "all-layers"
 SCHEDULE_KEYS = ("epochs", "iterations", "milestones", "base_lr", "batch_size", "weight_decay")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .lowshot import TEST_SELECTED
+from .svm.protocol import TEST_SELECTED
 from .paths import disk_full, inside, is_disk_full, temporary_path
 from .results import ResultStore, atomic_write_text
 

@@ -1,4 +1,5 @@
-"""Small shared helpers for the training loops of pretrainers and tasks."""
+"""Small shared helpers for the training loops of pretrainers and tasks: seeding, data order, RNG
+states, atomic checkpoints and resumption."""
 
 from __future__ import annotations
 
@@ -73,3 +74,42 @@ def load_matching_checkpoint(path: Path, fmt: int, fingerprint: str, tag: str) -
         print(f"[{tag}] {path} was made with another configuration; starting afresh")
         return None
     return state
+
+
+# --- seeds and data order ---------------------------------------------------------------------
+
+
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (numpy SeedSequence: well mixed, no collisions of a*1000+b)."""
+    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(2, np.uint64)[0] % 2**63)
+
+
+_ORDER_TAG = 0x0D3E  # keeps the order's seeds apart from the augmentation's
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The shuffled order of epoch ``epoch``: a deterministic function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, _ORDER_TAG, epoch))
+    return torch.randperm(n, generator=generator)
+
+
+# --- RNG states as weights_only-loadable objects ---------------------------------------------
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))

@@ -24,11 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark import lowshot  # noqa: E402
 from benchmark.datasets.synth_features import voc_like_features  # noqa: E402
 from benchmark.metrics import voc_ap  # noqa: E402
-from benchmark.svm import REFERENCE_COSTS, FitLog, l2_normalize, span_coordinates  # noqa: E402
-from benchmark.svm_paths import lowshot_sweep_torch  # noqa: E402
+from benchmark.svm.batched import lowshot_sweep_torch  # noqa: E402
+from benchmark.svm import liblinear  # noqa: E402
+from benchmark.svm.liblinear import span_coordinates  # noqa: E402
+from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize  # noqa: E402
+from tasks.lowshot import protocol as lowshot  # noqa: E402
 
 
 def main() -> int:
@@ -79,8 +81,8 @@ def main() -> int:
         rows = np.flatnonzero(Y[:, c] != 0)
         Z, Z_eval = span_coordinates(X[rows], X_eval[eval_keep[c]])
         log = FitLog()
-        scores = lowshot.decision_values_all_costs(Z, Y[rows, c], Z_eval, costs, 0, log)
-        lowshot.cv_cost(Z, Y[rows, c], costs, 3, 0, log)
+        scores = liblinear.decision_values_all_costs(Z, Y[rows, c], Z_eval, costs, 0, log)
+        liblinear.cv_cost(Z, Y[rows, c], costs, 3, 0, log)
         for j in range(len(costs)):
             ours = voc_ap(eval_positive[c][eval_keep[c]], sweep.scores[eval_keep[c], c, j])
             theirs = voc_ap(eval_positive[c][eval_keep[c]], scores[:, j])

@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmark.linear_heads import MultiHead, make_optimizer, resolve_schedule
+from tasks.linear.heads import MultiHead, make_optimizer, resolve_schedule
 from benchmark.models import FrozenBackbone, create_model
 from benchmark.models.backbone import get_architecture
 

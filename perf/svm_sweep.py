@@ -7,7 +7,7 @@
 
 On the same features, in one process: (1) the reference serial loop (LinearSVC per class per cost
 per fold + refit), (2) the reference with one worker per class (joblib, all cores), (3) the engine
-(benchmark.svm_torch), on CPU and on CUDA when available. Prints wall times, ratios, mAPs, the
+(benchmark.svm.newton), on CPU and on CUDA when available. Prints wall times, ratios, mAPs, the
 largest per-class AP difference, chosen-cost agreement and the engine's peak memory.
 """
 
@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.datasets.synth_features import voc_like_features  # noqa: E402
-from benchmark.svm import REFERENCE_COSTS, voc07_svm  # noqa: E402
-from benchmark.svm_paths import voc07_svm_torch  # noqa: E402
+from benchmark.svm.batched import voc07_svm_torch  # noqa: E402
+from benchmark.svm.liblinear import voc07_svm  # noqa: E402
+from benchmark.svm.protocol import REFERENCE_COSTS  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):

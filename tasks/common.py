@@ -1,4 +1,5 @@
-"""What the feature-based tasks share: layer choice and cached features of a dataset split."""
+"""What the feature-based tasks share: layer choice, cached features of a dataset split, and the
+SVM tasks' options and solver."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from benchmark.diskspace import FeatureNeed
 from benchmark.engine import LoadedModel, RunContext
 from benchmark.errors import ConfigError
 from benchmark.features import cached_features
-from benchmark.lowshot import K_VALUES, NUM_SAMPLES
 from benchmark.models import Architecture
 from benchmark.options import Choice, Device, Float, Int, Layers, ListOf, OneOf
-from benchmark.provenance import resolve_device
-from benchmark.svm import COST_LISTS, SOLVERS, check_solver
+from benchmark.svm.protocol import COST_LISTS
+from benchmark.svm.solvers import SOLVERS, Solver, make_solver
 
 # Options the feature-based tasks share, declared once (see benchmark.options)
 LAYERS = Layers(None)  # default: the architecture's protocol layers
@@ -19,12 +19,10 @@ IMAGE_SIZE = Int(None, min=16)  # default: the architecture's reference input (2
 COSTS = OneOf(Choice(*COST_LISTS), ListOf(Float(min=0, min_open=True), min_length=1), default="reference")
 FOLDS = Int(3, min=2)
 N_JOBS = OneOf(Int(min=1), Choice(-1), default=2)  # liblinear: classes in parallel (-1: every core)
-# torch: the batched engine (benchmark.svm_torch / svm_paths), same problem and stopping test as
+# torch: the batched engine (benchmark.svm.batched on svm.newton), same problem and stopping test as
 # liblinear; liblinear: the reference's loop, one class and cost at a time
 SOLVER = Choice(*SOLVERS)
 SVM_DEVICE = Device("auto")  # torch solver: cuda when available, else cpu
-K_SHOTS = ListOf(Int(min=1), list(K_VALUES), min_length=1, unique=True)
-SAMPLES = Int(NUM_SAMPLES, min=1)
 
 
 def resolve_layers(task: str, requested, arch: Architecture) -> list[str]:
@@ -55,10 +53,11 @@ def split_needs(arch: Architecture, dataset: str, splits: dict, layers, image_si
             for name, data in splits.items() for layer in layers]
 
 
-class BatchedSVMTask:
-    """Mixin of the SVM tasks: their units run as CPU jobs, unless the batched engine is asked
-    for a GPU (``solver: torch`` with ``svm_device: cuda``), which makes them GPU jobs on SLURM
-    (one VOC07 layer: ~4 s on an H100 against ~50 s on two CPU cores)."""
+class SVMTask:
+    """Mixin of the SVM tasks: the solver their options name (``solver``, ``svm_device``,
+    ``n_jobs``, ``span_coordinates``), and where their units run: as CPU jobs, unless the batched
+    engine is asked for a GPU (``solver: torch`` with ``svm_device: cuda``), which makes them GPU
+    jobs on SLURM (one VOC07 layer: ~4 s on an H100 against ~50 s on two CPU cores)."""
 
     trains = False  # convex problems solved to liblinear's tolerance: fixed features give fixed answers
 
@@ -66,13 +65,7 @@ class BatchedSVMTask:
     def needs_gpu(self) -> bool:
         return self.config.get("solver") == "torch" and str(self.config.get("svm_device", "auto")).startswith("cuda")
 
-    def engine_device(self, task: str):
-        """The batched engine's device, or None for ``solver: liblinear`` (another solver: ConfigError)."""
-        if check_solver(self.config["solver"], task) != "torch":
-            return None
-        return resolve_device(self.config["svm_device"])
-
-    @staticmethod
-    def engine_name(device) -> str:
-        """The ``solver`` column of the engine's rows."""
-        return f"torch-newton({device.type})"
+    def solver(self, ctx: RunContext) -> Solver:
+        """The solver of this task's options (an unknown solver: ConfigError naming the task)."""
+        return make_solver(self.config["solver"], self.config["svm_device"], n_jobs=self.config["n_jobs"],
+                           seed=ctx.seed, span=self.config.get("span_coordinates", True), task=self.name)

@@ -13,15 +13,15 @@ from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Bool, Name, declare
-from benchmark.svm import resolve_costs, voc07_svm
-from benchmark.svm_paths import voc07_svm_torch
+from benchmark.svm.protocol import resolve_costs
 
-from .common import (COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, BatchedSVMTask, resolve_layers,
-                     split_features, split_needs)
+from .common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
+
+NAME = "voc07_svm"  # the name the task is registered and configured under
 
 
-class VOC07SVM(BatchedSVMTask, Task):
-    name = "voc07_svm"
+class VOC07SVM(SVMTask, Task):
+    name = NAME
     dataset = "voc07"
     options = declare({
         "layers": LAYERS,
@@ -31,14 +31,14 @@ class VOC07SVM(BatchedSVMTask, Task):
         "n_jobs": N_JOBS,
         "solver": SOLVER,
         "svm_device": SVM_DEVICE,
-        # liblinear only: exact speed-up for n < d (see benchmark.svm.span_coordinates)
+        # liblinear only: exact speed-up for n < d (see benchmark.svm.liblinear.span_coordinates)
         "span_coordinates": Bool(True),
         "train_split": Name("trainval"),
         "test_split": Name("test"),
     })
 
     def layers(self, arch: Architecture) -> list[str]:
-        return resolve_layers("voc07_svm", self.config["layers"], arch)
+        return resolve_layers(self.name, self.config["layers"], arch)
 
     def units(self, arch: Architecture) -> list[str]:
         return self.layers(arch)
@@ -62,20 +62,13 @@ class VOC07SVM(BatchedSVMTask, Task):
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
-        cost_list, costs = resolve_costs(self.config["costs"], "voc07_svm")
+        cost_list, costs = resolve_costs(self.config["costs"], self.name)
         train_feats, train_labels = self.features(ctx, model, self.config["train_split"])
         test_feats, test_labels = self.features(ctx, model, self.config["test_split"])
-        device = self.engine_device("voc07_svm")
-        if device is not None:
-            results = voc07_svm_torch(train_feats[layer], train_labels, test_feats[layer], test_labels,
-                                      costs=costs, folds=self.config["folds"], device=device)
-            solver = self.engine_name(device)
-        else:
-            results = voc07_svm(train_feats[layer], train_labels, test_feats[layer], test_labels,
-                                costs=costs, folds=self.config["folds"], n_jobs=self.config["n_jobs"],
-                                seed=ctx.seed, span_trick=self.config["span_coordinates"])
-            solver = "liblinear" + ("+span" if self.config["span_coordinates"] else "")
-        common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": solver,
+        solver = self.solver(ctx)
+        results = solver.voc07(train_feats[layer], train_labels, test_feats[layer], test_labels, costs=costs,
+                               folds=self.config["folds"])
+        common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": solver.name,
                   "image_size": self.config["image_size"] or model.arch.reference_input_size,
                   "train_split": self.config["train_split"],
                   "cost_selection": f"{self.config['folds']}-fold-cv-ap",

@@ -17,8 +17,7 @@ from benchmark.config import (DEFAULT_CONFIG, EXECUTOR_KEYS, SUITE_KEYS, config_
                               load_yaml)
 from benchmark.errors import ConfigError
 from benchmark.registry import PRETRAINERS, TASKS
-from benchmark.svm import REFERENCE_COSTS
-from benchmark.svm import resolve_costs
+from benchmark.svm.protocol import REFERENCE_COSTS, resolve_costs
 
 REPO = Path(__file__).resolve().parent.parent
 

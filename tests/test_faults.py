@@ -155,8 +155,8 @@ def test_a_planted_symlink_does_not_lead_writes_outside(tmp_path) -> None:
 
 
 def test_names_from_results_and_options_cannot_place_files_outside(tmp_path) -> None:
-    from benchmark.detection.proposals import cache_path
-    from benchmark.lowshot import sample_directory
+    from tasks.detection.proposals import cache_path
+    from tasks.lowshot.protocol import sample_directory
     from benchmark.report import write_report
 
     class Split:
@@ -272,7 +272,7 @@ def test_damaged_plan_and_marker_files_are_named(tiny, tmp_path, capsys) -> None
 
 
 def test_a_damaged_low_shot_sample_file_is_drawn_again_identically(tmp_path, capsys) -> None:
-    from benchmark.lowshot import load_or_draw
+    from tasks.lowshot.protocol import load_or_draw
 
     path = tmp_path / "samples" / "train_targets_sample1_k4.npy"
     draw = lambda: np.arange(12, dtype=np.int64).reshape(3, 4)  # noqa: E731
@@ -586,7 +586,7 @@ def test_jobs_of_the_driver_are_not_blocked_by_its_lock(tiny, tmp_path, monkeypa
 
 @pytest.mark.parametrize("damage", [_empty, _cut_in_half, _garbage], ids=["empty", "cut_in_half", "garbage"])
 def test_a_damaged_proposal_cache_file_is_generated_again(tmp_path, capsys, damage) -> None:
-    from benchmark.detection.proposals import cache_path, cached_proposals
+    from tasks.detection.proposals import cache_path, cached_proposals
 
     ids = ["000001", "000002"]
     calls = []

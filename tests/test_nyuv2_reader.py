@@ -18,7 +18,7 @@ from benchmark.datasets.nyuv2 import (
 )
 from benchmark.datasets.synth_nyuv2 import render_room, synth_nyuv2, write_mat73
 from benchmark.errors import DatasetError
-from benchmark.normals.metrics import angular_errors
+from tasks.normals.metrics import angular_errors
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The one training loop every pretext method runs in (``train_pretext``), and its data.
 
-Reproducible and resumable by construction, like ``benchmark.linear_heads``:
+Reproducible and resumable by construction, like ``tasks.linear.heads``:
 
 - the order of epoch ``e`` is a permutation seeded from (seed, e); example ``i`` of epoch ``e``
   is made by ``method.sample(image, i, generator)`` with a generator seeded from (seed, e, i), so
@@ -38,7 +38,7 @@ from benchmark.config import config_hash, safe_load_text
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, open_rgb
 from benchmark.devices import check_device
 from benchmark.errors import ConfigError, DatasetError
-from benchmark.linear_heads import derived_seed, epoch_order, rng_state, set_rng_state
+from benchmark.training import derived_seed, epoch_order, rng_state, set_rng_state
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,

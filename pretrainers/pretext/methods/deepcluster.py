@@ -35,7 +35,7 @@ from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
-from benchmark.linear_heads import derived_seed
+from benchmark.training import derived_seed
 from benchmark.options import Choice, Int, Range, declare
 from pretrainers.common import UNIT_INTERVAL
 

@@ -1,0 +1,397 @@
+"""The SVM protocols on the batched solver (``benchmark.svm.newton``): cost paths with warm starts,
+per-class cross-validation over costs, the VOC07 per-layer protocol and the low-shot sweeps.
+
+All problems of a layer share the training rows: a class is a column of labels, a CV fold or a
+low-shot sample a mask of rows, so each (fold, cost) is one batched solve. Costs are visited in
+increasing order and every problem starts from its solution at the previous cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from ..metrics import stepwise_ap, voc_ap
+from ..provenance import resolve_device
+from .newton import TOL, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
+from .protocol import ClassResult, FitLog, l2_normalize, normalized_features, to_binary, too_few_for_cv
+
+SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
+KERNEL_FORMS = ("auto", "dense", "factored")
+BYTES_PER_COLUMN_ROW = 8 * 40  # float64 vectors the solver and the fold batches keep per problem and row
+DEBUG = bool(os.environ.get("SSL_BENCH_SVM_DEBUG"))
+
+
+@dataclass
+class SolverOptions:
+    tol: float = TOL
+    max_newton: int = 60
+    max_cg: int = 2000
+    # low-rank + diagonal CG preconditioner (rank 0: Jacobi only), used for the costs where the
+    # kernel's top eigenvalue outweighs the cost's diagonal 1/(2c) by this factor: below it Jacobi
+    # needs only a few steps and building the r x r factors would cost more than it saves
+    lowrank_rank: int = 128
+    lowrank_from: float = 2500.0
+
+
+def cv_masks(y: np.ndarray, folds: int) -> np.ndarray:
+    """(n, folds) bool: the training rows of each fold of scikit-learn's StratifiedKFold without
+    shuffling, which the reference's cross_val_score uses (folds depend on the class's labels)."""
+    masks = np.ones((len(y), folds), dtype=bool)
+    for j, (_, val_idx) in enumerate(StratifiedKFold(n_splits=folds, shuffle=False).split(np.zeros(len(y)), y)):
+        masks[val_idx, j] = False
+    return masks
+
+
+@contextlib.contextmanager
+def cpu_threads_for(n: int, device: torch.device):
+    """One intra-op thread for small kernels on CPU: their products are too small to split, and
+    threads that wait on each other are measured 4x slower on a busy 2-core machine."""
+    if device.type != "cpu" or n > SMALL_KERNEL:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the engine lets itself use: half the free GPU memory, or half the RAM this process
+    can still get (available memory, capped by its cgroup's limit: a SLURM job's --mem)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return available_ram() // 2
+
+
+def available_ram(meminfo: Path = Path("/proc/meminfo"), proc_cgroup: Path = Path("/proc/self/cgroup"),
+                  cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """MemAvailable (page cache counts as available), capped by the cgroup's limit minus its usage
+    (cgroup v2 memory.max / memory.current, or v1 memory.limit_in_bytes / memory.usage_in_bytes)."""
+    try:
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        available = 4 * 2**30  # no /proc (not Linux): a modest default
+    for headroom in _cgroup_headroom(proc_cgroup, cgroup_root):
+        available = min(available, headroom)
+    return available
+
+
+def _cgroup_headroom(proc_cgroup: Path, cgroup_root: Path):
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":  # v2
+            files = cgroup_root / relative / "memory.max", cgroup_root / relative / "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            base = cgroup_root / "memory" / relative
+            files = base / "memory.limit_in_bytes", base / "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            limit, usage = (f.read_text().strip() for f in files)
+            if limit != "max" and int(limit) < 2**60:  # v1 writes a huge number for "no limit"
+                yield max(0, int(limit) - int(usage))
+        except (OSError, ValueError):
+            continue
+
+
+def choose_kernel_form(n: int, d: int, budget: int, form: str = "auto") -> str:
+    """'dense' (the n x n kernel, products 2 n^2) or 'factored' (the features, products 4 n (d+1)):
+    dense where n < d as on VOC07; factored for large training sets or when the kernel would take
+    more than half the memory budget."""
+    if form not in KERNEL_FORMS:
+        raise ValueError(f"kernel form must be one of {KERNEL_FORMS}, got {form!r}")
+    if form != "auto":
+        return form
+    return "factored" if n > 2 * (d + 1) or 8 * n * n > budget // 2 else "dense"
+
+
+def class_chunks(classes: list, n: int, budget: int, kernel_bytes: int) -> list[list]:
+    """Split the classes so that one chunk's problems (every class x fold keeps a few vectors per
+    row) fit in what the kernel leaves of the budget; one chunk when they do (the usual case)."""
+    per_class = BYTES_PER_COLUMN_ROW * n
+    size = max(1, int((budget - kernel_bytes) // per_class))
+    return [classes[i:i + size] for i in range(0, len(classes), size)]
+
+
+class TrainingRows:
+    """The training rows of a layer on the device as A = [x, 1] (liblinear's bias is a constant
+    feature of value 1), float64, with the kernel A A^T when it is kept dense."""
+
+    def __init__(self, X: np.ndarray, device: torch.device, form: str):
+        X = torch.as_tensor(X, dtype=torch.float64, device=device)
+        self.A = torch.cat([X, torch.ones((len(X), 1), dtype=X.dtype, device=device)], dim=1)
+        self.K = self.A @ self.A.T if form == "dense" else None
+        self.n = len(X)
+
+    def restricted(self, rows: np.ndarray | None = None):
+        """(kernel of these rows for the solver, beta -> decision values on every training row);
+        rows=None: all of them."""
+        if rows is None or len(rows) == self.n:
+            return (self.K, self.K.__matmul__) if self.K is not None else (FactoredKernel(self.A), lambda beta: self.A @ (self.A.T @ beta))
+        index = torch.as_tensor(rows, device=self.A.device)
+        if self.K is not None:
+            K_all_rows = self.K[:, index]
+            return K_all_rows[index], K_all_rows.__matmul__
+        A_rows = self.A[index]
+        return FactoredKernel(A_rows), lambda beta: self.A @ (A_rows.T @ beta)
+
+    def weights(self, beta: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """(d + 1, P) weights of [x, 1] of the solutions beta on ``rows`` (default: all rows)."""
+        A = self.A if rows is None or len(rows) == self.n else self.A[torch.as_tensor(rows, device=self.A.device)]
+        return A.T @ beta
+
+
+def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_bytes: int | None):
+    """(TrainingRows, memory budget, bytes the kernel takes)."""
+    budget = memory_budget(device) if memory_bytes is None else int(memory_bytes)
+    form = choose_kernel_form(len(X), X.shape[1], budget, kernel_form)
+    return TrainingRows(X, device, form), budget, (8 * len(X) ** 2 if form == "dense" else 0)
+
+
+def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None):
+    """(the kernel's eigenpairs, computed once when first worth it, and whether these costs use
+    them): low-rank + diagonal CG when 2 max(c) x top eigenvalue >= options.lowrank_from."""
+    if options.lowrank_rank <= 0:
+        return None, None
+    scale = 2 * float(c.max())
+    # the trace bounds the top eigenvalue: no eigenpairs are computed for costs that cannot use them
+    if computed is None and scale * float(kernel_diagonal(kernel).sum()) >= options.lowrank_from:
+        computed = lowrank_eig(kernel, options.lowrank_rank)
+    use = computed is not None and scale * float(computed.lam[0]) >= options.lowrank_from
+    return computed, (computed if use else None)
+
+
+def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: SolverOptions, label: str = ""):
+    """Solve the columns (labels y, training rows train) at every cost, in increasing order, each
+    from its solution at the previous cost (rescaled by ``warm_start``). Costs are C times the
+    class weights 2 (positives) : 1. Yields (index into costs, beta, SolveInfo)."""
+    weight = torch.where(y > 0, 2.0, 1.0)
+    beta = f = previous = lowrank = None
+    for k in np.argsort(costs, kind="stable"):
+        cost = float(costs[k])
+        c = cost * weight
+        if beta is not None:
+            beta, f = warm_start(beta, f, y, c, train, cost / previous)
+        lowrank, use = preconditioner_for(kernel, c, options, lowrank)
+        started = time.perf_counter()
+        beta, info = solve(kernel, y, c, train, beta0=beta, f0=f, tol=options.tol, max_newton=options.max_newton,
+                           max_cg=options.max_cg, lowrank=use)
+        if DEBUG:
+            print(f"C={cost:g} {label} {time.perf_counter() - started:.2f}s newton max "
+                  f"{int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "
+                  f"{int(info.cg_iters.max())} mean {info.cg_iters.float().mean():.0f} "
+                  f"not converged {int((~info.converged).sum())}")
+        f, previous = info.decision, cost
+        yield int(k), beta, info
+
+
+def _labels(Y: np.ndarray, rows: np.ndarray, classes: list, device) -> torch.Tensor:
+    return torch.as_tensor(np.where(Y[rows][:, classes] > 0, 1.0, -1.0), dtype=torch.float64, device=device)
+
+
+def cross_validated_ap(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, classes: list, costs, folds: int,
+                       logs: dict, options: SolverOptions) -> dict[int, np.ndarray]:
+    """Per class: the mean held-out AP over its stratified CV folds at every cost (scikit-learn's
+    cross_val_score with scoring='average_precision', as the reference).
+
+    Y: (n, C) labels (> 0 positive); member: (n, C) bool, the rows each class trains on (all for
+    the full-data protocol, the sample for low-shot); its folds split those rows in index order.
+    One batch per fold j, one column per class. The classes' folds differ (stratified per class)
+    but overlap, so each batch works on the union of its classes' training rows (for the full-data
+    protocol about 2/3 of the kernel, i.e. ~half the work of masking the whole one).
+    """
+    device = layout.A.device
+    n = len(Y)
+    masks = {}
+    for c in classes:
+        masks[c] = np.zeros((n, folds), dtype=bool)
+        own = np.flatnonzero(member[:, c])
+        masks[c][own] = cv_masks(np.where(Y[own, c] > 0, 1, -1), folds)
+    paths, scorers = [], []
+    for j in range(folds):
+        rows = np.flatnonzero(np.any([masks[c][:, j] for c in classes], axis=0))
+        kernel, score = layout.restricted(rows)
+        train = torch.as_tensor(np.stack([masks[c][rows, j] for c in classes], axis=1), device=device)
+        paths.append(cost_path(kernel, _labels(Y, rows, classes, device), train, costs, options, f"fold {j}"))
+        scorers.append(score)
+    cv_ap = {c: np.full(len(costs), np.nan) for c in classes}
+    for steps in zip(*paths):  # the folds at one cost
+        k = steps[0][0]
+        fold_aps = {c: [] for c in classes}
+        for j, ((_, beta, info), score) in enumerate(zip(steps, scorers)):
+            scores = score(beta).cpu().numpy()  # every row, held-out ones included
+            for col, c in enumerate(classes):
+                logs[c].record(int(info.newton_iters[col]), bool(info.converged[col]))
+                held_out = member[:, c] & ~masks[c][:, j]
+                fold_aps[c].append(stepwise_ap(Y[held_out, c] > 0, scores[held_out, col]))
+        for c, aps in fold_aps.items():
+            cv_ap[c][k] = float(np.mean(aps))
+    return cv_ap
+
+
+def eval_scores_along_costs(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, classes: list, costs,
+                            X_eval: torch.Tensor, logs: dict, options: SolverOptions) -> np.ndarray:
+    """Decision values on X_eval of every class trained on its member rows, at every cost:
+    (n_eval, len(classes), len(costs)) float32."""
+    rows = np.flatnonzero(member[:, classes].any(axis=1))
+    kernel, _ = layout.restricted(rows)
+    train = torch.as_tensor(member[rows][:, classes], device=layout.A.device)
+    out = np.empty((len(X_eval), len(classes), len(costs)), dtype=np.float32)
+    for k, beta, info in cost_path(kernel, _labels(Y, rows, classes, layout.A.device), train, costs, options, "full"):
+        w = layout.weights(beta, rows)
+        out[:, :, k] = (X_eval @ w[:-1] + w[-1]).cpu().numpy()
+        for col, c in enumerate(classes):
+            logs[c].record(int(info.newton_iters[col]), bool(info.converged[col]))
+    return out
+
+
+def _device(device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device or "auto")
+
+
+def voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds: int = 3,
+                    device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
+                    kernel_form: str = "auto", memory_bytes: int | None = None) -> list:
+    """The per-layer protocol of ``benchmark.svm.liblinear.voc07_svm`` (CV over costs per class, refit at
+    the best, test AP) with every class x fold x cost solved by the batched kernel solver.
+
+    ``memory_bytes`` caps what the engine plans to use (default: ``memory_budget(device)``); it
+    decides the kernel form (``kernel_form='auto'``) and whether classes are solved in chunks.
+    """
+    device = _device(device)
+    options = SolverOptions(tol, max_newton, max_cg)
+    X_train, X_test = normalized_features(train_features, test_features)
+    n, n_classes = train_labels.shape
+    results = [ClassResult(cls=c, costs=tuple(costs), log=FitLog()) for c in range(n_classes)]
+    Y = np.stack([to_binary(train_labels[:, c]) for c in range(n_classes)], axis=1)
+    trainable = []
+    for c, r in enumerate(results):
+        r.note = too_few_for_cv(Y[:, c], folds)
+        if not r.note:
+            trainable.append(c)
+    if not trainable:
+        return results
+    with cpu_threads_for(n, device):
+        layout, budget, kernel_bytes = layout_for(X_train, device, kernel_form, memory_bytes)
+        X_eval = torch.as_tensor(X_test, dtype=torch.float64, device=device)
+        member = np.ones_like(Y, dtype=bool)
+        logs = {c: results[c].log for c in trainable}
+        for chunk in class_chunks(trainable, n, budget, kernel_bytes):
+            cv_ap = cross_validated_ap(layout, Y, member, chunk, costs, folds, logs, options)
+            # refit on all training rows at the chosen cost (first maximum in the given cost
+            # order, as the reference's argmax)
+            best = {c: int(np.argmax(cv_ap[c])) for c in chunk}
+            y = _labels(Y, np.arange(n), chunk, device)
+            cost = torch.as_tensor([float(costs[best[c]]) for c in chunk], dtype=torch.float64, device=device)
+            kernel, _ = layout.restricted()
+            c = cost * torch.where(y > 0, 2.0, 1.0)
+            _, lowrank = preconditioner_for(kernel, c, options)
+            beta, info = solve(kernel, y, c, torch.ones_like(y, dtype=torch.bool), tol=tol, max_newton=max_newton,
+                               max_cg=max_cg, lowrank=lowrank)
+            w = layout.weights(beta)
+            test_scores = (X_eval @ w[:-1] + w[-1]).cpu().numpy()
+            for col, c in enumerate(chunk):
+                r = results[c]
+                r.log.record(int(info.newton_iters[col]), bool(info.converged[col]))
+                r.cv_ap = cv_ap[c].tolist()
+                r.best_cost, r.best_cv_ap = float(costs[best[c]]), float(cv_ap[c][best[c]])
+                keep = np.asarray(test_labels[:, c]) != -1  # difficult-only rows are removed for this class
+                r.test_ap = voc_ap(np.asarray(test_labels[:, c])[keep] == 1, test_scores[keep, col])
+    return results
+
+
+@dataclass
+class LowShotSweep:
+    """One low-shot sample, every class: decision values on the evaluation rows at every cost
+    (n_eval, C, costs), CV AP on the sample at every cost (C, costs; NaN where a class has fewer
+    positives or negatives than folds, or cv=False) and each class's FitLog."""
+
+    scores: np.ndarray
+    cv_ap: np.ndarray
+    logs: list = field(default_factory=list)
+
+
+def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, costs, folds: int = 3,
+                        cv: bool = True, device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
+                        kernel_form: str = "auto", memory_bytes: int | None = None) -> LowShotSweep:
+    """Every class of one low-shot sample at every cost, batched: what ``liblinear.decision_values_
+    all_costs`` and ``liblinear.cv_cost`` compute with liblinear, one class and cost at a time.
+
+    X_train, X_eval: L2-normalised features. Y: (n, C) with 1 / -1 for the rows of class c's
+    training sample and 0 for rows outside it (VOC07 samples differ per class; Places205 classes
+    share one sample: no zeros). Only rows in some class's sample enter the kernel.
+    """
+    device = _device(device)
+    options = SolverOptions(tol, max_newton, max_cg)
+    member = Y != 0
+    used = np.flatnonzero(member.any(axis=1))
+    Y, member = Y[used], member[used]
+    n, n_classes = Y.shape
+    logs = {c: FitLog() for c in range(n_classes)}
+    cv_ap = np.full((n_classes, len(costs)), np.nan)
+    with cpu_threads_for(n, device):
+        layout, budget, kernel_bytes = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes)
+        X = torch.as_tensor(X_eval, dtype=torch.float64, device=device)
+        scores = np.empty((len(X_eval), n_classes, len(costs)), dtype=np.float32)
+        for chunk in class_chunks(list(range(n_classes)), n, budget, kernel_bytes):
+            scores[:, chunk] = eval_scores_along_costs(layout, Y, member, chunk, costs, X, logs, options)
+            if not cv:
+                continue
+            cv_able = [c for c in chunk if not too_few_for_cv(Y[:, c], folds)]
+            if cv_able:
+                for c, aps in cross_validated_ap(layout, Y, member, cv_able, costs, folds, logs, options).items():
+                    cv_ap[c] = aps
+    return LowShotSweep(scores, cv_ap, [logs[c] for c in range(n_classes)])
+
+
+def scores_all_costs(train_features, train_labels, test_features, costs, device=None, tol: float = TOL):
+    """Decision values on the test rows of one SVM per (class, cost), each trained on all training
+    rows: (n_test, n_classes, n_costs) and the SolveInfo of the (n_classes x n_costs) problems,
+    solved cold (no cost path). Used to compare with liblinear at every cost (fidelity tests)."""
+    device = _device(device)
+    X = torch.as_tensor(l2_normalize(train_features), dtype=torch.float64, device=device)
+    Xs = torch.as_tensor(l2_normalize(test_features), dtype=torch.float64, device=device)
+    Y = np.stack([to_binary(train_labels[:, c]) for c in range(train_labels.shape[1])], axis=1)
+    y = torch.as_tensor(np.repeat(Y, len(costs), axis=1), dtype=torch.float64, device=device)
+    c = torch.as_tensor(np.tile(np.asarray(costs, dtype=float), Y.shape[1]), device=device) * torch.where(y > 0, 2.0, 1.0)
+    K = X @ X.T + 1.0
+    beta, info = solve(K, y, c, torch.ones_like(y, dtype=torch.bool), tol=tol)
+    scores = (Xs @ X.T + 1.0) @ beta
+    return scores.cpu().numpy().reshape(len(Xs), Y.shape[1], len(costs)), info
+
+
+def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, device=None,
+                   tol: float = TOL) -> dict[int, float | None]:
+    """Per class, the cost with the best mean CV AP on all training rows (Y: (n, C) +-1), or None
+    for a class with fewer positives or negatives than folds: ``liblinear.cv_cost`` for every class
+    at once."""
+    device = _device(device)
+    classes = [c for c in range(Y.shape[1]) if not too_few_for_cv(Y[:, c], folds)]
+    out: dict[int, float | None] = {c: None for c in range(Y.shape[1])}
+    if not classes:
+        return out
+    with cpu_threads_for(len(Y), device):
+        layout, budget, kernel_bytes = layout_for(X_train, device, "auto", None)
+        logs = {c: FitLog() for c in classes}
+        for chunk in class_chunks(classes, len(Y), budget, kernel_bytes):
+            cv_ap = cross_validated_ap(layout, Y, np.ones_like(Y, dtype=bool), chunk, costs, folds, logs,
+                                       SolverOptions(tol=tol))
+            out.update({c: float(costs[int(np.argmax(cv_ap[c]))]) for c in chunk})
+    return out

@@ -1,0 +1,181 @@
+"""One interface over the two SVM solvers, so that a task names a solver and never branches on it.
+
+``make_solver(name, ...)`` gives a ``Solver``:
+
+- ``LiblinearSolver``: the reference's loop (``benchmark.svm.liblinear``), one class and cost at a
+  time, classes in parallel (joblib), optionally in the exact span coordinates when n < d;
+- ``TorchSolver``: the batched engine (``benchmark.svm.batched`` on ``benchmark.svm.newton``),
+  every class x fold x cost of a layer in one batch, same problem and stopping test.
+
+Each solver runs the per-class sweeps of the protocols: the VOC07 per-layer CV sweep
+(``voc07``), the per-class CV cost choice on all training rows (``cv_costs``) and the two low-shot
+sweeps (``lowshot_voc07``, ``lowshot_places``). Both return the same arrays, so rows built from them
+differ only in the ``solver`` column (``name``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+
+from ..errors import ConfigError
+from ..metrics import voc_ap
+from ..provenance import resolve_device
+from .batched import cv_costs_torch, lowshot_sweep_torch, voc07_svm_torch
+from .liblinear import cv_cost, lowshot_places_class, lowshot_voc07_class, span_coordinates, voc07_svm
+from .protocol import ClassResult, FitLog
+
+SOLVERS = ("torch", "liblinear")
+
+
+def check_solver(solver: str, task: str) -> str:
+    if solver not in SOLVERS:
+        raise ConfigError(f"{task}: unknown solver '{solver}'; use 'torch' (batched, the default) or "
+                          f"'liblinear' (the reference's LinearSVC loop)")
+    return solver
+
+
+class Solver:
+    """The per-class SVM sweeps of the protocols. Features are L2-normalised by the caller except
+    in ``voc07`` (which normalises and checks them, as ``benchmark.svm.liblinear.voc07_svm``)."""
+
+    name: str  # the ``solver`` column of the rows it produces
+
+    def shared_coordinates(self, X_train: np.ndarray, X_eval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates in which every subset of X_train's rows is solved (an exact change of basis
+        or none): computed once for all samples of a layer."""
+        return X_train, X_eval
+
+    def voc07(self, train_features, train_labels, test_features, test_labels, costs, folds: int) -> list[ClassResult]:
+        """The VOC07 per-layer protocol: per class, CV AP over costs, refit at the best, test AP."""
+        raise NotImplementedError
+
+    def cv_costs(self, X_train: np.ndarray, Y: np.ndarray, costs, folds: int) -> dict[int, float | None]:
+        """Per class (Y: (n, C) +-1), the cost with the best mean CV AP on all rows, or None for a
+        class with fewer positives or negatives than folds."""
+        raise NotImplementedError
+
+    def lowshot_voc07(self, X_train: np.ndarray, X_test: np.ndarray, test_labels: np.ndarray,
+                      samples: Sequence[np.ndarray], costs: list, folds: int,
+                      fallback_cost: Callable[[int], float | None]):
+        """Every VOC07 low-shot sample (the reference's (n, C) 1 / 0 / -1 matrices), every class and
+        cost: (test AP (samples, costs, C), chosen cost index (samples, C), cost sources
+        (samples x C), FitLog per class). A class whose sample has fewer positives than folds takes
+        ``fallback_cost(c)`` (index -1 when that is None)."""
+        raise NotImplementedError
+
+    def lowshot_places(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, val_labels: np.ndarray,
+                       num_classes: int, costs: list, folds: int, log: FitLog):
+        """All classes x costs on one Places205 sample (class labels y): (val scores (classes,
+        n_val, costs), AP (classes, costs), CV-chosen cost index per class (-1: none)); the fits
+        are added to ``log``."""
+        raise NotImplementedError
+
+
+class LiblinearSolver(Solver):
+    """The reference's LinearSVC loop; ``span``: solve in the exact span coordinates of the
+    training rows when there are fewer rows than dimensions (``liblinear.span_coordinates``)."""
+
+    def __init__(self, n_jobs: int = 1, seed: int = 0, span: bool = True):
+        self.n_jobs, self.seed, self.span = n_jobs, seed, span
+        self.name = "liblinear" + ("+span" if span else "")
+
+    def shared_coordinates(self, X_train, X_eval):
+        # every sample is a subset of the training rows: one exact change of basis serves all of them
+        if self.span and len(X_train) < X_train.shape[1]:
+            return span_coordinates(X_train, X_eval)
+        return X_train, X_eval
+
+    def voc07(self, train_features, train_labels, test_features, test_labels, costs, folds):
+        return voc07_svm(train_features, train_labels, test_features, test_labels, costs=costs, folds=folds,
+                         n_jobs=self.n_jobs, seed=self.seed, span_trick=self.span)
+
+    def cv_costs(self, X_train, Y, costs, folds):
+        log = FitLog()
+        return {c: cv_cost(X_train, Y[:, c], costs, folds, self.seed, log) for c in range(Y.shape[1])}
+
+    def lowshot_voc07(self, X_train, X_test, test_labels, samples, costs, folds, fallback_cost):
+        results = Parallel(n_jobs=self.n_jobs)(
+            delayed(lowshot_voc07_class)(c, X_train, X_test, test_labels[:, c], [m[:, c] for m in samples],
+                                         costs, folds, fallback_cost, self.seed, self.span)
+            for c in range(test_labels.shape[1])
+        )
+        logs = [r[3] for r in results]
+        aps = np.stack([r[0] for r in results], axis=-1)  # (samples, costs, classes)
+        chosen = np.stack([r[1] for r in results], axis=-1)  # (samples, classes)
+        sources = [[r[2][i] for r in results] for i in range(len(samples))]  # samples x classes
+        return aps, chosen, sources, logs
+
+    def lowshot_places(self, X, y, X_val, val_labels, num_classes, costs, folds, log):
+        Z, Z_val = span_coordinates(X, X_val) if self.span and len(X) < X.shape[1] else (X, X_val)
+        results = Parallel(n_jobs=self.n_jobs)(
+            delayed(lowshot_places_class)(c, Z, y, Z_val, val_labels, costs, folds, self.seed)
+            for c in range(num_classes))
+        scores = np.stack([r[0] for r in results])  # (classes, n_val, costs)
+        for r in results:
+            log.merge(r[3])
+        aps = np.stack([r[1] for r in results])
+        cv = np.array([-1 if r[2] is None else r[2] for r in results])
+        return scores, aps, cv
+
+
+class TorchSolver(Solver):
+    """The batched engine on ``device``: all classes of a layer (or of a sample) solved together."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.name = f"torch-newton({device.type})"
+
+    def voc07(self, train_features, train_labels, test_features, test_labels, costs, folds):
+        return voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs=costs, folds=folds,
+                               device=self.device)
+
+    def cv_costs(self, X_train, Y, costs, folds):
+        return cv_costs_torch(X_train, Y, costs, folds, self.device)
+
+    def lowshot_voc07(self, X_train, X_test, test_labels, samples, costs, folds, fallback_cost):
+        num_classes = test_labels.shape[1]
+        aps = np.full((len(samples), len(costs), num_classes), np.nan)
+        chosen = np.zeros((len(samples), num_classes), dtype=int)
+        sources, logs = [], [FitLog() for _ in range(num_classes)]
+        keep = test_labels != -1  # difficult-only rows are removed per class
+        for i, sample in enumerate(samples):
+            Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+            sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device)
+            row_sources = []
+            for c in range(num_classes):
+                y_test = test_labels[keep[:, c], c] == 1
+                aps[i, :, c] = [voc_ap(y_test, sweep.scores[keep[:, c], c, j]) for j in range(len(costs))]
+                if not np.isnan(sweep.cv_ap[c]).all():
+                    cost, source = costs[int(np.argmax(sweep.cv_ap[c]))], f"{folds}-fold-cv-on-sample"
+                else:
+                    cost, source = fallback_cost(c), "full-data-cv"
+                chosen[i, c] = -1 if cost is None else costs.index(cost)
+                row_sources.append(source if cost is not None else "none(too-few-positives)")
+                logs[c].merge(sweep.logs[c])
+            sources.append(row_sources)
+        return aps, chosen, sources, logs
+
+    def lowshot_places(self, X, y, X_val, val_labels, num_classes, costs, folds, log):
+        Y = np.where(y[:, None] == np.arange(num_classes)[None, :], 1, -1)
+        sweep = lowshot_sweep_torch(X, Y, X_val, costs, folds, device=self.device)
+        scores = np.moveaxis(sweep.scores, 1, 0)  # (classes, n_val, costs)
+        aps = np.array([[voc_ap(val_labels == c, scores[c, :, j]) for j in range(len(costs))]
+                        for c in range(num_classes)])
+        cv = np.array([-1 if np.isnan(a).all() else int(np.argmax(a)) for a in sweep.cv_ap])
+        for class_log in sweep.logs:
+            log.merge(class_log)
+        return scores, aps, cv
+
+
+def make_solver(name: str, device="auto", n_jobs: int = 1, seed: int = 0, span: bool = True,
+                task: str = "svm") -> Solver:
+    """The solver a task's options name: 'torch' on ``device`` ('auto': cuda when available) or
+    'liblinear' with ``n_jobs`` classes in parallel, seeded with ``seed``. ``task`` names the
+    caller in the error for an unknown solver."""
+    if check_solver(name, task) == "torch":
+        return TorchSolver(device if isinstance(device, torch.device) else resolve_device(device))
+    return LiblinearSolver(n_jobs=n_jobs, seed=seed, span=span)

@@ -1,0 +1,686 @@
+"""Linear heads on a frozen trunk, all layers trained together (the Places205 linear protocol).
+
+One forward pass of the frozen trunk per batch feeds one head per layer: the layer's protocol
+average pooling -> flatten -> BatchNorm1d without affine -> Linear (N(0, 0.01) weights, zero
+bias). The heads share nothing, so training them together gives the same heads as training each
+on its own with the same batches (tests/tasks/linear/test_linear_places205.py checks it bit for bit), at the
+cost of one trunk pass instead of one per layer.
+
+Reproducible and resumable by construction:
+
+- the order of epoch ``e`` is ``randperm`` seeded from (seed, e); the augmentation of image ``i``
+  in epoch ``e`` is seeded from (seed, e, i) inside the dataset, so neither the DataLoader worker
+  count nor an interruption changes what a batch contains;
+- a checkpoint (atomic write) every ``checkpoint_every`` iterations and at the end holds the
+  heads, optimiser, scheduler, iteration / epoch / position, the epoch's order, the RNG states,
+  the evaluations so far and the byte length of the CSV log; a run killed at any point and
+  restarted reaches exactly the heads and metrics of an uninterrupted run.
+
+Several GPUs: one process per GPU (``torch.multiprocessing.spawn``, NCCL; gloo on CPU for
+tests), only the heads wrapped in DDP, each global batch split into equal per-rank slices, the
+heads' BatchNorm running statistics averaged over ranks after every step so all ranks hold the
+same heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import socket
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.errors import ConfigError, DatasetError
+from benchmark.models.backbone import FrozenBackbone, LayerPool, get_architecture
+from benchmark.training import atomic_torch_save, derived_seed, epoch_order, rng_state, set_rng_state
+
+from . import NAME
+
+REFERENCE_BATCH = 256  # the batch size the reference learning rates are given for
+CHECKPOINT_FORMAT = 1
+TOPK = (1, 5)
+
+# --- schedules ----------------------------------------------------------------------------------
+
+# The two reference schedules as data. "length"/"milestones" are in "unit" (iterations at
+# batch_size, or epochs); weight_decay None = the reference's per-architecture value.
+SCHEDULES: dict[str, dict] = {
+    # fair_ssb (Caffe2): LR 0.01 x0.1 at 40k/80k/120k, 140k iterations at batch 256 (~14.6 epochs)
+    "reference": {"unit": "iterations", "length": 140_000, "milestones": (40_000, 80_000, 120_000),
+                  "base_lr": 0.01, "batch_size": 256, "weight_decay": None},
+    # VISSL: 14 epochs, x0.1 at epochs 4/8/12, weight decay 5e-4
+    "vissl": {"unit": "epochs", "length": 14, "milestones": (4, 8, 12),
+              "base_lr": 0.01, "batch_size": 256, "weight_decay": 5e-4},
+}
+SCHEDULE_NAMES = (*SCHEDULES, "custom")
+
+
+def reference_weight_decay(arch_name: str) -> float:
+    """1e-4 for ResNets, 5e-4 for AlexNet (the reference's values)."""
+    return 5e-4 if "alexnet" in arch_name.lower() else 1e-4
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A resolved multi-step schedule, in iterations of ``batch_size`` images (global batch)."""
+
+    name: str
+    iterations: int
+    milestones: tuple[int, ...]
+    base_lr: float  # at batch 256; the LR used is base_lr * batch_size / 256
+    batch_size: int
+    weight_decay: float
+    iterations_per_epoch: int
+    gamma: float = 0.1
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / REFERENCE_BATCH
+
+    @property
+    def epochs(self) -> float:
+        return self.iterations / self.iterations_per_epoch
+
+    def lr_at(self, iteration: int) -> float:
+        """LR of the update made at 0-based ``iteration`` (what MultiStepLR gives when stepped once
+        per iteration): decayed x0.1 once ``iteration`` reaches each milestone."""
+        return self.lr * self.gamma ** sum(m <= iteration for m in self.milestones)
+
+    def describe(self) -> dict:
+        return {**asdict(self), "milestones": list(self.milestones), "lr": self.lr}
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_schedule_options(schedule: str, *, epochs=None, iterations=None, milestones=None, base_lr=None,
+                           batch_size=None, weight_decay=None, where: str = NAME) -> None:
+    """The arch- and data-independent checks, so a bad config fails before any model is built."""
+    if schedule not in SCHEDULE_NAMES:
+        raise ConfigError(f"{where}: unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
+    if schedule == "custom":
+        if (epochs is None) == (iterations is None):
+            raise ConfigError(f"{where}: the custom schedule needs exactly one of 'epochs' or 'iterations' "
+                              f"(got epochs={epochs!r}, iterations={iterations!r})")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+            raise ConfigError(f"{where}: epochs must be a positive number, got {epochs!r}")
+        if iterations is not None:
+            _positive_int(iterations, f"{where}: iterations")
+        if milestones is None or not isinstance(milestones, (list, tuple)):
+            raise ConfigError(f"{where}: the custom schedule needs 'milestones' (a list, possibly empty, in "
+                              f"{'epochs' if epochs is not None else 'iterations'}), got {milestones!r}")
+        total = epochs if epochs is not None else iterations
+        if any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in milestones) or \
+                list(milestones) != sorted(set(milestones)) or any(not 0 < m < total for m in milestones):
+            raise ConfigError(f"{where}: milestones must increase strictly and lie inside (0, {total}); "
+                              f"got {milestones!r}")
+    else:
+        given = {k: v for k, v in (("epochs", epochs), ("iterations", iterations), ("milestones", milestones))
+                 if v is not None}
+        if given:
+            raise ConfigError(f"{where}: {', '.join(given)} only apply to schedule: custom; the {schedule!r} "
+                              f"schedule fixes them (set schedule: custom to choose your own)")
+    if batch_size is not None:
+        _positive_int(batch_size, f"{where}: batch_size")
+    for value, what in ((base_lr, "base_lr"), (weight_decay, "weight_decay")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"{where}: {what} must be a non-negative number, got {value!r}")
+
+
+def resolve_schedule(schedule: str, arch_name: str, num_train: int, *, epochs=None, iterations=None,
+                     milestones=None, base_lr=None, batch_size=None, weight_decay=None,
+                     where: str = NAME) -> Schedule:
+    """Iterations and milestones of a named or custom schedule for this data and batch size.
+
+    ``reference`` is defined in iterations at batch 256: at another batch size its iterations and
+    milestones scale by 256 / batch_size (same number of images seen) and the LR by
+    batch_size / 256. ``vissl`` and custom ``epochs`` are in epochs of ``num_train // batch_size``
+    iterations (the last incomplete batch of an epoch is dropped). Custom ``iterations`` are taken
+    as given.
+    """
+    check_schedule_options(schedule, epochs=epochs, iterations=iterations, milestones=milestones,
+                           base_lr=base_lr, batch_size=batch_size, weight_decay=weight_decay, where=where)
+    if schedule == "custom":
+        spec = {"unit": "epochs" if epochs is not None else "iterations",
+                "length": epochs if epochs is not None else iterations, "milestones": tuple(milestones),
+                "base_lr": 0.01, "batch_size": REFERENCE_BATCH, "weight_decay": None, "scales": False}
+    else:
+        spec = {**SCHEDULES[schedule], "scales": True}
+    batch = batch_size or spec["batch_size"]
+    ipe = num_train // batch
+    if ipe < 1:
+        raise ConfigError(f"{where}: batch_size {batch} is larger than the {num_train} training images")
+    if spec["unit"] == "epochs":
+        total = round(spec["length"] * ipe)
+        steps = tuple(round(m * ipe) for m in spec["milestones"])
+    else:
+        factor = spec["batch_size"] / batch if spec["scales"] else 1.0
+        total = round(spec["length"] * factor)
+        steps = tuple(round(m * factor) for m in spec["milestones"])
+    wd = weight_decay if weight_decay is not None else spec["weight_decay"]
+    return Schedule(
+        name=schedule, iterations=max(total, 1), milestones=steps,
+        base_lr=float(base_lr if base_lr is not None else spec["base_lr"]), batch_size=batch,
+        weight_decay=float(wd if wd is not None else reference_weight_decay(arch_name)),
+        iterations_per_epoch=ipe,
+    )
+
+
+# --- transforms and top-k -------------------------------------------------------------------
+
+
+def eval_transform(size: int = 224) -> T.Compose:
+    """Shorter side to 256/224*size, centre crop size (the reference's 256 -> 224 at 224 px)."""
+    return T.Compose([
+        T.Resize(round(size * 256 / 224), interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = TOPK) -> torch.Tensor:
+    """Number of rows whose target is among the k highest logits, for each k (k is capped at the
+    number of classes: top-5 of a 4-class problem counts every row)."""
+    k_max = min(max(ks), logits.shape[1])
+    top = logits.topk(k_max, dim=1).indices  # (n, k_max), best first
+    hit = top.eq(targets.view(-1, 1))
+    return torch.stack([hit[:, :min(k, k_max)].any(dim=1).sum() for k in ks])
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = TOPK) -> dict[int, float]:
+    """{k: fraction of rows whose target is in the top k}."""
+    counts = topk_correct(logits, targets, ks)
+    return {k: float(c) / len(targets) for k, c in zip(ks, counts.tolist())}
+
+
+# --- heads ------------------------------------------------------------------------------------
+
+
+def _layer_key(layer: str) -> int:
+    return zlib.crc32(layer.encode())
+
+
+class LinearHead(nn.Module):
+    """avg pool (the layer's protocol pooling) -> flatten -> BatchNorm1d(affine=False) -> Linear."""
+
+    def __init__(self, pool: LayerPool, dim: int, num_classes: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.pool = pool
+        self.bn = nn.BatchNorm1d(dim, affine=False)
+        self.fc = nn.Linear(dim, num_classes)
+        with torch.no_grad():
+            self.fc.weight.normal_(0.0, 0.01, generator=generator)
+            self.fc.bias.zero_()
+
+    def features(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.pool.pool(fmap.float()).flatten(1)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.features(fmap)))
+
+
+class MultiHead(nn.Module):
+    """{layer: LinearHead}; ``forward(feature_maps) -> {layer: logits}``."""
+
+    def __init__(self, heads: dict[str, LinearHead]):
+        super().__init__()
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.heads)
+
+    def forward(self, feature_maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {layer: head(feature_maps[layer]) for layer, head in self.heads.items()}
+
+    @classmethod
+    def build(cls, backbone: FrozenBackbone, layers: Sequence[str], num_classes: int, image_size: int,
+              seed: int = 0) -> "MultiHead":
+        """One head per layer, dimensions probed at ``image_size``. Each head's initialisation
+        depends on (seed, layer) only, so it is the same whichever other layers are trained."""
+        dims = feature_dims(backbone, layers, image_size)
+        heads = {}
+        for layer in layers:
+            generator = torch.Generator().manual_seed(derived_seed(seed, _layer_key(layer)))
+            heads[layer] = LinearHead(backbone.arch.pools[layer], dims[layer], num_classes, generator)
+        return cls(heads)
+
+
+def feature_dims(backbone: FrozenBackbone, layers: Sequence[str], image_size: int) -> dict[str, int]:
+    device = next(backbone.parameters()).device
+    with torch.no_grad():
+        maps = backbone.feature_maps(torch.zeros(1, 3, image_size, image_size, device=device), layers)
+    return {layer: backbone.arch.pools[layer].pool(maps[layer]).flatten(1).shape[1] for layer in layers}
+
+
+def make_optimizer(heads: MultiHead, schedule: Schedule):
+    """Nesterov SGD (momentum 0.9), weight decay on the Linear weights only; MultiStepLR x0.1
+    stepped once per iteration."""
+    modules = list(heads.heads.values())
+    optimizer = torch.optim.SGD(
+        [{"params": [h.fc.weight for h in modules], "weight_decay": schedule.weight_decay},
+         {"params": [h.fc.bias for h in modules], "weight_decay": 0.0}],
+        lr=schedule.lr, momentum=0.9, nesterov=True,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), gamma=schedule.gamma)
+    return optimizer, scheduler
+
+
+# --- data order and seeded augmentation --------------------------------------------------------
+
+class SeededAugmentation(Dataset):
+    """Wraps an index dataset with random transforms: item ``(index, epoch)`` runs the wrapped
+    ``dataset[index]`` with torch's CPU generator seeded from (seed, epoch, index) and restored
+    afterwards, so an image's augmentation does not depend on worker, batch or resumption."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(derived_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class ResumableBatches(Sampler):
+    """Batches of (index, epoch) keys for iterations [start, stop): iteration ``it`` is batch
+    ``it % iterations_per_epoch`` of epoch ``it // iterations_per_epoch``; this rank takes its
+    contiguous slice of each global batch."""
+
+    def __init__(self, n: int, schedule: Schedule, start: int, seed: int, rank: int = 0, world_size: int = 1,
+                 known_orders: dict[int, torch.Tensor] | None = None):
+        self.n, self.schedule, self.start, self.seed = n, schedule, start, seed
+        self.rank, self.world_size = rank, world_size
+        self.orders = dict(known_orders or {})
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self.orders:
+            # keep two epochs: the loader's prefetching may run one epoch ahead of the checkpoint
+            self.orders = {e: o for e, o in self.orders.items() if e == epoch - 1}
+            self.orders[epoch] = epoch_order(self.seed, epoch, self.n)
+        return self.orders[epoch]
+
+    def __len__(self) -> int:
+        return self.schedule.iterations - self.start
+
+    def __iter__(self):
+        batch, ipe = self.schedule.batch_size, self.schedule.iterations_per_epoch
+        local = batch // self.world_size
+        for iteration in range(self.start, self.schedule.iterations):
+            epoch, position = divmod(iteration, ipe)
+            chunk = self.order(epoch)[position * batch:(position + 1) * batch]
+            yield [(int(i), epoch) for i in chunk[self.rank * local:(self.rank + 1) * local]]
+
+
+# --- the training run -----------------------------------------------------------------------
+
+
+@dataclass
+class LinearSetup:
+    """What a run of linear heads needs besides the trunk and the data."""
+
+    layers: list[str]
+    num_classes: int
+    image_size: int
+    schedule: Schedule
+    seed: int = 0
+    eval_every: int = 1  # epochs; an evaluation also ends the run
+    checkpoint_every: int = 1000  # iterations; a checkpoint also ends the run
+    num_workers: int = 0
+    eval_batch_size: int = 256
+    world_size: int | str = "auto"
+    fingerprint: str = ""  # identity of everything that changes the result; a checkpoint of another is ignored
+    desc: str = "linear heads"
+    log_every: int = 20  # iterations between CSV flushes / progress-bar loss updates
+
+
+def resolve_world_size(world_size, device: torch.device) -> int:
+    if world_size in (None, "auto"):
+        if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+            return torch.cuda.device_count()
+        return 1
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError(f"world_size must be 'auto' or a positive integer, got {world_size!r}")
+    if device.type == "cuda" and world_size > torch.cuda.device_count():
+        raise ConfigError(f"world_size {world_size} but only {torch.cuda.device_count()} GPU(s) are visible")
+    return world_size
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.csv"
+
+
+def train_linear_heads(backbone: FrozenBackbone, train_set: Dataset, val_set: Dataset, setup: LinearSetup,
+                       out_dir: Path, device: torch.device,
+                       on_iteration: Callable[[int], None] | None = None) -> dict:
+    """Train one linear head per layer on ``train_set`` (index -> (augmented image, label)),
+    evaluate on ``val_set`` (index -> (image, label)); resume from ``out_dir/checkpoint.pt``.
+
+    Returns the final checkpoint's summary: ``best`` and ``final`` {layer: {"top1": (value,
+    iteration), "top5": ...}} in percent, ``evaluations`` (one dict per evaluation), ``heads``
+    (state dict), ``feature_dims`` and ``rank_divergence`` (largest difference of any head value
+    between ranks, 0.0 unless trained on several processes). ``on_iteration(done)`` is called in
+    the single-process path after each iteration (tests use it to simulate a crash).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world_size = resolve_world_size(setup.world_size, device)
+    if setup.schedule.batch_size % world_size:
+        raise ConfigError(f"batch_size {setup.schedule.batch_size} is not divisible by world_size {world_size}")
+    if world_size == 1:
+        return _train(0, 1, backbone, train_set, val_set, setup, out_dir, device, on_iteration)
+    path = out_dir / CHECKPOINT_NAME
+    if path.exists():  # a finished run: no processes to start
+        state = load_checkpoint(path)
+        if state.get("done") and state.get("fingerprint") == setup.fingerprint \
+                and state.get("format") == CHECKPOINT_FORMAT:
+            return state
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    arch_name = backbone.arch.name
+    trunk = {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()}
+    mp.spawn(_ddp_entry, nprocs=world_size, join=True,
+             args=(world_size, port, arch_name, trunk, train_set, val_set, setup, out_dir, device.type))
+    return load_checkpoint(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    scheduler = state.get("scheduler")
+    if scheduler and isinstance(scheduler.get("milestones"), dict):
+        scheduler["milestones"] = Counter(scheduler["milestones"])
+    return state
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_entry(rank, world_size, port, arch_name, trunk, train_set, val_set, setup, out_dir, device_type):
+    import torch.distributed as dist
+
+    if device_type == "cuda":
+        torch.cuda.set_device(rank)
+        device = torch.device("cuda", rank)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world_size)
+    try:
+        arch = get_architecture(arch_name)
+        model = arch.build()
+        model.load_state_dict(trunk)
+        backbone = FrozenBackbone(arch, model)
+        _train(rank, world_size, backbone, train_set, val_set, setup, out_dir, device, None)
+    finally:
+        dist.destroy_process_group()
+
+
+class _Log:
+    """The CSV log: one row per iteration (LR, loss per head) and per evaluation (top-1/top-5 per
+    head). Rows are buffered and flushed every ``log_every`` iterations and before a checkpoint,
+    whose ``log_bytes`` is the file length it matches: a resumed run truncates the file there."""
+
+    def __init__(self, path: Path, layers: Sequence[str], resume_bytes: int | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.columns = ["phase", "iteration", "epoch", "lr"] + [f"loss/{layer}" for layer in layers] + \
+                       [f"top{k}/{layer}" for layer in layers for k in TOPK]
+        self.pending: list[tuple] = []
+        if not enabled:
+            return
+        if resume_bytes is not None and self.path.exists():
+            with open(self.path, "r+b") as handle:
+                handle.truncate(resume_bytes)
+            self.handle = open(self.path, "a", newline="")
+        else:
+            self.handle = open(self.path, "w", newline="")
+            csv.writer(self.handle).writerow(self.columns)
+        self.writer = csv.writer(self.handle)
+
+    def train(self, iteration: int, epoch: int, lr: float, losses: torch.Tensor) -> None:
+        self.pending.append(("train", iteration, epoch, lr, losses))
+
+    def evaluation(self, iteration: int, epoch: int, accuracy: dict[str, dict[int, float]]) -> None:
+        self.flush()
+        if self.enabled:
+            values = [f"{accuracy[layer][k]:.4f}" for layer in accuracy for k in TOPK]
+            self.writer.writerow(["eval", iteration, epoch, ""] + [""] * len(accuracy) + values)
+
+    def flush(self) -> list[float]:
+        """Writes the buffered iteration rows; returns the last one's losses (for the progress bar)."""
+        if not self.pending:
+            return []
+        losses = torch.stack([row[4] for row in self.pending]).cpu().tolist()  # one device sync
+        if self.enabled:
+            for (phase, iteration, epoch, lr, _), values in zip(self.pending, losses):
+                self.writer.writerow([phase, iteration, epoch, f"{lr:.6g}"] + [f"{v:.5f}" for v in values]
+                                     + [""] * (2 * len(values)))
+        self.pending = []
+        return losses[-1]
+
+    def sync(self) -> int:
+        """Flush to disk; the byte length a checkpoint records."""
+        self.flush()
+        if not self.enabled:
+            return 0
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        return self.handle.tell()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.handle.close()
+
+
+def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Dataset, val_set: Dataset,
+           setup: LinearSetup, out_dir: Path, device: torch.device,
+           on_iteration: Callable[[int], None] | None) -> dict:
+    distributed = world_size > 1
+    main = rank == 0
+    schedule, layers = setup.schedule, list(setup.layers)
+    backbone = backbone.to(device).eval()
+    cuda = device.type == "cuda"
+    if cuda:  # as in feature extraction: channels-last trunk, bf16 autocast; heads in float32
+        backbone = backbone.to(memory_format=torch.channels_last)
+    heads = MultiHead.build(backbone, layers, setup.num_classes, setup.image_size, setup.seed).to(device)
+    optimizer, scheduler = make_optimizer(heads, schedule)
+    path = out_dir / CHECKPOINT_NAME
+
+    state = None
+    if path.exists():
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != setup.fingerprint:
+            if main:
+                print(f"[linear] {path} was made with another configuration; starting afresh")
+            state = None
+    if state is not None and state["done"]:
+        return state
+    start = 0
+    evaluations: list[dict] = []
+    best: dict = {}
+    known_orders = {}
+    if state is not None:
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, evaluations, best = state["iteration"], state["evaluations"], state["best"]
+        known_orders = {state["epoch"]: state["epoch_order"].long()}
+        if main:
+            print(f"[linear] resuming {path} at iteration {start}/{schedule.iterations}")
+    if distributed:
+        # the checkpoint was loaded by every rank; fresh heads are identical by their seeded init
+        ddp_heads = nn.parallel.DistributedDataParallel(heads, device_ids=[device.index] if device.type == "cuda"
+                                                        else None, broadcast_buffers=False)
+    else:
+        ddp_heads = heads
+    log = _Log(out_dir / LOG_NAME, layers, state["log_bytes"] if state is not None else None, enabled=main)
+
+    sampler = ResumableBatches(len(train_set), schedule, start, setup.seed, rank, world_size, known_orders)
+    loader = DataLoader(SeededAugmentation(train_set, setup.seed), batch_sampler=sampler,
+                        num_workers=setup.num_workers, pin_memory=cuda,
+                        persistent_workers=False, prefetch_factor=4 if setup.num_workers else None)
+    val_part = Subset(val_set, range(rank, len(val_set), world_size)) if distributed else val_set
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    ipe = schedule.iterations_per_epoch
+
+    def save(iteration: int, done: bool, extra: dict | None = None) -> None:
+        log_bytes = log.sync()
+        if not main:
+            return
+        epoch, position = divmod(iteration, ipe)
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done,
+            "iteration": iteration, "epoch": epoch, "position": position,
+            "epoch_order": sampler.order(epoch).to(torch.int32) if not done else torch.empty(0, dtype=torch.int32),
+            "heads": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {k: (dict(v) if isinstance(v, Counter) else v) for k, v in scheduler.state_dict().items()},
+            "rng": rng_state(),
+            "evaluations": evaluations, "best": best, "final": evaluations[-1] if done else None,
+            "log_bytes": log_bytes, "schedule": schedule.describe(), "layers": layers,
+            "feature_dims": {layer: h.fc.in_features for layer, h in heads.heads.items()}, **(extra or {}),
+        }, path)
+
+    def evaluate(iteration: int) -> None:
+        counts, n = _evaluate(backbone, heads, val_part, layers, device, setup, autocast)
+        if distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(counts)
+            dist.all_reduce(n)
+        accuracy = {layer: {k: 100.0 * float(c) / float(n) for k, c in zip(TOPK, counts[i].tolist())}
+                    for i, layer in enumerate(layers)}
+        evaluations.append({"iteration": iteration, "epoch": iteration / ipe,
+                            **{f"top{k}/{layer}": accuracy[layer][k] for layer in layers for k in TOPK}})
+        for layer in layers:
+            for k in TOPK:
+                key = f"top{k}/{layer}"
+                if key not in best or accuracy[layer][k] > best[key][0]:
+                    best[key] = (accuracy[layer][k], iteration)
+        log.evaluation(iteration, iteration // ipe, accuracy)
+
+    bar = tqdm(total=schedule.iterations, initial=start, desc=setup.desc, unit="it", leave=False,
+               disable=None if main else True, dynamic_ncols=True)
+    heads.train()
+    iteration = start
+    try:
+        for images, targets in _batches(loader):
+            images = _to_device(images, device)
+            targets = targets.to(device, non_blocking=True)
+            with torch.no_grad(), autocast():
+                maps = backbone.feature_maps(images, layers)
+            logits = ddp_heads(maps)
+            losses = torch.stack([F.cross_entropy(logits[layer].float(), targets) for layer in layers])
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            scheduler.step()
+            if distributed:
+                _average_buffers(heads, world_size)
+            log.train(iteration, iteration // ipe, lr, losses.detach())
+            iteration += 1
+            bar.update(1)
+            if iteration % setup.log_every == 0:
+                last = log.flush()
+                if last:
+                    bar.set_postfix(loss=f"{sum(last) / len(last):.3f}", lr=f"{lr:.2g}")
+            end = iteration == schedule.iterations
+            if end or (iteration % ipe == 0 and (iteration // ipe) % setup.eval_every == 0):
+                heads.eval()
+                evaluate(iteration)
+                heads.train()
+            if end:
+                divergence = _rank_divergence(heads) if distributed else 0.0
+                save(iteration, True, {"rank_divergence": divergence})
+            elif iteration % setup.checkpoint_every == 0:
+                save(iteration, False)
+            if on_iteration is not None:
+                on_iteration(iteration)
+    finally:
+        bar.close()
+        log.close()
+    if iteration != schedule.iterations:  # an empty loader: the data is smaller than one batch
+        raise DatasetError(f"training stopped at iteration {iteration} of {schedule.iterations}")
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return load_checkpoint(path) if main else {}
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+
+
+def _batches(loader: DataLoader):
+    try:
+        yield from loader
+    except DatasetError as exc:
+        raise DatasetError.from_worker(exc) from None
+
+
+@torch.no_grad()
+def _evaluate(backbone, heads: MultiHead, val_set: Dataset, layers, device, setup: LinearSetup, autocast):
+    """(layers, len(TOPK)) correct counts and the number of images, on this rank's part."""
+    counts = torch.zeros(len(layers), len(TOPK), dtype=torch.int64, device=device)
+    n = torch.zeros((), dtype=torch.int64, device=device)
+    loader = DataLoader(val_set, batch_size=setup.eval_batch_size, num_workers=setup.num_workers,
+                        pin_memory=device.type == "cuda")
+    for images, targets in _batches(loader):
+        images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
+        with autocast():
+            maps = backbone.feature_maps(images, layers)
+        logits = heads(maps)
+        counts += torch.stack([topk_correct(logits[layer].float(), targets, TOPK) for layer in layers])
+        n += len(targets)
+    return counts, n
+
+
+def _average_buffers(heads: MultiHead, world_size: int) -> None:
+    """BatchNorm running statistics: mean over ranks, so every rank holds the same heads."""
+    import torch.distributed as dist
+
+    for buffer in heads.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world_size)
+
+
+def _rank_divergence(heads: MultiHead) -> float:
+    import torch.distributed as dist
+
+    flat = torch.cat([t.detach().float().flatten() for t in heads.state_dict().values()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).abs().max())
+

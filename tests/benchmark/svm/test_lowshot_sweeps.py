@@ -1,0 +1,111 @@
+"""The batched engine on low-shot samples against liblinear, one class and cost at a time
+(benchmark.svm.liblinear's low-shot sweep): decision values/APs at every cost and the CV-chosen cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.datasets.synth_features import voc_like_features
+from benchmark.metrics import voc_ap
+from benchmark.svm import liblinear
+from benchmark.svm.batched import lowshot_sweep_torch
+from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize
+from tasks.lowshot import protocol as lowshot
+
+CPU = torch.device("cpu")
+COSTS = [1e-5, 1e-3, 0.03125, 0.1, 1.0, 10.0]
+
+
+def _check_class(X, y, X_eval, eval_positive, costs, sweep_scores, sweep_cv, folds=3):
+    """Test AP at every cost within 0.2 points of liblinear's (where liblinear converged); the
+    CV-chosen cost equal, or liblinear's within 0.1 CV-AP points of ours in our CV."""
+    log = FitLog()
+    reference = liblinear.decision_values_all_costs(X, y, X_eval, costs, seed=0, log=log)
+    assert log.fits == len(costs)
+    for j in range(len(costs)):
+        ours, theirs = voc_ap(eval_positive, sweep_scores[:, j]), voc_ap(eval_positive, reference[:, j])
+        assert abs(ours - theirs) * 100 <= 0.2, costs[j]
+    chosen = liblinear.cv_cost(X, y, costs, folds, seed=0, log=FitLog())
+    if chosen is None:
+        assert np.isnan(sweep_cv).all()
+        return
+    ours = costs[int(np.argmax(sweep_cv))]
+    assert ours == chosen or (np.nanmax(sweep_cv) - sweep_cv[costs.index(chosen)]) * 100 <= 0.1
+
+
+@pytest.fixture(scope="module")
+def features():
+    Xtr, Ltr, Xte, Lte = voc_like_features(700, 300, 600, classes=4, seed=5)
+    return l2_normalize(Xtr), np.where(Ltr == -1, 0, Ltr), l2_normalize(Xte), Lte
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_voc07_samples_every_class_matches_liblinear(features, k) -> None:
+    X, labels, X_test, test_labels = features
+    sample = lowshot.sample_voc07(labels, k, lowshot.sample_rng(0, k, 1))
+    Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+    sweep = lowshot_sweep_torch(X, Y, X_test, COSTS, device=CPU)
+    assert sweep.scores.shape == (len(X_test), 4, len(COSTS)) and sweep.cv_ap.shape == (4, len(COSTS))
+    for c in range(4):
+        rows = np.flatnonzero(sample[:, c] != -1)  # k positives and 3k negatives of this class
+        assert len(rows) == 4 * k
+        keep = test_labels[:, c] != -1
+        _check_class(X[rows], Y[rows, c], X_test[keep], test_labels[keep, c] == 1, COSTS,
+                     sweep.scores[keep, c], sweep.cv_ap[c])
+        log = sweep.logs[c]
+        assert log.not_converged == 0
+        assert log.fits == len(COSTS) * (1 + (3 if k >= 3 else 0))  # k < folds: no CV, as liblinear
+    if k < 3:
+        assert np.isnan(sweep.cv_ap).all()
+
+
+def test_places_style_shared_sample_matches_liblinear(features) -> None:
+    """One-vs-rest over classes that share one sample of k images per class."""
+    X, labels, X_test, _ = features
+    rng = np.random.default_rng(0)
+    single = rng.integers(0, 4, len(X))  # one label per image, as Places205
+    idx = lowshot.sample_places(single, 4, 6, lowshot.sample_rng(0, 6, 1))
+    Y = np.where(single[idx][:, None] == np.arange(4)[None, :], 1, -1)
+    eval_labels = rng.integers(0, 4, len(X_test))
+    sweep = lowshot_sweep_torch(X[idx], Y, X_test, COSTS, device=CPU)
+    for c in range(4):
+        _check_class(X[idx], Y[:, c], X_test, eval_labels == c, COSTS, sweep.scores[:, c], sweep.cv_ap[c])
+
+
+def test_rows_outside_every_sample_do_not_matter(features) -> None:
+    """Rows no class samples are dropped before the kernel: same answers as passing the sample only."""
+    X, labels, X_test, _ = features
+    sample = lowshot.sample_voc07(labels, 4, lowshot.sample_rng(0, 4, 2))
+    Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+    used = np.flatnonzero((Y != 0).any(axis=1))
+    assert len(used) < len(X)
+    full = lowshot_sweep_torch(X, Y, X_test, REFERENCE_COSTS[:8], device=CPU)
+    subset = lowshot_sweep_torch(X[used], Y[used], X_test, REFERENCE_COSTS[:8], device=CPU)
+    np.testing.assert_allclose(full.scores, subset.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.cv_ap, subset.cv_ap, atol=1e-12)
+
+
+def test_no_cv_requested(features) -> None:
+    X, labels, X_test, _ = features
+    sample = lowshot.sample_voc07(labels, 4, lowshot.sample_rng(0, 4, 3))
+    Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+    sweep = lowshot_sweep_torch(X, Y, X_test, COSTS, cv=False, device=CPU)
+    assert np.isnan(sweep.cv_ap).all() and all(log.fits == len(COSTS) for log in sweep.logs)
+
+
+def test_full_data_cv_costs_match_liblinear(features) -> None:
+    """The VOC07 fallback for k < folds without voc07_svm results: per-class CV cost on all rows."""
+    from benchmark.svm.batched import cv_costs_torch
+    from benchmark.svm.protocol import to_binary
+
+    X, labels, _, _ = features
+    Y = np.stack([to_binary(labels[:, c]) for c in range(4)], axis=1)
+    Y[:, 3] = -1
+    Y[:2, 3] = 1  # 2 positives < 3 folds: no CV cost, as liblinear's cv_cost
+    ours = cv_costs_torch(X, Y, COSTS, 3, device=CPU)
+    assert ours[3] is None
+    for c in range(3):
+        theirs = liblinear.cv_cost(X, Y[:, c], COSTS, 3, seed=0, log=FitLog())
+        assert ours[c] == theirs, c

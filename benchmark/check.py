@@ -10,9 +10,10 @@ another machine, and says which rule gives the tolerance:
   move with the floating-point rounding of the processor, amplified by training, much as they move
   with the training seeds; so the reference measures them over replicate runs (the same suite with
   every training reseeded: ``ssl-bench run --replicate N``) and stores their mean, standard
-  deviation, min, max and count. A run passes when it lies within
-  ``max(BAND_FLOOR, BAND_MULTIPLIER x max(std, pooled std))`` of the replicates' mean, the pooled
-  std being the typical spread of the same kind of number (see pooled_std).
+  deviation, min, max and count. A run passes when it lies within the prediction interval of one
+  new run around the replicates' mean: ``max(BAND_FLOOR, t x sqrt(1 + 1/n) x max(std, pooled
+  std))``, Student's t at a false-alarm rate of BAND_FALSE_ALARM per band with the pooled degrees
+  of freedom, the pooled std being the typical spread of the same kind of number (pooled_std).
 - ``aggregate``: per-class and per-sample numbers of a trained model (an AP over a few dozen
   positives, one low-shot draw) are too noisy to hold one by one; they are held through the
   aggregates they make up (mAP, means over samples), which are ``band`` rows. They are compared
@@ -43,12 +44,12 @@ from .results import ResultStore, atomic_write_text
 
 JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
 EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
-BAND_MULTIPLIER = 5.0  # x the replicates' standard deviation: few replicates, ~100s of bands per check
+BAND_FALSE_ALARM = 1e-4  # per band and clean run: the two-sided level of the prediction interval
 BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
 BASE_TOLERANCE = 0.5  # points; trained numbers without a measured band, and format-1 references
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
 RULES = ("exact", "band", "aggregate", "fixed")
-SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std"]
+SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"]
 PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device"]
 REFERENCE_COLUMNS = JOIN + ["value"] + SPREAD_COLUMNS + PROVENANCE_COLUMNS
 FORMAT = 2
@@ -133,7 +134,7 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
     _duplicates(df, f"reference file {path}")
     df["value"] = _numeric(df, "value", f"reference file {path}")
     if fmt >= 2:
-        for column in ("tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std"):
+        for column in ("tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"):
             df[column] = _numeric(df, column, f"reference file {path}")
         unknown = sorted(set(df["rule"]) - set(RULES))
         if unknown:
@@ -173,18 +174,37 @@ def _determinism_from_plan(run: pd.DataFrame, run_dir: Path) -> pd.Series:
 
 # --- building a reference with spreads -------------------------------------------------------
 
-def band_tolerance(std: pd.Series, pooled: pd.Series) -> pd.Series:
-    return np.fmax(BAND_FLOOR, BAND_MULTIPLIER * np.fmax(std.fillna(0.0), pooled.fillna(0.0)))
+def band_multiplier(n_runs: pd.Series, dof: pd.Series) -> pd.Series:
+    """Half-width of the prediction interval of one new run, in standard deviations: Student's t
+    at BAND_FALSE_ALARM with the spread's degrees of freedom, times sqrt(1 + 1/n) for the mean's own
+    uncertainty. Few measurements give wide bands: 3 runs pooled over 2 rows (4 dof) give 26.6 std,
+    pooled over 40 rows (80 dof) 4.6."""
+    from scipy.stats import t
+
+    dof = np.maximum(np.asarray(dof, dtype=float), 1.0)
+    return pd.Series(t.ppf(1 - BAND_FALSE_ALARM / 2, dof) * np.sqrt(1 + 1 / np.maximum(n_runs, 1)),
+                     index=n_runs.index)
 
 
-def pooled_std(ref: pd.DataFrame) -> pd.Series:
-    """Per row, the root mean square of the replicate spreads of its kind of number (same task,
-    metric, evaluation and cost selection, over models, layers, classes, k and samples): a few
-    replicates can agree by chance, so a band is never narrower than the typical spread of its kind."""
+def band_tolerance(std: pd.Series, pooled: pd.Series, n_runs: pd.Series, dof: pd.Series) -> pd.Series:
+    return np.fmax(BAND_FLOOR, band_multiplier(n_runs, dof) * np.fmax(std.fillna(0.0), pooled.fillna(0.0)))
+
+
+POOL_BY = ["task", "metric", "evaluation", "cost_selection"]
+
+
+def pooled_std(ref: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per row, the pooled standard deviation of its kind of number (same task, metric, evaluation
+    and cost selection, over models, layers, classes, k and samples; each row's variance weighted
+    by its degrees of freedom) and the pooled degrees of freedom: a few replicates can agree by
+    chance, so a band is never narrower than the typical spread of its kind."""
     measured = ref[(ref["rule"] != "exact") & (ref["n_runs"] >= 2)]
-    groups = ["task", "metric", "evaluation", "cost_selection"]
-    rms = (measured["std"] ** 2).groupby([measured[g] for g in groups]).mean() ** 0.5
-    return pd.Series(rms.reindex(pd.MultiIndex.from_frame(ref[groups])).to_numpy(), index=ref.index)
+    keys = [measured[g] for g in POOL_BY]
+    dof = (measured["n_runs"] - 1).groupby(keys).sum()
+    variance = ((measured["std"] ** 2) * (measured["n_runs"] - 1)).groupby(keys).sum() / dof
+    index = pd.MultiIndex.from_frame(ref[POOL_BY])
+    return (pd.Series((variance ** 0.5).reindex(index).to_numpy(), index=ref.index),
+            pd.Series(dof.reindex(index).to_numpy(), index=ref.index))
 
 
 def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.DataFrame:
@@ -212,12 +232,13 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     trained = ref["determinism"] != "exact"
     per_item = (ref["class"] != "") | (ref["sample"] != "")
     ref["rule"] = np.select([~trained, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
-    ref["pooled_std"] = pooled_std(ref)
+    ref["pooled_std"], ref["pooled_dof"] = pooled_std(ref)
     ref["tolerance"] = np.select([ref["rule"] == "exact", ref["rule"] == "fixed"],
-                                 [EXACT_TOLERANCE, BASE_TOLERANCE], band_tolerance(ref["std"], ref["pooled_std"]))
+                                 [EXACT_TOLERANCE, BASE_TOLERANCE],
+                                 band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
     exact_rows = ref["rule"] == "exact"
     ref.loc[exact_rows, ["mean", "min", "max"]] = ref.loc[exact_rows, ["value"] * 3].to_numpy()
-    ref.loc[exact_rows, ["std", "pooled_std"]] = 0.0
+    ref.loc[exact_rows, ["std", "pooled_std", "pooled_dof"]] = 0.0
     return ref.reset_index(drop=True)
 
 

@@ -491,7 +491,10 @@ def test_a_real_sigint_stops_the_process_cleanly(tmp_path) -> None:
     out = tmp_path / "synth"
     process = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "data", "synth", "voc07", "--out", str(out),
                                 "--images", "20000", "--seed", "0"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # a shell starts background jobs with SIGINT ignored, and Python keeps an
+                               # ignored SIGINT ignored: give the child the default, as a terminal would
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not any(out.rglob("*.jpg")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)

@@ -214,11 +214,12 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     if "determinism" not in ref:  # results written before rows said so: hold them as trained
         ref["determinism"] = "trained"
     ref["determinism"] = ref["determinism"].replace("", "trained").fillna("trained")
-    values = [ref.set_index(JOIN)["value"]]
+    keyed = ref.set_index(JOIN)
+    values = [keyed["value"]]
+    exact_keys = keyed.index[keyed["determinism"] == "exact"]
     for index, other in enumerate(replicates, start=1):
         other = other.set_index(JOIN)
-        exact = ref.set_index(JOIN)["determinism"] == "exact"
-        shared = other.index.intersection(exact[exact].index)
+        shared = other.index.intersection(exact_keys)
         moved = (other.loc[shared, "value"] - values[0].loc[shared]).abs() > 0
         if moved.any():
             key = dict(zip(JOIN, moved[moved].index[0]))

@@ -4,10 +4,12 @@ recognised and removed without touching a live writer's files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 from pathlib import Path
+from typing import Iterator
 
 from .errors import BenchmarkError
 
@@ -112,3 +114,46 @@ def disk_full(path: Path, exc: OSError, needed: int | None = None) -> DiskFullEr
     wanted = f" ({format_bytes(needed)} needed)" if needed else ""
     return DiskFullError(f"no space left on the file system of {path}{wanted}; {free} there ({exc.strerror}). "
                          f"Free space, then 'ssl-bench resume' reruns what did not finish")
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, keep_suffix: bool = False, needed: int | None = None,
+                  sync: bool = True) -> Iterator[Path]:
+    """The one way ssl-bench writes a file that must be whole or absent: yields a temporary sibling
+    (``temporary_path``) for the caller to write; on success it is flushed to disk (``sync``) and
+    renamed over ``path``; on any failure it is removed, and a full disk becomes a
+    ``DiskFullError`` naming ``path`` (with ``needed`` bytes when known). ``keep_suffix`` for
+    writers that infer the format from the extension (numpy, scipy, matplotlib)."""
+    path = Path(path)
+    tmp = temporary_path(path, keep_suffix=keep_suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        if sync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a failed write leaves neither a partial file nor litter
+        if is_disk_full(exc):
+            raise disk_full(path, exc, needed) from exc
+        raise
+
+
+def atomic_write(path: str | Path, data) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_output``): ``bytes``, ``str`` (UTF-8), or any
+    other object, which is saved with ``torch.save`` (a checkpoint: tensors and plain containers,
+    readable with ``torch.load(weights_only=True)``)."""
+    if isinstance(data, str):
+        data = data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        with atomic_output(path, needed=len(data)) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
+        return
+    import torch  # only checkpoints need it; the result store and reports do not
+
+    with atomic_output(path) as tmp:
+        torch.save(data, tmp)

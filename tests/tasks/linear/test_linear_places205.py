@@ -21,7 +21,6 @@ from benchmark.errors import ConfigError
 from tasks.linear.heads import (
     LinearSetup,
     MultiHead,
-    ResumableBatches,
     SeededAugmentation,
     check_schedule_options,
     resolve_schedule,
@@ -30,6 +29,7 @@ from tasks.linear.heads import (
     train_linear_heads,
 )
 from benchmark.models import FrozenBackbone, create_model
+from benchmark.training import ResumableBatches
 from benchmark.models.backbone import get_architecture
 
 REPO = Path(__file__).resolve().parents[3]
@@ -215,7 +215,7 @@ def test_one_pass_equals_each_head_trained_alone(tmp_path) -> None:
 
     schedule = setup.schedule
     data = SeededAugmentation(train, setup.seed)
-    batches = [[data[key] for key in keys] for keys in ResumableBatches(len(train), schedule, 0, setup.seed)]
+    batches = [[data[key] for key in keys] for keys in ResumableBatches(len(train), schedule.batch_size, schedule.iterations, 0, setup.seed)]
     for layer in layers:
         head = MultiHead.build(trunk, [layer], 4, 32, seed=setup.seed).heads[layer]
         optimizer = torch.optim.SGD([{"params": [head.fc.weight], "weight_decay": schedule.weight_decay},

@@ -47,7 +47,7 @@ def _executor(suite_executor: dict, name: str | None) -> dict:
 
 def cmd_run(args) -> int:
     from .paths import inside
-    from .runner import run_suite
+    from .run import run_suite
 
     suite = load_suite(args.suite, args.config)
     # a replicate never shares the directory of the suite's own run: its units would replace those;
@@ -61,8 +61,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .runner import load_plan, run_plan
-    from .status import unit_states
+    from .run import load_plan, run_plan
+    from .run import unit_states
 
     plan = load_plan(args.run_dir)
     if args.only_failed:
@@ -74,8 +74,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .runner import load_plan
-    from .status import print_status
+    from .run import load_plan
+    from .run import print_status
 
     return print_status(load_plan(args.run_dir))
 

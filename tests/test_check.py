@@ -18,7 +18,7 @@ from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.results import ResultStore, record_path
-from benchmark.runner import UnitRunner, plan_run, unit_trains
+from benchmark.run import UnitRunner, plan_run, unit_trains
 from benchmark.training import replicate_seed
 
 
@@ -372,7 +372,7 @@ def test_planted_changes_in_the_stored_reference_fail_and_its_own_values_pass() 
 def test_a_replicate_run_is_checked_on_its_trained_rows_only(tmp_path, capsys) -> None:
     """A replicate reruns only what trains: its rows are held to their bands, and the exact rows
     it never reran are not missing."""
-    from benchmark.runner import write_plan
+    from benchmark.run import write_plan
 
     config = tmp_path / "bench.yaml"
     config.write_text(TRAINING_SUITE)

@@ -426,7 +426,7 @@ def test_a_plan_larger_than_the_free_space_is_refused_with_the_estimate(tiny, tm
 def test_the_estimate_counts_images_times_layer_dims(tiny) -> None:
     from benchmark.datasets.voc import load_voc
     from benchmark.engine import RunContext
-    from benchmark.runner import build_tasks, estimate_writes, load_plan
+    from benchmark.run import build_tasks, estimate_writes, load_plan
 
     plan = load_plan(tiny["run_dir"])
     ctx = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
@@ -565,8 +565,8 @@ def test_a_lock_left_by_a_dead_process_or_another_host(tiny, tmp_path, capsys) -
 
 def test_jobs_of_the_driver_are_not_blocked_by_its_lock(tiny, tmp_path, monkeypatch) -> None:
     """SLURM array jobs run while the driver holds the lock: they never take it."""
-    from benchmark import scheduler
-    from benchmark.scheduler import UnitJob
+    from benchmark.run import executors as scheduler
+    from benchmark.run.executors import UnitJob
 
     monkeypatch.setattr(scheduler, "_job_log_path", lambda: "")  # outside a submitit job
 

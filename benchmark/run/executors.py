@@ -14,9 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .config import EXECUTOR_OPTIONS, validate_options
-from .results import ResultStore
-from .runner import Plan, RunSummary, Unit, UnitRunner, load_plan
+from ..config import EXECUTOR_OPTIONS, validate_options
+from ..results import ResultStore
+from .plan import Plan, Unit, load_plan
+from .units import RunSummary, UnitRunner
+
 
 def executor_config(raw: dict | None, where: str = "executor") -> dict:
     return validate_options(raw or {}, EXECUTOR_OPTIONS, where)

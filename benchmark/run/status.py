@@ -6,9 +6,9 @@ import json
 import socket
 from dataclasses import dataclass
 
-from .paths import process_alive
-from .results import ResultStore
-from .runner import Plan, Unit
+from ..paths import process_alive
+from ..results import ResultStore
+from .plan import Plan, Unit
 
 
 @dataclass

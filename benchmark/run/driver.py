@@ -84,7 +84,9 @@ def check_devices(plan: Plan, executor: str) -> None:
 
 
 def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
-             log: Callable[[str], None] = print) -> RunSummary:
+             log: Callable[[str], None] = print, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
+    """Check, lock, then run the plan's pending units; ``after_unit`` is called as each one ends
+    (e.g. to refresh the leaderboard while a long run works)."""
     check_devices(plan, (executor or {}).get("name", "local"))
     check_writable(plan.run_dir, "run directory")
     check_writable(plan.cache_dir, "feature cache")
@@ -105,7 +107,7 @@ def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
         summary = RunSummary(plan.run_dir, skipped=skipped)
         if not pending:
             return summary
-        return execute(plan, pending, summary, executor or {"name": "local"}, log)
+        return execute(plan, pending, summary, executor or {"name": "local"}, log, after_unit)
     finally:
         lock.release()
 
@@ -113,7 +115,7 @@ def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
 def run_suite(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
               models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
               force: bool = False, executor: dict | None = None, log: Callable[[str], None] = print,
-              replicate: int = 0) -> RunSummary:
+              replicate: int = 0, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
     plan = plan_run(suite, run_dir, cache_dir, data_root=data_root, models=models, tasks=tasks, device=device,
                     replicate=replicate)
-    return run_plan(plan, force=force, executor=executor, log=log)
+    return run_plan(plan, force=force, executor=executor, log=log, after_unit=after_unit)

@@ -20,6 +20,7 @@ from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.results import ResultStore, record_path
 from benchmark.run import UnitRunner, plan_run, unit_trains
 from benchmark.training import replicate_seed
+from tests.suites import RANDOM, suite_yaml, voc07_svm
 
 
 def _row(model, layer, metric="mAP", cls="", sample="", value=0.0, determinism="trained", task="voc07_svm"):
@@ -199,22 +200,6 @@ def test_empty_and_garbled_references_are_errors(tmp_path) -> None:
 
 # --- end to end on a tiny run ----------------------------------------------------------------
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-    tasks:
-      voc07_svm:
-        layers: [res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +207,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("check")
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "80", "--seed", "3"]) == 0
     config = root / "bench.yaml"
-    config.write_text(SUITE.format(data=root / "data"))
+    config.write_text(suite_yaml(root / "data", {"random": RANDOM}, {"voc07_svm": voc07_svm(["res5"])}))
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(root / "runs"), "--device", "cpu"]) == 0
     return root / "runs" / "tiny"
 

@@ -29,28 +29,8 @@ from benchmark.features import FeatureCache, FeatureKey, open_entry
 from benchmark.paths import DiskFullError, UnsafePathError, inside, remove_stale_temporaries, temporary_path
 from benchmark.results import ResultStore, legacy_unit_filename, record_path
 from benchmark.runlock import RunLock
+from tests.suites import RANDOM, RANDOM_SEED1, suite_yaml, voc07_svm
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-      other:
-        pretrainer: random
-        arch: resnet18
-        seed: 1
-    tasks:
-      voc07_svm:
-        layers: [res4, res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-        n_jobs: 1
-"""
 KEY = ["model", "task", "layer", "metric", "class"]
 UNITS = ["random/voc07_svm/res4", "random/voc07_svm/res5", "other/voc07_svm/res4", "other/voc07_svm/res5"]
 
@@ -61,7 +41,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "120", "--seed", "2"]) == 0
     config = root / "bench.yaml"
-    config.write_text(SUITE.format(data=root / "data"))
+    config.write_text(suite_yaml(root / "data", {"random": RANDOM, "other": RANDOM_SEED1}, {"voc07_svm": voc07_svm()}))
     out = root / "runs"
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     reference = root / "reference.csv"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from ..cpus import configure_threads
 from ..engine import LoadedModel, RunContext
 from ..errors import BenchmarkError, ConfigError
 from ..features import FeatureCache
@@ -35,6 +36,7 @@ class UnitRunner:
 
     def __init__(self, plan: Plan, log: Callable[[str], None] = print, log_path: str = ""):
         settings = plan.suite.settings
+        configure_threads(log)  # before any work: a SLURM job or container may own fewer cores than the node
         self.log_path = log_path  # where this process's output goes (a job's log file)
         self.plan = plan
         self.log = log

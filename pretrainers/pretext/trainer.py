@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from benchmark import __version__
@@ -41,8 +41,9 @@ from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Reg
 from benchmark.provenance import resolve_device
 from benchmark.registry import PRETEXT_METHODS
 from pretrainers.common import ARCH, SEED
-from benchmark.training import (CsvLog, Schedule, atomic_torch_save, atomic_write, cpu_state, derived_seed, epoch_order,
-                                load_matching_checkpoint, loader_batches, progress, rng_state, set_rng_state)
+from benchmark.training import (CsvLog, ResumableBatches, Schedule, atomic_torch_save, atomic_write, cpu_state,
+                                derived_seed, epoch_order, load_matching_checkpoint, loader_batches, progress,
+                                rng_state, set_rng_state)
 
 from .lars import LARS
 from .method import PretextMethod
@@ -124,31 +125,32 @@ class PretextDataset(Dataset):
         return self.method.sample(image, index, example_generator(self.seed, epoch, index, *repeat))
 
 
-class EpochBatches(Sampler):
-    """Batches ``[position, iterations_per_epoch)`` of epoch ``epoch``: ``(index, epoch)`` keys in
-    the epoch's seeded order; the last incomplete batch is dropped (contrastive losses and
-    BatchNorm want full batches)."""
+class EpochBatches(ResumableBatches):
+    """Batches ``[position, iterations_per_epoch)`` of epoch ``epoch`` (the toolkit's resumable
+    sampler limited to one epoch, as the loop makes a loader per epoch): ``(index, epoch)`` keys in
+    the epoch's seeded order, or the method's ``order``; the last incomplete batch is dropped
+    (contrastive losses and BatchNorm want full batches)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int = 0,
                  order: torch.Tensor | None = None):
-        self.order = epoch_order(seed, epoch, n) if order is None else order
-        if len(self.order) != n:
-            raise ValueError(f"an epoch order must have {n} entries, got {len(self.order)}")
-        self.batch_size, self.epoch, self.position = batch_size, epoch, position
-        self.per_epoch = n // batch_size
+        order = epoch_order(seed, epoch, n) if order is None else order
+        if len(order) != n:
+            raise ValueError(f"an epoch order must have {n} entries, got {len(order)}")
+        per_epoch = n // batch_size
         # an image drawn again in the same epoch (a method's sampler) gets its own augmentation
         seen: dict[int, int] = {}
-        self.keys = []
-        for i in self.order.tolist():
-            self.keys.append((i, epoch) if i not in seen else (i, epoch, seen[i]))
+        keys = []
+        for i in order.tolist():
+            keys.append((i, epoch) if i not in seen else (i, epoch, seen[i]))
             seen[i] = seen.get(i, 0) + 1
+        first = epoch * per_epoch
 
-    def __len__(self) -> int:
-        return self.per_epoch - self.position
+        def batch_keys(iteration: int, _epoch: int, _indices: list[int]) -> list:
+            b = iteration - first
+            return keys[b * batch_size:(b + 1) * batch_size]
 
-    def __iter__(self):
-        for b in range(self.position, self.per_epoch):
-            yield self.keys[b * self.batch_size:(b + 1) * self.batch_size]
+        super().__init__(n, batch_size, first + per_epoch, first + position, seed, iterations_per_epoch=per_epoch,
+                         known_orders={epoch: order}, keys=batch_keys)
 
 
 def plain_transform(size: int) -> T.Compose:

@@ -6,15 +6,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import safe_load_text
+from .engine import ReportItem
+from .errors import BenchmarkError
+from .paths import disk_full, is_disk_full, temporary_path
+from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
-from .paths import disk_full, inside, is_disk_full, temporary_path
 from .results import ResultStore, atomic_write_text
 
 # normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
 HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
 
 
-def _text(df: pd.DataFrame, column: str) -> pd.Series:
+def text_column(df: pd.DataFrame, column: str) -> pd.Series:
+    """``df[column]`` as text ('' for missing, '4' rather than '4.0'), or '' everywhere without it."""
     if column not in df:
         return pd.Series("", index=df.index)
     return df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
@@ -24,18 +29,18 @@ def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate rows (no per-class or per-sample breakdown) of the metrics a leaderboard shows."""
     if df.empty:
         return df
-    mask = df["metric"].isin(HEADLINE_METRICS) & _text(df, "class").eq("") & _text(df, "sample").eq("")
+    mask = df["metric"].isin(HEADLINE_METRICS) & text_column(df, "class").eq("") & text_column(df, "sample").eq("")
     return df[mask]
 
 
 def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     """Adds 'section' (task, plus the cost selection where a task reports several) and 'column'."""
-    selection = _text(rows, "cost_selection")
+    selection = text_column(rows, "cost_selection")
     several = selection.groupby(rows["task"]).transform("nunique") > 1
     section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
-    k = _text(rows, "k")
-    evaluation = _text(rows, "evaluation")  # training tasks report the best and the final evaluation
-    column = (section + "/" + _text(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
+    k = text_column(rows, "k")
+    evaluation = text_column(rows, "evaluation")  # training tasks report the best and the final evaluation
+    column = (section + "/" + text_column(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
               + evaluation.where(evaluation.eq(""), " (" + evaluation + ")"))
     return rows.assign(section=section, column=column)
 
@@ -74,7 +79,7 @@ def skipped_notes(df: pd.DataFrame) -> list[str]:
 def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = headline_rows(df)
     # one value per layer: no low-shot k, and of a training task's evaluations the reported (best)
-    rows = rows[_text(rows, "k").eq("") & _text(rows, "evaluation").isin(["", "best"])]
+    rows = rows[text_column(rows, "k").eq("") & text_column(rows, "evaluation").isin(["", "best"])]
     if rows.empty:
         return None
     import matplotlib
@@ -95,11 +100,12 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Writes a matplotlib figure atomically (and closes it); a full disk is a DiskFullError."""
     import matplotlib.pyplot as plt
 
     tmp = temporary_path(path, keep_suffix=True)
@@ -113,49 +119,6 @@ def _save_figure(fig, path: Path) -> None:
         raise
     finally:
         plt.close(fig)
-
-
-def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
-    """Per low-shot task: mean metric vs k (log axis), one line per model and layer, shaded 95 %
-    confidence interval over samples; one panel per cost selection."""
-    rows = headline_rows(df)
-    rows = rows[_text(rows, "k").ne("")]
-    if rows.empty:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    ci = df[df["metric"].astype(str).str.endswith("_ci95")]
-    for task, sub in rows.groupby("task", sort=False):
-        selections = list(dict.fromkeys(_text(sub, "cost_selection")))
-        fig, axes = plt.subplots(1, len(selections), figsize=(6 * len(selections), 4.2), squeeze=False)
-        for ax, selection in zip(axes[0], selections):
-            panel = sub[_text(sub, "cost_selection") == selection]
-            for (model, layer, metric), line in panel.groupby(["model", "layer", "metric"], sort=False):
-                line = line.assign(k=pd.to_numeric(line["k"])).sort_values("k")
-                half = ci[(ci.task == task) & (ci.model == model) & (ci.layer == layer)
-                          & (_text(ci, "cost_selection") == selection) & (ci.metric == metric.replace("_mean", "_ci95"))]
-                half = half.assign(k=pd.to_numeric(half["k"])).set_index("k")["value"].reindex(line["k"]).fillna(0)
-                ax.plot(line["k"], line["value"], marker="o", label=f"{model} {layer}")
-                ax.fill_between(line["k"], line["value"] - half.values, line["value"] + half.values, alpha=0.2)
-            ax.set_xscale("log", base=2)
-            ticks = sorted(pd.to_numeric(panel["k"]).unique())
-            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("k (positives per class)")
-            ax.set_ylabel(panel["metric"].iloc[0].replace("_mean", "") + " (mean over samples, 95 % CI)")
-            title = "cost selected on the TEST set (reference)" if selection == TEST_SELECTED else f"cost: {selection}"
-            ax.set_title(f"{task}: {title}", fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = inside(run_dir, f"{task}.png")
-        _save_figure(fig, path)
-        paths.append(path)
-    return paths
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
@@ -188,13 +151,43 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     png = plot_layers(df, run_dir / "leaderboard.png")
     if png:
         paths["png"] = png
-    for path in plot_lowshot(df, run_dir):
-        paths[path.stem] = path
+    for item in task_report_items(df, run_dir):
+        if item.path is not None:
+            paths[item.path.stem] = item.path
     figures = [p.name for k, p in paths.items() if p.suffix == ".png"]
     if figures:
         lines += ["", "Figures: " + ", ".join(figures)]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     return paths
+
+
+def task_families(df: pd.DataFrame, run_dir: Path) -> dict[str, list[str]]:
+    """Registered task name -> the suite's instance names of it found in ``df`` (first appearance
+    order). A run directory's suite.yaml says which task each instance is; without it (an older
+    run), an instance named like a registered task is that task."""
+    kinds: dict[str, str] = {}
+    resolved = run_dir / "suite.yaml"
+    if resolved.is_file():
+        try:
+            tasks = (safe_load_text(resolved.read_text(), str(resolved)) or {}).get("tasks") or {}
+            kinds = {name: spec.get("task", name) for name, spec in tasks.items() if isinstance(spec, dict)}
+        except (BenchmarkError, OSError, AttributeError):
+            kinds = {}  # the report still has the leaderboard; figures fall back to the names
+    families: dict[str, list[str]] = {}
+    for instance in dict.fromkeys(df["task"].astype(str)) if not df.empty else []:
+        families.setdefault(kinds.get(instance, instance), []).append(instance)
+    return families
+
+
+def task_report_items(df: pd.DataFrame, run_dir: Path) -> list[ReportItem]:
+    """What each task family present in the results adds to the report (``Task.report_figures``).
+    A family whose plugin is not installed here is skipped: its rows are still in the tables."""
+    items = []
+    for family, instances in task_families(df, run_dir).items():
+        if family not in TASKS:
+            continue
+        items += TASKS.get(family).report_figures(df[df["task"].astype(str).isin(instances)], run_dir)
+    return items
 
 
 def _columns_by_task(table: pd.DataFrame) -> dict[str, list[str]]:
@@ -212,7 +205,7 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
         details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
                    if col in sub and pd.notna(first.get(col)) and first.get(col) != ""]
         for column, label in (("cost_selection", "cost selection"), ("evaluation", "evaluations")):
-            values = [v for v in dict.fromkeys(_text(sub, column)) if v]
+            values = [v for v in dict.fromkeys(text_column(sub, column)) if v]
             if values:
                 details.append(f"{label}: " + ", ".join(values))
         lines.append(f"- {task}: " + ", ".join(details))

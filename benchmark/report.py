@@ -13,6 +13,7 @@ from .paths import disk_full, is_disk_full, temporary_path
 from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
 from .results import ResultStore, atomic_write_text
+from .scaling import annotate, plot_scaling
 
 # normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
 HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
@@ -125,6 +126,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     store = ResultStore(run_dir)
     df = store.load(damaged="skip")  # intact units still make a leaderboard; the damaged are listed
+    df = annotate(df, run_dir)  # sweep columns of swept models, from the run's config where rows lack them
     table = leaderboard(df)
     paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["csv"], table.to_csv())
@@ -151,7 +153,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     png = plot_layers(df, run_dir / "leaderboard.png")
     if png:
         paths["png"] = png
-    for item in task_report_items(df, run_dir):
+    for item in task_report_items(df, run_dir) + plot_scaling(df, run_dir):
         if item.path is not None:
             paths[item.path.stem] = item.path
     figures = [p.name for k, p in paths.items() if p.suffix == ".png"]

@@ -9,30 +9,11 @@ import pandas as pd
 from .config import safe_load_text
 from .engine import ReportItem
 from .errors import BenchmarkError
-from .paths import disk_full, is_disk_full, temporary_path
 from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
 from .results import ResultStore, atomic_write_text
+from .rows import HEADLINE_METRICS, headline_rows, save_figure, text_column  # noqa: F401  (the report's helpers)
 from .scaling import annotate, plot_scaling
-
-# normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
-HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
-
-
-def text_column(df: pd.DataFrame, column: str) -> pd.Series:
-    """``df[column]`` as text ('' for missing, '4' rather than '4.0'), or '' everywhere without it."""
-    if column not in df:
-        return pd.Series("", index=df.index)
-    return df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
-
-
-def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate rows (no per-class or per-sample breakdown) of the metrics a leaderboard shows."""
-    if df.empty:
-        return df
-    mask = df["metric"].isin(HEADLINE_METRICS) & text_column(df, "class").eq("") & text_column(df, "sample").eq("")
-    return df[mask]
-
 
 def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     """Adds 'section' (task, plus the cost selection where a task reports several) and 'column'."""
@@ -103,23 +84,6 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     fig.tight_layout()
     save_figure(fig, path)
     return path
-
-
-def save_figure(fig, path: Path) -> None:
-    """Writes a matplotlib figure atomically (and closes it); a full disk is a DiskFullError."""
-    import matplotlib.pyplot as plt
-
-    tmp = temporary_path(path, keep_suffix=True)
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise disk_full(path, exc) from exc
-        raise
-    finally:
-        plt.close(fig)
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:

@@ -69,7 +69,7 @@ def scaling_curves(df: pd.DataFrame) -> pd.DataFrame:
     metric, layer, axis value) with the mean, sample std (ddof 1; 0 for one value) and count over
     the seed axes and repeated rows. Low-shot rows (per k) are left out; of a training task's
     evaluations the reported (best) one is kept."""
-    from .report import headline_rows, text_column
+    from .rows import headline_rows, text_column
 
     if df.empty or SWEEP_COLUMN not in df:
         return pd.DataFrame(columns=CURVE_COLUMNS)
@@ -116,7 +116,7 @@ def plot_scaling(df: pd.DataFrame, run_dir: Path) -> list[ReportItem]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import save_figure
+    from .rows import save_figure
 
     items = []
     for (sweep, axis, fixed), figure in curves.groupby(["sweep", "axis", "fixed"], sort=False):

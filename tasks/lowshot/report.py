@@ -9,7 +9,7 @@ import pandas as pd
 
 from benchmark.engine import ReportItem
 from benchmark.paths import inside
-from benchmark.report import headline_rows, save_figure, text_column
+from benchmark.rows import headline_rows, save_figure, text_column
 from benchmark.svm.protocol import TEST_SELECTED
 
 

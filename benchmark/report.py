@@ -8,6 +8,8 @@ import pandas as pd
 
 from .config import safe_load_text
 from .engine import ReportItem
+from .html_report import HtmlReport, render
+from .published import MARK, load_published, markdown_lines, published_tables
 from .errors import BenchmarkError
 from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
@@ -86,14 +88,19 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def write_report(run_dir: str | Path) -> dict[str, Path]:
+def write_report(run_dir: str | Path, published: list[str] | None = None) -> dict[str, Path]:
+    """leaderboard.md/.csv/.png, the task families' and scaling figures, and report.html.
+    ``published``: names of published sets (results/published/NAME.csv) or CSV paths shown in their
+    own section of leaderboard.md and report.html, never among the measured rows."""
     run_dir = Path(run_dir)
+    published_rows = _load_published(published)  # a bad published file is an error before anything is written
     store = ResultStore(run_dir)
     df = store.load(damaged="skip")  # intact units still make a leaderboard; the damaged are listed
     df = annotate(df, run_dir)  # sweep columns of swept models, from the run's config where rows lack them
     table = leaderboard(df)
     paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["csv"], table.to_csv())
+    page = HtmlReport(title=f"ssl-bench report: {run_dir.name}", meta=_meta_line(df))
     lines = [f"# Leaderboard: {run_dir.name}", ""]
     if table.empty:
         lines.append("No finished results yet.")
@@ -102,11 +109,16 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
             # models a task did not run for (a task's `models:` list) are left out of its table
             sub = table[columns].rename(columns=lambda c: c.split("/", 1)[1]).dropna(how="all")
             lines += [f"## {section}", ""]
+            warning = ""
             if TEST_SELECTED in section:
-                lines += ["> The reference protocol picks this cost on the TEST set (argmax of mean test "
-                          "mAP): optimistic numbers, kept for comparison with published results.", ""]
+                warning = ("The reference protocol picks this cost on the TEST set (argmax of mean test "
+                           "mAP): optimistic numbers, kept for comparison with published results.")
+                lines += ["> " + warning, ""]
             lines += [sub.to_markdown(floatfmt=".2f"), ""]
-        lines += _protocol_lines(df)
+            page.leaderboard.append((section, sub, warning))
+        protocol = _protocol_lines(df)
+        lines += protocol
+        page.notes.append(("How these numbers were made", protocol[2:]))
     damaged = [f"- {problem}" for problem in store.damaged]
     if damaged:
         damaged.append(f"\nTheir units count as not done: `ssl-bench resume {run_dir}` recomputes them.")
@@ -114,17 +126,105 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                          ("Damaged result files (left out)", damaged)):
         if notes:
             lines += ["", f"## {title}", ""] + notes
+            page.notes.append((title, notes))
     png = plot_layers(df, run_dir / "leaderboard.png")
     if png:
         paths["png"] = png
+        page.figures.append(("headline metric per layer, one line per model (per-layer curves)", png))
     for item in task_report_items(df, run_dir) + plot_scaling(df, run_dir):
         if item.path is not None:
             paths[item.path.stem] = item.path
+            page.figures.append((item.caption, item.path))
+        if item.table is not None:
+            page.details.append((item.caption, item.table))
     figures = [p.name for k, p in paths.items() if p.suffix == ".png"]
+    if published_rows is not None:
+        lines += markdown_lines(published_rows, published)
+        page.published = list(published_tables(published_rows).items())
+        page.published_note = (f"{MARK[0].upper() + MARK[1:]}. From {', '.join(published)}: numbers other people "
+                               f"published, kept apart from this run's measured rows; each row's source (paper, "
+                               f"table) and protocol are in its CSV file under results/published/.")
     if figures:
         lines += ["", "Figures: " + ", ".join(figures)]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    page.details = detail_tables(df) + page.details
+    page.costs = unit_costs(df)
+    page.failures = failed_units(run_dir)
+    paths["html"] = run_dir / "report.html"
+    atomic_write_text(paths["html"], render(page))
     return paths
+
+
+def _load_published(names: list[str] | None) -> pd.DataFrame | None:
+    if not names:
+        return None
+    return pd.concat([load_published(name) for name in names], ignore_index=True)
+
+
+def _meta_line(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "no finished units"
+    first = df.iloc[0]
+    return (f"{df['unit_id'].nunique() if 'unit_id' in df else '?'} finished units, {df['model'].nunique()} models; "
+            f"ssl-bench {first.get('ssl_bench_version')} at git {str(first.get('git_sha'))[:12]}, "
+            f"device {first.get('device')}")
+
+
+# the aggregate metrics of the tasks whose numbers are not per layer, shown in full in the HTML report
+DETAIL_TASKS = {"detection_voc07": "Detection (VOC07 test)", "normals_nyuv2": "Surface normals (NYUv2 test)"}
+
+
+def detail_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per detection/normals task instance: model x (mode/layer: metric) of every aggregate row."""
+    if df.empty:
+        return []
+    rows = df[text_column(df, "class").eq("") & text_column(df, "sample").eq("") & text_column(df, "k").eq("")]
+    out = []
+    for task, sub in rows.groupby("task", sort=False):
+        family = next((f for f in DETAIL_TASKS if str(task).startswith(f)), None)
+        if family is None:
+            continue
+        column = text_column(sub, "layer") + ":" + sub["metric"].astype(str)
+        table = sub.assign(column=column).pivot_table(index="model", columns="column", values="value",
+                                                       aggfunc="mean", sort=False)
+        table.index.name = "model"
+        out.append((f"{DETAIL_TASKS[family]}: {task}", table))
+    return out
+
+
+COST_COLUMNS = ["wall_time_s", "peak_rss_mb", "peak_gpu_mb", "device", "host", "finished_at", "determinism",
+                "config_hash", "weights_sha256", "git_sha"]
+
+
+def unit_costs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished unit: its wall time, peak memory, device and provenance, as recorded."""
+    if df.empty or "unit_id" not in df:
+        return pd.DataFrame()
+    columns = [c for c in COST_COLUMNS if c in df]
+    costs = df.groupby("unit_id", sort=False)[columns].first()
+    costs.index.name = "unit"
+    return costs
+
+
+def failed_units(run_dir: Path) -> list[tuple[str, str]]:
+    """(unit, error text) of every unit whose last attempt failed: an error file with no result
+    file of the same unit (a later success removes the error file; files of older versions, named
+    by slug only, count as resolved when any result file of that slug exists)."""
+    units = run_dir / "units"
+    if not units.is_dir():
+        return []
+    results = {p.name[: -len(".csv")].split("--")[0] for p in units.glob("*.csv")}
+    out = []
+    for error in sorted(units.glob("*.error.txt")):
+        stem = error.name[: -len(".error.txt")]
+        if (units / f"{stem}.csv").exists() or stem.split("--")[0] in results:
+            continue
+        try:
+            text = error.read_text(errors="replace")
+        except OSError as exc:
+            text = f"(error file unreadable: {exc})"
+        out.append((stem.split("--")[0].replace("__", "/"), text))
+    return out
 
 
 def task_families(df: pd.DataFrame, run_dir: Path) -> dict[str, list[str]]:

@@ -48,6 +48,7 @@ SCRIPT = """
     var heads=table.tHead.rows[0].cells;
     Array.prototype.forEach.call(heads,function(th,i){th.classList.add('sortable');
       th.addEventListener('click',function(){sortBy(table,i,th);});});});
+  document.body.setAttribute('data-report-ready','1');
 })();
 """
 

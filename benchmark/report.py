@@ -100,7 +100,7 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
     table = leaderboard(df)
     paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["csv"], table.to_csv())
-    page = HtmlReport(title=f"ssl-bench report: {run_dir.name}", meta=_meta_line(df))
+    page = HtmlReport(title=f"ssl-bench report: {run_dir.resolve().name}", meta=_meta_line(df))
     lines = [f"# Leaderboard: {run_dir.name}", ""]
     if table.empty:
         lines.append("No finished results yet.")

@@ -101,6 +101,11 @@ def scaling_curves(df: pd.DataFrame) -> pd.DataFrame:
     if not out:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     curves = pd.DataFrame(out)
+    # a task the sweep's points did not all run (a task's `models:` list) has no curve
+    points = curves.groupby(["sweep", "axis", "fixed", "task", "metric"], sort=False)["x"].transform("nunique")
+    curves = curves[points >= 2]
+    if curves.empty:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
     curves = curves.sort_values(["sweep", "axis", "fixed", "task", "metric", "layer", "_order"], kind="stable")
     return curves.drop(columns="_order").reset_index(drop=True)
 

@@ -168,6 +168,9 @@ def _sweep_rows():
         rows.append({"model": f"m{fraction}-{seed}", "task": "voc07_svm", "layer": layer, "metric": "AP",
                      "class": "cat", "value": 99.0, "sweep": "m", "sweep:data_fraction": fraction, "sweep:seed": seed})
     rows.append({"model": "other", "task": "voc07_svm", "layer": "res5", "metric": "mAP", "value": 1.0})
+    # a task run for one point only (its `models:` list) draws no curve
+    rows.append({"model": "m1.0-0", "task": "linear_places205", "layer": "res5", "metric": "top1", "value": 5.0,
+                 "sweep": "m", "sweep:data_fraction": 1.0, "sweep:seed": 0})
     return pd.DataFrame(rows)
 
 

@@ -24,8 +24,6 @@ class ReportItem:
     caption: str
     path: Path | None = None
     table: "pd.DataFrame | None" = None
-    # the figure as SVG text, when the task made one: the HTML report inlines it instead of the PNG
-    svg: str | None = None
 
 
 @dataclass

@@ -210,3 +210,20 @@ def test_rows_of_a_run_get_their_sweep_columns_from_its_config(tmp_path):
     assert out["sweep"].tolist()[1:] == ["pre", "pre"] and pd.isna(out["sweep"].iloc[0])
     assert out["sweep:data_fraction"].tolist()[1:] == [0.5, 1.0]
     assert annotate(df, tmp_path / "missing").equals(df)
+
+
+def test_checkpoint_names_made_before_data_fraction_existed_hold():
+    from benchmark.config import DEFAULT_CONFIG
+    from pretrainers.supervised import Supervised
+
+    suite = load_suite("goyal2019-mini", DEFAULT_CONFIG)
+    spec = next(m for m in suite.models if m.name == "supervised")
+    # the name of the mini suite's supervised checkpoint before the option existed
+    assert Supervised(**spec.options).config_hash() == "21a9c117acd38751"
+    assert Supervised(**{**spec.options, "data_fraction": 0.5}).config_hash() != "21a9c117acd38751"
+    assert Supervised(**{**spec.options, "data_fraction": 1.0, "data_seed": 0}).config_hash() == "21a9c117acd38751"
+    # the mini suite's sweep: the 1.0 point is the jigsaw model itself, the 0.25 point a new model
+    jigsaw = [m for m in suite.models if m.sweep.get("sweep") == "jigsaw"]
+    assert [(m.name, m.sweep["axes"]) for m in jigsaw] == [("jigsaw.data_fraction-0.25", {"data_fraction": 0.25}),
+                                                          ("jigsaw", {"data_fraction": 1.0})]
+    assert "data_fraction" not in jigsaw[1].options

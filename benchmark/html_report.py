@@ -71,7 +71,7 @@ def _cell(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "<td></td>"
     if isinstance(value, float):
-        return f'<td data-v="{value!r}">{value:.{digits}f}</td>'
+        return f'<td data-v="{float(value)!r}">{value:.{digits}f}</td>'
     return f"<td>{html.escape(str(value))}</td>"
 
 

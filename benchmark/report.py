@@ -147,7 +147,7 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
     if figures:
         lines += ["", "Figures: " + ", ".join(figures)]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
-    page.details = detail_tables(df) + page.details
+    page.details = detail_tables(df, task_families(df, run_dir)) + page.details
     page.costs = unit_costs(df)
     page.failures = failed_units(run_dir)
     paths["html"] = run_dir / "report.html"
@@ -174,15 +174,18 @@ def _meta_line(df: pd.DataFrame) -> str:
 DETAIL_TASKS = {"detection_voc07": "Detection (VOC07 test)", "normals_nyuv2": "Surface normals (NYUv2 test)"}
 
 
-def detail_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Per detection/normals task instance: model x (mode/layer: metric) of every aggregate row."""
+def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """Per detection/normals task instance: model x (mode/layer: metric) of every aggregate row.
+    ``families``: registered task -> instance names (``task_families``); by default an instance is
+    its own family."""
     if df.empty:
         return []
+    family_of = {instance: family for family, instances in (families or {}).items() for instance in instances}
     rows = df[text_column(df, "class").eq("") & text_column(df, "sample").eq("") & text_column(df, "k").eq("")]
     out = []
     for task, sub in rows.groupby("task", sort=False):
-        family = next((f for f in DETAIL_TASKS if str(task).startswith(f)), None)
-        if family is None:
+        family = family_of.get(task, task)
+        if family not in DETAIL_TASKS:
             continue
         column = text_column(sub, "layer") + ":" + sub["metric"].astype(str)
         table = sub.assign(column=column).pivot_table(index="model", columns="column", values="value",

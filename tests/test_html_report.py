@@ -32,7 +32,7 @@ def run(tmp_path) -> Path:
     run = tmp_path / "myrun"
     store = ResultStore(run)
     values = {("alpha", "res4"): 40.0, ("alpha", "res5"): 35.0, ("beta", "res4"): 55.0, ("beta", "res5"): 60.0,
-              ("gamma", "res4"): 47.0, ("gamma", "res5"): 12.0}
+              ("gamma", "res4"): 7.0, ("gamma", "res5"): 12.0}
     for (model, layer), value in values.items():
         store.write_unit(f"{model}/voc07_svm/{layer}", [{"model": model, "task": "voc07_svm", "dataset": "voc07",
                                                           "layer": layer, "metric": "mAP", "value": value,
@@ -43,6 +43,9 @@ def run(tmp_path) -> Path:
                 "cost_selection": "validation"}
         rows += [{**base, "metric": "mAP_mean", "value": mean}, {**base, "metric": "mAP_ci95", "value": 1.5}]
     store.write_unit("beta/lowshot_voc07/res5", [{**r, **_provenance(3.0)} for r in rows])
+    store.write_unit("beta/detection_voc07/frozen", [
+        {"model": "beta", "task": "detection_voc07", "dataset": "voc07", "layer": "frozen", "metric": metric,
+         "value": value, **_provenance(7.0)} for metric, value in (("mAP", 43.75), ("mAP50_95", 12.5))])
     store.write_error("alpha/lowshot_voc07/res5", "DatasetError: VOC2007 trainval is missing\nlog: x.log\n\nTraceback ...")
     return run
 
@@ -62,7 +65,10 @@ def test_report_html_is_self_contained_and_complete(run):
     # the failed unit with its error, the costs of every finished unit
     assert "alpha/lowshot_voc07/res5" in page and "DatasetError: VOC2007 trainval is missing" in page
     costs = page[page.index('id="costs"'):]
-    assert costs.count("<tr>") == 1 + 7 and 'data-v="4.25"' in costs and 'data-v="3.0"' in costs and "812.5" in costs
+    # detection's aggregate metrics in full, beyond the leaderboard's headline one
+    details = page[page.index('id="details"'):page.index('id="published"')]
+    assert "frozen:mAP50_95" in details and 'data-v="12.5"' in details and 'data-v="43.75"' in details
+    assert costs.count("<tr>") == 1 + 8 and 'data-v="4.25"' in costs and 'data-v="3.0"' in costs and "812.5" in costs
 
 
 def test_a_later_success_clears_the_failure(run):
@@ -122,5 +128,5 @@ def test_headers_sort_the_table_in_the_browser(run, tmp_path):
     harness.write_text(page.replace("</body>", probe))
     result = _chromium("--dump-dom", harness.as_uri())
     assert _console(result.stderr) == []
-    # first leaderboard table: voc07_svm, column res4 (alpha 40, beta 55, gamma 47)
-    assert 'data-order="alpha,gamma,beta|beta,gamma,alpha"' in result.stdout
+    # first leaderboard table: voc07_svm, column res4 (alpha 40, beta 55, gamma 7: sorted as numbers, not text)
+    assert 'data-order="gamma,alpha,beta|beta,alpha,gamma"' in result.stdout

@@ -31,6 +31,7 @@ $(DEMO_DATA)/NYUv2/splits.mat: | $(VENV)/.installed
 demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv $(DEMO_DATA)/NYUv2/splits.mat
 	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
 	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
+	@echo "Report: $(abspath runs/goyal2019-mini/report.html) (open it in a browser; self-contained)"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -349,7 +349,7 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
             print(f"### {title}\n\n{_table(result[key])}\n")
     if len(result["new"]) and not allow_new:
         print("The reference covers fewer rows than the run: it is out of date or truncated. If the new rows "
-              f"are deliberate (a new model or task), rebuild it with --update, or pass --allow-new.\n")
+              "are deliberate (a new model or task), rebuild it with --update, or pass --allow-new.\n")
     if len(result["informational"]):
         print(f"{len(result['informational'])} per-class / per-sample numbers of trained models lie outside their "
               f"band; they are held through their aggregates and do not fail the check.\n")

@@ -77,7 +77,8 @@ def _finish(summary, run_dir: Path) -> int:
         raise
     print(counts)
     print(paths["md"].read_text())
-    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k != "results"))
+    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
+    print(f"report: {paths['html']}")
     for unit_id, message in summary.failed.items():
         print(f"FAILED {unit_id}: {message}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -138,9 +139,10 @@ def cmd_report(args) -> int:
     if not (run_dir / "units").is_dir():
         raise BenchmarkError(f"{run_dir} is not a run directory (no units/ inside); pass the folder "
                              f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
-    paths = write_report(run_dir)
+    paths = write_report(run_dir, published=args.published)
     print(paths["md"].read_text())
-    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k != "results"))
+    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
+    print(f"report: {paths['html']}")
     return 0
 
 
@@ -229,8 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows the reference does not cover are reported but do not fail the check")
     check.set_defaults(func=cmd_check)
 
-    report = sub.add_parser("report", help="write leaderboard.md/.csv/.png for a run directory")
+    report = sub.add_parser("report", help="write leaderboard.md/.csv/.png and report.html for a run directory")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--published", nargs="+", metavar="NAME",
+                        help="show published numbers beside the run (results/published/NAME.csv, e.g. goyal2019, "
+                             "openselfsup, or a CSV path); marked as not measured here, never mixed into the results")
     report.set_defaults(func=cmd_report)
 
     listing = sub.add_parser("list", help="list suites, tasks, pretrainers or architectures")

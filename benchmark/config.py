@@ -18,8 +18,10 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .options import Anything, Choice, Device, Int, Layers, Options, Str, check_name, declare, declared, validate
+from .options import (Anything, Choice, Device, Int, Layers, Options, Str, check_name, declare, declared,
+                      identity_options, validate)
 from .registry import PRETRAINERS, TASKS, closest
+from .sweeps import expand_models, sweep_columns
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "benchmark.yaml"
 
@@ -160,6 +162,12 @@ class ModelSpec:
     name: str
     pretrainer: str
     options: dict
+    # a sweep point: {"sweep": the entry's name, "axes": {option key path: value}}; {} otherwise
+    sweep: dict = field(default_factory=dict)
+
+    def row_columns(self) -> dict:
+        """What this model adds to its result rows: its sweep and axis values (benchmark.sweeps)."""
+        return sweep_columns(self.sweep)
 
 
 @dataclass
@@ -212,7 +220,46 @@ def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
     raw = dict(raw)
     pretrainer = raw.pop("pretrainer")
     cls = _registered(PRETRAINERS, pretrainer, where)
-    return ModelSpec(name, pretrainer, validate_options(raw, cls.options, where))
+    # options added later (declared omit_at_default) stay out at their default: config hashes of
+    # units made before they existed hold
+    return ModelSpec(name, pretrainer, Options(identity_options(validate_options(raw, cls.options, where), cls.options)))
+
+
+def pretrainer_defaults(models: dict) -> dict[str, dict]:
+    """pretrainer -> {option: default} for the pretrainers a suite's models name (known ones)."""
+    out = {}
+    for raw in models.values():
+        name = raw.get("pretrainer") if isinstance(raw, dict) else None
+        if isinstance(name, str) and name in PRETRAINERS and name not in out:
+            out[name] = {key: option.default for key, option in declared(PRETRAINERS.get(name).options).items()}
+    return out
+
+
+def parse_models(models: dict, where: str) -> list[ModelSpec]:
+    """The suite's models, each swept entry expanded into its points (benchmark.sweeps)."""
+    specs = []
+    for name, raw, sweep in expand_models(models, where, pretrainer_defaults(models)):
+        point = f"{where}.{name}" if not sweep else f"{where}.{sweep['sweep']} (sweep point {name})"
+        if not sweep:
+            specs.append(parse_model(name, raw, point))
+            continue
+        spec = parse_model(name, raw, point)
+        spec.sweep = sweep
+        specs.append(spec)
+    return specs
+
+
+def _task_models(names: list[str], specs: list[ModelSpec]) -> list[str]:
+    """A task's ``models:`` list with the name of a swept entry none of whose points kept it
+    replaced by all its points."""
+    known = {spec.name for spec in specs}
+    out = []
+    for name in names:
+        if name in known:
+            out.append(name)
+        else:
+            out += [spec.name for spec in specs if spec.sweep and spec.sweep["sweep"] == name]
+    return list(dict.fromkeys(out))
 
 
 def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
@@ -267,12 +314,15 @@ def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:
     tasks = _mapping(given["tasks"], f"{where}.tasks")
     settings = Options({**{k: v for k, v in given.items() if k not in ("models", "tasks")}, "executor": executor})
     task_specs = [parse_task(t, spec, f"{where}.tasks.{t}") for t, spec in tasks.items()]
+    model_specs = parse_models(models, f"{where}.models")
+    names = [m.name for m in model_specs] + [m.sweep["sweep"] for m in model_specs if m.sweep]
     for spec in task_specs:
         for model in spec.models or []:
-            if model not in models:
+            if model not in names:
                 raise ConfigError(f"{where}.tasks.{spec.name}.models: no model '{model}' in this suite."
-                                  f"{closest(model, models)} Models: {', '.join(models)}")
-    model_specs = [parse_model(m, spec, f"{where}.models.{m}") for m, spec in models.items()]
+                                  f"{closest(model, names)} Models: {', '.join(dict.fromkeys(names))}")
+        if spec.models is not None:
+            spec.models = _task_models(spec.models, model_specs)
     for spec in task_specs:
         check_layers(spec, model_specs, f"{where}.tasks.{spec.name}")
     return Suite(name=name, settings=settings, models=model_specs, tasks=task_specs, source=str(path))

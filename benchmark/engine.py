@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import torch
 
 from .features import ExtractionStats, FeatureCache
 from .models import Architecture, FrozenBackbone
 from .options import validate
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class ReportItem:
+    """What a task family adds to a run's report: a figure file it wrote (``path``, under the
+    report's folder) or a table (``table``), with a caption saying what it shows."""
+
+    caption: str
+    path: Path | None = None
+    table: "pd.DataFrame | None" = None
 
 
 @dataclass
@@ -107,3 +120,12 @@ class Task:
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         raise NotImplementedError
+
+    @classmethod
+    def report_figures(cls, rows: "pd.DataFrame", out_dir: Path) -> list[ReportItem]:
+        """Figures and tables this task family adds to a run's report, beyond the leaderboard's
+        per-layer tables (which every task gets). ``rows`` are all result rows of the suite's
+        instances of this family (their ``task`` column is the instance name); files go under
+        ``out_dir`` (use ``benchmark.paths.inside``). Called by ``ssl-bench report`` once per
+        family present in the results."""
+        return []

@@ -76,10 +76,14 @@ class Option:
     (omitted for element types, e.g. the items of a list); a default of None means the option may
     be left unset (None), whatever its type."""
 
-    def __init__(self, default: Any = _UNSET, *, nullable: bool = False, required: bool = False):
+    def __init__(self, default: Any = _UNSET, *, nullable: bool = False, required: bool = False,
+                 omit_at_default: bool = False):
         self.default = default
         self.nullable = nullable or default is None
         self.required = required  # None (the default) is not accepted: the option must be given
+        # an option added after results were published: at its default it stays out of a model's
+        # identity (``identity_options``), so config hashes and checkpoint names made before it existed hold
+        self.omit_at_default = omit_at_default
 
     def describe(self) -> str:
         """What is allowed, for error messages ('an integer >= 1')."""
@@ -416,6 +420,14 @@ def declared(options: Mapping[str, Any]) -> dict[str, Option]:
 def _closest(name: Any, candidates: Iterable[str]) -> str:
     """' Did you mean ...?' for a string close to a candidate, else ''."""
     return closest(name, candidates) if isinstance(name, str) else ""
+
+
+def identity_options(options: Mapping[str, Any], declaration: Mapping[str, Any]) -> dict:
+    """``options`` without the options declared ``omit_at_default`` that are at their default: what
+    identifies a configuration (config hashes, checkpoint names) independently of options added later."""
+    spec = declared(declaration)
+    return {key: value for key, value in options.items()
+            if not (key in spec and spec[key].omit_at_default and value == spec[key].default)}
 
 
 def refuse(where: str, value: Any, allowed: str) -> ConfigError:

@@ -6,36 +6,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import safe_load_text
+from .engine import ReportItem
+from .html_report import HtmlReport, render
+from .published import MARK, load_published, markdown_lines, published_tables
+from .errors import BenchmarkError
+from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
-from .paths import disk_full, inside, is_disk_full, temporary_path
 from .results import ResultStore, atomic_write_text
-
-# normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
-HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
-
-
-def _text(df: pd.DataFrame, column: str) -> pd.Series:
-    if column not in df:
-        return pd.Series("", index=df.index)
-    return df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
-
-
-def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate rows (no per-class or per-sample breakdown) of the metrics a leaderboard shows."""
-    if df.empty:
-        return df
-    mask = df["metric"].isin(HEADLINE_METRICS) & _text(df, "class").eq("") & _text(df, "sample").eq("")
-    return df[mask]
-
+from .rows import HEADLINE_METRICS, headline_rows, save_figure, text_column  # noqa: F401  (the report's helpers)
+from .scaling import annotate, plot_scaling
 
 def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     """Adds 'section' (task, plus the cost selection where a task reports several) and 'column'."""
-    selection = _text(rows, "cost_selection")
+    selection = text_column(rows, "cost_selection")
     several = selection.groupby(rows["task"]).transform("nunique") > 1
     section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
-    k = _text(rows, "k")
-    evaluation = _text(rows, "evaluation")  # training tasks report the best and the final evaluation
-    column = (section + "/" + _text(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
+    k = text_column(rows, "k")
+    evaluation = text_column(rows, "evaluation")  # training tasks report the best and the final evaluation
+    column = (section + "/" + text_column(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
               + evaluation.where(evaluation.eq(""), " (" + evaluation + ")"))
     return rows.assign(section=section, column=column)
 
@@ -74,7 +63,7 @@ def skipped_notes(df: pd.DataFrame) -> list[str]:
 def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = headline_rows(df)
     # one value per layer: no low-shot k, and of a training task's evaluations the reported (best)
-    rows = rows[_text(rows, "k").eq("") & _text(rows, "evaluation").isin(["", "best"])]
+    rows = rows[text_column(rows, "k").eq("") & text_column(rows, "evaluation").isin(["", "best"])]
     if rows.empty:
         return None
     import matplotlib
@@ -95,76 +84,23 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = temporary_path(path, keep_suffix=True)
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise disk_full(path, exc) from exc
-        raise
-    finally:
-        plt.close(fig)
-
-
-def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
-    """Per low-shot task: mean metric vs k (log axis), one line per model and layer, shaded 95 %
-    confidence interval over samples; one panel per cost selection."""
-    rows = headline_rows(df)
-    rows = rows[_text(rows, "k").ne("")]
-    if rows.empty:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    ci = df[df["metric"].astype(str).str.endswith("_ci95")]
-    for task, sub in rows.groupby("task", sort=False):
-        selections = list(dict.fromkeys(_text(sub, "cost_selection")))
-        fig, axes = plt.subplots(1, len(selections), figsize=(6 * len(selections), 4.2), squeeze=False)
-        for ax, selection in zip(axes[0], selections):
-            panel = sub[_text(sub, "cost_selection") == selection]
-            for (model, layer, metric), line in panel.groupby(["model", "layer", "metric"], sort=False):
-                line = line.assign(k=pd.to_numeric(line["k"])).sort_values("k")
-                half = ci[(ci.task == task) & (ci.model == model) & (ci.layer == layer)
-                          & (_text(ci, "cost_selection") == selection) & (ci.metric == metric.replace("_mean", "_ci95"))]
-                half = half.assign(k=pd.to_numeric(half["k"])).set_index("k")["value"].reindex(line["k"]).fillna(0)
-                ax.plot(line["k"], line["value"], marker="o", label=f"{model} {layer}")
-                ax.fill_between(line["k"], line["value"] - half.values, line["value"] + half.values, alpha=0.2)
-            ax.set_xscale("log", base=2)
-            ticks = sorted(pd.to_numeric(panel["k"]).unique())
-            ax.set_xticks(ticks, [str(int(t)) for t in ticks])
-            ax.minorticks_off()
-            ax.set_xlabel("k (positives per class)")
-            ax.set_ylabel(panel["metric"].iloc[0].replace("_mean", "") + " (mean over samples, 95 % CI)")
-            title = "cost selected on the TEST set (reference)" if selection == TEST_SELECTED else f"cost: {selection}"
-            ax.set_title(f"{task}: {title}", fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = inside(run_dir, f"{task}.png")
-        _save_figure(fig, path)
-        paths.append(path)
-    return paths
-
-
-def write_report(run_dir: str | Path) -> dict[str, Path]:
+def write_report(run_dir: str | Path, published: list[str] | None = None) -> dict[str, Path]:
+    """leaderboard.md/.csv/.png, the task families' and scaling figures, and report.html.
+    ``published``: names of published sets (results/published/NAME.csv) or CSV paths shown in their
+    own section of leaderboard.md and report.html, never among the measured rows."""
     run_dir = Path(run_dir)
+    published_rows = _load_published(published)  # a bad published file is an error before anything is written
     store = ResultStore(run_dir)
     df = store.load(damaged="skip")  # intact units still make a leaderboard; the damaged are listed
+    df = annotate(df, run_dir)  # sweep columns of swept models, from the run's config where rows lack them
     table = leaderboard(df)
     paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
     atomic_write_text(paths["csv"], table.to_csv())
+    page = HtmlReport(title=f"ssl-bench report: {run_dir.resolve().name}", meta=_meta_line(df))
     lines = [f"# Leaderboard: {run_dir.name}", ""]
     if table.empty:
         lines.append("No finished results yet.")
@@ -173,11 +109,16 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
             # models a task did not run for (a task's `models:` list) are left out of its table
             sub = table[columns].rename(columns=lambda c: c.split("/", 1)[1]).dropna(how="all")
             lines += [f"## {section}", ""]
+            warning = ""
             if TEST_SELECTED in section:
-                lines += ["> The reference protocol picks this cost on the TEST set (argmax of mean test "
-                          "mAP): optimistic numbers, kept for comparison with published results.", ""]
+                warning = ("The reference protocol picks this cost on the TEST set (argmax of mean test "
+                           "mAP): optimistic numbers, kept for comparison with published results.")
+                lines += ["> " + warning, ""]
             lines += [sub.to_markdown(floatfmt=".2f"), ""]
-        lines += _protocol_lines(df)
+            page.leaderboard.append((section, sub, warning))
+        protocol = _protocol_lines(df)
+        lines += protocol
+        page.notes.append(("How these numbers were made", protocol[2:]))
     damaged = [f"- {problem}" for problem in store.damaged]
     if damaged:
         damaged.append(f"\nTheir units count as not done: `ssl-bench resume {run_dir}` recomputes them.")
@@ -185,16 +126,137 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                          ("Damaged result files (left out)", damaged)):
         if notes:
             lines += ["", f"## {title}", ""] + notes
+            page.notes.append((title, notes))
     png = plot_layers(df, run_dir / "leaderboard.png")
     if png:
         paths["png"] = png
-    for path in plot_lowshot(df, run_dir):
-        paths[path.stem] = path
+        page.figures.append(("headline metric per layer, one line per model (per-layer curves)", png))
+    for item in task_report_items(df, run_dir) + plot_scaling(df, run_dir):
+        if item.path is not None:
+            paths[item.path.stem] = item.path
+            page.figures.append((item.caption, item.path))
+        if item.table is not None:
+            page.details.append((item.caption, item.table))
     figures = [p.name for k, p in paths.items() if p.suffix == ".png"]
+    if published_rows is not None:
+        lines += markdown_lines(published_rows, published)
+        page.published = list(published_tables(published_rows).items())
+        page.published_note = (f"{MARK[0].upper() + MARK[1:]}. From {', '.join(published)}: numbers other people "
+                               f"published, kept apart from this run's measured rows; each row's source (paper, "
+                               f"table) and protocol are in its CSV file under results/published/.")
     if figures:
         lines += ["", "Figures: " + ", ".join(figures)]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    page.details = detail_tables(df, task_families(df, run_dir)) + page.details
+    page.costs = unit_costs(df)
+    page.failures = failed_units(run_dir)
+    paths["html"] = run_dir / "report.html"
+    atomic_write_text(paths["html"], render(page))
     return paths
+
+
+def _load_published(names: list[str] | None) -> pd.DataFrame | None:
+    if not names:
+        return None
+    return pd.concat([load_published(name) for name in names], ignore_index=True)
+
+
+def _meta_line(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "no finished units"
+    first = df.iloc[0]
+    return (f"{df['unit_id'].nunique() if 'unit_id' in df else '?'} finished units, {df['model'].nunique()} models; "
+            f"ssl-bench {first.get('ssl_bench_version')} at git {str(first.get('git_sha'))[:12]}, "
+            f"device {first.get('device')}")
+
+
+# the aggregate metrics of the tasks whose numbers are not per layer, shown in full in the HTML report
+DETAIL_TASKS = {"detection_voc07": "Detection (VOC07 test)", "normals_nyuv2": "Surface normals (NYUv2 test)"}
+
+
+def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """Per detection/normals task instance: model x (mode/layer: metric) of every aggregate row.
+    ``families``: registered task -> instance names (``task_families``); by default an instance is
+    its own family."""
+    if df.empty:
+        return []
+    family_of = {instance: family for family, instances in (families or {}).items() for instance in instances}
+    rows = df[text_column(df, "class").eq("") & text_column(df, "sample").eq("") & text_column(df, "k").eq("")]
+    out = []
+    for task, sub in rows.groupby("task", sort=False):
+        family = family_of.get(task, task)
+        if family not in DETAIL_TASKS:
+            continue
+        column = text_column(sub, "layer") + ":" + sub["metric"].astype(str)
+        table = sub.assign(column=column).pivot_table(index="model", columns="column", values="value",
+                                                       aggfunc="mean", sort=False)
+        table.index.name = "model"
+        out.append((f"{DETAIL_TASKS[family]}: {task}", table))
+    return out
+
+
+COST_COLUMNS = ["wall_time_s", "peak_rss_mb", "peak_gpu_mb", "device", "host", "finished_at", "determinism",
+                "config_hash", "weights_sha256", "git_sha"]
+
+
+def unit_costs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished unit: its wall time, peak memory, device and provenance, as recorded."""
+    if df.empty or "unit_id" not in df:
+        return pd.DataFrame()
+    columns = [c for c in COST_COLUMNS if c in df]
+    costs = df.groupby("unit_id", sort=False)[columns].first()
+    costs.index.name = "unit"
+    return costs
+
+
+def failed_units(run_dir: Path) -> list[tuple[str, str]]:
+    """(unit, error text) of every unit whose last attempt failed: an error file with no result
+    file of the same unit (a later success removes the error file; files of older versions, named
+    by slug only, count as resolved when any result file of that slug exists)."""
+    units = run_dir / "units"
+    if not units.is_dir():
+        return []
+    results = {p.name[: -len(".csv")].split("--")[0] for p in units.glob("*.csv")}
+    out = []
+    for error in sorted(units.glob("*.error.txt")):
+        stem = error.name[: -len(".error.txt")]
+        if (units / f"{stem}.csv").exists() or stem.split("--")[0] in results:
+            continue
+        try:
+            text = error.read_text(errors="replace")
+        except OSError as exc:
+            text = f"(error file unreadable: {exc})"
+        out.append((stem.split("--")[0].replace("__", "/"), text))
+    return out
+
+
+def task_families(df: pd.DataFrame, run_dir: Path) -> dict[str, list[str]]:
+    """Registered task name -> the suite's instance names of it found in ``df`` (first appearance
+    order). A run directory's suite.yaml says which task each instance is; without it (an older
+    run), an instance named like a registered task is that task."""
+    kinds: dict[str, str] = {}
+    resolved = run_dir / "suite.yaml"
+    if resolved.is_file():
+        try:
+            tasks = (safe_load_text(resolved.read_text(), str(resolved)) or {}).get("tasks") or {}
+            kinds = {name: spec.get("task", name) for name, spec in tasks.items() if isinstance(spec, dict)}
+        except (BenchmarkError, OSError, AttributeError):
+            kinds = {}  # the report still has the leaderboard; figures fall back to the names
+    families: dict[str, list[str]] = {}
+    for instance in dict.fromkeys(df["task"].astype(str)) if not df.empty else []:
+        families.setdefault(kinds.get(instance, instance), []).append(instance)
+    return families
+
+
+def task_report_items(df: pd.DataFrame, run_dir: Path) -> list[ReportItem]:
+    """What each task family present in the results adds to the report (``Task.report_figures``).
+    A family whose plugin is not installed here is skipped: its rows are still in the tables."""
+    items = []
+    for family, instances in task_families(df, run_dir).items():
+        if family not in TASKS:
+            continue
+        items += TASKS.get(family).report_figures(df[df["task"].astype(str).isin(instances)], run_dir)
+    return items
 
 
 def _columns_by_task(table: pd.DataFrame) -> dict[str, list[str]]:
@@ -212,7 +274,7 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
         details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
                    if col in sub and pd.notna(first.get(col)) and first.get(col) != ""]
         for column, label in (("cost_selection", "cost selection"), ("evaluation", "evaluations")):
-            values = [v for v in dict.fromkeys(_text(sub, column)) if v]
+            values = [v for v in dict.fromkeys(text_column(sub, column)) if v]
             if values:
                 details.append(f"{label}: " + ", ".join(values))
         lines.append(f"- {task}: " + ", ".join(details))

@@ -17,6 +17,19 @@ IMAGE_SIZE = Int(224, min=16)
 UNIT_INTERVAL = Float(min=0, max=1, min_open=True)  # e.g. RandomResizedCrop's area fractions
 POSITIVE = Float(min=0, min_open=True)
 CROP_SCALE = Range(UNIT_INTERVAL, [0.08, 1.0])
+# the data-size axis of a sweep: train on a nested subset of the images (benchmark.sweeps.nested_subset),
+# drawn from data_seed (apart from 'seed': replicates reseed training, not the subset). Added after
+# results existed: at their defaults they stay out of config hashes and checkpoint names.
+DATA_FRACTION = Float(1.0, min=0, max=1, min_open=True, omit_at_default=True)
+DATA_SEED = Int(0, min=0, omit_at_default=True)
+
+
+def subset_meta(fraction: float, seed: int, kept: int, total: int) -> dict:
+    """What a checkpoint records of the subset it was trained on (nothing for all images)."""
+    if fraction >= 1:
+        return {}
+    return {"data_fraction": fraction, "data_seed": seed, "data_subset": f"{kept} of {total} images, nested "
+            f"subset drawn from data_seed {seed}"}
 
 
 def freeze(name: str, arch_name: str, model: nn.Module, info: dict) -> LoadedModel:

@@ -7,6 +7,7 @@ checkpoint is keyed by the training config, so a rerun loads it instead of train
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -21,12 +22,14 @@ from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
-from benchmark.options import Choice, Float, Int, Name, declare
+from benchmark.options import Choice, Float, Int, Name, declare, identity_options
 from benchmark.paths import inside
 from benchmark.training import (Schedule, atomic_torch_save, atomic_write, load_resume_state, progress,
                                 seed_everything, seed_worker)
 
-from .common import ARCH, CROP_SCALE, IMAGE_SIZE, SEED, freeze
+from benchmark.sweeps import nested_subset
+
+from .common import ARCH, CROP_SCALE, DATA_FRACTION, DATA_SEED, IMAGE_SIZE, SEED, freeze, subset_meta
 
 
 # torch's OneCycleLR (momentum cycling between 0.85 and 0.95 included), 15 % of the run rising
@@ -49,7 +52,7 @@ class Supervised(Pretrainer):
         "image_size": IMAGE_SIZE, "crop_scale": CROP_SCALE, "batch_size": Int(64, min=1),
         "lr": Float(0.1, min=0, min_open=True), "momentum": Float(0.9, min=0, max=1),
         "weight_decay": Float(1e-4, min=0),
-        "seed": SEED,
+        "seed": SEED, "data_fraction": DATA_FRACTION, "data_seed": DATA_SEED,
     })
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
@@ -57,7 +60,7 @@ class Supervised(Pretrainer):
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config
-        path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{config_hash(cfg)}.pth")
+        path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{self.config_hash()}.pth")
         if not path.exists():
             self.train(ctx, model_name, path)
         model = create_model(cfg["arch"], seed=cfg["seed"])
@@ -65,9 +68,18 @@ class Supervised(Pretrainer):
         meta = json.loads(path.with_suffix(".json").read_text())
         return freeze(model_name, cfg["arch"], model, {"pretrainer": "supervised", **info, **meta})
 
+    def config_hash(self) -> str:
+        return config_hash(identity_options(self.config, type(self).options))
+
     def train(self, ctx: RunContext, model_name: str, path) -> None:
         cfg = self.config
         data = load_voc(ctx.data_root, cfg["split"])
+        total_images = len(data.image_ids)
+        if cfg["data_fraction"] < 1:
+            keep = nested_subset(list(data.image_ids), cfg["data_fraction"], cfg["data_seed"])
+            data = replace(data, image_ids=[data.image_ids[i] for i in keep],
+                           image_paths=[data.image_paths[i] for i in keep], labels=data.labels[keep],
+                           objects=[data.objects[i] for i in keep])
         generator = seed_everything(cfg["seed"])
         model = create_model(cfg["arch"], seed=cfg["seed"])
         replace_head(model, data.labels.shape[1])
@@ -123,7 +135,8 @@ class Supervised(Pretrainer):
                                    "history": history}, partial)
         meta = {"trained_on": f"{cfg['dataset']}/{cfg['split']}", "train_images": len(targets),
                 "epochs": cfg["epochs"], "final_train_loss": history[-1], "loss_history": history,
-                "train_config_hash": config_hash(cfg)}
+                "train_config_hash": self.config_hash(),
+                **subset_meta(cfg["data_fraction"], cfg["data_seed"], len(targets), total_images)}
         # metadata first: the checkpoint's existence is what marks training as done
         atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
         atomic_torch_save({"state_dict": model.cpu().state_dict(), "meta": meta}, path)

@@ -55,6 +55,11 @@ def test_default_config_is_the_repo_file() -> None:
     assert DEFAULT_CONFIG == REPO / "benchmark.yaml"
 
 
+from benchmark.config import pretrainer_defaults  # noqa: E402
+from benchmark.options import identity_options  # noqa: E402
+from benchmark.sweeps import expand_models  # noqa: E402
+
+
 def _raw_repo_suites() -> dict:
     return yaml.safe_load(DEFAULT_CONFIG.read_text())["suites"]
 
@@ -68,11 +73,14 @@ def test_repo_config_loads_both_suites(name: str) -> None:
     expected_settings = {k: raw.get(k, v) for k, v in SUITE_KEYS.items() if k not in ("models", "tasks")}
     expected_settings["executor"] = {**EXECUTOR_KEYS, **(raw.get("executor") or {})}
     assert suite.settings == expected_settings
-    assert [m.name for m in suite.models] == list(raw["models"])
-    for model in suite.models:
-        spec = dict(raw["models"][model.name])
+    # a swept entry is its points (benchmark.sweeps); options added later are left out at their default
+    points = expand_models(raw["models"], "benchmark.yaml", pretrainer_defaults(raw["models"]))
+    assert [m.name for m in suite.models] == [name for name, _, _ in points]
+    for model, (_, spec, _) in zip(suite.models, points):
+        spec = dict(spec)
         assert model.pretrainer == spec.pop("pretrainer")
-        assert model.options == {**PRETRAINERS.get(model.pretrainer).options, **spec}
+        declaration = PRETRAINERS.get(model.pretrainer).options
+        assert model.options == identity_options({**declaration, **spec}, declaration)
     assert [t.name for t in suite.tasks] == list(raw["tasks"])
     for task in suite.tasks:
         spec = dict(raw["tasks"][task.name] or {})

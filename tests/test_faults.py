@@ -149,11 +149,13 @@ def test_names_from_results_and_options_cannot_place_files_outside(tmp_path) -> 
         sample_directory(tmp_path / "run", "lowshot_voc07", Split(), 0)
     with pytest.raises(UnsafePathError, match="escape"):
         cache_path(tmp_path / "cache", {"generator": "../../escape"})
-    # a task name in the results becomes a figure's file name
+    # a task name in the results becomes a figure's file name (in the low-shot family's report hook,
+    # reached through the run's suite.yaml, which says which task the instance is)
     run_dir = tmp_path / "deep" / "run"
     store = ResultStore(run_dir)
     store.write_unit("m/x/res5", [{"model": "m", "task": "../../escape", "layer": "res5", "metric": "mAP_mean",
                                    "k": "1", "value": 1.0}])
+    (run_dir / "suite.yaml").write_text("tasks:\n  ../../escape: {task: lowshot_voc07}\n")
     before = _hashes(run_dir)
     with pytest.raises(UnsafePathError, match="escape.png"):
         write_report(run_dir)

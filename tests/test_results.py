@@ -186,7 +186,8 @@ def run_dir(tmp_path: Path) -> Path:
 def test_write_report_files(run_dir: Path) -> None:
     paths = write_report(run_dir)
     assert {k: p.name for k, p in paths.items()} == {
-        "results": "results.csv", "csv": "leaderboard.csv", "md": "leaderboard.md", "png": "leaderboard.png"}
+        "results": "results.csv", "csv": "leaderboard.csv", "md": "leaderboard.md", "png": "leaderboard.png",
+        "html": "report.html"}
     board = pd.read_csv(paths["csv"], index_col=0)
     assert board.index.tolist() == ["moco", "random"]
     assert board.columns.tolist() == ["voc07_svm/conv1:mAP", "voc07_svm/res5:mAP"]

@@ -99,7 +99,8 @@ class UnitRunner:
                           "arch": model.arch.name, "config_hash": unit.config_hash, "seed": ctx.seed,
                           "replicate": self.plan.replicate,
                           "determinism": "trained" if unit_trains(self.plan.suite, unit.model, unit.task) else "exact",
-                          "weights_sha256": model.weights[:16], **stats, **static_provenance(self.device)}
+                          "weights_sha256": model.weights[:16], **spec.row_columns(), **stats,
+                          **static_provenance(self.device)}
             # a task may mark rows computed without its training (evaluator checks) as exact itself;
             # a full disk here fails this unit only, and its earlier result file, if any, stays whole
             self.store.write_unit(unit.unit_id, [{**row, **provenance,

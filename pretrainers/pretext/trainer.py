@@ -40,7 +40,8 @@ from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Reg
                                validate)
 from benchmark.provenance import resolve_device
 from benchmark.registry import PRETEXT_METHODS
-from pretrainers.common import ARCH, SEED
+from benchmark.sweeps import nested_subset
+from pretrainers.common import ARCH, DATA_FRACTION, DATA_SEED, SEED, subset_meta
 from benchmark.training import (CsvLog, ResumableBatches, Schedule, atomic_torch_save, atomic_write, cpu_state,
                                 derived_seed, epoch_order, load_matching_checkpoint, loader_batches, progress,
                                 rng_state, set_rng_state)
@@ -96,6 +97,13 @@ def resolve_images(data: str | Path, data_root: Path | None = None) -> tuple[lis
     if not paths:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {image_dir}")
     return paths, image_dir, str(image_dir)
+
+
+def select_subset(paths: list[Path], root: Path, fraction: float, seed: int) -> list[Path]:
+    """The nested subset (benchmark.sweeps.nested_subset) of ``paths``, keyed by their path
+    relative to ``root``: the same images wherever the dataset lives."""
+    keep = nested_subset([p.relative_to(root).as_posix() for p in paths], fraction, seed)
+    return [paths[i] for i in keep]
 
 
 def data_fingerprint(paths: list[Path], root: Path) -> str:
@@ -206,6 +214,8 @@ PRETEXT_OPTIONS = declare({
     "image_size": Int(224, min=16),
     "seed": SEED,
     "method_options": PluginOptions(PRETEXT_METHODS, "method"),
+    "data_fraction": DATA_FRACTION,  # a nested subset of the images (a sweep's data-size axis)
+    "data_seed": DATA_SEED,
 })
 # the loop's own settings, beyond a suite model's identity
 LOOP_OPTIONS = declare({
@@ -261,7 +271,7 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
                   device: str | torch.device = "auto", method_options: dict | None = None,
                   momentum: float | None = None, weight_decay: float | None = None,
                   warmup_epochs: float | None = None, optimizer: str | None = None, num_workers: int = 2,
-                  checkpoint_every: int = 500,
+                  checkpoint_every: int = 500, data_fraction: float = 1.0, data_seed: int = 0,
                   data_root: Path | None = None, where: str = "ssl-bench pretrain") -> dict:
     """Train ``method`` on the images of ``data``; writes ``out`` (+ ``.json``, ``.log.csv``) and
     returns the checkpoint's ``meta``. Resumes from ``out``'s ``.partial.pth`` when one made with the
@@ -269,7 +279,8 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     validate({"method": method, "arch": arch, "data": str(data), "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "optimizer": optimizer, "image_size": image_size, "seed": seed, "method_options": method_options,
               "momentum": momentum, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
-              "num_workers": num_workers, "checkpoint_every": checkpoint_every}, LOOP_OPTIONS, where)
+              "num_workers": num_workers, "checkpoint_every": checkpoint_every, "data_fraction": data_fraction,
+              "data_seed": data_seed}, LOOP_OPTIONS, where)
     cls = PRETEXT_METHODS.get(method)
     # a plain dict: it is saved in the checkpoint's meta, which torch.load(weights_only=True) reads
     options = dict(validate(method_options, cls.options, f"{where}.method_options"))
@@ -279,6 +290,10 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
                                 optimizer=optimizer)
     out = Path(out).expanduser()
     paths, root, described = resolve_images(data, data_root)
+    total_images = len(paths)
+    if data_fraction < 1:
+        paths = select_subset(paths, root, data_fraction, data_seed)
+        described += f", nested subset {data_fraction:g} (data_seed {data_seed})"
     fingerprint = data_fingerprint(paths, root)
     if batch_size > len(paths):
         raise ConfigError(f"batch_size {batch_size} is larger than the {len(paths)} images in {described}")
@@ -384,6 +399,7 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
         "epochs": epochs, "batch_size": batch_size, "iterations": total, "training": training,
         "optimizer": training.get("optimizer", "sgd"), "schedule": f"cosine, {warmup} warm-up iterations",
         "data": described, "num_images": len(paths), "data_fingerprint": fingerprint,
+        **subset_meta(data_fraction, data_seed, len(paths), total_images),
         "final_loss": history[-1], "loss_history": history,
         "final_metrics": {k: round(v / sums["count"], 5) for k, v in sums.items() if k not in ("loss", "count")},
         "run_id": run_id, "train_seconds_last_session": round(time.time() - began, 1),

@@ -23,11 +23,12 @@ from benchmark.svm.solvers import Solver
 from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
+from .report import LowShotReport
 
 NAME = "lowshot_places205"  # the name the task is registered and configured under
 
 
-class LowShotPlaces205(SVMTask, Task):
+class LowShotPlaces205(LowShotReport, SVMTask, Task):
     name = NAME
     dataset = "places205"
     options = declare({

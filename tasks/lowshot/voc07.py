@@ -26,11 +26,12 @@ from benchmark.svm.solvers import Solver
 from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
+from .report import LowShotReport
 
 NAME = "lowshot_voc07"  # the name the task is registered and configured under
 
 
-class LowShotVOC07(SVMTask, Task):
+class LowShotVOC07(LowShotReport, SVMTask, Task):
     name = NAME
     dataset = "voc07"
     options = declare({

@@ -1,0 +1,45 @@
+"""What the report's parts share: reading result rows (headline metrics, text columns) and
+writing figures atomically. Task families' report hooks use them too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .paths import disk_full, is_disk_full, temporary_path
+
+# normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
+HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
+
+
+def text_column(df: pd.DataFrame, column: str) -> pd.Series:
+    """``df[column]`` as text ('' for missing, '4' rather than '4.0'), or '' everywhere without it."""
+    if column not in df:
+        return pd.Series("", index=df.index)
+    return df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
+
+
+def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate rows (no per-class or per-sample breakdown) of the metrics a leaderboard shows."""
+    if df.empty:
+        return df
+    mask = df["metric"].isin(HEADLINE_METRICS) & text_column(df, "class").eq("") & text_column(df, "sample").eq("")
+    return df[mask]
+
+
+def save_figure(fig, path: Path) -> None:
+    """Writes a matplotlib figure atomically (and closes it); a full disk is a DiskFullError."""
+    import matplotlib.pyplot as plt
+
+    tmp = temporary_path(path, keep_suffix=True)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise
+    finally:
+        plt.close(fig)

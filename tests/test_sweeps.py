@@ -13,7 +13,7 @@ import pytest
 from benchmark.config import config_hash, load_suite
 from benchmark.errors import ConfigError
 from benchmark.options import Float, Int, identity_options
-from benchmark.runner import plan_run
+from benchmark.run import plan_run
 from benchmark.scaling import annotate, log_axis, scaling_curves
 from benchmark.sweeps import expand_models, nested_subset, sweep_columns
 

@@ -35,8 +35,9 @@ def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
     k = _text(rows, "k")
     evaluation = _text(rows, "evaluation")  # training tasks report the best and the final evaluation
+    backend = _text(rows, "backend")  # detection: two backends' numbers never share (or average in) a column
     column = (section + "/" + _text(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
-              + evaluation.where(evaluation.eq(""), " (" + evaluation + ")"))
+              + evaluation.where(evaluation.eq(""), " (" + evaluation + ")") + backend.where(backend.eq(""), " [" + backend + "]"))
     return rows.assign(section=section, column=column)
 
 

@@ -125,3 +125,23 @@ def test_build_recipe_refuses_an_unexpected_sdist(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit, match=r"setup\.py: expected 1 occurrence\(s\) of 'name=\"pb1-detectron2\",', "
                                          r"found 0: not the sdist this recipe is for"):
         tool.apply_patches(tmp_path)
+
+
+def test_leaderboard_keeps_the_backends_apart() -> None:
+    import pandas as pd
+
+    from benchmark.report import leaderboard
+
+    rows = pd.DataFrame([
+        {"model": "m", "task": "detection_voc07", "layer": "frozen", "metric": "mAP", "class": "", "value": 40.0,
+         "backend": "torchvision"},
+        {"model": "m", "task": "detection_voc07", "layer": "frozen", "metric": "mAP", "class": "", "value": 50.0,
+         "backend": "detectron2"},
+        {"model": "m", "task": "detection_voc07", "layer": "frozen", "metric": "mAP", "class": "", "value": 30.0,
+         "evaluation": "perturbed_ground_truth"},
+        {"model": "m", "task": "voc07_svm", "layer": "res5", "metric": "mAP", "class": "", "value": 60.0}])
+    board = leaderboard(rows)
+    assert board.loc["m"].to_dict() == {"detection_voc07/frozen:mAP [torchvision]": 40.0,
+                                        "detection_voc07/frozen:mAP [detectron2]": 50.0,
+                                        "detection_voc07/frozen:mAP (perturbed_ground_truth)": 30.0,
+                                        "voc07_svm/res5:mAP": 60.0}

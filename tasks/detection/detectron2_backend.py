@@ -40,6 +40,8 @@ INSTALL = ("install it with `make detectron2` in the ssl-bench clone (builds det
            "(after torch; it builds against the installed torch), or use backend: torchvision (the default)")
 # detectron2 model keys that have no counterpart in a classification trunk: the new heads
 NEW_HEADS = ("proposal_generator.", "roi_heads.box_predictor.")
+# options that do not change the trained detector: a checkpoint made with others is resumed
+RESULT_NEUTRAL = ("checkpoint_every", "cache_features_mb", "evaluate_untrained", "modes")
 
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
 
@@ -222,7 +224,7 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     version = detectron2_version()
     workers = dataloader_workers(ctx.num_workers)
     fingerprint = config_hash({"weights": model.weights, "arch": model.arch.name, "mode": mode, "seed": ctx.seed,
-                               "options": {k: v for k, v in cfg_opts.items() if k != "checkpoint_every"},
+                               "options": {k: v for k, v in cfg_opts.items() if k not in RESULT_NEUTRAL},
                                "detectron2": version["detectron2_distribution"] or version["detectron2_version"]})
     out_dir = inside(out_root, f"detectron2-{mode}-{fingerprint}")
     converted = convert_to_detectron2(model.backbone.model.state_dict())

@@ -234,3 +234,16 @@ suites:
     ours, theirs = _compare(dict(evaluator._predictions), list(test.ids), voc_dir, test)
     assert 20 < np.nanmean(ours) < 95  # a real check: neither empty nor perfect
     assert evaluator.evaluate()["bbox"]["AP50"] == pytest.approx(theirs.mean(), abs=1e-9)
+
+
+def test_cpp_ops_fail_clearly_in_the_pypi_build(detectron2) -> None:
+    import importlib.metadata
+
+    if not importlib.metadata.version("detectron2").endswith("+sslbench1"):
+        pytest.skip("detectron2 was installed another way (with its C++ extension)")
+    from detectron2.layers import nms_rotated
+
+    boxes = torch.tensor([[5.0, 5.0, 4.0, 4.0, 0.0]])
+    with pytest.raises(RuntimeError, match=r"detectron2\._C\.nms_rotated is a C\+\+ op, and this detectron2 was built "
+                                           r"without its C\+\+ extension"):
+        nms_rotated(boxes, torch.tensor([1.0]), 0.5)

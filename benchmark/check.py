@@ -148,7 +148,9 @@ def write_reference(frame: pd.DataFrame, path: Path) -> None:
     atomic_write_text(Path(path), header + body.decode())
 
 
-def load_run(run_dir: Path) -> pd.DataFrame:
+def load_run(run_dir: Path, plan=None) -> pd.DataFrame:
+    """The scored rows of a run; ``plan`` (the run's own, when the caller has loaded it) saves
+    rebuilding it for rows written before they recorded their determinism."""
     run = ResultStore(run_dir).load()
     if run.empty:
         raise BenchmarkError(f"{run_dir} has no results (units/*.csv); run the suite first")
@@ -157,15 +159,21 @@ def load_run(run_dir: Path) -> pd.DataFrame:
     run = run.copy()
     run["value"] = pd.to_numeric(run["value"], errors="coerce")
     if "determinism" not in run or (run["determinism"].fillna("") == "").any():
-        run["determinism"] = _determinism_from_plan(run, run_dir)
+        run["determinism"] = _determinism_from_plan(run, plan or _load_plan(run_dir))
     return run
 
 
-def _determinism_from_plan(run: pd.DataFrame, run_dir: Path) -> pd.Series:
-    """Rows written before they recorded it: derived from the run's own plan, as the runner does."""
-    from .runner import load_plan, unit_trains
+def _load_plan(run_dir: Path):
+    from .run import load_plan
 
-    suite = load_plan(run_dir).suite
+    return load_plan(run_dir)
+
+
+def _determinism_from_plan(run: pd.DataFrame, plan) -> pd.Series:
+    """Rows written before they recorded it: derived from the run's own plan, as the runner does."""
+    from .run import unit_trains
+
+    suite = plan.suite
     trains = {(m.name, t.name): unit_trains(suite, m.name, t.name) for m in suite.models for t in suite.tasks}
     recorded = run["determinism"].fillna("") if "determinism" in run else pd.Series("", index=run.index)
     derived = [("trained" if trains.get((m, t), True) else "exact") for m, t in zip(run["model"], run["task"])]
@@ -276,10 +284,9 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
     both["delta"] = both["value_run"] - both["value_reference"]
     both["distance"] = (both["value_run"] - centre).abs()
     nan_changed = both["value_run"].isna() != both["value_reference"].isna()
-    both["outside"] = (both["distance"] > both["tolerance"] + 1e-9) | nan_changed
-    if tolerance is not None and tolerance == 0:
-        both["outside"] = ~((both["value_run"] == both["value_reference"]) |
-                            (both["value_run"].isna() & both["value_reference"].isna()))
+    # a float round-off of slack on a tolerance; none on tolerance 0, the exact comparison of refactors
+    slack = np.where(both["tolerance"] > 0, 1e-9, 0.0)
+    both["outside"] = (both["distance"] > both["tolerance"] + slack) | nan_changed
     columns = JOIN + ["rule", "value_reference", "value_run", "delta", "tolerance"]
     return {
         "regressions": both[both["outside"] & (both["rule"] != "aggregate")][columns],
@@ -303,7 +310,8 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
         raise BenchmarkError(f"--tolerance must be a number >= 0, got {tolerance}")
     if replicates and not update:
         raise BenchmarkError("--replicates builds a reference: use it with --update")
-    run = load_run(run_dir)
+    plan = _load_plan(run_dir) if (run_dir / "invocation.json").is_file() else None
+    run = load_run(run_dir, plan)
     if update:
         reference = build_reference(run, [load_run(Path(r)) for r in replicates or []])
         write_reference(reference, against)
@@ -315,7 +323,7 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
                   f"({BASE_TOLERANCE} points) instead of a measured band; see README: Regression checks")
         return 0
     reference, fmt = read_reference(against)
-    planned = planned_pairs(run_dir)
+    planned = {(unit.model, unit.task) for unit in plan.units} if plan is not None else None
     if planned is not None:  # rows of models/tasks the run neither planned nor ran (--models, a replicate)
         planned |= set(zip(run["model"], run["task"]))
         expected = pd.Series([pair in planned for pair in zip(reference["model"], reference["task"])],
@@ -340,7 +348,7 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
         if len(result[key]):
             print(f"### {title}\n\n{_table(result[key])}\n")
     if len(result["new"]) and not allow_new:
-        print(f"The reference covers fewer rows than the run: it is out of date or truncated. If the new rows "
+        print("The reference covers fewer rows than the run: it is out of date or truncated. If the new rows "
               f"are deliberate (a new model or task), rebuild it with --update, or pass --allow-new.\n")
     if len(result["informational"]):
         print(f"{len(result['informational'])} per-class / per-sample numbers of trained models lie outside their "
@@ -349,15 +357,6 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
     failed = len(result["regressions"]) or len(result["missing"]) or (len(result["new"]) and not allow_new)
     print("RESULT: " + ("FAIL" if failed else "OK"))
     return 1 if failed else 0
-
-
-def planned_pairs(run_dir: Path) -> set[tuple[str, str]] | None:
-    """The (model, task) pairs of the run's own plan, or None for a folder of results without one."""
-    from .runner import load_plan
-
-    if not (Path(run_dir) / "invocation.json").is_file():
-        return None
-    return {(unit.model, unit.task) for unit in load_plan(run_dir).units}
 
 
 def write_comparison(compared: pd.DataFrame, path: Path) -> None:

@@ -22,6 +22,48 @@ def default_config() -> Path:
     return local if local.is_file() else DEFAULT_CONFIG
 
 
+class LiveReport:
+    """Rewrites the run's leaderboard (CSV, markdown, figures) as units finish, at most once every
+    ``interval_s`` seconds, so that a long run can be looked at while it works. A failure to write
+    it is said once and never stops the run; the final report is written by ``_finish`` anyway."""
+
+    def __init__(self, run_dir: Path, interval_s: float = 120.0, clock=None):
+        import time
+
+        self.run_dir = run_dir
+        self.interval_s = interval_s
+        self.clock = clock or time.monotonic
+        self.last = self.clock()  # the first refresh comes one interval after the start
+        self.refreshed = 0
+        self.warned = False
+
+    def __call__(self, unit) -> None:
+        if self.clock() - self.last < self.interval_s:
+            return
+        from .report import write_report
+
+        self.last = self.clock()
+        try:
+            write_report(self.run_dir)
+            self.refreshed += 1
+        except Exception as exc:  # noqa: BLE001 - a partial leaderboard is a convenience, the run is not
+            if not self.warned:
+                print(f"[ssl-bench] leaderboard not refreshed during the run ({type(exc).__name__}: {exc}); "
+                      f"it is written when the run ends", file=sys.stderr)
+                self.warned = True
+
+
+def _live_report_interval() -> float:
+    raw = os.environ.get("SSL_BENCH_REPORT_EVERY_S", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BenchmarkError(f"SSL_BENCH_REPORT_EVERY_S must be a number of seconds, got {raw!r}") from None
+    if not value >= 0:
+        raise BenchmarkError(f"SSL_BENCH_REPORT_EVERY_S must be >= 0 seconds, got {raw!r}")
+    return value
+
+
 def _finish(summary, run_dir: Path) -> int:
     from .report import write_report
 
@@ -47,7 +89,7 @@ def _executor(suite_executor: dict, name: str | None) -> dict:
 
 def cmd_run(args) -> int:
     from .paths import inside
-    from .runner import run_suite
+    from .run import run_suite
 
     suite = load_suite(args.suite, args.config)
     # a replicate never shares the directory of the suite's own run: its units would replace those;
@@ -56,26 +98,28 @@ def cmd_run(args) -> int:
     cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
     summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
                         device=args.device, force=args.force, replicate=args.replicate,
-                        executor=_executor(suite.settings["executor"], args.executor))
+                        executor=_executor(suite.settings["executor"], args.executor),
+                        after_unit=LiveReport(run_dir, _live_report_interval()))
     return _finish(summary, run_dir)
 
 
 def cmd_resume(args) -> int:
-    from .runner import load_plan, run_plan
-    from .status import unit_states
+    from .run import load_plan, run_plan
+    from .run import unit_states
 
     plan = load_plan(args.run_dir)
     if args.only_failed:
         failed = {u.unit_id for u, state in unit_states(plan) if state.state == "failed"}
         plan.units = [u for u in plan.units if u.unit_id in failed]
         print(f"retrying {len(plan.units)} failed unit(s)")
-    summary = run_plan(plan, executor=_executor(plan.suite.settings["executor"], args.executor))
+    summary = run_plan(plan, executor=_executor(plan.suite.settings["executor"], args.executor),
+                       after_unit=LiveReport(plan.run_dir, _live_report_interval()))
     return _finish(summary, plan.run_dir)
 
 
 def cmd_status(args) -> int:
-    from .runner import load_plan
-    from .status import print_status
+    from .run import load_plan
+    from .run import print_status
 
     return print_status(load_plan(args.run_dir))
 

@@ -25,7 +25,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "benchmark.yaml"
 
 EXECUTORS = ("local", "debug", "slurm")
 
-# local (default) | debug | slurm, with SLURM settings: see benchmark.scheduler
+# local (default) | debug | slurm, with SLURM settings: see benchmark.run.executors
 EXECUTOR_OPTIONS = declare({
     "name": Choice(*EXECUTORS),
     "partition": Str(None),

@@ -85,7 +85,7 @@ class Task:
         self.config = validate(options, type(self).options, where)
         # the suite's name for this instance (a task can appear twice under different names with
         # different options); files a unit writes go under it so instances do not overwrite each other
-        self.instance_name = ""  # set by benchmark.runner.build_tasks
+        self.instance_name = ""  # set by benchmark.run.plan.build_tasks
 
     def units(self, arch: Architecture) -> list[str]:
         raise NotImplementedError

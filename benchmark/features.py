@@ -8,7 +8,6 @@ extraction never leaves a half-written entry behind.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -22,13 +21,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .datasets.images import ImageFileDataset
-from .errors import DatasetError, FeatureError
+from .errors import FeatureError
 from .models import FrozenBackbone
-from .paths import disk_full, inside, is_disk_full, temporary_path
-from .results import atomic_write_text
+from .paths import AtomicFile, atomic_write, inside
+from .training.precision import autocast, channels_last, to_device
+from .training.progress import progress
+from .training.sampling import loader_batches
 
 
 @dataclass(frozen=True)
@@ -121,19 +121,19 @@ class _EntryWriter:
     def __init__(self, path: Path, key: FeatureKey, shape: tuple[int, int]):
         self.path = path
         self.key = key
-        self.tmp = temporary_path(path, keep_suffix=True)
-        needed = shape[0] * shape[1] * 4
+        self.file = AtomicFile(path, keep_suffix=True, needed=shape[0] * shape[1] * 4)
+        self.tmp = self.file.tmp
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)
             with open(self.tmp, "r+b") as handle:
-                needed = os.fstat(handle.fileno()).st_size
-                _preallocate(handle.fileno(), needed)
+                self.file.needed = os.fstat(handle.fileno()).st_size
+                _preallocate(handle.fileno(), self.file.needed)
         except BaseException as exc:
-            self.abort()
-            if is_disk_full(exc):
-                raise disk_full(path, exc, needed) from exc
-            raise
+            self._release()
+            failure = self.file.failed(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     def commit(self, meta: dict) -> None:
         self.array.flush()
@@ -141,16 +141,19 @@ class _EntryWriter:
         record = {**asdict(self.key), **meta, "bytes": self.tmp.stat().st_size,
                   "sample_sha256": sample_digest(self.tmp)}
         try:  # metadata first: an entry file never exists without the metadata that checks it
-            atomic_write_text(self.path.with_suffix(".json"), json.dumps(record, indent=1))
-            os.replace(self.tmp, self.path)
+            atomic_write(self.path.with_suffix(".json"), json.dumps(record, indent=1))
         except BaseException:
             self.abort()
             raise
+        self.file.commit(sync=False)  # the memory map's flush wrote the data
 
-    def abort(self) -> None:
+    def _release(self) -> None:
         if hasattr(self, "array"):
             del self.array
-        self.tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._release()
+        self.file.abort()
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -193,12 +196,9 @@ def extract_features(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    with tqdm(total=len(image_paths), desc=desc, unit="img", leave=False, disable=None) as bar:
-        try:
-            return forward_batches(backbone, (images for images, _ in loader), layers, len(image_paths),
-                                   device=device, sinks=sinks, on_batch=bar.update)
-        except DatasetError as exc:
-            raise DatasetError.from_worker(exc) from None
+    with progress(len(image_paths), desc, unit="img") as bar:
+        return forward_batches(backbone, (images for images, _ in loader_batches(loader)), layers,
+                               len(image_paths), device=device, sinks=sinks, on_batch=bar.update)
 
 
 def forward_batches(backbone: FrozenBackbone, batches, layers: Sequence[str], total: int, *,
@@ -208,19 +208,13 @@ def forward_batches(backbone: FrozenBackbone, batches, layers: Sequence[str], to
 
     bf16 autocast and channels-last on CUDA; float32 features on every device.
     """
-    backbone = backbone.to(device)
-    if device.type == "cuda":
-        backbone = backbone.to(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext()
+    backbone = channels_last(backbone, device)
+    precision = autocast(device)
     outputs = sinks if sinks is not None else {}
     position = 0
     for images in batches:
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
+        images = to_device(images, device)
+        with precision():
             feats = backbone(images, layers)
         for layer, value in feats.items():
             value = value.float().cpu().numpy()

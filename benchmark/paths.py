@@ -4,10 +4,12 @@ recognised and removed without touching a live writer's files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 from pathlib import Path
+from typing import Iterator
 
 from .errors import BenchmarkError
 
@@ -112,3 +114,77 @@ def disk_full(path: Path, exc: OSError, needed: int | None = None) -> DiskFullEr
     wanted = f" ({format_bytes(needed)} needed)" if needed else ""
     return DiskFullError(f"no space left on the file system of {path}{wanted}; {free} there ({exc.strerror}). "
                          f"Free space, then 'ssl-bench resume' reruns what did not finish")
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+class AtomicFile:
+    """A file written under a temporary name (``temporary_path``) and renamed over ``path`` by
+    ``commit``: readers see the old file or the whole new one, never a part. ``abort`` (or a
+    failed ``commit``) removes the temporary file; a full disk becomes a ``DiskFullError``
+    naming ``path`` (with ``needed`` bytes when known). For writers whose file stays open across
+    a long phase (a memory-mapped feature cache entry); others use ``atomic_output``."""
+
+    def __init__(self, path: str | Path, *, keep_suffix: bool = False, needed: int | None = None):
+        self.path, self.needed = Path(path), needed
+        self.tmp = temporary_path(self.path, keep_suffix=keep_suffix)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except BaseException as exc:
+            raise self.failed(exc) from exc
+
+    def failed(self, exc: BaseException) -> BaseException:
+        """Remove the temporary file; the exception to raise for ``exc``."""
+        self.abort()
+        return disk_full(self.path, exc, self.needed) if is_disk_full(exc) else exc
+
+    def commit(self, sync: bool = True) -> None:
+        """Flush the temporary file to disk (``sync``) and rename it over ``path``."""
+        try:
+            if sync:
+                with open(self.tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(self.tmp, self.path)
+        except BaseException as exc:
+            failure = self.failed(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)  # a failed write leaves neither a partial file nor litter
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, keep_suffix: bool = False, needed: int | None = None,
+                  sync: bool = True) -> Iterator[Path]:
+    """The one way ssl-bench writes a file that must be whole or absent: yields a temporary path
+    for the caller to write; on success it is flushed to disk (``sync``) and renamed over
+    ``path``; on any failure it is removed (see ``AtomicFile``). ``keep_suffix`` for writers that
+    infer the format from the extension (numpy, scipy, matplotlib)."""
+    output = AtomicFile(path, keep_suffix=keep_suffix, needed=needed)
+    try:
+        yield output.tmp
+    except BaseException as exc:
+        failure = output.failed(exc)
+        if failure is exc:
+            raise
+        raise failure from exc
+    output.commit(sync)
+
+
+def atomic_write(path: str | Path, data) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_output``): ``bytes``, ``str`` (UTF-8), or any
+    other object, which is saved with ``torch.save`` (a checkpoint: tensors and plain containers,
+    readable with ``torch.load(weights_only=True)``)."""
+    if isinstance(data, str):
+        data = data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        with atomic_output(path, needed=len(data)) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
+        return
+    import torch  # only checkpoints need it; the result store and reports do not
+
+    with atomic_output(path) as tmp:
+        torch.save(data, tmp)

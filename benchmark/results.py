@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BenchmarkError
-from .paths import disk_full, inside, is_disk_full, temporary_path
+from .paths import atomic_write, inside
 
 KEY_COLUMNS = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample"]
 ORDER_FIRST = KEY_COLUMNS + ["value"]
@@ -44,25 +44,8 @@ def legacy_unit_filename(unit_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "__", unit_id) + ".csv"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)  # a failed write leaves neither a partial file nor litter
-        if is_disk_full(exc):
-            raise disk_full(path, exc, len(data)) from exc
-        raise
+# the names the engine's writers use; one implementation (benchmark.paths.atomic_write)
+atomic_write_text = atomic_write_bytes = atomic_write
 
 
 def _read_csv(data: bytes) -> pd.DataFrame:

@@ -4,6 +4,8 @@
     python perf/svm_sweep.py --quick    # 3 classes of smaller features: under a minute
     python perf/svm_sweep.py --reference-classes 2   # time the reference on 2 classes and
                                                # scale to all (its classes are independent fits)
+    python perf/svm_sweep.py --quick --compete 1     # the engine idle, then beside 1 busy process:
+                                               # the slowdown against the share of cores it lost
 
 On the same features, in one process: (1) the reference serial loop (LinearSVC per class per cost
 per fold + refit), (2) the reference with one worker per class (joblib, all cores), (3) the engine
@@ -68,6 +70,36 @@ def five_layers(args) -> int:
     return 0
 
 
+def compete(args) -> int:
+    """The engine alone, then beside ``args.compete`` CPU-bound processes (busy loops, as other
+    jobs on a shared node): its slowdown, against the slowdown its lost share of cores explains."""
+    import subprocess
+
+    from benchmark.cpus import configure_threads, usable_cpus
+
+    configure_threads(print)
+    cores, source = usable_cpus()
+    data = voc_like_features(1500, 1500, 2048, classes=3, seed=args.seed) if args.quick else \
+        voc_like_features(seed=args.seed)
+    Xtr, Ltr, Xte, Lte = data
+    print(f"{cores} usable cores ({source}), {torch.get_num_threads()} torch threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    _, idle = timed(voc07_svm_torch, Xtr, Ltr, Xte, Lte, REFERENCE_COSTS, device=torch.device("cpu"))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.compete)]
+    try:
+        time.sleep(1.0)  # let them reach the run queue
+        _, loaded = timed(voc07_svm_torch, Xtr, Ltr, Xte, Lte, REFERENCE_COSTS, device=torch.device("cpu"))
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    fair = (args.compete + cores) / cores  # a fair scheduler gives us cores / (cores + competitors)
+    print(f"engine idle {idle:.1f} s, beside {args.compete} busy process(es) {loaded:.1f} s: slowdown "
+          f"x{loaded / idle:.2f}, against x{fair:.2f} explained by the lost share of cores "
+          f"(ratio {loaded / idle / fair:.2f}; 1.0 = degrades only as much as the cores it lost)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 classes, n = 1500 / 1500, d = 2048")
@@ -78,7 +110,11 @@ def main() -> int:
     parser.add_argument("--five-layers", action="store_true",
                         help="time the engine alone on the whole protocol: five VOC07-size layers "
                              "(d = 9216, 9216, 8192, 9216, 8192 as ResNet-50's conv1..res5)")
+    parser.add_argument("--compete", type=int, default=0, metavar="N",
+                        help="time the engine idle, then beside N CPU-bound processes, and print the slowdown")
     args = parser.parse_args()
+    if args.compete:
+        return compete(args)
     if args.five_layers:
         return five_layers(args)
     if args.quick:

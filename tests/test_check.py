@@ -18,8 +18,9 @@ from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.results import ResultStore, record_path
-from benchmark.runner import UnitRunner, plan_run, unit_trains
+from benchmark.run import UnitRunner, plan_run, unit_trains
 from benchmark.training import replicate_seed
+from tests.suites import RANDOM, suite_yaml, voc07_svm
 
 
 def _row(model, layer, metric="mAP", cls="", sample="", value=0.0, determinism="trained", task="voc07_svm"):
@@ -199,22 +200,6 @@ def test_empty_and_garbled_references_are_errors(tmp_path) -> None:
 
 # --- end to end on a tiny run ----------------------------------------------------------------
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-    tasks:
-      voc07_svm:
-        layers: [res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +207,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("check")
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "80", "--seed", "3"]) == 0
     config = root / "bench.yaml"
-    config.write_text(SUITE.format(data=root / "data"))
+    config.write_text(suite_yaml(root / "data", {"random": RANDOM}, {"voc07_svm": voc07_svm(["res5"])}))
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(root / "runs"), "--device", "cpu"]) == 0
     return root / "runs" / "tiny"
 
@@ -372,7 +357,7 @@ def test_planted_changes_in_the_stored_reference_fail_and_its_own_values_pass() 
 def test_a_replicate_run_is_checked_on_its_trained_rows_only(tmp_path, capsys) -> None:
     """A replicate reruns only what trains: its rows are held to their bands, and the exact rows
     it never reran are not missing."""
-    from benchmark.runner import write_plan
+    from benchmark.run import write_plan
 
     config = tmp_path / "bench.yaml"
     config.write_text(TRAINING_SUITE)

@@ -25,7 +25,7 @@ from benchmark.config import DEFAULT_CONFIG, config_hash, load_suite, load_yaml
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.options import NAME_MAX_LENGTH, Int, ListOf, Options, declare, validate
 from benchmark.registry import PRETRAINERS, TASKS
-from benchmark.runner import plan_run
+from benchmark.run import plan_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -375,7 +375,7 @@ def test_unknown_device_strings_are_refused(tmp_path, capsys, no_gpu) -> None:
 
 
 def test_resume_checks_the_device_the_run_was_started_with(tmp_path, capsys, no_gpu) -> None:
-    from benchmark.runner import write_plan
+    from benchmark.run import write_plan
 
     run_dir = tmp_path / "runs" / "s"
     write_plan(plan_run(load_suite("s", _config(tmp_path)), run_dir, tmp_path / "cache", device="cuda:1"))
@@ -387,7 +387,7 @@ def test_resume_checks_the_device_the_run_was_started_with(tmp_path, capsys, no_
 
 def test_slurm_runs_check_only_the_form_of_device_requests(tmp_path, no_gpu) -> None:
     """The driver of a SLURM run may sit on a login node without a GPU; its jobs get one."""
-    from benchmark.runner import check_devices
+    from benchmark.run import check_devices
 
     plan = plan_run(load_suite("s", _config(tmp_path)), tmp_path / "run", tmp_path / "cache", device="cuda")
     check_devices(plan, "slurm")

@@ -11,32 +11,12 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from tests.suites import RANDOM, SUPERVISED_1_EPOCH, suite_yaml, voc07_svm
 
 pytestmark = pytest.mark.slow
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-      supervised:
-        pretrainer: supervised
-        arch: resnet18
-        image_size: 32
-        epochs: 1
-        batch_size: 16
-    tasks:
-      voc07_svm:
-        layers: [res4, res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-        n_jobs: 1
-"""
+MODELS = {"random": RANDOM, "supervised": SUPERVISED_1_EPOCH}
+TASKS = {"voc07_svm": voc07_svm()}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +24,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "120", "--seed", "1"]) == 0
     config = root / "bench.yaml"
-    config.write_text(SUITE.format(data=root / "data"))
+    config.write_text(suite_yaml(root / "data", MODELS, TASKS))
     out = root / "runs"
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     return root, config, out
@@ -107,7 +87,7 @@ def test_rerun_skips_finished_units_and_force_reuses_the_feature_cache(tiny, cap
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys) -> None:
     config = tmp_path / "bench.yaml"
-    config.write_text(SUITE.format(data=tmp_path / "nowhere"))
+    config.write_text(suite_yaml(tmp_path / "nowhere", MODELS, TASKS))
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere") in err and "ssl-bench data synth voc07" in err
@@ -116,7 +96,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys) -> None:
 
 def test_unknown_key_is_a_clear_error(tmp_path, capsys) -> None:
     config = tmp_path / "bench.yaml"
-    config.write_text(SUITE.format(data=tmp_path).replace("layers:", "lyaers:"))
+    config.write_text(suite_yaml(tmp_path, MODELS, TASKS).replace("layers:", "lyaers:"))
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "lyaers" in err and "Did you mean 'layers'" in err and str(config) in err

@@ -317,7 +317,7 @@ TWO_MODELS = MINIMAL.replace("""        arch: resnet18
 
 
 def test_task_models_restricts_the_plan(tmp_path: Path) -> None:
-    from benchmark.runner import plan_run
+    from benchmark.run import plan_run
 
     path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: [rnd2]"))
     suite = load_suite("s", path)
@@ -341,7 +341,7 @@ def test_task_models_must_name_suite_models(tmp_path: Path) -> None:
                                           ("\n        svm_device: cuda\n        solver: liblinear", False),
                                           ("\n        svm_device: cpu", False)])
 def test_svm_units_are_gpu_jobs_only_when_the_engine_is_sent_to_a_gpu(tmp_path: Path, options, gpu) -> None:
-    from benchmark.runner import plan_run
+    from benchmark.run import plan_run
 
     path = _write(tmp_path, MINIMAL.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]" + options))
     plan = plan_run(load_suite("s", path), tmp_path / "run", tmp_path / "cache")

@@ -29,28 +29,8 @@ from benchmark.features import FeatureCache, FeatureKey, open_entry
 from benchmark.paths import DiskFullError, UnsafePathError, inside, remove_stale_temporaries, temporary_path
 from benchmark.results import ResultStore, legacy_unit_filename, record_path
 from benchmark.runlock import RunLock
+from tests.suites import RANDOM, RANDOM_SEED1, suite_yaml, voc07_svm
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-      other:
-        pretrainer: random
-        arch: resnet18
-        seed: 1
-    tasks:
-      voc07_svm:
-        layers: [res4, res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-        n_jobs: 1
-"""
 KEY = ["model", "task", "layer", "metric", "class"]
 UNITS = ["random/voc07_svm/res4", "random/voc07_svm/res5", "other/voc07_svm/res4", "other/voc07_svm/res5"]
 
@@ -61,7 +41,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "120", "--seed", "2"]) == 0
     config = root / "bench.yaml"
-    config.write_text(SUITE.format(data=root / "data"))
+    config.write_text(suite_yaml(root / "data", {"random": RANDOM, "other": RANDOM_SEED1}, {"voc07_svm": voc07_svm()}))
     out = root / "runs"
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     reference = root / "reference.csv"
@@ -426,7 +406,7 @@ def test_a_plan_larger_than_the_free_space_is_refused_with_the_estimate(tiny, tm
 def test_the_estimate_counts_images_times_layer_dims(tiny) -> None:
     from benchmark.datasets.voc import load_voc
     from benchmark.engine import RunContext
-    from benchmark.runner import build_tasks, estimate_writes, load_plan
+    from benchmark.run import build_tasks, estimate_writes, load_plan
 
     plan = load_plan(tiny["run_dir"])
     ctx = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
@@ -565,8 +545,8 @@ def test_a_lock_left_by_a_dead_process_or_another_host(tiny, tmp_path, capsys) -
 
 def test_jobs_of_the_driver_are_not_blocked_by_its_lock(tiny, tmp_path, monkeypatch) -> None:
     """SLURM array jobs run while the driver holds the lock: they never take it."""
-    from benchmark import scheduler
-    from benchmark.scheduler import UnitJob
+    from benchmark.run import executors as scheduler
+    from benchmark.run.executors import UnitJob
 
     monkeypatch.setattr(scheduler, "_job_log_path", lambda: "")  # outside a submitit job
 

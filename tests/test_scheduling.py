@@ -18,28 +18,8 @@ import pytest
 from benchmark.check import compare, read_reference, run_check, write_reference
 from benchmark.cli import main
 from benchmark.results import ResultStore
+from tests.suites import RANDOM, RANDOM_SEED1, suite_yaml, voc07_svm
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-      other:
-        pretrainer: random
-        arch: resnet18
-        seed: 1
-    tasks:
-      voc07_svm:
-        layers: [res4, res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-        n_jobs: 1
-"""
 KEY = ["model", "task", "layer", "metric", "class"]
 
 
@@ -53,7 +33,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sched")
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "120", "--seed", "2"]) == 0
     config = root / "bench.yaml"
-    config.write_text(SUITE.format(data=root / "data"))
+    config.write_text(suite_yaml(root / "data", {"random": RANDOM, "other": RANDOM_SEED1}, {"voc07_svm": voc07_svm()}))
     out = root / "runs"
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     return root, config, out / "tiny"
@@ -126,9 +106,12 @@ def test_status_reports_done_failed_running_and_interrupted(tiny, capsys) -> Non
         assert "3 done, 0 running, 1 failed, 0 pending" in out and "RuntimeError: boom" in out
         assert "/some/log" in out and "--only-failed" in out
         marker = csv.with_suffix(".running")
-        marker.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "job_id": "17"}))
+        marker.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "job_id": "17",
+                                      "started": time.time() - 130}))
         main(["status", str(run_dir)])
-        assert "1 running" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "1 running" in out and "job 17, for about 2 min" in out
+        assert "time left: under 1 min for 1 unit(s)" in out  # the mean of its finished siblings, less 130 s
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         marker.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
@@ -210,3 +193,29 @@ def test_unwritable_or_full_results_dir_fails_before_any_work(tiny, tmp_path, mo
     assert "only 1.0 MiB are free" in err and "--out" in err and str(tmp_path / "runs" / "tiny") in err
     assert "features of random" in err
     assert not (tmp_path / "runs" / "tiny" / "units").exists()
+
+
+@pytest.mark.parametrize("executor", ["local", "debug"])
+def test_the_leaderboard_is_refreshed_as_units_finish(tiny, tmp_path, monkeypatch, capsys, executor) -> None:
+    """With SSL_BENCH_REPORT_EVERY_S=0 every finished unit rewrites the leaderboard, so a long run
+    can be looked at while it works (the driver's own refresh, for both executor paths)."""
+    import benchmark.report as report
+
+    _, config, run_dir = tiny
+    out = tmp_path / "runs"
+    seen = []
+    real = report.write_report
+
+    def counting(directory):
+        seen.append(len(ResultStore(directory).load()["unit_id"].unique()))
+        return real(directory)
+
+    monkeypatch.setattr(report, "write_report", counting)
+    monkeypatch.setenv("SSL_BENCH_REPORT_EVERY_S", "0")
+    assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu",
+                 "--cache", str(run_dir.parent / "feature-cache"), "--executor", executor]) == 0
+    assert seen == [1, 2, 3, 4, 4]  # after each of the 4 units, then the final report
+    monkeypatch.setenv("SSL_BENCH_REPORT_EVERY_S", "soon")
+    capsys.readouterr()
+    assert main(["resume", str(out / "tiny")]) == 2  # refused before any work, naming the variable
+    assert "SSL_BENCH_REPORT_EVERY_S must be a number of seconds, got 'soon'" in capsys.readouterr().err

@@ -12,49 +12,21 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.results import ResultStore
+from tests.suites import RANDOM, SUPERVISED_1_EPOCH, suite_yaml, voc07_svm
 
 from .slurm_local import SlurmUnavailable, local_slurm
 
 pytestmark = pytest.mark.slow
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    executor:
-      name: {executor}
-      partition: debug
-      gpus_per_node: 0
-      cpus_per_task: 1
-      cpus_per_svm_task: 1
-      mem_gb: 1
-      timeout_min: 20
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-      supervised:
-        pretrainer: supervised
-        arch: resnet18
-        image_size: 32
-        epochs: 1
-        batch_size: 16
-    tasks:
-      voc07_svm:
-        layers: [res4, res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-        n_jobs: 1
-      lowshot_voc07:
-        layers: [res5]
-        image_size: 32
-        k_values: [1, 4]
-        num_samples: 2
-        costs: [0.1, 1.0]
-        n_jobs: 1
-"""
+LOWSHOT = {"layers": ["res5"], "image_size": 32, "k_values": [1, 4], "num_samples": 2, "costs": [0.1, 1.0],
+           "n_jobs": 1}
+
+
+def slurm_suite(data, executor: str) -> str:
+    jobs = {"name": executor, "partition": "debug", "gpus_per_node": 0, "cpus_per_task": 1, "cpus_per_svm_task": 1,
+            "mem_gb": 1, "timeout_min": 20}
+    return suite_yaml(data, {"random": RANDOM, "supervised": SUPERVISED_1_EPOCH},
+                      {"voc07_svm": voc07_svm(), "lowshot_voc07": LOWSHOT}, executor=jobs)
 KEY = ["model", "task", "layer", "metric", "class", "k", "sample", "cost_selection"]
 
 
@@ -71,7 +43,7 @@ def test_slurm_executor_matches_the_local_run(tmp_path, monkeypatch) -> None:
     configs = {}
     for executor in ("local", "slurm"):
         configs[executor] = tmp_path / f"{executor}.yaml"
-        configs[executor].write_text(SUITE.format(data=data, executor=executor))
+        configs[executor].write_text(slurm_suite(data, executor))
     assert main(["run", "--suite", "tiny", "--config", str(configs["local"]), "--out", str(tmp_path / "local"),
                  "--device", "cpu"]) == 0
     try:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from ..paths import atomic_output
 
 LABELED_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"
@@ -337,18 +338,18 @@ def write_normals_from_depth(root: str | Path, out_name: str = NORMALS_FILE, *, 
     root = Path(root).expanduser()
     source = _require(root / labeled_file, "labelled dataset")
     out = root / out_name
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with _open_hdf5(source, "labelled dataset") as labeled, h5py.File(tmp, "w", userblock_size=512) as handle:
-        depths = labeled["depths"]
-        num, width, height = depths.shape
-        camera = NYU_INTRINSICS.scaled(width, height)
-        normals = handle.create_dataset("normals", (num, 3, width, height), np.float32, chunks=(1, 3, width, height))
-        masks = handle.create_dataset("masks", (num, width, height), np.uint8, chunks=(1, width, height))
-        normals.attrs["MATLAB_class"], masks.attrs["MATLAB_class"] = np.bytes_("single"), np.bytes_("uint8")
-        for i in range(num):
-            n, m = normals_from_depth(depths[i].T, camera, depth_window)
-            normals[i], masks[i] = n.transpose(2, 1, 0), m.T
-    with open(tmp, "r+b") as handle:
-        handle.write(mat73_header())
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        with _open_hdf5(source, "labelled dataset") as labeled, h5py.File(tmp, "w", userblock_size=512) as handle:
+            depths = labeled["depths"]
+            num, width, height = depths.shape
+            camera = NYU_INTRINSICS.scaled(width, height)
+            normals = handle.create_dataset("normals", (num, 3, width, height), np.float32,
+                                            chunks=(1, 3, width, height))
+            masks = handle.create_dataset("masks", (num, width, height), np.uint8, chunks=(1, width, height))
+            normals.attrs["MATLAB_class"], masks.attrs["MATLAB_class"] = np.bytes_("single"), np.bytes_("uint8")
+            for i in range(num):
+                n, m = normals_from_depth(depths[i].T, camera, depth_window)
+                normals[i], masks[i] = n.transpose(2, 1, 0), m.T
+        with open(tmp, "r+b") as handle:
+            handle.write(mat73_header())
     return out

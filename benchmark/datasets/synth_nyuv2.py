@@ -22,12 +22,12 @@ Files (the formats of benchmark.datasets.nyuv2, MATLAB's transposed layout inclu
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
+from ..paths import atomic_output
 from .nyuv2 import LABELED_FILE, NORMALS_FILE, NYU_INTRINSICS, SPLITS_FILE, mat73_header
 
 TRAIN_FRACTION = 795 / 1449  # the standard split's proportion
@@ -71,24 +71,23 @@ def write_mat73(path: Path, datasets: dict[str, tuple[np.ndarray, str]]) -> None
     dimensions reversed)."""
     import h5py
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w", userblock_size=512) as handle:
-        for name, (array, matlab_class) in datasets.items():
-            dataset = handle.create_dataset(name, data=array, chunks=(1, *array.shape[1:]))
-            dataset.attrs["MATLAB_class"] = np.bytes_(matlab_class)
-    with open(tmp, "r+b") as handle:
-        handle.write(mat73_header())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w", userblock_size=512) as handle:
+            for name, (array, matlab_class) in datasets.items():
+                dataset = handle.create_dataset(name, data=array, chunks=(1, *array.shape[1:]))
+                dataset.attrs["MATLAB_class"] = np.bytes_(matlab_class)
+        with open(tmp, "r+b") as handle:
+            handle.write(mat73_header())
 
 
 def _write_splits(path: Path, train: np.ndarray, test: np.ndarray) -> None:
     import scipy.io
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mat")
-    scipy.io.savemat(tmp, {"trainNdxs": train.astype(np.float64)[:, None], "testNdxs": test.astype(np.float64)[:, None]})
-    with open(tmp, "r+b") as handle:  # the v5 header's 116 bytes of text carry the time: make them fixed
-        handle.write(b"MATLAB 5.0 MAT-file, written by ssl-bench data synth nyuv2".ljust(116, b" "))
-    os.replace(tmp, path)
+    with atomic_output(path, keep_suffix=True) as tmp:
+        scipy.io.savemat(tmp, {"trainNdxs": train.astype(np.float64)[:, None],
+                               "testNdxs": test.astype(np.float64)[:, None]})
+        with open(tmp, "r+b") as handle:  # the v5 header's 116 bytes of text carry the time: make them fixed
+            handle.write(b"MATLAB 5.0 MAT-file, written by ssl-bench data synth nyuv2".ljust(116, b" "))
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -20,25 +20,20 @@ with the same ``meta`` as JSON next to it.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
-import os
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
-from tqdm.auto import tqdm
 
 from benchmark import __version__
 from benchmark.config import config_hash, safe_load_text
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, open_rgb
 from benchmark.devices import check_device
 from benchmark.errors import ConfigError, DatasetError
-from benchmark.training import derived_seed, epoch_order, rng_state, set_rng_state
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,
@@ -46,7 +41,9 @@ from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Reg
 from benchmark.provenance import resolve_device
 from benchmark.registry import PRETEXT_METHODS
 from pretrainers.common import ARCH, SEED
-from benchmark.training import atomic_torch_save, load_resume_state
+from benchmark.training import (CsvLog, ResumableBatches, Schedule, atomic_torch_save, atomic_write, cpu_state,
+                                derived_seed, epoch_order, load_matching_checkpoint, loader_batches, progress,
+                                rng_state, set_rng_state)
 
 from .lars import LARS
 from .method import PretextMethod
@@ -128,44 +125,38 @@ class PretextDataset(Dataset):
         return self.method.sample(image, index, example_generator(self.seed, epoch, index, *repeat))
 
 
-class EpochBatches(Sampler):
-    """Batches ``[position, iterations_per_epoch)`` of epoch ``epoch``: ``(index, epoch)`` keys in
-    the epoch's seeded order; the last incomplete batch is dropped (contrastive losses and
-    BatchNorm want full batches)."""
+class EpochBatches(ResumableBatches):
+    """Batches ``[position, iterations_per_epoch)`` of epoch ``epoch`` (the toolkit's resumable
+    sampler limited to one epoch, as the loop makes a loader per epoch): ``(index, epoch)`` keys in
+    the epoch's seeded order, or the method's ``order``; the last incomplete batch is dropped
+    (contrastive losses and BatchNorm want full batches)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int = 0,
                  order: torch.Tensor | None = None):
-        self.order = epoch_order(seed, epoch, n) if order is None else order
-        if len(self.order) != n:
-            raise ValueError(f"an epoch order must have {n} entries, got {len(self.order)}")
-        self.batch_size, self.epoch, self.position = batch_size, epoch, position
-        self.per_epoch = n // batch_size
+        order = epoch_order(seed, epoch, n) if order is None else order
+        if len(order) != n:
+            raise ValueError(f"an epoch order must have {n} entries, got {len(order)}")
+        per_epoch = n // batch_size
         # an image drawn again in the same epoch (a method's sampler) gets its own augmentation
         seen: dict[int, int] = {}
-        self.keys = []
-        for i in self.order.tolist():
-            self.keys.append((i, epoch) if i not in seen else (i, epoch, seen[i]))
+        keys = []
+        for i in order.tolist():
+            keys.append((i, epoch) if i not in seen else (i, epoch, seen[i]))
             seen[i] = seen.get(i, 0) + 1
+        first = epoch * per_epoch
 
-    def __len__(self) -> int:
-        return self.per_epoch - self.position
+        def batch_keys(iteration: int, _epoch: int, _indices: list[int]) -> list:
+            b = iteration - first
+            return keys[b * batch_size:(b + 1) * batch_size]
 
-    def __iter__(self):
-        for b in range(self.position, self.per_epoch):
-            yield self.keys[b * self.batch_size:(b + 1) * self.batch_size]
+        super().__init__(n, batch_size, first + per_epoch, first + position, seed, iterations_per_epoch=per_epoch,
+                         known_orders={epoch: order}, keys=batch_keys)
 
 
 def plain_transform(size: int) -> T.Compose:
     """Resize (shorter side) + centre crop to ``size``, ImageNet normalisation: ``epoch_start``'s
     view of the data."""
     return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def _batches(loader: DataLoader):
-    try:
-        yield from loader
-    except DatasetError as exc:  # raised in a worker: keep the message that names the file
-        raise DatasetError.from_worker(exc) from None
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -247,48 +238,10 @@ def build_optimizer(parameter_groups, training: dict) -> torch.optim.Optimizer:
                            weight_decay=training["weight_decay"])
 
 
-def cosine_factor(iteration: int, total: int, warmup: int) -> float:
-    """LR multiplier of the update made at 0-based ``iteration``: linear warm-up over ``warmup``
-    iterations, then half a cosine from 1 to 0 over the rest (SimCLR's and MoCo v2's schedule)."""
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    progress = (iteration - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# --- CSV log -----------------------------------------------------------------------------------
-
-
-class _Log:
-    """iteration, epoch, lr, loss and the method's metrics per iteration; on resume the file is
-    cut back to the byte length the checkpoint recorded, so no row is written twice."""
-
-    def __init__(self, path: Path, resume_bytes: int | None, columns: list[str] | None):
-        self.path, self.columns = path, columns
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_bytes is not None and path.exists():
-            with open(path, "r+b") as handle:
-                handle.truncate(resume_bytes)
-            self.handle = open(path, "a", newline="")
-        else:
-            self.handle = open(path, "w", newline="")
-            self.columns = None  # the header is written with the first row, once metrics are known
-        self.writer = csv.writer(self.handle)
-
-    def row(self, iteration: int, epoch: int, lr: float, loss: float, metrics: dict[str, float]) -> None:
-        if self.columns is None:
-            self.columns = sorted(metrics)
-            self.writer.writerow(["iteration", "epoch", "lr", "loss", *self.columns])
-        self.writer.writerow([iteration, epoch, f"{lr:.6g}", f"{loss:.5f}",
-                              *(f"{metrics.get(c, float('nan')):.5f}" for c in self.columns)])
-
-    def sync(self) -> int:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        return self.handle.tell()
-
-    def close(self) -> None:
-        self.handle.close()
+def cosine_schedule(lr: float, total: int, warmup: int, batch_size: int) -> Schedule:
+    """Linear warm-up over ``warmup`` iterations (LR ``lr * (it + 1) / warmup``), then half a cosine
+    from ``lr`` to 0 over the rest (SimCLR's and MoCo v2's schedule), stepped once per iteration."""
+    return Schedule("cosine", total, lr, batch_size, decay="cosine", warmup_iterations=warmup, warmup="ramp")
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -339,26 +292,26 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     model = build_method(method, arch, image_size, seed, options).to(device)
     optimizer = build_optimizer(model.parameter_groups(), training)
     warmup = round(training["warmup_epochs"] * per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(it, total, warmup))
+    scheduler = cosine_schedule(training["lr"], total, warmup, batch_size).scheduler(optimizer)
 
     partial = out.with_name(out.stem + ".partial.pth")
     log_path = out.with_name(out.stem + ".log.csv")
     start, history, sums, log_bytes, log_columns = 0, [], {}, None, None
     torch.manual_seed(derived_seed(seed, _RUN_TAG))  # what forward() draws (MoCo's key shuffle, dropout)
-    state = load_resume_state(partial, "pretext")
+    state = load_matching_checkpoint(partial, CHECKPOINT_FORMAT, run_id, "pretext", key="run_id",
+                                     mismatch="was made with another configuration or data")
     if state is not None:
-        if state.get("format") == CHECKPOINT_FORMAT and state.get("run_id") == run_id:
-            model.load_state_dict(state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            start, history, sums = state["iteration"], state["history"], state["sums"]
-            log_bytes, log_columns = state["log_bytes"], state["log_columns"]
-            print(f"[pretext] resuming {partial} at iteration {start}/{total}")
-        else:
-            print(f"[pretext] {partial} was made with another configuration or data; starting afresh")
+        model.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, history, sums = state["iteration"], state["history"], state["sums"]
+        log_bytes, log_columns = state["log_bytes"], state["log_columns"]
+        print(f"[pretext] resuming {partial} at iteration {start}/{total}")
 
-    log = _Log(log_path, log_bytes, log_columns)
+    # the header is written with the first row, once the method's metrics are known
+    log = CsvLog(log_path, None, log_bytes)
+    metric_columns = None if log.fresh else log_columns
     dataset = PretextDataset(paths, model, seed)
     plain = DataLoader(ImageFileDataset(paths, plain_transform(image_size)), batch_size=batch_size,
                        num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
@@ -369,13 +322,12 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "run_id": run_id, "run_config": run_config, "iteration": iteration,
             "epoch": iteration // per_epoch, "position": iteration % per_epoch,
-            "method": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "method": cpu_state(model),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-            "history": history, "sums": sums, "log_bytes": log.sync(), "log_columns": log.columns,
+            "history": history, "sums": sums, "log_bytes": log.sync(), "log_columns": metric_columns,
         }, partial)
 
-    bar = tqdm(total=total, initial=start, desc=f"pretrain {method}", unit="it", leave=False, disable=None,
-               dynamic_ncols=True)
+    bar = progress(total, f"pretrain {method}", initial=start)
     model.train()
     try:
         for epoch in range(start // per_epoch, epochs):
@@ -391,7 +343,7 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
             loader = DataLoader(dataset, batch_sampler=EpochBatches(len(paths), batch_size, seed, epoch, position, order),
                                 num_workers=num_workers, pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(derived_seed(seed, _RUN_TAG, epoch)))
-            for batch in _batches(loader):
+            for batch in loader_batches(loader):
                 batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
                 loss, metrics = model(batch)
@@ -408,7 +360,11 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
                 for key, metric in (("loss", value), *metrics.items()):
                     sums[key] = sums.get(key, 0.0) + float(metric)
                 sums["count"] = sums.get("count", 0.0) + 1
-                log.row(iteration, epoch, lr_now, value, metrics)
+                if metric_columns is None:
+                    metric_columns = sorted(metrics)
+                    log.header(["iteration", "epoch", "lr", "loss", *metric_columns])
+                log.row([iteration, epoch, f"{lr_now:.6g}", f"{value:.5f}",
+                         *(f"{metrics.get(c, float('nan')):.5f}" for c in metric_columns)])
                 iteration += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{value:.3f}",
@@ -435,10 +391,7 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     }
     state_dict = {k: v.detach().cpu().clone() for k, v in trunk_state_dict(arch_obj, model.trunk).items()}
     # metadata first: the checkpoint's existence is what marks training as done
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out.with_suffix(".json"))
+    atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=1))
     atomic_torch_save({"state_dict": state_dict, "meta": meta}, out)
     partial.unlink(missing_ok=True)
     return meta

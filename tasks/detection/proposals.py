@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.errors import ConfigError, DatasetError
-from benchmark.paths import inside
-from benchmark.results import atomic_write_bytes
+from benchmark.paths import atomic_write, inside
 
 # the only globals a proposal pickle may name: numpy array / dtype / scalar reconstruction
 # (numpy 1.x pickles say numpy.core, numpy 2.x numpy._core)
@@ -67,7 +66,7 @@ def write_proposals(path: str | Path, ids: list[str], boxes: list[np.ndarray], s
                "scores": [np.asarray(s, dtype=np.float32).reshape(-1) for s in scores],
                "indexes": [str(i) for i in ids]}
     path = Path(path)
-    atomic_write_bytes(path, pickle.dumps(content, protocol=4))
+    atomic_write(path, pickle.dumps(content, protocol=4))
     return path
 
 

@@ -19,9 +19,8 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from tqdm.auto import tqdm
 
-from benchmark.training import derived_seed
+from benchmark.training import derived_seed, progress
 from .data import DetectionData
 from .model import FEATURE_STRIDE
 from .proposals import to_inclusive
@@ -68,7 +67,8 @@ def train_rpn(features: ImageFeatures, data: DetectionData, settings: RPNSetting
     channels = features(0, False)[0].shape[1]
     rpn = build_rpn(channels, settings, seed).to(device).train()
     optimizer = torch.optim.SGD(rpn.parameters(), lr=settings.lr, momentum=0.9, weight_decay=1e-4)
-    for iteration in tqdm(range(settings.iterations), desc="rpn", leave=False, dynamic_ncols=True):
+    bar = progress(settings.iterations, "rpn")
+    for iteration in range(settings.iterations):
         losses = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derived_seed(seed, _RPN_TAG, iteration))
@@ -85,6 +85,8 @@ def train_rpn(features: ImageFeatures, data: DetectionData, settings: RPNSetting
         optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).mean().backward()
         optimizer.step()
+        bar.update(1)
+    bar.close()
     return rpn.eval()
 
 
@@ -93,7 +95,9 @@ def propose(rpn: RegionProposalNetwork, features: ImageFeatures, data: Detection
     """Proposals of every image of ``data`` (not flipped): inclusive-pixel boxes of the original
     image, best first, and their objectness probabilities."""
     boxes_out, scores_out = [], []
-    for index in tqdm(range(len(data)), desc="rpn proposals", leave=False, dynamic_ncols=True):
+    bar = progress(len(data), "rpn proposals", unit="img")
+    for index in range(len(data)):
+        bar.update(1)
         fmap, factor, size = features(index, False)
         images = _image_list(fmap, size)
         objectness, deltas = rpn.head([fmap])
@@ -106,4 +110,5 @@ def propose(rpn: RegionProposalNetwork, features: ImageFeatures, data: Detection
         boxes, scores = rpn.filter_proposals(proposals, objectness.detach(), images.image_sizes, counts)
         boxes_out.append(to_inclusive(boxes[0].cpu().numpy() / factor))
         scores_out.append(scores[0].cpu().numpy().astype(np.float32))
+    bar.close()
     return boxes_out, scores_out

@@ -17,10 +17,7 @@ the optimiser state and the iteration is all a resumed run needs to reach the sa
 from __future__ import annotations
 
 import contextlib
-import csv
-import functools
-import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
-from tqdm.auto import tqdm
 
 from benchmark.errors import ConfigError
-from benchmark.results import atomic_write_text
-from benchmark.training import atomic_torch_save, derived_seed, load_matching_checkpoint
+from benchmark.training import (Schedule, atomic_torch_save, cpu_state, derived_seed, load_matching_checkpoint,
+                                progress, stream_items, write_csv)
 
 from . import NAME
 from .data import DetectionData, load_image, transform_boxes
@@ -52,33 +48,10 @@ SCHEDULES = {
 }
 
 
-@dataclass(frozen=True)
-class Schedule:
-    name: str
-    iterations: int
-    milestones: tuple[int, ...]
-    base_lr: float  # at batch 4
-    batch_size: int
-    warmup_iterations: int
-    warmup_factor: float = 1.0 / 3.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    gamma: float = 0.1
-
-    @property
-    def lr(self) -> float:
-        return self.base_lr * self.batch_size / REFERENCE_BATCH
-
-    def lr_at(self, iteration: int) -> float:
-        """LR of the update made at 0-based ``iteration``: linear warm-up, then steps."""
-        lr = self.lr * self.gamma ** sum(m <= iteration for m in self.milestones)
-        if iteration < self.warmup_iterations:
-            alpha = iteration / self.warmup_iterations
-            lr *= self.warmup_factor * (1 - alpha) + alpha
-        return lr
-
-    def describe(self) -> dict:
-        return {**asdict(self), "milestones": list(self.milestones), "lr": self.lr}
+# what the checkpoints' fingerprints have always recorded of a detection schedule
+RECORDED = ("name", "iterations", "milestones", "base_lr", "batch_size", "warmup_iterations", "warmup_factor",
+            "weight_decay", "momentum", "gamma", "lr")
+LOG_COLUMNS = ("iteration", "lr", "loss_cls", "loss_box", "fg_rois")
 
 
 def resolve_schedule(schedule: str, train_set: str, *, iterations=None, milestones=None, base_lr=None,
@@ -115,8 +88,11 @@ def resolve_schedule(schedule: str, train_set: str, *, iterations=None, mileston
         raise ConfigError(f"{where}: unknown schedule {schedule!r}; expected reference or custom")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"{where}: warmup_iterations must be a non-negative integer, got {warmup!r}")
-    return Schedule(schedule, total, steps, float(0.002 if base_lr is None else base_lr), batch, warmup,
-                    weight_decay=float(1e-4 if weight_decay is None else weight_decay))
+    return Schedule(schedule, total, float(0.002 if base_lr is None else base_lr), batch,
+                    reference_batch=REFERENCE_BATCH, decay="step", milestones=steps, gamma=0.1,
+                    warmup_iterations=warmup, warmup="affine", warmup_factor=1.0 / 3.0,
+                    weight_decay=float(1e-4 if weight_decay is None else weight_decay), momentum=0.9,
+                    recorded=RECORDED)
 
 
 @dataclass(frozen=True)
@@ -209,21 +185,11 @@ def detection_loss(logits, deltas, labels, targets) -> tuple[torch.Tensor, torch
     return loss_cls, loss_box
 
 
-@functools.lru_cache(maxsize=4)
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, _ORDER_TAG, epoch)))
-
-
 def batch_items(iteration: int, batch: int, n_images: int, flip: bool, seed: int) -> list[tuple[int, bool]]:
     """The (image, flipped) pairs of ``iteration``: consecutive slices of per-epoch permutations
     of every image (in both orientations when ``flip``), a function of (seed, iteration)."""
     n = n_images * (2 if flip else 1)
-    items = []
-    for position in range(iteration * batch, (iteration + 1) * batch):
-        epoch, offset = divmod(position, n)
-        item = int(epoch_order(seed, epoch, n)[offset])
-        items.append((item % n_images, item >= n_images))
-    return items
+    return [(item % n_images, item >= n_images) for item in stream_items(seed, n, iteration * batch, batch, _ORDER_TAG)]
 
 
 # --- training --------------------------------------------------------------------------------
@@ -273,20 +239,14 @@ def train_detector(detector: FastRCNNC4, data: DetectionData, proposals: list[np
 
     def save(iteration: int, done: bool) -> None:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done,
-                           "iteration": iteration, "model": {k: v.detach().cpu() for k, v in detector.state_dict().items()},
+                           "iteration": iteration, "model": cpu_state(detector),
                            "optimizer": optimizer.state_dict(), "log": log, "schedule": schedule.describe()}, path)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["iteration", "lr", "loss_cls", "loss_box", "fg_rois"])
-        writer.writerows(log)
-        atomic_write_text(out_dir / "log.csv", buffer.getvalue())
+        write_csv(out_dir / "log.csv", LOG_COLUMNS, log)
 
-    bar = tqdm(total=schedule.iterations, initial=start, desc=setup.desc, unit="it", leave=False, dynamic_ncols=True)
+    bar = progress(schedule.iterations, setup.desc, initial=start)
     try:
         for iteration in range(start, schedule.iterations):
-            lr = schedule.lr_at(iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
+            lr = schedule.set_lr(optimizer, iteration)
             maps, rois, labels, targets = [], [], [], []
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derived_seed(setup.seed, _SAMPLE_TAG, iteration))
@@ -341,22 +301,25 @@ def detect(detector: FastRCNNC4, data: DetectionData, proposals: list[np.ndarray
     features = features or ImageFeatures(detector, data, setup, device)
     coder = BoxCoder(BOX_WEIGHTS)
     parts = []
-    for index in tqdm(range(len(data)), desc=desc, leave=False, dynamic_ncols=True):
-        fmap, factor, (height, width) = features(index, False)
-        boxes = _proposal_tensor(proposals[index], factor, width, False).to(device)
-        if len(boxes) == 0:
-            continue
-        logits, deltas = detector.box_head([fmap], [boxes])
-        scores = F.softmax(logits.float(), dim=1)
-        classes = scores.shape[1]
-        decoded = coder.decode_single(deltas.float(), boxes).view(-1, classes, 4)
-        decoded = clip_boxes_to_image(decoded, (height, width))
-        labels = torch.arange(classes, device=device).expand(len(boxes), classes)
-        decoded, scores, labels = decoded[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-        keep = torch.where(scores > setup.test_score_threshold)[0]
-        decoded, scores, labels = decoded[keep], scores[keep], labels[keep]
-        keep = batched_nms(decoded, scores, labels, setup.test_nms)[: setup.detections_per_image]
-        decoded, scores, labels = decoded[keep].cpu().numpy() / factor, scores[keep].cpu().numpy(), labels[keep].cpu().numpy()
-        parts.append(Detections(np.full(len(keep), index, np.int64), labels.astype(np.int64),
-                                scores.astype(np.float64), decoded.astype(np.float64)))
+    with progress(len(data), desc, unit="img") as bar:
+        for index in range(len(data)):
+            bar.update(1)
+            fmap, factor, (height, width) = features(index, False)
+            boxes = _proposal_tensor(proposals[index], factor, width, False).to(device)
+            if len(boxes) == 0:
+                continue
+            logits, deltas = detector.box_head([fmap], [boxes])
+            scores = F.softmax(logits.float(), dim=1)
+            classes = scores.shape[1]
+            decoded = coder.decode_single(deltas.float(), boxes).view(-1, classes, 4)
+            decoded = clip_boxes_to_image(decoded, (height, width))
+            labels = torch.arange(classes, device=device).expand(len(boxes), classes)
+            decoded, scores, labels = decoded[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > setup.test_score_threshold)[0]
+            decoded, scores, labels = decoded[keep], scores[keep], labels[keep]
+            keep = batched_nms(decoded, scores, labels, setup.test_nms)[: setup.detections_per_image]
+            decoded, scores, labels = (decoded[keep].cpu().numpy() / factor, scores[keep].cpu().numpy(),
+                                       labels[keep].cpu().numpy())
+            parts.append(Detections(np.full(len(keep), index, np.int64), labels.astype(np.int64),
+                                    scores.astype(np.float64), decoded.astype(np.float64)))
     return Detections.concat(parts)

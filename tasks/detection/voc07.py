@@ -27,9 +27,8 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare
-from benchmark.paths import inside
-from benchmark.results import atomic_write_bytes
-from benchmark.training import derived_seed
+from benchmark.paths import atomic_write, inside
+from benchmark.training import derived_seed, progress
 
 from . import NAME
 from .data import DetectionData
@@ -299,7 +298,7 @@ class DetectionVOC07(Task):
             buffer = io.BytesIO()  # whole or absent, also on a full disk
             np.savez_compressed(buffer, images=detections.images, labels=detections.labels,
                                 scores=detections.scores, boxes=detections.boxes, ids=np.array(test_data.ids))
-            atomic_write_bytes(out_dir / "detections.npz", buffer.getvalue())
+            atomic_write(out_dir / "detections.npz", buffer.getvalue())
             metrics = {k: torch.as_tensor(v) for k, v in
                        evaluate_detections(detections, test_data.ground_truth, len(VOC_CLASSES)).items()}
             mark_evaluated(out_dir, metrics)
@@ -373,7 +372,9 @@ def _cleaned(raw: tuple[list, list], data: DetectionData, limit: int) -> list[np
 
 
 def _selective_search_all(data: DetectionData, mode: str, limit: int) -> tuple[list, list]:
-    from tqdm.auto import tqdm
-
-    results = [selective_search(path, mode, limit) for path in tqdm(data.paths, desc="selective search", leave=False)]
+    results = []
+    with progress(len(data.paths), "selective search", unit="img") as bar:
+        for path in data.paths:
+            results.append(selective_search(path, mode, limit))
+            bar.update(1)
     return [b for b, _ in results], [s for _, s in results]

@@ -24,28 +24,25 @@ same heads.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
-import socket
 import zlib
-from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
-from tqdm.auto import tqdm
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.models.backbone import FrozenBackbone, LayerPool, get_architecture
-from benchmark.training import atomic_torch_save, derived_seed, epoch_order, rng_state, set_rng_state
+from benchmark.training import (CsvLog, ResumableBatches, Schedule, all_reduce, atomic_torch_save, autocast,
+                                average_buffers, barrier, channels_last, cpu_state, derived_seed, free_port,
+                                load_matching_checkpoint, loader_batches, process_group, progress, rank_divergence,
+                                resolve_world_size, restore_scheduler_state, rng_state, scheduler_state,
+                                set_rng_state, to_device)
 
 from . import NAME
 
@@ -73,34 +70,9 @@ def reference_weight_decay(arch_name: str) -> float:
     return 5e-4 if "alexnet" in arch_name.lower() else 1e-4
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """A resolved multi-step schedule, in iterations of ``batch_size`` images (global batch)."""
-
-    name: str
-    iterations: int
-    milestones: tuple[int, ...]
-    base_lr: float  # at batch 256; the LR used is base_lr * batch_size / 256
-    batch_size: int
-    weight_decay: float
-    iterations_per_epoch: int
-    gamma: float = 0.1
-
-    @property
-    def lr(self) -> float:
-        return self.base_lr * self.batch_size / REFERENCE_BATCH
-
-    @property
-    def epochs(self) -> float:
-        return self.iterations / self.iterations_per_epoch
-
-    def lr_at(self, iteration: int) -> float:
-        """LR of the update made at 0-based ``iteration`` (what MultiStepLR gives when stepped once
-        per iteration): decayed x0.1 once ``iteration`` reaches each milestone."""
-        return self.lr * self.gamma ** sum(m <= iteration for m in self.milestones)
-
-    def describe(self) -> dict:
-        return {**asdict(self), "milestones": list(self.milestones), "lr": self.lr}
+# what the checkpoints' fingerprints have always recorded of a linear schedule
+RECORDED = ("name", "iterations", "milestones", "base_lr", "batch_size", "weight_decay", "iterations_per_epoch",
+            "gamma", "lr")
 
 
 def _positive_int(value, what: str) -> int:
@@ -175,10 +147,10 @@ def resolve_schedule(schedule: str, arch_name: str, num_train: int, *, epochs=No
         steps = tuple(round(m * factor) for m in spec["milestones"])
     wd = weight_decay if weight_decay is not None else spec["weight_decay"]
     return Schedule(
-        name=schedule, iterations=max(total, 1), milestones=steps,
+        name=schedule, iterations=max(total, 1), milestones=steps, decay="step", gamma=0.1,
         base_lr=float(base_lr if base_lr is not None else spec["base_lr"]), batch_size=batch,
-        weight_decay=float(wd if wd is not None else reference_weight_decay(arch_name)),
-        iterations_per_epoch=ipe,
+        reference_batch=REFERENCE_BATCH, weight_decay=float(wd if wd is not None else reference_weight_decay(arch_name)),
+        momentum=0.9, iterations_per_epoch=ipe, recorded=RECORDED,
     )
 
 
@@ -271,16 +243,15 @@ def feature_dims(backbone: FrozenBackbone, layers: Sequence[str], image_size: in
 
 
 def make_optimizer(heads: MultiHead, schedule: Schedule):
-    """Nesterov SGD (momentum 0.9), weight decay on the Linear weights only; MultiStepLR x0.1
-    stepped once per iteration."""
+    """Nesterov SGD (momentum 0.9), weight decay on the Linear weights only; the schedule's
+    scheduler (MultiStepLR x0.1) stepped once per iteration."""
     modules = list(heads.heads.values())
     optimizer = torch.optim.SGD(
         [{"params": [h.fc.weight for h in modules], "weight_decay": schedule.weight_decay},
          {"params": [h.fc.bias for h in modules], "weight_decay": 0.0}],
-        lr=schedule.lr, momentum=0.9, nesterov=True,
+        lr=schedule.lr, momentum=schedule.momentum, nesterov=True,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), gamma=schedule.gamma)
-    return optimizer, scheduler
+    return optimizer, schedule.scheduler(optimizer)
 
 
 # --- data order and seeded augmentation --------------------------------------------------------
@@ -304,36 +275,6 @@ class SeededAugmentation(Dataset):
             return self.dataset[index]
 
 
-class ResumableBatches(Sampler):
-    """Batches of (index, epoch) keys for iterations [start, stop): iteration ``it`` is batch
-    ``it % iterations_per_epoch`` of epoch ``it // iterations_per_epoch``; this rank takes its
-    contiguous slice of each global batch."""
-
-    def __init__(self, n: int, schedule: Schedule, start: int, seed: int, rank: int = 0, world_size: int = 1,
-                 known_orders: dict[int, torch.Tensor] | None = None):
-        self.n, self.schedule, self.start, self.seed = n, schedule, start, seed
-        self.rank, self.world_size = rank, world_size
-        self.orders = dict(known_orders or {})
-
-    def order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self.orders:
-            # keep two epochs: the loader's prefetching may run one epoch ahead of the checkpoint
-            self.orders = {e: o for e, o in self.orders.items() if e == epoch - 1}
-            self.orders[epoch] = epoch_order(self.seed, epoch, self.n)
-        return self.orders[epoch]
-
-    def __len__(self) -> int:
-        return self.schedule.iterations - self.start
-
-    def __iter__(self):
-        batch, ipe = self.schedule.batch_size, self.schedule.iterations_per_epoch
-        local = batch // self.world_size
-        for iteration in range(self.start, self.schedule.iterations):
-            epoch, position = divmod(iteration, ipe)
-            chunk = self.order(epoch)[position * batch:(position + 1) * batch]
-            yield [(int(i), epoch) for i in chunk[self.rank * local:(self.rank + 1) * local]]
-
-
 # --- the training run -----------------------------------------------------------------------
 
 
@@ -354,18 +295,6 @@ class LinearSetup:
     fingerprint: str = ""  # identity of everything that changes the result; a checkpoint of another is ignored
     desc: str = "linear heads"
     log_every: int = 20  # iterations between CSV flushes / progress-bar loss updates
-
-
-def resolve_world_size(world_size, device: torch.device) -> int:
-    if world_size in (None, "auto"):
-        if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-            return torch.cuda.device_count()
-        return 1
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ConfigError(f"world_size must be 'auto' or a positive integer, got {world_size!r}")
-    if device.type == "cuda" and world_size > torch.cuda.device_count():
-        raise ConfigError(f"world_size {world_size} but only {torch.cuda.device_count()} GPU(s) are visible")
-    return world_size
 
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -392,14 +321,12 @@ def train_linear_heads(backbone: FrozenBackbone, train_set: Dataset, val_set: Da
     if world_size == 1:
         return _train(0, 1, backbone, train_set, val_set, setup, out_dir, device, on_iteration)
     path = out_dir / CHECKPOINT_NAME
-    if path.exists():  # a finished run: no processes to start
-        state = load_checkpoint(path)
-        if state.get("done") and state.get("fingerprint") == setup.fingerprint \
-                and state.get("format") == CHECKPOINT_FORMAT:
-            return state
+    state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, NAME, verbose=False)
+    if state is not None and state.get("done"):  # a finished run: no processes to start
+        return state
     import torch.multiprocessing as mp
 
-    port = _free_port()
+    port = free_port()
     arch_name = backbone.arch.name
     trunk = {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()}
     mp.spawn(_ddp_entry, nprocs=world_size, join=True,
@@ -408,38 +335,16 @@ def train_linear_heads(backbone: FrozenBackbone, train_set: Dataset, val_set: Da
 
 
 def load_checkpoint(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    scheduler = state.get("scheduler")
-    if scheduler and isinstance(scheduler.get("milestones"), dict):
-        scheduler["milestones"] = Counter(scheduler["milestones"])
-    return state
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _ddp_entry(rank, world_size, port, arch_name, trunk, train_set, val_set, setup, out_dir, device_type):
-    import torch.distributed as dist
-
-    if device_type == "cuda":
-        torch.cuda.set_device(rank)
-        device = torch.device("cuda", rank)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=rank, world_size=world_size)
-    try:
+    with process_group(rank, world_size, port, device_type) as device:
         arch = get_architecture(arch_name)
         model = arch.build()
         model.load_state_dict(trunk)
         backbone = FrozenBackbone(arch, model)
         _train(rank, world_size, backbone, train_set, val_set, setup, out_dir, device, None)
-    finally:
-        dist.destroy_process_group()
 
 
 class _Log:
@@ -448,54 +353,37 @@ class _Log:
     whose ``log_bytes`` is the file length it matches: a resumed run truncates the file there."""
 
     def __init__(self, path: Path, layers: Sequence[str], resume_bytes: int | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.columns = ["phase", "iteration", "epoch", "lr"] + [f"loss/{layer}" for layer in layers] + \
-                       [f"top{k}/{layer}" for layer in layers for k in TOPK]
+        columns = ["phase", "iteration", "epoch", "lr"] + [f"loss/{layer}" for layer in layers] + \
+                  [f"top{k}/{layer}" for layer in layers for k in TOPK]
+        self.csv = CsvLog(path, columns, resume_bytes, enabled)
         self.pending: list[tuple] = []
-        if not enabled:
-            return
-        if resume_bytes is not None and self.path.exists():
-            with open(self.path, "r+b") as handle:
-                handle.truncate(resume_bytes)
-            self.handle = open(self.path, "a", newline="")
-        else:
-            self.handle = open(self.path, "w", newline="")
-            csv.writer(self.handle).writerow(self.columns)
-        self.writer = csv.writer(self.handle)
 
     def train(self, iteration: int, epoch: int, lr: float, losses: torch.Tensor) -> None:
         self.pending.append(("train", iteration, epoch, lr, losses))
 
     def evaluation(self, iteration: int, epoch: int, accuracy: dict[str, dict[int, float]]) -> None:
         self.flush()
-        if self.enabled:
-            values = [f"{accuracy[layer][k]:.4f}" for layer in accuracy for k in TOPK]
-            self.writer.writerow(["eval", iteration, epoch, ""] + [""] * len(accuracy) + values)
+        values = [f"{accuracy[layer][k]:.4f}" for layer in accuracy for k in TOPK]
+        self.csv.row(["eval", iteration, epoch, ""] + [""] * len(accuracy) + values)
 
     def flush(self) -> list[float]:
         """Writes the buffered iteration rows; returns the last one's losses (for the progress bar)."""
         if not self.pending:
             return []
         losses = torch.stack([row[4] for row in self.pending]).cpu().tolist()  # one device sync
-        if self.enabled:
-            for (phase, iteration, epoch, lr, _), values in zip(self.pending, losses):
-                self.writer.writerow([phase, iteration, epoch, f"{lr:.6g}"] + [f"{v:.5f}" for v in values]
-                                     + [""] * (2 * len(values)))
+        for (phase, iteration, epoch, lr, _), values in zip(self.pending, losses):
+            self.csv.row([phase, iteration, epoch, f"{lr:.6g}"] + [f"{v:.5f}" for v in values]
+                         + [""] * (2 * len(values)))
         self.pending = []
         return losses[-1]
 
     def sync(self) -> int:
         """Flush to disk; the byte length a checkpoint records."""
         self.flush()
-        if not self.enabled:
-            return 0
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        return self.handle.tell()
+        return self.csv.sync()
 
     def close(self) -> None:
-        if self.enabled:
-            self.handle.close()
+        self.csv.close()
 
 
 def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Dataset, val_set: Dataset,
@@ -504,21 +392,14 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
     distributed = world_size > 1
     main = rank == 0
     schedule, layers = setup.schedule, list(setup.layers)
-    backbone = backbone.to(device).eval()
+    # as in feature extraction: channels-last trunk, bf16 autocast on CUDA; heads in float32
+    backbone = channels_last(backbone, device).eval()
     cuda = device.type == "cuda"
-    if cuda:  # as in feature extraction: channels-last trunk, bf16 autocast; heads in float32
-        backbone = backbone.to(memory_format=torch.channels_last)
     heads = MultiHead.build(backbone, layers, setup.num_classes, setup.image_size, setup.seed).to(device)
     optimizer, scheduler = make_optimizer(heads, schedule)
     path = out_dir / CHECKPOINT_NAME
 
-    state = None
-    if path.exists():
-        state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != setup.fingerprint:
-            if main:
-                print(f"[linear] {path} was made with another configuration; starting afresh")
-            state = None
+    state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, "linear", verbose=main)
     if state is not None and state["done"]:
         return state
     start = 0
@@ -528,7 +409,7 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
     if state is not None:
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(restore_scheduler_state(state["scheduler"]))
         set_rng_state(state["rng"])
         start, evaluations, best = state["iteration"], state["evaluations"], state["best"]
         known_orders = {state["epoch"]: state["epoch_order"].long()}
@@ -542,12 +423,14 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
         ddp_heads = heads
     log = _Log(out_dir / LOG_NAME, layers, state["log_bytes"] if state is not None else None, enabled=main)
 
-    sampler = ResumableBatches(len(train_set), schedule, start, setup.seed, rank, world_size, known_orders)
+    sampler = ResumableBatches(len(train_set), schedule.batch_size, schedule.iterations, start, setup.seed,
+                               iterations_per_epoch=schedule.iterations_per_epoch, rank=rank, world_size=world_size,
+                               known_orders=known_orders)
     loader = DataLoader(SeededAugmentation(train_set, setup.seed), batch_sampler=sampler,
                         num_workers=setup.num_workers, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=4 if setup.num_workers else None)
     val_part = Subset(val_set, range(rank, len(val_set), world_size)) if distributed else val_set
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    precision = autocast(device)
     ipe = schedule.iterations_per_epoch
 
     def save(iteration: int, done: bool, extra: dict | None = None) -> None:
@@ -559,9 +442,9 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
             "format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done,
             "iteration": iteration, "epoch": epoch, "position": position,
             "epoch_order": sampler.order(epoch).to(torch.int32) if not done else torch.empty(0, dtype=torch.int32),
-            "heads": {k: v.detach().cpu() for k, v in heads.state_dict().items()},
+            "heads": cpu_state(heads),
             "optimizer": optimizer.state_dict(),
-            "scheduler": {k: (dict(v) if isinstance(v, Counter) else v) for k, v in scheduler.state_dict().items()},
+            "scheduler": scheduler_state(scheduler),
             "rng": rng_state(),
             "evaluations": evaluations, "best": best, "final": evaluations[-1] if done else None,
             "log_bytes": log_bytes, "schedule": schedule.describe(), "layers": layers,
@@ -569,12 +452,9 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
         }, path)
 
     def evaluate(iteration: int) -> None:
-        counts, n = _evaluate(backbone, heads, val_part, layers, device, setup, autocast)
+        counts, n = _evaluate(backbone, heads, val_part, layers, device, setup, precision)
         if distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(counts)
-            dist.all_reduce(n)
+            all_reduce(counts, n)
         accuracy = {layer: {k: 100.0 * float(c) / float(n) for k, c in zip(TOPK, counts[i].tolist())}
                     for i, layer in enumerate(layers)}
         evaluations.append({"iteration": iteration, "epoch": iteration / ipe,
@@ -586,15 +466,14 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
                     best[key] = (accuracy[layer][k], iteration)
         log.evaluation(iteration, iteration // ipe, accuracy)
 
-    bar = tqdm(total=schedule.iterations, initial=start, desc=setup.desc, unit="it", leave=False,
-               disable=None if main else True, dynamic_ncols=True)
+    bar = progress(schedule.iterations, setup.desc, initial=start, enabled=main)
     heads.train()
     iteration = start
     try:
-        for images, targets in _batches(loader):
-            images = _to_device(images, device)
+        for images, targets in loader_batches(loader):
+            images = to_device(images, device)
             targets = targets.to(device, non_blocking=True)
-            with torch.no_grad(), autocast():
+            with torch.no_grad(), precision():
                 maps = backbone.feature_maps(images, layers)
             logits = ddp_heads(maps)
             losses = torch.stack([F.cross_entropy(logits[layer].float(), targets) for layer in layers])
@@ -604,7 +483,7 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
             optimizer.step()
             scheduler.step()
             if distributed:
-                _average_buffers(heads, world_size)
+                average_buffers(heads, world_size)
             log.train(iteration, iteration // ipe, lr, losses.detach())
             iteration += 1
             bar.update(1)
@@ -618,7 +497,7 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
                 evaluate(iteration)
                 heads.train()
             if end:
-                divergence = _rank_divergence(heads) if distributed else 0.0
+                divergence = rank_divergence(heads) if distributed else 0.0
                 save(iteration, True, {"rank_divergence": divergence})
             elif iteration % setup.checkpoint_every == 0:
                 save(iteration, False)
@@ -630,57 +509,22 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
     if iteration != schedule.iterations:  # an empty loader: the data is smaller than one batch
         raise DatasetError(f"training stopped at iteration {iteration} of {schedule.iterations}")
     if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
+        barrier()
     return load_checkpoint(path) if main else {}
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
-
-
-def _batches(loader: DataLoader):
-    try:
-        yield from loader
-    except DatasetError as exc:
-        raise DatasetError.from_worker(exc) from None
-
-
 @torch.no_grad()
-def _evaluate(backbone, heads: MultiHead, val_set: Dataset, layers, device, setup: LinearSetup, autocast):
+def _evaluate(backbone, heads: MultiHead, val_set: Dataset, layers, device, setup: LinearSetup, precision):
     """(layers, len(TOPK)) correct counts and the number of images, on this rank's part."""
     counts = torch.zeros(len(layers), len(TOPK), dtype=torch.int64, device=device)
     n = torch.zeros((), dtype=torch.int64, device=device)
     loader = DataLoader(val_set, batch_size=setup.eval_batch_size, num_workers=setup.num_workers,
                         pin_memory=device.type == "cuda")
-    for images, targets in _batches(loader):
-        images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        with autocast():
+    for images, targets in loader_batches(loader):
+        images, targets = to_device(images, device), targets.to(device, non_blocking=True)
+        with precision():
             maps = backbone.feature_maps(images, layers)
         logits = heads(maps)
         counts += torch.stack([topk_correct(logits[layer].float(), targets, TOPK) for layer in layers])
         n += len(targets)
     return counts, n
-
-
-def _average_buffers(heads: MultiHead, world_size: int) -> None:
-    """BatchNorm running statistics: mean over ranks, so every rank holds the same heads."""
-    import torch.distributed as dist
-
-    for buffer in heads.buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer)
-            buffer.div_(world_size)
-
-
-def _rank_divergence(heads: MultiHead) -> float:
-    import torch.distributed as dist
-
-    flat = torch.cat([t.detach().float().flatten() for t in heads.state_dict().values()])
-    high, low = flat.clone(), flat.clone()
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    return float((high - low).abs().max())
-

@@ -24,6 +24,8 @@ from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
 from benchmark.paths import inside
 
+from benchmark.training import resolve_world_size
+
 from . import NAME
 from .heads import (
     TOPK,
@@ -32,7 +34,6 @@ from .heads import (
     check_schedule_options,
     eval_transform,
     resolve_schedule,
-    resolve_world_size,
     train_linear_heads,
 )
 

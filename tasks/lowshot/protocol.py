@@ -19,8 +19,7 @@ from scipy import stats as scipy_stats
 
 from benchmark.errors import DatasetError
 from benchmark.options import Int, ListOf
-from benchmark.paths import inside
-from benchmark.results import atomic_write_bytes
+from benchmark.paths import atomic_write, inside
 from benchmark.svm.protocol import TEST_SELECTED  # noqa: F401  (the reference's selection, named in the rows)
 
 K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
@@ -87,7 +86,7 @@ def load_or_draw(path: Path, draw) -> np.ndarray:
     sample = draw()
     buffer = io.BytesIO()
     np.save(buffer, sample)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return sample
 
 

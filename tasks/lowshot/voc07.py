@@ -18,8 +18,8 @@ from benchmark.datasets.voc import load_voc
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Name, Str, declare
-from benchmark.paths import inside
-from benchmark.results import ResultStore, atomic_write_bytes
+from benchmark.paths import atomic_write, inside
+from benchmark.results import ResultStore
 from benchmark.svm.protocol import l2_normalize, resolve_costs, to_binary
 from benchmark.svm.solvers import Solver
 
@@ -160,4 +160,4 @@ class LowShotVOC07(SVMTask, Task):
         buffer = io.BytesIO()
         np.savez(buffer, k=np.repeat(ks, self.config["num_samples"]), costs=np.array(costs), ap=aps)
         path = inside(ctx.run_dir, "lowshot", model.name, self.instance_name or self.name, f"{layer}_ap.npz")
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write(path, buffer.getvalue())

@@ -28,8 +28,7 @@ import torch
 
 from benchmark.config import config_hash
 from benchmark.errors import DatasetError
-from benchmark.paths import inside
-from benchmark.results import atomic_write_bytes
+from benchmark.paths import atomic_write, inside
 
 CACHE_DIR = "normals-codebook"
 
@@ -116,7 +115,7 @@ def cached_codebook(cache_root: Path, fingerprint: str, k: int, normals_of, n_im
     codes = spherical_kmeans(sample_normals(normals_of, n_images, samples, seed), k, seed, iterations)
     buffer = io.BytesIO()
     np.save(buffer, codes)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return codes, path
 
 

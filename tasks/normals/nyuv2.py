@@ -25,6 +25,7 @@ from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Range, Str, declare
 from benchmark.paths import inside
+from benchmark.training import Schedule
 
 from .codebook import cached_codebook
 from .metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
@@ -48,7 +49,7 @@ def _positive_int(value, what: str) -> int:
     return value
 
 
-def resolve_schedule(cfg: dict) -> NormalsSchedule:
+def resolve_schedule(cfg: dict) -> Schedule:
     name = cfg["schedule"]
     if name not in SCHEDULE_NAMES:
         raise ConfigError(f"{NAME}: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")

@@ -23,25 +23,22 @@ normal, renormalised. ``regression`` head: three outputs per pixel, normalised; 
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
-from tqdm.auto import tqdm
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError, DatasetError
-from benchmark.results import atomic_write_text
-from benchmark.training import atomic_torch_save, derived_seed, epoch_order, load_matching_checkpoint
+from benchmark.training import (ResumableBatches, Schedule, atomic_torch_save, autocast, channels_last, cpu_state,
+                                derived_seed, load_matching_checkpoint, load_matching_weights, loader_batches,
+                                progress, to_device, write_csv)
 from .codebook import assign, decode
 from .metrics import AngularErrors
 from .model import NormalsNet
@@ -54,24 +51,16 @@ _SCALE_TAG = 0x5CA1E
 _DROPOUT_TAG = 0xD509
 
 
-@dataclass(frozen=True)
-class NormalsSchedule:
-    """SGD with the poly learning rate, in iterations of ``batch_size`` images."""
+# what the checkpoints' fingerprints have always recorded of a normals schedule
+RECORDED = ("name", "iterations", "batch_size", "base_lr", "weight_decay", "power", "momentum")
 
-    name: str
-    iterations: int
-    batch_size: int
-    base_lr: float
-    weight_decay: float
-    power: float = 0.9
-    momentum: float = 0.9
 
-    def lr_at(self, iteration: int) -> float:
-        """LR of the update made at 0-based ``iteration``."""
-        return self.base_lr * (1.0 - iteration / self.iterations) ** self.power
-
-    def describe(self) -> dict:
-        return asdict(self)
+def NormalsSchedule(name: str, iterations: int, batch_size: int, base_lr: float, weight_decay: float,
+                    power: float = 0.9, momentum: float = 0.9) -> Schedule:
+    """SGD with the poly learning rate ``base_lr * (1 - it / iterations) ** power``, in iterations of
+    ``batch_size`` images."""
+    return Schedule(name, iterations, base_lr, batch_size, decay="poly", power=power, weight_decay=weight_decay,
+                    momentum=momentum, recorded=RECORDED)
 
 
 @dataclass
@@ -79,7 +68,7 @@ class NormalsSetup:
     """What a run needs besides the trunk and the data."""
 
     head: str  # codebook | regression
-    schedule: NormalsSchedule
+    schedule: Schedule
     short_side: tuple[int, int]  # training short side range, in pixels of the stored images
     codes: torch.Tensor | None = None  # (K, 3) for the codebook head
     decoder_channels: int = 512
@@ -136,34 +125,15 @@ def short_side_at(seed: int, iteration: int, short_side: tuple[int, int]) -> int
     return int(np.random.default_rng(derived_seed(seed, _SCALE_TAG, iteration)).integers(low, high + 1))
 
 
-class IterationBatches(Sampler):
-    """Batches of ``(index, short_side)`` keys for iterations [start, iterations)."""
+def training_batches(n: int, schedule: Schedule, start: int, seed: int, short_side: tuple[int, int]):
+    """Batches of ``(index, short_side)`` keys for iterations [start, iterations): the epoch orders
+    of ``epoch_order(seed, epoch)``, one short side per iteration."""
 
-    def __init__(self, n: int, schedule: NormalsSchedule, start: int, seed: int, short_side: tuple[int, int]):
-        self.n, self.schedule, self.start, self.seed, self.short_side = n, schedule, start, seed, short_side
-        self.ipe = n // schedule.batch_size
-        if self.ipe < 1:
-            raise ConfigError(f"batch_size {schedule.batch_size} is larger than the {n} training images")
+    def keys(iteration: int, epoch: int, indices: list[int]) -> list:
+        short = short_side_at(seed, iteration, short_side)
+        return [(i, short) for i in indices]
 
-    def __len__(self) -> int:
-        return self.schedule.iterations - self.start
-
-    def __iter__(self):
-        batch = self.schedule.batch_size
-        order, order_epoch = None, -1
-        for iteration in range(self.start, self.schedule.iterations):
-            epoch, position = divmod(iteration, self.ipe)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(self.seed, epoch, self.n), epoch
-            short = short_side_at(self.seed, iteration, self.short_side)
-            yield [(int(i), short) for i in order[position * batch:(position + 1) * batch]]
-
-
-def _batches(loader: DataLoader):
-    try:
-        yield from loader
-    except DatasetError as exc:
-        raise DatasetError.from_worker(exc) from None
+    return ResumableBatches(n, schedule.batch_size, schedule.iterations, start, seed, keys=keys)
 
 
 def predict(model: NormalsNet, images: torch.Tensor, setup: NormalsSetup) -> torch.Tensor:
@@ -190,9 +160,9 @@ def evaluate(model: NormalsNet, test_set: Dataset, setup: NormalsSetup, device: 
     metrics = AngularErrors()
     loader = DataLoader(test_set, batch_size=setup.eval_batch_size, num_workers=setup.num_workers,
                         pin_memory=device.type == "cuda")
-    cuda = device.type == "cuda"
-    for images, normals, mask in _batches(loader):
-        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+    precision = autocast(device)
+    for images, normals, mask in loader_batches(loader):
+        with precision():
             pred = predict(model, images.to(device, non_blocking=True), setup)
         metrics.update(pred.float().cpu(), normals, mask)
     model.train(was_training)
@@ -204,19 +174,15 @@ def build_model(resnet: torch.nn.Module, setup: NormalsSetup) -> NormalsNet:
     return NormalsNet(resnet, setup.out_channels, setup.decoder_channels, setup.seed)
 
 
-def make_optimizer(model: NormalsNet, schedule: NormalsSchedule) -> torch.optim.SGD:
+def make_optimizer(model: NormalsNet, schedule: Schedule) -> torch.optim.SGD:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=schedule.lr_at(0), momentum=schedule.momentum,
                            weight_decay=schedule.weight_decay)
 
 
-def _write_log(path: Path, losses: list[float], schedule: NormalsSchedule) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["iteration", "lr", "loss"])
-    for iteration, loss in enumerate(losses):
-        writer.writerow([iteration, f"{schedule.lr_at(iteration):.6g}", f"{loss:.6f}"])
-    atomic_write_text(path, buffer.getvalue())
+def _write_log(path: Path, losses: list[float], schedule: Schedule) -> None:
+    write_csv(path, ["iteration", "lr", "loss"],
+              ([iteration, f"{schedule.lr_at(iteration):.6g}", f"{loss:.6f}"] for iteration, loss in enumerate(losses)))
 
 
 def train_normals(resnet: torch.nn.Module, train_set, test_set, setup: NormalsSetup, out_dir: Path,
@@ -240,16 +206,11 @@ def train_normals(resnet: torch.nn.Module, train_set, test_set, setup: NormalsSe
         return state
 
     cuda = device.type == "cuda"
-    model = build_model(resnet, setup).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = channels_last(build_model(resnet, setup), device)
     optimizer = make_optimizer(model, schedule)
     start, losses = 0, []
     if state is not None:
-        missing = [k for k in model.load_state_dict(state["model"], strict=False).missing_keys
-                   if not k.startswith("frozen.")]
-        if missing:
-            raise ConfigError(f"{path} lacks trainable weights {missing[:5]}; delete it to start afresh")
+        load_matching_weights(model, state["model"], path, ignore=("frozen.",))
         optimizer.load_state_dict(state["optimizer"])
         start, losses = state["iteration"], list(state["losses"])
         print(f"[normals] resuming {path} at iteration {start}/{schedule.iterations}")
@@ -258,30 +219,26 @@ def train_normals(resnet: torch.nn.Module, train_set, test_set, setup: NormalsSe
         _write_log(out_dir / LOG_NAME, losses, schedule)
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done, "iteration": iteration,
-            "model": {k: v.detach().cpu() for k, v in model.trainable_state().items()},
+            "model": cpu_state(model.trainable_state()),
             "optimizer": optimizer.state_dict(), "losses": losses, "schedule": schedule.describe(),
             "metrics": metrics, "head": setup.head,
         }, path)
 
-    sampler = IterationBatches(len(train_set), schedule, start, setup.seed, setup.short_side)
+    sampler = training_batches(len(train_set), schedule, start, setup.seed, setup.short_side)
     loader = DataLoader(NormalsData(train_set, resizable=True), batch_sampler=sampler, num_workers=setup.num_workers,
                         pin_memory=cuda, generator=torch.Generator())
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    precision = autocast(device)
     model.train()
     iteration = start
-    bar = tqdm(total=schedule.iterations, initial=start, desc=setup.desc, unit="it", leave=False, disable=None,
-               dynamic_ncols=True)
+    bar = progress(schedule.iterations, setup.desc, initial=start)
     try:
-        for images, normals, mask in _batches(loader):
-            images = images.to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
+        for images, normals, mask in loader_batches(loader):
+            images = to_device(images, device)
             normals, mask = normals.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr_at(iteration)
+            schedule.set_lr(optimizer, iteration)
             with torch.random.fork_rng(devices=[device] if cuda else []):
                 torch.manual_seed(derived_seed(setup.seed, _DROPOUT_TAG, iteration))
-                with autocast():
+                with precision():
                     out = model(images)
                 loss = loss_of(out.float(), normals, mask, setup)
                 optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ from torchvision import transforms as T
 
 from benchmark.errors import ConfigError
 from benchmark.options import Bool, Choice, Float, Int, declare
-from benchmark.paths import inside, temporary_path
+from benchmark.paths import DiskFullError, atomic_output, inside
 
 from ..method import PretextMethod
 
@@ -88,13 +88,11 @@ def permutation_set(n: int, seed: int = 0, selection: str = "maxmin") -> np.ndar
     except (OSError, ValueError):
         pass  # absent or unreadable: compute (a few seconds for 1,000)
     perms = _select(n, seed, selection)
-    tmp = temporary_path(path, keep_suffix=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, perms)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only or full cache only costs the recomputation
+        with atomic_output(path, keep_suffix=True) as tmp:
+            np.save(tmp, perms)
+    except (OSError, DiskFullError):
+        pass  # a read-only or full cache only costs the recomputation
     return perms
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from benchmark.errors import ConfigError
 from tasks.linear.heads import (
     LinearSetup,
     MultiHead,
-    ResumableBatches,
     SeededAugmentation,
     check_schedule_options,
     resolve_schedule,
@@ -30,7 +28,9 @@ from tasks.linear.heads import (
     train_linear_heads,
 )
 from benchmark.models import FrozenBackbone, create_model
+from benchmark.training import ResumableBatches
 from benchmark.models.backbone import get_architecture
+from tests.suites import RANDOM, suite_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 CPU = torch.device("cpu")
@@ -215,7 +215,7 @@ def test_one_pass_equals_each_head_trained_alone(tmp_path) -> None:
 
     schedule = setup.schedule
     data = SeededAugmentation(train, setup.seed)
-    batches = [[data[key] for key in keys] for keys in ResumableBatches(len(train), schedule, 0, setup.seed)]
+    batches = [[data[key] for key in keys] for keys in ResumableBatches(len(train), schedule.batch_size, schedule.iterations, 0, setup.seed)]
     for layer in layers:
         head = MultiHead.build(trunk, [layer], 4, 32, seed=setup.seed).heads[layer]
         optimizer = torch.optim.SGD([{"params": [head.fc.weight], "weight_decay": schedule.weight_decay},
@@ -353,25 +353,8 @@ def test_ddp_on_gloo_two_processes_keeps_ranks_identical(tmp_path) -> None:
 
 # --- the task through the CLI ----------------------------------------------------------------
 
-SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-    tasks:
-      linear_places205:
-        image_size: 32
-        schedule: custom
-        epochs: 2
-        milestones: [1]
-        batch_size: 8
-        checkpoint_every: 3
-"""
+LINEAR = {"image_size": 32, "schedule": "custom", "epochs": 2, "milestones": [1], "batch_size": 8,
+          "checkpoint_every": 3}
 
 
 @pytest.mark.slow
@@ -381,7 +364,7 @@ def test_cli_end_to_end(tmp_path, capsys) -> None:
 
     synth_places205(tmp_path / "data", num_classes=4, train_per_class=8, val_per_class=4)
     config = tmp_path / "bench.yaml"
-    config.write_text(textwrap.dedent(SUITE).format(data=tmp_path / "data"))
+    config.write_text(suite_yaml(tmp_path / "data", {"random": RANDOM}, {"linear_places205": LINEAR}))
     out = tmp_path / "runs"
     command = ["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]
     assert main(command) == 0

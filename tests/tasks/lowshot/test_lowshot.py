@@ -5,7 +5,6 @@ re-computation on the same frozen features."""
 from __future__ import annotations
 
 import math
-import textwrap
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +29,7 @@ from benchmark.metrics import voc_ap
 from benchmark.models import create_model
 from benchmark.results import ResultStore
 from tasks.lowshot import protocol as lowshot
+from tests.suites import RANDOM, suite, suite_yaml, suites_yaml, voc07_svm
 
 COSTS = [0.1, 1.0]
 
@@ -312,57 +312,19 @@ def _rows(df, task, k, selection, metric):
 
 # --- VOC07 low-shot end to end -------------------------------------------------------------
 
-VOC_SUITE = """
-suites:
-  tiny:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-    tasks:
-      voc07_svm:
-        layers: [res5]
-        image_size: 32
-        costs: [0.1, 1.0]
-        n_jobs: 1
-      lowshot_voc07:
-        layers: [res5]
-        image_size: 32
-        k_values: [1, 4, 96]
-        num_samples: 2
-        costs: [0.1, 1.0]
-        n_jobs: 1
-        solver: liblinear  # exact comparisons with scikit-learn below
-      lowshot_voc07_torch:
-        task: lowshot_voc07
-        layers: [res5]
-        image_size: 32
-        k_values: [1, 4, 96]
-        num_samples: 2
-        costs: [0.1, 1.0]
-  tinyref:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-    tasks:
-      lowshot_ref:
-        task: lowshot_voc07
-        layers: [res5]
-        image_size: 32
-        k_values: [1]
-        num_samples: 2
-        costs: [0.1, 1.0]
-        n_jobs: 1
-        solver: liblinear
-        sample_dir: {samples}
-"""
+SHOTS = {"layers": ["res5"], "image_size": 32, "num_samples": 2, "costs": [0.1, 1.0]}
+
+
+def voc_suites(data: Path, samples: Path) -> str:
+    exact = {**SHOTS, "k_values": [1, 4, 96], "n_jobs": 1, "solver": "liblinear"}  # compared with scikit-learn
+    reference_samples = {**SHOTS, "task": "lowshot_voc07", "k_values": [1], "n_jobs": 1, "solver": "liblinear",
+                         "sample_dir": str(samples)}
+    return suites_yaml({
+        "tiny": suite(data, {"random": RANDOM}, {
+            "voc07_svm": voc07_svm(["res5"]), "lowshot_voc07": exact,
+            "lowshot_voc07_torch": {**SHOTS, "task": "lowshot_voc07", "k_values": [1, 4, 96]}}),
+        "tinyref": suite(data, {"random": RANDOM}, {"lowshot_ref": reference_samples}),
+    })
 
 
 def _stamps(cache: Path) -> dict:
@@ -382,7 +344,7 @@ def voc(tmp_path_factory):
     for s, matrix in ref_samples.items():
         np.save(root / "refsamples" / f"train_targets_sample{s}_k1.npy", matrix)
     config = root / "bench.yaml"
-    config.write_text(textwrap.dedent(VOC_SUITE).format(data=root / "data", samples=root / "refsamples"))
+    config.write_text(voc_suites(root / "data", root / "refsamples"))
     out = root / "runs"
     base = ["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]
     assert main(base + ["--tasks", "voc07_svm"]) == 0
@@ -551,33 +513,11 @@ def test_voc_sample_dir_files_are_used_instead_of_drawing(voc) -> None:
 
 # --- Places205 low-shot end to end ---------------------------------------------------------
 
-PLACES_SUITE = """
-suites:
-  places:
-    data_root: {data}
-    num_workers: 0
-    batch_size: 16
-    models:
-      random:
-        pretrainer: random
-        arch: resnet18
-    tasks:
-      lowshot_places205:
-        layers: [res5]
-        image_size: 32
-        k_values: [1, 4, 16]
-        num_samples: 2
-        costs: [0.1, 1.0]
-        n_jobs: 1
-        solver: liblinear  # exact comparisons with scikit-learn below
-      lowshot_places205_torch:
-        task: lowshot_places205
-        layers: [res5]
-        image_size: 32
-        k_values: [1, 4, 16]
-        num_samples: 2
-        costs: [0.1, 1.0]
-"""
+def places_suite(data: Path) -> str:
+    exact = {**SHOTS, "k_values": [1, 4, 16], "n_jobs": 1, "solver": "liblinear"}  # compared with scikit-learn
+    return suite_yaml(data, {"random": RANDOM}, {
+        "lowshot_places205": exact,
+        "lowshot_places205_torch": {**SHOTS, "task": "lowshot_places205", "k_values": [1, 4, 16]}}, name="places")
 
 
 @pytest.fixture(scope="module")
@@ -585,7 +525,7 @@ def places(tmp_path_factory):
     root = tmp_path_factory.mktemp("lowshot_places")
     synth_places205(root / "data", num_classes=4, train_per_class=8, val_per_class=4, seed=0)
     config = root / "bench.yaml"
-    config.write_text(textwrap.dedent(PLACES_SUITE).format(data=root / "data"))
+    config.write_text(places_suite(root / "data"))
     out = root / "runs"
     assert main(["run", "--suite", "places", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     train = load_places205(root / "data" / "Places205", "train")

@@ -14,23 +14,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .config import EXECUTOR_OPTIONS, validate_options
-from .results import ResultStore
-from .runner import Plan, RunSummary, Unit, UnitRunner, load_plan
+from ..config import EXECUTOR_OPTIONS, validate_options
+from ..results import ResultStore
+from .plan import Plan, Unit, load_plan
+from .units import RunSummary, UnitRunner
+
 
 def executor_config(raw: dict | None, where: str = "executor") -> dict:
     return validate_options(raw or {}, EXECUTOR_OPTIONS, where)
 
 
 def execute(plan: Plan, pending: list[Unit], summary: RunSummary, executor: dict,
-            log: Callable[[str], None] = print) -> RunSummary:
+            log: Callable[[str], None] = print,
+            after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
+    """Run ``pending``; ``after_unit`` is called in this process as each unit finishes (or fails)."""
     cfg = executor_config(executor, "executor")
+    after_unit = after_unit or (lambda unit: None)
     if cfg["name"] == "local":
         runner = UnitRunner(plan, log)
         for unit in pending:
             runner.run(unit, summary)
+            after_unit(unit)
         return summary
-    return _execute_submitit(plan, pending, summary, cfg, log)
+    return _execute_submitit(plan, pending, summary, cfg, log, after_unit)
 
 
 class UnitJob:
@@ -81,7 +87,8 @@ def _executor(plan: Plan, cfg: dict, *, gpu: bool):
     return executor
 
 
-def _execute_submitit(plan: Plan, pending: list[Unit], summary: RunSummary, cfg: dict, log) -> RunSummary:
+def _execute_submitit(plan: Plan, pending: list[Unit], summary: RunSummary, cfg: dict, log,
+                      after_unit: Callable[[Unit], None]) -> RunSummary:
     run_dir = str(plan.run_dir)
     jobs = []
     for model in dict.fromkeys(u.model for u in pending):
@@ -113,6 +120,7 @@ def _execute_submitit(plan: Plan, pending: list[Unit], summary: RunSummary, cfg:
                 store.write_error(unit.unit_id, message)
                 summary.failed[unit.unit_id] = message
                 log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
+                after_unit(unit)
                 continue
         if store.is_done(unit.unit_id, unit.config_hash):
             summary.done.append(unit.unit_id)
@@ -120,4 +128,5 @@ def _execute_submitit(plan: Plan, pending: list[Unit], summary: RunSummary, cfg:
             error = store.unit_path(unit.unit_id).with_suffix(".error.txt")
             lines = error.read_text(errors="replace").splitlines() if error.exists() else []
             summary.failed[unit.unit_id] = lines[0] if lines else f"no result (see {error})"
+        after_unit(unit)
     return summary

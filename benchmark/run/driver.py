@@ -1,0 +1,121 @@
+"""``run_plan``: the checks made before any work (devices, writable folders, data, disk space),
+the run lock, then the plan's pending units handed to an executor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..config import Suite
+from ..devices import check_device
+from ..diskspace import (FIXED_RUN_BYTES, RESULT_BYTES_PER_UNIT, Estimate, check_space, feature_bytes,
+                         training_checkpoint_bytes)
+from ..engine import RunContext, Task
+from ..errors import BenchmarkError
+from ..features import FeatureCache
+from ..models.backbone import get_architecture
+from ..options import Device, declared, refuse
+from ..paths import remove_stale_temporaries
+from ..provenance import resolve_device
+from ..registry import PRETRAINERS, TASKS
+from ..runlock import RunLock, command_line
+from .executors import execute
+from .plan import Plan, Unit, plan_run, write_plan
+from .units import RunSummary, pending_units
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Fail before any work when results could not be saved (unwritable dir)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchmarkError(f"{what} {directory} is not writable ({exc.strerror}); choose another with --out/--cache") from exc
+
+
+def estimate_writes(plan: Plan, pending: list[Unit], tasks: dict[str, Task], ctx: RunContext) -> Estimate:
+    """An upper bound of what running ``pending`` writes: the features of every model with pending
+    units (all the entries its tasks read, shared entries once), checkpoints and results."""
+    specs = {m.name: m for m in plan.suite.models}
+    estimate = Estimate(run_bytes=FIXED_RUN_BYTES + RESULT_BYTES_PER_UNIT * len(pending))
+    needs, arch_of = {}, {}
+    checkpoints, training_state = 0, 0
+    for model in dict.fromkeys(u.model for u in pending):
+        spec = specs[model]
+        arch = get_architecture(spec.options["arch"])
+        arch_of[model] = arch.name
+        kept = PRETRAINERS.get(spec.pretrainer)(**spec.options).checkpoint_bytes(arch)
+        checkpoints += kept
+        if kept:  # models train one after the other: one resumable training state at a time
+            training_state = max(training_state, training_checkpoint_bytes(arch.name))
+        for task_name in dict.fromkeys(u.task for u in pending if u.model == model):
+            for need in tasks[task_name].feature_needs(ctx, arch):
+                needs[(model, need.dataset, need.split, need.layer, need.input_size)] = need
+        checkpoints += sum(tasks[u.task].checkpoint_bytes(arch) for u in pending if u.model == model)
+    checkpoints += training_state
+    estimate.cache_bytes, estimate.detail = feature_bytes(needs, arch_of)
+    estimate.run_bytes += checkpoints
+    estimate.detail.append(f"checkpoints {checkpoints / 2**20:,.1f} MiB, results and reports "
+                           f"{(estimate.run_bytes - checkpoints) / 2**20:,.1f} MiB")
+    return estimate
+
+
+def check_devices(plan: Plan, executor: str) -> None:
+    """Every device the plan asks for (the run's, and task options such as ``svm_device``) is one
+    this machine has, before any work. SLURM units run on other machines: there only the form of
+    the request is checked here."""
+    requests = [(plan.device, plan.device_source)]
+    where = f"{plan.suite.source}: suites.{plan.suite.name}.tasks"
+    for spec in plan.suite.tasks:
+        if spec.name in {u.task for u in plan.units}:
+            requests += [(spec.options[key], f"{where}.{spec.name}.{key}")
+                         for key, option in declared(TASKS.get(spec.task).options).items()
+                         if isinstance(option, Device) and spec.options.get(key) is not None]
+    for name, source in requests:
+        if executor == "slurm":
+            found = Device().check(name, source)
+            if found:
+                raise refuse(*found)
+        else:
+            check_device(name, source)
+
+
+def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
+             log: Callable[[str], None] = print, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
+    """Check, lock, then run the plan's pending units; ``after_unit`` is called as each one ends
+    (e.g. to refresh the leaderboard while a long run works)."""
+    check_devices(plan, (executor or {}).get("name", "local"))
+    check_writable(plan.run_dir, "run directory")
+    check_writable(plan.cache_dir, "feature cache")
+    lock = RunLock(plan.run_dir, command_line()).acquire(log)
+    try:
+        for root in (plan.run_dir, plan.cache_dir):
+            removed = remove_stale_temporaries(root)
+            if removed:
+                log(f"[ssl-bench] removed {len(removed)} temporary file(s) of killed processes under {root}")
+        ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
+                               device=resolve_device(plan.device))
+        for task_name in dict.fromkeys(u.task for u in plan.units):
+            plan.tasks[task_name].check_data(ctx_probe)
+        pending, skipped = pending_units(plan, force, log)
+        if pending:  # a finished run can always be reported again, even on a full disk
+            check_space(estimate_writes(plan, pending, plan.tasks, ctx_probe), plan.run_dir, plan.cache_dir)
+        write_plan(plan)
+        summary = RunSummary(plan.run_dir, skipped=skipped)
+        if not pending:
+            return summary
+        return execute(plan, pending, summary, executor or {"name": "local"}, log, after_unit)
+    finally:
+        lock.release()
+
+
+def run_suite(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
+              models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
+              force: bool = False, executor: dict | None = None, log: Callable[[str], None] = print,
+              replicate: int = 0, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
+    plan = plan_run(suite, run_dir, cache_dir, data_root=data_root, models=models, tasks=tasks, device=device,
+                    replicate=replicate)
+    return run_plan(plan, force=force, executor=executor, log=log, after_unit=after_unit)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import io
-import os
 import pickle
 import re
 from pathlib import Path
@@ -142,14 +141,12 @@ def check_converted_weights(model_shapes: Mapping[str, tuple], converted: Mappin
 
 
 def dataloader_workers(requested: int) -> int:
-    """The suite's ``num_workers``, capped by the cores this process may run on (its affinity mask:
-    a SLURM job's or a container's share, not the machine's count) minus one for the training
-    process itself; detectron2's default of 4 workers oversubscribes a 2-core machine."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows: no affinity masks
-        usable = os.cpu_count() or 1
-    return max(0, min(int(requested), usable - 1))
+    """The suite's ``num_workers``, capped by the cores this process may use (benchmark.cpus: its
+    affinity mask, a cgroup quota, SLURM_CPUS_PER_TASK; not the machine's count) minus one for the
+    training process itself; detectron2's default of 4 workers oversubscribes a 2-core machine."""
+    from benchmark.cpus import usable_cpus
+
+    return max(0, min(int(requested), usable_cpus()[0] - 1))
 
 
 def detectron2_version() -> dict[str, str]:

@@ -78,6 +78,8 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = rows[_text(rows, "k").eq("") & _text(rows, "evaluation").isin(["", "best"])]
     if rows.empty:
         return None
+    backend = _text(rows, "backend")  # one panel per detection backend: their numbers are never averaged
+    rows = rows.assign(task=rows["task"] + backend.where(backend.eq(""), " [" + backend + "]"))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -150,3 +150,27 @@ def test_leaderboard_keeps_the_backends_apart() -> None:
                                         "detection_voc07/frozen:mAP [detectron2]": 50.0,
                                         "detection_voc07/frozen:mAP (perturbed_ground_truth)": 30.0,
                                         "voc07_svm/res5:mAP": 60.0}
+
+
+def test_layer_plot_keeps_the_backends_apart(tmp_path, monkeypatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.axes
+    import pandas as pd
+
+    from benchmark.report import plot_layers
+
+    titles, lines = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, title, *a, **k: titles.append(title))
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, *a, **k: (lines.append(list(y)), original(self, x, y, *a, **k))[1])
+    rows = pd.DataFrame([
+        {"model": "m", "task": "detection_voc07", "layer": "frozen", "metric": "mAP", "class": "", "value": 40.0,
+         "backend": "torchvision"},
+        {"model": "m", "task": "detection_voc07", "layer": "frozen", "metric": "mAP", "class": "", "value": 50.0,
+         "backend": "detectron2"}])
+    assert plot_layers(rows, tmp_path / "board.png").stat().st_size > 1000
+    assert titles == ["detection_voc07 [torchvision]", "detection_voc07 [detectron2]"]
+    assert lines == [[40.0], [50.0]]  # never their mean, 45

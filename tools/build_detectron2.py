@@ -183,9 +183,9 @@ def build_wheel(sdist: Path, wheelhouse: Path) -> Path:
                 sys.exit("[detectron2] this Python's tarfile has no extraction filter; use Python >= 3.10.12 / 3.11.4")
             archive.extractall(tmp, filter="data")
         src = Path(tmp) / SDIST_DIR
-        print(f"[detectron2] changes to {sdist.name} (upstream v{UPSTREAM_VERSION}), and why:")
-        for line in apply_patches(src):
-            print(f"  - {line}")
+        changes = f"changes to {sdist.name} (upstream v{UPSTREAM_VERSION}), and why:\n" + "".join(
+            f"  - {line}\n" for line in apply_patches(src))
+        print(f"[detectron2] {changes}", end="")
         out = Path(tmp) / "dist"
         # setup.py imports torch (for its version check), so build against this environment's torch;
         # upstream needs --no-build-isolation for the same reason
@@ -200,6 +200,7 @@ def build_wheel(sdist: Path, wheelhouse: Path) -> Path:
         tmp_target = wheelhouse / f".{WHEEL}.{os.getpid()}.tmp"
         shutil.copyfile(built, tmp_target)
         tmp_target.replace(target)  # a wheel in the wheelhouse is always whole
+        (wheelhouse / f"{WHEEL}.changes.txt").write_text(changes)  # shown again when the wheel is reused
     return target
 
 
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[detectron2] built {wheel}")
         else:
             print(f"[detectron2] using {wheel} (built before; --rebuild to build it again)")
+            notes = wheelhouse / f"{WHEEL}.changes.txt"
+            if notes.is_file():
+                print(f"[detectron2] {notes.read_text()}", end="")
         if args.no_install:
             return 0
         # dependencies (fvcore, iopath, pycocotools, ...) come from the package index

@@ -8,7 +8,7 @@ DEMO_IMAGES ?= 1200
 
 REFERENCE ?= results/reference/goyal2019-mini.csv
 
-.PHONY: demo test test-fast venv clean-demo regression-check reference
+.PHONY: demo test test-fast venv clean-demo regression-check reference detectron2
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt 
 	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
 	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
 	@echo "Report: $(abspath runs/goyal2019-mini/report.html) (open it in a browser; self-contained)"
+
+# The optional detectron2 backend: detectron2 0.6 built from its PyPI sdist (sha256-pinned) with
+# the build-time changes of tools/build_detectron2.py, as a pure-Python wheel cached in
+# $(WHEELHOUSE) (outside the clone: later clones and venvs install it in seconds). Where GitHub is
+# reachable, upstream works too: pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+WHEELHOUSE ?= $(or $(SSL_BENCH_WHEELHOUSE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ssl-bench/wheelhouse)
+detectron2: $(VENV)/.installed
+	$(PY) tools/build_detectron2.py --wheelhouse $(WHEELHOUSE)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

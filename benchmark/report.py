@@ -24,8 +24,10 @@ def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
     section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
     k = text_column(rows, "k")
     evaluation = text_column(rows, "evaluation")  # training tasks report the best and the final evaluation
+    backend = text_column(rows, "backend")  # detection: two backends' numbers never share (or average in) a column
     column = (section + "/" + text_column(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
-              + evaluation.where(evaluation.eq(""), " (" + evaluation + ")"))
+              + evaluation.where(evaluation.eq(""), " (" + evaluation + ")")
+              + backend.where(backend.eq(""), " [" + backend + "]"))
     return rows.assign(section=section, column=column)
 
 
@@ -66,6 +68,8 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = rows[text_column(rows, "k").eq("") & text_column(rows, "evaluation").isin(["", "best"])]
     if rows.empty:
         return None
+    backend = text_column(rows, "backend")  # one panel per detection backend: their numbers are never averaged
+    rows = rows.assign(task=rows["task"] + backend.where(backend.eq(""), " [" + backend + "]"))
     import matplotlib
 
     matplotlib.use("Agg")

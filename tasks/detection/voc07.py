@@ -79,7 +79,7 @@ class DetectionVOC07(Task):
         "modes": ListOf(Choice(*MODES), ["frozen", "finetune"], min_length=1, unique=True),  # one unit each
         # voc07 (VOC2007 trainval) | voc07+12 (+ VOC2012 trainval); test: VOC2007 test
         "train_set": Choice(*TRAIN_SETS, default="voc07"),
-        # torchvision (tested) | detectron2 (optional, needs detectron2 installed)
+        # torchvision | detectron2 (optional: `make detectron2`; its own jointly trained RPN, R50/101/152 only)
         "backend": Choice("torchvision", "detectron2"),
         # proposals: auto = selective_search when opencv-contrib is importable, else rpn; files = proposal_files
         "proposals": Choice(*PROPOSAL_SOURCES, default="auto"),
@@ -118,6 +118,10 @@ class DetectionVOC07(Task):
 
     def units(self, arch: Architecture) -> list[str]:
         check_c4(arch.build(), arch.name)  # fail at planning time for a non-ResNet architecture
+        if self.config["backend"] == "detectron2":
+            from .detectron2_backend import check_arch
+
+            check_arch(arch.name)
         return self.modes()
 
     def check_options(self) -> None:
@@ -127,6 +131,10 @@ class DetectionVOC07(Task):
             from .detectron2_backend import require_detectron2
 
             require_detectron2()
+            if cfg["proposals"] not in ("auto", "rpn"):
+                raise ConfigError(f"{self.name}: backend: detectron2 trains its own RPN jointly (Faster R-CNN); "
+                                  f"proposals: {cfg['proposals']} applies to backend: torchvision only. Use "
+                                  f"proposals: rpn (or auto) with detectron2, or backend: torchvision")
         if cfg["proposals"] == "selective_search" and not selective_search_available():
             raise ConfigError(f"{self.name}: proposals: selective_search, but cv2.ximgproc is not importable. "
                               f"{SS_INSTALL}; or use proposals: rpn / files")

@@ -5,6 +5,7 @@ the detectron2 key renaming and the VOC2012 reader."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,13 +199,10 @@ def test_task_option_errors(voc, tmp_path) -> None:
         task(train_set="voc07+12").check_data(ctx)
 
 
-def test_detectron2_backend_without_detectron2_is_a_clear_error() -> None:
-    try:
-        import detectron2  # noqa: F401
-        pytest.skip("detectron2 is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(ConfigError, match="pip install 'git\\+https://github.com/facebookresearch/detectron2"):
+def test_detectron2_backend_without_detectron2_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # not importable, also where it is installed
+    with pytest.raises(ConfigError, match=r"make detectron2.*pip install --no-build-isolation "
+                                          r"'git\+https://github.com/facebookresearch/detectron2"):
         require_detectron2()
     with pytest.raises(ConfigError, match="detectron2 is not importable"):
         DetectionVOC07(**{**DetectionVOC07.options, "backend": "detectron2"}).check_options()

@@ -19,8 +19,15 @@ POSITIVE = Float(min=0, min_open=True)
 CROP_SCALE = Range(UNIT_INTERVAL, [0.08, 1.0])
 
 
-def freeze(name: str, arch_name: str, model: nn.Module, info: dict) -> LoadedModel:
-    """Wrap a trained or loaded network as the frozen representation the tasks evaluate."""
+def freeze(name: str, arch_name: str, model: nn.Module, info: dict, input_stats=None) -> LoadedModel:
+    """Wrap a trained or loaded network as the frozen representation the tasks evaluate.
+
+    ``input_stats``: the (mean, std) the weights expect, when not the pipeline's ImageNet ones
+    (weights trained elsewhere); None for weights made here."""
     arch = get_architecture(arch_name)
     digest = weights_hash(trunk_state_dict(arch, model))
-    return LoadedModel(name, arch, FrozenBackbone(arch, model), digest, {**info, "weights_sha256": digest})
+    family = arch.family_info.provenance() if hasattr(arch.family_info, "provenance") else {}
+    backbone = FrozenBackbone(arch, model, input_stats)
+    stats = {"input_mean": list(backbone.input_stats[0]), "input_std": list(backbone.input_stats[1])} \
+        if backbone.input_stats else {}
+    return LoadedModel(name, arch, backbone, digest, {**info, **family, **stats, "weights_sha256": digest})

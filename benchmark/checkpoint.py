@@ -310,7 +310,8 @@ def timm_layout(state: dict[str, torch.Tensor], model: nn.Module, expected: dict
         from timm.layers import resample_abs_pos_embed
 
         have, want = state["pos_embed"], expected["pos_embed"]
-        prefix = want.shape[1] - (_grid(want.shape[1]) or 0) ** 2
+        # tokens with a position embedding before the patches (timm's own rule)
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
         old_grid = _grid(have.shape[1] - prefix)
         new_grid = _grid(want.shape[1] - prefix)
         if old_grid is None or new_grid is None or have.shape[2] != want.shape[2]:

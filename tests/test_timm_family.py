@@ -40,7 +40,7 @@ def _vit(name=VIT, seed=0):
 
 def test_vit_blocks_match_a_direct_timm_forward() -> None:
     arch, model, backbone = _vit()
-    assert arch.layers == ("blocks.0", "blocks.1", "blocks.2", "last3_cls")
+    assert arch.layers == ("block0", "block1", "block2", "last3_cls")
     assert arch.reference_input_size == 32 and arch.head_prefixes == ("head.",)
     x = torch.randn(3, 3, 32, 32)
     blocks, final = _block_outputs(model, x)
@@ -48,8 +48,8 @@ def test_vit_blocks_match_a_direct_timm_forward() -> None:
     for i, tokens in enumerate(blocks):
         # default token: the CLS token and the patch-token mean, concatenated
         expected = torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1)
-        assert feats[f"blocks.{i}"].shape == (3, 96)
-        torch.testing.assert_close(feats[f"blocks.{i}"], expected, rtol=1e-5, atol=1e-5)
+        assert feats[f"block{i}"].shape == (3, 96)
+        torch.testing.assert_close(feats[f"block{i}"], expected, rtol=1e-5, atol=1e-5)
     # DINO's feature: the normed CLS tokens of the last n blocks; the last one is forward_features'
     last = feats["last3_cls"].view(3, 3, 48)
     torch.testing.assert_close(last[:, 2], final[:, 0], rtol=1e-5, atol=1e-5)
@@ -63,12 +63,12 @@ def test_token_choices(token, dim) -> None:
     arch, model, backbone = _vit(name)
     x = torch.randn(2, 3, 32, 32)
     blocks, _ = _block_outputs(model, x)
-    got = backbone(x, ["blocks.1"])["blocks.1"]
+    got = backbone(x, ["block1"])["block1"]
     cls, mean = blocks[1][:, 0], blocks[1][:, 1:].mean(1)
     expected = {"cls": cls, "mean": mean, "cls+mean": torch.cat([cls, mean], 1)}[token]
     assert got.shape == (2, dim)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert f"tokens:{token}" in backbone.describe_pooling(["blocks.1"], 32)["blocks.1"]
+    assert f"tokens:{token}" in backbone.describe_pooling(["block1"], 32)["block1"]
 
 
 def test_final_norm_applies_the_models_norm_and_changes_the_cache_key() -> None:
@@ -76,29 +76,29 @@ def test_final_norm_applies_the_models_norm_and_changes_the_cache_key() -> None:
     arch, model, backbone = _vit(name)
     x = torch.randn(2, 3, 32, 32)
     blocks, final = _block_outputs(model, x)
-    got = backbone(x, ["blocks.2"])["blocks.2"]
+    got = backbone(x, ["block2"])["block2"]
     torch.testing.assert_close(got[:, :48], final[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[:, 48:], final[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
 
     plain_arch, _, plain = _vit(VIT)
     keys = []
     for a, b in ((plain_arch, plain), (arch, backbone)):
-        pooling = b.describe_pooling(["blocks.2"], 32)["blocks.2"]
-        keys.append(FeatureKey("w", a.name, "blocks.2", pooling, "t", "voc07", "test", "f").digest())
+        pooling = b.describe_pooling(["block2"], 32)["block2"]
+        keys.append(FeatureKey("w", a.name, "block2", pooling, "t", "voc07", "test", "f").digest())
     assert keys[0] != keys[1]
-    assert "final_norm=true" in backbone.describe_pooling(["blocks.2"], 32)["blocks.2"]
+    assert "final_norm=true" in backbone.describe_pooling(["block2"], 32)["block2"]
 
 
 def test_other_input_sizes_interpolate_position_embeddings() -> None:
     arch, model, backbone = _vit()
     x = torch.randn(2, 3, 48, 48)
-    feats = backbone(x, ["blocks.2"])
-    assert feats["blocks.2"].shape == (2, 96)  # dims do not depend on the input size
+    feats = backbone(x, ["block2"])
+    assert feats["block2"].shape == (2, 96)  # dims do not depend on the input size
     pos = timm.layers.resample_abs_pos_embed(model.pos_embed, (6, 6), (4, 4), num_prefix_tokens=1)
     tokens = torch.cat([model.cls_token.expand(2, -1, -1), model.patch_embed(x).flatten(1, 2)], 1) + pos
     for block in model.blocks:
         tokens = block(tokens)
-    torch.testing.assert_close(feats["blocks.2"], torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1),
+    torch.testing.assert_close(feats["block2"], torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -112,16 +112,17 @@ def test_pretrained_cfg_statistics_renormalise_the_input_and_enter_the_key() -> 
     imagenet_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     imagenet_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     rgb = x * imagenet_std + imagenet_mean
-    torch.testing.assert_close(stats(x, ["blocks.0"])["blocks.0"], plain((rgb - 0.5) / 0.5, ["blocks.0"])["blocks.0"],
+    torch.testing.assert_close(stats(x, ["block0"])["block0"], plain((rgb - 0.5) / 0.5, ["block0"])["block0"],
                                rtol=1e-5, atol=1e-5)
-    assert "input_mean=[0.5, 0.5, 0.5]" in stats.describe_pooling(["blocks.0"], 32)["blocks.0"]
-    assert "input_mean" not in plain.describe_pooling(["blocks.0"], 32)["blocks.0"]
+    assert "input_mean=[0.5, 0.5, 0.5]" in stats.describe_pooling(["block0"], 32)["block0"]
+    assert "input_mean" not in plain.describe_pooling(["block0"], 32)["block0"]
 
 
 def test_convnext_stages_pool_to_about_9k_dims() -> None:
     name = "timm/convnext_atto"
     arch = get_architecture(name)
-    assert arch.layers == ("stages.0", "stages.1", "stages.2", "stages.3")
+    assert arch.layers == ("stage0", "stage1", "stage2", "stage3")
+    assert arch.family_info.stage_modules == ("stages.0", "stages.1", "stages.2", "stages.3")
     model = create_model(name, seed=0)
     x = torch.randn(1, 3, 64, 64)
     feats = FrozenBackbone(arch, model)(x, list(arch.layers))

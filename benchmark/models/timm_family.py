@@ -23,13 +23,14 @@ to ``timm.create_model`` as model keyword arguments; weights are never downloade
 The name (with its options) is the architecture's identity: it is in the feature-cache key and in
 every result row. Layers:
 
-- transformers (timm models with ``blocks`` and prefix tokens, ViT/DeiT/EVA...): ``blocks.0`` ..
-  ``blocks.<depth-1>`` and ``last<n>_cls``; position embeddings are interpolated for input sizes
+- transformers (timm models with ``blocks`` and prefix tokens, ViT/DeiT/EVA...): ``block0`` ..
+  ``block<depth-1>`` (the output of timm's ``blocks.<i>``) and ``last<n>_cls``; position embeddings are interpolated for input sizes
   other than the model's ``img_size`` (``dynamic_img_size``).
 - timm ResNets: the protocol's ``conv1``, ``res2`` .. ``res5``, ``pool5`` with the torchvision
   ResNets' pooling (the same maps, and the same state-dict keys as torchvision's).
 - other ConvNets and hierarchical transformers (ConvNeXt, Swin, RegNet...): their feature stages
-  (timm ``feature_info`` module names, e.g. ``stages.0``), each average-pooled to the grid g x g
+  ``stage0`` .. ``stage<k>`` (timm ``feature_info`` entries in order, e.g. ConvNeXt's ``stages.<i>``,
+  Swin's ``layers.<i>``; recorded in provenance), each average-pooled to the grid g x g
   with g = round(sqrt(9216 / channels)) (~9k dims, the protocol's size; the ResNet table follows
   the same rule), adaptively, whatever the input size.
 """
@@ -147,12 +148,13 @@ class TimmInfo:
     last_n: int = 0
     final_norm: bool = False
     token: str = ""
-    indices: tuple = ()  # feature_info index of each stage layer (non-transformers)
+    stage_modules: tuple = ()  # the timm module behind stage<i> (non-transformers)
 
     def provenance(self) -> dict:
         return {"timm_model": self.model, "timm_kwargs": dict(self.kwargs), "input_size": self.input_size,
                 "pretrained_cfg_mean": list(self.mean), "pretrained_cfg_std": list(self.std),
-                "input_stats": self.stats}
+                "input_stats": self.stats,
+                **({"timm_stage_modules": list(self.stage_modules)} if self.stage_modules else {})}
 
 
 def grid_for(channels: int) -> int:
@@ -232,7 +234,7 @@ def timm_architecture(name: str) -> Architecture:
             raise ConfigError(f"architecture '{name}': last_n={last_n!r}; expected an integer in [1, {depth}]")
         info = TimmInfo(**common, kind="transformer", depth=depth, num_prefix=int(probe.num_prefix_tokens),
                         has_cls=has_cls, last_n=last_n, final_norm=final_norm, token=token)
-        pools = {f"blocks.{i}": TokenPool(token, info.num_prefix, final_norm) for i in range(depth)}
+        pools = {f"block{i}": TokenPool(token, info.num_prefix, final_norm) for i in range(depth)}
         if has_cls:
             pools[f"last{last_n}_cls"] = ConcatPool(last_n)
         layers = tuple(pools)
@@ -242,15 +244,17 @@ def timm_architecture(name: str) -> Architecture:
         if extra:
             raise ConfigError(f"architecture '{name}': {sorted(extra)} apply to transformers only; "
                               f"{model_name} is a convolutional/hierarchical model")
-        stages = [fi["module"] for fi in probe.feature_info]
+        # layer names without dots: they key module dicts (linear heads) and leaderboard columns
+        stages = [f"stage{i}" for i in range(len(probe.feature_info))]
         channels = [fi["num_chs"] for fi in probe.feature_info]
-        if stages == list(_RESNET_STAGES):
-            info = TimmInfo(**common, kind="resnet", indices=tuple(range(len(stages))))
+        if [fi["module"] for fi in probe.feature_info] == list(_RESNET_STAGES):
+            info = TimmInfo(**common, kind="resnet", stage_modules=tuple(_RESNET_STAGES))
             pools = dict(RESNET_POOLS)
             layers = RESNET_LAYERS
             default = ("conv1", "res2", "res3", "res4", "res5")
         else:
-            info = TimmInfo(**common, kind="stages", indices=tuple(range(len(stages))))
+            info = TimmInfo(**common, kind="stages",
+                            stage_modules=tuple(fi["module"] for fi in probe.feature_info))
             pools = {stage: LayerPool(grid_for(c)) for stage, c in zip(stages, channels)}
             layers = default = tuple(stages)
     return Architecture(
@@ -265,7 +269,7 @@ def _feature_maps(info: TimmInfo, model: nn.Module, x: torch.Tensor, layers: lis
     last n blocks, or a stage's (N, C, H, W) map. One forward, stopped after the deepest layer."""
     if info.kind == "transformer":
         last = [f"last{info.last_n}_cls"] if f"last{info.last_n}_cls" in layers else []
-        wanted = {int(layer.split(".")[1]) for layer in layers if layer.startswith("blocks.")}
+        wanted = {int(layer[5:]) for layer in layers if layer.startswith("block")}
         if last:
             wanted |= set(range(info.depth - info.last_n, info.depth))
         indices = sorted(wanted)
@@ -276,15 +280,15 @@ def _feature_maps(info: TimmInfo, model: nn.Module, x: torch.Tensor, layers: lis
             tokens[index] = torch.cat([out[1], out[0]], 1) if info.num_prefix > 0 else out
         maps = {}
         for layer in layers:
-            if layer.startswith("blocks."):
-                value = tokens[int(layer.split(".")[1])]
+            if layer.startswith("block"):
+                value = tokens[int(layer[5:])]
                 maps[layer] = model.norm(value) if info.final_norm else value
         if last:
             maps[last[0]] = torch.stack([model.norm(tokens[i])[:, 0]
                                          for i in range(info.depth - info.last_n, info.depth)], 1)
         return maps
     names = list(_RESNET_STAGES.values()) if info.kind == "resnet" else [
-        fi["module"] for fi in model.feature_info]
+        f"stage{i}" for i in range(len(model.feature_info))]
     wanted_stages = [i for i, stage in enumerate(names) if stage in layers or (stage == "res5" and "pool5" in layers)]
     outputs = model.forward_intermediates(x, indices=wanted_stages, stop_early=True, intermediates_only=True)
     maps = {names[i]: out for i, out in zip(wanted_stages, outputs)}

@@ -212,7 +212,12 @@ def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
     raw = dict(raw)
     pretrainer = raw.pop("pretrainer")
     cls = _registered(PRETRAINERS, pretrainer, where)
-    return ModelSpec(name, pretrainer, validate_options(raw, cls.options, where))
+    options = validate_options(raw, cls.options, where)
+    # what the declarations cannot say alone (e.g. a pretext method that cannot train this arch)
+    check = getattr(cls, "check_config", None)
+    if check is not None:
+        check(options, where)
+    return ModelSpec(name, pretrainer, options)
 
 
 def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:

@@ -284,7 +284,8 @@ def _feature_maps(info: TimmInfo, model: nn.Module, x: torch.Tensor, layers: lis
                 value = tokens[int(layer[5:])]
                 maps[layer] = model.norm(value) if info.final_norm else value
         if last:
-            maps[last[0]] = torch.stack([model.norm(tokens[i])[:, 0]
+            # the norm is per token: normalising the CLS token alone gives the same values
+            maps[last[0]] = torch.stack([model.norm(tokens[i][:, :1])[:, 0]
                                          for i in range(info.depth - info.last_n, info.depth)], 1)
         return maps
     names = list(_RESNET_STAGES.values()) if info.kind == "resnet" else [

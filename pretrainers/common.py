@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.engine import LoadedModel
 from benchmark.models import FrozenBackbone
 from benchmark.models.backbone import get_architecture, trunk_state_dict, weights_hash
@@ -28,6 +29,8 @@ def freeze(name: str, arch_name: str, model: nn.Module, info: dict, input_stats=
     digest = weights_hash(trunk_state_dict(arch, model))
     family = arch.family_info.provenance() if hasattr(arch.family_info, "provenance") else {}
     backbone = FrozenBackbone(arch, model, input_stats)
-    stats = {"input_mean": list(backbone.input_stats[0]), "input_std": list(backbone.input_stats[1])} \
-        if backbone.input_stats else {}
+    # the statistics the network is fed with, recorded for timm architectures (the pipeline's
+    # ImageNet ones unless re-normalised to the checkpoint's pretrained_cfg)
+    used = backbone.input_stats or (IMAGENET_MEAN, IMAGENET_STD)
+    stats = {"input_mean": list(used[0]), "input_std": list(used[1])} if family else {}
     return LoadedModel(name, arch, backbone, digest, {**info, **family, **stats, "weights_sha256": digest})

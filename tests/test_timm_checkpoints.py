@@ -228,4 +228,5 @@ def test_checkpoint_pretrainer_records_the_input_statistics(tmp_path) -> None:
     assert loaded.info["input_mean"] == [0.5, 0.5, 0.5] and loaded.info["timm_model"] == "vit_small_patch16_224"
     dino = VIT.replace("vit_small_patch16_224", "vit_small_patch16_224.dino")
     loaded = CheckpointFile(arch=dino, path=str(tmp_path / "vit.pth")).build(None, "vit")
-    assert "input_mean" not in loaded.info and loaded.info["pretrained_cfg_mean"] == [0.485, 0.456, 0.406]
+    assert loaded.info["input_mean"] == loaded.info["pretrained_cfg_mean"] == [0.485, 0.456, 0.406]
+    assert loaded.backbone.input_stats is None  # the pipeline's own statistics: nothing to re-normalise

@@ -88,6 +88,13 @@ def test_per_block_results_with_the_architecture_in_every_row(vit_run) -> None:
     dims = dict(zip(svm.layer, pd.to_numeric(svm.feature_dim)))
     assert dims == {"block0": 96, "block1": 96, "last2_cls": 96}  # CLS+mean; 2 x CLS
     assert pd.to_numeric(svm.value).between(0, 100).all()
+    # what the timm family records in every row: the model and the input statistics it was fed with
+    first = svm.groupby("model").first()
+    assert first.loc["vit", "timm_model"] == "vit_tiny_patch16_224"
+    assert first.loc["vit", "pretrained_cfg_mean"] == "0.5 0.5 0.5"  # the timm config's ...
+    assert first.loc["vit", "input_mean"] == "0.485 0.456 0.406"  # ... but trained here on ImageNet statistics
+    assert first.loc["dino", "input_mean"] == first.loc["dino", "pretrained_cfg_mean"] == "0.485 0.456 0.406"
+    assert first.loc["vit", "input_size"] in (32, "32", 32.0)
     low = df[df.task == "lowshot_voc07"]
     assert set(low.layer) == {"block1", "last2_cls"} and set(low.model) == {"dino", "vit"}
     assert set(df[df.task == "lowshot_places205"].layer) == {"block0"}

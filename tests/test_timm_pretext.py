@@ -27,6 +27,7 @@ def _image_dir(root, n: int = 8):
     return root
 
 
+@pytest.mark.slow  # three short trainings: ~15 s on 2 busy cores
 @pytest.mark.parametrize("method,options", [("simclr", {"blur": False}), ("moco", {"queue_size": 16, "dim": 16}),
                                             ("rotation", {})])
 def test_vit_trunk_trains_and_loads_strictly(tmp_path, method, options) -> None:

@@ -12,6 +12,7 @@ plausible-looking but meaningless benchmark numbers.
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from pathlib import Path
@@ -22,9 +23,11 @@ from torch import nn
 from .errors import CheckpointError
 from .models.backbone import Architecture
 
-PREFIXES = ("module.", "encoder_q.", "backbone.", "_feature_blocks.", "trunk.", "encoder.")
-# Keys of heads that sit next to the trunk in self-supervised checkpoints; dropped on purpose.
-HEAD_PREFIXES = ("encoder_k.", "head.", "heads.", "projector.", "predictor.", "queue", "prototypes.")
+PREFIXES = ("module.", "encoder_q.", "backbone.", "_feature_blocks.", "trunk.", "encoder.", "base_encoder.")
+# Keys of heads that sit next to the trunk in self-supervised checkpoints; dropped on purpose
+# (momentum_encoder.: MoCo v3's key encoder).
+HEAD_PREFIXES = ("encoder_k.", "head.", "heads.", "projector.", "predictor.", "queue", "prototypes.",
+                 "momentum_encoder.")
 
 
 def _torch_detail(message: str) -> str:
@@ -119,10 +122,18 @@ def _listing(keys, limit: int = 12) -> str:
 
 def load_trunk_weights(model: nn.Module, arch: Architecture, path: str | Path, which: str = "teacher") -> dict:
     """Load the checkpoint at ``path`` into ``model``'s trunk; returns a provenance dict."""
-    raw, container = unwrap_state_dict(read_checkpoint(path), which=which)
-    state = strip_prefixes(raw)
+    content, config = read_weights(path)
+    raw, container = unwrap_state_dict(content, which=which)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(arch.head_prefixes)}
-    ignored = sorted(k for k in state if k.startswith(arch.head_prefixes + HEAD_PREFIXES))
+    notes: list[str] = []
+    if arch.feature_maps is not None and any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in raw):
+        state = raw  # Hugging Face names: mapped as a whole ("encoder." is part of them)
+    else:
+        state = strip_prefixes(raw)
+    if arch.feature_maps is not None:  # timm family
+        state, notes = timm_layout(state, model, expected, config, arch, path)
+    ignored = sorted(k for k in state if k.startswith(arch.head_prefixes)
+                     or (k.startswith(HEAD_PREFIXES) and k not in expected))
     trunk = {k: v for k, v in state.items() if k not in ignored}
 
     missing = sorted(set(expected) - set(trunk))
@@ -143,4 +154,170 @@ def load_trunk_weights(model: nn.Module, arch: Architecture, path: str | Path, w
         raise CheckpointError("\n".join(parts))
     head_state = {k: v for k, v in model.state_dict().items() if k.startswith(arch.head_prefixes)}
     model.load_state_dict({**head_state, **trunk}, strict=True)
-    return {"checkpoint": str(path), "container": container, "ignored_head_keys": len(ignored)}
+    info = {"checkpoint": str(path), "container": container, "ignored_head_keys": len(ignored)}
+    return {**info, "layout": notes} if notes else info
+
+
+# --- timm architectures: the layouts of today's SSL repositories, mapped to timm's key names ---
+
+# Keys of pretraining-only parts, dropped when the timm model has no such key: MAE's decoder and
+# mask token, iBOT's masked_embed, DINOv2/v3's mask_token, DINOv3's RoPE periods (recomputed),
+# qkv bias masks, local-crop CLS norm and distillation projectors, HF's pooler.
+TIMM_PRETRAIN_ONLY = re.compile(r"^(decoder_|mask_token|masked_embed|local_cls_norm|projectors\.|pooler\.|rope_embed\.)"
+                                r"|\.periods$|\.bias_mask$")
+
+
+def read_weights(path: str | Path) -> tuple[object, dict]:
+    """A checkpoint as read from disk: a torch file (``weights_only``), a ``.safetensors`` file, or
+    a Hugging Face ``save_pretrained`` folder (config.json + model.safetensors / pytorch_model.bin).
+    Returns the content and, for a folder, its config.json."""
+    path = Path(path)
+    if path.is_dir():
+        config_path = path / "config.json"
+        weights = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+        if not config_path.is_file() or not weights:
+            raise CheckpointError(f"checkpoint folder {path} is not a Hugging Face save_pretrained folder: it needs "
+                                  f"config.json and model.safetensors (or pytorch_model.bin); sharded weights are "
+                                  f"not read, re-save with save_pretrained(..., max_shard_size='100GB')")
+        import json
+
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
+        content, _ = read_weights(weights[0])
+        return content, config
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu"), {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read as safetensors (corrupt or truncated): "
+                                  f"{exc}") from None
+    return read_checkpoint(path), {}
+
+
+def _hf_vit_to_timm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """Hugging Face ViTModel / Dinov2Model names -> timm VisionTransformer names; the separate
+    query/key/value projections are concatenated into timm's qkv."""
+    base = next(k for k in state if k.endswith("embeddings.patch_embeddings.projection.weight"))
+    prefix = base[: -len("embeddings.patch_embeddings.projection.weight")]
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    renames = [
+        (r"^embeddings\.cls_token$", "cls_token"), (r"^embeddings\.mask_token$", "mask_token"),
+        (r"^embeddings\.register_tokens$", "register_tokens"),
+        (r"^embeddings\.position_embeddings$", "pos_embed"),
+        (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+        (r"^encoder\.layer\.(\d+)\.(layernorm_before|norm1)\.", r"blocks.\1.norm1."),
+        (r"^encoder\.layer\.(\d+)\.(layernorm_after|norm2)\.", r"blocks.\1.norm2."),
+        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+        (r"^encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.", r"blocks.\1.mlp.\2."),
+        (r"^encoder\.layer\.(\d+)\.layer_scale(1|2)\.lambda1$", r"blocks.\1.ls\2.gamma"),
+        (r"^layernorm\.", "norm."),
+    ]
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        split = re.match(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$", key)
+        if split:
+            qkv.setdefault((split.group(1), split.group(3)), {})[split.group(2)] = value
+            continue
+        for pattern, replacement in renames:
+            if re.match(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        out[key] = value
+    for (block, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise CheckpointError(f"Hugging Face checkpoint: block {block} has only {sorted(parts)} of the "
+                                  f"attention's query/key/value {kind}s")
+        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+    return out
+
+
+def _check_hf_config(config: dict, arch: Architecture, model: nn.Module, path) -> None:
+    """The folder's config.json must describe the timm model the suite names."""
+    if not config:
+        return
+    blocks = getattr(model, "blocks", [])
+    expected = {"hidden_size": getattr(model, "embed_dim", None), "num_hidden_layers": len(blocks),
+                "patch_size": getattr(getattr(model, "patch_embed", None), "patch_size", (None,))[0]}
+    if blocks:
+        expected["num_attention_heads"] = getattr(blocks[0].attn, "num_heads", None)
+    wrong = [f"{key}={config[key]} (the architecture has {value})" for key, value in expected.items()
+             if key in config and value is not None and config[key] != value]
+    if wrong:
+        raise CheckpointError(f"checkpoint folder {path}: config.json does not describe {arch.name}: "
+                              f"{', '.join(wrong)}. Name a timm architecture with these sizes, e.g. "
+                              f"timm/vit_base_patch16_224[depth=..., embed_dim=..., num_heads=...]")
+
+
+def _grid(tokens: int) -> int | None:
+    side = math.isqrt(tokens)
+    return side if side * side == tokens and side > 0 else None
+
+
+def timm_layout(state: dict[str, torch.Tensor], model: nn.Module, expected: dict, config: dict,
+                arch: Architecture, path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map a checkpoint's keys to the timm model's: Hugging Face names, DINOv2 registers and block
+    chunks, DINOv3 names (timm's Eva), pretraining-only keys dropped, position embeddings resampled
+    to the model's grid. Returns the state and what was done (for provenance)."""
+    notes = []
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state):
+        _check_hf_config(config, arch, model, path)
+        state = _hf_vit_to_timm(state, config)
+        notes.append("hugging-face-vit")
+    state = {k: v for k, v in state.items() if k in expected or not TIMM_PRETRAIN_ONLY.search(k)}
+    if any(re.match(r"^blocks\.\d+\.\d+\.", k) for k in state) and not any(re.match(r"^blocks\.\d+\.\d+\.", k) for k in expected):
+        state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}  # DINOv2 BlockChunk
+        notes.append("dinov2-block-chunks")
+    for old in ("register_tokens", "storage_tokens"):
+        if old in state and "reg_token" in expected:
+            state["reg_token"] = state.pop(old)
+            notes.append(f"{old}->reg_token")
+    if getattr(model, "no_embed_class", False) and "pos_embed" in state and "cls_token" in state \
+            and "pos_embed" in expected and _grid(state["pos_embed"].shape[1]) is None \
+            and _grid(state["pos_embed"].shape[1] - 1) is not None:
+        # timm's register models (no_embed_class) give the class token no position: the original's
+        # class position embedding moves into the class token, which it is added to anyway
+        state["cls_token"] = state["cls_token"] + state["pos_embed"][:, :1]
+        state["pos_embed"] = state["pos_embed"][:, 1:]
+        notes.append("cls-position->cls_token")
+    if "blocks.0.gamma_1" in expected:  # timm Eva (DINOv3) names layer scale and the q/v biases its own way
+        renamed = {}
+        for key, value in state.items():
+            key = re.sub(r"\.ls1\.gamma$", ".gamma_1", re.sub(r"\.ls2\.gamma$", ".gamma_2", key))
+            if key.endswith("attn.qkv.bias") and key.replace("qkv.bias", "q_bias") in expected:
+                q, _, v = value.chunk(3)  # the key bias is fixed at zero in timm's Eva
+                renamed[key.replace("qkv.bias", "q_bias")], renamed[key.replace("qkv.bias", "v_bias")] = q, v
+                continue
+            if key.endswith("attn.qkv.bias") and key not in expected:
+                if value.abs().max() > 0:
+                    raise CheckpointError(f"checkpoint {path}: {key} is not zero but {arch.name} has no qkv bias; "
+                                          f"name the _qkvb variant of the architecture")
+                continue  # all-zero biases of distilled DINOv3 models: the bias-free timm model is the same
+            renamed[key] = value
+        state = renamed
+        notes.append("dinov3->eva")
+    state = {re.sub(r"\.mlp\.w12\.", ".mlp.fc1.", re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)): v for k, v in state.items()}
+    if "pos_embed" in state and "pos_embed" in expected and state["pos_embed"].shape != expected["pos_embed"].shape:
+        from timm.layers import resample_abs_pos_embed
+
+        have, want = state["pos_embed"], expected["pos_embed"]
+        # tokens with a position embedding before the patches (timm's own rule)
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+        old_grid = _grid(have.shape[1] - prefix)
+        new_grid = _grid(want.shape[1] - prefix)
+        if old_grid is None or new_grid is None or have.shape[2] != want.shape[2]:
+            raise CheckpointError(f"checkpoint {path}: pos_embed {tuple(have.shape)} cannot be resampled to "
+                                  f"{arch.name}'s {tuple(want.shape)}")
+        state["pos_embed"] = resample_abs_pos_embed(have.float(), (new_grid, new_grid), (old_grid, old_grid),
+                                                    num_prefix_tokens=prefix).to(have.dtype)
+        notes.append(f"pos_embed {old_grid}x{old_grid}->{new_grid}x{new_grid} (bicubic)")
+    return state, notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.metadata
 import os
 import sys
@@ -147,7 +148,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .models import list_models
     from .registry import PRETEXT_METHODS, PRETRAINERS, TASKS
 
     if args.what == "suites":
@@ -157,9 +157,18 @@ def cmd_list(args) -> int:
         for name in PRETEXT_METHODS.names():  # the first line of the method module's docstring
             doc = (sys.modules[PRETEXT_METHODS.get(name).__module__].__doc__ or "").strip()
             print(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
-    else:
-        names = {"tasks": TASKS.names, "pretrainers": PRETRAINERS.names, "archs": list_models}[args.what]()
+    elif args.what == "archs":
+        from .registry import ARCHITECTURES
+
+        # built-in names, then the timm family: timm/<model> for every timm.list_models() name
+        names = ARCHITECTURES.all_names(args.filter)
+        if not names:
+            print(f"no architecture matches '{args.filter}'", file=sys.stderr)
+            return 1
         print("\n".join(names))
+    else:
+        names = {"tasks": TASKS.names, "pretrainers": PRETRAINERS.names}[args.what]()
+        print("\n".join(n for n in names if not args.filter or fnmatch.fnmatch(n, args.filter)))
     return 0
 
 
@@ -241,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list suites, tasks, pretrainers or architectures")
     listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs", "pretext"])
     listing.add_argument("--config", type=Path, default=default_config())
+    listing.add_argument("--filter", metavar="PATTERN", help="shell-style pattern, e.g. 'vit_*' or '*convnext*' "
+                         "(archs: matched with and without the timm/ prefix)")
     listing.set_defaults(func=cmd_list)
 
     data = sub.add_parser("data", help="dataset utilities")

@@ -222,7 +222,12 @@ def parse_model(name: str, raw: dict, where: str) -> ModelSpec:
     cls = _registered(PRETRAINERS, pretrainer, where)
     # options added later (declared omit_at_default) stay out at their default: config hashes of
     # units made before they existed hold
-    return ModelSpec(name, pretrainer, Options(identity_options(validate_options(raw, cls.options, where), cls.options)))
+    options = validate_options(raw, cls.options, where)
+    # what the declarations cannot say alone (e.g. a pretext method that cannot train this arch)
+    check = getattr(cls, "check_config", None)
+    if check is not None:
+        check(options, where)
+    return ModelSpec(name, pretrainer, Options(identity_options(options, cls.options)))
 
 
 def pretrainer_defaults(models: dict) -> dict[str, dict]:

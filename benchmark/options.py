@@ -229,6 +229,13 @@ class Registered(Option):
         return "one of " + ", ".join(self.registry.names())
 
     def problem(self, value, where):
+        family = getattr(self.registry, "family", lambda name: None)(value) if isinstance(value, str) else None
+        if family is not None:  # an open-ended family member (timm/<model>[...]): its own error says why
+            try:
+                family(value)
+            except ConfigError as exc:
+                return where, value, str(exc)
+            return None
         if not isinstance(value, str) or value not in self.registry:
             return where, value, self.allowed() + _closest(value, self.registry.names())
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+from functools import partial
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import ConfigError
@@ -33,6 +34,31 @@ class Registry(Generic[T]):
         self._builtin_modules = builtin_modules
         self._items: dict[str, T] = {}
         self._loaded = False
+        # name prefix -> (resolve(name) -> item, names(pattern) -> list): open-ended families
+        # such as timm/<model>, whose members are made on demand rather than registered one by one
+        self._families: dict[str, tuple[Callable, Callable]] = {}
+
+    def register_family(self, prefix: str, resolve: Callable[[str], T], names: Callable) -> None:
+        self._families[prefix] = (resolve, names)
+
+    def family(self, name: str):
+        for prefix, (resolve, _) in self._families.items():
+            if isinstance(name, str) and name.startswith(prefix):
+                return resolve
+        return None
+
+    def all_names(self, pattern: str | None = None) -> list[str]:
+        """Registered names and every family member (e.g. >1,300 timm models), filtered by an
+        fnmatch ``pattern`` (matched against the name with and without the family prefix)."""
+        import fnmatch
+
+        self._load()
+        names = list(self._items)
+        for prefix, (_, members) in self._families.items():
+            names += members()
+        if pattern:
+            names = [n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split("/", 1)[-1], pattern)]
+        return sorted(names)
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -60,6 +86,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         self._load()
+        resolve = self.family(name) if name not in self._items else None
+        if resolve is not None:
+            return partial(resolve, name)
         if name not in self._items:
             raise ConfigError(
                 f"unknown {self.name[:-1] if self.name.endswith('s') else self.name} '{name}'."
@@ -75,7 +104,16 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._load()
-        return name in self._items
+        if name in self._items:
+            return True
+        resolve = self.family(name)
+        if resolve is None:
+            return False
+        try:
+            resolve(name)
+        except ConfigError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -1,4 +1,6 @@
-"""`checkpoint`: a state_dict file (torchvision, MoCo, VISSL, DINO layouts), loaded strictly."""
+"""`checkpoint`: a state_dict file (torchvision, MoCo, VISSL, DINO layouts; for timm/<model>
+architectures also timm, .safetensors, DINO/iBOT, DINOv2/v3, MAE, MoCo v3 and Hugging Face
+save_pretrained folders), loaded strictly."""
 
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from .common import ARCH, freeze
 class CheckpointFile(Pretrainer):
     name = "checkpoint"
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
-    options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch file"),
+    options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch/.safetensors file or a Hugging "
+                                               "Face save_pretrained folder"),
                        "which": Str("teacher")})
     trains = False
 
@@ -22,5 +25,9 @@ class CheckpointFile(Pretrainer):
         path = Path(self.config["path"]).expanduser()
         arch_name = self.config["arch"]
         model = create_model(arch_name, seed=0)
-        info = load_trunk_weights(model, get_architecture(arch_name), path, which=self.config["which"])
-        return freeze(model_name, arch_name, model, {"pretrainer": "checkpoint", **info})
+        arch = get_architecture(arch_name)
+        info = load_trunk_weights(model, arch, path, which=self.config["which"])
+        # weights trained elsewhere expect the normalisation of their timm pretrained_cfg
+        family = arch.family_info
+        stats = (family.mean, family.std) if family is not None and family.stats == "pretrained" else None
+        return freeze(model_name, arch_name, model, {"pretrainer": "checkpoint", **info}, input_stats=stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.engine import LoadedModel
 from benchmark.models import FrozenBackbone
 from benchmark.models.backbone import get_architecture, trunk_state_dict, weights_hash
@@ -32,8 +33,17 @@ def subset_meta(fraction: float, seed: int, kept: int, total: int) -> dict:
             f"subset drawn from data_seed {seed}"}
 
 
-def freeze(name: str, arch_name: str, model: nn.Module, info: dict) -> LoadedModel:
-    """Wrap a trained or loaded network as the frozen representation the tasks evaluate."""
+def freeze(name: str, arch_name: str, model: nn.Module, info: dict, input_stats=None) -> LoadedModel:
+    """Wrap a trained or loaded network as the frozen representation the tasks evaluate.
+
+    ``input_stats``: the (mean, std) the weights expect, when not the pipeline's ImageNet ones
+    (weights trained elsewhere); None for weights made here."""
     arch = get_architecture(arch_name)
     digest = weights_hash(trunk_state_dict(arch, model))
-    return LoadedModel(name, arch, FrozenBackbone(arch, model), digest, {**info, "weights_sha256": digest})
+    family = arch.family_info.provenance() if hasattr(arch.family_info, "provenance") else {}
+    backbone = FrozenBackbone(arch, model, input_stats)
+    # the statistics the network is fed with, recorded for timm architectures (the pipeline's
+    # ImageNet ones unless re-normalised to the checkpoint's pretrained_cfg)
+    used = backbone.input_stats or (IMAGENET_MEAN, IMAGENET_STD)
+    stats = {"input_mean": list(used[0]), "input_std": list(used[1])} if family else {}
+    return LoadedModel(name, arch, backbone, digest, {**info, **family, **stats, "weights_sha256": digest})

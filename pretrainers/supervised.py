@@ -39,6 +39,8 @@ SCHEDULE = {"decay": "onecycle", "pct_start": 0.15}
 def replace_head(model: nn.Module, num_classes: int) -> None:
     if hasattr(model, "fc"):
         model.fc = nn.Linear(model.fc.in_features, num_classes)
+    elif hasattr(model, "reset_classifier"):  # timm/<model> architectures (ViT's head, ConvNeXt's head.fc)
+        model.reset_classifier(num_classes)
     elif hasattr(model, "classifier"):
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
     else:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..registry import ARCHITECTURES
 
@@ -54,6 +55,10 @@ class Architecture:
     head_prefixes: tuple[str, ...]  # state-dict keys that are not part of the frozen trunk
     reference_input_size: int = 224
     default_layers: tuple[str, ...] = ()
+    # Families whose forward is not a chain of stages (timm models): (model, x, layers) -> {layer:
+    # what its pool reads}; ``stages`` is then empty. ``family_info``: what the family records.
+    feature_maps: Callable | None = None
+    family_info: object = None
 
 
 def list_models() -> list[str]:
@@ -97,10 +102,17 @@ class FrozenBackbone(nn.Module):
     not pay for res5.
     """
 
-    def __init__(self, arch: Architecture, model: nn.Module):
+    def __init__(self, arch: Architecture, model: nn.Module,
+                 input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
         super().__init__()
         self.arch = arch
         self.model = model
+        # The (mean, std) the weights expect when not the pipeline's ImageNet ones (e.g. a timm
+        # checkpoint's pretrained_cfg): inputs are re-normalised inside, and the stats enter the
+        # pooling description, hence the feature-cache key.
+        self.input_stats = None
+        if input_stats is not None and (tuple(input_stats[0]), tuple(input_stats[1])) != (IMAGENET_MEAN, IMAGENET_STD):
+            self.input_stats = (tuple(input_stats[0]), tuple(input_stats[1]))
         self.stages = nn.ModuleList(module for _, module in arch.stages(model))
         self.stage_names = [name for name, _ in arch.stages(model)]
         self.requires_grad_(False)
@@ -123,8 +135,19 @@ class FrozenBackbone(nn.Module):
             )
         return list(layers)
 
+    def renormalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_stats is None:
+            return x
+        def column(values):
+            return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        rgb = x * column(IMAGENET_STD) + column(IMAGENET_MEAN)
+        return (rgb - column(self.input_stats[0])) / column(self.input_stats[1])
+
     def feature_maps(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
         wanted = set(self.check_layers(layers))
+        if self.arch.feature_maps is not None:
+            ordered = [layer for layer in self.arch.layers if layer in wanted]
+            return self.arch.feature_maps(self.model, self.renormalise(x), ordered)
         out: dict[str, torch.Tensor] = {}
         for name, stage in zip(self.stage_names, self.stages):
             x = stage(x)
@@ -144,4 +167,8 @@ class FrozenBackbone(nn.Module):
         probe = torch.zeros(1, 3, input_size, input_size, device=next(self.model.parameters()).device)
         with torch.inference_mode():
             maps = self.feature_maps(probe, layers)
-        return {name: self.arch.pools[name].describe(fmap.shape[-1]) for name, fmap in maps.items()}
+        described = {name: self.arch.pools[name].describe(fmap.shape[-1]) for name, fmap in maps.items()}
+        if self.input_stats is not None:
+            stats = f";input_mean={list(self.input_stats[0])};input_std={list(self.input_stats[1])}"
+            described = {name: text + stats for name, text in described.items()}
+        return described

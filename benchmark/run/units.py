@@ -100,7 +100,7 @@ class UnitRunner:
                           "replicate": self.plan.replicate,
                           "determinism": "trained" if unit_trains(self.plan.suite, unit.model, unit.task) else "exact",
                           "weights_sha256": model.weights[:16], **spec.row_columns(), **stats,
-                          **static_provenance(self.device)}
+                          **static_provenance(self.device), **family_provenance(model)}
             # a task may mark rows computed without its training (evaluator checks) as exact itself;
             # a full disk here fails this unit only, and its earlier result file, if any, stays whole
             self.store.write_unit(unit.unit_id, [{**row, **provenance,
@@ -122,6 +122,17 @@ class UnitRunner:
             message += f" (its error file could not be written either: {type(error_exc).__name__})"
         summary.failed[unit.unit_id] = message
         self.log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
+
+
+# What a family of architectures records about the input (timm/<model>: the timm model, its
+# pretrained_cfg statistics and the statistics the weights were fed with); absent for the others,
+# whose rows stay as they were
+FAMILY_KEYS = ("timm_model", "input_size", "pretrained_cfg_mean", "pretrained_cfg_std", "input_mean", "input_std")
+
+
+def family_provenance(model: LoadedModel) -> dict:
+    return {key: (" ".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
+            for key, value in model.info.items() if key in FAMILY_KEYS}
 
 
 def pending_units(plan: Plan, force: bool = False,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import validate
 
@@ -40,8 +41,25 @@ class PretextMethod(nn.Module):
     # the paper's optimiser settings, overriding the loop's defaults where the user gave none:
     # keys of pretrainers.pretext.trainer.TRAIN_DEFAULTS (lr, momentum, weight_decay, warmup_epochs)
     training: ClassVar[dict] = {}
+    # the trunks a method trains: "torchvision" (ResNet/AlexNet, run stage by stage) and "timm"
+    # (timm/<model> architectures, ViTs included, through forward_features / forward_head): a method
+    # that reads spatial maps or stages (jigsaw tiles, colorization decoders...) keeps the first only
+    trunks: ClassVar[tuple[str, ...]] = ("torchvision",)
+
+    @classmethod
+    def check_arch(cls, arch: Architecture, where: str) -> None:
+        """A ConfigError, before anything is trained, when the method cannot train this trunk."""
+        if arch.feature_maps is not None and "timm" not in cls.trunks:
+            from benchmark.registry import PRETEXT_METHODS
+
+            able = [n for n in PRETEXT_METHODS.names() if "timm" in getattr(PRETEXT_METHODS.get(n), "trunks", ())]
+            raise ConfigError(f"{where}: pretext method '{cls.name}' needs a convolutional trunk (a torchvision-layout "
+                              f"resnet*/alexnet, trained stage by stage on its spatial maps); {arch.name} is a timm "
+                              f"architecture. Use arch resnet18/resnet50, or a method that trains timm trunks "
+                              f"(ViTs included): {', '.join(able)}")
 
     def __init__(self, trunk: nn.Module, arch: Architecture, image_size: int, **options):
+        type(self).check_arch(arch, "pretext")
         super().__init__()
         self.trunk = trunk
         self.arch = arch
@@ -81,7 +99,10 @@ class PretextMethod(nn.Module):
         """The trunk's last feature map (ResNet: layer4 output; AlexNet: conv5 output), computed
         through the architecture's stages, so gradients flow into exactly the weights that are
         saved under their torchvision key names; the trunk's classifier (``fc`` / ``classifier``)
-        is never used and stays untrained (the benchmark ignores it)."""
+        is never used and stays untrained (the benchmark ignores it). A timm trunk: its
+        ``forward_features`` (a ViT's tokens, a ConvNet's last map)."""
+        if self.arch.feature_maps is not None:
+            return self.trunk.forward_features(x)
         for name, stage in self.arch.stages(self.trunk):
             if name == "pool5":  # ResNet's global pooling: embed() pools
                 break
@@ -91,8 +112,19 @@ class PretextMethod(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled trunk feature, (N, embed_dim): ResNet pool5 (512 for
         ResNet-18, 2048 for ResNet-50), AlexNet the 256 conv5 channels. The input a method's
-        heads should sit on."""
-        return F.adaptive_avg_pool2d(self.trunk_features(x), 1).flatten(1)
+        heads should sit on. A timm trunk: its own pooled pre-logits feature (a ViT's normed CLS
+        token, a ConvNet's global average), as the model's classifier would see it."""
+        return self.pooled(self.trunk, x)
+
+    def pooled(self, trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``embed`` through ``trunk``, a network of this method's architecture (e.g. a momentum copy)."""
+        if self.arch.feature_maps is not None:
+            return trunk.forward_head(trunk.forward_features(x), pre_logits=True)
+        for name, stage in self.arch.stages(trunk):
+            if name == "pool5":  # ResNet's global pooling, done here
+                break
+            x = stage(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     @property
     def embed_dim(self) -> int:

@@ -28,6 +28,13 @@ class PretextPretrainer(Pretrainer):
     name = "pretext"
     options = PRETEXT_OPTIONS
 
+    @staticmethod
+    def check_config(options: dict, where: str) -> None:
+        """At load: the method must be able to train the architecture (ViTs: simclr, moco, rotation)."""
+        from benchmark.registry import PRETEXT_METHODS
+
+        PRETEXT_METHODS.get(options["method"]).check_arch(get_architecture(options["arch"]), where)
+
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return parameter_bytes(arch.name)  # the trained weights; the training state is transient
 

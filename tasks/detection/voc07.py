@@ -117,6 +117,10 @@ class DetectionVOC07(Task):
         return training_checkpoint_bytes(arch.name)
 
     def units(self, arch: Architecture) -> list[str]:
+        if arch.feature_maps is not None:  # the timm/<model> family (ViTs, ConvNeXt, timm's own ResNets)
+            raise ConfigError(f"{self.name} is ResNet-only for now (a torchvision ResNet-C4 trunk); {arch.name} is a "
+                              f"timm architecture. Use resnet50 (or resnet18/34/101/152) for this task, or give it "
+                              f"a 'models:' list without this model")
         check_c4(arch.build(), arch.name)  # fail at planning time for a non-ResNet architecture
         if self.config["backend"] == "detectron2":
             from .detectron2_backend import check_arch

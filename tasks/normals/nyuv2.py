@@ -111,6 +111,10 @@ class NormalsNYUv2(Task):
         return training_checkpoint_bytes(arch.name)
 
     def units(self, arch: Architecture) -> list[str]:
+        if arch.feature_maps is not None:  # the timm/<model> family: no dilated variant here yet
+            raise ConfigError(f"{self.name} is ResNet-only for now (a dilated torchvision ResNet); {arch.name} is a "
+                              f"timm architecture. Use resnet50 (or resnet18/34/101/152) for this task, or give it "
+                              f"a 'models:' list without this model")
         if arch.layers[:5] != ("conv1", "res2", "res3", "res4", "res5"):
             raise ConfigError(f"{self.name} needs a ResNet (a dilated conv1..res5 trunk); {arch.name} is not one")
         return [UNIT]

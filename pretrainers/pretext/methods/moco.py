@@ -52,6 +52,7 @@ class MoCo(PretextMethod):
     })
     # MoCo v2: SGD, LR 0.03 at batch 256, momentum 0.9, weight decay 1e-4, cosine schedule
     training = {"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4}
+    trunks = ("torchvision", "timm")  # pooled features only: a timm ViT trains too
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
@@ -85,11 +86,7 @@ class MoCo(PretextMethod):
         """L2-normalised head(pooled trunk(x)), BatchNorm statistics per chunk (one 'GPU')."""
         outs = []
         for chunk in x.chunk(self.groups):
-            for name, stage in self.arch.stages(trunk):
-                if name == "pool5":
-                    break
-                chunk = stage(chunk)
-            outs.append(head(F.adaptive_avg_pool2d(chunk, 1).flatten(1)))
+            outs.append(head(self.pooled(trunk, chunk)))
         return F.normalize(torch.cat(outs), dim=1)
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ class Rotation(PretextMethod):
     })
     # RotNet: SGD momentum 0.9, weight decay 5e-4, LR 0.1 at batch 192 (x0.2 steps; cosine here)
     training = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    trunks = ("torchvision", "timm")  # pooled features only: a timm ViT trains too
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)

@@ -77,6 +77,7 @@ class SimCLR(PretextMethod):
     })
     # SGD stand-in for LARS: LR for the loop's batch sizes, weight decay 1e-6 as in the paper
     training = {"lr": 0.3, "momentum": 0.9, "weight_decay": 1e-6, "warmup_epochs": 1}
+    trunks = ("torchvision", "timm")  # pooled features only: a timm ViT trains too
 
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)

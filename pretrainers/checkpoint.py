@@ -22,11 +22,11 @@ class CheckpointFile(Pretrainer):
     trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
-        path = Path(self.config["path"]).expanduser()
-        arch_name = self.config["arch"]
+        path = Path(self.config.path).expanduser()
+        arch_name = self.config.arch
         model = create_model(arch_name, seed=0)
         arch = get_architecture(arch_name)
-        info = load_trunk_weights(model, arch, path, which=self.config["which"])
+        info = load_trunk_weights(model, arch, path, which=self.config.which)
         # weights trained elsewhere expect the normalisation of their timm pretrained_cfg
         family = arch.family_info
         stats = (family.mean, family.std) if family is not None and family.stats == "pretrained" else None

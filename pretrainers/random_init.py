@@ -13,6 +13,6 @@ class RandomInit(Pretrainer):
     trains = False
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
-        arch, seed = self.config["arch"], self.config["seed"]
+        arch, seed = self.config.arch, self.config.seed
         model = create_model(arch, seed=seed)
         return freeze(model_name, arch, model, {"pretrainer": "random", "init_seed": seed})

@@ -67,5 +67,5 @@ class SVMTask:
 
     def solver(self, ctx: RunContext) -> Solver:
         """The solver of this task's options (an unknown solver: ConfigError naming the task)."""
-        return make_solver(self.config["solver"], self.config["svm_device"], n_jobs=self.config["n_jobs"],
+        return make_solver(self.config.solver, self.config.svm_device, n_jobs=self.config.n_jobs,
                            seed=ctx.seed, span=self.config.get("span_coordinates", True), task=self.name)

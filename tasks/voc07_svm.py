@@ -38,40 +38,40 @@ class VOC07SVM(SVMTask, Task):
     })
 
     def layers(self, arch: Architecture) -> list[str]:
-        return resolve_layers(self.name, self.config["layers"], arch)
+        return resolve_layers(self.name, self.config.layers, arch)
 
     def units(self, arch: Architecture) -> list[str]:
         return self.layers(arch)
 
     def check_data(self, ctx: RunContext) -> None:
-        for split in (self.config["train_split"], self.config["test_split"]):
+        for split in (self.config.train_split, self.config.test_split):
             load_voc(ctx.data_root, split)
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
-        for split in (self.config["train_split"], self.config["test_split"]):
+        for split in (self.config.train_split, self.config.test_split):
             self.features(ctx, model, split)
 
     def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
-        splits = {split: load_voc(ctx.data_root, split) for split in (self.config["train_split"], self.config["test_split"])}
-        return split_needs(arch, "voc07", splits, self.layers(arch), self.config["image_size"])
+        splits = {split: load_voc(ctx.data_root, split) for split in (self.config.train_split, self.config.test_split)}
+        return split_needs(arch, "voc07", splits, self.layers(arch), self.config.image_size)
 
     def features(self, ctx: RunContext, model: LoadedModel, split: str):
         data = load_voc(ctx.data_root, split)
-        feats = split_features(ctx, model, data, "voc07", split, self.layers(model.arch), self.config["image_size"])
+        feats = split_features(ctx, model, data, "voc07", split, self.layers(model.arch), self.config.image_size)
         return feats, data.labels
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
-        cost_list, costs = resolve_costs(self.config["costs"], self.name)
-        train_feats, train_labels = self.features(ctx, model, self.config["train_split"])
-        test_feats, test_labels = self.features(ctx, model, self.config["test_split"])
+        cost_list, costs = resolve_costs(self.config.costs, self.name)
+        train_feats, train_labels = self.features(ctx, model, self.config.train_split)
+        test_feats, test_labels = self.features(ctx, model, self.config.test_split)
         solver = self.solver(ctx)
         results = solver.voc07(train_feats[layer], train_labels, test_feats[layer], test_labels, costs=costs,
-                               folds=self.config["folds"])
+                               folds=self.config.folds)
         common = {"dataset": "voc07", "layer": layer, "cost_list": cost_list, "solver": solver.name,
-                  "image_size": self.config["image_size"] or model.arch.reference_input_size,
-                  "train_split": self.config["train_split"],
-                  "cost_selection": f"{self.config['folds']}-fold-cv-ap",
+                  "image_size": self.config.image_size or model.arch.reference_input_size,
+                  "train_split": self.config.train_split,
+                  "cost_selection": f"{self.config.folds}-fold-cv-ap",
                   "feature_dim": int(train_feats[layer].shape[1]),
                   "n_train": len(train_labels), "n_test": len(test_labels)}
         rows = []

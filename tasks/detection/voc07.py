@@ -111,7 +111,7 @@ class DetectionVOC07(Task):
     # --- configuration -------------------------------------------------------------------------
 
     def modes(self) -> list[str]:
-        return list(self.config["modes"])
+        return list(self.config.modes)
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return training_checkpoint_bytes(arch.name)
@@ -122,7 +122,7 @@ class DetectionVOC07(Task):
                               f"timm architecture. Use resnet50 (or resnet18/34/101/152) for this task, or give it "
                               f"a 'models:' list without this model")
         check_c4(arch.build(), arch.name)  # fail at planning time for a non-ResNet architecture
-        if self.config["backend"] == "detectron2":
+        if self.config.backend == "detectron2":
             from .detectron2_backend import check_arch
 
             check_arch(arch.name)
@@ -146,11 +146,11 @@ class DetectionVOC07(Task):
 
     def split_names(self) -> list[tuple[str, str, str]]:
         """(year, split, proposal_files key) of the training splits and the test split."""
-        train = [(year, split, f"voc{year[2:]}_{split}") for year, split in TRAIN_SETS[self.config["train_set"]]]
+        train = [(year, split, f"voc{year[2:]}_{split}") for year, split in TRAIN_SETS[self.config.train_set]]
         return train + [("2007", "test", "voc07_test")]
 
     def proposal_file(self, ctx: RunContext, key: str) -> Path:
-        files = self.config["proposal_files"] or {}
+        files = self.config.proposal_files or {}
         if not isinstance(files, dict) or key not in files:
             raise ConfigError(f"{self.name}: proposals: files needs proposal_files.{key} (a Detectron-format "
                               f".pkl of that split); given: {sorted(files) if isinstance(files, dict) else files!r}")
@@ -161,7 +161,7 @@ class DetectionVOC07(Task):
         self.check_options()
         for year, split, key in self.split_names():
             load_voc(ctx.data_root, split, year=year)
-            if self.config["proposals"] == "files":
+            if self.config.proposals == "files":
                 path = self.proposal_file(ctx, key)
                 if not path.is_file():
                     raise ConfigError(f"{self.name}: proposal file {path} (proposal_files.{key}) does not exist")
@@ -169,7 +169,7 @@ class DetectionVOC07(Task):
     # --- proposals -----------------------------------------------------------------------------
 
     def source(self) -> str:
-        source = self.config["proposals"]
+        source = self.config.proposals
         if source == "auto":
             return "selective_search" if selective_search_available() else "rpn"
         return source
@@ -259,7 +259,7 @@ class DetectionVOC07(Task):
         self.check_options()
         if unit not in self.modes():
             raise ConfigError(f"{self.name}: unknown unit {unit!r}; units are the modes {self.modes()}")
-        if self.config["backend"] == "detectron2":
+        if self.config.backend == "detectron2":
             from .detectron2_backend import run_detectron2
 
             return run_detectron2(self.config, [(year, split) for year, split, _ in self.split_names()],

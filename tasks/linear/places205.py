@@ -75,10 +75,10 @@ class LinearPlaces205(Task):
     })
 
     def root(self, ctx: RunContext) -> Path:
-        return ctx.data_root / self.config["data_dir"]
+        return ctx.data_root / self.config.data_dir
 
     def layers(self, arch: Architecture) -> list[str]:
-        requested = self.config["layers"] or arch.layers
+        requested = self.config.layers or arch.layers
         unknown = [layer for layer in requested if layer not in arch.layers]
         if unknown:
             raise ConfigError(f"{self.name}: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")

@@ -46,43 +46,43 @@ class LowShotPlaces205(LowShotReport, SVMTask, Task):
     })
 
     def root(self, ctx: RunContext) -> Path:
-        return ctx.data_root / self.config["data_dir"]
+        return ctx.data_root / self.config.data_dir
 
     def units(self, arch: Architecture) -> list[str]:
-        return resolve_layers(self.name, self.config["layers"], arch)
+        return resolve_layers(self.name, self.config.layers, arch)
 
     def check_data(self, ctx: RunContext) -> None:
         load_places205(self.root(ctx), "train")
         load_places205(self.root(ctx), "val")
-        if not any(k >= self.config["folds"] for k in self.config["k_values"]):
+        if not any(k >= self.config.folds for k in self.config.k_values):
             raise ConfigError(f"{self.name}: the validation cost selection needs at least one k >= "
-                              f"folds ({self.config['folds']}); k_values are {self.config['k_values']}")
+                              f"folds ({self.config.folds}); k_values are {self.config.k_values}")
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
-        layers = resolve_layers(self.name, self.config["layers"], model.arch)
+        layers = resolve_layers(self.name, self.config.layers, model.arch)
         for split in ("train", "val"):
             data = load_places205(self.root(ctx), split)
-            split_features(ctx, model, data, "places205", split, layers, self.config["image_size"])
+            split_features(ctx, model, data, "places205", split, layers, self.config.image_size)
 
     def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
         splits = {split: load_places205(self.root(ctx), split) for split in ("train", "val")}
-        return split_needs(arch, "places205", splits, resolve_layers(self.name, self.config["layers"], arch),
-                           self.config["image_size"])
+        return split_needs(arch, "places205", splits, resolve_layers(self.name, self.config.layers, arch),
+                           self.config.image_size)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
-        cost_list, costs = resolve_costs(self.config["costs"], self.name)
+        cost_list, costs = resolve_costs(self.config.costs, self.name)
         costs = list(costs)
-        folds = self.config["folds"]
-        layers = resolve_layers(self.name, self.config["layers"], model.arch)
+        folds = self.config.folds
+        layers = resolve_layers(self.name, self.config.layers, model.arch)
         train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
         feats = {split.split: split_features(ctx, model, split, "places205", split.split, layers,
-                                             self.config["image_size"])[layer] for split in (train, val)}
+                                             self.config.image_size)[layer] for split in (train, val)}
         X_train, X_val = l2_normalize(feats["train"]), l2_normalize(feats["val"])
 
         smallest = int(train.class_counts().min())
-        ks = [k for k in self.config["k_values"] if k <= smallest]
-        skipped = [k for k in self.config["k_values"] if k > smallest]
+        ks = [k for k in self.config.k_values if k <= smallest]
+        skipped = [k for k in self.config.k_values if k > smallest]
         fallback_k = min((k for k in ks if k >= folds), default=None)
         if any(k < folds for k in ks) and fallback_k is None:
             raise ConfigError(f"{self.name}: no k >= {folds} fits the smallest class ({smallest} images), "
@@ -94,7 +94,7 @@ class LowShotPlaces205(LowShotReport, SVMTask, Task):
         # the k whose CV choices the smaller k borrow comes first, so no run's scores wait for it
         order = ([fallback_k] if fallback_k is not None else []) + [k for k in ks if k != fallback_k]
         for k in order:
-            for s in range(1, self.config["num_samples"] + 1):
+            for s in range(1, self.config.num_samples + 1):
                 path = directory / f"train_sample{s}_k{k}.npy"
                 idx = lowshot.load_or_draw(
                     path, lambda k=k, s=s: lowshot.sample_places(train.labels, train.num_classes, k,
@@ -112,7 +112,7 @@ class LowShotPlaces205(LowShotReport, SVMTask, Task):
                   "not_converged": log.not_converged}
         rows = []
         for k in ks:
-            runs = [per[k, s] for s in range(1, self.config["num_samples"] + 1)]
+            runs = [per[k, s] for s in range(1, self.config.num_samples + 1)]
             map_per_cost = np.stack([r["ap"].mean(axis=0) for r in runs]) * 100  # (samples, costs)
             best = lowshot.reference_selection(map_per_cost)
             top1_ref = np.array([r["top1"][best] for r in runs]) * 100

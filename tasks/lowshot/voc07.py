@@ -50,18 +50,18 @@ class LowShotVOC07(LowShotReport, SVMTask, Task):
     })
 
     def units(self, arch: Architecture) -> list[str]:
-        return resolve_layers(self.name, self.config["layers"], arch)
+        return resolve_layers(self.name, self.config.layers, arch)
 
     def check_data(self, ctx: RunContext) -> None:
-        for split in (self.config["train_split"], self.config["test_split"]):
+        for split in (self.config.train_split, self.config.test_split):
             load_voc(ctx.data_root, split)
 
     def samples(self, ctx: RunContext, train, k: int) -> list[np.ndarray]:
         labels = train.labels
         n, num_classes = labels.shape
-        numbers = range(1, self.config["num_samples"] + 1)
-        if self.config["sample_dir"]:
-            directory = Path(self.config["sample_dir"])
+        numbers = range(1, self.config.num_samples + 1)
+        if self.config.sample_dir:
+            directory = Path(self.config.sample_dir)
             return [lowshot.check_voc_sample(lowshot.load_reference_voc_sample(directory, s, k, n, num_classes),
                                              labels, lowshot.reference_sample_file(directory, s, k))
                     for s in numbers]
@@ -81,55 +81,55 @@ class LowShotVOC07(LowShotReport, SVMTask, Task):
         needed = {"weights_sha256", "cost_selection", "cost", "dataset"}
         if not df.empty and needed <= set(df.columns):
             rows = df[(df.metric == "AP") & (df.layer == layer) & (df.dataset == "voc07")
-                      & (df.cost_selection == f"{self.config['folds']}-fold-cv-ap")
+                      & (df.cost_selection == f"{self.config.folds}-fold-cv-ap")
                       & (df.weights_sha256 == model.weights[:16])
                       & (df.get("image_size", pd.Series("", index=df.index)).astype(str) == str(self.image_size(model)))
-                      & (df.get("train_split", pd.Series("", index=df.index)).astype(str) == self.config["train_split"])]
+                      & (df.get("train_split", pd.Series("", index=df.index)).astype(str) == self.config.train_split)]
             found = rows.cost.astype(float)
             if len(rows) == labels.shape[1] and found.notna().all() and set(found) <= set(costs):
                 return dict(enumerate(found.tolist()))
         Y = np.stack([to_binary(labels[:, c]) for c in range(labels.shape[1])], axis=1)
-        return solver.cv_costs(Z_train, Y, costs, self.config["folds"])
+        return solver.cv_costs(Z_train, Y, costs, self.config.folds)
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
-        layers = resolve_layers(self.name, self.config["layers"], model.arch)
-        for split in (self.config["train_split"], self.config["test_split"]):
+        layers = resolve_layers(self.name, self.config.layers, model.arch)
+        for split in (self.config.train_split, self.config.test_split):
             split_features(ctx, model, load_voc(ctx.data_root, split), "voc07", split, layers,
-                           self.config["image_size"])
+                           self.config.image_size)
 
     def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
-        splits = {split: load_voc(ctx.data_root, split) for split in (self.config["train_split"], self.config["test_split"])}
-        return split_needs(arch, "voc07", splits, resolve_layers(self.name, self.config["layers"], arch),
-                           self.config["image_size"])
+        splits = {split: load_voc(ctx.data_root, split) for split in (self.config.train_split, self.config.test_split)}
+        return split_needs(arch, "voc07", splits, resolve_layers(self.name, self.config.layers, arch),
+                           self.config.image_size)
 
     def image_size(self, model: LoadedModel) -> int:
-        return self.config["image_size"] or model.arch.reference_input_size
+        return self.config.image_size or model.arch.reference_input_size
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
         layer = unit
-        cost_list, costs = resolve_costs(self.config["costs"], self.name)
+        cost_list, costs = resolve_costs(self.config.costs, self.name)
         costs = list(costs)
-        layers = resolve_layers(self.name, self.config["layers"], model.arch)
-        train = load_voc(ctx.data_root, self.config["train_split"])
-        test = load_voc(ctx.data_root, self.config["test_split"])
-        X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, self.config["image_size"])[layer])
-        X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, self.config["image_size"])[layer])
+        layers = resolve_layers(self.name, self.config.layers, model.arch)
+        train = load_voc(ctx.data_root, self.config.train_split)
+        test = load_voc(ctx.data_root, self.config.test_split)
+        X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, self.config.image_size)[layer])
+        X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, self.config.image_size)[layer])
         solver = self.solver(ctx)
         X_train, X_test = solver.shared_coordinates(X_train, X_test)  # every sample is a subset of trainval
 
         max_k = lowshot.voc07_max_k(train.labels)
-        ks = [k for k in self.config["k_values"] if k <= max_k]
-        skipped = [k for k in self.config["k_values"] if k > max_k]
+        ks = [k for k in self.config.k_values if k <= max_k]
+        skipped = [k for k in self.config.k_values if k > max_k]
         samples = {k: self.samples(ctx, train, k) for k in ks}
         flat = [(k, s) for k in ks for s in range(len(samples[k]))]
         flat_samples = [samples[k][s] for k, s in flat]
         fallback = {}
-        if any(k < self.config["folds"] for k in ks):
+        if any(k < self.config.folds for k in ks):
             fallback = self.full_data_costs(ctx, model, layer, X_train, train.labels, costs, solver)
 
         # (k*sample, costs, classes), (k*sample, classes), (k*sample) x classes, one FitLog per class
         aps, chosen, sources, logs = solver.lowshot_voc07(X_train, X_test, test.labels, flat_samples, costs,
-                                                          self.config["folds"], fallback.get)
+                                                          self.config.folds, fallback.get)
         not_converged = sum(log.not_converged for log in logs)
         fits = sum(log.fits for log in logs)
         self.save_arrays(ctx, model, layer, ks, costs, aps)
@@ -159,6 +159,6 @@ class LowShotVOC07(LowShotReport, SVMTask, Task):
     def save_arrays(self, ctx, model, layer, ks, costs, aps) -> None:
         """Test AP per (k x sample, cost, class), for analyses beyond the report."""
         buffer = io.BytesIO()
-        np.savez(buffer, k=np.repeat(ks, self.config["num_samples"]), costs=np.array(costs), ap=aps)
+        np.savez(buffer, k=np.repeat(ks, self.config.num_samples), costs=np.array(costs), ap=aps)
         path = inside(ctx.run_dir, "lowshot", model.name, self.instance_name or self.name, f"{layer}_ap.npz")
         atomic_write(path, buffer.getvalue())

@@ -105,7 +105,7 @@ class NormalsNYUv2(Task):
     })
 
     def root(self, ctx: RunContext) -> Path:
-        return ctx.data_root / self.config["data_dir"]
+        return ctx.data_root / self.config.data_dir
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return training_checkpoint_bytes(arch.name)

@@ -171,16 +171,16 @@ class Colorization(PretextMethod):
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         lab = rgb_to_lab(self.augment(self.transform, image, generator))
-        ab = F.avg_pool2d(lab[1:][None], self.config["downsample"])[0]
+        ab = F.avg_pool2d(lab[1:][None], self.config.downsample)[0]
         return {"input": normalize(lightness_to_gray(lab[0])), "ab": ab}
 
     def logits(self, inputs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(self.head(self.trunk_features(inputs)), size=size, mode="bilinear", align_corners=False)
 
     def loss_from_logits(self, logits: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-        targets = soft_encode(ab, self.centres, self.config["neighbours"], self.config["sigma"])
+        targets = soft_encode(ab, self.centres, self.config.neighbours, self.config.sigma)
         pixel_loss = -(targets * F.log_softmax(logits, 1)).sum(1)
-        if self.config["rebalance"]:
+        if self.config.rebalance:
             pixel_loss = pixel_loss * self.class_weights[targets.argmax(1)]
         return pixel_loss.mean()
 
@@ -206,10 +206,10 @@ class Colorization(PretextMethod):
         return counts
 
     def epoch_start(self, epoch, plain_loader, device) -> None:
-        if not self.config["rebalance"] or bool(self.prior_ready):
+        if not self.config.rebalance or bool(self.prior_ready):
             return
         smoothed, weights = rebalancing_weights(self.bin_counts(plain_loader, device), self.centres,
-                                                self.config["prior_sigma"], self.config["prior_mix"])
+                                                self.config.prior_sigma, self.config.prior_mix)
         self.prior.copy_(smoothed)
         self.class_weights.copy_(weights)
         self.prior_ready.fill_(True)

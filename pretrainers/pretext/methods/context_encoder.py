@@ -157,5 +157,5 @@ class ContextEncoder(PretextMethod):
         adv = F.binary_cross_entropy_with_logits(fooled, real)
         d_loss = (F.binary_cross_entropy_with_logits(self.discriminator(batch["target"]), real)
                   + F.binary_cross_entropy_with_logits(self.discriminator(composite.detach()), 0 * real))
-        loss = self.config["rec_weight"] * rec + self.config["adv_weight"] * adv + d_loss
+        loss = self.config.rec_weight * rec + self.config.adv_weight * adv + d_loss
         return loss, {"rec": float(rec.detach()), "adv": float(adv.detach()), "d_loss": float(d_loss.detach())}

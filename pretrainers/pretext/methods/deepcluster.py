@@ -153,11 +153,11 @@ class DeepCluster(SizedState, PretextMethod):
     def cluster(self, features: torch.Tensor, epoch: int) -> None:
         """k-means on the whitened features; sets the pseudo-labels and re-initialises the head."""
         generator = torch.Generator().manual_seed(int(self.kmeans_seed) + epoch)
-        x = pca_whiten(features, self.config["pca_dim"])
-        assignment, _, refilled = kmeans(x, self.config["num_clusters"], self.config["kmeans_iterations"], generator)
+        x = pca_whiten(features, self.config.pca_dim)
+        assignment, _, refilled = kmeans(x, self.config.num_clusters, self.config.kmeans_iterations, generator)
         self._resize("assignments", (len(assignment),))
         self.assignments.copy_(assignment)
-        self.cluster_sizes.copy_(torch.bincount(assignment, minlength=self.config["num_clusters"]))
+        self.cluster_sizes.copy_(torch.bincount(assignment, minlength=self.config.num_clusters))
         self.refilled.fill_(refilled)
         with torch.no_grad():
             weight = torch.empty(self.head.weight.shape).normal_(0, 0.01, generator=generator)
@@ -168,7 +168,7 @@ class DeepCluster(SizedState, PretextMethod):
         self.cluster(self.dataset_features(plain_loader, device), epoch)
 
     def epoch_indices(self, seed: int, epoch: int, n: int) -> torch.Tensor | None:
-        if self.config["balance"] != "sampler" or self.num_images == 0:
+        if self.config.balance != "sampler" or self.num_images == 0:
             return None
         if n != self.num_images:
             raise RuntimeError(f"deepcluster: {n} images but {self.num_images} cluster assignments")
@@ -197,7 +197,7 @@ class DeepCluster(SizedState, PretextMethod):
         labels = self.assignments[batch["index"]]
         logits = self.head(self.embed(batch["image"]))
         losses = F.cross_entropy(logits, labels, reduction="none")
-        if self.config["balance"] == "loss":
+        if self.config.balance == "loss":
             clusters = int((self.cluster_sizes > 0).sum())
             losses = losses * (self.num_images / (clusters * self.cluster_sizes[labels].to(losses)))
         return losses.mean(), {"acc": float((logits.argmax(1) == labels).float().mean()),

@@ -87,7 +87,7 @@ class Exemplar(SizedState, PretextMethod):
         self.set_classes(n)
 
     def set_classes(self, n: int) -> None:
-        k = self.config["num_classes"] or n
+        k = self.config.num_classes or n
         if k > n:
             raise ConfigError(f"exemplar: num_classes ({k}) is larger than the number of images ({n})")
         generator = torch.Generator().manual_seed(int(self.init_seed))
@@ -104,7 +104,7 @@ class Exemplar(SizedState, PretextMethod):
 
     def seed_patch(self, image: Image.Image) -> Image.Image:
         size = self.image_size
-        context = round(size * self.config["context"])
+        context = round(size * self.config.context)
         return TF.center_crop(TF.resize(image, context), [context, context])
 
     def view(self, patch: Image.Image, generator: torch.Generator) -> torch.Tensor:
@@ -132,7 +132,7 @@ class Exemplar(SizedState, PretextMethod):
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         patch = self.seed_patch(image)
-        views = torch.stack([self.view(patch, generator) for _ in range(self.config["views"])])
+        views = torch.stack([self.view(patch, generator) for _ in range(self.config.views)])
         return {"views": views, "index": torch.tensor(index)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -183,7 +183,7 @@ class Jigsaw(PretextMethod):
         crop = self.puzzle_crop(image, generator)
         label = int(torch.randint(0, len(self._table), (1,), generator=generator))
         tiles = make_tiles(crop, self._table[label], self.tile,
-                           generator if self.tile < self.cell else None, self.config["normalize_tiles"])
+                           generator if self.tile < self.cell else None, self.config.normalize_tiles)
         return {"tiles": tiles, "labels": torch.tensor(label)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

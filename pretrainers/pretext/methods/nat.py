@@ -86,7 +86,7 @@ class NAT(SizedState, PretextMethod):
             raise RuntimeError("nat: forward before epoch_start drew the targets")
         indices = batch["index"]
         features = F.normalize(self.head(self.embed(batch["image"])), dim=1)
-        if int(self.epoch) % self.config["reassign_every"] == 0:
+        if int(self.epoch) % self.config.reassign_every == 0:
             self.reassign(indices, features)
         targets = self.targets[self.assignment[indices]]
         loss = (features - targets).pow(2).sum(1).mean()

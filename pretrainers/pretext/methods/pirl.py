@@ -92,13 +92,13 @@ class PIRL(SizedState, PretextMethod):
     def epoch_start(self, epoch, plain_loader, device) -> None:
         n = dataset_size(plain_loader)
         if self.num_images != n:  # first epoch: a bank of random unit vectors (restored ones are kept)
-            self._resize("memory", (n, self.config["dim"]))
+            self._resize("memory", (n, self.config.dim))
             generator = torch.Generator().manual_seed(int(self.init_seed))
-            self.memory.copy_(F.normalize(torch.rand(n, self.config["dim"], generator=generator) - 0.5, dim=1))
+            self.memory.copy_(F.normalize(torch.rand(n, self.config.dim, generator=generator) - 0.5, dim=1))
 
     def tiles(self, view: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(grid*grid, 3, t, t): a random sub-crop of every cell, in a random order."""
-        grid, tile = self.config["grid"], self.tile_size
+        grid, tile = self.config.grid, self.tile_size
         cell = view.shape[-1] // grid
         out = []
         for row in range(grid):
@@ -120,7 +120,7 @@ class PIRL(SizedState, PretextMethod):
 
     @torch.no_grad()
     def update_memory(self, indices: torch.Tensor, features: torch.Tensor) -> None:
-        momentum = self.config["memory_momentum"]
+        momentum = self.config.memory_momentum
         self.memory[indices] = F.normalize(momentum * self.memory[indices] + (1 - momentum) * features, dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -128,8 +128,8 @@ class PIRL(SizedState, PretextMethod):
             raise RuntimeError("pirl: forward before epoch_start made the memory bank")
         indices = batch["index"]
         f, g = self.representations(batch["image"], batch["tiles"])
-        n, temperature = self.num_images, self.config["temperature"]
-        negatives = self.memory[torch.randint(n, (self.config["num_negatives"],), device=self.memory.device)]
+        n, temperature = self.num_images, self.config.temperature
+        negatives = self.memory[torch.randint(n, (self.config.num_negatives,), device=self.memory.device)]
         if float(self.z) == 0.0:  # Wu et al.: Z from the first batch, then fixed
             with torch.no_grad():
                 self.z.fill_(float(torch.exp(g @ negatives.T / temperature).mean()) * n)
@@ -137,7 +137,7 @@ class PIRL(SizedState, PretextMethod):
         positives = self.memory[indices]
         jigsaw = nce_loss(positives, g, negatives, temperature, n, z)
         plain = nce_loss(positives, f, negatives, temperature, n, z)
-        lam = self.config["loss_lambda"]
+        lam = self.config.loss_lambda
         self._pending = (indices.detach(), f.detach())
         return lam * jigsaw + (1 - lam) * plain, {"nce_jigsaw": float(jigsaw.detach()), "nce_image": float(plain.detach())}
 

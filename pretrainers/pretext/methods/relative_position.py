@@ -84,7 +84,7 @@ class RelativePosition(PretextMethod):
 
     def patch_pair(self, image: Image.Image, generator: torch.Generator):
         """(rgb image tensor, top-left (y, x) of the centre and neighbour patch, label)."""
-        patch, gap, jitter = self.config["patch_size"], self.config["gap"], self.config["jitter"]
+        patch, gap, jitter = self.config.patch_size, self.config.gap, self.config.jitter
         extent = grid_extent(patch, gap, jitter)
         width, height = image.size
         scale = extent / min(width, height)
@@ -102,13 +102,13 @@ class RelativePosition(PretextMethod):
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         rgb, corners, label = self.patch_pair(image, generator)
-        size = self.config["patch_size"]
+        size = self.config.patch_size
         patches = []
         for y, x in corners.tolist():
             patch = rgb[:, y:y + size, x:x + size]
-            if self.config["aberration"] == "drop":
+            if self.config.aberration == "drop":
                 patch = drop_colours(patch, generator)
-            elif self.config["aberration"] == "project":
+            elif self.config.aberration == "project":
                 patch = project_out_green_magenta(patch)
             patches.append(normalize(patch))
         return {"patches": torch.stack(patches), "label": torch.tensor(label), "corners": corners}

@@ -21,6 +21,7 @@ the previous cost (weaker regularisation moves the optimum only a little).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,10 +57,30 @@ class FitInfo:
     grad_max: np.ndarray  # (B,) largest gradient entry at the end
 
 
+@contextlib.contextmanager
+def _threads_for(X: torch.Tensor, num_classes: int):
+    """One intra-op thread for small CPU problems: their many tiny operations pay a thread
+    synchronisation each, which on a busy machine costs far more than the arithmetic."""
+    small = X.device.type == "cpu" and X.numel() * num_classes < 2**24
+    previous = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(previous)
+
+
 def fit(X: torch.Tensor, y: torch.Tensor, num_classes: int, lam, *, theta0: torch.Tensor | None = None,
         tol: float = 1e-6, max_iter: int = 500, memory: int = 10) -> tuple[torch.Tensor, FitInfo]:
     """Solve B problems. X: (B, n, d) or (n, d) shared; y: (B, n) or (n,) int64; lam: (B,) or a
     float. Returns theta (B, d + 1, K) and per-problem convergence information."""
+    with _threads_for(X, num_classes):
+        return _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory)
+
+
+def _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory):
     if X.dim() == 2:
         X = X.unsqueeze(0)
     if y.dim() == 1:
@@ -80,21 +101,22 @@ def fit(X: torch.Tensor, y: torch.Tensor, num_classes: int, lam, *, theta0: torc
     iterations = torch.zeros(B, dtype=torch.int64, device=X.device)
     active = g.abs().amax(dim=1) > tol
     first = True
-    for _ in range(max_iter):
+    gamma = torch.ones(B, dtype=X.dtype, device=X.device)  # initial Hessian scale s'y / y'y per problem
+    for it in range(max_iter):
         if not active.any():
             break
-        # two-loop recursion, newest pair first; empty slots have rho = 0 and do nothing
+        # two-loop recursion over a circular buffer, newest pair first; a problem that skipped a
+        # pair has rho = 0 in that slot, which makes the slot a no-op for it
+        slots = [(it - 1 - j) % memory for j in range(min(it, memory))]
         q = g.clone()
-        alpha = torch.zeros(B, memory, dtype=X.dtype, device=X.device)
-        for j in range(memory - 1, -1, -1):
-            alpha[:, j] = rho[:, j] * (S[:, j] * q).sum(1)
-            q -= alpha[:, j, None] * Y[:, j]
-        yy = (Y[:, -1] * Y[:, -1]).sum(1)
-        gamma = torch.where(rho[:, -1] > 0, 1.0 / (rho[:, -1] * yy).clamp_min(1e-300), torch.ones_like(yy))
+        alpha = {}
+        for j in slots:
+            alpha[j] = rho[:, j] * (S[:, j] * q).sum(1)
+            q -= alpha[j][:, None] * Y[:, j]
         r = gamma[:, None] * q
-        for j in range(memory):
+        for j in reversed(slots):
             beta = rho[:, j] * (Y[:, j] * r).sum(1)
-            r += (alpha[:, j] - beta)[:, None] * S[:, j]
+            r += (alpha[j] - beta)[:, None] * S[:, j]
         direction = -r
         slope = (direction * g).sum(1)
         bad = slope >= 0  # not a descent direction (lost curvature): restart from the gradient
@@ -102,6 +124,7 @@ def fit(X: torch.Tensor, y: torch.Tensor, num_classes: int, lam, *, theta0: torc
             direction[bad] = -g[bad]
             slope = torch.where(bad, -(g * g).sum(1), slope)
             rho[bad] = 0
+            gamma = torch.where(bad, torch.ones_like(gamma), gamma)
         step = torch.ones(B, dtype=X.dtype, device=X.device)
         if first:
             step = torch.clamp(1.0 / g.abs().sum(1).clamp_min(1e-300), max=1.0)
@@ -128,11 +151,10 @@ def fit(X: torch.Tensor, y: torch.Tensor, num_classes: int, lam, *, theta0: torc
         yv = new_g - g
         sy = (s * yv).sum(1)
         keep = moved & (sy > 1e-12 * (yv * yv).sum(1).sqrt() * (s * s).sum(1).sqrt())
-        if keep.any():
-            S[keep] = torch.roll(S[keep], -1, dims=1)
-            Y[keep] = torch.roll(Y[keep], -1, dims=1)
-            rho[keep] = torch.roll(rho[keep], -1, dims=1)
-            S[keep, -1], Y[keep, -1], rho[keep, -1] = s[keep], yv[keep], 1.0 / sy[keep]
+        slot = it % memory
+        S[:, slot], Y[:, slot] = s, yv
+        rho[:, slot] = torch.where(keep, 1.0 / torch.where(keep, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        gamma = torch.where(keep, sy / (yv * yv).sum(1).clamp_min(1e-300), gamma)
         theta = torch.where(moved[:, None, None], new_theta, theta)
         f = torch.where(moved, new_f, f)
         g = torch.where(moved[:, None], new_g, g)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from .svm.protocol import TEST_SELECTED
 from .paths import disk_full, inside, is_disk_full, temporary_path
+from .report_datasets import across_datasets_lines
 from .results import ResultStore, atomic_write_text
 
 # normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
@@ -177,6 +178,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                 lines += ["> The reference protocol picks this cost on the TEST set (argmax of mean test "
                           "mAP): optimistic numbers, kept for comparison with published results.", ""]
             lines += [sub.to_markdown(floatfmt=".2f"), ""]
+        lines += across_datasets_lines(df)
         lines += _protocol_lines(df)
     damaged = [f"- {problem}" for problem in store.damaged]
     if damaged:

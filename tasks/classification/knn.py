@@ -62,7 +62,9 @@ class KNN(ClassificationTask, Task):
         for k, scores in classify(np.arange(len(bank_rows))).items():
             for metric, value in scores.items():
                 rows.append({**common, "evaluation": f"{k}-NN", "neighbours": k, "metric": metric, "value": value,
-                             "bank": data.train.description})
+                             "bank": data.train.description,
+                             # the leaderboard's across-datasets tables (benchmark.report_datasets)
+                             "transfer_column": f"{NAME} {layer} {k}-NN top1" if metric == "top1" else ""})
         for shots in c["few_shot"]:
             per_draw = {}
             for draw in range(c["draws"]):

@@ -182,7 +182,9 @@ class LinearProbe(ClassificationTask, Task):
                     "selected_lr": best.lr, "val_top1": best.val_top1,
                     "selection": SELECTION if scope == "all" else SELECTION.replace("lr x layer x pooling",
                                                                                       f"lr x pooling of {scope}")}
-            rows += [{**base, "metric": "top1", "value": top1}, {**base, "metric": "top5", "value": top5}]
+            rows += [{**base, "metric": "top1", "value": top1,
+                      "transfer_column": f"{NAME} best head top1" if scope == "all" else ""},
+                     {**base, "metric": "top5", "value": top5}]
         for r in final.itertuples():
             rows.append({**common, "layer": r.layer, "metric": "val_top1", "evaluation": f"lr={r.lr:g} {r.pooling}",
                          "lr": r.lr, "pooling": r.pooling, "diverged": r.diverged, "value": r.val_top1})

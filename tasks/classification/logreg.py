@@ -97,7 +97,7 @@ class LogReg(ClassificationTask, Task):
             top1, top5 = test_scores(thetas[best])
             base = {**common, "cost": costs[best], "val_top1": float(val[0, best]), "not_converged": not_converged,
                     "fits": len(costs)}
-            rows += [{**base, "metric": "top1", "value": float(top1[0])},
+            rows += [{**base, "metric": "top1", "value": float(top1[0]), "transfer_column": f"{NAME} {layer} top1"},
                      {**base, "metric": "top5", "value": float(top5[0])}]
             rows += [{**common, "metric": "val_top1", "evaluation": f"C={cost:g}", "cost": cost,
                       "value": float(val[0, i])} for i, cost in enumerate(costs)]
@@ -118,5 +118,8 @@ class LogReg(ClassificationTask, Task):
                 part = draw_rows(base, shots, metric, values.tolist())
                 for d, row in enumerate(part[:len(draws)]):
                     row["cost"], row["val_top1"] = costs[int(best[d])], float(val[d, best[d]])
+                for row in part:
+                    if row["metric"] == "top1_mean":
+                        row["transfer_column"] = f"{NAME} {layer} {shots}-shot top1"
                 rows += part
         return rows

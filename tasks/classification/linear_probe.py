@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.logreg import small_problem_threads
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, ListOf, declare
 from benchmark.paths import inside
@@ -108,6 +109,27 @@ class LinearProbe(ClassificationTask, Task):
     def units(self, arch: Architecture) -> list[str]:
         return ["grid"]
 
+    @staticmethod
+    def train(ctx, epochs, n, batch, scale, total, inputs, grids, y_train, y_val, lrs, curves) -> None:
+        """Every head sees the same batches in the same order: one pass over the features per epoch."""
+        steps_per_epoch = math.ceil(n / batch)
+        step = 0
+        for epoch in range(epochs):
+            order = epoch_order(ctx.seed, epoch, n)
+            losses = {key: torch.zeros(len(lrs)) for key in grids}
+            for start in range(0, n, batch):
+                index = order[start:start + batch]
+                cosine = 0.5 * (1 + math.cos(math.pi * step / total))
+                for key, heads in grids.items():
+                    losses[key] += heads.step(inputs[key][0][index], y_train[index], scale * cosine)
+                step += 1
+            for key, heads in grids.items():
+                val_top1 = _topk(heads.logits(inputs[key][1]), y_val, 1).masked_fill(heads.diverged, 0.0)
+                for h, lr in enumerate(lrs):
+                    curves.append({"epoch": epoch + 1, "layer": key[0], "pooling": key[1], "lr": lr,
+                                   "train_loss": float(losses[key][h] / steps_per_epoch),
+                                   "val_top1": float(val_top1[h]), "diverged": bool(heads.diverged[h])})
+
     def output_dir(self, ctx: RunContext, model: LoadedModel):
         return inside(ctx.run_dir, NAME, self.instance_name or NAME, model.name)
 
@@ -131,26 +153,12 @@ class LinearProbe(ClassificationTask, Task):
                 inputs[layer, pooling] = (pooled(train, grid, pooling), pooled(val, grid, pooling))
                 grids[layer, pooling] = HeadGrid(inputs[layer, pooling][0].shape[1], data.num_classes, lrs, generator)
         n, batch = len(y_train), min(c["batch_size"], len(y_train))
-        steps_per_epoch = math.ceil(n / batch)
-        total = steps_per_epoch * c["epochs"]
+        total = math.ceil(n / batch) * c["epochs"]
         scale = batch / 256
         curves = []
-        step = 0
-        for epoch in range(c["epochs"]):
-            order = epoch_order(ctx.seed, epoch, n)
-            losses = {key: torch.zeros(len(lrs)) for key in grids}
-            for start in range(0, n, batch):
-                index = order[start:start + batch]
-                cosine = 0.5 * (1 + math.cos(math.pi * step / total))
-                for key, heads in grids.items():
-                    losses[key] += heads.step(inputs[key][0][index], y_train[index], scale * cosine)
-                step += 1
-            for key, heads in grids.items():
-                val_top1 = _topk(heads.logits(inputs[key][1]), y_val, 1).masked_fill(heads.diverged, 0.0)
-                for h, lr in enumerate(lrs):
-                    curves.append({"epoch": epoch + 1, "layer": key[0], "pooling": key[1], "lr": lr,
-                                   "train_loss": float(losses[key][h] / steps_per_epoch),
-                                   "val_top1": float(val_top1[h]), "diverged": bool(heads.diverged[h])})
+        work = sum(batch * x[0].shape[1] * data.num_classes * len(lrs) for x in inputs.values())
+        with small_problem_threads(torch.device("cpu"), work):
+            self.train(ctx, c["epochs"], n, batch, scale, total, inputs, grids, y_train, y_val, lrs, curves)
         out = self.output_dir(ctx, model)
         curves = pd.DataFrame(curves)
         buffer = io.StringIO()

@@ -31,7 +31,7 @@ import numpy as np
 from benchmark.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LAYOUTS = ("auto", "imagefolder", "csv")
+LAYOUTS = ("auto", "imagefolder", "csv", "places205")
 _SYNTH_HINT = "generate a small one with: ssl-bench data synth classification --out DIR"
 
 
@@ -115,15 +115,31 @@ def detect_layout(root: Path, train_split: str) -> str:
 
 
 def split_exists(root: Path, split: str, layout: str) -> bool:
+    if layout == "places205":
+        from benchmark.datasets.places import PLACES205_SPLITS
+
+        return split in PLACES205_SPLITS
     return (root / f"{split}.csv").is_file() if layout == "csv" else (root / split).is_dir()
 
 
 def load_split(root: Path, split: str, layout: str, class_names: list[str] | None = None) -> ClassificationSplit:
     """Read one split; ``class_names`` (the training split's) fixes the label indices, and a label
     outside them is an error. Without it the split defines the classes (sorted)."""
+    if layout == "places205":
+        return _load_places205(root, split)
     if layout == "csv":
         return _load_csv(root, split, class_names)
     return _load_folder(root, split, class_names)
+
+
+def _load_places205(root: Path, split: str) -> ClassificationSplit:
+    """Places205 in its official layout (``benchmark.datasets.places``): the train list and the val
+    list (Places205's test set) with their integer labels and scene names."""
+    from benchmark.datasets.places import find_image_dir, load_places205
+
+    places = load_places205(root, split)
+    return ClassificationSplit(find_image_dir(root), split, places.image_paths, places.labels,
+                               places.class_names, str(root / split))
 
 
 def _check_files(paths: list[Path], where: str) -> None:

@@ -83,3 +83,14 @@ def test_errors_name_the_problem(folders, tmp_path):
     data = load_classification(tmp_path, "tree2", val_fraction=0.5)
     with pytest.raises(DatasetError, match=r"1.jpg is corrupt or not an image"):
         open_rgb(data.test.split.image_paths[0])  # decoding happens at extraction: named there
+
+
+def test_places205_official_lists_as_a_classification_dataset(tmp_path):
+    from benchmark.datasets.synth_places import synth_places205
+
+    synth_places205(tmp_path, num_classes=3, train_per_class=4, val_per_class=2, min_side=32, max_side=40)
+    data = load_classification(tmp_path, "Places205", layout="places205", test_split="val",
+                               val_split="holdout", val_fraction=0.25)
+    assert (len(data.train), len(data.val), len(data.test)) == (9, 3, 6)  # val carved: Places205's val is test
+    assert data.class_names == ["abbey", "airport_terminal", "alley"]
+    assert data.train.split.fingerprint() != data.test.split.fingerprint()

@@ -133,20 +133,25 @@ def _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory):
         pending = active.clone()
         new_theta = theta.clone()
         new_f = f.clone()
-        for _ in range(40):  # backtracking: halve the step of the problems without sufficient decrease
+        first_g = None
+        for attempt in range(40):  # backtracking: halve the step of the problems without sufficient decrease
             trial = theta + (step[:, None] * direction).reshape(shape) * pending[:, None, None]
-            trial_f, _ = _objective(trial, X, onehot, lam, grad=False)
+            # the full step is usually accepted: its gradient is computed with it, not in another pass
+            trial_f, trial_g = _objective(trial, X, onehot, lam, grad=attempt == 0)
+            if attempt == 0:
+                first_g = trial_g
             ok = pending & (trial_f <= f + 1e-4 * step * slope)
             new_theta[ok], new_f[ok] = trial[ok], trial_f[ok]
             pending &= ~ok
             if not pending.any():
                 break
             step = torch.where(pending, step * 0.5, step)
+        reuse = attempt == 0  # every active problem took the first step (the others did not move)
         # no strict decrease, even with tiny steps: at the optimum to rounding (float64 resolution
         # of f), where the gradient may stay a little above tol; stop there rather than creep
         stalled = active & (pending | (new_f >= f))
         moved = active & ~stalled
-        _, new_g = _objective(new_theta, X, onehot, lam)
+        new_g = first_g if reuse else _objective(new_theta, X, onehot, lam)[1]
         new_g = new_g.reshape(B, P)
         s = (new_theta - theta).reshape(B, P)
         yv = new_g - g

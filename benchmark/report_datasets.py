@@ -1,6 +1,6 @@
 """Leaderboard section "Across datasets": for every result column that a task marks comparable
 across datasets (rows with a ``transfer_column``, e.g. "knn pool5 20-NN top1"), a models x datasets
-table with the mean over the datasets. A model that lacks a dataset gets no mean (an average over
+table with the mean over the datasets (where a column has two datasets or more). A model that lacks a dataset gets no mean (an average over
 different datasets would not compare)."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ def across_datasets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for column, sub in rows.groupby("transfer_column", sort=False):
         table = sub.pivot_table(index="model", columns="dataset", values="value", aggfunc="mean", sort=False)
         table = table.reindex(index=list(dict.fromkeys(sub["model"])), columns=list(dict.fromkeys(sub["dataset"])))
+        if table.shape[1] < 2:
+            continue  # one dataset: its task's own table says it all
         table["mean"] = table.mean(axis=1, skipna=False)
         tables[column] = table
     return tables

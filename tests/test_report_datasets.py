@@ -20,3 +20,4 @@ def test_table_per_column_with_mean_and_no_mean_for_a_missing_dataset():
     assert tables["logreg pool5 top1"].loc["a", "mean"] == 70.0
     assert "## Across datasets" in across_datasets_lines(df)
     assert across_datasets_lines(df.drop(columns="transfer_column")) == []
+    assert across_datasets_lines(df[df.dataset == "food"]) == []  # one dataset: nothing to average

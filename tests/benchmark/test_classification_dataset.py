@@ -94,3 +94,15 @@ def test_places205_official_lists_as_a_classification_dataset(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (9, 3, 6)  # val carved: Places205's val is test
     assert data.class_names == ["abbey", "airport_terminal", "alley"]
     assert data.train.split.fingerprint() != data.test.split.fingerprint()
+
+
+def test_cli_writes_a_loadable_dataset(tmp_path, capsys):
+    from benchmark.cli import main
+
+    assert main(["data", "synth", "classification", "--out", str(tmp_path), "--classes", "3", "--per-class", "3",
+                 "--layout", "csv", "--name", "mini", "--val-per-class", "1"]) == 0
+    assert "3 classes x (3 train + 1 test + 1 val)" in capsys.readouterr().out
+    data = load_classification(tmp_path, "mini")
+    assert (data.layout, len(data.train), len(data.val), len(data.test)) == ("csv", 9, 3, 3)
+    first = open_rgb(data.train.split.image_paths[0])
+    assert 64 <= min(first.size) and max(first.size) <= 96

@@ -28,7 +28,11 @@ $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv: | $(VENV)/.ins
 $(DEMO_DATA)/NYUv2/splits.mat: | $(VENV)/.installed
 	$(VENV)/bin/ssl-bench data synth nyuv2 --out $(DEMO_DATA) --seed 0
 
-demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv $(DEMO_DATA)/NYUv2/splits.mat
+# knn, logreg and linear_probe of the mini suite: 10 shape classes, 40 train + 13 test images each
+$(DEMO_DATA)/synth-classification/test: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth classification --out $(DEMO_DATA) --classes 10 --per-class 40 --seed 0
+
+demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv $(DEMO_DATA)/NYUv2/splits.mat $(DEMO_DATA)/synth-classification/test
 	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
 	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
 	@echo "Report: $(abspath runs/goyal2019-mini/report.html) (open it in a browser; self-contained)"

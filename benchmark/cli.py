@@ -173,6 +173,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
+    if args.dataset == "classification":
+        from .datasets.synth_classification import synth_classification
+
+        per_split = {"train": args.per_class, "test": max(1, args.per_class // 3)}
+        if args.val_per_class:
+            per_split["val"] = args.val_per_class
+        root = synth_classification(Path(args.out), name=args.name, num_classes=args.classes, per_split=per_split,
+                                    layout=args.layout, seed=args.seed)
+        shown = " + ".join(f"{n} {s}" for s, n in per_split.items())
+        print(f"wrote {args.classes} classes x ({shown}) images in {args.layout} layout to {root}")
+        return 0
     if args.dataset == "nyuv2":
         from .datasets.synth_nyuv2 import synth_nyuv2
 
@@ -257,13 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
-    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2"])
-    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007, OUT/Places205 "
-                       "or OUT/NYUv2")
+    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2", "classification"])
+    synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007, OUT/Places205, "
+                       "OUT/NYUv2 or OUT/NAME (classification)")
     synth.add_argument("--images", type=int, default=400, help="voc07 only")
-    synth.add_argument("--classes", type=int, default=10, help="places205 only")
-    synth.add_argument("--per-class", type=int, default=30, help="places205 only: train images per class "
-                       "(val gets per-class // 3)")
+    synth.add_argument("--classes", type=int, default=10, help="places205 and classification")
+    synth.add_argument("--per-class", type=int, default=30, help="places205 and classification: train images per "
+                       "class (val, or classification's test, gets per-class // 3)")
+    synth.add_argument("--val-per-class", type=int, default=0, help="classification only: a val split with this "
+                       "many images per class (default none: tasks carve one out of train)")
+    synth.add_argument("--layout", choices=["imagefolder", "csv"], default="imagefolder", help="classification only")
+    synth.add_argument("--name", default="synth-classification", help="classification only: the dataset folder")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
 

@@ -13,6 +13,7 @@ from .published import MARK, load_published, markdown_lines, published_tables
 from .errors import BenchmarkError
 from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
+from .report_datasets import across_datasets_lines
 from .results import ResultStore, atomic_write_text
 from .rows import HEADLINE_METRICS, headline_rows, save_figure, text_column  # noqa: F401  (the report's helpers)
 from .scaling import annotate, plot_scaling
@@ -120,6 +121,7 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
                 lines += ["> " + warning, ""]
             lines += [sub.to_markdown(floatfmt=".2f"), ""]
             page.leaderboard.append((section, sub, warning))
+        lines += across_datasets_lines(df)
         protocol = _protocol_lines(df)
         lines += protocol
         page.notes.append(("How these numbers were made", protocol[2:]))

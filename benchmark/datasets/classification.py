@@ -1,0 +1,279 @@
+"""Generic single-label image classification datasets: an ImageFolder tree or CSV lists.
+
+Two on-disk layouts, detected per dataset folder:
+
+- ImageFolder: ``root/<split>/<class>/<image>`` (jpg, jpeg, png, bmp, webp, any case). The classes
+  are the sub-folders of the training split, sorted; another split may not have a class folder the
+  training split lacks.
+- CSV lists: ``root/<split>.csv`` with one ``path,label`` line per image (an optional header line
+  ``path,label``), the path relative to ``root``, the label a class name. The classes are the
+  training list's labels, sorted; a label of another list that the training list lacks is an error
+  naming the file and line.
+
+Split names are the dataset's own (``train``/``val``/``test``, ``trainval``, ...). When the
+validation split is absent, it is carved out of the training split: per class, ``round(fraction x
+n_c)`` images (at least one where a class has two or more), drawn with a recorded seed. The carving
+is an index set on the training split, so the training split's cached features serve both parts.
+
+Only existence (and a non-zero size) of the listed files is checked at load; an image that cannot
+be decoded is a DatasetError naming the file when it is read (``benchmark.datasets.images``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.errors import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LAYOUTS = ("auto", "imagefolder", "csv", "places205")
+_SYNTH_HINT = "generate a small one with: ssl-bench data synth classification --out DIR"
+
+
+@dataclass
+class ClassificationSplit:
+    """One on-disk split: image ``i`` at ``image_paths[i]`` has class ``labels[i]``."""
+
+    root: Path
+    name: str
+    image_paths: list[Path]
+    labels: np.ndarray  # int64 indices into class_names
+    class_names: list[str]
+    source: str  # the folder or list file it was read from
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def fingerprint(self) -> str:
+        """Cache key of the split: changes when its paths, labels or any image file size change."""
+        digest = hashlib.sha256(f"{self.name}\n".encode())
+        for path, label in zip(self.image_paths, self.labels.tolist()):
+            digest.update(f"{path.relative_to(self.root).as_posix()}\t{label}\t{path.stat().st_size}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class SplitPart:
+    """Rows ``indices`` of an on-disk split (all of them, or one side of a carved validation set)."""
+
+    split: ClassificationSplit
+    indices: np.ndarray
+    description: str  # e.g. "train" or "train minus 10 % carved out (stratified, seed 0)"
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.split.labels[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class ClassificationData:
+    """A dataset folder with its training, validation and test parts resolved."""
+
+    name: str
+    root: Path
+    layout: str
+    class_names: list[str]
+    train: SplitPart
+    val: SplitPart
+    test: SplitPart
+    carved: dict = field(default_factory=dict)  # {fraction, seed} when val was carved out of train
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def disk_splits(self) -> dict[str, ClassificationSplit]:
+        """The on-disk splits the parts read (one entry per split, whose features are extracted once)."""
+        return {part.split.name: part.split for part in (self.train, self.val, self.test)}
+
+    def provenance(self) -> dict:
+        """What every result row says about the data it was computed on."""
+        return {"dataset": self.name, "layout": self.layout, "n_classes": self.num_classes,
+                "train_split": self.train.description, "val_split": self.val.description,
+                "test_split": self.test.description, "n_train": len(self.train), "n_val": len(self.val),
+                "n_test": len(self.test)}
+
+
+def detect_layout(root: Path, train_split: str) -> str:
+    if (root / f"{train_split}.csv").is_file():
+        return "csv"
+    if (root / train_split).is_dir():
+        return "imagefolder"
+    raise DatasetError(
+        f"classification dataset {root}: found neither {root / train_split}/ (ImageFolder layout: "
+        f"{train_split}/<class>/<image>.jpg) nor {root / (train_split + '.csv')} (CSV layout: 'path,label' lines); "
+        f"{_SYNTH_HINT}")
+
+
+def split_exists(root: Path, split: str, layout: str) -> bool:
+    if layout == "places205":
+        from benchmark.datasets.places import PLACES205_SPLITS
+
+        return split in PLACES205_SPLITS
+    return (root / f"{split}.csv").is_file() if layout == "csv" else (root / split).is_dir()
+
+
+def load_split(root: Path, split: str, layout: str, class_names: list[str] | None = None) -> ClassificationSplit:
+    """Read one split; ``class_names`` (the training split's) fixes the label indices, and a label
+    outside them is an error. Without it the split defines the classes (sorted)."""
+    if layout == "places205":
+        return _load_places205(root, split)
+    if layout == "csv":
+        return _load_csv(root, split, class_names)
+    return _load_folder(root, split, class_names)
+
+
+def _load_places205(root: Path, split: str) -> ClassificationSplit:
+    """Places205 in its official layout (``benchmark.datasets.places``): the train list and the val
+    list (Places205's test set) with their integer labels and scene names."""
+    from benchmark.datasets.places import find_image_dir, load_places205
+
+    places = load_places205(root, split)
+    return ClassificationSplit(find_image_dir(root), split, places.image_paths, places.labels,
+                               places.class_names, str(root / split))
+
+
+def _check_files(paths: list[Path], where: str) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:5])
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise DatasetError(f"{len(missing)} image(s) listed in {where} are missing: {shown}{more}")
+    empty = [p for p in paths if p.stat().st_size == 0]
+    if empty:
+        raise DatasetError(f"{len(empty)} image(s) of {where} are empty files (0 bytes), e.g. {empty[0]}; "
+                           f"replace or re-extract them")
+
+
+def _load_folder(root: Path, split: str, class_names: list[str] | None) -> ClassificationSplit:
+    folder = root / split
+    if not folder.is_dir():
+        raise DatasetError(f"split folder {folder} does not exist (ImageFolder layout: {split}/<class>/<image>.jpg); "
+                           f"{_SYNTH_HINT}")
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise DatasetError(f"split folder {folder} has no class sub-folders; expected {split}/<class>/<image>.jpg")
+    if class_names is None:
+        class_names = found
+    else:
+        unknown = [c for c in found if c not in class_names]
+        if unknown:
+            raise DatasetError(f"split folder {folder} has class folder(s) {unknown} that the training split lacks "
+                               f"(its classes: {', '.join(class_names[:10])}{'...' if len(class_names) > 10 else ''}); "
+                               f"rename or remove them")
+    index = {c: i for i, c in enumerate(class_names)}
+    paths, labels = [], []
+    for name in found:
+        images = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not images:
+            raise DatasetError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                               f"add images or remove the folder")
+        paths += images
+        labels += [index[name]] * len(images)
+    _check_files(paths, str(folder))
+    return ClassificationSplit(root, split, paths, np.asarray(labels, dtype=np.int64), list(class_names), str(folder))
+
+
+def _load_csv(root: Path, split: str, class_names: list[str] | None) -> ClassificationSplit:
+    list_file = root / f"{split}.csv"
+    if not list_file.is_file():
+        raise DatasetError(f"list file {list_file} does not exist (CSV layout: one 'path,label' line per image, "
+                           f"paths relative to {root}); {_SYNTH_HINT}")
+    relative, names = [], []
+    with list_file.open(newline="") as handle:
+        for line_no, fields in enumerate(csv.reader(handle), start=1):
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if line_no == 1 and [f.strip().lower() for f in fields] == ["path", "label"]:
+                continue
+            if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+                raise DatasetError(f"{list_file}:{line_no}: expected 'path,label' (e.g. 'images/cat/001.jpg,cat'), "
+                                   f"got {','.join(fields)!r}")
+            relative.append(fields[0].strip())
+            names.append(fields[1].strip())
+    if not relative:
+        raise DatasetError(f"list file {list_file} lists no images; expected one 'path,label' line per image")
+    if class_names is None:
+        class_names = sorted(set(names))
+    index = {c: i for i, c in enumerate(class_names)}
+    for position, name in enumerate(names):
+        if name not in index:
+            raise DatasetError(f"{list_file}: label {name!r} (data line {position + 1}: {relative[position]}) is not "
+                               f"a class of the training list; its classes: "
+                               f"{', '.join(class_names[:10])}{'...' if len(class_names) > 10 else ''}")
+    paths = [root / r for r in relative]
+    _check_files(paths, str(list_file))
+    return ClassificationSplit(root, split, paths, np.asarray([index[n] for n in names], dtype=np.int64),
+                               list(class_names), str(list_file))
+
+
+def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices), stratified: per class round(fraction x n_c) images to val (at
+    least one where the class has two or more, never all of them), drawn from ``seed``."""
+    rng = np.random.default_rng([seed, 0xCA7E])
+    val = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = int(round(fraction * len(members)))
+        take = min(max(take, 1 if len(members) >= 2 else 0), len(members) - 1)
+        if take:
+            val.append(rng.choice(members, take, replace=False))
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def load_classification(data_root: str | Path, name: str, *, layout: str = "auto", train_split: str = "train",
+                        val_split: str = "val", test_split: str = "test", val_fraction: float = 0.1,
+                        val_seed: int = 0) -> ClassificationData:
+    """The dataset ``data_root/name`` with its three parts. A missing ``val_split`` is carved out of
+    ``train_split`` (``val_fraction``, stratified, ``val_seed``); a missing training or test split
+    is an error."""
+    root = Path(data_root).expanduser() / name
+    if not root.is_dir():
+        raise DatasetError(f"classification dataset folder {root} does not exist; expected {name}/ under the data "
+                           f"root {data_root} holding train/<class>/*.jpg folders or train.csv lists; {_SYNTH_HINT}")
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r} for {root}; expected one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(root, train_split)
+    train = load_split(root, train_split, layout)
+    if len(train.class_names) < 2:
+        raise DatasetError(f"{train.source} has {len(train.class_names)} class; classification needs at least 2")
+    if not split_exists(root, test_split, layout):
+        where = root / (f"{test_split}.csv" if layout == "csv" else test_split)
+        raise DatasetError(f"test split {where} does not exist; name the test split with the task option test_split "
+                           f"(splits found: {', '.join(_splits_found(root, layout)) or 'none'})")
+    test = load_split(root, test_split, layout, train.class_names)
+    everything = np.arange(len(train.labels))
+    carved = {}
+    if val_split and split_exists(root, val_split, layout):
+        val = load_split(root, val_split, layout, train.class_names)
+        train_part = SplitPart(train, everything, train_split)
+        val_part = SplitPart(val, np.arange(len(val.labels)), val_split)
+    else:
+        train_idx, val_idx = carve_validation(train.labels, val_fraction, val_seed)
+        if not len(val_idx):
+            raise DatasetError(f"{train.source}: no validation images can be carved out (every class has a single "
+                               f"image); add a {val_split} split")
+        how = f"{100 * val_fraction:g} % of {train_split} per class, seed {val_seed}"
+        train_part = SplitPart(train, train_idx, f"{train_split} minus val ({how})")
+        val_part = SplitPart(train, val_idx, f"val carved from {how}")
+        carved = {"fraction": val_fraction, "seed": val_seed}
+    return ClassificationData(name, root, layout, train.class_names, train_part, val_part,
+                              SplitPart(test, np.arange(len(test.labels)), test_split), carved)
+
+
+def _splits_found(root: Path, layout: str) -> list[str]:
+    if layout == "csv":
+        return sorted(p.stem for p in root.glob("*.csv"))
+    return sorted(p.name for p in root.iterdir() if p.is_dir())

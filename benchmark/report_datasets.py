@@ -1,0 +1,35 @@
+"""Leaderboard section "Across datasets": for every result column that a task marks comparable
+across datasets (rows with a ``transfer_column``, e.g. "knn pool5 20-NN top1"), a models x datasets
+table with the mean over the datasets (where a column has two datasets or more). A model that lacks a dataset gets no mean (an average over
+different datasets would not compare)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def across_datasets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    if df.empty or "transfer_column" not in df:
+        return {}
+    rows = df[df["transfer_column"].fillna("").astype(str) != ""]
+    tables = {}
+    for column, sub in rows.groupby("transfer_column", sort=False):
+        table = sub.pivot_table(index="model", columns="dataset", values="value", aggfunc="mean", sort=False)
+        table = table.reindex(index=list(dict.fromkeys(sub["model"])), columns=list(dict.fromkeys(sub["dataset"])))
+        if table.shape[1] < 2:
+            continue  # one dataset: its task's own table says it all
+        table["mean"] = table.mean(axis=1, skipna=False)
+        tables[column] = table
+    return tables
+
+
+def across_datasets_lines(df: pd.DataFrame) -> list[str]:
+    tables = across_datasets(df)
+    if not tables:
+        return []
+    lines = ["## Across datasets", "",
+             "Each table: one comparable number per dataset (its task's own table above has the details) and "
+             "their mean; a model missing a dataset has no mean.", ""]
+    for column, table in tables.items():
+        lines += [f"### {column}", "", table.to_markdown(floatfmt=".2f"), ""]
+    return lines

@@ -1,0 +1,128 @@
+"""What the classification tasks share: the dataset options, cached features of its splits,
+few-shot draws and their aggregation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats as scipy_stats
+
+from benchmark.datasets.classification import LAYOUTS, ClassificationData, SplitPart, load_classification
+from benchmark.engine import LoadedModel, RunContext
+from benchmark.models import Architecture
+from benchmark.options import Choice, Device, Float, Int, ListOf, Name
+
+from ..common import IMAGE_SIZE, LAYERS, resolve_layers, split_features, split_needs
+
+# the dataset options of every classification task (see benchmark.datasets.classification)
+DATA_OPTIONS = {
+    "dataset": Name("synth-classification"),  # the folder under the data root
+    "layout": Choice(*LAYOUTS),
+    "train_split": Name("train"),
+    "val_split": Name("val"),  # absent on disk: carved out of train_split
+    "test_split": Name("test"),
+    "val_fraction": Float(0.1, min=0, max=0.5, min_open=True),
+    "val_seed": Int(0, min=0),
+    "layers": LAYERS,
+    "image_size": IMAGE_SIZE,
+}
+FEW_SHOT = ListOf(Int(min=1), [], unique=True)  # images per class; [] = full data only
+DRAWS = Int(5, min=1)
+COMPUTE_DEVICE = Device("auto")  # where the kNN search / logistic regression runs (auto: cuda if available)
+
+
+def compute_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ClassificationTask:
+    """Mixin: the dataset of the task's options, its cached features, and its rows' provenance."""
+
+    dataset = "classification"
+
+    def data(self, ctx: RunContext) -> ClassificationData:
+        c = self.config
+        return load_classification(ctx.data_root, c["dataset"], layout=c["layout"], train_split=c["train_split"],
+                                   val_split=c["val_split"], test_split=c["test_split"],
+                                   val_fraction=c["val_fraction"], val_seed=c["val_seed"])
+
+    def layers(self, arch: Architecture) -> list[str]:
+        return resolve_layers(self.name, self.config["layers"], arch)
+
+    def check_data(self, ctx: RunContext) -> None:
+        self.data(ctx)
+
+    def feature_key(self) -> str:
+        return f"classification/{self.config['dataset']}"
+
+    def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
+        return split_needs(arch, self.feature_key(), self.data(ctx).disk_splits(), self.layers(arch),
+                           self.config["image_size"])
+
+    def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
+        self.split_features(ctx, model, self.data(ctx))
+
+    def split_features(self, ctx: RunContext, model: LoadedModel, data: ClassificationData) -> dict:
+        """{split name: {layer: memory-mapped (n, d) float32}} for every on-disk split the parts read."""
+        return {name: split_features(ctx, model, split, self.feature_key(), name, self.layers(model.arch),
+                                     self.config["image_size"])
+                for name, split in data.disk_splits().items()}
+
+    def common_row(self, model: LoadedModel, data: ClassificationData, layer: str) -> dict:
+        return {**data.provenance(), "layer": layer,
+                "image_size": self.config["image_size"] or model.arch.reference_input_size}
+
+
+def part_rows(features: dict, part: SplitPart, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the split's memory-mapped features of ``layer``, the part's row indices)."""
+    return features[part.split.name][layer], part.indices
+
+
+def load_part(features: dict, part: SplitPart, layer: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """The part's feature rows (``rows``: positions within the part) as an in-memory array."""
+    array, indices = part_rows(features, part, layer)
+    indices = indices if rows is None else indices[rows]
+    return np.asarray(array[indices], dtype=np.float32)
+
+
+_DRAW_TAG = 0xF3A5
+
+
+def few_shot_draw(labels: np.ndarray, shots: int, seed: int, draw: int) -> np.ndarray | None:
+    """Positions (within the training part: disjoint from validation and test) of ``shots`` images
+    per class, a function of (seed, shots, draw) only; None when a class has fewer images."""
+    counts = np.bincount(labels)
+    if (counts[counts > 0] < shots).any() or (counts == 0).any():
+        return None
+    rng = np.random.default_rng([seed, _DRAW_TAG, shots, draw])
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
+                                   for c in range(len(counts))]))
+
+
+@dataclass
+class Aggregate:
+    mean: float
+    std: float  # population std over draws, as the low-shot tasks report
+    min: float
+    max: float
+    ci95: float  # half-width of the 95 % t-interval of the mean (sample std, n-1 dof)
+
+
+def aggregate(values) -> Aggregate:
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    half = (scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return Aggregate(float(values.mean()), float(values.std()), float(values.min()), float(values.max()), float(half))
+
+
+def draw_rows(base: dict, shots: int, metric: str, per_draw: list[float]) -> list[dict]:
+    """Per-draw rows plus mean/std/min/max/ci95 over draws of one (shots, metric)."""
+    rows = [{**base, "k": shots, "metric": metric, "sample": d + 1, "value": float(v)} for d, v in enumerate(per_draw)]
+    agg = aggregate(per_draw)
+    rows += [{**base, "k": shots, "metric": f"{metric}_{name}", "sample": "", "value": getattr(agg, name)}
+             for name in ("mean", "std", "min", "max", "ci95")]
+    return rows

@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -39,7 +38,7 @@ from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, ListOf, declare
 from benchmark.paths import inside
 from benchmark.results import atomic_write_text
-from benchmark.training import atomic_torch_save, derived_seed, epoch_order
+from benchmark.training import Schedule, atomic_torch_save, derived_seed, epoch_order
 
 from .common import DATA_OPTIONS, ClassificationTask, load_part
 
@@ -113,15 +112,16 @@ class LinearProbe(ClassificationTask, Task):
     def train(ctx, epochs, n, batch, scale, total, inputs, grids, y_train, y_val, lrs, curves) -> None:
         """Every head sees the same batches in the same order: one pass over the features per epoch."""
         steps_per_epoch = math.ceil(n / batch)
+        # each head's LR is its grid value x scale x this cosine factor (1 at the first step, 0 at the end)
+        cosine = Schedule("linear_probe", iterations=total, base_lr=1.0, batch_size=batch, decay="cosine")
         step = 0
         for epoch in range(epochs):
             order = epoch_order(ctx.seed, epoch, n)
             losses = {key: torch.zeros(len(lrs)) for key in grids}
             for start in range(0, n, batch):
                 index = order[start:start + batch]
-                cosine = 0.5 * (1 + math.cos(math.pi * step / total))
                 for key, heads in grids.items():
-                    losses[key] += heads.step(inputs[key][0][index], y_train[index], scale * cosine)
+                    losses[key] += heads.step(inputs[key][0][index], y_train[index], scale * cosine.factor(step))
                 step += 1
             for key, heads in grids.items():
                 val_top1 = _topk(heads.logits(inputs[key][1]), y_val, 1).masked_fill(heads.diverged, 0.0)

@@ -1,7 +1,12 @@
-"""What the feature-based tasks share: layer choice, cached features of a dataset split, and the
-SVM tasks' options and solver."""
+"""What the feature-based tasks share: layer choice, cached features of a dataset split, the
+SVM tasks' options and solver, and the aggregation over seeded samples or draws."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
 
 from benchmark.datasets.images import svm_transform
 from benchmark.diskspace import FeatureNeed
@@ -69,3 +74,22 @@ class SVMTask:
         """The solver of this task's options (an unknown solver: ConfigError naming the task)."""
         return make_solver(self.config.solver, self.config.svm_device, n_jobs=self.config.n_jobs,
                            seed=ctx.seed, span=self.config.get("span_coordinates", True), task=self.name)
+
+
+# --- aggregation over seeded samples (low-shot) and draws (few-shot classification) ----------
+
+@dataclass
+class Aggregate:
+    mean: float
+    std: float  # population std over samples / draws, as the reference reports
+    min: float
+    max: float
+    ci95: float  # half-width of the 95 % t-interval of the mean (sample std, n-1 dof)
+
+
+def aggregate(values) -> Aggregate:
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    half = (scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return Aggregate(float(values.mean()), float(values.std()), float(values.min()), float(values.max()),
+                     float(half))

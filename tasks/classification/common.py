@@ -3,18 +3,16 @@ few-shot draws and their aggregation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats as scipy_stats
 
 from benchmark.datasets.classification import LAYOUTS, ClassificationData, SplitPart, load_classification
 from benchmark.engine import LoadedModel, RunContext
 from benchmark.models import Architecture
 from benchmark.options import Choice, Device, Float, Int, ListOf, Name
 
-from ..common import IMAGE_SIZE, LAYERS, resolve_layers, split_features, split_needs
+from ..common import IMAGE_SIZE, LAYERS, aggregate, resolve_layers, split_features, split_needs
 
 # the dataset options of every classification task (see benchmark.datasets.classification)
 DATA_OPTIONS = {
@@ -101,22 +99,6 @@ def few_shot_draw(labels: np.ndarray, shots: int, seed: int, draw: int) -> np.nd
     rng = np.random.default_rng([seed, _DRAW_TAG, shots, draw])
     return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
                                    for c in range(len(counts))]))
-
-
-@dataclass
-class Aggregate:
-    mean: float
-    std: float  # population std over draws, as the low-shot tasks report
-    min: float
-    max: float
-    ci95: float  # half-width of the 95 % t-interval of the mean (sample std, n-1 dof)
-
-
-def aggregate(values) -> Aggregate:
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    half = (scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return Aggregate(float(values.mean()), float(values.std()), float(values.min()), float(values.max()), float(half))
 
 
 def draw_rows(base: dict, shots: int, metric: str, per_draw: list[float]) -> list[dict]:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import io
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from benchmark.errors import DatasetError
 from benchmark.options import Int, ListOf
 from benchmark.paths import atomic_write, inside
+from ..common import Aggregate, aggregate  # noqa: F401  (the aggregation every draw-based task shares)
 from benchmark.svm.protocol import TEST_SELECTED  # noqa: F401  (the reference's selection, named in the rows)
 
 K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
@@ -138,23 +137,6 @@ def sample_directory(run_dir: Path, task: str, split, seed: int) -> Path:
 
 
 # --- selection and aggregation -------------------------------------------------------------
-
-
-@dataclass
-class Aggregate:
-    mean: float
-    std: float  # population std over samples, as the reference reports
-    min: float
-    max: float
-    ci95: float  # half-width of the 95 % t-interval of the mean (sample std, n-1 dof)
-
-
-def aggregate(values) -> Aggregate:
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    half = (scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return Aggregate(float(values.mean()), float(values.std()), float(values.min()), float(values.max()),
-                     float(half))
 
 
 def reference_selection(map_per_cost: np.ndarray) -> int:

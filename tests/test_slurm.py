@@ -23,10 +23,15 @@ LOWSHOT = {"layers": ["res5"], "image_size": 32, "k_values": [1, 4], "num_sample
 
 
 def slurm_suite(data, executor: str) -> str:
-    jobs = {"name": executor, "partition": "debug", "gpus_per_node": 0, "cpus_per_task": 1, "cpus_per_svm_task": 1,
-            "mem_gb": 1, "timeout_min": 20}
+    # a job runs torch with its cpus-per-task as threads (benchmark.cpus): with every core of the
+    # node, as many as the local run has, so that the floating-point sums, and the numbers, agree
+    cores = len(os.sched_getaffinity(0))
+    jobs = {"name": executor, "partition": "debug", "gpus_per_node": 0, "cpus_per_task": cores,
+            "cpus_per_svm_task": cores, "mem_gb": 1, "timeout_min": 20}
     return suite_yaml(data, {"random": RANDOM, "supervised": SUPERVISED_1_EPOCH},
                       {"voc07_svm": voc07_svm(), "lowshot_voc07": LOWSHOT}, executor=jobs)
+
+
 KEY = ["model", "task", "layer", "metric", "class", "k", "sample", "cost_selection"]
 
 

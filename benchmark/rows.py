@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import disk_full, is_disk_full, temporary_path
+from .paths import atomic_output
 
 # normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
 HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
@@ -32,14 +32,8 @@ def save_figure(fig, path: Path) -> None:
     """Writes a matplotlib figure atomically (and closes it); a full disk is a DiskFullError."""
     import matplotlib.pyplot as plt
 
-    tmp = temporary_path(path, keep_suffix=True)
     try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise disk_full(path, exc) from exc
-        raise
+        with atomic_output(path, keep_suffix=True) as tmp:  # matplotlib infers the format from the suffix
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)

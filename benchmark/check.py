@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchmarkError
-from .results import ResultStore, atomic_write_text
+from .paths import atomic_write
+from .results import ResultStore
 
 JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
 EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
@@ -145,7 +146,7 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
 def write_reference(frame: pd.DataFrame, path: Path) -> None:
     body = frame[[c for c in REFERENCE_COLUMNS if c in frame]].to_csv(index=False).encode()
     header = f"# ssl-bench reference: format {FORMAT}, {len(frame)} rows, sha256 {hashlib.sha256(body).hexdigest()}\n"
-    atomic_write_text(Path(path), header + body.decode())
+    atomic_write(Path(path), header + body.decode())
 
 
 def load_run(run_dir: Path, plan=None) -> pd.DataFrame:
@@ -361,4 +362,4 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
 
 def write_comparison(compared: pd.DataFrame, path: Path) -> None:
     columns = JOIN + ["rule", "value_reference", "value_run", "delta", "distance", "tolerance", "outside"]
-    atomic_write_text(path, compared[columns].to_csv(index=False))
+    atomic_write(path, compared[columns].to_csv(index=False))

@@ -14,7 +14,8 @@ from .errors import BenchmarkError
 from .registry import TASKS
 from .svm.protocol import TEST_SELECTED
 from .report_datasets import across_datasets_lines
-from .results import ResultStore, atomic_write_text
+from .paths import atomic_write
+from .results import ResultStore
 from .rows import HEADLINE_METRICS, headline_rows, save_figure, text_column  # noqa: F401  (the report's helpers)
 from .scaling import annotate, plot_scaling
 
@@ -104,7 +105,7 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
     df = annotate(df, run_dir)  # sweep columns of swept models, from the run's config where rows lack them
     table = leaderboard(df)
     paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
-    atomic_write_text(paths["csv"], table.to_csv())
+    atomic_write(paths["csv"], table.to_csv())
     page = HtmlReport(title=f"ssl-bench report: {run_dir.resolve().name}", meta=_meta_line(df))
     lines = [f"# Leaderboard: {run_dir.name}", ""]
     if table.empty:
@@ -152,12 +153,12 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
                                f"table) and protocol are in its CSV file under results/published/.")
     if figures:
         lines += ["", "Figures: " + ", ".join(figures)]
-    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+    atomic_write(paths["md"], "\n".join(lines) + "\n")
     page.details = detail_tables(df, task_families(df, run_dir)) + page.details
     page.costs = unit_costs(df)
     page.failures = failed_units(run_dir)
     paths["html"] = run_dir / "report.html"
-    atomic_write_text(paths["html"], render(page))
+    atomic_write(paths["html"], render(page))
     return paths
 
 

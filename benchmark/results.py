@@ -44,8 +44,6 @@ def legacy_unit_filename(unit_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "__", unit_id) + ".csv"
 
 
-# the names the engine's writers use; one implementation (benchmark.paths.atomic_write)
-atomic_write_text = atomic_write_bytes = atomic_write
 
 
 def _read_csv(data: bytes) -> pd.DataFrame:
@@ -154,7 +152,7 @@ class ResultStore:
         return path
 
     def _write_record(self, path: Path, unit_id: str, rows: int, data: bytes) -> None:
-        atomic_write_text(record_path(path), json.dumps({"unit_id": unit_id, "rows": rows, "bytes": len(data),
+        atomic_write(record_path(path), json.dumps({"unit_id": unit_id, "rows": rows, "bytes": len(data),
                                                          "sha256": _digest(data)}))
 
     def write_unit(self, unit_id: str, rows: list[dict]) -> Path:
@@ -169,14 +167,14 @@ class ResultStore:
         # the file, then its record: a full disk at the first write leaves the earlier file and
         # record as they were; a crash between the two leaves a file that fails its record (the
         # unit reruns)
-        atomic_write_bytes(path, data)
+        atomic_write(path, data)
         self._write_record(path, unit_id, len(frame), data)
         path.with_suffix(".error.txt").unlink(missing_ok=True)
         return path
 
     def write_error(self, unit_id: str, message: str) -> Path:
         path = self.unit_path(unit_id).with_suffix(".error.txt")
-        atomic_write_text(path, message)
+        atomic_write(path, message)
         return path
 
     def load(self, damaged: str = "raise") -> pd.DataFrame:
@@ -205,5 +203,5 @@ class ResultStore:
     def gather(self, damaged: str = "raise", rows: pd.DataFrame | None = None) -> Path:
         """Write results.csv (all rows of all finished units, or ``rows`` already loaded) atomically."""
         path = self.run_dir / "results.csv"
-        atomic_write_text(path, (self.load(damaged) if rows is None else rows).to_csv(index=False))
+        atomic_write(path, (self.load(damaged) if rows is None else rows).to_csv(index=False))
         return path

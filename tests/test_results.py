@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from benchmark.report import convergence_notes, leaderboard, write_report
-from benchmark.results import KEY_COLUMNS, ResultStore, atomic_write_text, unit_filename
+from benchmark.paths import atomic_write
+from benchmark.results import KEY_COLUMNS, ResultStore, unit_filename
 
 PROVENANCE = {"ssl_bench_version": "0.1.0", "git_sha": "abc1234", "device": "cpu", "seed": 0}
 
@@ -105,14 +106,14 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
 
 def test_atomic_write_keeps_old_content_when_replace_fails(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "x.csv"
-    atomic_write_text(path, "old\n")
+    atomic_write(path, "old\n")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr("benchmark.results.os.replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        atomic_write_text(path, "new\n")
+        atomic_write(path, "new\n")
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]  # the temporary file is removed
 

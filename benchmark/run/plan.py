@@ -18,7 +18,7 @@ from ..engine import Task
 from ..errors import BenchmarkError, ConfigError
 from ..models.backbone import get_architecture
 from ..registry import PRETRAINERS, TASKS, closest
-from ..results import atomic_write_text
+from ..paths import atomic_write
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,10 @@ def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | 
 
 def write_plan(plan: Plan) -> None:
     """Everything a job (or a later resume) needs to rebuild this plan, inside the run directory."""
-    atomic_write_text(plan.run_dir / "config.yaml", Path(plan.suite.source).read_text())
-    atomic_write_text(plan.run_dir / "invocation.json", json.dumps(plan.invocation(), indent=1))
-    atomic_write_text(plan.run_dir / "manifest.json", json.dumps([asdict(u) for u in plan.units], indent=1))
-    atomic_write_text(plan.run_dir / "suite.yaml", yaml.safe_dump(_resolved(plan), sort_keys=False))
+    atomic_write(plan.run_dir / "config.yaml", Path(plan.suite.source).read_text())
+    atomic_write(plan.run_dir / "invocation.json", json.dumps(plan.invocation(), indent=1))
+    atomic_write(plan.run_dir / "manifest.json", json.dumps([asdict(u) for u in plan.units], indent=1))
+    atomic_write(plan.run_dir / "suite.yaml", yaml.safe_dump(_resolved(plan), sort_keys=False))
 
 
 def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:

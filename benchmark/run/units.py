@@ -18,7 +18,8 @@ from ..errors import BenchmarkError, ConfigError
 from ..features import FeatureCache
 from ..provenance import measure, resolve_device, static_provenance
 from ..registry import PRETRAINERS
-from ..results import ResultStore, atomic_write_text
+from ..paths import atomic_write
+from ..results import ResultStore
 from ..training import replicate_seed
 from .plan import Plan, Unit, unit_trains
 
@@ -87,7 +88,7 @@ class UnitRunner:
         self.log(f"[ssl-bench] {unit.unit_id}")
         marker = self.store.unit_path(unit.unit_id).with_suffix(".running")
         try:
-            atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+            atomic_write(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                   "job_id": os.environ.get("SLURM_JOB_ID", ""),
                                                   "log": self.log_path, "started": time.time()}))
             model = self.model(unit.model)

@@ -37,7 +37,7 @@ from benchmark.logreg import small_problem_threads
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, ListOf, declare
 from benchmark.paths import inside
-from benchmark.results import atomic_write_text
+from benchmark.paths import atomic_write
 from benchmark.training import Schedule, atomic_torch_save, derived_seed, epoch_order
 
 from .common import DATA_OPTIONS, ClassificationTask, load_part
@@ -163,7 +163,7 @@ class LinearProbe(ClassificationTask, Task):
         curves = pd.DataFrame(curves)
         buffer = io.StringIO()
         curves.to_csv(buffer, index=False)
-        atomic_write_text(out / "curves.csv", buffer.getvalue())
+        atomic_write(out / "curves.csv", buffer.getvalue())
         atomic_torch_save({f"{layer}/{pooling}": {"weight": h.weight, "bias": h.bias, "lrs": h.lrs}
                            for (layer, pooling), h in grids.items()}, out / "heads.pt")
 

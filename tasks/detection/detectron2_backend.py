@@ -100,10 +100,10 @@ def convert_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict[str, np.n
 
 def write_detectron2_checkpoint(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     """The .pkl detectron2's DetectionCheckpointer reads (exact names, no matching heuristics)."""
-    from benchmark.results import atomic_write_bytes
+    from benchmark.paths import atomic_write
 
     content = {"model": convert_to_detectron2(state_dict), "__author__": "ssl-bench", "matching_heuristics": False}
-    atomic_write_bytes(Path(path), pickle.dumps(content, protocol=4))
+    atomic_write(Path(path), pickle.dumps(content, protocol=4))
     return Path(path)
 
 
@@ -209,7 +209,7 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
 
     from benchmark.config import config_hash
     from benchmark.datasets.voc import VOC_CLASSES, load_voc
-    from benchmark.results import atomic_write_bytes, atomic_write_text
+    from benchmark.paths import atomic_write
     from .data import DetectionData
     from .train import resolve_schedule
 
@@ -265,7 +265,7 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     cfg.SEED = ctx.seed
     cfg.OUTPUT_DIR = str(out_dir)
     cfg.freeze()
-    atomic_write_text(out_dir / "config.yaml", cfg.dump())  # detectron2's full config, for rerunning its tools
+    atomic_write(out_dir / "config.yaml", cfg.dump())  # detectron2's full config, for rerunning its tools
     # DefaultTrainer seeds nothing itself (default_setup does, which needs command-line args): the
     # heads' initialisation and the data order (its sampler draws its seed from numpy) follow the run seed
     seed_all_rng(ctx.seed)
@@ -284,8 +284,8 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     absent = [VOC_CLASSES[c] for c in np.flatnonzero(positives == 0)]
     buffer = io.BytesIO()  # the detections detectron2's AP was computed from, whole or absent
     np.savez_compressed(buffer, **detections_from_voc_lines(evaluator._predictions, test_ids))
-    atomic_write_bytes(out_dir / "detections.npz", buffer.getvalue())
-    atomic_write_text(out_dir / "initialised_keys.txt", "\n".join(initialised) + "\n")
+    atomic_write(out_dir / "detections.npz", buffer.getvalue())
+    atomic_write(out_dir / "initialised_keys.txt", "\n".join(initialised) + "\n")
     common = {"dataset": "voc07", "layer": mode, "mode": mode, "train_set": cfg_opts["train_set"],
               "test_set": "voc07_test", "proposals": "rpn(detectron2 faster r-cnn, trained jointly)",
               "backend": "detectron2", **version, "freeze_at": freeze_at, "schedule": schedule.name,

@@ -50,6 +50,11 @@ class LoadedModel:
     weights: str  # content hash of the trunk weights, the feature-cache identity
     info: dict = field(default_factory=dict)
 
+    def row_keys(self) -> tuple[str, ...]:
+        """The ``info`` entries its architecture family puts on every result row
+        (``FamilyInfo.row_keys``; none for a family that declares none)."""
+        return tuple(getattr(self.arch.family_info, "row_keys", ()))
+
 
 class Pretrainer:
     """Produces a frozen backbone. Subclasses declare ``options`` (``benchmark.options.declare``:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,20 @@ class LayerPool:
         return f"adaptive_avg->{self.grid}x{self.grid}"
 
 
+class FamilyInfo:
+    """What an architecture family records about one of its members (``Architecture.family_info``).
+
+    ``provenance()`` goes into the loaded model's ``info``; ``row_keys`` names the ``info`` entries
+    that also go on every result row of the model (lists joined with spaces), so that the engine
+    carries a family's columns without knowing them. The base declares none: families without
+    one of their own add no columns."""
+
+    row_keys: ClassVar[tuple[str, ...]] = ()
+
+    def provenance(self) -> dict:
+        return {}
+
+
 @dataclass(frozen=True)
 class Architecture:
     """What the engine needs to know about an architecture family member."""
@@ -56,9 +70,9 @@ class Architecture:
     reference_input_size: int = 224
     default_layers: tuple[str, ...] = ()
     # Families whose forward is not a chain of stages (timm models): (model, x, layers) -> {layer:
-    # what its pool reads}; ``stages`` is then empty. ``family_info``: what the family records.
+    # what its pool reads}; ``stages`` is then empty. ``family_info``: what the family records (a FamilyInfo).
     feature_maps: Callable | None = None
-    family_info: object = None
+    family_info: FamilyInfo | None = None
 
 
 def list_models() -> list[str]:

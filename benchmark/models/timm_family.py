@@ -41,6 +41,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ from torch import nn
 from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..registry import ARCHITECTURES, closest
-from .backbone import Architecture, LayerPool
+from .backbone import Architecture, FamilyInfo, LayerPool
 from .resnet import RESNET_LAYERS, RESNET_POOLS
 
 PREFIX = "timm/"
@@ -132,8 +133,14 @@ class ConcatPool:
 
 
 @dataclass(frozen=True)
-class TimmInfo:
+class TimmInfo(FamilyInfo):
     """What the family knows about one configured timm model, recorded in provenance."""
+
+    # on every row: the timm model, its pretrained_cfg statistics and the statistics the weights
+    # were fed with (input_mean/input_std, added by the pretrainer that loads them), since the
+    # same architecture name can be fed either
+    row_keys: ClassVar[tuple[str, ...]] = ("timm_model", "input_size", "pretrained_cfg_mean", "pretrained_cfg_std",
+                                           "input_mean", "input_std")
 
     model: str
     kind: str  # "transformer" | "resnet" | "stages"

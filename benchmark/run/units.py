@@ -125,15 +125,12 @@ class UnitRunner:
         self.log(f"[ssl-bench] FAILED {unit.unit_id}: {message}")
 
 
-# What a family of architectures records about the input (timm/<model>: the timm model, its
-# pretrained_cfg statistics and the statistics the weights were fed with); absent for the others,
-# whose rows stay as they were
-FAMILY_KEYS = ("timm_model", "input_size", "pretrained_cfg_mean", "pretrained_cfg_std", "input_mean", "input_std")
-
-
 def family_provenance(model: LoadedModel) -> dict:
+    """The entries of the model's info its architecture family declares as row columns
+    (``FamilyInfo.row_keys``), in the info's order; none for the families that declare none."""
+    keys = model.row_keys()
     return {key: (" ".join(map(str, value)) if isinstance(value, (list, tuple)) else value)
-            for key, value in model.info.items() if key in FAMILY_KEYS}
+            for key, value in model.info.items() if key in keys}
 
 
 def pending_units(plan: Plan, force: bool = False,

@@ -28,6 +28,10 @@ N_JOBS = OneOf(Int(min=1), Choice(-1), default=2)  # liblinear: classes in paral
 # liblinear; liblinear: the reference's loop, one class and cost at a time
 SOLVER = Choice(*SOLVERS)
 SVM_DEVICE = Device("auto")  # torch solver: cuda when available, else cpu
+# What every SVM task declares about its SVMs (cost list, cost selection, solver and where it runs),
+# merged into each task's declaration at the same place (``**SVM_OPTIONS``): one declaration,
+# so the tasks cannot drift apart in names, defaults or checks
+SVM_OPTIONS = {"costs": COSTS, "folds": FOLDS, "n_jobs": N_JOBS, "solver": SOLVER, "svm_device": SVM_DEVICE}
 
 
 def resolve_layers(task: str, requested, arch: Architecture) -> list[str]:

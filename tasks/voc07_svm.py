@@ -15,7 +15,7 @@ from benchmark.models import Architecture
 from benchmark.options import Bool, Name, declare
 from benchmark.svm.protocol import resolve_costs
 
-from .common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
+from .common import IMAGE_SIZE, LAYERS, SVM_OPTIONS, SVMTask, resolve_layers, split_features, split_needs
 
 NAME = "voc07_svm"  # the name the task is registered and configured under
 
@@ -26,11 +26,7 @@ class VOC07SVM(SVMTask, Task):
     options = declare({
         "layers": LAYERS,
         "image_size": IMAGE_SIZE,
-        "costs": COSTS,
-        "folds": FOLDS,
-        "n_jobs": N_JOBS,
-        "solver": SOLVER,
-        "svm_device": SVM_DEVICE,
+        **SVM_OPTIONS,  # costs, folds, n_jobs, solver, svm_device
         # liblinear only: exact speed-up for n < d (see benchmark.svm.liblinear.span_coordinates)
         "span_coordinates": Bool(True),
         "train_split": Name("trainval"),

@@ -20,7 +20,7 @@ from benchmark.options import Str, declare
 from benchmark.svm.protocol import FitLog, l2_normalize, resolve_costs
 from benchmark.svm.solvers import Solver
 
-from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
+from ..common import IMAGE_SIZE, LAYERS, SVM_OPTIONS, SVMTask, resolve_layers, split_features, split_needs
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
 from .report import LowShotReport
@@ -37,12 +37,8 @@ class LowShotPlaces205(LowShotReport, SVMTask, Task):
         "data_dir": Str("Places205"),  # relative to the data root, or absolute
         "k_values": K_SHOTS,
         "num_samples": SAMPLES,
-        "costs": COSTS,
-        "folds": FOLDS,
-        "n_jobs": N_JOBS,
-        # torch: all classes of a sample share its rows, so every class x cost x fold is batched
-        "solver": SOLVER,
-        "svm_device": SVM_DEVICE,
+        # solver torch: all classes of a sample share its rows, so every class x cost x fold is batched
+        **SVM_OPTIONS,  # costs, folds, n_jobs, solver, svm_device
     })
 
     def root(self, ctx: RunContext) -> Path:

@@ -23,7 +23,7 @@ from benchmark.results import ResultStore
 from benchmark.svm.protocol import l2_normalize, resolve_costs, to_binary
 from benchmark.svm.solvers import Solver
 
-from ..common import COSTS, FOLDS, IMAGE_SIZE, LAYERS, N_JOBS, SOLVER, SVM_DEVICE, SVMTask, resolve_layers, split_features, split_needs
+from ..common import IMAGE_SIZE, LAYERS, SVM_OPTIONS, SVMTask, resolve_layers, split_features, split_needs
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
 from .report import LowShotReport
@@ -39,11 +39,7 @@ class LowShotVOC07(LowShotReport, SVMTask, Task):
         "image_size": IMAGE_SIZE,
         "k_values": K_SHOTS,
         "num_samples": SAMPLES,
-        "costs": COSTS,
-        "folds": FOLDS,
-        "n_jobs": N_JOBS,
-        "solver": SOLVER,
-        "svm_device": SVM_DEVICE,
+        **SVM_OPTIONS,  # costs, folds, n_jobs, solver, svm_device
         "sample_dir": Str(None),  # the reference's train_targets_sample{s}_k{k}.npy files, for exact comparison
         "train_split": Name("trainval"),
         "test_split": Name("test"),

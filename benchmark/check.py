@@ -24,8 +24,11 @@ another machine, and says which rule gives the tolerance:
 value within T, which with T = 0 asserts that a refactor changed no number on the same machine.
 
 Rows are joined on (model, task, dataset, layer, metric, class, k, sample, cost selection,
-evaluation). A reference row the run lacks is missing, a run row the reference lacks is
-uncovered; both fail the check. A reference is written with a header line that carries its row
+evaluation), and on ``backend`` (detection: torchvision or detectron2) where both the run and the
+reference carry that column: the two backends' numbers are different metrics, so a detectron2 row
+is not covered by a torchvision reference. A reference written before references kept the
+backend joins as before (and the check names the backends of the run's rows). A reference row
+the run lacks is missing, a run row the reference lacks is uncovered; both fail the check. A reference is written with a header line that carries its row
 count and checksum, so a truncated or damaged file is an error, not a pass.
 """
 
@@ -44,6 +47,9 @@ from .paths import atomic_write
 from .results import ResultStore
 
 JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
+# Keys only some rows carry ('' on the others): a key wherever both sides of a join have the
+# column, so rows and references without it (other tasks, older references) join as before
+OPTIONAL_JOIN = ["backend"]
 EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
 BAND_FALSE_ALARM = 1e-4  # per band and clean run: the two-sided level of the prediction interval
 BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
@@ -52,19 +58,26 @@ SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are no
 RULES = ("exact", "band", "aggregate", "fixed")
 SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"]
 PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device"]
-REFERENCE_COLUMNS = JOIN + ["value"] + SPREAD_COLUMNS + PROVENANCE_COLUMNS
+REFERENCE_COLUMNS = JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + PROVENANCE_COLUMNS
 FORMAT = 2
 HEADER = re.compile(r"^# ssl-bench reference: format (\d+), (\d+) rows, sha256 ([0-9a-f]{64})$")
 
 
 # --- reading, writing and validating ---------------------------------------------------------
 
+def join_keys(*frames: pd.DataFrame) -> list[str]:
+    """What rows of these frames are joined on: JOIN, and the optional keys all of them carry."""
+    return JOIN + [column for column in OPTIONAL_JOIN if all(column in frame for frame in frames)]
+
+
 def _keys(df: pd.DataFrame) -> pd.DataFrame:
-    """The join columns as comparable strings ('' for absent, '4' for 4.0)."""
+    """The join columns as comparable strings ('' for absent, '4' for 4.0); an optional key the
+    frame lacks stays absent (see join_keys)."""
     df = df.copy()
-    for column in JOIN:
+    for column in JOIN + OPTIONAL_JOIN:
         if column not in df:
-            df[column] = ""
+            if column in JOIN:
+                df[column] = ""
             continue
         text = df[column].astype(object).where(df[column].notna(), "")
         df[column] = text.astype(str).str.replace(r"\.0$", "", regex=True)
@@ -78,11 +91,12 @@ def scored_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _duplicates(df: pd.DataFrame, what: str) -> None:
-    dup = df[df.duplicated(JOIN, keep=False)]
+    keys = join_keys(df)
+    dup = df[df.duplicated(keys, keep=False)]
     if len(dup):
         shown = "\n".join("  " + ", ".join(f"{c}={v}" for c, v in row.items() if v != "")
-                          for row in dup[JOIN].head(5).to_dict("records"))
-        raise BenchmarkError(f"{what} has {len(dup)} rows with duplicated keys ({', '.join(JOIN)}); a key must "
+                          for row in dup[keys].head(5).to_dict("records"))
+        raise BenchmarkError(f"{what} has {len(dup)} rows with duplicated keys ({', '.join(keys)}); a key must "
                              f"name one number. First ones:\n{shown}")
 
 
@@ -223,15 +237,16 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     if "determinism" not in ref:  # results written before rows said so: hold them as trained
         ref["determinism"] = "trained"
     ref["determinism"] = ref["determinism"].replace("", "trained").fillna("trained")
-    keyed = ref.set_index(JOIN)
+    keys = join_keys(ref, *replicates)
+    keyed = ref.set_index(keys)
     values = [keyed["value"]]
     exact_keys = keyed.index[keyed["determinism"] == "exact"]
     for index, other in enumerate(replicates, start=1):
-        other = other.set_index(JOIN)
+        other = other.set_index(keys)
         shared = other.index.intersection(exact_keys)
         moved = (other.loc[shared, "value"] - values[0].loc[shared]).abs() > 0
         if moved.any():
-            key = dict(zip(JOIN, moved[moved].index[0]))
+            key = dict(zip(keys, moved[moved].index[0]))
             raise BenchmarkError(f"replicate run {index} moved a number that its suite declares exact ({key}); a "
                                  f"pretrainer or task that trains must say so (class attribute 'trains = True')")
         values.append(other["value"].reindex(values[0].index))
@@ -259,8 +274,9 @@ def _format1_tolerances(reference: pd.DataFrame) -> pd.Series:
     tol = pd.Series(BASE_TOLERANCE, index=reference.index)
     ci = reference[reference["metric"].str.endswith("_ci95")]
     if not ci.empty:
-        spread = ci.assign(metric=ci["metric"].str.replace("_ci95", "_mean")).set_index(JOIN)["value"]
-        matched = spread.reindex(reference.set_index(JOIN).index).to_numpy()
+        keys = join_keys(reference)
+        spread = ci.assign(metric=ci["metric"].str.replace("_ci95", "_mean")).set_index(keys)["value"]
+        matched = spread.reindex(reference.set_index(keys).index).to_numpy()
         tol = pd.Series(np.fmax(tol.to_numpy(), np.nan_to_num(matched, nan=0.0)), index=reference.index)
     return tol
 
@@ -275,10 +291,12 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
     ref = scored_rows(ref)
     if tolerance is not None:
         ref = ref.assign(rule="override", tolerance=float(tolerance), mean=ref["value"])
-    run = scored_rows(_keys(run))[JOIN + ["value"]].copy()
+    run = scored_rows(_keys(run))
+    keys = join_keys(ref, run)
+    run = run[keys + ["value"]].copy()
     run["value"] = pd.to_numeric(run["value"], errors="coerce")
-    merged = ref[JOIN + ["value", "rule", "tolerance", "mean"]].merge(
-        run, on=JOIN, how="outer", suffixes=("_reference", "_run"), indicator=True)
+    merged = ref[keys + ["value", "rule", "tolerance", "mean"]].merge(
+        run, on=keys, how="outer", suffixes=("_reference", "_run"), indicator=True)
     both = merged[merged["_merge"] == "both"].copy()
     # band and aggregate rows are held around the replicates' mean, the rest around the stored value
     centre = np.where(both["rule"].isin(["band", "aggregate"]), both["mean"], both["value_reference"])
@@ -288,14 +306,34 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
     # a float round-off of slack on a tolerance; none on tolerance 0, the exact comparison of refactors
     slack = np.where(both["tolerance"] > 0, 1e-9, 0.0)
     both["outside"] = (both["distance"] > both["tolerance"] + slack) | nan_changed
-    columns = JOIN + ["rule", "value_reference", "value_run", "delta", "tolerance"]
+    columns = keys + ["rule", "value_reference", "value_run", "delta", "tolerance"]
     return {
         "regressions": both[both["outside"] & (both["rule"] != "aggregate")][columns],
         "informational": both[both["outside"] & (both["rule"] == "aggregate")][columns],
-        "missing": merged[merged["_merge"] == "left_only"][JOIN + ["value_reference"]],
-        "new": merged[merged["_merge"] == "right_only"][JOIN + ["value_run"]],
+        "missing": merged[merged["_merge"] == "left_only"][keys + ["value_reference"]],
+        "new": merged[merged["_merge"] == "right_only"][keys + ["value_run"]],
         "compared": both,
     }
+
+
+def backend_notes(run: pd.DataFrame, reference: pd.DataFrame, result: dict[str, pd.DataFrame]) -> list[str]:
+    """What a check says about backends: a reference that does not record them while the run's rows
+    do, and metrics that the run and the reference both have but made with different backends."""
+    notes = []
+    run_backends = sorted(set(run["backend"]) - {""}) if "backend" in run else []
+    if run_backends and "backend" not in reference:
+        notes.append(f"note: the reference records no backend (written before references kept it), so its rows are "
+                     f"joined without one, as before; this run's rows were made with backend "
+                     f"{', '.join(run_backends)}. A reference rebuilt with --update records it.")
+    missing, new = result["missing"], result["new"]
+    if "backend" in missing and len(missing) and len(new):
+        pairs = missing.merge(new, on=JOIN, suffixes=("_reference", "_run"))
+        for (ours, theirs), count in pairs.groupby(["backend_run", "backend_reference"]).size().items():
+            notes.append(f"{count} metric(s) of the run were made with backend '{ours or '(none)'}' and are held "
+                         f"by the reference with backend '{theirs or '(none)'}': different backends give "
+                         f"different metrics, so they are not compared (missing / not covered below); check the "
+                         f"run against a reference made with backend '{ours or '(none)'}'.")
+    return notes
 
 
 def _table(df: pd.DataFrame, limit: int = 50) -> str:
@@ -344,6 +382,8 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
           + ", ".join(f"{rules[r]} {r}" for r in (*RULES, "override") if r in rules)
           + f"), {len(result['regressions'])} moved beyond tolerance, {len(result['missing'])} missing, "
           f"{len(result['new'])} not covered by the reference\n")
+    for note in backend_notes(run, reference, result):
+        print(note + "\n")
     for title, key in (("regressions", "regressions"), ("missing from the run", "missing"),
                        ("not covered by the reference", "new")):
         if len(result[key]):
@@ -361,5 +401,5 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
 
 
 def write_comparison(compared: pd.DataFrame, path: Path) -> None:
-    columns = JOIN + ["rule", "value_reference", "value_run", "delta", "distance", "tolerance", "outside"]
+    columns = join_keys(compared) + ["rule", "value_reference", "value_run", "delta", "distance", "tolerance", "outside"]
     atomic_write(path, compared[columns].to_csv(index=False))

@@ -157,6 +157,12 @@ def cmd_list(args) -> int:
         for name in PRETEXT_METHODS.names():  # the first line of the method module's docstring
             doc = (sys.modules[PRETEXT_METHODS.get(name).__module__].__doc__ or "").strip()
             print(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
+    elif args.what == "published":
+        from .published import available, describe
+
+        for name in available():  # loaded, so a broken file is reported here and not first in a report
+            rows, description = describe(name)
+            print(f"{name:16s} {rows:4d} rows  {description}")
     elif args.what == "archs":
         from .registry import ARCHITECTURES
 
@@ -255,11 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--published", nargs="+", metavar="NAME",
                         help="show published numbers beside the run (results/published/NAME.csv, e.g. goyal2019, "
-                             "openselfsup, or a CSV path); marked as not measured here, never mixed into the results")
+                             "pirl2020, openselfsup (ssl-bench list published), or a CSV path); marked as not "
+                             "measured here, never mixed into the results")
     report.set_defaults(func=cmd_report)
 
-    listing = sub.add_parser("list", help="list suites, tasks, pretrainers or architectures")
-    listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs", "pretext"])
+    listing = sub.add_parser("list", help="list suites, tasks, pretrainers, architectures, pretext methods or "
+                                             "published number sets")
+    listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs", "pretext", "published"])
     listing.add_argument("--config", type=Path, default=default_config())
     listing.add_argument("--filter", metavar="PATTERN", help="shell-style pattern, e.g. 'vit_*' or '*convnext*' "
                          "(archs: matched with and without the timm/ prefix)")

@@ -42,6 +42,13 @@ def resolve(name: str, root: Path = PUBLISHED_DIR) -> Path:
                       f"and no CSV file at that path")
 
 
+def describe(name: str, root: Path = PUBLISHED_DIR) -> tuple[int, str]:
+    """A published set's number of rows (validated) and the first line of its header comment."""
+    rows = load_published(name, root)
+    comments = [line[1:].strip() for line in resolve(name, root).read_text().splitlines() if line.startswith("#")]
+    return len(rows), comments[0] if comments else ""
+
+
 def load_published(name: str, root: Path = PUBLISHED_DIR) -> pd.DataFrame:
     """The rows of a published set, validated: every required column present, a source and a
     protocol on every row, values finite and in range, no key given twice. Errors name the file,

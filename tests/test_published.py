@@ -15,8 +15,8 @@ from benchmark.results import ResultStore
 
 
 def test_shipped_sets_load_with_a_source_on_every_row():
-    assert {"goyal2019", "openselfsup"} <= set(available())
-    for name in ("goyal2019", "openselfsup"):
+    assert {"goyal2019", "openselfsup", "pirl2020"} <= set(available())
+    for name in ("goyal2019", "openselfsup", "pirl2020"):
         rows = load_published(name)
         assert len(rows) > 10
         for column in ("paper", "url", "protocol", "read_from"):
@@ -31,7 +31,73 @@ def test_goyal_values_as_recorded_in_the_protocol_notes():
     det = rows[(rows.task == "detection_voc07") & (rows.model == "jigsaw")].set_index("train_set")["value"]
     assert det.to_dict() == {"voc07+12": 68.3, "voc07": 61.4}
     tables = published_tables(rows)
-    assert tables["linear_places205, goyal2019"].loc["supervised (ImageNet-1k)", "res5:top1"] == 52.5
+    # the protocol notes said 52.5; PIRL's Tables 2 and 7, quoting Goyal et al., say 51.5 (see the row's note)
+    assert tables["linear_places205, goyal2019"].loc["supervised (ImageNet-1k)", "res5:top1"] == 51.5
+
+
+PROTOCOL_NOTES = "ssl-bench shared/PROTOCOL.md"
+
+
+@pytest.mark.parametrize("name", ["goyal2019", "pirl2020"])
+def test_every_paper_row_names_the_table_it_was_read_from(name):
+    rows = load_published(name)
+    assert rows["url"].str.startswith("https://").all()
+    # only the rows taken from the project's protocol notes still lack a table; every other row names one
+    untabled = rows[rows["table"].str.strip() == ""]
+    assert untabled["read_from"].str.startswith(PROTOCOL_NOTES).all(), untabled[["model", "task", "layer"]]
+    if name == "pirl2020":
+        assert untabled.empty and (rows["paper"].str.contains("arXiv:1912.01991")).all()
+    # a row read from the PIRL paper says so, and its url is that paper
+    from_pirl = rows[rows["read_from"].str.contains("1912.01991")]
+    assert (from_pirl["url"] == "https://arxiv.org/abs/1912.01991").all()
+
+
+# Values typed by hand from the PIRL paper (arXiv:1912.01991) while reading it, table by table, to check the files
+# against the source rather than against themselves. Places205 top-1, conv1..res5, from its Table 7.
+PIRL_TABLE7_PLACES205 = {
+    ("goyal2019", "random", "none"): [12.9, 16.6, 15.5, 11.6, 9.0],
+    ("goyal2019", "supervised", "ImageNet-1k"): [14.8, 32.6, 42.1, 50.8, 51.5],
+    ("goyal2019", "supervised", "Places205"): [16.7, 32.3, 43.2, 54.7, 62.3],
+    ("goyal2019", "jigsaw", "ImageNet-1k"): [15.1, 28.8, 36.8, 41.2, 34.4],
+    ("pirl2020", "npid++", "ImageNet-1k"): [9.7, 26.2, 34.9, 43.7, 46.4],
+    ("pirl2020", "pirl", "ImageNet-1k"): [8.9, 29.0, 35.8, 45.3, 49.8],
+}
+# (file, model, pretraining data, task, layer, metric, train_set) -> value, from its Tables 1, 2, 4, 5 and 6
+PIRL_CELLS = {
+    ("pirl2020", "pirl", "ImageNet-1k", "voc07_svm", "res5", "mAP", ""): 81.1,  # Table 2
+    ("pirl2020", "npid++", "ImageNet-1k", "voc07_svm", "best", "mAP", ""): 76.6,  # Table 2
+    ("pirl2020", "rotation", "ImageNet-1k", "linear_places205", "best", "top1", ""): 41.4,  # Table 2
+    ("pirl2020", "pirl", "YFCC-1M", "voc07_svm", "res5", "mAP", ""): 78.8,  # Table 4
+    ("pirl2020", "pirl_rotation_jigsaw_400ep", "ImageNet-1k", "voc07_svm", "best", "mAP", ""): 80.3,  # Table 5
+    ("pirl2020", "pirl", "ImageNet-1k", "detection_voc07", "finetune", "mAP", "voc07+12"): 80.7,  # Table 1, AP50
+    ("pirl2020", "pirl", "ImageNet-1k", "detection_voc07", "finetune", "mAP50_95", "voc07+12"): 54.0,  # Table 1, AP all
+    ("pirl2020", "jigsaw", "ImageNet-1k", "detection_voc07", "finetune", "mAP", "voc07"): 64.9,  # Table 6, AP50
+    ("pirl2020", "supervised", "ImageNet-1k", "detection_voc07", "finetune", "mAP50_95", "voc07"): 43.8,  # Table 6
+    ("goyal2019", "colorization", "ImageNet-1k", "voc07_svm", "best", "mAP", ""): 55.6,  # Table 2, Colorization [19]
+    ("goyal2019", "jigsaw", "YFCC-100M", "voc07_svm", "best", "mAP", ""): 71.0,  # Table 4, Jigsaw [19] YFCC100M
+    ("goyal2019", "jigsaw", "YFCC-100M", "linear_places205", "best", "top1", ""): 44.8,  # Table 4
+    ("goyal2019", "jigsaw", "YFCC-1M", "voc07_svm", "best", "mAP", ""): 64.0,  # Table 4, Jigsaw [19] YFCC1M
+}
+
+
+def test_values_match_the_pirl_paper_as_read():
+    sets = {name: load_published(name) for name in ("goyal2019", "pirl2020")}
+    for (name, model, data), expected in PIRL_TABLE7_PLACES205.items():
+        rows = sets[name]
+        got = rows[(rows.model == model) & (rows.pretrain_data == data) & (rows.task == "linear_places205")]
+        assert got.set_index("layer")["value"].reindex(["conv1", "res2", "res3", "res4", "res5"]).tolist() == expected
+        assert got["table"].str.startswith(("PIRL Table 7", "7")).all()
+    for (name, *key), expected in PIRL_CELLS.items():
+        rows = sets[name]
+        match = rows[(rows[["model", "pretrain_data", "task", "layer", "metric", "train_set"]] == key).all(axis=1)]
+        assert match["value"].tolist() == [expected], key
+
+
+def test_normals_row_carries_the_table_the_reference_code_names():
+    rows = load_published("goyal2019")
+    normals = rows[(rows.task == "normals_nyuv2") & (rows.model == "jigsaw")].iloc[0]
+    assert (normals["value"], normals["table"]) == (13.1, "7")
+    assert "fair_self_supervision_benchmark" in normals["read_from"]
 
 
 def _write(tmp_path: Path, rows: list[dict], header: str = "# comment\n") -> Path:
@@ -108,3 +174,17 @@ def test_cli_report_with_published(tmp_path, capsys):
     assert "### voc07_svm, openselfsup (published)" in out and f"report: {run / 'report.html'}" in out
     assert main(["report", str(run), "--published", "nope"]) == 2
     assert "no published set of that name" in capsys.readouterr().err
+    assert main(["report", str(run), "--published", "pirl2020"]) == 0
+    out = capsys.readouterr().out
+    assert "### voc07_svm, pirl2020 (published)" in out and "### detection_voc07, pirl2020 (published)" in out
+    md = (run / "leaderboard.md").read_text()
+    assert "| pirl (ImageNet-1k)" in md and "81.10" in md
+
+
+def test_cli_lists_the_published_sets(capsys):
+    from benchmark.cli import main
+
+    assert main(["list", "published"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == set(available())
+    assert f"{len(load_published('pirl2020')):4d} rows" in lines["pirl2020"]

@@ -31,8 +31,12 @@ def test_goyal_values_as_recorded_in_the_protocol_notes():
     det = rows[(rows.task == "detection_voc07") & (rows.model == "jigsaw")].set_index("train_set")["value"]
     assert det.to_dict() == {"voc07+12": 68.3, "voc07": 61.4}
     tables = published_tables(rows)
-    # the protocol notes said 52.5; PIRL's Tables 2 and 7, quoting Goyal et al., say 51.5 (see the row's note)
-    assert tables["linear_places205, goyal2019"].loc["supervised (ImageNet-1k)", "res5:top1"] == 51.5
+    # the protocol notes say 52.5; PIRL's Tables 2 and 7, quoting Goyal et al., say 51.5: the notes are kept and
+    # the row's note names the disagreement
+    assert tables["linear_places205, goyal2019"].loc["supervised (ImageNet-1k)", "res5:top1"] == 52.5
+    note = rows[(rows.task == "linear_places205") & (rows.model == "supervised") & (rows.layer == "res5")
+                & (rows.pretrain_data == "ImageNet-1k")]["note"].iloc[0]
+    assert "51.5" in note and "DISAGREEMENT" in note
 
 
 PROTOCOL_NOTES = "ssl-bench shared/PROTOCOL.md"
@@ -85,7 +89,11 @@ def test_values_match_the_pirl_paper_as_read():
     for (name, model, data), expected in PIRL_TABLE7_PLACES205.items():
         rows = sets[name]
         got = rows[(rows.model == model) & (rows.pretrain_data == data) & (rows.task == "linear_places205")]
-        assert got.set_index("layer")["value"].reindex(["conv1", "res2", "res3", "res4", "res5"]).tolist() == expected
+        values = got.set_index("layer")["value"].reindex(["conv1", "res2", "res3", "res4", "res5"]).tolist()
+        if (model, data) == ("supervised", "ImageNet-1k"):  # res5: the protocol notes' 52.5 is kept (see above)
+            values, expected = values[:4], expected[:4]
+            got = got[got.layer != "res5"]
+        assert values == expected
         assert got["table"].str.startswith(("PIRL Table 7", "7")).all()
     for (name, *key), expected in PIRL_CELLS.items():
         rows = sets[name]

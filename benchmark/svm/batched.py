@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..metrics import stepwise_ap, voc_ap
 from ..provenance import resolve_device
-from .newton import TOL, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
+from .newton import TOL, DenseKernel, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
 from .protocol import ClassResult, FitLog, l2_normalize, normalized_features, to_binary, too_few_for_cv
 
 SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
@@ -132,37 +132,75 @@ def class_chunks(classes: list, n: int, budget: int, kernel_bytes: int) -> list[
 
 class TrainingRows:
     """The training rows of a layer on the device as A = [x, 1] (liblinear's bias is a constant
-    feature of value 1), float64, with the kernel A A^T when it is kept dense."""
+    feature of value 1), float64, with the kernel A A^T when it is kept dense.
 
-    def __init__(self, X: np.ndarray, device: torch.device, form: str):
+    Built once per layer and shared by every problem on subsets of its rows (CV folds, low-shot
+    samples of every k): a subset's kernel is a gather, never new products over the features.
+    ``mixed``: the CG steps use float32 copies (``newton.DenseKernel``). ``X_eval``: evaluation
+    rows whose decision values are wanted at every cost; with a dense kernel their cross kernel
+    [x, 1] [x_eval, 1]^T is computed once too, so a decision value costs one product over the
+    training rows instead of two over the features."""
+
+    def __init__(self, X: np.ndarray, device: torch.device, form: str, mixed: bool = False,
+                 X_eval: np.ndarray | torch.Tensor | None = None):
         X = torch.as_tensor(X, dtype=torch.float64, device=device)
-        self.A = torch.cat([X, torch.ones((len(X), 1), dtype=X.dtype, device=device)], dim=1)
+        self.A = with_bias(X)
         self.K = self.A @ self.A.T if form == "dense" else None
         self.n = len(X)
+        self.mixed = mixed
+        self.A_eval = self.cross = None
+        if X_eval is not None:
+            self.A_eval = with_bias(torch.as_tensor(X_eval, dtype=torch.float64, device=device))
+            if self.K is not None:
+                self.cross = self.A @ self.A_eval.T  # (n, n_eval)
 
     def restricted(self, rows: np.ndarray | None = None):
         """(kernel of these rows for the solver, beta -> decision values on every training row);
-        rows=None: all of them."""
+        rows=None: all of them. Products are (q, rows) @ (rows, n): BLAS's fast layout."""
         if rows is None or len(rows) == self.n:
-            return (self.K, self.K.__matmul__) if self.K is not None else (FactoredKernel(self.A), lambda beta: self.A @ (self.A.T @ beta))
+            kernel = DenseKernel(self.K, self.mixed) if self.K is not None else FactoredKernel(self.A, self.mixed)
+            return kernel, kernel.__matmul__
         index = torch.as_tensor(rows, device=self.A.device)
         if self.K is not None:
-            K_all_rows = self.K[:, index]
-            return K_all_rows[index], K_all_rows.__matmul__
+            K_rows_all = self.K[index]
+            return DenseKernel(K_rows_all[:, index], self.mixed), lambda beta: (beta.T @ K_rows_all).T
         A_rows = self.A[index]
-        return FactoredKernel(A_rows), lambda beta: self.A @ (A_rows.T @ beta)
+        return FactoredKernel(A_rows, self.mixed), lambda beta: ((beta.T @ A_rows) @ self.A.T).T
 
     def weights(self, beta: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
         """(d + 1, P) weights of [x, 1] of the solutions beta on ``rows`` (default: all rows)."""
         A = self.A if rows is None or len(rows) == self.n else self.A[torch.as_tensor(rows, device=self.A.device)]
         return A.T @ beta
 
+    def eval_scores(self, beta: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """(n_eval, P) decision values on the evaluation rows of the solutions beta on ``rows``."""
+        if self.cross is not None:
+            cross = self.cross if rows is None or len(rows) == self.n else self.cross[torch.as_tensor(rows, device=self.A.device)]
+            return (beta.T @ cross).T
+        A = self.A if rows is None or len(rows) == self.n else self.A[torch.as_tensor(rows, device=self.A.device)]
+        return ((beta.T @ A) @ self.A_eval.T).T
 
-def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_bytes: int | None):
-    """(TrainingRows, memory budget, bytes the kernel takes)."""
+
+def with_bias(X: torch.Tensor) -> torch.Tensor:
+    return torch.cat([X, torch.ones((len(X), 1), dtype=X.dtype, device=X.device)], dim=1)
+
+
+def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_bytes: int | None,
+               mixed: bool = False, X_eval=None):
+    """(TrainingRows, memory budget, bytes the kernels take). The evaluation rows' cross kernel
+    is kept only when it fits in a quarter of the budget."""
     budget = memory_budget(device) if memory_bytes is None else int(memory_bytes)
     form = choose_kernel_form(len(X), X.shape[1], budget, kernel_form)
-    return TrainingRows(X, device, form), budget, (8 * len(X) ** 2 if form == "dense" else 0)
+    n = len(X)
+    kernel_bytes = 8 * n * n * (1.5 if mixed else 1) if form == "dense" else (4 * n * X.shape[1] if mixed else 0)
+    if X_eval is not None and (form != "dense" or 8 * n * len(X_eval) > budget // 4):
+        layout = TrainingRows(X, device, form, mixed)
+        layout.A_eval = with_bias(torch.as_tensor(X_eval, dtype=torch.float64, device=device))
+    else:
+        layout = TrainingRows(X, device, form, mixed, X_eval)
+        kernel_bytes += 0 if X_eval is None else 8 * n * len(X_eval)
+    layout.budget, layout.kernel_bytes = budget, int(kernel_bytes)
+    return layout, budget, int(kernel_bytes)
 
 
 def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None):
@@ -247,16 +285,15 @@ def cross_validated_ap(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, 
 
 
 def eval_scores_along_costs(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, classes: list, costs,
-                            X_eval: torch.Tensor, logs: dict, options: SolverOptions) -> np.ndarray:
-    """Decision values on X_eval of every class trained on its member rows, at every cost:
-    (n_eval, len(classes), len(costs)) float32."""
+                            logs: dict, options: SolverOptions) -> np.ndarray:
+    """Decision values on the layout's evaluation rows of every class trained on its member rows,
+    at every cost: (n_eval, len(classes), len(costs)) float32."""
     rows = np.flatnonzero(member[:, classes].any(axis=1))
     kernel, _ = layout.restricted(rows)
     train = torch.as_tensor(member[rows][:, classes], device=layout.A.device)
-    out = np.empty((len(X_eval), len(classes), len(costs)), dtype=np.float32)
+    out = np.empty((len(layout.A_eval), len(classes), len(costs)), dtype=np.float32)
     for k, beta, info in cost_path(kernel, _labels(Y, rows, classes, layout.A.device), train, costs, options, "full"):
-        w = layout.weights(beta, rows)
-        out[:, :, k] = (X_eval @ w[:-1] + w[-1]).cpu().numpy()
+        out[:, :, k] = layout.eval_scores(beta, rows).cpu().numpy()
         for col, c in enumerate(classes):
             logs[c].record(int(info.newton_iters[col]), bool(info.converged[col]))
     return out
@@ -268,12 +305,14 @@ def _device(device) -> torch.device:
 
 def voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs, folds: int = 3,
                     device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
-                    kernel_form: str = "auto", memory_bytes: int | None = None) -> list:
+                    kernel_form: str = "auto", memory_bytes: int | None = None, mixed: bool = True) -> list:
     """The per-layer protocol of ``benchmark.svm.liblinear.voc07_svm`` (CV over costs per class, refit at
     the best, test AP) with every class x fold x cost solved by the batched kernel solver.
 
     ``memory_bytes`` caps what the engine plans to use (default: ``memory_budget(device)``); it
     decides the kernel form (``kernel_form='auto'``) and whether classes are solved in chunks.
+    ``mixed``: float32 products in the conjugate-gradient steps, float64 everywhere else
+    (``newton.DenseKernel``); False solves in float64 throughout.
     """
     device = _device(device)
     options = SolverOptions(tol, max_newton, max_cg)
@@ -289,7 +328,7 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
     if not trainable:
         return results
     with cpu_threads_for(n, device):
-        layout, budget, kernel_bytes = layout_for(X_train, device, kernel_form, memory_bytes)
+        layout, budget, kernel_bytes = layout_for(X_train, device, kernel_form, memory_bytes, mixed)
         X_eval = torch.as_tensor(X_test, dtype=torch.float64, device=device)
         member = np.ones_like(Y, dtype=bool)
         logs = {c: results[c].log for c in trainable}
@@ -328,30 +367,43 @@ class LowShotSweep:
     logs: list = field(default_factory=list)
 
 
+def shared_layout(X_train: np.ndarray, X_eval: np.ndarray, device=None, kernel_form: str = "auto",
+                  memory_bytes: int | None = None, mixed: bool = True) -> TrainingRows:
+    """The kernels of a layer's training rows (and their cross kernel with the evaluation rows),
+    computed once and shared by every low-shot sample of every k: each sample only gathers its
+    rows (for VOC07 the product over the features was most of a k = 96 sample's time)."""
+    layout, _, _ = layout_for(np.asarray(X_train), _device(device), kernel_form, memory_bytes, mixed, X_eval)
+    return layout
+
+
 def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, costs, folds: int = 3,
                         cv: bool = True, device=None, tol: float = TOL, max_newton: int = 60, max_cg: int = 2000,
-                        kernel_form: str = "auto", memory_bytes: int | None = None) -> LowShotSweep:
+                        kernel_form: str = "auto", memory_bytes: int | None = None, mixed: bool = True,
+                        layout: TrainingRows | None = None) -> LowShotSweep:
     """Every class of one low-shot sample at every cost, batched: what ``liblinear.decision_values_
     all_costs`` and ``liblinear.cv_cost`` compute with liblinear, one class and cost at a time.
 
     X_train, X_eval: L2-normalised features. Y: (n, C) with 1 / -1 for the rows of class c's
     training sample and 0 for rows outside it (VOC07 samples differ per class; Places205 classes
-    share one sample: no zeros). Only rows in some class's sample enter the kernel.
+    share one sample: no zeros). Only rows in some class's sample enter the kernel. ``layout``:
+    the layer's ``shared_layout(X_train, X_eval)`` when several samples are solved (X_train and
+    X_eval are then not read again); built for this sample otherwise.
     """
     device = _device(device)
     options = SolverOptions(tol, max_newton, max_cg)
     member = Y != 0
     used = np.flatnonzero(member.any(axis=1))
-    Y, member = Y[used], member[used]
-    n, n_classes = Y.shape
+    if layout is None:
+        Y, member = Y[used], member[used]
+    n_classes = Y.shape[1]
     logs = {c: FitLog() for c in range(n_classes)}
     cv_ap = np.full((n_classes, len(costs)), np.nan)
-    with cpu_threads_for(n, device):
-        layout, budget, kernel_bytes = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes)
-        X = torch.as_tensor(X_eval, dtype=torch.float64, device=device)
-        scores = np.empty((len(X_eval), n_classes, len(costs)), dtype=np.float32)
-        for chunk in class_chunks(list(range(n_classes)), n, budget, kernel_bytes):
-            scores[:, chunk] = eval_scores_along_costs(layout, Y, member, chunk, costs, X, logs, options)
+    with cpu_threads_for(len(used), device):
+        if layout is None:
+            layout, _, _ = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes, mixed, X_eval)
+        scores = np.empty((len(layout.A_eval), n_classes, len(costs)), dtype=np.float32)
+        for chunk in class_chunks(list(range(n_classes)), len(used), layout.budget, layout.kernel_bytes):
+            scores[:, chunk] = eval_scores_along_costs(layout, Y, member, chunk, costs, logs, options)
             if not cv:
                 continue
             cv_able = [c for c in chunk if not too_few_for_cv(Y[:, c], folds)]
@@ -378,7 +430,7 @@ def scores_all_costs(train_features, train_labels, test_features, costs, device=
 
 
 def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, device=None,
-                   tol: float = TOL) -> dict[int, float | None]:
+                   tol: float = TOL, mixed: bool = True) -> dict[int, float | None]:
     """Per class, the cost with the best mean CV AP on all training rows (Y: (n, C) +-1), or None
     for a class with fewer positives or negatives than folds: ``liblinear.cv_cost`` for every class
     at once."""
@@ -388,7 +440,7 @@ def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, de
     if not classes:
         return out
     with cpu_threads_for(len(Y), device):
-        layout, budget, kernel_bytes = layout_for(X_train, device, "auto", None)
+        layout, budget, kernel_bytes = layout_for(X_train, device, "auto", None, mixed)
         logs = {c: FitLog() for c in classes}
         for chunk in class_chunks(classes, len(Y), budget, kernel_bytes):
             cv_ap = cross_validated_ap(layout, Y, np.ones_like(Y, dtype=bool), chunk, costs, folds, logs,

@@ -6,10 +6,14 @@ normalisation, training labels, the CV precondition, and what a solve reports (`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError, FeatureError
+
+if TYPE_CHECKING:  # only named in an annotation: scikit-learn is imported where fits happen
+    from sklearn.svm import LinearSVC
 
 # fair_ssb's list, in its order (argmax ties resolve to the earlier cost, as in the reference).
 REFERENCE_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + tuple(

@@ -24,7 +24,7 @@ from joblib import Parallel, delayed
 from ..errors import ConfigError
 from ..metrics import voc_ap
 from ..provenance import resolve_device
-from .batched import cv_costs_torch, lowshot_sweep_torch, voc07_svm_torch
+from .batched import cv_costs_torch, lowshot_sweep_torch, shared_layout, voc07_svm_torch
 from .liblinear import cv_cost, lowshot_places_class, lowshot_voc07_class, span_coordinates, voc07_svm
 from .protocol import ClassResult, FitLog
 
@@ -142,9 +142,12 @@ class TorchSolver(Solver):
         chosen = np.zeros((len(samples), num_classes), dtype=int)
         sources, logs = [], [FitLog() for _ in range(num_classes)]
         keep = test_labels != -1  # difficult-only rows are removed per class
+        # every sample of every k is a subset of the same trainval rows: their kernels are gathered
+        # from one layer-wide kernel (and test cross kernel) computed here once
+        layout = shared_layout(X_train, X_test, self.device)
         for i, sample in enumerate(samples):
             Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
-            sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device)
+            sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device, layout=layout)
             row_sources = []
             for c in range(num_classes):
                 y_test = test_labels[keep[:, c], c] == 1

@@ -29,6 +29,7 @@ from benchmark.svm.batched import (
 )
 from benchmark.svm.newton import (
     TOL,
+    DenseKernel,
     FactoredKernel,
     _LowRankJacobi,
     kernel_with_bias,
@@ -352,6 +353,9 @@ def test_lowrank_preconditioner_is_the_inverse_of_its_matrix() -> None:
         assert float(out[~active[:, j], j].abs().max()) == 0.0  # inactive rows stay out
     precondition.keep(torch.tensor([False, True]))
     np.testing.assert_allclose(precondition(r[:, 1:]).numpy(), out[:, 1:].numpy(), rtol=1e-12)
+    # with float32 factors (mixed-precision kernels) it is the same preconditioner to float32 rounding
+    fast = _LowRankJacobi(K, d, a, lowrank, fast=True)(r)
+    np.testing.assert_allclose(fast.numpy(), out.numpy(), rtol=1e-4, atol=1e-6 * float(out.abs().max()))
 
 
 def test_lowrank_preconditioning_gives_the_same_solution_in_fewer_steps() -> None:
@@ -366,3 +370,41 @@ def test_lowrank_preconditioning_gives_the_same_solution_in_fewer_steps() -> Non
     assert float((Y * fast).min()) >= 0 and bool((info_fast.pg_range <= TOL).all())
     np.testing.assert_allclose((K @ fast).numpy(), (K @ plain).numpy(), atol=2e-3)
     assert int(info_fast.cg_iters.sum()) < 0.7 * int(info_plain.cg_iters.sum())
+
+
+class _CountingKernel(DenseKernel):
+    """A mixed kernel that counts its float32 products, so a test knows the fast path ran."""
+
+    fast_products = 0
+
+    def fast_matmul(self, p):
+        assert self.K32 is not None
+        type(self).fast_products += 1
+        return super().fast_matmul(p)
+
+
+@pytest.mark.parametrize("form", ["dense", "factored"])
+def test_mixed_precision_meets_liblinears_test_in_float64(form) -> None:
+    """float32 CG products: the solutions still pass liblinear's stopping test evaluated here from
+    scratch on the float64 kernel, and equal the float64 solver's decision values."""
+    X, y0 = _problem(n=300, d=500, seed=7)
+    A = torch.cat([torch.as_tensor(X, dtype=torch.float64), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    K = A @ A.T
+    Y = torch.as_tensor(np.stack([y0, -y0, y0], 1), dtype=torch.float64)
+    c = torch.tensor([0.1, 10.0, 100.0], dtype=torch.float64) * torch.where(Y > 0, 2.0, 1.0)
+    train = torch.ones_like(Y, dtype=torch.bool)
+    _CountingKernel.fast_products = 0
+    kernel = _CountingKernel(K, mixed=True) if form == "dense" else FactoredKernel(A, mixed=True)
+    assert kernel.mixed
+    mixed, info = solve(kernel, Y, c, train, lowrank=lowrank_eig(K, 32))
+    reference, _ = solve(K, Y, c, train, lowrank=lowrank_eig(K, 32))
+    if form == "dense":
+        assert _CountingKernel.fast_products > 10
+    assert bool(info.converged.all())
+    pg = projected_gradient_range(mixed, K @ mixed, Y, c, train)  # the float64 kernel, not the solver's f
+    assert float(pg.max()) <= TOL
+    np.testing.assert_allclose((K @ mixed).numpy(), (K @ reference).numpy(), atol=2e-3)
+    # and the float32 products really are float32: they differ from the exact ones, slightly
+    p = torch.as_tensor(np.random.default_rng(0).normal(size=(300, 2)))
+    gap = float((kernel.fast_matmul(p) - K @ p).abs().max())
+    assert 0 < gap < 1e-4 * float((K @ p).abs().max())

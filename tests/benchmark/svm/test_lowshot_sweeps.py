@@ -10,7 +10,7 @@ import torch
 from benchmark.datasets.synth_features import voc_like_features
 from benchmark.metrics import voc_ap
 from benchmark.svm import liblinear
-from benchmark.svm.batched import lowshot_sweep_torch
+from benchmark.svm.batched import lowshot_sweep_torch, shared_layout
 from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize
 from tasks.lowshot import protocol as lowshot
 
@@ -109,3 +109,21 @@ def test_full_data_cv_costs_match_liblinear(features) -> None:
     for c in range(3):
         theirs = liblinear.cv_cost(X, Y[:, c], COSTS, 3, seed=0, log=FitLog())
         assert ours[c] == theirs, c
+
+
+def test_samples_share_the_layers_kernels(features) -> None:
+    """Samples gathered from one layer-wide kernel (shared_layout) give what a kernel built for the
+    sample gives, and float64 throughout (mixed=False) the same answers as mixed precision."""
+    X, Ltr, X_eval, _ = features
+    layout = shared_layout(X, X_eval, CPU)
+    for k in (2, 8):
+        sample = lowshot.sample_voc07(Ltr, k, lowshot.sample_rng(0, k, 1))
+        Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+        alone = lowshot_sweep_torch(X, Y, X_eval, COSTS, device=CPU)
+        shared = lowshot_sweep_torch(X, Y, X_eval, COSTS, device=CPU, layout=layout)
+        exact = lowshot_sweep_torch(X, Y, X_eval, COSTS, device=CPU, mixed=False)
+        scale = float(np.abs(alone.scores).max())
+        np.testing.assert_allclose(shared.scores, alone.scores, atol=1e-5 * scale)
+        np.testing.assert_allclose(exact.scores, alone.scores, atol=1e-3 * scale)
+        np.testing.assert_allclose(shared.cv_ap, alone.cv_ap, atol=1e-3, equal_nan=True)
+        np.testing.assert_allclose(exact.cv_ap, alone.cv_ap, atol=1e-2, equal_nan=True)

@@ -284,19 +284,49 @@ def cross_validated_ap(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, 
     return cv_ap
 
 
-def eval_scores_along_costs(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, classes: list, costs,
-                            logs: dict, options: SolverOptions) -> np.ndarray:
-    """Decision values on the layout's evaluation rows of every class trained on its member rows,
-    at every cost: (n_eval, len(classes), len(costs)) float32."""
+def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, classes: list,
+                                 cv_classes: list, costs, folds: int, logs: dict, options: SolverOptions):
+    """A low-shot sample's problems along the costs in one batch: every class trained on its sample
+    rows (decision values on the layout's evaluation rows) and, for ``cv_classes``, on each of its
+    stratified CV folds (held-out AP, as scikit-learn's cross_val_score). All of them live on the
+    union of the classes' sample rows, so one kernel, one cost path and one product per CG step
+    serve them all, and the held-out rows' decision values come with the solutions (no product).
+    Returns (n_eval, len(classes), len(costs)) float32 scores and {class: CV AP per cost}."""
+    device = layout.A.device
     rows = np.flatnonzero(member[:, classes].any(axis=1))
     kernel, _ = layout.restricted(rows)
-    train = torch.as_tensor(member[rows][:, classes], device=layout.A.device)
+    labels, train, owner = [], [], []
+    for c in classes:
+        labels.append(np.where(Y[rows, c] > 0, 1.0, -1.0))
+        train.append(member[rows, c])
+        owner.append((c, -1))
+    held_out = {}
+    for c in cv_classes:
+        own = np.flatnonzero(member[rows, c])
+        masks = cv_masks(np.where(Y[rows[own], c] > 0, 1, -1), folds)  # folds in index order, as before
+        for j in range(folds):
+            fold = np.zeros(len(rows), dtype=bool)
+            fold[own[masks[:, j]]] = True
+            labels.append(labels[classes.index(c)])
+            train.append(fold)
+            owner.append((c, j))
+            held_out[c, j] = own[~masks[:, j]]
+    y = torch.as_tensor(np.stack(labels, axis=1), dtype=torch.float64, device=device)
+    train = torch.as_tensor(np.stack(train, axis=1), device=device)
     out = np.empty((len(layout.A_eval), len(classes), len(costs)), dtype=np.float32)
-    for k, beta, info in cost_path(kernel, _labels(Y, rows, classes, layout.A.device), train, costs, options, "full"):
-        out[:, :, k] = layout.eval_scores(beta, rows).cpu().numpy()
-        for col, c in enumerate(classes):
+    cv_ap = {c: np.full(len(costs), np.nan) for c in cv_classes}
+    for k, beta, info in cost_path(kernel, y, train, costs, options, "sample+folds"):
+        out[:, :, k] = layout.eval_scores(beta[:, :len(classes)], rows).cpu().numpy()
+        decision = info.decision.cpu().numpy()  # K beta on the union rows: every held-out row is one
+        fold_aps = {c: [] for c in cv_classes}
+        for col, (c, j) in enumerate(owner):
             logs[c].record(int(info.newton_iters[col]), bool(info.converged[col]))
-    return out
+            if j >= 0:
+                out_rows = held_out[c, j]
+                fold_aps[c].append(stepwise_ap(Y[rows[out_rows], c] > 0, decision[out_rows, col]))
+        for c, aps in fold_aps.items():
+            cv_ap[c][k] = float(np.mean(aps))
+    return out, cv_ap
 
 
 def _device(device) -> torch.device:
@@ -402,14 +432,14 @@ def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, 
         if layout is None:
             layout, _, _ = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes, mixed, X_eval)
         scores = np.empty((len(layout.A_eval), n_classes, len(costs)), dtype=np.float32)
-        for chunk in class_chunks(list(range(n_classes)), len(used), layout.budget, layout.kernel_bytes):
-            scores[:, chunk] = eval_scores_along_costs(layout, Y, member, chunk, costs, logs, options)
-            if not cv:
-                continue
-            cv_able = [c for c in chunk if not too_few_for_cv(Y[:, c], folds)]
-            if cv_able:
-                for c, aps in cross_validated_ap(layout, Y, member, cv_able, costs, folds, logs, options).items():
-                    cv_ap[c] = aps
+        per_class = 1 + (folds if cv else 0)  # columns: the sample, then each CV fold's training rows
+        for chunk in class_chunks(list(range(n_classes)), len(used) * per_class, layout.budget, layout.kernel_bytes):
+            cv_able = [c for c in chunk if cv and not too_few_for_cv(Y[:, c], folds)]
+            chunk_scores, chunk_cv = sample_and_folds_along_costs(layout, Y, member, chunk, cv_able, costs, folds,
+                                                                  logs, options)
+            scores[:, chunk] = chunk_scores
+            for c, aps in chunk_cv.items():
+                cv_ap[c] = aps
     return LowShotSweep(scores, cv_ap, [logs[c] for c in range(n_classes)])
 
 

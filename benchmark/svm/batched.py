@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..metrics import stepwise_ap, voc_ap
 from ..provenance import resolve_device
-from .newton import TOL, DenseKernel, FactoredKernel, LowRank, kernel_diagonal, lowrank_eig, solve, warm_start
+from .newton import TOL, BlockKernel, DenseKernel, FactoredKernel, LowRank, lowrank_eig, solve, warm_start
 from .protocol import ClassResult, FitLog, l2_normalize, normalized_features, to_binary, too_few_for_cv
 
 SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
@@ -172,13 +172,15 @@ class TrainingRows:
         A = self.A if rows is None or len(rows) == self.n else self.A[torch.as_tensor(rows, device=self.A.device)]
         return A.T @ beta
 
-    def eval_scores(self, beta: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
-        """(n_eval, P) decision values on the evaluation rows of the solutions beta on ``rows``."""
+    def eval_scorer(self, rows: np.ndarray | None = None):
+        """beta (solutions on ``rows``, default all) -> (n_eval, P) decision values on the evaluation
+        rows; the rows' part of the cross kernel is gathered once, here."""
+        index = None if rows is None or len(rows) == self.n else torch.as_tensor(rows, device=self.A.device)
         if self.cross is not None:
-            cross = self.cross if rows is None or len(rows) == self.n else self.cross[torch.as_tensor(rows, device=self.A.device)]
-            return (beta.T @ cross).T
-        A = self.A if rows is None or len(rows) == self.n else self.A[torch.as_tensor(rows, device=self.A.device)]
-        return ((beta.T @ A) @ self.A_eval.T).T
+            cross = self.cross if index is None else self.cross[index]
+            return lambda beta: (beta.T @ cross).T
+        A = self.A if index is None else self.A[index]
+        return lambda beta: ((beta.T @ A) @ self.A_eval.T).T
 
 
 def with_bias(X: torch.Tensor) -> torch.Tensor:
@@ -187,20 +189,27 @@ def with_bias(X: torch.Tensor) -> torch.Tensor:
 
 def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_bytes: int | None,
                mixed: bool = False, X_eval=None):
-    """(TrainingRows, memory budget, bytes the kernels take). The evaluation rows' cross kernel
-    is kept only when it fits in a quarter of the budget."""
+    """(TrainingRows, memory budget, bytes the layout keeps: the features with their bias column,
+    the kernel and its float32 copy or the features' float32 copy, the evaluation rows and their
+    cross kernel). The cross kernel is kept only when it fits in a quarter of the budget."""
     budget = memory_budget(device) if memory_bytes is None else int(memory_bytes)
     form = choose_kernel_form(len(X), X.shape[1], budget, kernel_form)
-    n = len(X)
-    kernel_bytes = 8 * n * n * (1.5 if mixed else 1) if form == "dense" else (4 * n * X.shape[1] if mixed else 0)
+    n, d1 = len(X), X.shape[1] + 1
+    kept = 8 * n * d1
+    if form == "dense":
+        kept += 8 * n * n + (4 * n * n if mixed else 0)
+    elif mixed:
+        kept += 4 * n * d1
+    if X_eval is not None:
+        kept += 8 * len(X_eval) * d1
     if X_eval is not None and (form != "dense" or 8 * n * len(X_eval) > budget // 4):
         layout = TrainingRows(X, device, form, mixed)
         layout.A_eval = with_bias(torch.as_tensor(X_eval, dtype=torch.float64, device=device))
     else:
         layout = TrainingRows(X, device, form, mixed, X_eval)
-        kernel_bytes += 0 if X_eval is None else 8 * n * len(X_eval)
-    layout.budget, layout.kernel_bytes = budget, int(kernel_bytes)
-    return layout, budget, int(kernel_bytes)
+        kept += 0 if X_eval is None else 8 * n * len(X_eval)
+    layout.budget, layout.kernel_bytes = budget, int(kept)
+    return layout, budget, int(kept)
 
 
 def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None):
@@ -210,9 +219,9 @@ def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed
         return None, None
     scale = 2 * float(c.max())
     # the trace bounds the top eigenvalue: no eigenpairs are computed for costs that cannot use them
-    if computed is None and scale * float(kernel_diagonal(kernel).sum()) >= options.lowrank_from:
+    if computed is None and scale * kernel.trace_bound() >= options.lowrank_from:
         computed = lowrank_eig(kernel, options.lowrank_rank)
-    use = computed is not None and scale * float(computed.lam[0]) >= options.lowrank_from
+    use = computed is not None and scale * float(computed.lam.max()) >= options.lowrank_from
     return computed, (computed if use else None)
 
 
@@ -285,45 +294,82 @@ def cross_validated_ap(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, 
 
 
 def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np.ndarray, classes: list,
-                                 cv_classes: list, costs, folds: int, logs: dict, options: SolverOptions):
+                                 cv_classes: list, costs, folds: int, logs: dict, options: SolverOptions,
+                                 blocks: bool | None = None):
     """A low-shot sample's problems along the costs in one batch: every class trained on its sample
     rows (decision values on the layout's evaluation rows) and, for ``cv_classes``, on each of its
-    stratified CV folds (held-out AP, as scikit-learn's cross_val_score). All of them live on the
-    union of the classes' sample rows, so one kernel, one cost path and one product per CG step
-    serve them all, and the held-out rows' decision values come with the solutions (no product).
-    Returns (n_eval, len(classes), len(costs)) float32 scores and {class: CV AP per cost}."""
+    stratified CV folds (held-out AP, as scikit-learn's cross_val_score). One cost path and one
+    product per CG step serve them all, and the held-out rows' decision values come with the
+    solutions (no product).
+
+    Where the classes have their own rows (VOC07) and the union of their samples is large next to
+    each sample (sum of m_c^2 < 2 union^2: VOC07 k <= 64; measured faster there, slower at k = 96,
+    where the blocks hold 3x the union's entries), every class gets its own kernel block
+    (``BlockKernel``, gathered from the layer's kernel); otherwise all problems share the union's
+    kernel with masked rows (``blocks``: True / False forces one). Returns (n_eval, len(classes),
+    len(costs)) float32 scores and {class: CV AP per cost}."""
     device = layout.A.device
     rows = np.flatnonzero(member[:, classes].any(axis=1))
-    kernel, _ = layout.restricted(rows)
-    labels, train, owner = [], [], []
-    for c in classes:
-        labels.append(np.where(Y[rows, c] > 0, 1.0, -1.0))
-        train.append(member[rows, c])
+    own = [np.flatnonzero(member[:, c]) for c in classes]
+    m = max(len(r) for r in own)
+    blocked = layout.K is not None and layout.cross is not None and len(classes) * m * m < 2 * len(rows) ** 2
+    if blocks is not None:
+        blocked = blocks and layout.K is not None and layout.cross is not None
+    if blocked:  # the vector rows of class i's problems: its own rows, padded with never-trained ones
+        row_sets = [np.concatenate([r, np.full(m - len(r), r[0])]) for r in own]
+        valid = [np.arange(m) < len(r) for r in own]
+    else:
+        row_sets = [rows] * len(classes)
+        valid = [np.ones(len(rows), dtype=bool)] * len(classes)
+    labels, train, owner, block = [], [], [], []
+    for i, c in enumerate(classes):
+        labels.append(np.where(Y[row_sets[i], c] > 0, 1.0, -1.0))
+        train.append(member[row_sets[i], c] & valid[i])
         owner.append((c, -1))
+        block.append(i)
     held_out = {}
     for c in cv_classes:
-        own = np.flatnonzero(member[rows, c])
-        masks = cv_masks(np.where(Y[rows[own], c] > 0, 1, -1), folds)  # folds in index order, as before
+        i = classes.index(c)
+        positions = np.flatnonzero(train[i])  # the class's sample rows in index order, as before
+        masks = cv_masks(np.where(Y[row_sets[i][positions], c] > 0, 1, -1), folds)
         for j in range(folds):
-            fold = np.zeros(len(rows), dtype=bool)
-            fold[own[masks[:, j]]] = True
-            labels.append(labels[classes.index(c)])
+            fold = np.zeros(len(row_sets[i]), dtype=bool)
+            fold[positions[masks[:, j]]] = True
+            labels.append(labels[i])
             train.append(fold)
             owner.append((c, j))
-            held_out[c, j] = own[~masks[:, j]]
+            block.append(i)
+            held_out[c, j] = positions[~masks[:, j]]
     y = torch.as_tensor(np.stack(labels, axis=1), dtype=torch.float64, device=device)
     train = torch.as_tensor(np.stack(train, axis=1), device=device)
+    if blocked:
+        index = torch.as_tensor(np.stack(row_sets), device=device)
+        blocks = layout.K[index.unsqueeze(2), index.unsqueeze(1)]  # (classes, m, m)
+        kernel = BlockKernel(blocks, torch.as_tensor(block, device=device), layout.mixed)
+        eval_all = layout.eval_scorer()
+        scatter_rows = torch.as_tensor(np.concatenate([r for r in own]), device=device)
+        scatter_cols = torch.as_tensor(np.repeat(np.arange(len(classes)), [len(r) for r in own]), device=device)
+        local = torch.as_tensor(np.concatenate([np.arange(len(r)) for r in own]), device=device)
+
+        def eval_scores(beta):  # each class's solution on its rows, as weights on the layer's rows
+            full = torch.zeros((layout.n, len(classes)), dtype=beta.dtype, device=device)
+            full[scatter_rows, scatter_cols] = beta[local, scatter_cols]
+            return eval_all(full)
+    else:
+        kernel, _ = layout.restricted(rows)
+        eval_scores = layout.eval_scorer(rows)
     out = np.empty((len(layout.A_eval), len(classes), len(costs)), dtype=np.float32)
     cv_ap = {c: np.full(len(costs), np.nan) for c in cv_classes}
-    for k, beta, info in cost_path(kernel, y, train, costs, options, "sample+folds"):
-        out[:, :, k] = layout.eval_scores(beta[:, :len(classes)], rows).cpu().numpy()
-        decision = info.decision.cpu().numpy()  # K beta on the union rows: every held-out row is one
+    for k, beta, info in cost_path(kernel, y, train, costs, options, "blocks" if blocked else "union"):
+        out[:, :, k] = eval_scores(beta[:, :len(classes)]).cpu().numpy()
+        decision = info.decision.cpu().numpy()  # K beta on each problem's rows: every held-out row is one
         fold_aps = {c: [] for c in cv_classes}
         for col, (c, j) in enumerate(owner):
             logs[c].record(int(info.newton_iters[col]), bool(info.converged[col]))
             if j >= 0:
-                out_rows = held_out[c, j]
-                fold_aps[c].append(stepwise_ap(Y[rows[out_rows], c] > 0, decision[out_rows, col]))
+                positions = held_out[c, j]
+                fold_aps[c].append(stepwise_ap(Y[row_sets[classes.index(c)][positions], c] > 0,
+                                               decision[positions, col]))
         for c, aps in fold_aps.items():
             cv_ap[c][k] = float(np.mean(aps))
     return out, cv_ap

@@ -128,6 +128,14 @@ class TorchSolver(Solver):
     def __init__(self, device: torch.device):
         self.device = device
         self.name = f"torch-newton({device.type})"
+        self._layout = None  # (X_train, X_eval, layout) of the last low-shot call
+
+    def layer_layout(self, X_train: np.ndarray, X_eval: np.ndarray):
+        """The layer's kernels (``batched.shared_layout``), kept while the same arrays come back:
+        a caller that solves its k values in several calls computes them once."""
+        if self._layout is None or self._layout[0] is not X_train or self._layout[1] is not X_eval:
+            self._layout = (X_train, X_eval, shared_layout(X_train, X_eval, self.device))
+        return self._layout[2]
 
     def voc07(self, train_features, train_labels, test_features, test_labels, costs, folds):
         return voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs=costs, folds=folds,
@@ -144,7 +152,7 @@ class TorchSolver(Solver):
         keep = test_labels != -1  # difficult-only rows are removed per class
         # every sample of every k is a subset of the same trainval rows: their kernels are gathered
         # from one layer-wide kernel (and test cross kernel) computed here once
-        layout = shared_layout(X_train, X_test, self.device)
+        layout = self.layer_layout(X_train, X_test)
         for i, sample in enumerate(samples):
             Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
             sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device, layout=layout)

@@ -10,7 +10,7 @@ import torch
 from benchmark.datasets.synth_features import voc_like_features
 from benchmark.metrics import voc_ap
 from benchmark.svm import liblinear
-from benchmark.svm.batched import lowshot_sweep_torch, shared_layout
+from benchmark.svm.batched import SolverOptions, lowshot_sweep_torch, sample_and_folds_along_costs, shared_layout
 from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize
 from tasks.lowshot import protocol as lowshot
 
@@ -127,3 +127,29 @@ def test_samples_share_the_layers_kernels(features) -> None:
         np.testing.assert_allclose(exact.scores, alone.scores, atol=1e-3 * scale)
         np.testing.assert_allclose(shared.cv_ap, alone.cv_ap, atol=1e-3, equal_nan=True)
         np.testing.assert_allclose(exact.cv_ap, alone.cv_ap, atol=1e-2, equal_nan=True)
+
+
+def test_per_class_blocks_solve_the_union_problems(features) -> None:
+    """VOC07 classes on their own kernel blocks (BlockKernel) give the answers of masked columns
+    of the union's kernel: the same problems, rows and folds."""
+    X, Ltr, X_eval, _ = features
+    layout = shared_layout(X, X_eval, CPU)
+    sample = lowshot.sample_voc07(Ltr, 8, lowshot.sample_rng(0, 8, 2))
+    Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+    member = Y != 0
+    classes = list(range(Y.shape[1]))
+    out = {}
+    for blocks in (True, False):
+        logs = {c: FitLog() for c in classes}
+        out[blocks] = sample_and_folds_along_costs(layout, Y, member, classes, classes, COSTS, 3, logs,
+                                                   SolverOptions(), blocks=blocks)
+        assert sum(log.not_converged for log in logs.values()) == 0
+        assert sum(log.fits for log in logs.values()) == len(classes) * len(COSTS) * 4
+    scores_b, cv_b = out[True]
+    scores_u, cv_u = out[False]
+    scale = float(np.abs(scores_u).max())
+    np.testing.assert_allclose(scores_b, scores_u, atol=2e-4 * scale)
+    for c in classes:
+        np.testing.assert_allclose(cv_b[c], cv_u[c], atol=2e-3)
+    # and the union's rows really are many more than one class's: the blocks are the point
+    assert member.any(axis=1).sum() > 2 * member[:, 0].sum()

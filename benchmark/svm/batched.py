@@ -346,15 +346,15 @@ def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np
         index = torch.as_tensor(np.stack(row_sets), device=device)
         blocks = layout.K[index.unsqueeze(2), index.unsqueeze(1)]  # (classes, m, m)
         kernel = BlockKernel(blocks, torch.as_tensor(block, device=device), layout.mixed)
-        eval_all = layout.eval_scorer()
-        scatter_rows = torch.as_tensor(np.concatenate([r for r in own]), device=device)
+        eval_union = layout.eval_scorer(rows)
+        scatter_rows = torch.as_tensor(np.searchsorted(rows, np.concatenate(own)), device=device)
         scatter_cols = torch.as_tensor(np.repeat(np.arange(len(classes)), [len(r) for r in own]), device=device)
         local = torch.as_tensor(np.concatenate([np.arange(len(r)) for r in own]), device=device)
 
-        def eval_scores(beta):  # each class's solution on its rows, as weights on the layer's rows
-            full = torch.zeros((layout.n, len(classes)), dtype=beta.dtype, device=device)
-            full[scatter_rows, scatter_cols] = beta[local, scatter_cols]
-            return eval_all(full)
+        def eval_scores(beta):  # each class's solution on its rows, as weights on the union's rows
+            union = torch.zeros((len(rows), len(classes)), dtype=beta.dtype, device=device)
+            union[scatter_rows, scatter_cols] = beta[local, scatter_cols]
+            return eval_union(union)
     else:
         kernel, _ = layout.restricted(rows)
         eval_scores = layout.eval_scorer(rows)

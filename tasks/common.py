@@ -28,10 +28,14 @@ N_JOBS = OneOf(Int(min=1), Choice(-1), default=2)  # liblinear: classes in paral
 # liblinear; liblinear: the reference's loop, one class and cost at a time
 SOLVER = Choice(*SOLVERS)
 SVM_DEVICE = Device("auto")  # torch solver: cuda when available, else cpu
+# torch solver: float32 CG products with float64 decision values and stopping test ("mixed", same
+# stopping test as liblinear in float64), or float64 throughout
+SVM_PRECISION = Choice("mixed", "float64")
 # What every SVM task declares about its SVMs (cost list, cost selection, solver and where it runs),
 # merged into each task's declaration at the same place (``**SVM_OPTIONS``): one declaration,
 # so the tasks cannot drift apart in names, defaults or checks
-SVM_OPTIONS = {"costs": COSTS, "folds": FOLDS, "n_jobs": N_JOBS, "solver": SOLVER, "svm_device": SVM_DEVICE}
+SVM_OPTIONS = {"costs": COSTS, "folds": FOLDS, "n_jobs": N_JOBS, "solver": SOLVER, "svm_device": SVM_DEVICE,
+               "svm_precision": SVM_PRECISION}
 
 
 def resolve_layers(task: str, requested, arch: Architecture) -> list[str]:
@@ -77,7 +81,8 @@ class SVMTask:
     def solver(self, ctx: RunContext) -> Solver:
         """The solver of this task's options (an unknown solver: ConfigError naming the task)."""
         return make_solver(self.config.solver, self.config.svm_device, n_jobs=self.config.n_jobs,
-                           seed=ctx.seed, span=self.config.get("span_coordinates", True), task=self.name)
+                           seed=ctx.seed, span=self.config.get("span_coordinates", True), task=self.name,
+                           mixed=self.config.svm_precision == "mixed")
 
 
 # --- aggregation over seeded samples (low-shot) and draws (few-shot classification) ----------

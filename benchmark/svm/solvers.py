@@ -125,24 +125,24 @@ class LiblinearSolver(Solver):
 class TorchSolver(Solver):
     """The batched engine on ``device``: all classes of a layer (or of a sample) solved together."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.name = f"torch-newton({device.type})"
+    def __init__(self, device: torch.device, mixed: bool = True):
+        self.device, self.mixed = device, mixed
+        self.name = f"torch-newton({device.type},{'mixed' if mixed else 'float64'})"
         self._layout = None  # (X_train, X_eval, layout) of the last low-shot call
 
     def layer_layout(self, X_train: np.ndarray, X_eval: np.ndarray):
         """The layer's kernels (``batched.shared_layout``), kept while the same arrays come back:
         a caller that solves its k values in several calls computes them once."""
         if self._layout is None or self._layout[0] is not X_train or self._layout[1] is not X_eval:
-            self._layout = (X_train, X_eval, shared_layout(X_train, X_eval, self.device))
+            self._layout = (X_train, X_eval, shared_layout(X_train, X_eval, self.device, mixed=self.mixed))
         return self._layout[2]
 
     def voc07(self, train_features, train_labels, test_features, test_labels, costs, folds):
         return voc07_svm_torch(train_features, train_labels, test_features, test_labels, costs=costs, folds=folds,
-                               device=self.device)
+                               device=self.device, mixed=self.mixed)
 
     def cv_costs(self, X_train, Y, costs, folds):
-        return cv_costs_torch(X_train, Y, costs, folds, self.device)
+        return cv_costs_torch(X_train, Y, costs, folds, self.device, mixed=self.mixed)
 
     def lowshot_voc07(self, X_train, X_test, test_labels, samples, costs, folds, fallback_cost):
         num_classes = test_labels.shape[1]
@@ -172,7 +172,7 @@ class TorchSolver(Solver):
 
     def lowshot_places(self, X, y, X_val, val_labels, num_classes, costs, folds, log):
         Y = np.where(y[:, None] == np.arange(num_classes)[None, :], 1, -1)
-        sweep = lowshot_sweep_torch(X, Y, X_val, costs, folds, device=self.device)
+        sweep = lowshot_sweep_torch(X, Y, X_val, costs, folds, device=self.device, mixed=self.mixed)
         scores = np.moveaxis(sweep.scores, 1, 0)  # (classes, n_val, costs)
         aps = np.array([[voc_ap(val_labels == c, scores[c, :, j]) for j in range(len(costs))]
                         for c in range(num_classes)])
@@ -183,10 +183,10 @@ class TorchSolver(Solver):
 
 
 def make_solver(name: str, device="auto", n_jobs: int = 1, seed: int = 0, span: bool = True,
-                task: str = "svm") -> Solver:
+                task: str = "svm", mixed: bool = True) -> Solver:
     """The solver a task's options name: 'torch' on ``device`` ('auto': cuda when available) or
     'liblinear' with ``n_jobs`` classes in parallel, seeded with ``seed``. ``task`` names the
     caller in the error for an unknown solver."""
     if check_solver(name, task) == "torch":
-        return TorchSolver(device if isinstance(device, torch.device) else resolve_device(device))
+        return TorchSolver(device if isinstance(device, torch.device) else resolve_device(device), mixed)
     return LiblinearSolver(n_jobs=n_jobs, seed=seed, span=span)

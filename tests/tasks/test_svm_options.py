@@ -15,7 +15,7 @@ SVM_TASKS = ("voc07_svm", "lowshot_voc07", "lowshot_places205")
 
 def test_every_svm_task_declares_the_shared_svm_options() -> None:
     assert sorted(name for name in TASKS.names() if issubclass(TASKS.get(name), SVMTask)) == sorted(SVM_TASKS)
-    assert list(SVM_OPTIONS) == ["costs", "folds", "n_jobs", "solver", "svm_device"]
+    assert list(SVM_OPTIONS) == ["costs", "folds", "n_jobs", "solver", "svm_device", "svm_precision"]
     for name in SVM_TASKS:
         spec = declared(TASKS.get(name).options)
         assert all(spec[key] is option for key, option in SVM_OPTIONS.items()), name
@@ -28,7 +28,8 @@ def test_every_svm_task_declares_the_shared_svm_options() -> None:
 def test_shared_defaults_and_checks(name) -> None:
     config = validate({}, TASKS.get(name).options, name)
     assert {key: config[key] for key in SVM_OPTIONS} == {"costs": "reference", "folds": 3, "n_jobs": 2,
-                                                         "solver": "torch", "svm_device": "auto"}
+                                                         "solver": "torch", "svm_device": "auto",
+                                                         "svm_precision": "mixed"}
     for key, bad, expected in (("folds", 1, "an integer >= 2"), ("n_jobs", 0, "an integer >= 1 or one of -1"),
                                ("solver", "sklearn", "one of 'torch', 'liblinear'"),
                                ("costs[0]", [0.0], "a number > 0"), ("svm_device", "gpu", "")):

@@ -30,7 +30,8 @@ def test_make_solver_builds_each_solver_and_names_it() -> None:
     assert set(SOLVERS) == {"torch", "liblinear"}
     torch_solver = make_solver("torch", "cpu")
     assert isinstance(torch_solver, TorchSolver) and torch_solver.device == CPU
-    assert torch_solver.name == "torch-newton(cpu)"
+    assert torch_solver.name == "torch-newton(cpu,mixed)" and torch_solver.mixed
+    assert make_solver("torch", "cpu", mixed=False).name == "torch-newton(cpu,float64)"
     assert make_solver("torch", CPU).device == CPU
     liblinear = make_solver("liblinear", n_jobs=3, seed=7)
     assert isinstance(liblinear, LiblinearSolver) and isinstance(liblinear, Solver)
@@ -93,3 +94,15 @@ def test_lowshot_places_same_shapes_and_choices_from_both_solvers(data) -> None:
     per_class = [lowshot_places_class(c, Z, y, Z_test, val_labels, COSTS, 3, 0) for c in range(3)]
     assert np.array_equal(out["liblinear"][0], np.stack([r[0] for r in per_class]))
     assert out["liblinear"][2].tolist() == [-1 if r[2] is None else r[2] for r in per_class]
+
+
+def test_float64_and_mixed_precision_give_the_same_protocol(data) -> None:
+    """svm_precision: float64 runs the engine in float64 throughout; mixed (the default) gives the
+    same chosen costs and test APs on the same features."""
+    X, labels, X_test, test_labels = data
+    mixed = make_solver("torch", "cpu").voc07(X, labels, X_test, test_labels, [0.01, 0.1, 1.0, 10.0], 3)
+    exact = make_solver("torch", "cpu", mixed=False).voc07(X, labels, X_test, test_labels, [0.01, 0.1, 1.0, 10.0], 3)
+    for a, b in zip(mixed, exact):
+        assert a.best_cost == b.best_cost
+        assert abs(a.test_ap - b.test_ap) < 1e-6
+        np.testing.assert_allclose(a.cv_ap, b.cv_ap, atol=1e-6)

@@ -635,7 +635,7 @@ def _engine_vs_liblinear(df, task: str, engine_task: str) -> int:
     """The batched engine's rows (solver: torch, the default) against the liblinear run's on the
     same samples and features: every low-shot value within 0.2 points; returns rows compared."""
     ours, theirs = df[df.task == engine_task], df[df.task == task]
-    assert set(ours.solver) == {"torch-newton(cpu)"} and set(theirs.solver) == {"liblinear+span"}
+    assert set(ours.solver) == {"torch-newton(cpu,mixed)"} and set(theirs.solver) == {"liblinear+span"}
     key = ["layer", "k", "sample", "cost_selection", "metric"]
     values = ours[ours.metric != "skipped"].merge(theirs, on=key, suffixes=("_engine", "_liblinear"))
     assert len(values) == (ours.metric != "skipped").sum() == (theirs.metric != "skipped").sum()

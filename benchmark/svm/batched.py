@@ -312,9 +312,8 @@ def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np
     rows = np.flatnonzero(member[:, classes].any(axis=1))
     own = [np.flatnonzero(member[:, c]) for c in classes]
     m = max(len(r) for r in own)
-    blocked = layout.K is not None and layout.cross is not None and len(classes) * m * m < 2 * len(rows) ** 2
-    if blocks is not None:
-        blocked = blocks and layout.K is not None and layout.cross is not None
+    possible = layout.K is not None and layout.cross is not None and all(len(r) for r in own)
+    blocked = possible and (len(classes) * m * m < 2 * len(rows) ** 2 if blocks is None else blocks)
     if blocked:  # the vector rows of class i's problems: its own rows, padded with never-trained ones
         row_sets = [np.concatenate([r, np.full(m - len(r), r[0])]) for r in own]
         valid = [np.arange(m) < len(r) for r in own]

@@ -29,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchmark  # noqa: E402,F401  (first: it sets OMP_WAIT_POLICY before torch loads OpenMP)
+import numpy as np  # noqa: E402
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.cpus import usable_cpus  # noqa: E402
 from benchmark.datasets.synth_features import voc_like_features  # noqa: E402

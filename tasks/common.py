@@ -30,7 +30,7 @@ SOLVER = Choice(*SOLVERS)
 SVM_DEVICE = Device("auto")  # torch solver: cuda when available, else cpu
 # torch solver: float32 CG products with float64 decision values and stopping test ("mixed", same
 # stopping test as liblinear in float64), or float64 throughout
-SVM_PRECISION = Choice("mixed", "float64")
+SVM_PRECISION = Choice("mixed", "float64", omit_at_default=True)  # added later: hashes unchanged at its default
 # What every SVM task declares about its SVMs (cost list, cost selection, solver and where it runs),
 # merged into each task's declaration at the same place (``**SVM_OPTIONS``): one declaration,
 # so the tasks cannot drift apart in names, defaults or checks

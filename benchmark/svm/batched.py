@@ -188,10 +188,11 @@ def with_bias(X: torch.Tensor) -> torch.Tensor:
 
 
 def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_bytes: int | None,
-               mixed: bool = False, X_eval=None):
-    """(TrainingRows, memory budget, bytes the layout keeps: the features with their bias column,
-    the kernel and its float32 copy or the features' float32 copy, the evaluation rows and their
-    cross kernel). The cross kernel is kept only when it fits in a quarter of the budget."""
+               mixed: bool = False, X_eval=None) -> TrainingRows:
+    """The layer's TrainingRows, with ``budget`` (the memory budget) and ``kernel_bytes`` (what it
+    keeps: the features with their bias column, the kernel and its float32 copy or the features'
+    float32 copy, the evaluation rows and their cross kernel). The cross kernel is kept only when
+    it fits in a quarter of the budget."""
     budget = memory_budget(device) if memory_bytes is None else int(memory_bytes)
     form = choose_kernel_form(len(X), X.shape[1], budget, kernel_form)
     n, d1 = len(X), X.shape[1] + 1
@@ -209,7 +210,7 @@ def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_byt
         layout = TrainingRows(X, device, form, mixed, X_eval)
         kept += 0 if X_eval is None else 8 * n * len(X_eval)
     layout.budget, layout.kernel_bytes = budget, int(kept)
-    return layout, budget, int(kept)
+    return layout
 
 
 def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None):
@@ -225,10 +226,12 @@ def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed
     return computed, (computed if use else None)
 
 
-def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: SolverOptions, label: str = ""):
+def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: SolverOptions, label: str = "",
+              groups: torch.Tensor | None = None):
     """Solve the columns (labels y, training rows train) at every cost, in increasing order, each
     from its solution at the previous cost (rescaled by ``warm_start``). Costs are C times the
-    class weights 2 (positives) : 1. Yields (index into costs, beta, SolveInfo)."""
+    class weights 2 (positives) : 1. ``groups``: see ``newton.solve``. Yields (index into costs, beta,
+    SolveInfo)."""
     weight = torch.where(y > 0, 2.0, 1.0)
     beta = f = previous = lowrank = None
     for k in np.argsort(costs, kind="stable"):
@@ -239,7 +242,7 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
         lowrank, use = preconditioner_for(kernel, c, options, lowrank)
         started = time.perf_counter()
         beta, info = solve(kernel, y, c, train, beta0=beta, f0=f, tol=options.tol, max_newton=options.max_newton,
-                           max_cg=options.max_cg, lowrank=use)
+                           max_cg=options.max_cg, lowrank=use, groups=groups)
         if DEBUG:
             print(f"C={cost:g} {label} {time.perf_counter() - started:.2f}s newton max "
                   f"{int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "
@@ -359,7 +362,8 @@ def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np
         eval_scores = layout.eval_scorer(rows)
     out = np.empty((len(layout.A_eval), len(classes), len(costs)), dtype=np.float32)
     cv_ap = {c: np.full(len(costs), np.nan) for c in cv_classes}
-    for k, beta, info in cost_path(kernel, y, train, costs, options, "blocks" if blocked else "union"):
+    groups = torch.as_tensor(block, device=device)  # a class's problems: its sample and its CV folds
+    for k, beta, info in cost_path(kernel, y, train, costs, options, "blocks" if blocked else "union", groups):
         out[:, :, k] = eval_scores(beta[:, :len(classes)]).cpu().numpy()
         decision = info.decision.cpu().numpy()  # K beta on each problem's rows: every held-out row is one
         fold_aps = {c: [] for c in cv_classes}
@@ -403,11 +407,11 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
     if not trainable:
         return results
     with cpu_threads_for(n, device):
-        layout, budget, kernel_bytes = layout_for(X_train, device, kernel_form, memory_bytes, mixed)
+        layout = layout_for(X_train, device, kernel_form, memory_bytes, mixed)
         X_eval = torch.as_tensor(X_test, dtype=torch.float64, device=device)
         member = np.ones_like(Y, dtype=bool)
         logs = {c: results[c].log for c in trainable}
-        for chunk in class_chunks(trainable, n, budget, kernel_bytes):
+        for chunk in class_chunks(trainable, n, layout.budget, layout.kernel_bytes):
             cv_ap = cross_validated_ap(layout, Y, member, chunk, costs, folds, logs, options)
             # refit on all training rows at the chosen cost (first maximum in the given cost
             # order, as the reference's argmax)
@@ -447,8 +451,7 @@ def shared_layout(X_train: np.ndarray, X_eval: np.ndarray, device=None, kernel_f
     """The kernels of a layer's training rows (and their cross kernel with the evaluation rows),
     computed once and shared by every low-shot sample of every k: each sample only gathers its
     rows (for VOC07 the product over the features was most of a k = 96 sample's time)."""
-    layout, _, _ = layout_for(np.asarray(X_train), _device(device), kernel_form, memory_bytes, mixed, X_eval)
-    return layout
+    return layout_for(np.asarray(X_train), _device(device), kernel_form, memory_bytes, mixed, X_eval)
 
 
 def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, costs, folds: int = 3,
@@ -475,7 +478,7 @@ def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, 
     cv_ap = np.full((n_classes, len(costs)), np.nan)
     with cpu_threads_for(len(used), device):
         if layout is None:
-            layout, _, _ = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes, mixed, X_eval)
+            layout = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes, mixed, X_eval)
         scores = np.empty((len(layout.A_eval), n_classes, len(costs)), dtype=np.float32)
         per_class = 1 + (folds if cv else 0)  # columns: the sample, then each CV fold's training rows
         for chunk in class_chunks(list(range(n_classes)), len(used) * per_class, layout.budget, layout.kernel_bytes):
@@ -515,9 +518,9 @@ def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, de
     if not classes:
         return out
     with cpu_threads_for(len(Y), device):
-        layout, budget, kernel_bytes = layout_for(X_train, device, "auto", None, mixed)
+        layout = layout_for(X_train, device, "auto", None, mixed)
         logs = {c: FitLog() for c in classes}
-        for chunk in class_chunks(classes, len(Y), budget, kernel_bytes):
+        for chunk in class_chunks(classes, len(Y), layout.budget, layout.kernel_bytes):
             cv_ap = cross_validated_ap(layout, Y, np.ones_like(Y, dtype=bool), chunk, costs, folds, logs,
                                        SolverOptions(tol=tol))
             out.update({c: float(costs[int(np.argmax(cv_ap[c]))]) for c in chunk})

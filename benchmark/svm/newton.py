@@ -44,42 +44,43 @@ class SolveInfo:
     decision: torch.Tensor | None = None  # K @ beta on the kernel's rows, on the solver's device
 
 
-class DenseKernel:
-    """The n x n kernel K = A A^T (bias included) and its two products: exact (float64) for the
-    decision values, the line search and liblinear's stopping test, and ``fast`` for the
+class Kernel:
+    """A kernel the solver multiplies by, kept as ``data`` (float64): exact products for the
+    decision values, the line search and liblinear's stopping test, and ``fast`` products for the
     conjugate-gradient steps towards a Newton point, through a float32 copy when ``mixed``.
+    Subclasses give the product through either copy (``_product``) and the diagonal.
 
     Why float32 is enough there: a Newton point is only a search direction. The solver computes
     the residual each CG run starts from, the decision values and the stopping test exactly, so
     each Newton step is one round of iterative refinement and the answer meets the same float64
-    criterion (max PG - min PG <= tol) as a float64 solve; tests check it on the float64 kernel.
-    Products use the (q, n) @ (n, n) layout (K is symmetric): BLAS's fast path for few columns,
-    measured x2.7 over n x n @ n x q in float64 with 20 columns."""
+    criterion (max PG - min PG <= tol) as a float64 solve; tests check it on the float64 kernel."""
 
-    def __init__(self, K: torch.Tensor, mixed: bool = False):
-        self.K = K
-        self.K32 = K.to(torch.float32) if mixed and K.dtype == torch.float64 else None
+    def __init__(self, data: torch.Tensor, mixed: bool = False):
+        self.data = data
+        self.data32 = data.to(torch.float32) if mixed and data.dtype == torch.float64 else None
 
     @property
     def mixed(self) -> bool:
-        return self.K32 is not None
+        return self.data32 is not None
+
+    def _product(self, data: torch.Tensor, p: torch.Tensor, cols) -> torch.Tensor:
+        raise NotImplementedError
 
     def __matmul__(self, p: torch.Tensor) -> torch.Tensor:
-        return (p.T @ self.K).T
+        return self._product(self.data, p, None)
 
     def matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        """K p; ``cols`` (which problems p's columns are) matters to ``BlockKernel`` only."""
-        return self @ p
+        """K p, exact; ``cols`` (which problems p's columns are) matters to ``BlockKernel`` only."""
+        return self._product(self.data, p, cols)
 
     def fast_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        if self.K32 is None:
-            return self @ p
-        return (p.T.to(torch.float32) @ self.K32).T.to(p.dtype)
+        return self._product(self.data if self.data32 is None else self.data32, p, cols)
 
     def diagonal(self) -> torch.Tensor:
-        return torch.diagonal(self.K)
+        raise NotImplementedError
 
     def column_diagonal(self, cols=None) -> torch.Tensor:
+        """The diagonal as (n, 1), or per problem (m, columns) for a ``BlockKernel``."""
         return self.diagonal().unsqueeze(1)
 
     def trace_bound(self) -> float:
@@ -88,116 +89,109 @@ class DenseKernel:
 
     @property
     def dtype(self):
-        return self.K.dtype
+        return self.data.dtype
 
     @property
     def device(self):
-        return self.K.device
-
-    @property
-    def shape(self):
-        return self.K.shape
+        return self.data.device
 
 
-class FactoredKernel:
-    """K = A A^T kept as A = [features, 1] (m x (d+1)): a product costs 4 m d instead of 2 m^2 and
-    no m x m matrix is stored. Pays when m > 2 (d + 1) or when the dense kernel does not fit (large
-    training sets); the solver only needs products and the diagonal. ``mixed``: the CG products
-    go through a float32 copy of A (see ``DenseKernel``)."""
+class DenseKernel(Kernel):
+    """The n x n kernel K = A A^T (bias included). Products use the (q, n) @ (n, n) layout (K is
+    symmetric): BLAS's fast path for few columns, measured x2.7 over n x n @ n x q in float64
+    with 20 columns."""
 
-    def __init__(self, A: torch.Tensor, mixed: bool = False):
-        self.A = A
-        self.A32 = A.to(torch.float32) if mixed and A.dtype == torch.float64 else None
+    K = property(lambda self: self.data)
+    K32 = property(lambda self: self.data32)
 
-    @property
-    def mixed(self) -> bool:
-        return self.A32 is not None
-
-    def __matmul__(self, p: torch.Tensor) -> torch.Tensor:
-        return ((p.T @ self.A) @ self.A.T).T
-
-    def matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        return self @ p
-
-    def fast_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        if self.A32 is None:
-            return self @ p
-        return ((p.T.to(torch.float32) @ self.A32) @ self.A32.T).T.to(p.dtype)
+    def _product(self, data, p, cols):
+        return (p.T.to(data.dtype) @ data).T.to(p.dtype)
 
     def diagonal(self) -> torch.Tensor:
-        return (self.A * self.A).sum(1)
-
-    def column_diagonal(self, cols=None) -> torch.Tensor:
-        return self.diagonal().unsqueeze(1)
-
-    def trace_bound(self) -> float:
-        return float(self.diagonal().sum())
-
-    @property
-    def dtype(self):
-        return self.A.dtype
-
-    @property
-    def device(self):
-        return self.A.device
+        return torch.diagonal(self.data)
 
     @property
     def shape(self):
-        return (self.A.shape[0], self.A.shape[0])
+        return self.data.shape
 
 
-class BlockKernel:
+class FactoredKernel(Kernel):
+    """K = A A^T kept as A = [features, 1] (m x (d+1)): a product costs 4 m d instead of 2 m^2 and
+    no m x m matrix is stored. Pays when m > 2 (d + 1) or when the dense kernel does not fit (large
+    training sets); the solver only needs products and the diagonal."""
+
+    A = property(lambda self: self.data)
+    A32 = property(lambda self: self.data32)
+
+    def _product(self, data, p, cols):
+        return ((p.T.to(data.dtype) @ data) @ data.T).T.to(p.dtype)
+
+    def diagonal(self) -> torch.Tensor:
+        return (self.data * self.data).sum(1)
+
+    @property
+    def shape(self):
+        return (self.data.shape[0], self.data.shape[0])
+
+
+class _Packing:
+    """Columns grouped by their block (``owner``) for one batched product: column j becomes row
+    ``slot[j]`` of batch ``owner[j]`` in a zero-padded (batches, q, m) tensor. Only the blocks
+    that have columns are batched when they are at most half of them (selecting copies blocks).
+    One bmm was measured x2 faster than a loop of per-block products, which BLAS runs far from the
+    memory bandwidth with a few columns."""
+
+    def __init__(self, owner: torch.Tensor, n_blocks: int):
+        counts = torch.bincount(owner, minlength=n_blocks)
+        order = torch.argsort(owner, stable=True)
+        self.slot = torch.empty_like(owner)
+        self.slot[order] = torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner[order]]
+        self.present = torch.nonzero(counts).flatten()
+        self.selected = 2 * len(self.present) <= n_blocks
+        if self.selected:
+            remap = torch.zeros_like(counts)
+            remap[self.present] = torch.arange(len(self.present), device=owner.device)
+            owner = remap[owner]
+        self.owner, self.batches = owner, len(self.present) if self.selected else n_blocks
+        self.q = int(counts.max()) if len(owner) else 0
+
+    def product(self, v: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """(k, P): column j is v_j^T blocks[owner j] (v: (m, P), blocks: (n_blocks, m, k)), in
+        the blocks' dtype."""
+        packed = torch.zeros((self.batches, self.q, v.shape[0]), dtype=blocks.dtype, device=v.device)
+        packed[self.owner, self.slot] = v.T.to(blocks.dtype)
+        return torch.bmm(packed, blocks[self.present] if self.selected else blocks)[self.owner, self.slot].T
+
+
+class BlockKernel(Kernel):
     """Problems that each live on their own rows: problem j's kernel is ``blocks[block[j]]``
     (B x m x m, bias included) and the solver's (m, P) vectors hold each problem's rows in its
     block's order (rows past a block's own are padding, never training rows). VOC07 low-shot
     classes train on k + 19k rows each: one block per class instead of masked columns of the
     union of the 20 samples, which for k <= 32 is 7-80 times more kernel per product.
-    Products loop over the blocks present (a few dozen), each in the fast (q, m) @ (m, m) layout;
-    ``mixed`` as ``DenseKernel``."""
+    Products are one batched (q, m) @ (m, m) product over the blocks (``_Packing``)."""
 
     def __init__(self, blocks: torch.Tensor, block: torch.Tensor, mixed: bool = False):
-        self.blocks, self.block = blocks, block
-        self.blocks32 = blocks.to(torch.float32) if mixed and blocks.dtype == torch.float64 else None
+        super().__init__(blocks, mixed)
+        self.block = block
 
-    @property
-    def mixed(self) -> bool:
-        return self.blocks32 is not None
+    blocks = property(lambda self: self.data)
+    blocks32 = property(lambda self: self.data32)
 
-    def _product(self, blocks: torch.Tensor, p: torch.Tensor, cols) -> torch.Tensor:
+    def _product(self, data, p, cols):
         owner = self.block if cols is None else self.block[cols]
-        out = torch.empty(p.shape, dtype=blocks.dtype, device=p.device)
-        for b in torch.unique(owner).tolist():
-            sel = torch.nonzero(owner == b).flatten()
-            out[:, sel] = (p[:, sel].to(blocks.dtype).T @ blocks[b]).T
-        return out.to(p.dtype)
-
-    def __matmul__(self, p: torch.Tensor) -> torch.Tensor:
-        return self._product(self.blocks, p, None)
-
-    def matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        return self._product(self.blocks, p, cols)
-
-    def fast_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        return self._product(self.blocks if self.blocks32 is None else self.blocks32, p, cols)
+        return _Packing(owner, len(data)).product(p, data).to(p.dtype)  # K symmetric: (p^T K)^T = K p
 
     def column_diagonal(self, cols=None) -> torch.Tensor:
         owner = self.block if cols is None else self.block[cols]
-        return torch.diagonal(self.blocks, dim1=1, dim2=2)[owner].T
+        return torch.diagonal(self.data, dim1=1, dim2=2)[owner].T
 
     def trace_bound(self) -> float:
-        return float(torch.diagonal(self.blocks, dim1=1, dim2=2).sum(1).max())
-
-    @property
-    def dtype(self):
-        return self.blocks.dtype
-
-    @property
-    def device(self):
-        return self.blocks.device
+        return float(torch.diagonal(self.data, dim1=1, dim2=2).sum(1).max())
 
     @property
     def shape(self):
-        return self.blocks.shape[1:]
+        return self.data.shape[1:]
 
 
 def as_kernel(K):
@@ -282,22 +276,24 @@ class _LowRankJacobi:
 
     def __init__(self, K, d, a, lowrank: LowRank, chunk: int = 16, fast: bool = False, cols=None):
         U, lam = lowrank.U, lowrank.lam
-        if U.dim() == 3:  # a BlockKernel's eigenpairs: each column gets its block's
+        if U.dim() == 3:  # a BlockKernel's eigenpairs (B, m, r): each column uses its block's
             self.blocked = True
-            owner = K.block if cols is None else K.block[cols]
-            U, lam = U[owner], lam[owner]  # (P, m, r), (P, r)
-            rest = (column_diagonal(K, cols) - torch.einsum("jir,jr->ij", U * U, lam)).clamp_min(0)
-            self.W = a / (rest + d + (1 - a))
-            self.U = U
+            self.owner = K.block if cols is None else K.block[cols]
             U_fast = U.to(torch.float32) if fast else U
-            M = torch.einsum("jir,ij,jis->jrs", U_fast, self.W.to(U_fast.dtype), U_fast).to(U.dtype)
-            M = M + torch.diag_embed(1 / lam)
-            L, info = torch.linalg.cholesky_ex(M)
-            failed = info != 0
-            if bool(failed.any()):
-                exact = torch.einsum("jir,ij,jis->jrs", U[failed], self.W[:, failed], U[failed])
-                L[failed] = torch.linalg.cholesky(exact + torch.diag_embed(1 / lam[failed]))
-            self.L = L
+            self.U, self.Ut = U_fast, U_fast.transpose(1, 2).contiguous()  # applied in the fast dtype too
+            rest = (column_diagonal(K, cols) - ((U * U) @ lam.unsqueeze(2))[:, :, 0][self.owner].T).clamp_min(0)
+            self.W = a / (rest + d + (1 - a))
+            self.L = torch.empty((a.shape[1], len(lam[0]), len(lam[0])), dtype=U.dtype, device=U.device)
+            for b in torch.unique(self.owner).tolist():
+                for group in torch.nonzero(self.owner == b).flatten().split(chunk):
+                    W = self.W[:, group]
+                    M = torch.einsum("ir,ij,is->jrs", U_fast[b], W.to(U_fast.dtype), U_fast[b]).to(U.dtype)
+                    L, info = torch.linalg.cholesky_ex(M + torch.diag(1 / lam[b]))
+                    failed = info != 0
+                    if bool(failed.any()):
+                        M_exact = torch.einsum("ir,ij,is->jrs", U[b], W[:, failed], U[b])
+                        L[failed] = torch.linalg.cholesky(M_exact + torch.diag(1 / lam[b]))
+                    self.L[group] = L
             return
         self.blocked = False
         rest = (kernel_diagonal(K) - (U * U * lam).sum(1)).clamp_min(0)
@@ -323,18 +319,20 @@ class _LowRankJacobi:
     def __call__(self, r):
         u = r * self.W
         if self.blocked:
-            t = torch.cholesky_solve(torch.einsum("jir,ij->jr", self.U, u).unsqueeze(2), self.L)[:, :, 0]
-            return u - self.W * torch.einsum("jir,jr->ij", self.U, t)
+            packing = _Packing(self.owner, len(self.U))
+            t = torch.cholesky_solve(packing.product(u, self.U).T.to(u.dtype).unsqueeze(2), self.L)[:, :, 0]
+            return u - self.W * packing.product(t.T, self.Ut).to(u.dtype)
         t = torch.cholesky_solve((self.U.T @ u).T.unsqueeze(2), self.L)[:, :, 0].T
         return u - self.W * (self.U @ t)
 
     def keep(self, columns):
         self.W, self.L = self.W[:, columns], self.L[columns]
         if self.blocked:
-            self.U = self.U[columns]
+            self.owner = self.owner[columns]
 
 
-def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | None = None, columns=None):
+def _cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | None = None, columns=None,
+        fast: bool = False):
     """Solve (K_SS + D_S) z_S = rhs_S for every column (S: the column's active rows), z = 0 off S.
 
     Batched preconditioned conjugate gradients (Jacobi, or low-rank + diagonal when ``lowrank``
@@ -346,7 +344,8 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: Low
     sum_S c (1 - y (Kz))^2. A column stops when its largest residual entry is below its ``tol``
     and q_S(z) < q_stop (the objective at the current iterate, so that z - iterate is a descent
     direction however loosely it was solved). Only unconverged columns take part in the products.
-    Returns z, u = K z and the iterations of each column.
+    Returns z, u ~ K z (from the CG products, so to the rounding of fast ones) and the iterations of
+    each column. ``fast``: the preconditioner's factors may be formed in float32.
     """
     act = active.to(K.dtype)
     d = d * act
@@ -357,7 +356,7 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: Low
     z, u, a, dd, y, cs, tol_c, q_c = z_out.clone(), u_out.clone(), act, d, rhs, c * act, tol, q_stop
     r = (y - u - dd * z) * a
     precondition = (_Jacobi(K, dd, a, columns) if lowrank is None
-                    else _LowRankJacobi(K, dd, a, lowrank, fast=K.mixed, cols=columns))
+                    else _LowRankJacobi(K, dd, a, lowrank, fast=fast, cols=columns))
     s = precondition(r)
     p = s.clone()
     rs = (r * s).sum(0)
@@ -394,9 +393,129 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: Low
         iters[cols] += 1
     if cols.numel():  # iteration limit: the last iterates
         z_out[:, cols], u_out[:, cols] = z, u
-    if K.mixed:  # u was accumulated from float32 products: the caller needs K z exactly
-        u_out = K.matmul(z_out, columns)
     return z_out, u_out, iters
+
+
+# Compacting the CG runs to their active rows: products below this many kernel entries are too
+# small for the gathering to pay (per-group overheads); gathered float32 blocks per CG run.
+COMPACT_FROM_ENTRIES = 2048 ** 2
+COMPACT_BYTES = 2 ** 30
+
+
+@dataclass
+class _CompactChunk:
+    """CG columns ``cols`` (positions among the solver's columns) on their groups' active rows:
+    group i's rows ``rows[i]`` (padded with repeats of its first row where ``valid`` is False),
+    ``owner[j]`` the group of column j, ``source`` the kernel block each group's rows index."""
+
+    cols: torch.Tensor
+    rows: torch.Tensor
+    valid: torch.Tensor
+    owner: torch.Tensor
+    source: torch.Tensor | None
+
+
+def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
+    """How to run the CG steps of a Newton iteration on the active rows only, or None.
+
+    Inside one CG run the active sets are fixed and a column's product is only read on its own
+    active rows, but the plain product goes over every row of the kernel (or block): at large
+    costs the low-shot problems keep 5-15 % of their rows active, so most of the work is wasted.
+    Columns of one group (a class: its sample and CV folds) share a gathered float32 block of
+    the rows active in any of them; groups run in chunks of at most COMPACT_BYTES of blocks.
+    Chosen by a cost model: the full product reads n^2 entries (per block present) and is
+    compute-bound from ~16 columns on; the gathered blocks are read at every step and cost
+    about as much again to gather (x2)."""
+    if groups is None or not K.mixed or not isinstance(K, (DenseKernel, BlockKernel)):
+        return None
+    n, P = active.shape
+    if isinstance(K, BlockKernel):
+        source = K.block[columns]
+        present = len(torch.unique(source))
+        entries = present * n * n
+        full = entries * max(1.0, P / present / 16)
+    else:
+        source = None
+        entries = n * n
+        full = entries * max(1.0, P / 16)
+    if entries < COMPACT_FROM_ENTRIES:
+        return None
+    _, owner = torch.unique(groups, return_inverse=True)
+    G = int(owner.max()) + 1
+    member = torch.zeros((P, G), dtype=torch.float32, device=active.device)
+    member[torch.arange(P, device=active.device), owner] = 1
+    union = (active.to(torch.float32) @ member) > 0  # (n, G): rows active in some column of the group
+    sizes = union.sum(0)
+    if 2 * G * float(sizes.max()) ** 2 >= full:
+        return None
+    # each group's active rows first, in row order
+    order = torch.argsort((~union).to(torch.int8), dim=0, stable=True).T  # (G, n)
+    group_source = None
+    if source is not None:
+        group_source = torch.zeros(G, dtype=torch.long, device=active.device)
+        group_source[owner] = source
+    chunks, start, by_size = [], 0, sizes.tolist()
+    while start < G:
+        stop, m = start, 1
+        while stop < G:
+            m_next = max(m, by_size[stop])
+            if stop > start and 4 * (stop + 1 - start) * m_next ** 2 > COMPACT_BYTES:
+                break
+            m, stop = m_next, stop + 1
+        rows = order[start:stop, :m]
+        valid = torch.arange(m, device=active.device).unsqueeze(0) < sizes[start:stop].unsqueeze(1)
+        rows = torch.where(valid, rows, rows[:, :1])
+        cols = torch.nonzero((owner >= start) & (owner < stop)).flatten()
+        chunks.append(_CompactChunk(cols, rows, valid, owner[cols] - start,
+                                    None if group_source is None else group_source[start:stop]))
+        start = stop
+    return chunks
+
+
+def _compact_cg(K, chunks: list[_CompactChunk], rhs, d, active, z0, u0, c, tol, q_stop, max_iter,
+                lowrank: LowRank | None):
+    """``_cg`` on each chunk's gathered active rows (a ``BlockKernel`` of float32 blocks, one per
+    group); returns the solutions scattered back to all rows (zero off the active ones) and the
+    iterations."""
+    z = torch.zeros_like(z0)
+    iters = torch.zeros(rhs.shape[1], dtype=torch.long, device=z0.device)
+    for chunk in chunks:
+        index = chunk.rows[chunk.owner].T  # (m, columns): each column's rows
+        mask = chunk.valid[chunk.owner].T
+
+        def take(v):
+            return torch.gather(v[:, chunk.cols], 0, index)
+
+        if chunk.source is None:
+            blocks = K.K32[chunk.rows.unsqueeze(2), chunk.rows.unsqueeze(1)]
+        else:
+            blocks = K.blocks32[chunk.source.view(-1, 1, 1), chunk.rows.unsqueeze(2), chunk.rows.unsqueeze(1)]
+        compact_lowrank = None
+        if lowrank is not None and lowrank.U.dim() == 2:
+            compact_lowrank = LowRank(lowrank.U[chunk.rows], lowrank.lam.expand(len(chunk.rows), -1))
+        elif lowrank is not None:
+            compact_lowrank = LowRank(lowrank.U[chunk.source.unsqueeze(1), chunk.rows], lowrank.lam[chunk.source])
+        zc, _, it = _cg(BlockKernel(blocks, chunk.owner), take(rhs), take(d), take(active) & mask, take(z0),
+                        take(u0), take(c), tol[chunk.cols], q_stop[chunk.cols], max_iter, compact_lowrank,
+                        torch.arange(len(chunk.cols), device=z0.device), fast=True)
+        z[:, chunk.cols] = torch.zeros_like(z[:, chunk.cols]).scatter_add_(0, index, zc * mask)
+        iters[chunk.cols] = it
+    return z, iters
+
+
+def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | None = None, columns=None,
+               groups=None):
+    """``_cg`` with the decision values u = K z exact on return (a mixed kernel's float32 products
+    only steered CG) and, where ``_compaction`` finds it pays, each group's CG steps on its active
+    rows (``groups``: the group of each column, e.g. its class)."""
+    chunks = _compaction(K, active, groups, columns)
+    if chunks is not None:
+        z, iters = _compact_cg(K, chunks, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank)
+        return z, K.matmul(z, columns), iters
+    z, u, iters = _cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank, columns, fast=K.mixed)
+    if K.mixed:  # u was accumulated from float32 products: the caller needs K z exactly
+        u = K.matmul(z, columns)
+    return z, u, iters
 
 
 def _line_search(beta, f, delta, dfx, y, c, train, iters: int = 30):
@@ -446,7 +565,7 @@ def _line_search(beta, f, delta, dfx, y, c, train, iters: int = 30):
 
 def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor, beta0=None, f0=None,
           tol: float = TOL, max_newton: int = 60, max_cg: int = 1000,
-          lowrank: LowRank | None = None) -> tuple[torch.Tensor, SolveInfo]:
+          lowrank: LowRank | None = None, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveInfo]:
     """Solve P squared-hinge SVMs sharing the kernel K (n x n, bias included).
 
     y: (n, P) labels +-1; c: (n, P) per-sample costs; train: (n, P) bool, the rows each problem is
@@ -454,7 +573,9 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
     when known. lowrank: top eigenpairs of K for the low-rank + diagonal CG preconditioner (the
     answer is the same; worth it for large costs, see ``needs_lowrank``). Returns beta (n, P), the
     kernel-space solution (decision values: K_rows @ beta; on the n rows of K they are in
-    ``info.decision``).
+    ``info.decision``). groups: optional (P,) group of each problem (problems on the same rows, as a
+    class's sample and CV folds): CG steps may then run on each group's active rows
+    (``_compaction``); the stopping test is the same.
     """
     K = as_kernel(K)
     n, P = y.shape
@@ -471,15 +592,19 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
     pg = projected_gradient_range(beta, f, y, c, train)
     live = torch.nonzero(pg > tol).flatten()
     converged[pg <= tol] = True
+    # Newton points to a quarter of liblinear's tolerance: looser (inexact Newton) solves were
+    # measured to cost more Newton steps than they save in products. A problem whose Newton step
+    # does not move its iterate (its CG run stopped at once, the iterate's residual already under
+    # the tolerance, yet the test fails: e.g. a slightly negative dual variable on a row whose
+    # margin is 1 to within that residual) gets a ten times tighter one, so that it cannot stall.
+    cg_tol_all = torch.full_like(pg, 0.25 * tol)
     for _ in range(max_newton):
         if live.numel() == 0:
             break
         b, fl, yl, cl, tl = beta[:, live], f[:, live], y[:, live], c[:, live], train[:, live]
         active = tl & (yl * fl < 1)
         d = torch.where(active, 0.5 / cl.clamp_min(1e-300), torch.zeros_like(cl))
-        # Newton points to a quarter of liblinear's tolerance: looser (inexact Newton) solves
-        # were measured to cost more Newton steps than they save in products
-        cg_tol = torch.full_like(pg[live], 0.25 * tol)
+        cg_tol = cg_tol_all[live]
         z0 = b * active
         stale = (b * ~active != 0).any(0)  # dual weight on rows that left the active set
         u0 = fl.clone()
@@ -487,13 +612,16 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
             u0[:, stale] = K.matmul(z0[:, stale], live[stale])
         slack = (1 - yl * fl).clamp_min(0) * tl
         objective = 0.5 * (b * fl).sum(0) + (cl * slack * slack).sum(0)
-        z, u, it = _masked_cg(K, yl, d, active, z0, u0, cl, cg_tol, objective, max_cg, lowrank, live)
+        z, u, it = _masked_cg(K, yl, d, active, z0, u0, cl, cg_tol, objective, max_cg, lowrank, live,
+                              None if groups is None else groups[live])
         delta = z - b
         dfx = u - fl
         t = _line_search(b, fl, delta, dfx, yl, cl, tl)
         # no decrease left to rounding (the Newton point of a borderline active set): take the
         # full step, which puts the iterate on that active set's exact solution
         t = torch.where(t < 1e-8, torch.ones_like(t), t)
+        still = (t * delta).abs().amax(0) == 0
+        cg_tol_all[live[still]] = (cg_tol_all[live[still]] * 0.1).clamp_min(1e-14)
         b = b + t * delta
         fl = fl + t * dfx
         beta[:, live], f[:, live] = b, fl

@@ -1,0 +1,144 @@
+"""CG steps on each class's active rows (``newton._compaction``) and the batched block products
+(``newton._Packing``): the same problems, the same stopping test, on the float64 kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.datasets.synth_features import voc_like_features
+from benchmark.svm import newton
+from benchmark.svm.batched import SolverOptions, sample_and_folds_along_costs, shared_layout
+from benchmark.svm.newton import (
+    TOL,
+    BlockKernel,
+    DenseKernel,
+    _Packing,
+    kernel_with_bias,
+    lowrank_eig,
+    projected_gradient_range,
+    solve,
+)
+from benchmark.svm.protocol import FitLog, l2_normalize
+from tasks.lowshot import protocol as lowshot
+
+CPU = torch.device("cpu")
+COSTS = [1e-5, 1e-3, 0.03125, 0.1, 1.0, 10.0, 100.0]
+
+
+@pytest.fixture
+def compaction_counter(monkeypatch):
+    """Compaction allowed at any size, and a count of the CG runs that were compacted."""
+    runs = []
+    original = newton._compact_cg
+
+    def counting(K, chunks, *args, **kwargs):
+        runs.append(len(chunks))
+        return original(K, chunks, *args, **kwargs)
+
+    monkeypatch.setattr(newton, "COMPACT_FROM_ENTRIES", 0)
+    monkeypatch.setattr(newton, "_compact_cg", counting)
+    return runs
+
+
+@pytest.mark.parametrize("selected", [False, True])
+def test_packing_product_is_each_columns_block_product(selected) -> None:
+    rng = np.random.default_rng(0)
+    blocks = torch.as_tensor(rng.normal(size=(6, 20, 7)))
+    owner = torch.tensor([1, 1, 2] if selected else [0, 3, 3, 3, 1, 5, 2, 4, 0])  # uneven, some blocks empty
+    v = torch.as_tensor(rng.normal(size=(20, len(owner))))
+    packing = _Packing(owner, len(blocks))
+    assert packing.selected == selected
+    out = packing.product(v, blocks)
+    expected = torch.stack([v[:, j] @ blocks[owner[j]] for j in range(len(owner))], dim=1)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def _grouped_problem(seed=3, n=360, d=300, classes=3, folds=2):
+    """Classes x (all rows, then each fold's training rows): one group per class, as a low-shot
+    sample and its CV folds. Separated clusters, so that few rows stay active at large costs."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, classes, n)
+    X = l2_normalize(rng.normal(size=(classes, d))[label] + 0.6 * rng.normal(size=(n, d)))
+    A = torch.cat([torch.as_tensor(X, dtype=torch.float64), torch.ones(n, 1, dtype=torch.float64)], 1)
+    labels, train, groups = [], [], []
+    fold_of = np.arange(n) % folds
+    for c in range(classes):
+        y = np.where(label == c, 1.0, -1.0)
+        for j in range(-1, folds):
+            labels.append(y)
+            train.append(np.ones(n, bool) if j < 0 else fold_of != j)
+            groups.append(c)
+    return (A @ A.T, torch.as_tensor(np.stack(labels, 1)), torch.as_tensor(np.stack(train, 1)),
+            torch.as_tensor(groups))
+
+
+@pytest.mark.parametrize("bytes_per_chunk", [2**30, 40_000])
+def test_compacted_cg_meets_liblinears_test_on_the_float64_kernel(compaction_counter, monkeypatch,
+                                                                  bytes_per_chunk) -> None:
+    monkeypatch.setattr(newton, "COMPACT_BYTES", bytes_per_chunk)  # 40 kB: one class per chunk
+    K, Y, train, groups = _grouped_problem()
+    for cost in (10.0, 100.0):
+        c = cost * torch.where(Y > 0, 2.0, 1.0)
+        lowrank = lowrank_eig(K, 32)
+        compacted, info = solve(DenseKernel(K, mixed=True), Y, c, train, lowrank=lowrank, groups=groups)
+        plain, _ = solve(DenseKernel(K, mixed=True), Y, c, train, lowrank=lowrank)
+        assert bool(info.converged.all())
+        pg = projected_gradient_range(compacted, K @ compacted, Y, c, train)  # from scratch, float64
+        assert float(pg.max()) <= TOL
+        assert float((Y * compacted).min()) >= 0 and float(compacted[~train].abs().max()) == 0
+        np.testing.assert_allclose((K @ compacted).numpy(), (K @ plain).numpy(), atol=2e-3)
+    assert compaction_counter, "no CG run was compacted"
+    if bytes_per_chunk < 2**30:
+        assert max(compaction_counter) > 1  # the classes really ran in several chunks
+
+
+def test_compaction_needs_a_mixed_kernel_and_skips_small_or_dense_active_sets(monkeypatch) -> None:
+    K, Y, train, groups = _grouped_problem()
+    active = train.clone()
+    columns = torch.arange(Y.shape[1])
+    # below COMPACT_FROM_ENTRIES kernel entries: never
+    assert newton._compaction(DenseKernel(K, mixed=True), active, groups, columns) is None
+    monkeypatch.setattr(newton, "COMPACT_FROM_ENTRIES", 0)
+    # every row active in each class: gathering would copy the whole kernel per class
+    assert newton._compaction(DenseKernel(K, mixed=True), active, groups, columns) is None
+    few = active & (torch.arange(len(K)) % 10 == 0).unsqueeze(1)
+    assert newton._compaction(DenseKernel(K), few, groups, columns) is None  # float64 throughout: no
+    chunks = newton._compaction(DenseKernel(K, mixed=True), few, groups, columns)
+    assert chunks is not None and len(chunks) == 1
+    (chunk,) = chunks
+    assert chunk.rows.shape == (3, 36) and bool(chunk.valid.all())
+    np.testing.assert_array_equal(chunk.rows[0].numpy(), np.arange(0, 360, 10))
+
+
+def test_compacted_low_shot_sweeps_equal_the_plain_ones(compaction_counter, monkeypatch) -> None:
+    """A VOC07-like sample and its CV folds, on per-class blocks and on the union: compacted CG
+    gives the scores and CV APs of the plain solver."""
+    Xtr, Ltr, Xte, _ = voc_like_features(700, 300, 600, classes=4, seed=5)
+    Ltr = np.where(Ltr == -1, 0, Ltr)
+    X, X_eval = l2_normalize(Xtr), l2_normalize(Xte)
+    layout = shared_layout(X, X_eval, CPU)
+    sample = lowshot.sample_voc07(Ltr, 16, lowshot.sample_rng(0, 16, 1))
+    Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+    member = Y != 0
+    classes = list(range(Y.shape[1]))
+
+    def sweep():
+        logs = {c: FitLog() for c in classes}
+        out = {blocks: sample_and_folds_along_costs(layout, Y, member, classes, classes, COSTS, 3, logs,
+                                                    SolverOptions(), blocks=blocks) for blocks in (True, False)}
+        assert sum(log.not_converged for log in logs.values()) == 0
+        return out
+
+    compacted = sweep()
+    assert compaction_counter
+    monkeypatch.setattr(newton, "COMPACT_FROM_ENTRIES", float("inf"))
+    runs = len(compaction_counter)
+    plain = sweep()
+    assert len(compaction_counter) == runs  # none this time
+    for blocks in (True, False):
+        scale = float(np.abs(plain[blocks][0]).max())
+        np.testing.assert_allclose(compacted[blocks][0], plain[blocks][0], atol=2e-4 * scale)
+        for c in classes:
+            np.testing.assert_allclose(compacted[blocks][1][c], plain[blocks][1][c], atol=2e-3)

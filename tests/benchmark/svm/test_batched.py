@@ -214,7 +214,9 @@ def test_kernel_form_and_class_chunks_do_not_change_the_answers(voc_like_small) 
 def test_kernel_form_choice_and_chunking() -> None:
     gib = 2**30
     assert choose_kernel_form(5011, 9216, 8 * gib) == "dense"          # VOC07: n < d
-    assert choose_kernel_form(118_000, 2048, 64 * gib) == "factored"   # n > 2 (d + 1)
+    assert choose_kernel_form(118_000, 2048, 64 * gib) == "factored"   # n > 2.5 (d + 1)
+    assert choose_kernel_form(19_680, 9216, 64 * gib) == "dense"       # Places205 k = 96: compactable
+    assert choose_kernel_form(23_100, 9216, 64 * gib) == "factored"
     assert choose_kernel_form(5011, 9216, 300 * 2**20) == "factored"   # 200 MB kernel > half of 300 MB
     assert choose_kernel_form(5011, 9216, 300 * 2**20, "dense") == "dense"
     with pytest.raises(ValueError, match="factored"):

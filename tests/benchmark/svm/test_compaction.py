@@ -142,3 +142,30 @@ def test_compacted_low_shot_sweeps_equal_the_plain_ones(compaction_counter, monk
         np.testing.assert_allclose(compacted[blocks][0], plain[blocks][0], atol=2e-4 * scale)
         for c in classes:
             np.testing.assert_allclose(compacted[blocks][1][c], plain[blocks][1][c], atol=2e-3)
+
+
+def test_a_newton_step_that_does_not_move_tightens_that_problems_cg_tolerance(monkeypatch) -> None:
+    """The first CG run of problem 0 is made to return its starting point (as a run that stops at
+    once does): its next run must get a ten times tighter tolerance, the other problem's must not,
+    and both still converge to liblinear's test."""
+    K, Y, train, _ = _grouped_problem()
+    Y, train = Y[:, :2], train[:, :2]
+    c = 10.0 * torch.where(Y > 0, 2.0, 1.0)
+    tolerances = []
+    original = newton._masked_cg
+
+    def stalling(K_, rhs, d, active, z0, u0, c_, tol, *args, **kwargs):
+        tolerances.append(tol.clone())
+        z, u, iters = original(K_, rhs, d, active, z0, u0, c_, tol, *args, **kwargs)
+        if len(tolerances) == 1:  # problem 0 does not move: z = its iterate (here 0), u = K z
+            z[:, 0], u[:, 0] = z0[:, 0], u0[:, 0]
+        return z, u, iters
+
+    monkeypatch.setattr(newton, "_masked_cg", stalling)
+    beta, info = solve(K, Y, c, train)
+    assert bool(info.converged.all())
+    assert float(tolerances[1][0]) == pytest.approx(0.1 * float(tolerances[0][0]))
+    if len(tolerances[1]) == 2:
+        assert float(tolerances[1][1]) == float(tolerances[0][1])
+    pg = projected_gradient_range(beta, K @ beta, Y, c, train)
+    assert float(pg.max()) <= TOL

@@ -101,9 +101,6 @@ class DenseKernel(Kernel):
     symmetric): BLAS's fast path for few columns, measured x2.7 over n x n @ n x q in float64
     with 20 columns."""
 
-    K = property(lambda self: self.data)
-    K32 = property(lambda self: self.data32)
-
     def _product(self, data, p, cols):
         return (p.T.to(data.dtype) @ data).T.to(p.dtype)
 
@@ -119,9 +116,6 @@ class FactoredKernel(Kernel):
     """K = A A^T kept as A = [features, 1] (m x (d+1)): a product costs 4 m d instead of 2 m^2 and
     no m x m matrix is stored. Pays when m > 2 (d + 1) or when the dense kernel does not fit (large
     training sets); the solver only needs products and the diagonal."""
-
-    A = property(lambda self: self.data)
-    A32 = property(lambda self: self.data32)
 
     def _product(self, data, p, cols):
         return ((p.T.to(data.dtype) @ data) @ data.T).T.to(p.dtype)
@@ -174,9 +168,6 @@ class BlockKernel(Kernel):
     def __init__(self, blocks: torch.Tensor, block: torch.Tensor, mixed: bool = False):
         super().__init__(blocks, mixed)
         self.block = block
-
-    blocks = property(lambda self: self.data)
-    blocks32 = property(lambda self: self.data32)
 
     def _product(self, data, p, cols):
         owner = self.block if cols is None else self.block[cols]
@@ -239,7 +230,7 @@ def lowrank_eig(K, rank: int, seed: int = 0, oversample: int = 16) -> LowRank:
     omega = torch.randn(n, min(n, rank + oversample), generator=torch.Generator().manual_seed(seed),
                         dtype=torch.float64).to(device=K.device, dtype=K.dtype)
     if isinstance(K, BlockKernel):  # every block's own eigenpairs, batched; U: (B, m, r), lam: (B, r)
-        B = K.blocks
+        B = K.data
         Q, _ = torch.linalg.qr(B @ (B @ omega))
         lam, V = torch.linalg.eigh(Q.transpose(1, 2) @ (B @ Q))
         lam, V = lam.flip(-1)[:, :rank], V.flip(-1)[:, :, :rank]
@@ -406,13 +397,14 @@ COMPACT_BYTES = 2 ** 30
 class _CompactChunk:
     """CG columns ``cols`` (positions among the solver's columns) on their groups' active rows:
     group i's rows ``rows[i]`` (padded with repeats of its first row where ``valid`` is False),
-    ``owner[j]`` the group of column j, ``source`` the kernel block each group's rows index."""
+    ``owner[j]`` the group of column j, ``source`` the kernel block each group's rows index (0 for a
+    dense kernel, taken as one block)."""
 
     cols: torch.Tensor
     rows: torch.Tensor
     valid: torch.Tensor
     owner: torch.Tensor
-    source: torch.Tensor | None
+    source: torch.Tensor
 
 
 def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
@@ -429,15 +421,11 @@ def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
     if groups is None or not K.mixed or not isinstance(K, (DenseKernel, BlockKernel)):
         return None
     n, P = active.shape
-    if isinstance(K, BlockKernel):
-        source = K.block[columns]
-        present = len(torch.unique(source))
-        entries = present * n * n
-        full = entries * max(1.0, P / present / 16)
-    else:
-        source = None
-        entries = n * n
-        full = entries * max(1.0, P / 16)
+    # the kernel block each column's rows index (a dense kernel is one block)
+    source = K.block[columns] if isinstance(K, BlockKernel) else torch.zeros(P, dtype=torch.long, device=active.device)
+    present = len(torch.unique(source))
+    entries = present * n * n
+    full = entries * max(1.0, P / present / 16)
     if entries < COMPACT_FROM_ENTRIES:
         return None
     _, owner = torch.unique(groups, return_inverse=True)
@@ -450,10 +438,8 @@ def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
         return None
     # each group's active rows first, in row order
     order = torch.argsort((~union).to(torch.int8), dim=0, stable=True).T  # (G, n)
-    group_source = None
-    if source is not None:
-        group_source = torch.zeros(G, dtype=torch.long, device=active.device)
-        group_source[owner] = source
+    group_source = torch.zeros(G, dtype=torch.long, device=active.device)
+    group_source[owner] = source
     chunks, start, by_size = [], 0, sizes.tolist()
     while start < G:
         stop, m = start, 1
@@ -466,8 +452,7 @@ def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
         valid = torch.arange(m, device=active.device).unsqueeze(0) < sizes[start:stop].unsqueeze(1)
         rows = torch.where(valid, rows, rows[:, :1])
         cols = torch.nonzero((owner >= start) & (owner < stop)).flatten()
-        chunks.append(_CompactChunk(cols, rows, valid, owner[cols] - start,
-                                    None if group_source is None else group_source[start:stop]))
+        chunks.append(_CompactChunk(cols, rows, valid, owner[cols] - start, group_source[start:stop]))
         start = stop
     return chunks
 
@@ -477,6 +462,12 @@ def _compact_cg(K, chunks: list[_CompactChunk], rhs, d, active, z0, u0, c, tol, 
     """``_cg`` on each chunk's gathered active rows (a ``BlockKernel`` of float32 blocks, one per
     group); returns the solutions scattered back to all rows (zero off the active ones) and the
     iterations."""
+    # a dense kernel (and its eigenpairs) as one block, as ``_compaction`` numbers it
+    blocked = isinstance(K, BlockKernel)
+    source_blocks = K.data32 if blocked else K.data32.unsqueeze(0)
+    if lowrank is not None:
+        source_U, source_lam = ((lowrank.U, lowrank.lam) if blocked
+                                else (lowrank.U.unsqueeze(0), lowrank.lam.unsqueeze(0)))
     z = torch.zeros_like(z0)
     iters = torch.zeros(rhs.shape[1], dtype=torch.long, device=z0.device)
     for chunk in chunks:
@@ -486,15 +477,10 @@ def _compact_cg(K, chunks: list[_CompactChunk], rhs, d, active, z0, u0, c, tol, 
         def take(v):
             return torch.gather(v[:, chunk.cols], 0, index)
 
-        if chunk.source is None:
-            blocks = K.K32[chunk.rows.unsqueeze(2), chunk.rows.unsqueeze(1)]
-        else:
-            blocks = K.blocks32[chunk.source.view(-1, 1, 1), chunk.rows.unsqueeze(2), chunk.rows.unsqueeze(1)]
+        blocks = source_blocks[chunk.source.view(-1, 1, 1), chunk.rows.unsqueeze(2), chunk.rows.unsqueeze(1)]
         compact_lowrank = None
-        if lowrank is not None and lowrank.U.dim() == 2:
-            compact_lowrank = LowRank(lowrank.U[chunk.rows], lowrank.lam.expand(len(chunk.rows), -1))
-        elif lowrank is not None:
-            compact_lowrank = LowRank(lowrank.U[chunk.source.unsqueeze(1), chunk.rows], lowrank.lam[chunk.source])
+        if lowrank is not None:
+            compact_lowrank = LowRank(source_U[chunk.source.unsqueeze(1), chunk.rows], source_lam[chunk.source])
         zc, _, it = _cg(BlockKernel(blocks, chunk.owner), take(rhs), take(d), take(active) & mask, take(z0),
                         take(u0), take(c), tol[chunk.cols], q_stop[chunk.cols], max_iter, compact_lowrank,
                         torch.arange(len(chunk.cols), device=z0.device), fast=True)

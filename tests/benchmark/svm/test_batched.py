@@ -380,7 +380,7 @@ class _CountingKernel(DenseKernel):
     fast_products = 0
 
     def fast_matmul(self, p, cols=None):
-        assert self.K32 is not None
+        assert self.data32 is not None
         type(self).fast_products += 1
         return super().fast_matmul(p, cols)
 

@@ -309,17 +309,23 @@ def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np
     solutions (no product).
 
     Where the classes have their own rows (VOC07) and the union of their samples is large next to
-    each sample (sum of m_c^2 < 2 union^2: VOC07 k <= 64; measured faster there, slower at k = 96,
-    where the blocks hold 3x the union's entries), every class gets its own kernel block
+    each sample, every class gets its own kernel block
     (``BlockKernel``, gathered from the layer's kernel); otherwise all problems share the union's
-    kernel with masked rows (``blocks``: True / False forces one). Returns (n_eval, len(classes),
-    len(costs)) float32 scores and {class: CV AP per cost}."""
+    kernel with masked rows (``blocks``: True / False forces one). Chosen by what a product reads:
+    the blocks' entries (a class's 1 + folds columns are too few to be compute-bound), against the
+    union's, which with P columns is compute-bound from ~16 on (cost ~ union^2 P / 16). VOC07:
+    blocks at every k (at k = 96 the blocks hold 3x the union's entries, but 80 columns make the
+    union's product 5x its reads: one sample took 12.6 s with blocks against 15.5 s on the union).
+    Places205's classes share all rows: the union. Returns (n_eval, len(classes), len(costs))
+    float32 scores and {class: CV AP per cost}."""
     device = layout.A.device
     rows = np.flatnonzero(member[:, classes].any(axis=1))
     own = [np.flatnonzero(member[:, c]) for c in classes]
     m = max(len(r) for r in own)
     possible = layout.K is not None and layout.cross is not None and all(len(r) for r in own)
-    blocked = possible and (len(classes) * m * m < 2 * len(rows) ** 2 if blocks is None else blocks)
+    columns = len(classes) + folds * len(cv_classes)
+    union_cost = len(rows) ** 2 * max(1.0, columns / 16)
+    blocked = possible and (len(classes) * m * m < union_cost if blocks is None else blocks)
     if blocked:  # the vector rows of class i's problems: its own rows, padded with never-trained ones
         row_sets = [np.concatenate([r, np.full(m - len(r), r[0])]) for r in own]
         valid = [np.arange(m) < len(r) for r in own]

@@ -44,6 +44,11 @@ class SolveInfo:
     decision: torch.Tensor | None = None  # K @ beta on the kernel's rows, on the solver's device
 
 
+# ``Kernel.sparse_matmul`` reads only the rows it needs when they are at most 1 / SPARSE_SHARE
+# of the kernel's (gathering them costs about a product's worth of reads more)
+SPARSE_SHARE = 4
+
+
 class Kernel:
     """A kernel the solver multiplies by, kept as ``data`` (float64): exact products for the
     decision values, the line search and liblinear's stopping test, and ``fast`` products for the
@@ -76,6 +81,19 @@ class Kernel:
     def fast_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
         return self._product(self.data if self.data32 is None else self.data32, p, cols)
 
+    def sparse_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
+        """K p, exact, for p that is zero on most rows: only the kernel's rows where some column of
+        p is non-zero are read (``solve``'s corrections: the dual weight on the few rows that left
+        the active set, clipped negative duals). Falls back to ``matmul`` when they are not few."""
+        rows = torch.nonzero((p != 0).any(1)).flatten()
+        if len(rows) * SPARSE_SHARE > p.shape[0]:
+            return self.matmul(p, cols)
+        return self._rows_product(rows, p[rows], cols).to(p.dtype)
+
+    def _rows_product(self, rows: torch.Tensor, p_rows: torch.Tensor, cols) -> torch.Tensor:
+        """K[:, rows] @ p_rows, exact."""
+        raise NotImplementedError
+
     def diagonal(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -104,6 +122,9 @@ class DenseKernel(Kernel):
     def _product(self, data, p, cols):
         return (p.T.to(data.dtype) @ data).T.to(p.dtype)
 
+    def _rows_product(self, rows, p_rows, cols):
+        return (p_rows.T.to(self.dtype) @ self.data[rows]).T  # K symmetric: K[:, rows] = K[rows]^T
+
     def diagonal(self) -> torch.Tensor:
         return torch.diagonal(self.data)
 
@@ -120,6 +141,9 @@ class FactoredKernel(Kernel):
     def _product(self, data, p, cols):
         return ((p.T.to(data.dtype) @ data) @ data.T).T.to(p.dtype)
 
+    def _rows_product(self, rows, p_rows, cols):
+        return ((p_rows.T.to(self.dtype) @ self.data[rows]) @ self.data.T).T
+
     def diagonal(self) -> torch.Tensor:
         return (self.data * self.data).sum(1)
 
@@ -130,31 +154,40 @@ class FactoredKernel(Kernel):
 
 class _Packing:
     """Columns grouped by their block (``owner``) for one batched product: column j becomes row
-    ``slot[j]`` of batch ``owner[j]`` in a zero-padded (batches, q, m) tensor. Only the blocks
-    that have columns are batched when they are at most half of them (selecting copies blocks).
-    One bmm was measured x2 faster than a loop of per-block products, which BLAS runs far from the
-    memory bandwidth with a few columns."""
+    ``slot[j]`` of batch ``owner[j]`` in a zero-padded (blocks, q, m) tensor. One bmm over every
+    block was measured x2 faster than a loop of per-block (q, m) @ (m, m) products, which BLAS runs
+    far from the memory bandwidth with a few columns. Where few blocks have columns, symmetric
+    blocks are multiplied one by one instead, as (m, m) @ (m, q) (1.2 ms per 1,920^2 float32 block
+    against 17 ms for a bmm over 20 of them); selecting the blocks for a bmm would copy them,
+    which cost more than the bmm itself."""
+
+    # below this share of blocks with columns, the per-block loop (symmetric blocks)
+    LOOP_BELOW = 0.7
 
     def __init__(self, owner: torch.Tensor, n_blocks: int):
         counts = torch.bincount(owner, minlength=n_blocks)
         order = torch.argsort(owner, stable=True)
         self.slot = torch.empty_like(owner)
         self.slot[order] = torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner[order]]
-        self.present = torch.nonzero(counts).flatten()
-        self.selected = 2 * len(self.present) <= n_blocks
-        if self.selected:
-            remap = torch.zeros_like(counts)
-            remap[self.present] = torch.arange(len(self.present), device=owner.device)
-            owner = remap[owner]
-        self.owner, self.batches = owner, len(self.present) if self.selected else n_blocks
+        self.owner, self.n_blocks = owner, n_blocks
         self.q = int(counts.max()) if len(owner) else 0
+        present = torch.nonzero(counts).flatten()
+        self.looped = len(present) < self.LOOP_BELOW * n_blocks
+        if self.looped:  # (block, its columns) pairs
+            self.by_block = list(zip(present.tolist(), torch.split(order, counts[present].tolist())))
 
-    def product(self, v: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def product(self, v: torch.Tensor, blocks: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
         """(k, P): column j is v_j^T blocks[owner j] (v: (m, P), blocks: (n_blocks, m, k)), in
-        the blocks' dtype."""
-        packed = torch.zeros((self.batches, self.q, v.shape[0]), dtype=blocks.dtype, device=v.device)
+        the blocks' dtype. ``symmetric``: every block equals its transpose (kernel blocks)."""
+        if self.looped and symmetric:
+            out = torch.empty((blocks.shape[2], v.shape[1]), dtype=blocks.dtype, device=v.device)
+            rows = v.T.to(blocks.dtype)  # (P, m): a column's vector as (m, q) column-major, BLAS's fast layout
+            for b, cols in self.by_block:
+                out[:, cols] = blocks[b] @ rows[cols].T
+            return out
+        packed = torch.zeros((self.n_blocks, self.q, v.shape[0]), dtype=blocks.dtype, device=v.device)
         packed[self.owner, self.slot] = v.T.to(blocks.dtype)
-        return torch.bmm(packed, blocks[self.present] if self.selected else blocks)[self.owner, self.slot].T
+        return torch.bmm(packed, blocks)[self.owner, self.slot].T
 
 
 class BlockKernel(Kernel):
@@ -171,7 +204,21 @@ class BlockKernel(Kernel):
 
     def _product(self, data, p, cols):
         owner = self.block if cols is None else self.block[cols]
-        return _Packing(owner, len(data)).product(p, data).to(p.dtype)  # K symmetric: (p^T K)^T = K p
+        return _Packing(owner, len(data)).product(p, data, symmetric=True).to(p.dtype)  # (p^T K)^T = K p
+
+    def sparse_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
+        """``Kernel.sparse_matmul`` block by block: each block's own non-zero rows."""
+        owner = self.block if cols is None else self.block[cols]
+        out = torch.empty_like(p)
+        for b in torch.unique(owner).tolist():
+            columns = torch.nonzero(owner == b).flatten()
+            p_b = p[:, columns]
+            rows = torch.nonzero((p_b != 0).any(1)).flatten()
+            if len(rows) * SPARSE_SHARE > p.shape[0]:
+                out[:, columns] = (p_b.T @ self.data[b]).T
+            else:  # K_b symmetric: K_b[:, rows] = K_b[rows]^T
+                out[:, columns] = (p_b[rows].T @ self.data[b][rows]).T
+        return out
 
     def column_diagonal(self, cols=None) -> torch.Tensor:
         owner = self.block if cols is None else self.block[cols]
@@ -224,24 +271,30 @@ class LowRank:
 def lowrank_eig(K, rank: int, seed: int = 0, oversample: int = 16) -> LowRank:
     """Randomised eigendecomposition of the PSD kernel (one power iteration, Halko et al. 2011):
     three products with rank + oversample columns. The test matrix comes from a seeded CPU
-    generator, so the result does not depend on the device."""
+    generator, so the result does not depend on the device. A mixed kernel's are computed from
+    its float32 copy (half the time): they only precondition CG, whose answer does not depend on
+    them; they are returned in the kernel's dtype."""
     n = K.shape[0]
     rank = min(rank, n)
+    K = as_kernel(K)
+    dtype = torch.float32 if K.mixed else K.dtype
     omega = torch.randn(n, min(n, rank + oversample), generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64).to(device=K.device, dtype=K.dtype)
+                        dtype=torch.float64).to(device=K.device, dtype=dtype)
     if isinstance(K, BlockKernel):  # every block's own eigenpairs, batched; U: (B, m, r), lam: (B, r)
-        B = K.data
-        Q, _ = torch.linalg.qr(B @ (B @ omega))
-        lam, V = torch.linalg.eigh(Q.transpose(1, 2) @ (B @ Q))
+        data = K.data32 if K.mixed else K.data
+        Q, _ = torch.linalg.qr(data @ (data @ omega))
+        lam, V = torch.linalg.eigh(Q.transpose(1, 2) @ (data @ Q))
         lam, V = lam.flip(-1)[:, :rank], V.flip(-1)[:, :, :rank]
         # blocks are not cut to their own numerical rank (that would make them ragged): tiny
         # eigenvalues are raised instead, which only makes those directions weigh nothing
-        return LowRank(Q @ V, lam.clamp_min(float(lam.max()) * 1e-10))
-    Q, _ = torch.linalg.qr(K @ (K @ omega))
-    lam, V = torch.linalg.eigh(Q.T @ (K @ Q))
+        lam = lam.clamp_min(float(lam.max()) * 1e-10)
+        return LowRank((Q @ V).to(K.dtype), lam.to(K.dtype))
+    Q, _ = torch.linalg.qr(K.fast_matmul(K.fast_matmul(omega)))
+    lam, V = torch.linalg.eigh(Q.T @ K.fast_matmul(Q))
     lam, V = lam.flip(0)[:rank], V.flip(1)[:, :rank]
-    keep = lam > 1e-10 * lam[0].clamp_min(1e-300)
-    return LowRank(Q @ V[:, keep], lam[keep])
+    # float32 eigenvalues are only good to ~1e-7 of the largest
+    keep = lam > (1e-10 if dtype == torch.float64 else 1e-6) * lam[0].clamp_min(1e-300)
+    return LowRank((Q @ V[:, keep]).to(K.dtype), lam[keep].to(K.dtype))
 
 
 class _Jacobi:
@@ -594,8 +647,8 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
         z0 = b * active
         stale = (b * ~active != 0).any(0)  # dual weight on rows that left the active set
         u0 = fl.clone()
-        if bool(stale.any()):
-            u0[:, stale] = K.matmul(z0[:, stale], live[stale])
+        if bool(stale.any()):  # K z0 = K b - K (b off the active set); the latter lives on few rows
+            u0[:, stale] = fl[:, stale] - K.sparse_matmul((b * ~active)[:, stale], live[stale])
         slack = (1 - yl * fl).clamp_min(0) * tl
         objective = 0.5 * (b * fl).sum(0) + (cl * slack * slack).sum(0)
         z, u, it = _masked_cg(K, yl, d, active, z0, u0, cl, cg_tol, objective, max_cg, lowrank, live,
@@ -621,7 +674,7 @@ def solve(K: torch.Tensor, y: torch.Tensor, c: torch.Tensor, train: torch.Tensor
         clip = torch.nonzero(negative.any(0) & (pg_l <= tol)).flatten()
         if clip.numel():
             b_clip = torch.where(negative[:, clip], torch.zeros_like(b[:, clip]), b[:, clip])
-            f_clip = K.matmul(b_clip, live[clip])
+            f_clip = fl[:, clip] - K.sparse_matmul(b[:, clip] - b_clip, live[clip])
             pg_clip = projected_gradient_range(b_clip, f_clip, yl[:, clip], cl[:, clip], tl[:, clip])
             keep = pg_clip <= tol  # otherwise Newton goes on from the unclipped iterate
             clip, b_clip, f_clip = clip[keep], b_clip[:, keep], f_clip[:, keep]

@@ -42,17 +42,37 @@ def compaction_counter(monkeypatch):
     return runs
 
 
-@pytest.mark.parametrize("selected", [False, True])
-def test_packing_product_is_each_columns_block_product(selected) -> None:
+@pytest.mark.parametrize("few_blocks", [False, True])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_packing_product_is_each_columns_block_product(few_blocks, symmetric) -> None:
     rng = np.random.default_rng(0)
-    blocks = torch.as_tensor(rng.normal(size=(6, 20, 7)))
-    owner = torch.tensor([1, 1, 2] if selected else [0, 3, 3, 3, 1, 5, 2, 4, 0])  # uneven, some blocks empty
+    blocks = torch.as_tensor(rng.normal(size=(6, 20, 20 if symmetric else 7)))
+    if symmetric:
+        blocks = blocks + blocks.transpose(1, 2)
+    owner = torch.tensor([1, 1, 2] if few_blocks else [0, 3, 3, 3, 1, 5, 2, 4, 0])  # uneven, some blocks empty
     v = torch.as_tensor(rng.normal(size=(20, len(owner))))
     packing = _Packing(owner, len(blocks))
-    assert packing.selected == selected
-    out = packing.product(v, blocks)
+    assert packing.looped == few_blocks
+    out = packing.product(v, blocks, symmetric=symmetric)
     expected = torch.stack([v[:, j] @ blocks[owner[j]] for j in range(len(owner))], dim=1)
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["dense", "factored", "blocks"])
+@pytest.mark.parametrize("nonzero_rows", [3, 40])  # few rows: their kernel rows only; many: the full product
+def test_sparse_matmul_is_the_full_product(kind, nonzero_rows) -> None:
+    rng = np.random.default_rng(1)
+    A = torch.as_tensor(rng.normal(size=(48, 10)))
+    blocks = torch.stack([A @ A.T, 2 * A @ A.T + 1, A @ A.T + 3])
+    kernel = {"dense": DenseKernel(A @ A.T), "factored": newton.FactoredKernel(A),
+              "blocks": BlockKernel(blocks, torch.tensor([2, 0, 2, 2, 1]))}[kind]
+    cols = torch.tensor([0, 2, 3])
+    p = torch.zeros((48, len(cols)), dtype=torch.float64)
+    rows = rng.choice(48, nonzero_rows, replace=False)
+    p[rows] = torch.as_tensor(rng.normal(size=(nonzero_rows, len(cols))))
+    expected = (torch.stack([blocks[[2, 2, 2][j]] @ p[:, j] for j in range(len(cols))], 1) if kind == "blocks"
+                else (A @ A.T) @ p)
+    np.testing.assert_allclose(kernel.sparse_matmul(p, cols).numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def _grouped_problem(seed=3, n=360, d=300, classes=3, folds=2):

@@ -26,6 +26,7 @@ problem. Problems that do not reach it within the iteration limits are reported 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,11 @@ class Kernel:
     def trace_bound(self) -> float:
         """An upper bound of the top eigenvalue (of every block)."""
         return float(self.diagonal().sum())
+
+    def tiled(self, times: int) -> "Kernel":
+        """The kernel for problems repeated ``times`` times as more columns (the same problems at
+        several costs); only a ``BlockKernel`` maps columns to its blocks."""
+        return self
 
     @property
     def dtype(self):
@@ -219,6 +225,13 @@ class BlockKernel(Kernel):
             else:  # K_b symmetric: K_b[:, rows] = K_b[rows]^T
                 out[:, columns] = (p_b[rows].T @ self.data[b][rows]).T
         return out
+
+    def tiled(self, times: int) -> "BlockKernel":
+        if times == 1:
+            return self
+        tiled = copy.copy(self)  # shares the blocks and their float32 copy
+        tiled.block = self.block.repeat(times)
+        return tiled
 
     def column_diagonal(self, cols=None) -> torch.Tensor:
         owner = self.block if cols is None else self.block[cols]
@@ -405,13 +418,17 @@ def _cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | 
     p = s.clone()
     rs = (r * s).sum(0)
 
+    halted = torch.zeros(rhs.shape[1], dtype=torch.bool, device=K.device)
+
     def finished():
         done = r.abs().amax(0) <= tol_c
         if bool(done.any()):
             slack = (1 - y[:, done] * u[:, done]) * a[:, done]
             q = 0.5 * (z[:, done] * u[:, done]).sum(0) + (cs[:, done] * slack * slack).sum(0)
             done[done.clone()] = q < q_c[done]
-        return done
+        # a residual at the rounding level cannot get smaller: a column that still has not met
+        # q < q_stop there (its iterate is already this active set's solution) stops
+        return done | halted | (r.abs().amax(0) <= 1e-12)
 
     for _ in range(max_iter + 1):
         done = finished()
@@ -421,17 +438,25 @@ def _cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | 
             cols = cols[keep]
             z, u, r, p, rs, s = z[:, keep], u[:, keep], r[:, keep], p[:, keep], rs[keep], s[:, keep]
             a, dd, y, cs, tol_c, q_c = a[:, keep], dd[:, keep], y[:, keep], cs[:, keep], tol_c[keep], q_c[keep]
+            halted = halted[keep]
             precondition.keep(keep)
         if cols.numel() == 0 or _ == max_iter:
             break
         kp = K.fast_matmul(p, None if columns is None else columns[cols])
         q = kp * a + dd * p
-        step = rs / (p * q).sum(0).clamp_min(1e-300)
+        curvature = (p * q).sum(0)
+        # p'(K_SS + D_S)p >= p'D_S p exactly. Below half of that the (float32) product's rounding
+        # dominates the curvature, as it can on the nearly singular systems of large costs: the
+        # step would be meaningless or overflow. The column stops at its iterate; the Newton step
+        # goes on from there with an exact residual.
+        halted = ~(curvature >= 0.5 * (dd * p * p).sum(0))
+        step = torch.where(halted, torch.zeros_like(rs), rs / curvature.clamp_min(1e-300))
         z += step * p
         u += step * kp
         r -= step * q
         s = precondition(r)
         rs_new = (r * s).sum(0)
+        halted = halted | ~(rs_new > 0)  # a float32-applied preconditioner can round r's norm to <= 0
         p = s + (rs_new / rs.clamp_min(1e-300)) * p
         rs = rs_new
         iters[cols] += 1

@@ -189,3 +189,65 @@ def test_a_newton_step_that_does_not_move_tightens_that_problems_cg_tolerance(mo
         assert float(tolerances[1][1]) == float(tolerances[0][1])
     pg = projected_gradient_range(beta, K @ beta, Y, c, train)
     assert float(pg.max()) <= TOL
+
+
+def test_costs_are_batched_while_rows_stay_active_or_within_the_ratio() -> None:
+    from benchmark.svm.batched import BATCH_RATIO, batch_costs
+
+    y = torch.tensor([[1.0], [-1.0], [1.0]], dtype=torch.float64)
+    train = torch.tensor([[True], [True], [False]])
+    f = torch.tensor([[0.005], [-0.01], [5.0]], dtype=torch.float64)  # largest training margin 0.01 (the untrained row does not count)
+    assert batch_costs([1.0, 2.0], y, None, train, None) == 1  # nothing to extrapolate from yet
+    # previous cost 1: margins 0.01 C; 50 is within the ratio, 80 keeps every row active (0.8),
+    # 120 does neither (margin 1.2, ratio 120 > 64)
+    assert BATCH_RATIO == 64.0
+    assert batch_costs([2.0, 50.0, 80.0, 120.0, 1000.0], y, f, train, 1.0) == 3
+    assert batch_costs([2.0, 50.0, 80.0], y, -0.01 * y, train, 1.0) == 1  # no positive margin: alone
+
+
+def test_cost_batches_meet_liblinears_test_as_single_costs(compaction_counter) -> None:
+    """The same cost path solved with and without batching: every problem meets the stopping test
+    on the float64 kernel at every cost, and the decision values agree to the tolerance."""
+    from benchmark.svm import batched
+
+    K, y, train, groups = _grouped_problem()
+    costs = [1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0]
+    options = SolverOptions()
+    paths = {}
+    for ratio in (0.0, 64.0):
+        original = batched.BATCH_RATIO
+        batched.BATCH_RATIO = ratio
+        try:
+            paths[ratio] = {k: (beta, info) for k, beta, info in
+                            batched.cost_path(DenseKernel(K, mixed=True), y, train, costs, options, groups=groups)}
+        finally:
+            batched.BATCH_RATIO = original
+    weight = torch.where(y > 0, 2.0, 1.0)
+    for k, cost in enumerate(costs):
+        for ratio, path in paths.items():
+            beta, info = path[k]
+            assert bool(info.converged.all()), (ratio, cost)
+            pg = projected_gradient_range(beta, K @ beta, y, cost * weight, train)
+            assert float(pg.max()) <= TOL * 1.01, (ratio, cost)
+        np.testing.assert_allclose((K @ paths[64.0][k][0]).numpy(), (K @ paths[0.0][k][0]).numpy(), atol=2e-3)
+
+
+class _NegativeCurvature(DenseKernel):
+    """A kernel whose fast (float32) products are rounded so badly that they point the wrong way."""
+
+    def fast_matmul(self, p, cols=None):
+        return -10 * self.matmul(p, cols)
+
+
+def test_cg_stops_a_column_whose_rounded_curvature_is_not_positive() -> None:
+    rng = np.random.default_rng(5)
+    A = torch.as_tensor(rng.normal(size=(30, 8)))
+    K = _NegativeCurvature(A @ A.T + 1.0)
+    rhs = torch.as_tensor(np.where(rng.random((30, 2)) < 0.5, 1.0, -1.0))
+    active = torch.ones_like(rhs, dtype=torch.bool)
+    d = torch.full_like(rhs, 0.5)
+    zero = torch.zeros_like(rhs)
+    z, u, iters = newton._cg(K, rhs, d, active, zero, zero, torch.ones_like(rhs), torch.full((2,), 1e-8),
+                             torch.full((2,), float("inf")), 100, fast=True)
+    assert bool(torch.isfinite(z).all()) and bool(torch.isfinite(u).all())
+    assert torch.equal(z, zero) and iters.tolist() == [1, 1]  # halted at its first step, no move

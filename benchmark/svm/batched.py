@@ -254,6 +254,7 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
     order = [int(k) for k in np.argsort(costs, kind="stable")]
     most = max(1, BATCH_BYTES // max(1, 8 * y.shape[0] * y.shape[1]))
     beta = f = previous = lowrank = None
+    group_count = None if groups is None else int(groups.max()) + 1
     position = 0
     while position < len(order):
         batch = batch_costs([float(costs[k]) for k in order[position:position + most]], y, f, train, previous)
@@ -268,11 +269,14 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
         lowrank, use = preconditioner_for(kernel, c, options, lowrank)
         started = time.perf_counter()
         many = len(ks)
-        beta_all, info = solve(as_kernel(kernel).tiled(many), y.repeat(1, many), c, train.repeat(1, many),
-                               beta0=beta0, f0=f0,
+        if many == 1:  # no copies of the (n, P) labels and masks on the large costs' path
+            y_all, train_all, groups_all = y, train, groups
+        else:
+            y_all, train_all = y.repeat(1, many), train.repeat(1, many)
+            groups_all = None if groups is None else torch.cat([groups + i * group_count for i in range(many)])
+        beta_all, info = solve(as_kernel(kernel).tiled(many), y_all, c, train_all, beta0=beta0, f0=f0,
                                tol=options.tol, max_newton=options.max_newton, max_cg=options.max_cg, lowrank=use,
-                               groups=None if groups is None else
-                               torch.cat([groups + i * (int(groups.max()) + 1) for i in range(many)]))
+                               groups=groups_all)
         if DEBUG:
             print(f"C={','.join(f'{float(costs[k]):g}' for k in ks)} {label} {time.perf_counter() - started:.2f}s "
                   f"newton max {int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "

@@ -50,6 +50,15 @@ class SolveInfo:
 SPARSE_SHARE = 4
 
 
+def _sparse_symmetric_product(data: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """data @ p for a symmetric matrix, in data's dtype, reading only data's rows where some column
+    of p is non-zero when they are at most 1 / SPARSE_SHARE of them (data[:, rows] = data[rows]^T)."""
+    rows = torch.nonzero((p != 0).any(1)).flatten()
+    if len(rows) * SPARSE_SHARE > p.shape[0]:
+        return (p.T.to(data.dtype) @ data).T
+    return (p[rows].T.to(data.dtype) @ data[rows]).T
+
+
 class Kernel:
     """A kernel the solver multiplies by, kept as ``data`` (float64): exact products for the
     decision values, the line search and liblinear's stopping test, and ``fast`` products for the
@@ -128,8 +137,8 @@ class DenseKernel(Kernel):
     def _product(self, data, p, cols):
         return (p.T.to(data.dtype) @ data).T.to(p.dtype)
 
-    def _rows_product(self, rows, p_rows, cols):
-        return (p_rows.T.to(self.dtype) @ self.data[rows]).T  # K symmetric: K[:, rows] = K[rows]^T
+    def sparse_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
+        return _sparse_symmetric_product(self.data, p).to(p.dtype)
 
     def diagonal(self) -> torch.Tensor:
         return torch.diagonal(self.data)
@@ -215,15 +224,12 @@ class BlockKernel(Kernel):
     def sparse_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
         """``Kernel.sparse_matmul`` block by block: each block's own non-zero rows."""
         owner = self.block if cols is None else self.block[cols]
+        blocks = [(b, torch.nonzero(owner == b).flatten()) for b in torch.unique(owner).tolist()]
+        if all(int((p[:, columns] != 0).any(1).sum()) * SPARSE_SHARE > p.shape[0] for _, columns in blocks):
+            return self.matmul(p, cols)  # one bmm over the blocks beats a loop of full block products
         out = torch.empty_like(p)
-        for b in torch.unique(owner).tolist():
-            columns = torch.nonzero(owner == b).flatten()
-            p_b = p[:, columns]
-            rows = torch.nonzero((p_b != 0).any(1)).flatten()
-            if len(rows) * SPARSE_SHARE > p.shape[0]:
-                out[:, columns] = (p_b.T @ self.data[b]).T
-            else:  # K_b symmetric: K_b[:, rows] = K_b[rows]^T
-                out[:, columns] = (p_b[rows].T @ self.data[b][rows]).T
+        for b, columns in blocks:
+            out[:, columns] = _sparse_symmetric_product(self.data[b], p[:, columns]).to(p.dtype)
         return out
 
     def tiled(self, times: int) -> "BlockKernel":
@@ -323,6 +329,32 @@ class _Jacobi:
         self.inv = self.inv[:, columns]
 
 
+def _woodbury_factors(U_fast, U, W, inv_lam, chunk: int = 16) -> torch.Tensor:
+    """(columns, r, r): per column j of W (n, columns), the Cholesky factor of
+    U_S^T diag(W_S,j) U_S + inv_lam, summed over the column's own rows S = {i : W_ij != 0} only
+    (at large costs 15-50 % of them: the sums over all rows were most of the set-up's work).
+    U_fast: U in the dtype the sums are formed in (float32 for a mixed kernel: a preconditioner only
+    steers CG, its rounding cannot change the answer); a column whose rounded factor is not
+    positive definite is factored from sums in U's dtype instead. Factored ``chunk`` columns at a
+    time (no (columns, r, r) temporary of all columns at once)."""
+
+    def gram(basis, w):
+        rows = torch.nonzero(w).flatten()
+        part = basis[rows]
+        return (part.T * w[rows].to(basis.dtype)) @ part
+
+    r = U.shape[1]
+    L = torch.empty((W.shape[1], r, r), dtype=U.dtype, device=U.device)
+    for start in range(0, W.shape[1], chunk):
+        columns = range(start, min(W.shape[1], start + chunk))
+        M = torch.stack([gram(U_fast, W[:, j]) for j in columns]).to(U.dtype) + inv_lam
+        factor, info = torch.linalg.cholesky_ex(M)
+        for failed in torch.nonzero(info).flatten().tolist():
+            factor[failed] = torch.linalg.cholesky(gram(U, W[:, start + failed]) + inv_lam)
+        L[start:start + len(columns)] = factor
+    return L
+
+
 class _LowRankJacobi:
     """Preconditioner P^-1 with P = D' + U_S diag(lam) U_S^T, per column (S: its active rows):
     the kernel's top eigenpairs restricted to S plus the diagonal rest (D' = D_S + diag(K_SS) -
@@ -342,15 +374,8 @@ class _LowRankJacobi:
             self.W = a / (rest + d + (1 - a))
             self.L = torch.empty((a.shape[1], len(lam[0]), len(lam[0])), dtype=U.dtype, device=U.device)
             for b in torch.unique(self.owner).tolist():
-                for group in torch.nonzero(self.owner == b).flatten().split(chunk):
-                    W = self.W[:, group]
-                    M = torch.einsum("ir,ij,is->jrs", U_fast[b], W.to(U_fast.dtype), U_fast[b]).to(U.dtype)
-                    L, info = torch.linalg.cholesky_ex(M + torch.diag(1 / lam[b]))
-                    failed = info != 0
-                    if bool(failed.any()):
-                        M_exact = torch.einsum("ir,ij,is->jrs", U[b], W[:, failed], U[b])
-                        L[failed] = torch.linalg.cholesky(M_exact + torch.diag(1 / lam[b]))
-                    self.L[group] = L
+                group = torch.nonzero(self.owner == b).flatten()
+                self.L[group] = _woodbury_factors(U_fast[b], U[b], self.W[:, group], torch.diag(1 / lam[b]), chunk)
             return
         self.blocked = False
         rest = (kernel_diagonal(K) - (U * U * lam).sum(1)).clamp_min(0)
@@ -360,18 +385,7 @@ class _LowRankJacobi:
         # only steers CG, its rounding cannot change the answer; a column whose rounded factor is
         # not positive definite is factored from float64 products instead
         U_fast = U.to(torch.float32) if fast else U
-        inv_lam = torch.diag(1 / lam)
-        factors = []
-        for start in range(0, a.shape[1], chunk):  # (columns, r, r) without an (n, r, columns) temporary per column set
-            W = self.W[:, start:start + chunk]
-            M = torch.einsum("ir,ij,is->jrs", U_fast, W.to(U_fast.dtype), U_fast).to(U.dtype) + inv_lam
-            L, info = torch.linalg.cholesky_ex(M)
-            failed = info != 0
-            if bool(failed.any()):
-                M_exact = torch.einsum("ir,ij,is->jrs", U, W[:, failed], U) + inv_lam
-                L[failed] = torch.linalg.cholesky(M_exact)
-            factors.append(L)
-        self.L = torch.cat(factors) if factors else torch.empty(0, len(lam), len(lam), dtype=U.dtype, device=U.device)
+        self.L = _woodbury_factors(U_fast, U, self.W, torch.diag(1 / lam), chunk)
 
     def __call__(self, r):
         u = r * self.W
@@ -575,10 +589,10 @@ def _masked_cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: Low
     chunks = _compaction(K, active, groups, columns)
     if chunks is not None:
         z, iters = _compact_cg(K, chunks, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank)
-        return z, K.matmul(z, columns), iters
+        return z, K.sparse_matmul(z, columns), iters
     z, u, iters = _cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank, columns, fast=K.mixed)
     if K.mixed:  # u was accumulated from float32 products: the caller needs K z exactly
-        u = K.matmul(z, columns)
+        u = K.sparse_matmul(z, columns)
     return z, u, iters
 
 

@@ -32,6 +32,7 @@ from benchmark.svm.newton import (
     DenseKernel,
     FactoredKernel,
     _LowRankJacobi,
+    _woodbury_factors,
     kernel_with_bias,
     lowrank_eig,
     projected_gradient_range,
@@ -359,6 +360,26 @@ def test_lowrank_preconditioner_is_the_inverse_of_its_matrix() -> None:
     # with float32 factors (mixed-precision kernels) it is the same preconditioner to float32 rounding
     fast = _LowRankJacobi(K, d, a, lowrank, fast=True)(r)
     np.testing.assert_allclose(fast.numpy(), out.numpy(), rtol=1e-4, atol=1e-6 * float(out.abs().max()))
+
+
+def test_woodbury_factors_sum_each_column_over_its_own_rows() -> None:
+    """L_j L_j^T = U^T diag(W_j) U + inv_lam (rows where W_j = 0 add nothing); a column whose fast
+    sums do not factor (here a NaN row of the fast basis, active in column 1 only) is factored
+    from U's own sums; a column without active rows gets inv_lam's factor."""
+    rng = np.random.default_rng(4)
+    U = torch.as_tensor(rng.normal(size=(40, 6)))
+    W = torch.as_tensor(rng.random((40, 4))) * torch.as_tensor(rng.random((40, 4)) < 0.4)
+    W[:, 3] = 0
+    W[7] = torch.tensor([0.0, 0.5, 0.0, 0.0])
+    inv_lam = torch.diag(torch.as_tensor(rng.random(6) + 0.5))
+    U_fast = U.to(torch.float32).clone()
+    U_fast[7] = float("nan")
+    L = _woodbury_factors(U_fast, U, W, inv_lam, chunk=3)  # chunks of 3 and 1 columns
+    for j in range(4):
+        expected = U.numpy().T @ np.diag(W[:, j].numpy()) @ U.numpy() + inv_lam.numpy()
+        tol = 1e-12 if j == 1 else 1e-5  # column 1 from float64 sums, the others from float32 ones
+        np.testing.assert_allclose((L[j] @ L[j].T).numpy(), expected, rtol=tol, atol=tol)
+    np.testing.assert_allclose(L[3].numpy(), np.sqrt(inv_lam.numpy()), rtol=1e-6)
 
 
 def test_lowrank_preconditioning_gives_the_same_solution_in_fewer_steps() -> None:

@@ -75,6 +75,21 @@ def test_sparse_matmul_is_the_full_product(kind, nonzero_rows) -> None:
     np.testing.assert_allclose(kernel.sparse_matmul(p, cols).numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
 
 
+def test_block_sparse_matmul_mixes_sparse_and_full_blocks() -> None:
+    """Columns of two blocks, one with a few non-zero rows (read row by row), one with many (its
+    full block product): each column is its own block's product."""
+    rng = np.random.default_rng(2)
+    A = torch.as_tensor(rng.normal(size=(48, 10)))
+    blocks = torch.stack([A @ A.T, 2 * A @ A.T + 1, A @ A.T + 3])
+    kernel = BlockKernel(blocks, torch.tensor([2, 0, 2, 2, 1]))
+    cols = torch.tensor([1, 0, 3])  # blocks 0, 2, 2
+    p = torch.zeros((48, 3), dtype=torch.float64)
+    p[:, 0] = torch.as_tensor(rng.normal(size=48))
+    p[[4, 9], 1:] = torch.as_tensor(rng.normal(size=(2, 2)))
+    expected = torch.stack([blocks[b] @ p[:, j] for j, b in enumerate([0, 2, 2])], 1)
+    np.testing.assert_allclose(kernel.sparse_matmul(p, cols).numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
 def _grouped_problem(seed=3, n=360, d=300, classes=3, folds=2):
     """Classes x (all rows, then each fold's training rows): one group per class, as a low-shot
     sample and its CV folds. Separated clusters, so that few rows stay active at large costs."""

@@ -50,13 +50,18 @@ class SolveInfo:
 SPARSE_SHARE = 4
 
 
-def _sparse_symmetric_product(data: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """data @ p for a symmetric matrix, in data's dtype, reading only data's rows where some column
-    of p is non-zero when they are at most 1 / SPARSE_SHARE of them (data[:, rows] = data[rows]^T)."""
-    rows = torch.nonzero((p != 0).any(1)).flatten()
-    if len(rows) * SPARSE_SHARE > p.shape[0]:
-        return (p.T.to(data.dtype) @ data).T
-    return (p[rows].T.to(data.dtype) @ data[rows]).T
+def _nonzero_rows(p: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero((p != 0).any(1)).flatten()
+
+
+def _few(rows: torch.Tensor, n: int) -> bool:
+    """Whether reading only these of n kernel rows pays (at most 1 / SPARSE_SHARE of them)."""
+    return len(rows) * SPARSE_SHARE <= n
+
+
+def _symmetric_rows_product(data: torch.Tensor, rows: torch.Tensor, p_rows: torch.Tensor) -> torch.Tensor:
+    """data[:, rows] @ p_rows for a symmetric matrix (data[:, rows] = data[rows]^T), in data's dtype."""
+    return (p_rows.T.to(data.dtype) @ data[rows]).T
 
 
 class Kernel:
@@ -95,8 +100,8 @@ class Kernel:
         """K p, exact, for p that is zero on most rows: only the kernel's rows where some column of
         p is non-zero are read (``solve``'s corrections: the dual weight on the few rows that left
         the active set, clipped negative duals). Falls back to ``matmul`` when they are not few."""
-        rows = torch.nonzero((p != 0).any(1)).flatten()
-        if len(rows) * SPARSE_SHARE > p.shape[0]:
+        rows = _nonzero_rows(p)
+        if not _few(rows, p.shape[0]):
             return self.matmul(p, cols)
         return self._rows_product(rows, p[rows], cols).to(p.dtype)
 
@@ -137,8 +142,8 @@ class DenseKernel(Kernel):
     def _product(self, data, p, cols):
         return (p.T.to(data.dtype) @ data).T.to(p.dtype)
 
-    def sparse_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
-        return _sparse_symmetric_product(self.data, p).to(p.dtype)
+    def _rows_product(self, rows, p_rows, cols):
+        return _symmetric_rows_product(self.data, rows, p_rows)
 
     def diagonal(self) -> torch.Tensor:
         return torch.diagonal(self.data)
@@ -224,12 +229,19 @@ class BlockKernel(Kernel):
     def sparse_matmul(self, p: torch.Tensor, cols=None) -> torch.Tensor:
         """``Kernel.sparse_matmul`` block by block: each block's own non-zero rows."""
         owner = self.block if cols is None else self.block[cols]
-        blocks = [(b, torch.nonzero(owner == b).flatten()) for b in torch.unique(owner).tolist()]
-        if all(int((p[:, columns] != 0).any(1).sum()) * SPARSE_SHARE > p.shape[0] for _, columns in blocks):
+        blocks = []
+        for b in torch.unique(owner).tolist():
+            columns = torch.nonzero(owner == b).flatten()
+            blocks.append((b, columns, _nonzero_rows(p[:, columns])))
+        if not any(_few(rows, p.shape[0]) for _, _, rows in blocks):
             return self.matmul(p, cols)  # one bmm over the blocks beats a loop of full block products
         out = torch.empty_like(p)
-        for b, columns in blocks:
-            out[:, columns] = _sparse_symmetric_product(self.data[b], p[:, columns]).to(p.dtype)
+        for b, columns, rows in blocks:
+            p_b = p[:, columns]
+            if _few(rows, p.shape[0]):
+                out[:, columns] = _symmetric_rows_product(self.data[b], rows, p_b[rows])
+            else:
+                out[:, columns] = (p_b.T @ self.data[b]).T
         return out
 
     def tiled(self, times: int) -> "BlockKernel":
@@ -381,9 +393,6 @@ class _LowRankJacobi:
         rest = (kernel_diagonal(K) - (U * U * lam).sum(1)).clamp_min(0)
         self.W = a / (rest.unsqueeze(1) + d + (1 - a))  # D'^-1 on the active rows, 0 elsewhere
         self.U = U
-        # fast: U^T diag(W_j) U per column j (most of the set-up's work) in float32: a preconditioner
-        # only steers CG, its rounding cannot change the answer; a column whose rounded factor is
-        # not positive definite is factored from float64 products instead
         U_fast = U.to(torch.float32) if fast else U
         self.L = _woodbury_factors(U_fast, U, self.W, torch.diag(1 / lam), chunk)
 

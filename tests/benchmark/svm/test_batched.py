@@ -22,6 +22,7 @@ from benchmark.svm.solvers import check_solver
 from benchmark.svm.batched import (
     available_ram,
     choose_kernel_form,
+    _PendingScores,
     class_chunks,
     cv_masks,
     scores_all_costs,
@@ -32,6 +33,7 @@ from benchmark.svm.newton import (
     DenseKernel,
     FactoredKernel,
     _LowRankJacobi,
+    _line_search,
     _woodbury_factors,
     kernel_with_bias,
     lowrank_eig,
@@ -432,3 +434,76 @@ def test_mixed_precision_meets_liblinears_test_in_float64(form) -> None:
     p = torch.as_tensor(np.random.default_rng(0).normal(size=(300, 2)))
     gap = float((kernel.fast_matmul(p) - K @ p).abs().max())
     assert 0 < gap < 1e-4 * float((K @ p).abs().max())
+
+
+def test_line_search_finds_each_columns_minimiser_on_the_segment() -> None:
+    """t against a numpy oracle: the primal objective on beta + t delta evaluated on a fine grid of
+    [0, 1] and refined by golden-section search. Columns where the full step is best (including a
+    zero direction) get t = 1 without being searched; the others their own minimiser."""
+    rng = np.random.default_rng(3)
+    n, P = 60, 7
+    A = rng.normal(size=(n, 20))
+    K = A @ A.T / 20 + 1.0
+    y = np.where(rng.random((n, P)) < 0.4, 1.0, -1.0)
+    c = np.where(y > 0, 2.0, 1.0) * np.array([0.01, 0.1, 1.0, 10.0, 1.0, 0.5, 3.0])
+    train = rng.random((n, P)) < 0.9
+    beta = rng.normal(scale=0.05, size=(n, P)) * train
+    delta = rng.normal(scale=[0.001, 0.5, 2.0, 5.0, 0.0, 1.0, 0.2], size=(n, P)) * train
+    f, dfx = K @ beta, K @ delta
+    # descent directions, as Newton's (phi'(0) < 0): a direction's sign flipped where it rises
+    slack0 = np.clip(1 - y * f, 0, None) * train
+    rising = (delta * f).sum(0) - 2 * (c * slack0 * y * dfx).sum(0) > 0
+    delta, dfx = np.where(rising, -delta, delta), np.where(rising, -dfx, dfx)
+
+    def objective(j, t):
+        w = beta[:, j] + t * delta[:, j]
+        slack = np.clip(1 - y[:, j] * (f[:, j] + t * dfx[:, j]), 0, None) * train[:, j]
+        return 0.5 * w @ K @ w + (c[:, j] * slack * slack).sum()
+
+    as_t = [torch.as_tensor(v) for v in (beta, f, delta, dfx, y, c)]
+    t = _line_search(*as_t, torch.as_tensor(train)).numpy()
+    searched = 0
+    for j in range(P):
+        if not delta[:, j].any():
+            continue  # a constant objective: checked below
+        grid = np.linspace(0, 1, 2001)
+        values = np.array([objective(j, g) for g in grid])
+        lo, hi = grid[max(0, values.argmin() - 1)], grid[min(len(grid) - 1, values.argmin() + 1)]
+        for _ in range(100):  # golden-section on the bracketing cell (the objective is convex)
+            a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+            lo, hi = (lo, b) if objective(j, a) <= objective(j, b) else (a, hi)
+        best = 0.5 * (lo + hi)
+        assert objective(j, t[j]) <= objective(j, best) + 1e-10 * abs(objective(j, 0)), j
+        if best < 1 - 1e-6:
+            searched += 1
+            assert abs(t[j] - best) < 1e-6, j
+        else:
+            assert t[j] == 1.0, j
+    assert t[4] == 1.0  # no direction: nothing to search
+    assert 2 <= searched < P  # the case mixes searched columns and full steps
+
+
+def test_pending_scores_reach_their_costs_whatever_the_flushes(monkeypatch) -> None:
+    """Scores of several costs computed in one product land in out[:, :, k] of their own cost k,
+    with a flush after every cost, every two costs or once at the end; the scorer sees the
+    pending solutions side by side."""
+    rng = np.random.default_rng(0)
+    weights = {k: rng.normal(size=(6, 3)) for k in (2, 0, 3, 1)}  # visited in this order
+    scale = rng.normal(size=(4, 6))
+    calls = []
+
+    def score(W):
+        calls.append(W.shape[1])
+        return torch.as_tensor(scale) @ W
+
+    for budget, widths in ((1, [3, 3, 3, 3]), (2 * 6 * 3 * 8, [6, 6]), (2 ** 30, [12])):
+        monkeypatch.setattr(_PendingScores, "BYTES", budget)
+        calls.clear()
+        out = np.full((4, 3, 4), np.nan, dtype=np.float32)
+        pending = _PendingScores(score, out, 6 * 3 * 8)
+        for k, w in weights.items():
+            pending.add(k, torch.as_tensor(w))
+        pending.flush()
+        assert calls == widths
+        for k, w in weights.items():
+            np.testing.assert_allclose(out[:, :, k], scale @ w, rtol=1e-6)

@@ -414,7 +414,6 @@ def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np
         index = torch.as_tensor(np.stack(row_sets), device=device)
         blocks = layout.K[index.unsqueeze(2), index.unsqueeze(1)]  # (classes, m, m)
         kernel = BlockKernel(blocks, torch.as_tensor(block, device=device), layout.mixed)
-        eval_union = layout.eval_scorer(rows)
         scatter_rows = torch.as_tensor(np.searchsorted(rows, np.concatenate(own)), device=device)
         scatter_cols = torch.as_tensor(np.repeat(np.arange(len(classes)), [len(r) for r in own]), device=device)
         local = torch.as_tensor(np.concatenate([np.arange(len(r)) for r in own]), device=device)
@@ -429,7 +428,7 @@ def sample_and_folds_along_costs(layout: TrainingRows, Y: np.ndarray, member: np
         def union_weights(beta):
             return beta
     out = np.empty((len(layout.A_eval), len(classes), len(costs)), dtype=np.float32)
-    scorer = _PendingScores(layout.eval_scorer(rows), out, len(rows) * len(classes) * 8)
+    scorer = _PendingScores(layout.eval_scorer(rows), out)
     cv_ap = {c: np.full(len(costs), np.nan) for c in cv_classes}
     groups = torch.as_tensor(block, device=device)  # a class's problems: its sample and its CV folds
     for k, beta, info in cost_path(kernel, y, train, costs, options, "blocks" if blocked else "union", groups):
@@ -452,18 +451,20 @@ class _PendingScores:
     """Evaluation-row decision values of several costs' solutions in one product: one cost's few
     columns read the whole cross kernel for little work (VOC07 low-shot k = 96: 26 products of 20
     columns took 547 ms per sample, one of 520 columns 249 ms). ``out[:, :, k]`` gets cost k's
-    scores; solutions wait until BYTES of them are pending."""
+    scores; solutions wait while one more of the same size would still fit in BYTES."""
 
     BYTES = 2 ** 27
 
-    def __init__(self, score, out: np.ndarray, bytes_per_cost: int):
+    def __init__(self, score, out: np.ndarray):
         self.score, self.out = score, out
-        self.most = max(1, self.BYTES // max(1, bytes_per_cost))
         self.pending: list = []
+        self.bytes = 0
 
     def add(self, k: int, weights: torch.Tensor):
         self.pending.append((k, weights))
-        if len(self.pending) >= self.most:
+        size = weights.numel() * weights.element_size()
+        self.bytes += size
+        if self.bytes + size > self.BYTES:
             self.flush()
 
     def flush(self):
@@ -473,7 +474,7 @@ class _PendingScores:
         width = self.out.shape[1]
         for i, (k, _) in enumerate(self.pending):
             self.out[:, :, k] = scores[:, i * width:(i + 1) * width]
-        self.pending = []
+        self.pending, self.bytes = [], 0
 
 
 def _device(device) -> torch.device:

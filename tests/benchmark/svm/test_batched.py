@@ -500,7 +500,7 @@ def test_pending_scores_reach_their_costs_whatever_the_flushes(monkeypatch) -> N
         monkeypatch.setattr(_PendingScores, "BYTES", budget)
         calls.clear()
         out = np.full((4, 3, 4), np.nan, dtype=np.float32)
-        pending = _PendingScores(score, out, 6 * 3 * 8)
+        pending = _PendingScores(score, out)
         for k, w in weights.items():
             pending.add(k, torch.as_tensor(w))
         pending.flush()

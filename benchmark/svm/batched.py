@@ -236,6 +236,11 @@ def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed
 # 103 s with the rule alone, 93 s with 64)
 BATCH_BYTES = 2 ** 27
 BATCH_RATIO = 64.0
+# Batching pays only while a product is memory-bound, i.e. while each kernel block it reads serves
+# at most this many columns (a product is compute-bound from ~16 columns on, as ``_compaction``
+# and the blocks-or-union choice count): Places205 with 205 classes has 820 columns per cost on
+# one kernel, and there batching k = 8's small costs took its sample from 64 to 94 s
+BATCH_COLUMNS_PER_BLOCK = 64
 
 
 def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: SolverOptions, label: str = "",
@@ -252,7 +257,8 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
     low-shot: the products on a class's kernel block are memory-bound at 4 columns)."""
     weight = torch.where(y > 0, 2.0, 1.0)
     order = [int(k) for k in np.argsort(costs, kind="stable")]
-    most = max(1, BATCH_BYTES // max(1, 8 * y.shape[0] * y.shape[1]))
+    most = max(1, min(BATCH_BYTES // max(1, 8 * y.shape[0] * y.shape[1]),
+                      BATCH_COLUMNS_PER_BLOCK // max(1, columns_per_block(kernel, y.shape[1]))))
     beta = f = previous = lowrank = None
     group_count = None if groups is None else int(groups.max()) + 1
     position = 0
@@ -290,6 +296,14 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
                              info.decision[:, part])
             f, previous = step.decision, float(costs[k])
             yield k, beta, step
+
+
+def columns_per_block(kernel, columns: int) -> int:
+    """How many of a solve's columns each kernel block serves in a product, at most (a dense or
+    factored kernel is one block)."""
+    if isinstance(kernel, BlockKernel):
+        return int(torch.bincount(kernel.block[:columns]).max())
+    return columns
 
 
 def batch_costs(next_costs: list, y: torch.Tensor, f: torch.Tensor | None, train: torch.Tensor,

@@ -220,6 +220,42 @@ def test_costs_are_batched_while_rows_stay_active_or_within_the_ratio() -> None:
     assert batch_costs([2.0, 50.0, 80.0], y, -0.01 * y, train, 1.0) == 1  # no positive margin: alone
 
 
+@pytest.mark.parametrize("columns", [8, 16, 65])
+def test_costs_are_batched_only_while_each_kernel_block_serves_few_columns(monkeypatch, columns) -> None:
+    """Small costs (every row active: ``batch_costs`` would take them all) are solved together up
+    to BATCH_COLUMNS_PER_BLOCK columns per kernel block: a dense kernel is one block, a
+    ``BlockKernel`` serves only its own problems' columns."""
+    from benchmark.svm import batched
+
+    assert batched.BATCH_COLUMNS_PER_BLOCK == 64
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(l2_normalize(rng.normal(size=(30, 12))))
+    K = A @ A.T + 1.0
+    y = torch.as_tensor(np.where(rng.random((30, columns)) < 0.5, 1.0, -1.0))
+    train = torch.ones((30, columns), dtype=torch.bool)
+    costs = [1e-7 * 2.0 ** i for i in range(10)]  # margins stay far below 1: one batch if uncapped
+    widths = []
+    original = batched.solve
+
+    def recording(K, y, *args, **kwargs):
+        widths.append(y.shape[1])
+        return original(K, y, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "solve", recording)
+    blocks = torch.arange(columns) // 4  # four columns per block
+    kernels = {"dense": (DenseKernel(K, mixed=True), columns),
+               "blocks": (BlockKernel(K.expand(int(blocks.max()) + 1, 30, 30).clone(), blocks, mixed=True), 4)}
+    for name, (kernel, per_block) in kernels.items():
+        widths.clear()
+        assert batched.columns_per_block(kernel, columns) == per_block
+        solved = [k for k, _, _ in batched.cost_path(kernel, y, train, costs, SolverOptions())]
+        assert solved == list(range(len(costs)))
+        most = max(1, 64 // per_block)  # costs per solve
+        # the first cost alone (nothing to extrapolate from), then batches of at most ``most`` costs
+        expected = [1] + [min(most, len(costs) - 1 - i) for i in range(0, len(costs) - 1, most)]
+        assert widths == [columns * m for m in expected], name
+
+
 def test_cost_batches_meet_liblinears_test_as_single_costs(compaction_counter) -> None:
     """The same cost path solved with and without batching: every problem meets the stopping test
     on the float64 kernel at every cost, and the decision values agree to the tolerance."""

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
+from .._heap import kept_heap
 from ..metrics import stepwise_ap, voc_ap
 from ..provenance import resolve_device
 from .newton import (TOL, BlockKernel, DenseKernel, FactoredKernel, LowRank, SolveInfo, as_kernel, lowrank_eig, solve,
@@ -53,18 +54,24 @@ def cv_masks(y: np.ndarray, folds: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def cpu_threads_for(n: int, device: torch.device):
-    """One intra-op thread for small kernels on CPU: their products are too small to split, and
-    threads that wait on each other are measured 4x slower on a busy 2-core machine."""
-    if device.type != "cpu" or n > SMALL_KERNEL:
+def cpu_run(n: int, device: torch.device):
+    """On CPU: freed memory kept in the process while the engine runs (``benchmark._heap``: its
+    temporaries were page-faulted in again at every allocation), and one intra-op thread for
+    small kernels (their products are too small to split, and threads that wait on each other
+    are measured 4x slower on a busy 2-core machine)."""
+    if device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    with kept_heap():
+        if n > SMALL_KERNEL:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def memory_budget(device: torch.device) -> int:
@@ -520,7 +527,7 @@ def voc07_svm_torch(train_features, train_labels, test_features, test_labels, co
             trainable.append(c)
     if not trainable:
         return results
-    with cpu_threads_for(n, device):
+    with cpu_run(n, device):
         layout = layout_for(X_train, device, kernel_form, memory_bytes, mixed)
         X_eval = torch.as_tensor(X_test, dtype=torch.float64, device=device)
         member = np.ones_like(Y, dtype=bool)
@@ -590,7 +597,7 @@ def lowshot_sweep_torch(X_train: np.ndarray, Y: np.ndarray, X_eval: np.ndarray, 
     n_classes = Y.shape[1]
     logs = {c: FitLog() for c in range(n_classes)}
     cv_ap = np.full((n_classes, len(costs)), np.nan)
-    with cpu_threads_for(len(used), device):
+    with cpu_run(len(used), device):
         if layout is None:
             layout = layout_for(np.asarray(X_train)[used], device, kernel_form, memory_bytes, mixed, X_eval)
         scores = np.empty((len(layout.A_eval), n_classes, len(costs)), dtype=np.float32)
@@ -631,7 +638,7 @@ def cv_costs_torch(X_train: np.ndarray, Y: np.ndarray, costs, folds: int = 3, de
     out: dict[int, float | None] = {c: None for c in range(Y.shape[1])}
     if not classes:
         return out
-    with cpu_threads_for(len(Y), device):
+    with cpu_run(len(Y), device):
         layout = layout_for(X_train, device, "auto", None, mixed)
         logs = {c: FitLog() for c in classes}
         for chunk in class_chunks(classes, len(Y), layout.budget, layout.kernel_bytes):

@@ -293,10 +293,46 @@ def projected_gradient_range(beta, f, y, c, train) -> torch.Tensor:
 
 @dataclass
 class LowRank:
-    """Top eigenpairs of a kernel, K ~ U diag(lam) U^T (U: n x r, orthonormal columns)."""
+    """Top eigenpairs of a kernel, K ~ U diag(lam) U^T (U: n x r, orthonormal columns; a
+    ``BlockKernel``'s are batched: U (B, m, r), lam (B, r)). What every preconditioner built from
+    them needs is derived once, here, not at each Newton step: U in float32 (``fast``, for mixed
+    kernels), its transpose and the low-rank part's diagonal (``diagonal``)."""
 
     U: torch.Tensor
     lam: torch.Tensor
+    U_fast: torch.Tensor | None = None
+    Ut_fast: torch.Tensor | None = None
+    diag: torch.Tensor | None = None
+
+    def fast(self) -> torch.Tensor:
+        if self.U_fast is None:
+            self.U_fast = self.U.to(torch.float32)
+        return self.U_fast
+
+    def fast_transposed(self) -> torch.Tensor:
+        """(B, r, m), contiguous: the layout of the batched product back to the rows."""
+        if self.Ut_fast is None:
+            self.Ut_fast = self.fast().transpose(1, 2).contiguous()
+        return self.Ut_fast
+
+    def diagonal(self) -> torch.Tensor:
+        """diag(U diag(lam) U^T): (n,), or (B, m) for a block kernel's."""
+        if self.diag is None:
+            U, lam = self.U, self.lam
+            self.diag = ((U * U) @ lam.unsqueeze(2))[:, :, 0] if U.dim() == 3 else (U * U * lam).sum(1)
+        return self.diag
+
+    def gathered(self, source: torch.Tensor, rows: torch.Tensor, fast: bool) -> "LowRank":
+        """Block ``source[i]``'s eigenvectors on its rows ``rows[i]`` (a batched one's, or this
+        unbatched one's as block 0 when ``source`` is all zeros), with what was derived from them."""
+        U, lam = (self.U, self.lam) if self.U.dim() == 3 else (self.U.unsqueeze(0), self.lam.unsqueeze(0))
+        diag = self.diagonal() if self.U.dim() == 3 else self.diagonal().unsqueeze(0)
+        index = (source.unsqueeze(1), rows)
+        part = LowRank(U[index], lam[source], diag=diag[index])
+        if fast:
+            U_fast = self.fast() if self.U.dim() == 3 else self.fast().unsqueeze(0)
+            part.U_fast = U_fast[index]
+        return part
 
 
 def lowrank_eig(K, rank: int, seed: int = 0, oversample: int = 16) -> LowRank:
@@ -380,9 +416,10 @@ class _LowRankJacobi:
         if U.dim() == 3:  # a BlockKernel's eigenpairs (B, m, r): each column uses its block's
             self.blocked = True
             self.owner = K.block if cols is None else K.block[cols]
-            U_fast = U.to(torch.float32) if fast else U
-            self.U, self.Ut = U_fast, U_fast.transpose(1, 2).contiguous()  # applied in the fast dtype too
-            rest = (column_diagonal(K, cols) - ((U * U) @ lam.unsqueeze(2))[:, :, 0][self.owner].T).clamp_min(0)
+            U_fast = lowrank.fast() if fast else U
+            # applied in the fast dtype too
+            self.U, self.Ut = U_fast, (lowrank.fast_transposed() if fast else U.transpose(1, 2).contiguous())
+            rest = (column_diagonal(K, cols) - lowrank.diagonal()[self.owner].T).clamp_min(0)
             self.W = a / (rest + d + (1 - a))
             self.L = torch.empty((a.shape[1], len(lam[0]), len(lam[0])), dtype=U.dtype, device=U.device)
             for b in torch.unique(self.owner).tolist():
@@ -390,10 +427,10 @@ class _LowRankJacobi:
                 self.L[group] = _woodbury_factors(U_fast[b], U[b], self.W[:, group], torch.diag(1 / lam[b]), chunk)
             return
         self.blocked = False
-        rest = (kernel_diagonal(K) - (U * U * lam).sum(1)).clamp_min(0)
+        rest = (kernel_diagonal(K) - lowrank.diagonal()).clamp_min(0)
         self.W = a / (rest.unsqueeze(1) + d + (1 - a))  # D'^-1 on the active rows, 0 elsewhere
         self.U = U
-        U_fast = U.to(torch.float32) if fast else U
+        U_fast = lowrank.fast() if fast else U
         self.L = _woodbury_factors(U_fast, U, self.W, torch.diag(1 / lam), chunk)
 
     def __call__(self, r):
@@ -506,6 +543,24 @@ class _CompactChunk:
     valid: torch.Tensor
     owner: torch.Tensor
     source: torch.Tensor
+    labels: torch.Tensor  # each group's label in ``groups``
+    union: torch.Tensor  # (n, groups) bool: the rows active in some column of the group
+
+
+@dataclass
+class _Gathered:
+    """A chunk's gathered float32 blocks (and eigenvectors), kept on the kernel for the next
+    Newton steps: at large costs the active sets mostly shrink from one step (and cost) to the
+    next, and a gather costs as much as 10-25 of the CG products on the blocks it makes."""
+
+    labels: torch.Tensor
+    source: torch.Tensor
+    rows: torch.Tensor
+    valid: torch.Tensor
+    member: torch.Tensor  # (n, groups) bool: rows[i][valid[i]] as a mask
+    blocks: torch.Tensor
+    lowrank_of: LowRank | None = None
+    lowrank: LowRank | None = None
 
 
 def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
@@ -529,7 +584,7 @@ def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
     full = entries * max(1.0, P / present / 16)
     if entries < COMPACT_FROM_ENTRIES:
         return None
-    _, owner = torch.unique(groups, return_inverse=True)
+    labels, owner = torch.unique(groups, return_inverse=True)
     G = int(owner.max()) + 1
     member = torch.zeros((P, G), dtype=torch.float32, device=active.device)
     member[torch.arange(P, device=active.device), owner] = 1
@@ -553,36 +608,117 @@ def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
         valid = torch.arange(m, device=active.device).unsqueeze(0) < sizes[start:stop].unsqueeze(1)
         rows = torch.where(valid, rows, rows[:, :1])
         cols = torch.nonzero((owner >= start) & (owner < stop)).flatten()
-        chunks.append(_CompactChunk(cols, rows, valid, owner[cols] - start, group_source[start:stop]))
+        chunks.append(_CompactChunk(cols, rows, valid, owner[cols] - start, group_source[start:stop],
+                                    labels[start:stop], union[:, start:stop]))
         start = stop
     return chunks
+
+
+# A chunk's kept blocks (``_Gathered``) are reused while every group's active rows fit in them and
+# each present group's block has at most this many times the entries a new gather would make (CG
+# products read the spare ones too): a gather reads each gathered row's whole source row and was
+# measured to take as long as 10-25 products of four columns on its result. Rows that became
+# active since are written into free slots (a few dozen per step at large costs); each gather
+# leaves HEADROOM of its rows free for them.
+REUSE_ENTRIES = 1.5
+HEADROOM = 1 / 32
+
+
+def _reusable(K, chunk: _CompactChunk, source_blocks) -> tuple[_Gathered, torch.Tensor] | None:
+    """The kernel's kept blocks, completed with the chunk's newly active rows, and each chunk
+    group's position in them; None when they cannot serve the chunk."""
+    kept = getattr(K, "_gathered", None)
+    if kept is None:
+        return None
+    where = torch.searchsorted(kept.labels, chunk.labels).clamp_max(len(kept.labels) - 1)
+    if not bool((kept.labels[where] == chunk.labels).all() and (kept.source[where] == chunk.source).all()):
+        return None
+    if kept.rows.shape[1] ** 2 > REUSE_ENTRIES * chunk.rows.shape[1] ** 2:
+        return None
+    new = chunk.union & ~kept.member[:, where]  # (n, chunk groups)
+    counts = new.sum(0)
+    free = (~kept.valid[where]).sum(1)
+    if bool((counts > free).any()):
+        return None
+    if int(counts.sum()):
+        _add_rows(kept, where, new, source_blocks)
+    return kept, where
+
+
+def _add_rows(kept: _Gathered, where: torch.Tensor, new: torch.Tensor, source_blocks):
+    """Write each chunk group's ``new`` rows into free slots of its kept block (and eigenvectors)."""
+    row, column = torch.nonzero(new.T, as_tuple=True)[1], torch.nonzero(new.T, as_tuple=True)[0]
+    group = where[column]
+    # the i-th new row of a group takes the group's i-th free slot
+    rank = torch.arange(len(group), device=group.device) - torch.searchsorted(group, group, side="left")
+    free_order = torch.argsort(kept.valid.to(torch.int8), dim=1, stable=True)  # free slots first
+    slot = free_order[group, rank]
+    kept.rows[group, slot] = row
+    kept.valid[group, slot] = True
+    kept.member[row, group] = True
+    values = source_blocks[kept.source[group].unsqueeze(1), row.unsqueeze(1), kept.rows[group]]  # (new, m)
+    kept.blocks[group, slot, :] = values
+    kept.blocks[group, :, slot] = values
+    if kept.lowrank is not None:
+        source = kept.lowrank_of
+        U, U_fast, diag = ((source.U, source.fast(), source.diagonal()) if source.U.dim() == 3 else
+                           (source.U.unsqueeze(0), source.fast().unsqueeze(0), source.diagonal().unsqueeze(0)))
+        index = (kept.source[group], row)
+        kept.lowrank.U[group, slot] = U[index]
+        kept.lowrank.fast()[group, slot] = U_fast[index]
+        kept.lowrank.diagonal()[group, slot] = diag[index]
+        kept.lowrank.Ut_fast = None
+
+
+def _gather(K, chunk: _CompactChunk, source_blocks, single: bool) -> _Gathered:
+    """The chunk's blocks, gathered with HEADROOM free slots; kept on the kernel when the chunk is
+    the only one (several chunks would keep several COMPACT_BYTES of blocks alive between Newton
+    steps)."""
+    K._gathered = None  # frees the previous blocks before gathering new ones
+    G, m = chunk.rows.shape
+    spare = min(K.shape[0], m + max(8, int(m * HEADROOM))) - m if single else 0
+    rows = torch.cat([chunk.rows, chunk.rows[:, :1].expand(G, spare)], 1)
+    valid = torch.cat([chunk.valid, torch.zeros((G, spare), dtype=torch.bool, device=rows.device)], 1)
+    blocks = source_blocks[chunk.source.view(-1, 1, 1), rows.unsqueeze(2), rows.unsqueeze(1)]
+    member = torch.zeros_like(chunk.union)
+    group = torch.arange(G, device=rows.device).unsqueeze(1).expand_as(rows)
+    member[rows[valid], group[valid]] = True
+    gathered = _Gathered(chunk.labels, chunk.source, rows, valid, member, blocks)
+    if single:
+        K._gathered = gathered
+    return gathered
 
 
 def _compact_cg(K, chunks: list[_CompactChunk], rhs, d, active, z0, u0, c, tol, q_stop, max_iter,
                 lowrank: LowRank | None):
     """``_cg`` on each chunk's gathered active rows (a ``BlockKernel`` of float32 blocks, one per
-    group); returns the solutions scattered back to all rows (zero off the active ones) and the
-    iterations."""
+    group, or the kept blocks of an earlier step that hold them: ``_reusable``); returns the
+    solutions scattered back to all rows (zero off the active ones) and the iterations."""
     # a dense kernel (and its eigenpairs) as one block, as ``_compaction`` numbers it
     blocked = isinstance(K, BlockKernel)
     source_blocks = K.data32 if blocked else K.data32.unsqueeze(0)
-    if lowrank is not None:
-        source_U, source_lam = ((lowrank.U, lowrank.lam) if blocked
-                                else (lowrank.U.unsqueeze(0), lowrank.lam.unsqueeze(0)))
     z = torch.zeros_like(z0)
     iters = torch.zeros(rhs.shape[1], dtype=torch.long, device=z0.device)
     for chunk in chunks:
-        index = chunk.rows[chunk.owner].T  # (m, columns): each column's rows
-        mask = chunk.valid[chunk.owner].T
+        reuse = _reusable(K, chunk, source_blocks) if len(chunks) == 1 else None
+        if reuse is None:
+            gathered, position = _gather(K, chunk, source_blocks, len(chunks) == 1), chunk.owner
+        else:
+            gathered, where = reuse
+            position = where[chunk.owner]
+        index = gathered.rows[position].T  # (m, columns): each column's rows
+        mask = gathered.valid[position].T
 
         def take(v):
             return torch.gather(v[:, chunk.cols], 0, index)
 
-        blocks = source_blocks[chunk.source.view(-1, 1, 1), chunk.rows.unsqueeze(2), chunk.rows.unsqueeze(1)]
         compact_lowrank = None
         if lowrank is not None:
-            compact_lowrank = LowRank(source_U[chunk.source.unsqueeze(1), chunk.rows], source_lam[chunk.source])
-        zc, _, it = _cg(BlockKernel(blocks, chunk.owner), take(rhs), take(d), take(active) & mask, take(z0),
+            if gathered.lowrank_of is not lowrank:
+                gathered.lowrank = lowrank.gathered(gathered.source, gathered.rows, fast=True)
+                gathered.lowrank_of = lowrank
+            compact_lowrank = gathered.lowrank
+        zc, _, it = _cg(BlockKernel(gathered.blocks, position), take(rhs), take(d), take(active) & mask, take(z0),
                         take(u0), take(c), tol[chunk.cols], q_stop[chunk.cols], max_iter, compact_lowrank,
                         torch.arange(len(chunk.cols), device=z0.device), fast=True)
         z[:, chunk.cols] = torch.zeros_like(z[:, chunk.cols]).scatter_add_(0, index, zc * mask)

@@ -15,12 +15,14 @@ differ only in the ``solver`` column (``name``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from joblib import Parallel, delayed
 
+from .._heap import kept_heap
 from ..errors import ConfigError
 from ..metrics import voc_ap
 from ..provenance import resolve_device
@@ -130,6 +132,9 @@ class TorchSolver(Solver):
         self.name = f"torch-newton({device.type},{'mixed' if mixed else 'float64'})"
         self._layout = None  # (X_train, X_eval, layout) of the last low-shot call
 
+    def _kept_heap(self):
+        return kept_heap() if self.device.type == "cpu" else contextlib.nullcontext()
+
     def layer_layout(self, X_train: np.ndarray, X_eval: np.ndarray):
         """The layer's kernels (``batched.shared_layout``), kept while the same arrays come back:
         a caller that solves its k values in several calls computes them once."""
@@ -150,24 +155,25 @@ class TorchSolver(Solver):
         chosen = np.zeros((len(samples), num_classes), dtype=int)
         sources, logs = [], [FitLog() for _ in range(num_classes)]
         keep = test_labels != -1  # difficult-only rows are removed per class
-        # every sample of every k is a subset of the same trainval rows: their kernels are gathered
-        # from one layer-wide kernel (and test cross kernel) computed here once
-        layout = self.layer_layout(X_train, X_test)
-        for i, sample in enumerate(samples):
-            Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
-            sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device, layout=layout)
-            row_sources = []
-            for c in range(num_classes):
-                y_test = test_labels[keep[:, c], c] == 1
-                aps[i, :, c] = [voc_ap(y_test, sweep.scores[keep[:, c], c, j]) for j in range(len(costs))]
-                if not np.isnan(sweep.cv_ap[c]).all():
-                    cost, source = costs[int(np.argmax(sweep.cv_ap[c]))], f"{folds}-fold-cv-on-sample"
-                else:
-                    cost, source = fallback_cost(c), "full-data-cv"
-                chosen[i, c] = -1 if cost is None else costs.index(cost)
-                row_sources.append(source if cost is not None else "none(too-few-positives)")
-                logs[c].merge(sweep.logs[c])
-            sources.append(row_sources)
+        with self._kept_heap():  # one scope over the samples: their temporaries reuse the same memory
+            # every sample of every k is a subset of the same trainval rows: their kernels are
+            # gathered from one layer-wide kernel (and test cross kernel) computed here once
+            layout = self.layer_layout(X_train, X_test)
+            for i, sample in enumerate(samples):
+                Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+                sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device, layout=layout)
+                row_sources = []
+                for c in range(num_classes):
+                    y_test = test_labels[keep[:, c], c] == 1
+                    aps[i, :, c] = [voc_ap(y_test, sweep.scores[keep[:, c], c, j]) for j in range(len(costs))]
+                    if not np.isnan(sweep.cv_ap[c]).all():
+                        cost, source = costs[int(np.argmax(sweep.cv_ap[c]))], f"{folds}-fold-cv-on-sample"
+                    else:
+                        cost, source = fallback_cost(c), "full-data-cv"
+                    chosen[i, c] = -1 if cost is None else costs.index(cost)
+                    row_sources.append(source if cost is not None else "none(too-few-positives)")
+                    logs[c].merge(sweep.logs[c])
+                sources.append(row_sources)
         return aps, chosen, sources, logs
 
     def lowshot_places(self, X, y, X_val, val_labels, num_classes, costs, folds, log):

@@ -147,6 +147,80 @@ def test_compaction_needs_a_mixed_kernel_and_skips_small_or_dense_active_sets(mo
     np.testing.assert_array_equal(chunk.rows[0].numpy(), np.arange(0, 360, 10))
 
 
+@pytest.mark.parametrize("blocked", [False, True])
+def test_kept_blocks_take_newly_active_rows_and_equal_a_fresh_gather(monkeypatch, blocked) -> None:
+    """A Newton step whose active rows are mostly those of the last gather reuses its blocks: rows
+    that became active are written into free slots (blocks, eigenvectors, their float32 copies
+    and diagonal), and every kept entry equals the kernel's own."""
+    monkeypatch.setattr(newton, "COMPACT_FROM_ENTRIES", 0)
+    K, Y, train, groups = _grouped_problem()
+    if blocked:  # two blocks: class 0 on the first, classes 1 and 2 on the second (scaled) one
+        kernel = BlockKernel(torch.stack([K, 2 * K]), (groups > 0).long(), mixed=True)
+        source = torch.stack([K, 2 * K])
+    else:
+        kernel, source = DenseKernel(K, mixed=True), K.unsqueeze(0)
+    lowrank = lowrank_eig(kernel, 16)
+    columns = torch.arange(Y.shape[1])
+    rng = np.random.default_rng(4)
+    first = train & torch.as_tensor(rng.random(Y.shape) < 0.15)
+    (chunk,) = newton._compaction(kernel, first, groups, columns)
+    kept = newton._gather(kernel, chunk, kernel.data32 if blocked else kernel.data32.unsqueeze(0), single=True)
+    kept.lowrank = lowrank.gathered(kept.source, kept.rows, fast=True)
+    kept.lowrank_of = lowrank
+    # the next step: a fifth of those rows leave, a few new ones join
+    second = first & torch.as_tensor(rng.random(Y.shape) < 0.8)
+    joined = torch.nonzero(~chunk.union[:, 0]).flatten()[:3]
+    second[joined, 0] = True
+    (chunk2,) = newton._compaction(kernel, second, groups, columns)
+    reused = newton._reusable(kernel, chunk2, kernel.data32 if blocked else kernel.data32.unsqueeze(0))
+    assert reused is not None
+    kept2, where = reused
+    assert kept2 is kept
+    U = lowrank.U if blocked else lowrank.U.unsqueeze(0)
+    for g in range(len(kept.labels)):
+        rows = kept.rows[g][kept.valid[g]]
+        assert bool(chunk2.union[:, int(torch.nonzero(where == g)[0])].le(kept.member[:, g]).all())
+        np.testing.assert_array_equal(torch.nonzero(kept.member[:, g]).flatten().numpy(), np.sort(rows.numpy()))
+        block = kept.blocks[g][kept.valid[g]][:, kept.valid[g]]
+        expected = source[kept.source[g]][rows][:, rows].to(torch.float32)
+        np.testing.assert_array_equal(block.numpy(), expected.numpy())
+        np.testing.assert_array_equal(kept.lowrank.U[g][kept.valid[g]].numpy(), U[kept.source[g]][rows].numpy())
+        np.testing.assert_array_equal(kept.lowrank.fast()[g][kept.valid[g]].numpy(),
+                                      U[kept.source[g]][rows].to(torch.float32).numpy())
+        diagonal = (U[kept.source[g]][rows] ** 2 * (lowrank.lam[kept.source[g]] if blocked else lowrank.lam)).sum(1)
+        np.testing.assert_allclose(kept.lowrank.diagonal()[g][kept.valid[g]].numpy(), diagonal.numpy(), rtol=1e-12)
+    assert set(joined.tolist()) <= set(kept.rows[0][kept.valid[0]].tolist())
+    # far fewer active rows: a new, smaller gather instead
+    few = second & (torch.arange(len(K)) % 7 == 0).unsqueeze(1)
+    (chunk3,) = newton._compaction(kernel, few, groups, columns)
+    assert newton._reusable(kernel, chunk3, kernel.data32 if blocked else kernel.data32.unsqueeze(0)) is None
+
+
+def test_a_cost_path_on_one_kernel_reuses_kept_blocks_and_meets_liblinears_test(compaction_counter,
+                                                                                 monkeypatch) -> None:
+    """Large costs on one kernel object (as a low-shot sample's): gathered blocks serve later
+    Newton steps and costs, and every problem still meets liblinear's test on the float64 kernel."""
+    from benchmark.svm.batched import cost_path
+
+    reuses = []
+    original = newton._reusable
+
+    def counting(*args):
+        out = original(*args)
+        reuses.append(out is not None)
+        return out
+
+    monkeypatch.setattr(newton, "_reusable", counting)
+    K, Y, train, groups = _grouped_problem()
+    kernel = DenseKernel(K, mixed=True)
+    costs = [1.0, 3.0, 10.0, 30.0, 100.0]
+    for k, beta, info in cost_path(kernel, Y, train, costs, SolverOptions(), groups=groups):
+        c = costs[k] * torch.where(Y > 0, 2.0, 1.0)
+        assert bool(info.converged.all())
+        assert float(projected_gradient_range(beta, K @ beta, Y, c, train).max()) <= TOL
+    assert any(reuses), "no kept blocks were reused"
+
+
 def test_compacted_low_shot_sweeps_equal_the_plain_ones(compaction_counter, monkeypatch) -> None:
     """A VOC07-like sample and its CV folds, on per-class blocks and on the union: compacted CG
     gives the scores and CV APs of the plain solver."""

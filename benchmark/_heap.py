@@ -1,18 +1,19 @@
 """Keep freed memory in the process while the SVM engine runs (glibc only).
 
-glibc's malloc hands large blocks straight back to the kernel when they are freed (blocks above
-its mmap threshold are unmapped, the top of the heap is trimmed), so the engine's next temporary
-of the same size is page-faulted in again, 4 KiB at a time, and zeroed by the kernel. The engine
-allocates and frees tensors of the same few sizes thousands of times per solve: on one VOC07
-low-shot k = 96 sample this was 670,000-860,000 page faults and 1.8-2.8 s of system time per
-sample, against 70,000 and 0.7 s with freed blocks kept (measured on this 2-core machine).
+glibc's malloc trims the top of its heap as soon as more than a few dozen MiB there are free, and
+maps blocks above its mmap threshold anew each time, so the engine's next temporary of the same
+size is page-faulted in again, 4 KiB at a time, and zeroed by the kernel. The engine allocates and
+frees tensors of the same few sizes thousands of times per solve (solver vectors of rows x
+problems: 1-12 MB for a VOC07 low-shot sample).
 
-``kept_heap()`` keeps them for the duration of the outermost scope (no mmap'd blocks, no
-trimming) and gives everything free back to the kernel when it ends (``malloc_trim``), so the
-memory the engine held is not retained by the process afterwards. Inside, the process's peak
-resident memory can be a little higher (one heap, reused first-fit: 4.87 against 4.45 GB on that
-run). Elsewhere (another libc, no
-ctypes) it does nothing: only speed depends on it, never a number.
+``kept_heap()`` turns trimming off and fixes the mmap threshold at its ceiling (32 MiB) for the
+duration of the outermost scope, and gives everything free back to the kernel when it ends
+(``malloc_trim``), so the process does not keep the memory afterwards. Blocks above 32 MiB are
+still mapped per allocation: with mmap off altogether, glibc's aligned allocations (torch's)
+grew the heap by several copies of a repeatedly freed block before reusing it (peak resident
+memory 5.03 against 4.49 GB on one VOC07 k = 96 run). On that run the setting here took system
+time from 1.8-2.8 s to 0.7 s per sample, with the same peak memory as without it. Elsewhere
+(another libc, no ctypes) it does nothing: only speed depends on it, never a number.
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ import threading
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-M_MMAP_MAX = -4
-# what glibc's dynamic thresholds settle at once a block of 32 MiB has been freed, which every
-# engine run does: restored on leaving the scope (setting any of them fixes them from then on)
-MMAP_THRESHOLD_AFTER = 32 * 2**20
-TRIM_THRESHOLD_AFTER = 2 * MMAP_THRESHOLD_AFTER
-MMAP_MAX_DEFAULT = 65536
+MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest glibc accepts on 64-bit, and its dynamic ceiling
 TRIM_THRESHOLD_KEEP = 2**31 - 1  # the largest mallopt takes (an int): no trimming below 2 GiB free
+# where glibc's dynamic trim threshold settles once a 32 MiB block was freed, as in every engine
+# run; restored on leaving the scope (setting a threshold fixes both from then on)
+TRIM_THRESHOLD_AFTER = 2 * MMAP_THRESHOLD_MAX
 
 _lock = threading.Lock()
 _depth = 0
@@ -58,11 +57,8 @@ _libc = _glibc()
 
 def _set(keep: bool) -> bool:
     """Whether glibc accepted every setting."""
-    if keep:
-        settings = [(M_TRIM_THRESHOLD, TRIM_THRESHOLD_KEEP), (M_MMAP_MAX, 0)]
-    else:
-        settings = [(M_MMAP_MAX, MMAP_MAX_DEFAULT), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER),
-                    (M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER)]
+    settings = [(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX),
+                (M_TRIM_THRESHOLD, TRIM_THRESHOLD_KEEP if keep else TRIM_THRESHOLD_AFTER)]
     return all(_libc.mallopt(param, value) == 1 for param, value in settings)
 
 

@@ -617,10 +617,11 @@ def _compaction(K, active, groups, columns) -> list[_CompactChunk] | None:
 # A chunk's kept blocks (``_Gathered``) are reused while every group's active rows fit in them and
 # each present group's block has at most this many times the entries a new gather would make (CG
 # products read the spare ones too): a gather reads each gathered row's whole source row and was
-# measured to take as long as 10-25 products of four columns on its result. Rows that became
-# active since are written into free slots (a few dozen per step at large costs); each gather
-# leaves HEADROOM of its rows free for them.
-REUSE_ENTRIES = 1.5
+# measured to take as long as 10-25 products of four columns on its result, while a Newton step
+# takes 1-12 CG products. Rows that became active since are written into free slots (a few dozen
+# per step at large costs); each gather leaves HEADROOM of its rows free for them. VOC07 low-shot
+# k = 96: 11 gathers per sample without reuse, 5 with a bound of 1.5, 2 with 3.
+REUSE_ENTRIES = 3.0
 HEADROOM = 1 / 32
 
 

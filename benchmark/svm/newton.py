@@ -481,14 +481,15 @@ def _cg(K, rhs, d, active, z0, u0, c, tol, q_stop, max_iter, lowrank: LowRank | 
     halted = torch.zeros(rhs.shape[1], dtype=torch.bool, device=K.device)
 
     def finished():
-        done = r.abs().amax(0) <= tol_c
+        largest = r.abs().amax(0)
+        done = largest <= tol_c
         if bool(done.any()):
             slack = (1 - y[:, done] * u[:, done]) * a[:, done]
             q = 0.5 * (z[:, done] * u[:, done]).sum(0) + (cs[:, done] * slack * slack).sum(0)
             done[done.clone()] = q < q_c[done]
         # a residual at the rounding level cannot get smaller: a column that still has not met
         # q < q_stop there (its iterate is already this active set's solution) stops
-        return done | halted | (r.abs().amax(0) <= 1e-12)
+        return done | halted | (largest <= 1e-12)
 
     for _ in range(max_iter + 1):
         done = finished()

@@ -85,9 +85,12 @@ def test_frozen_training_leaves_conv1_to_res4_bit_identical_and_learns(data, tmp
     model, network = detector(freeze_at=4, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     source = {k: v.clone() for k, v in network.state_dict().items()}
-    setup = setup_for(120)
+    # 240 iterations: at 120 the held-out AP (0.0080 with the packages of 2026-12-01) sat on the
+    # bound below; at 240 it is 0.0251, the training images' 0.206
+    setup = setup_for(240)
     props_train, props_test = grid_proposals(train), grid_proposals(test)
     untrained = evaluate_detections(detect(model, train, props_train, setup, CPU), train.ground_truth, 20)
+    untrained_test = evaluate_detections(detect(model, test, props_test, setup, CPU), test.ground_truth, 20)
     train_detector(model, train, props_train, setup, tmp_path, CPU)
     after = model.state_dict()
     for key, value in after.items():
@@ -101,10 +104,11 @@ def test_frozen_training_leaves_conv1_to_res4_bit_identical_and_learns(data, tmp
     trained = evaluate_detections(detect(model, train, props_train, setup, CPU), train.ground_truth, 20)
     trained_test = evaluate_detections(detect(model, test, props_test, setup, CPU), test.ground_truth, 20)
     print("untrained", np.nanmean(untrained["ap11"]), "trained", np.nanmean(trained["ap11"]),
-          "test", np.nanmean(trained_test["ap11"]))
+          "untrained test", np.nanmean(untrained_test["ap11"]), "test", np.nanmean(trained_test["ap11"]))
     assert np.nanmean(trained["ap11"]) > np.nanmean(untrained["ap11"]) + 0.15
-    # held-out images: a random trunk and 24 training images generalise little, but above the floor
-    assert np.nanmean(trained_test["ap11"]) > np.nanmean(untrained["ap11"]) + 0.01
+    # held-out images: a random trunk and 24 training images generalise little, but above the
+    # untrained detector's own held-out AP (the floor)
+    assert np.nanmean(trained_test["ap11"]) > np.nanmean(untrained_test["ap11"]) + 0.01
 
 
 def test_finetune_changes_the_trunk_but_not_batchnorm(data, tmp_path) -> None:

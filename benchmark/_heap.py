@@ -55,15 +55,13 @@ def _glibc():
 _libc = _glibc()
 
 
-def _set(keep: bool) -> bool:
-    """Whether glibc accepted every setting."""
-    settings = [(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX),
-                (M_TRIM_THRESHOLD, TRIM_THRESHOLD_KEEP if keep else TRIM_THRESHOLD_AFTER)]
-    return all(_libc.mallopt(param, value) == 1 for param, value in settings)
+def _set(keep: bool):
+    _libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    _libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_KEEP if keep else TRIM_THRESHOLD_AFTER)
 
 
 def active() -> bool:
-    """Whether a ``kept_heap`` scope is open and took effect."""
+    """Whether a ``kept_heap`` scope is open (on glibc)."""
     return _libc is not None and _depth > 0
 
 

@@ -322,17 +322,18 @@ class LowRank:
             self.diag = ((U * U) @ lam.unsqueeze(2))[:, :, 0] if U.dim() == 3 else (U * U * lam).sum(1)
         return self.diag
 
-    def gathered(self, source: torch.Tensor, rows: torch.Tensor, fast: bool) -> "LowRank":
-        """Block ``source[i]``'s eigenvectors on its rows ``rows[i]`` (a batched one's, or this
-        unbatched one's as block 0 when ``source`` is all zeros), with what was derived from them."""
-        U, lam = (self.U, self.lam) if self.U.dim() == 3 else (self.U.unsqueeze(0), self.lam.unsqueeze(0))
-        diag = self.diagonal() if self.U.dim() == 3 else self.diagonal().unsqueeze(0)
+    def as_blocks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(U, its float32 copy, lam, the diagonal) batched over blocks: a dense kernel's as block 0."""
+        if self.U.dim() == 3:
+            return self.U, self.fast(), self.lam, self.diagonal()
+        return self.U.unsqueeze(0), self.fast().unsqueeze(0), self.lam.unsqueeze(0), self.diagonal().unsqueeze(0)
+
+    def gathered(self, source: torch.Tensor, rows: torch.Tensor) -> "LowRank":
+        """Block ``source[i]``'s eigenvectors on its rows ``rows[i]``, with what was derived from
+        them (the float32 copy included: compacted CG runs in float32)."""
+        U, U_fast, lam, diag = self.as_blocks()
         index = (source.unsqueeze(1), rows)
-        part = LowRank(U[index], lam[source], diag=diag[index])
-        if fast:
-            U_fast = self.fast() if self.U.dim() == 3 else self.fast().unsqueeze(0)
-            part.U_fast = U_fast[index]
-        return part
+        return LowRank(U[index], lam[source], U_fast=U_fast[index], diag=diag[index])
 
 
 def lowrank_eig(K, rank: int, seed: int = 0, oversample: int = 16) -> LowRank:
@@ -649,7 +650,7 @@ def _reusable(K, chunk: _CompactChunk, source_blocks) -> tuple[_Gathered, torch.
 
 def _add_rows(kept: _Gathered, where: torch.Tensor, new: torch.Tensor, source_blocks):
     """Write each chunk group's ``new`` rows into free slots of its kept block (and eigenvectors)."""
-    row, column = torch.nonzero(new.T, as_tuple=True)[1], torch.nonzero(new.T, as_tuple=True)[0]
+    column, row = torch.nonzero(new.T, as_tuple=True)  # by chunk group, then row
     group = where[column]
     # the i-th new row of a group takes the group's i-th free slot
     rank = torch.arange(len(group), device=group.device) - torch.searchsorted(group, group, side="left")
@@ -662,9 +663,7 @@ def _add_rows(kept: _Gathered, where: torch.Tensor, new: torch.Tensor, source_bl
     kept.blocks[group, slot, :] = values
     kept.blocks[group, :, slot] = values
     if kept.lowrank is not None:
-        source = kept.lowrank_of
-        U, U_fast, diag = ((source.U, source.fast(), source.diagonal()) if source.U.dim() == 3 else
-                           (source.U.unsqueeze(0), source.fast().unsqueeze(0), source.diagonal().unsqueeze(0)))
+        U, U_fast, _, diag = kept.lowrank_of.as_blocks()
         index = (kept.source[group], row)
         kept.lowrank.U[group, slot] = U[index]
         kept.lowrank.fast()[group, slot] = U_fast[index]
@@ -717,7 +716,7 @@ def _compact_cg(K, chunks: list[_CompactChunk], rhs, d, active, z0, u0, c, tol, 
         compact_lowrank = None
         if lowrank is not None:
             if gathered.lowrank_of is not lowrank:
-                gathered.lowrank = lowrank.gathered(gathered.source, gathered.rows, fast=True)
+                gathered.lowrank = lowrank.gathered(gathered.source, gathered.rows)
                 gathered.lowrank_of = lowrank
             compact_lowrank = gathered.lowrank
         zc, _, it = _cg(BlockKernel(gathered.blocks, position), take(rhs), take(d), take(active) & mask, take(z0),

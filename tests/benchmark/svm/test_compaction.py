@@ -165,7 +165,7 @@ def test_kept_blocks_take_newly_active_rows_and_equal_a_fresh_gather(monkeypatch
     first = train & torch.as_tensor(rng.random(Y.shape) < 0.15)
     (chunk,) = newton._compaction(kernel, first, groups, columns)
     kept = newton._gather(kernel, chunk, kernel.data32 if blocked else kernel.data32.unsqueeze(0), single=True)
-    kept.lowrank = lowrank.gathered(kept.source, kept.rows, fast=True)
+    kept.lowrank = lowrank.gathered(kept.source, kept.rows)
     kept.lowrank_of = lowrank
     # the next step: a fifth of those rows leave, a few new ones join
     second = first & torch.as_tensor(rng.random(Y.shape) < 0.8)

@@ -5,7 +5,10 @@ another machine, and says which rule gives the tolerance:
 
 - ``exact``: the number follows from fixed inputs (a seeded initialisation or a checkpoint file,
   SVMs solved to liblinear's tolerance, seeded low-shot samples). It is compared with the stored
-  value within ``EXACT_TOLERANCE``: only rounding of the features may move it.
+  value within ``EXACT_TOLERANCE``: only rounding of the features may move it. A count (top-1,
+  top-5: the share of n scored images) moves in steps of 100 / n points, and rounding can flip an
+  image whose two best scores nearly tie; such rows record that step (``metric_step``) and may
+  move by one step: one flipped image is rounding, two are a change.
 - ``band``: the number is downstream of SGD training (the model's or the task's). Such numbers
   move with the floating-point rounding of the processor, amplified by training, much as they move
   with the training seeds; so the reference measures them over replicate runs (the same suite with
@@ -57,8 +60,11 @@ BASE_TOLERANCE = 0.5  # points; trained numbers without a measured band, and for
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
 RULES = ("exact", "band", "aggregate", "fixed")
 SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"]
+# the smallest move of a count metric (100 / n scored items, points), written by the tasks on their
+# rows; an exact row may move by one step (see the module docstring)
+STEP_COLUMN = "metric_step"
 PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device"]
-REFERENCE_COLUMNS = JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + PROVENANCE_COLUMNS
+REFERENCE_COLUMNS = JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + [STEP_COLUMN] + PROVENANCE_COLUMNS
 FORMAT = 2
 HEADER = re.compile(r"^# ssl-bench reference: format (\d+), (\d+) rows, sha256 ([0-9a-f]{64})$")
 
@@ -151,6 +157,8 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
     if fmt >= 2:
         for column in ("tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"):
             df[column] = _numeric(df, column, f"reference file {path}")
+        if STEP_COLUMN in df:  # references written before rows recorded it lack the column
+            df[STEP_COLUMN] = _numeric(df, STEP_COLUMN, f"reference file {path}")
         unknown = sorted(set(df["rule"]) - set(RULES))
         if unknown:
             raise BenchmarkError(f"reference file {path}: unknown rule(s) {', '.join(unknown)} (known: {', '.join(RULES)})")
@@ -293,11 +301,17 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
         ref = ref.assign(rule="override", tolerance=float(tolerance), mean=ref["value"])
     run = scored_rows(_keys(run))
     keys = join_keys(ref, run)
-    run = run[keys + ["value"]].copy()
+    ref = ref.assign(step_reference=_steps(ref))
+    run = run.assign(step_run=_steps(run))[keys + ["value", "step_run"]].copy()
     run["value"] = pd.to_numeric(run["value"], errors="coerce")
-    merged = ref[keys + ["value", "rule", "tolerance", "mean"]].merge(
+    merged = ref[keys + ["value", "rule", "tolerance", "mean", "step_reference"]].merge(
         run, on=keys, how="outer", suffixes=("_reference", "_run"), indicator=True)
     both = merged[merged["_merge"] == "both"].copy()
+    # a count may move by one step on an exact row: the reference's step, or for references written
+    # before rows recorded it, the run's (the same dataset split: the join holds the dataset)
+    step = both["step_reference"].fillna(both["step_run"]).where(both["rule"] == "exact")
+    both[STEP_COLUMN] = step
+    both["tolerance"] = np.fmax(both["tolerance"], step.fillna(0.0))
     # band and aggregate rows are held around the replicates' mean, the rest around the stored value
     centre = np.where(both["rule"].isin(["band", "aggregate"]), both["mean"], both["value_reference"])
     both["delta"] = both["value_run"] - both["value_reference"]
@@ -314,6 +328,20 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
         "new": merged[merged["_merge"] == "right_only"][keys + ["value_run"]],
         "compared": both,
     }
+
+
+def _steps(frame: pd.DataFrame) -> pd.Series:
+    """The rows' ``metric_step`` as floats (NaN where a row has none); a step outside (0, 100] is
+    not a count's step and is refused, so that no row can widen its own tolerance at will."""
+    if STEP_COLUMN not in frame:
+        return pd.Series(np.nan, index=frame.index)
+    step = pd.to_numeric(frame[STEP_COLUMN].replace("", np.nan), errors="coerce")
+    bad = step.notna() & ~((step > 0) & (step <= 100))
+    if bad.any():
+        row = frame[bad].iloc[0]
+        raise BenchmarkError(f"row {row['model']}/{row['task']}/{row['metric']} has {STEP_COLUMN}={row[STEP_COLUMN]!r}: "
+                             f"a count's step is 100 / n scored items, in (0, 100]; the results are damaged")
+    return step
 
 
 def backend_notes(run: pd.DataFrame, reference: pd.DataFrame, result: dict[str, pd.DataFrame]) -> list[str]:
@@ -382,6 +410,11 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
           + ", ".join(f"{rules[r]} {r}" for r in (*RULES, "override") if r in rules)
           + f"), {len(result['regressions'])} moved beyond tolerance, {len(result['missing'])} missing, "
           f"{len(result['new'])} not covered by the reference\n")
+    counted = result["compared"][STEP_COLUMN].notna()
+    if counted.any():
+        steps = result["compared"].loc[counted, STEP_COLUMN]
+        print(f"{int(counted.sum())} exact rows are counts over scored images: each may move by one image "
+              f"(100 / n: {steps.min():.3g} to {steps.max():.3g} points), which rounding can flip on a near-tie\n")
     for note in backend_notes(run, reference, result):
         print(note + "\n")
     for title, key in (("regressions", "regressions"), ("missing from the run", "missing"),
@@ -401,5 +434,6 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
 
 
 def write_comparison(compared: pd.DataFrame, path: Path) -> None:
-    columns = join_keys(compared) + ["rule", "value_reference", "value_run", "delta", "distance", "tolerance", "outside"]
+    columns = join_keys(compared) + ["rule", "value_reference", "value_run", "delta", "distance", "tolerance",
+                                     STEP_COLUMN, "outside"]
     atomic_write(path, compared[columns].to_csv(index=False))

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, JOIN, build_reference,
-                             compare, read_reference, run_check, write_reference)
+from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, JOIN, STEP_COLUMN,
+                             build_reference, compare, read_reference, run_check, write_reference)
 from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.errors import BenchmarkError, ConfigError
@@ -128,6 +128,45 @@ def test_override_tolerance_holds_every_row_against_its_stored_value(tmp_path) -
     tiny = _shifted(run, "supervised", "res5", 1e-9, cls="cat")
     regressions = compare(tiny, ref, tolerance=0)["regressions"]
     assert regressions[["model", "class", "rule"]].values.tolist() == [["supervised", "cat", "override"]]
+
+
+def _counts(step=100 / 130, value=66.923, trained=66.923):
+    """A count metric (top-5 over 130 test images) of an exact model (``value``) and of a trained one."""
+    rows = [{**_row("random", "pool5", "top5", value=value, determinism="exact", task="logreg"), STEP_COLUMN: step},
+            {**_row("supervised", "pool5", "top5", value=trained, task="logreg"), STEP_COLUMN: step}]
+    return pd.DataFrame(rows)
+
+
+def test_an_exact_count_may_move_by_one_scored_image_and_not_two(tmp_path) -> None:
+    path = tmp_path / "ref.csv"
+    write_reference(build_reference(_counts(), []), path)
+    ref, _ = read_reference(path)
+    assert ref[STEP_COLUMN].tolist() == pytest.approx([100 / 130] * 2)  # stored with the reference
+
+    def regressions(run, reference=ref, tolerance=None):
+        found = compare(run, reference, tolerance)["regressions"]
+        return found[["model", "rule"]].values.tolist()
+
+    one, two = 100 / 130, 200 / 130  # one image flipped (a near-tie rounded the other way), two
+    assert regressions(_counts(value=66.923 - one)) == []
+    assert regressions(_counts(value=66.923 + one)) == []
+    assert regressions(_counts(value=66.923 - two)) == [["random", "exact"]]
+    # the step widens exact rows only: a trained row keeps its own rule (here fixed, 0.5 points)
+    assert regressions(_counts(trained=66.923 - 0.6)) == [["supervised", "fixed"]]
+    # the same-machine refactor check stays exact
+    assert regressions(_counts(value=66.923 - one), tolerance=0) == [["random", "override"]]
+    # a reference written before rows recorded their step: the run's step (the same test split)
+    old = ref.drop(columns=[STEP_COLUMN])
+    assert regressions(_counts(value=66.923 - one), old) == []
+    assert regressions(_counts(value=66.923 - one).drop(columns=[STEP_COLUMN]), old) == [["random", "exact"]]
+    # the reference's step wins over the run's: a run cannot widen its own tolerance
+    assert regressions(_counts(step=5.0, value=66.923 - two)) == [["random", "exact"]]
+    with pytest.raises(BenchmarkError, match="metric_step=.*in \\(0, 100\\]"):
+        compare(_counts(step=150.0), old)
+    result = compare(_counts(value=66.923 - one), ref)["compared"]
+    assert result.set_index("model").loc["random", "tolerance"] == pytest.approx(one)
+    assert result.set_index("model").loc["random", STEP_COLUMN] == pytest.approx(one)
+    assert np.isnan(result.set_index("model").loc["supervised", STEP_COLUMN])
 
 
 # --- damaged references ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmark.check import STEP_COLUMN
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.knn import DINO_K, DINO_T, knn_classify
 from benchmark.models import Architecture
@@ -57,7 +58,8 @@ class KNN(ClassificationTask, Task):
 
         common = {**self.common_row(model, data, layer), "temperature": c["temperature"],
                   "feature_dim": int(bank.shape[1]), "selection": "none: every k reported, nothing chosen",
-                  "evaluated_on": data.test.description, "knn_device": str(device)}
+                  "evaluated_on": data.test.description, "knn_device": str(device),
+                  STEP_COLUMN: 100.0 / len(test_rows)}  # top-1 and top-5 count test images
         rows = []
         for k, scores in classify(np.arange(len(bank_rows))).items():
             for metric, value in scores.items():

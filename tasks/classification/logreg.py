@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from benchmark.check import STEP_COLUMN
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.logreg import fit_path, predict
 from benchmark.models import Architecture
@@ -84,6 +85,7 @@ class LogReg(ClassificationTask, Task):
                   "selection": f"C on val ({data.val.description}); test evaluated once, on the chosen C",
                   "solver": "torch-lbfgs", "logreg_device": str(device)}
         rows = []
+        test_step = 100.0 / len(data.test)  # top-1 and top-5 count test images
 
         def test_scores(theta):
             X_test = _normalise(load_part(features, data.test, layer), device)  # read only after selection
@@ -96,11 +98,11 @@ class LogReg(ClassificationTask, Task):
             best = int(torch.argmax(val[0]))  # first maximum: the smallest C among ties
             top1, top5 = test_scores(thetas[best])
             base = {**common, "cost": costs[best], "val_top1": float(val[0, best]), "not_converged": not_converged,
-                    "fits": len(costs)}
+                    "fits": len(costs), STEP_COLUMN: test_step}
             rows += [{**base, "metric": "top1", "value": float(top1[0]), "transfer_column": f"{NAME} {layer} top1"},
                      {**base, "metric": "top5", "value": float(top5[0])}]
             rows += [{**common, "metric": "val_top1", "evaluation": f"C={cost:g}", "cost": cost,
-                      "value": float(val[0, i])} for i, cost in enumerate(costs)]
+                      "value": float(val[0, i]), STEP_COLUMN: 100.0 / len(data.val)} for i, cost in enumerate(costs)]
         for shots in c["few_shot"]:
             draws = [few_shot_draw(data.train.labels, shots, ctx.seed, d) for d in range(c["draws"])]
             if draws[0] is None:
@@ -112,7 +114,7 @@ class LogReg(ClassificationTask, Task):
             best = torch.argmax(val, dim=1)  # per draw
             chosen = torch.stack([thetas[int(b)][d] for d, b in enumerate(best)])
             top1, top5 = test_scores(chosen)
-            base = {**common, "fits": len(costs) * len(draws), "not_converged": not_converged,
+            base = {**common, "fits": len(costs) * len(draws), "not_converged": not_converged, STEP_COLUMN: test_step,
                     "training_images": f"{shots} per class from {data.train.description}, seed {ctx.seed}"}
             for metric, values in (("top1", top1), ("top5", top5)):
                 part = draw_rows(base, shots, metric, values.tolist())

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.datasets.places import load_places205
+from benchmark.check import STEP_COLUMN
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
@@ -117,8 +118,10 @@ class LowShotPlaces205(LowShotReport, SVMTask, Task):
             source = f"{folds}-fold-cv-on-sample" if k >= folds else f"{folds}-fold-cv-on-k{fallback_k}-sample"
             for metric, reference, validation in (("mAP", map_per_cost[:, best], val_map),
                                                   ("top1", top1_ref, val_top1)):
-                rows += lowshot.lowshot_rows(common, k, reference, lowshot.TEST_SELECTED, costs[best], metric)
-                rows += lowshot.lowshot_rows(common, k, validation, "validation", f"per-class:{source}", metric)
+                # top-1 counts val images (an AP has no such step)
+                counted = {**common, STEP_COLUMN: 100.0 / len(val.labels)} if metric == "top1" else common
+                rows += lowshot.lowshot_rows(counted, k, reference, lowshot.TEST_SELECTED, costs[best], metric)
+                rows += lowshot.lowshot_rows(counted, k, validation, "validation", f"per-class:{source}", metric)
         for k in skipped:
             rows.append({**common, "metric": "skipped", "k": k, "value": float("nan"),
                          "note": f"k={k} skipped: the smallest Places205 class has {smallest} training images"})

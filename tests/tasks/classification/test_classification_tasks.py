@@ -111,6 +111,8 @@ def test_knn_rows_equal_brute_force(run):
             draws.append(100 * np.mean(brute_knn(train[chosen], train_labels[chosen], test, 5) == test_labels))
         assert value(df, layer=layer, metric="top1_mean", evaluation="5-NN", k=2) == pytest.approx(np.mean(draws))
     assert set(df["selection"].dropna()) == {"none: every k reported, nothing chosen"}
+    scored = df[df.metric != "skipped"]  # every top-1/top-5 counts the test images: one is 100 / n points
+    assert np.allclose(scored["metric_step"].astype(float), 100 / len(run.data.test))
 
 
 def test_logreg_choice_on_val_and_test_equal_sklearn(run):
@@ -126,6 +128,9 @@ def test_logreg_choice_on_val_and_test_equal_sklearn(run):
     for C in val:
         assert value(df, metric="val_top1", evaluation=f"C={C:g}") == pytest.approx(val[C])
     assert (df.loc[df.metric == "top1", "cost_selection"] == "C by top-1 on val").all()
+    step = df.set_index("metric")["metric_step"].astype(float)  # the images each count is over
+    assert np.allclose(step[["top1", "top5", "top1_mean"]], 100 / len(yte))
+    assert np.allclose(step["val_top1"], 100 / len(yva))
 
 
 def test_few_shot_draws_reproducible_and_disjoint_from_val_and_test(run):

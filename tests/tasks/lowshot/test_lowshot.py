@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -575,6 +576,9 @@ def test_places_lowshot_end_to_end(places) -> None:
         np.testing.assert_allclose(ref_map.value.to_numpy(float), map_per_cost[:, best], rtol=0, atol=1e-6)
         np.testing.assert_allclose(ref_top1.value.to_numpy(float), top1, rtol=0, atol=1e-9)
         assert set(ref_top1.cost.astype(float)) == {COSTS[best]}
+        # top-1 counts val images (the check lets an exact count move by one); an AP is no count
+        assert np.allclose(ref_top1.metric_step.astype(float), 100 / len(places.val.labels))
+        assert pd.to_numeric(ref_map.metric_step, errors="coerce").isna().all()
 
         # validation: per-class 3-fold CV on the sample; k = 1 borrows the k = 4 sample's choice
         chosen = [expected[4, s][2] for s in (1, 2)]

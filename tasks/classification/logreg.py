@@ -85,7 +85,8 @@ class LogReg(ClassificationTask, Task):
                   "selection": f"C on val ({data.val.description}); test evaluated once, on the chosen C",
                   "solver": "torch-lbfgs", "logreg_device": str(device)}
         rows = []
-        test_step = 100.0 / len(data.test)  # top-1 and top-5 count test images
+        # top-1 and top-5 count images: one is this many points (the check's allowance on exact rows)
+        test_step, val_step = 100.0 / len(data.test), 100.0 / len(data.val)
 
         def test_scores(theta):
             X_test = _normalise(load_part(features, data.test, layer), device)  # read only after selection
@@ -102,7 +103,7 @@ class LogReg(ClassificationTask, Task):
             rows += [{**base, "metric": "top1", "value": float(top1[0]), "transfer_column": f"{NAME} {layer} top1"},
                      {**base, "metric": "top5", "value": float(top5[0])}]
             rows += [{**common, "metric": "val_top1", "evaluation": f"C={cost:g}", "cost": cost,
-                      "value": float(val[0, i]), STEP_COLUMN: 100.0 / len(data.val)} for i, cost in enumerate(costs)]
+                      "value": float(val[0, i]), STEP_COLUMN: val_step} for i, cost in enumerate(costs)]
         for shots in c["few_shot"]:
             draws = [few_shot_draw(data.train.labels, shots, ctx.seed, d) for d in range(c["draws"])]
             if draws[0] is None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.datasets.places import load_places205
 from benchmark.check import STEP_COLUMN
+from benchmark.datasets.places import load_places205
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture

@@ -75,9 +75,11 @@ class Kernel:
     each Newton step is one round of iterative refinement and the answer meets the same float64
     criterion (max PG - min PG <= tol) as a float64 solve; tests check it on the float64 kernel."""
 
-    def __init__(self, data: torch.Tensor, mixed: bool = False):
+    def __init__(self, data: torch.Tensor, mixed: bool = False, fast: torch.Tensor | None = None):
         self.data = data
-        self.data32 = data.to(torch.float32) if mixed and data.dtype == torch.float64 else None
+        # ``fast``: the float32 copy, made by the caller (in memory it reuses)
+        self.data32 = fast if fast is not None else (
+            data.to(torch.float32) if mixed and data.dtype == torch.float64 else None)
 
     @property
     def mixed(self) -> bool:
@@ -183,6 +185,8 @@ class _Packing:
 
     # below this share of blocks with columns, the per-block loop (symmetric blocks)
     LOOP_BELOW = 0.7
+    # up to this many columns per block, symmetric blocks multiply as blocks @ v with v column-major
+    TRANSPOSED_UP_TO = 8
 
     def __init__(self, owner: torch.Tensor, n_blocks: int):
         counts = torch.bincount(owner, minlength=n_blocks)
@@ -207,6 +211,8 @@ class _Packing:
             return out
         packed = torch.zeros((self.n_blocks, self.q, v.shape[0]), dtype=blocks.dtype, device=v.device)
         packed[self.owner, self.slot] = v.T.to(blocks.dtype)
+        if symmetric and self.q <= self.TRANSPOSED_UP_TO:
+            return torch.bmm(blocks, packed.transpose(1, 2))[self.owner, :, self.slot].T
         return torch.bmm(packed, blocks)[self.owner, self.slot].T
 
 
@@ -218,8 +224,9 @@ class BlockKernel(Kernel):
     union of the 20 samples, which for k <= 32 is 7-80 times more kernel per product.
     Products are one batched (q, m) @ (m, m) product over the blocks (``_Packing``)."""
 
-    def __init__(self, blocks: torch.Tensor, block: torch.Tensor, mixed: bool = False):
-        super().__init__(blocks, mixed)
+    def __init__(self, blocks: torch.Tensor, block: torch.Tensor, mixed: bool = False,
+                 fast: torch.Tensor | None = None):
+        super().__init__(blocks, mixed, fast)
         self.block = block
 
     def _product(self, data, p, cols):
@@ -434,13 +441,19 @@ class _LowRankJacobi:
         U_fast = lowrank.fast() if fast else U
         self.L = _woodbury_factors(U_fast, U, self.W, torch.diag(1 / lam), chunk)
 
+    def _solve(self, rhs):
+        """(L L^T)^-1 rhs per column, as two batched triangular solves: ``torch.cholesky_solve``
+        took 5.4 ms for 80 columns of rank 128, these 1.0 ms (the same two substitutions)."""
+        half = torch.linalg.solve_triangular(self.L, rhs, upper=False)
+        return torch.linalg.solve_triangular(self.L.transpose(1, 2), half, upper=True)
+
     def __call__(self, r):
         u = r * self.W
         if self.blocked:
             packing = _Packing(self.owner, len(self.U))
-            t = torch.cholesky_solve(packing.product(u, self.U).T.to(u.dtype).unsqueeze(2), self.L)[:, :, 0]
+            t = self._solve(packing.product(u, self.U).T.to(u.dtype).unsqueeze(2))[:, :, 0]
             return u - self.W * packing.product(t.T, self.Ut).to(u.dtype)
-        t = torch.cholesky_solve((self.U.T @ u).T.unsqueeze(2), self.L)[:, :, 0].T
+        t = self._solve((self.U.T @ u).T.unsqueeze(2))[:, :, 0].T
         return u - self.W * (self.U @ t)
 
     def keep(self, columns):

@@ -159,21 +159,22 @@ class TorchSolver(Solver):
             # every sample of every k is a subset of the same trainval rows: their kernels are
             # gathered from one layer-wide kernel (and test cross kernel) computed here once
             layout = self.layer_layout(X_train, X_test)
-            for i, sample in enumerate(samples):
-                Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
-                sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device, layout=layout)
-                row_sources = []
-                for c in range(num_classes):
-                    y_test = test_labels[keep[:, c], c] == 1
-                    aps[i, :, c] = [voc_ap(y_test, sweep.scores[keep[:, c], c, j]) for j in range(len(costs))]
-                    if not np.isnan(sweep.cv_ap[c]).all():
-                        cost, source = costs[int(np.argmax(sweep.cv_ap[c]))], f"{folds}-fold-cv-on-sample"
-                    else:
-                        cost, source = fallback_cost(c), "full-data-cv"
-                    chosen[i, c] = -1 if cost is None else costs.index(cost)
-                    row_sources.append(source if cost is not None else "none(too-few-positives)")
-                    logs[c].merge(sweep.logs[c])
-                sources.append(row_sources)
+            with layout.block_workspace():  # every sample's class blocks in the same memory
+                for i, sample in enumerate(samples):
+                    Y = np.where(sample == 1, 1, np.where(sample == 0, -1, 0))
+                    sweep = lowshot_sweep_torch(X_train, Y, X_test, costs, folds, device=self.device, layout=layout)
+                    row_sources = []
+                    for c in range(num_classes):
+                        y_test = test_labels[keep[:, c], c] == 1
+                        aps[i, :, c] = [voc_ap(y_test, sweep.scores[keep[:, c], c, j]) for j in range(len(costs))]
+                        if not np.isnan(sweep.cv_ap[c]).all():
+                            cost, source = costs[int(np.argmax(sweep.cv_ap[c]))], f"{folds}-fold-cv-on-sample"
+                        else:
+                            cost, source = fallback_cost(c), "full-data-cv"
+                        chosen[i, c] = -1 if cost is None else costs.index(cost)
+                        row_sources.append(source if cost is not None else "none(too-few-positives)")
+                        logs[c].merge(sweep.logs[c])
+                    sources.append(row_sources)
         return aps, chosen, sources, logs
 
     def lowshot_places(self, X, y, X_val, val_labels, num_classes, costs, folds, log):

@@ -44,15 +44,20 @@ def compaction_counter(monkeypatch):
 
 @pytest.mark.parametrize("few_blocks", [False, True])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_packing_product_is_each_columns_block_product(few_blocks, symmetric) -> None:
+@pytest.mark.parametrize("many_columns", [False, True])  # both bmm layouts (``_Packing.TRANSPOSED_UP_TO``)
+def test_packing_product_is_each_columns_block_product(few_blocks, symmetric, many_columns) -> None:
     rng = np.random.default_rng(0)
     blocks = torch.as_tensor(rng.normal(size=(6, 20, 20 if symmetric else 7)))
     if symmetric:
         blocks = blocks + blocks.transpose(1, 2)
-    owner = torch.tensor([1, 1, 2] if few_blocks else [0, 3, 3, 3, 1, 5, 2, 4, 0])  # uneven, some blocks empty
+    owner = [1, 1, 2] if few_blocks else [0, 3, 3, 3, 1, 5, 2, 4, 0]  # uneven, some blocks empty
+    if many_columns:
+        owner += [3] * (_Packing.TRANSPOSED_UP_TO + 1)
+    owner = torch.tensor(owner)
     v = torch.as_tensor(rng.normal(size=(20, len(owner))))
     packing = _Packing(owner, len(blocks))
     assert packing.looped == few_blocks
+    assert (packing.q > _Packing.TRANSPOSED_UP_TO) == many_columns
     out = packing.product(v, blocks, symmetric=symmetric)
     expected = torch.stack([v[:, j] @ blocks[owner[j]] for j in range(len(owner))], dim=1)
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,49 @@ def test_per_class_blocks_solve_the_union_problems(features) -> None:
         np.testing.assert_allclose(cv_b[c], cv_u[c], atol=2e-3)
     # and the union's rows really are many more than one class's: the blocks are the point
     assert member.any(axis=1).sum() > 2 * member[:, 0].sum()
+
+
+def test_class_blocks_reuse_their_memory_in_a_workspace(features) -> None:
+    """In a ``block_workspace`` each sample's class blocks (and float32 copy) are the kernel's
+    entries on the class's rows, written into the same buffers while the shape stays; a new
+    shape gets new ones; outside the scope every call gathers fresh blocks. The samples' answers
+    are identical either way."""
+    X, Ltr, X_eval, _ = features
+    layout = shared_layout(X, X_eval, CPU)
+    rng = np.random.default_rng(3)
+
+    def index(m):
+        return torch.as_tensor(np.stack([np.sort(rng.choice(len(X), m, replace=False)) for _ in range(3)]))
+
+    def expected(idx):
+        return np.stack([layout.K.numpy()[np.ix_(rows, rows)] for rows in idx.numpy()])
+
+    first, second, other = index(40), index(40), index(25)
+    with layout.block_workspace():
+        blocks, fast = layout.class_blocks(first)
+        np.testing.assert_array_equal(blocks.numpy(), expected(first))
+        np.testing.assert_array_equal(fast.numpy(), expected(first).astype(np.float32))
+        pointers = blocks.data_ptr(), fast.data_ptr()
+        blocks, fast = layout.class_blocks(second)
+        assert (blocks.data_ptr(), fast.data_ptr()) == pointers
+        np.testing.assert_array_equal(blocks.numpy(), expected(second))
+        np.testing.assert_array_equal(fast.numpy(), expected(second).astype(np.float32))
+        blocks, _ = layout.class_blocks(other)
+        assert blocks.shape == (3, 25, 25)
+        np.testing.assert_array_equal(blocks.numpy(), expected(other))
+    fresh, fresh_fast = layout.class_blocks(first)
+    again, _ = layout.class_blocks(first)
+    assert fresh.data_ptr() != again.data_ptr()
+    np.testing.assert_array_equal(fresh.numpy(), expected(first))
+    np.testing.assert_array_equal(fresh_fast.numpy(), expected(first).astype(np.float32))
+
+    samples = [lowshot.sample_voc07(Ltr, 8, lowshot.sample_rng(0, 8, s)) for s in (1, 2)]
+    sweeps = {}
+    for kept in (False, True):
+        scope = layout.block_workspace() if kept else contextlib.nullcontext()
+        with scope:
+            sweeps[kept] = [lowshot_sweep_torch(X, np.where(s == 1, 1, np.where(s == 0, -1, 0)), X_eval, COSTS,
+                                                device=CPU, layout=layout) for s in samples]
+    for kept, fresh_sweep in zip(sweeps[True], sweeps[False]):
+        np.testing.assert_array_equal(kept.scores, fresh_sweep.scores)
+        np.testing.assert_array_equal(kept.cv_ap, fresh_sweep.cv_ap)

@@ -277,6 +277,51 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
 
 # --- comparing -------------------------------------------------------------------------------
 
+def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
+    """``reference`` (format 2) with ``run`` as one more replicate of its trained numbers: each
+    trained row's count, mean, standard deviation, min and max take the run's value in, and the
+    pooled spreads and tolerances are computed again as ``build_reference`` does, a tolerance never
+    getting narrower than it was; stored values and exact rows stay. For a machine whose training rounds differently from the ones the
+    replicates came from (another processor: a trained model moves as with another seed), so the
+    bands measure that spread too. The run must hold every trained row, and its exact rows must
+    pass the reference (they are not spread: a moved exact number is a change)."""
+    exact_moved = compare(run, reference)["regressions"]
+    exact_moved = exact_moved[exact_moved["rule"] == "exact"]
+    if len(exact_moved):
+        key = dict(zip(JOIN, exact_moved[JOIN].iloc[0]))
+        raise BenchmarkError(f"the run moves {len(exact_moved)} exact number(s) beyond their tolerance ({key}): that is "
+                             f"a change, not the spread of training; it cannot be a replicate")
+    keys = join_keys(reference, run)
+    ref = reference.set_index(keys)
+    x = run.set_index(keys)["value"].reindex(ref.index)
+    trained = ref["rule"] != "exact"
+    lacking = trained & x.isna()
+    if lacking.any():
+        key = dict(zip(keys, ref.index[lacking.to_numpy()][0]))
+        raise BenchmarkError(f"the run lacks {int(lacking.sum())} trained row(s) of the reference ({key}): a replicate "
+                             f"must run the whole suite")
+    n, mean = ref["n_runs"], ref["mean"]
+    n_new = n + 1
+    mean_new = mean + (x - mean) / n_new
+    squares = ref["std"].fillna(0.0) ** 2 * (n - 1) + (x - mean) * (x - mean_new)  # Welford's update
+    updates = {"n_runs": n_new, "mean": mean_new, "std": np.sqrt(squares.clip(lower=0) / n),
+               "min": np.fmin(ref["min"], x), "max": np.fmax(ref["max"], x)}
+    for column, values in updates.items():
+        ref.loc[trained, column] = values[trained]
+    ref = ref.reset_index()
+    exact = ref["rule"] == "exact"
+    per_item = (ref["class"] != "") | (ref["sample"] != "")
+    ref["rule"] = np.select([exact, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
+    pooled, dof = pooled_std(ref)
+    ref["pooled_std"], ref["pooled_dof"] = pooled.where(~exact, 0.0), dof.where(~exact, 0.0)
+    measured = np.select([exact, ref["rule"] == "fixed"], [ref["tolerance"], BASE_TOLERANCE],
+                         band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
+    # never narrower than before: one more run adds degrees of freedom, which alone would shrink a
+    # band (Student's t), and runs that passed the reference must keep passing it
+    ref["tolerance"] = np.fmax(measured, ref["tolerance"])
+    return ref
+
+
 def _format1_tolerances(reference: pd.DataFrame) -> pd.Series:
     """Format 1: BASE_TOLERANCE, or for low-shot means the reference's 95 % interval over samples."""
     tol = pd.Series(BASE_TOLERANCE, index=reference.index)
@@ -371,14 +416,29 @@ def _table(df: pd.DataFrame, limit: int = 50) -> str:
 
 
 def run_check(run_dir: Path, against: Path, tolerance: float | None = None, update: bool = False,
-              replicates: list[Path] | None = None, allow_new: bool = False) -> int:
+              replicates: list[Path] | None = None, allow_new: bool = False, add_to_spread: bool = False) -> int:
     run_dir, against = Path(run_dir), Path(against)
     if tolerance is not None and not (tolerance >= 0):  # also refuses NaN
         raise BenchmarkError(f"--tolerance must be a number >= 0, got {tolerance}")
     if replicates and not update:
         raise BenchmarkError("--replicates builds a reference: use it with --update")
+    if add_to_spread and (update or tolerance is not None):
+        raise BenchmarkError("--add-replicate updates the stored reference's spreads: use it without --update "
+                             "and --tolerance")
     plan = _load_plan(run_dir) if (run_dir / "invocation.json").is_file() else None
     run = load_run(run_dir, plan)
+    if add_to_spread:
+        reference, fmt = read_reference(against)
+        if fmt < 2:
+            raise BenchmarkError(f"{against} is a format-1 reference (no spreads); rebuild it with --update "
+                                 f"--replicates first")
+        extended = add_replicate(reference, run)
+        write_reference(extended, against)
+        trained = extended["rule"] != "exact"
+        widened = int((extended.loc[trained, "tolerance"] > reference.loc[trained, "tolerance"] + 1e-12).sum())
+        print(f"added {run_dir} to the spreads of {int(trained.sum())} trained rows of {against} "
+              f"({widened} tolerances wider, none narrower); stored values and {int((~trained).sum())} exact rows unchanged")
+        return 0
     if update:
         reference = build_reference(run, [load_run(Path(r)) for r in replicates or []])
         write_reference(reference, against)

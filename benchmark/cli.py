@@ -130,7 +130,7 @@ def cmd_check(args) -> int:
     from .check import run_check
 
     return run_check(args.run_dir, args.against, tolerance=args.tolerance, update=args.update,
-                     replicates=args.replicates, allow_new=args.allow_new)
+                     replicates=args.replicates, allow_new=args.allow_new, add_to_spread=args.add_replicate)
 
 
 def cmd_report(args) -> int:
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--replicates", type=Path, nargs="+", metavar="RUN_DIR",
                        help="with --update: replicate runs (ssl-bench run --replicate N) whose spread sets "
                             "the band of every trained number")
+    check.add_argument("--add-replicate", action="store_true",
+                       help="add RUN_DIR (a clean run of the same suite, e.g. on another machine) to the spreads of "
+                            "the reference's trained rows; stored values and exact rows stay")
     check.add_argument("--allow-new", action="store_true",
                        help="rows the reference does not cover are reported but do not fail the check")
     check.set_defaults(func=cmd_check)

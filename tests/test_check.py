@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, JOIN, STEP_COLUMN,
+from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, JOIN, STEP_COLUMN, add_replicate,
                              build_reference, compare, read_reference, run_check, write_reference)
 from benchmark.cli import main
 from benchmark.config import load_suite
@@ -416,3 +416,51 @@ def test_a_replicate_run_is_checked_on_its_trained_rows_only(tmp_path, capsys) -
     store.write_unit("supervised/voc07_svm/res5", far.to_dict("records"))
     assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 1
     assert "2 moved beyond tolerance" in capsys.readouterr().out  # the two bands; the per-class row informs
+
+
+def test_a_replicate_added_to_a_reference_widens_the_bands_it_should(tmp_path) -> None:
+    """``add_replicate`` gives the spreads ``build_reference`` gives with that run among the
+    replicates; stored values and exact rows stay; a run that moves an exact number or lacks a
+    trained row is refused."""
+    run, rep1, rep2 = _frames()
+    other = pd.DataFrame([_row("random", "res5", value=30.01, determinism="exact"),
+                          _row("random", "res5", cls="cat", value=41.25, determinism="exact"),
+                          _row("supervised", "res5", value=58.0), _row("supervised", "res5", cls="cat", value=62.0),
+                          _row("supervised", "res4", value=44.0)])
+    path = tmp_path / "ref.csv"
+    write_reference(build_reference(run, [rep1, rep2]), path)
+    reference, _ = read_reference(path)
+    extended = add_replicate(reference, other)
+    same_exact = other.copy()  # another machine's rounding of an exact number (within tolerance) is not spread
+    same_exact.loc[0, "value"] = 30.0
+    expected = build_reference(run, [rep1, rep2, same_exact])
+    for frame in (extended, expected):
+        frame.sort_values(["model", "layer", "class"], inplace=True, ignore_index=True)
+    assert list(extended["rule"]) == list(expected["rule"])
+    trained = extended["rule"] != "exact"
+    for column in ("value", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"):
+        np.testing.assert_allclose(extended.loc[trained, column].astype(float),
+                                   expected.loc[trained, column].astype(float), rtol=1e-12, err_msg=column)
+    # the tolerance is the rebuilt one, or the stored one where that was wider (more degrees of
+    # freedom alone narrow a band: here the per-class row's)
+    stored = reference.sort_values(["model", "layer", "class"], ignore_index=True)["tolerance"]
+    np.testing.assert_allclose(extended.loc[trained, "tolerance"],
+                               np.fmax(expected.loc[trained, "tolerance"], stored[trained]), rtol=1e-12)
+    assert (expected.loc[trained, "tolerance"] < stored[trained]).any()
+    before = reference.sort_values(["model", "layer", "class"], ignore_index=True)
+    pd.testing.assert_frame_equal(extended.loc[~trained, before.columns], before[~trained], check_dtype=False)
+    band = _pick(extended, "supervised", "res5")
+    assert band["n_runs"] == 4 and band["value"] == 50.0 and band["max"] == 58.0
+    assert band["std"] == pytest.approx(np.std([50, 51, 52, 58], ddof=1))
+    assert _pick(extended, "random", "res5")["value"] == 30.0  # exact rows stay as stored
+
+    write_reference(extended, path)  # a written extension reads back the same
+    again, _ = read_reference(path)
+    assert again["tolerance"].tolist() == pytest.approx(extended["tolerance"].tolist())
+
+    moved = other.copy()
+    moved.loc[0, "value"] = 31.0
+    with pytest.raises(BenchmarkError, match="exact number"):
+        add_replicate(reference, moved)
+    with pytest.raises(BenchmarkError, match="lacks 1 trained row"):
+        add_replicate(reference, other.iloc[:-1])

@@ -238,6 +238,16 @@ def pooled_std(ref: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
             pd.Series(dof.reindex(index).to_numpy(), index=ref.index))
 
 
+def _rules_and_tolerances(ref: pd.DataFrame, exact: pd.Series, exact_tolerance) -> np.ndarray:
+    """Sets each row's rule and pooled spread from its runs (``exact`` rows keep the rule exact) and
+    returns its tolerance: ``exact_tolerance`` for exact rows, the band for measured ones."""
+    per_item = (ref["class"] != "") | (ref["sample"] != "")
+    ref["rule"] = np.select([exact, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
+    ref["pooled_std"], ref["pooled_dof"] = pooled_std(ref)
+    return np.select([exact, ref["rule"] == "fixed"], [exact_tolerance, BASE_TOLERANCE],
+                     band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
+
+
 def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.DataFrame:
     """The reference rows of ``run`` (replicate 0), with the spread of each trained number over
     ``run`` and the ``replicates`` (runs of the same suite made with ``--replicate N``)."""
@@ -262,13 +272,7 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     spread = pd.DataFrame({"n_runs": table.notna().sum(axis=1), "mean": table.mean(axis=1),
                            "std": table.std(axis=1, ddof=1), "min": table.min(axis=1), "max": table.max(axis=1)})
     ref = ref.join(spread.reset_index(drop=True).set_axis(ref.index))
-    trained = ref["determinism"] != "exact"
-    per_item = (ref["class"] != "") | (ref["sample"] != "")
-    ref["rule"] = np.select([~trained, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
-    ref["pooled_std"], ref["pooled_dof"] = pooled_std(ref)
-    ref["tolerance"] = np.select([ref["rule"] == "exact", ref["rule"] == "fixed"],
-                                 [EXACT_TOLERANCE, BASE_TOLERANCE],
-                                 band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
+    ref["tolerance"] = _rules_and_tolerances(ref, ref["determinism"] == "exact", EXACT_TOLERANCE)
     exact_rows = ref["rule"] == "exact"
     ref.loc[exact_rows, ["mean", "min", "max"]] = ref.loc[exact_rows, ["value"] * 3].to_numpy()
     ref.loc[exact_rows, ["std", "pooled_std", "pooled_dof"]] = 0.0
@@ -281,8 +285,8 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     """``reference`` (format 2) with ``run`` as one more replicate of its trained numbers: each
     trained row's count, mean, standard deviation, min and max take the run's value in, and the
     pooled spreads and tolerances are computed again as ``build_reference`` does, a tolerance never
-    getting narrower than it was; stored values and exact rows stay. For a machine whose training rounds differently from the ones the
-    replicates came from (another processor: a trained model moves as with another seed), so the
+    getting narrower than it was; stored values and exact rows stay. For a machine whose training
+    rounds differently from the ones the replicates came from (another processor: a trained model moves as with another seed), so the
     bands measure that spread too. The run must hold every trained row, and its exact rows must
     pass the reference (they are not spread: a moved exact number is a change)."""
     exact_moved = compare(run, reference)["regressions"]
@@ -310,12 +314,8 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
         ref.loc[trained, column] = values[trained]
     ref = ref.reset_index()
     exact = ref["rule"] == "exact"
-    per_item = (ref["class"] != "") | (ref["sample"] != "")
-    ref["rule"] = np.select([exact, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
-    pooled, dof = pooled_std(ref)
-    ref["pooled_std"], ref["pooled_dof"] = pooled.where(~exact, 0.0), dof.where(~exact, 0.0)
-    measured = np.select([exact, ref["rule"] == "fixed"], [ref["tolerance"], BASE_TOLERANCE],
-                         band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
+    measured = _rules_and_tolerances(ref, exact, ref["tolerance"])
+    ref.loc[exact, ["pooled_std", "pooled_dof"]] = 0.0
     # never narrower than before: one more run adds degrees of freedom, which alone would shrink a
     # band (Student's t), and runs that passed the reference must keep passing it
     ref["tolerance"] = np.fmax(measured, ref["tolerance"])

@@ -279,8 +279,6 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     return ref.reset_index(drop=True)
 
 
-# --- comparing -------------------------------------------------------------------------------
-
 def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     """``reference`` (format 2) with ``run`` as one more replicate of its trained numbers: each
     trained row's count, mean, standard deviation, min and max take the run's value in, and the
@@ -321,6 +319,8 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     ref["tolerance"] = np.fmax(measured, ref["tolerance"])
     return ref
 
+
+# --- comparing -------------------------------------------------------------------------------
 
 def _format1_tolerances(reference: pd.DataFrame) -> pd.Series:
     """Format 1: BASE_TOLERANCE, or for low-shot means the reference's 95 % interval over samples."""

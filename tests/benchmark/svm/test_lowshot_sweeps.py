@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from benchmark.metrics import voc_ap
 from benchmark.svm import liblinear
 from benchmark.svm.batched import SolverOptions, lowshot_sweep_torch, sample_and_folds_along_costs, shared_layout
 from benchmark.svm.protocol import REFERENCE_COSTS, FitLog, l2_normalize
+from benchmark.svm.solvers import TorchSolver
 from tasks.lowshot import protocol as lowshot
 
 CPU = torch.device("cpu")
@@ -201,3 +203,95 @@ def test_class_blocks_reuse_their_memory_in_a_workspace(features) -> None:
     for kept, fresh_sweep in zip(sweeps[True], sweeps[False]):
         np.testing.assert_array_equal(kept.scores, fresh_sweep.scores)
         np.testing.assert_array_equal(kept.cv_ap, fresh_sweep.cv_ap)
+
+
+def test_each_thread_keeps_its_own_block_workspace(features) -> None:
+    """Samples solved in several threads: a thread's ``block_workspace`` serves only that thread;
+    a thread outside any scope gathers fresh blocks even while another thread's scope is open."""
+    X, _, X_eval, _ = features
+    layout = shared_layout(X, X_eval, CPU)
+    index = torch.as_tensor(np.stack([np.arange(0, 60, 2), np.arange(1, 61, 2)]))
+    seen = {}
+
+    def in_scope(name):
+        with layout.block_workspace():
+            seen[name] = [layout.class_blocks(index)[0].data_ptr() for _ in range(2)]
+
+    def outside():
+        seen["outside"] = [layout.class_blocks(index)[0].data_ptr() for _ in range(2)]
+
+    with layout.block_workspace():
+        mine = layout.class_blocks(index)[0].data_ptr()
+        for target, args in ((in_scope, ("other",)), (outside, ())):
+            thread = threading.Thread(target=target, args=args)
+            thread.start()
+            thread.join()
+        assert layout.class_blocks(index)[0].data_ptr() == mine
+    other = seen["other"]
+    assert other[0] == other[1] and other[0] != mine  # its own buffers, reused within its scope
+    assert seen["outside"][0] != seen["outside"][1]  # no scope in that thread: fresh blocks
+
+
+def test_samples_solved_side_by_side_give_the_serial_answers(features) -> None:
+    """``TorchSolver.lowshot_voc07`` with two sample workers: the same test APs, chosen costs,
+    cost sources and fit counts as one sample after the other, bit for bit when every sample runs
+    single-threaded either way (three samples of different k: two side by side, the third after
+    them on all threads)."""
+    X, Ltr, X_eval, Lte = features
+    samples = [lowshot.sample_voc07(Ltr, k, lowshot.sample_rng(0, k, 1)) for k in (2, 8, 4)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {workers: TorchSolver(CPU, workers=workers).lowshot_voc07(X, X_eval, Lte, samples, COSTS, 3, {}.get)
+               for workers in (1, 2)}
+    finally:
+        torch.set_num_threads(threads)
+    serial, side_by_side = out[1], out[2]
+    np.testing.assert_array_equal(side_by_side[0], serial[0])
+    np.testing.assert_array_equal(side_by_side[1], serial[1])
+    assert side_by_side[2] == serial[2]
+    assert [(log.fits, log.not_converged) for log in side_by_side[3]] == [(log.fits, log.not_converged)
+                                                                         for log in serial[3]]
+    # every sample at every cost, and the 3 CV folds of the k = 8 and k = 4 samples (k = 2 has
+    # fewer positives than folds: no CV, and no fallback cost here)
+    assert serial[3][0].fits == 3 * len(COSTS) + 2 * 3 * len(COSTS)
+    assert serial[2][0] == ["none(too-few-positives)"] * Lte.shape[1]
+    assert serial[2][1] == ["3-fold-cv-on-sample"] * Lte.shape[1]
+    assert not np.isnan(serial[0]).any()
+
+
+def test_sample_workers_follow_the_cores_the_memory_and_the_device() -> None:
+    solver = TorchSolver(CPU)
+    threads = torch.get_num_threads()
+    assert solver.sample_workers(1, 10, 10**9) == 1
+    assert solver.sample_workers(40, 10, 10**9) == threads
+    assert solver.sample_workers(40, 10**9, 10**9) == 1  # one sample's memory fills the budget
+    assert TorchSolver(CPU, workers=3).sample_workers(40, 10, 10**9) == 3
+    assert TorchSolver(CPU, workers=3).sample_workers(40, 10**9 // 2, 10**9) == 2
+    assert TorchSolver(torch.device("cuda"), workers=3).sample_workers(40, 10, 10**9) == 1
+
+
+def test_each_in_threads_runs_every_item_once_in_order_and_raises_the_first_error() -> None:
+    from benchmark.svm.solvers import _each_in_threads
+
+    scopes = []
+
+    @contextlib.contextmanager
+    def scope():
+        scopes.append(threading.get_ident())
+        yield
+
+    sizes = [1, 5, 3, 2, 4]
+    assert _each_in_threads(lambda i: i * i, sizes, 2, scope) == [0, 1, 4, 9, 16]
+    assert len(scopes) == 3  # one per worker thread, and one for the last (smallest) item after them
+    started = []
+
+    def failing(i):
+        started.append(i)
+        if i == 1:  # the largest item: taken first
+            raise ValueError("sample 1 is broken")
+        return i
+
+    with pytest.raises(ValueError, match="sample 1 is broken"):
+        _each_in_threads(failing, sizes, 2, contextlib.nullcontext)
+    assert len(started) < len(sizes)  # the others stopped taking items

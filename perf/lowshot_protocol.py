@@ -9,8 +9,8 @@ samples per k, 26 costs, test AP at every cost (the test-selected row) and 3-fol
 sample (the validation row), for res4 and res5 (two independent feature sets). Every part is
 measured. Costs for k < 3 come from the full-data CV sweep, which the suite's ``voc07_svm`` task
 already ran: timed here once per layer and printed apart. The samples of a k are solved side by
-side, one per usable core (``--sample-workers 1``: one after the other); the suite passes a
-layer's samples of every k in one call, which leaves fewer cores idle at the end.
+side, one per usable core, the samples left over split into class groups (``--sample-workers
+1``: one after the other); the suite passes a layer's samples of every k in one call.
 
 The reference (liblinear one class and cost at a time, in the span coordinates, as
 ``solver: liblinear`` runs it) is timed on --reference-classes classes of one sample per k and

@@ -235,8 +235,8 @@ def test_each_thread_keeps_its_own_block_workspace(features) -> None:
 def test_samples_solved_side_by_side_give_the_serial_answers(features) -> None:
     """``TorchSolver.lowshot_voc07`` with two sample workers: the same test APs, chosen costs,
     cost sources and fit counts as one sample after the other, bit for bit when every sample runs
-    single-threaded either way (three samples of different k: two side by side, the third after
-    them on all threads)."""
+    single-threaded either way (three samples of different k: two side by side, the third split
+    into two class groups side by side; and one sample alone, split the same way)."""
     X, Ltr, X_eval, Lte = features
     samples = [lowshot.sample_voc07(Ltr, k, lowshot.sample_rng(0, k, 1)) for k in (2, 8, 4)]
     threads = torch.get_num_threads()
@@ -258,6 +258,26 @@ def test_samples_solved_side_by_side_give_the_serial_answers(features) -> None:
     assert serial[2][0] == ["none(too-few-positives)"] * Lte.shape[1]
     assert serial[2][1] == ["3-fold-cv-on-sample"] * Lte.shape[1]
     assert not np.isnan(serial[0]).any()
+    torch.set_num_threads(1)
+    try:
+        alone = TorchSolver(CPU, workers=2).lowshot_voc07(X, X_eval, Lte, samples[1:2], COSTS, 3, {}.get)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(alone[0], serial[0][1:2])
+    np.testing.assert_array_equal(alone[1], serial[1][1:2])
+    assert alone[2] == serial[2][1:2]
+
+
+def test_balanced_parts_split_the_work_evenly() -> None:
+    from benchmark.svm.solvers import _balanced_parts
+
+    assert _balanced_parts([1.0] * 6, 2) == [[0, 2, 4], [1, 3, 5]]
+    # largest first, each to the lighter part: 9 | 5, 3, then 1 to (9 | 8), the last 1 to (9 | 9): 10 against 9
+    assert _balanced_parts([9, 1, 1, 5, 3], 2) == [[0, 2], [1, 3, 4]]
+    assert _balanced_parts([4, 4], 3) == [[0], [1]]  # no empty part
+    parts = _balanced_parts(list(range(20)), 3)
+    assert sorted(i for part in parts for i in part) == list(range(20))
+    assert max(sum(part) for part in parts) - min(sum(part) for part in parts) <= 1
 
 
 def test_sample_workers_follow_the_cores_the_memory_and_the_device() -> None:
@@ -283,7 +303,10 @@ def test_each_in_threads_runs_every_item_once_in_order_and_raises_the_first_erro
 
     sizes = [1, 5, 3, 2, 4]
     assert _each_in_threads(lambda i: i * i, sizes, 2, scope) == [0, 1, 4, 9, 16]
-    assert len(scopes) == 3  # one per worker thread, and one for the last (smallest) item after them
+    assert len(scopes) == 2  # one per worker
+    scopes.clear()
+    assert _each_in_threads(lambda i: i + 1, sizes, 1, scope) == [1, 2, 3, 4, 5]
+    assert scopes == [threading.get_ident()]  # one worker: in order, here, in one scope
     started = []
 
     def failing(i):

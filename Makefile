@@ -46,7 +46,7 @@ detectron2: $(VENV)/.installed
 	$(PY) tools/build_detectron2.py --wheelhouse $(WHEELHOUSE)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"

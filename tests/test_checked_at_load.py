@@ -176,6 +176,8 @@ def test_every_suite_of_benchmark_yaml_loads_and_its_config_hashes_are_unchanged
     before = json.loads((REPO / "tests" / "data" / "config_hashes_before_typed_options.json").read_text())
     # models added since (with their own task instances) may only add units, never change one
     added = {"goyal2019-mini": {"vit"}, "goyal2019": set()}
+    # units dropped from a suite since, deliberately (with their reference rows): CI time
+    removed = {"goyal2019-mini": {"random/detection_voc07/frozen"}, "goyal2019": set()}
     for name in ("goyal2019-mini", "goyal2019"):
         suite = load_suite(name, DEFAULT_CONFIG)
         plan = plan_run(suite, Path("/nonexistent/run"), Path("/nonexistent/cache"))
@@ -183,7 +185,9 @@ def test_every_suite_of_benchmark_yaml_loads_and_its_config_hashes_are_unchanged
         # task instances (the ViT) or units of the classification tasks; every earlier one is unchanged
         new = added[name] | {m.name for m in suite.models if m.sweep and m.name not in before[f"{name}:models"]}
         hashes = {u.unit_id: u.config_hash for u in plan.units}
-        assert {u: hashes.get(u) for u in before[name]} == before[name]
+        assert not removed[name] & set(hashes)
+        kept = {u: h for u, h in before[name].items() if u not in removed[name]}
+        assert {u: hashes.get(u) for u in kept} == kept
         assert all(u.split("/")[0] in new or u.split("/")[1] in {"knn", "logreg", "linear_probe"}
                    for u in set(hashes) - set(before[name]))
         assert {m.name: config_hash({**m.options}) for m in suite.models if m.name not in new} \

@@ -43,12 +43,6 @@ class SolverOptions:
     # needs only a few steps and building the r x r factors would cost more than it saves
     lowrank_rank: int = 128
     lowrank_from: float = 2500.0
-    # below lowrank_from, down to this factor, only the top ``lowrank_few`` eigenpairs: at small
-    # costs just the few directions of K that outweigh 1/(2c) slow Jacobi CG, and 16 columns of
-    # factors cost little (VOC07 k = 96, costs 0.01-0.1: 5,286 CG steps down to 3,490, 5.4 s to
-    # 4.3-4.9 s single-threaded; rank 32 the same, 2500 -> 300 at rank 128 only 5.0 to 4.7 s)
-    lowrank_few: int = 16
-    lowrank_few_from: float = 100.0
 
 
 def cv_masks(y: np.ndarray, folds: int) -> np.ndarray:
@@ -272,27 +266,17 @@ def layout_for(X: np.ndarray, device: torch.device, kernel_form: str, memory_byt
     return layout
 
 
-def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None,
-                       largest: float | None = None):
-    """(the kernel's eigenpairs, computed once when first worth it, and the ones these costs use):
-    low-rank + diagonal CG with all of them when 2 max(c) x top eigenvalue >= options.lowrank_from,
-    with the top ``lowrank_few`` from ``lowrank_few_from``, else Jacobi (None). The few are used
-    only where the eigenpairs are there anyway: ``largest``, the largest cost the caller will
-    solve on this kernel, needs all of them."""
+def preconditioner_for(kernel, c: torch.Tensor, options: SolverOptions, computed: LowRank | None = None):
+    """(the kernel's eigenpairs, computed once when first worth it, and whether these costs use
+    them): low-rank + diagonal CG when 2 max(c) x top eigenvalue >= options.lowrank_from."""
     if options.lowrank_rank <= 0:
         return None, None
     scale = 2 * float(c.max())
-    bound = kernel.trace_bound()  # bounds the top eigenvalue: no eigenpairs for costs that cannot use them
-    few = options.lowrank_few > 0 and largest is not None and 2 * largest * bound >= options.lowrank_from
-    start = min(options.lowrank_from, options.lowrank_few_from) if few else options.lowrank_from
-    if computed is None and scale * bound >= start:
+    # the trace bounds the top eigenvalue: no eigenpairs are computed for costs that cannot use them
+    if computed is None and scale * kernel.trace_bound() >= options.lowrank_from:
         computed = lowrank_eig(kernel, options.lowrank_rank)
-    if computed is None:
-        return None, None
-    outweighs = scale * float(computed.lam.max())
-    if outweighs >= options.lowrank_from:
-        return computed, computed
-    return computed, (computed.top(options.lowrank_few) if outweighs >= start else None)
+    use = computed is not None and scale * float(computed.lam.max()) >= options.lowrank_from
+    return computed, (computed if use else None)
 
 
 # Costs solved in one batch: up to this many bytes (rows x columns x 8) per solver vector, and
@@ -323,7 +307,6 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
     low-shot: the products on a class's kernel block are memory-bound at 4 columns)."""
     weight = torch.where(y > 0, 2.0, 1.0)
     order = [int(k) for k in np.argsort(costs, kind="stable")]
-    largest = float(costs[order[-1]]) * float(weight.max())
     most = max(1, min(BATCH_BYTES // max(1, 8 * y.shape[0] * y.shape[1]),
                       BATCH_COLUMNS_PER_BLOCK // max(1, columns_per_block(kernel, y.shape[1]))))
     beta = f = previous = lowrank = None
@@ -339,7 +322,7 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
         else:
             starts = [warm_start(beta, f, y, float(costs[k]) * weight, train, float(costs[k]) / previous) for k in ks]
             beta0, f0 = torch.cat([b for b, _ in starts], 1), torch.cat([v for _, v in starts], 1)
-        lowrank, use = preconditioner_for(kernel, c, options, lowrank, largest)
+        lowrank, use = preconditioner_for(kernel, c, options, lowrank)
         started = time.perf_counter()
         many = len(ks)
         if many == 1:  # no copies of the (n, P) labels and masks on the large costs' path

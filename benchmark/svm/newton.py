@@ -27,7 +27,7 @@ problem. Problems that do not reach it within the iteration limits are reported 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -310,7 +310,6 @@ class LowRank:
     U_fast: torch.Tensor | None = None
     Ut_fast: torch.Tensor | None = None
     diag: torch.Tensor | None = None
-    tops: dict = field(default_factory=dict, repr=False)  # ``top``'s, by rank
 
     def fast(self) -> torch.Tensor:
         if self.U_fast is None:
@@ -335,14 +334,6 @@ class LowRank:
         if self.U.dim() == 3:
             return self.U, self.fast(), self.lam, self.diagonal()
         return self.U.unsqueeze(0), self.fast().unsqueeze(0), self.lam.unsqueeze(0), self.diagonal().unsqueeze(0)
-
-    def top(self, rank: int) -> "LowRank":
-        """The first ``rank`` eigenpairs (the largest), made once and kept with what is derived."""
-        if rank >= self.lam.shape[-1]:
-            return self
-        if rank not in self.tops:
-            self.tops[rank] = LowRank(self.U[..., :rank].contiguous(), self.lam[..., :rank].contiguous())
-        return self.tops[rank]
 
     def gathered(self, source: torch.Tensor, rows: torch.Tensor) -> "LowRank":
         """Block ``source[i]``'s eigenvectors on its rows ``rows[i]``, with what was derived from

@@ -20,13 +20,11 @@ from benchmark.svm.liblinear import make_svm, span_coordinates, voc07_svm
 from benchmark.svm.protocol import MAX_ITER, REFERENCE_COSTS, l2_normalize, to_binary
 from benchmark.svm.solvers import check_solver
 from benchmark.svm.batched import (
-    SolverOptions,
     available_ram,
     choose_kernel_form,
     _PendingScores,
     class_chunks,
     cv_masks,
-    preconditioner_for,
     scores_all_costs,
     voc07_svm_torch,
 )
@@ -398,45 +396,6 @@ def test_lowrank_preconditioning_gives_the_same_solution_in_fewer_steps() -> Non
     assert float((Y * fast).min()) >= 0 and bool((info_fast.pg_range <= TOL).all())
     np.testing.assert_allclose((K @ fast).numpy(), (K @ plain).numpy(), atol=2e-3)
     assert int(info_fast.cg_iters.sum()) < 0.7 * int(info_plain.cg_iters.sum())
-
-
-def test_few_top_eigenpairs_precondition_small_costs_to_the_same_solution() -> None:
-    """At a cost where only the kernel's top direction outweighs 1/(2c) (2 c lam_max = 637 here,
-    the next eigenvalue ~100 times smaller), its top 16 eigenpairs already save CG steps."""
-    X, y0 = _problem(n=400, d=600, seed=5)
-    K = kernel_with_bias(torch.as_tensor(X, dtype=torch.float64))
-    Y = torch.as_tensor(np.stack([y0, -y0], 1), dtype=torch.float64)
-    c = 0.3 * torch.where(Y > 0, 2.0, 1.0)
-    train = torch.ones_like(Y, dtype=torch.bool)
-    lowrank = lowrank_eig(K, 64)
-    few = lowrank.top(16)
-    assert few is lowrank.top(16) and lowrank.top(64) is lowrank and few.U.shape == (400, 16)
-    assert torch.equal(few.U, lowrank.U[:, :16]) and torch.equal(few.lam, lowrank.lam[:16])
-    plain, info_plain = solve(K, Y, c, train)
-    fast, info_fast = solve(K, Y, c, train, lowrank=few)
-    assert bool(info_plain.converged.all()) and bool(info_fast.converged.all())
-    assert bool((info_fast.pg_range <= TOL).all())
-    np.testing.assert_allclose((K @ fast).numpy(), (K @ plain).numpy(), atol=2e-3)
-    assert int(info_fast.cg_iters.sum()) < 0.8 * int(info_plain.cg_iters.sum())
-
-
-def test_preconditioner_for_uses_none_few_or_all_eigenpairs_by_cost() -> None:
-    X, y0 = _problem(n=400, d=600, seed=5)
-    K = DenseKernel(kernel_with_bias(torch.as_tensor(X, dtype=torch.float64)))
-    y = torch.as_tensor(y0, dtype=torch.float64)[:, None]
-    weight = torch.where(y > 0, 2.0, 1.0)
-    options = SolverOptions()  # all from 2 c lam_max >= 2500, the top 16 from 100
-    lam_max = float(np.linalg.eigvalsh(K.data.numpy())[-1])  # 531
-    # no larger cost follows: eigenpairs only where all of them are used, as before
-    assert preconditioner_for(K, 0.3 * weight, options) == (None, None)
-    computed, use = preconditioner_for(K, 0.05 * weight, options, largest=200.0)  # 2 c lam_max = 106
-    assert use is computed.top(16) and use.U.shape[1] == 16
-    np.testing.assert_allclose(float(computed.lam[0]), lam_max, rtol=1e-8)
-    assert preconditioner_for(K, 0.04 * weight, options, computed, largest=200.0) == (computed, None)  # 85
-    assert preconditioner_for(K, 3.0 * weight, options, computed, largest=200.0) == (computed, computed)  # 6372
-    assert preconditioner_for(K, 0.3 * weight, SolverOptions(lowrank_few=0), largest=200.0) == (None, None)
-    # a path that never reaches the large costs computes no eigenpairs for the few (trace 800)
-    assert preconditioner_for(K, 0.3 * weight, options, largest=1.0) == (None, None)
 
 
 class _CountingKernel(DenseKernel):

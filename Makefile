@@ -54,6 +54,7 @@ test-fast: $(VENV)/.installed
 # CI: the mini suite from scratch, then its numbers against the stored reference
 regression-check: demo
 	$(VENV)/bin/ssl-bench check runs/goyal2019-mini --against $(REFERENCE)
+	SSL_BENCH_DEMO_RUN=runs/goyal2019-mini $(PY) -m pytest -q tests/test_demo_report.py
 
 # Deliberate, not part of CI: rebuild the reference after a change that moves numbers, with the
 # spread of every trained number measured over replicate runs (each reseeds every SGD training)

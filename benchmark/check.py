@@ -57,6 +57,9 @@ EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do
 BAND_FALSE_ALARM = 1e-4  # per band and clean run: the two-sided level of the prediction interval
 BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
 BASE_TOLERANCE = 0.5  # points; trained numbers without a measured band, and format-1 references
+# points; a row whose tolerance is wider is "unguarded": a regression of a few points passes it, so
+# the check counts such rows and says so instead of calling them OK
+GUARDED_WITHIN = 5.0
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
 RULES = ("exact", "band", "aggregate", "fixed")
 SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"]
@@ -375,6 +378,18 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
     }
 
 
+def unguarded_rows(compared: pd.DataFrame) -> pd.DataFrame:
+    """Held rows (not per-class / per-sample aggregates) whose tolerance exceeds GUARDED_WITHIN."""
+    return compared[(compared["rule"] != "aggregate") & (compared["tolerance"] > GUARDED_WITHIN)]
+
+
+def unguarded_summary(unguarded: pd.DataFrame) -> pd.DataFrame:
+    """Per task and metric: how many rows are unguarded and their tolerances' range (points)."""
+    return (unguarded.groupby(["task", "metric"], sort=False)["tolerance"]
+            .agg(rows="count", tolerance_min="min", tolerance_max="max").reset_index()
+            .sort_values("tolerance_max", ascending=False, kind="stable"))
+
+
 def _steps(frame: pd.DataFrame) -> pd.Series:
     """The rows' ``metric_step`` as floats (NaN where a row has none); a step outside (0, 100] is
     not a count's step and is refused, so that no row can widen its own tolerance at will."""
@@ -470,6 +485,12 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
           + ", ".join(f"{rules[r]} {r}" for r in (*RULES, "override") if r in rules)
           + f"), {len(result['regressions'])} moved beyond tolerance, {len(result['missing'])} missing, "
           f"{len(result['new'])} not covered by the reference\n")
+    unguarded = unguarded_rows(result["compared"])
+    held = int((result["compared"]["rule"] != "aggregate").sum())
+    print(f"guarded: {held - len(unguarded)} of {held} held metrics have a tolerance of at most {GUARDED_WITHIN:g} "
+          f"points; {len(unguarded)} are UNGUARDED (wider: a regression of a few points there passes unseen)"
+          + (f", by task and metric:\n\n{_table(unguarded_summary(unguarded), limit=30)}" if len(unguarded) else "")
+          + "\n")
     counted = result["compared"][STEP_COLUMN].notna()
     if counted.any():
         steps = result["compared"].loc[counted, STEP_COLUMN]
@@ -489,7 +510,8 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
               f"band; they are held through their aggregates and do not fail the check.\n")
     print(f"per-row comparison (rule, tolerance, distance): {run_dir / 'check.csv'}")
     failed = len(result["regressions"]) or len(result["missing"]) or (len(result["new"]) and not allow_new)
-    print("RESULT: " + ("FAIL" if failed else "OK"))
+    print("RESULT: " + ("FAIL" if failed else "OK") + (f" ({len(unguarded)} of {held} held metrics unguarded)"
+                                                      if len(unguarded) and not failed else ""))
     return 1 if failed else 0
 
 

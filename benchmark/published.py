@@ -12,6 +12,7 @@ import pandas as pd
 
 from .errors import ConfigError
 from .options import NAME_PATTERN
+from .tables import one_row_per_cell
 
 PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "results" / "published"
 COLUMNS = ["model", "pretrain_data", "arch", "task", "layer", "metric", "k", "train_set", "value",
@@ -110,7 +111,7 @@ def published_tables(published: pd.DataFrame) -> dict[str, pd.DataFrame]:
         if best_layer:
             column = column.str.replace(r"^[^ :]+", "best layer", regex=True)
         rows = sub.assign(column=column, who=who)
-        table = rows.pivot_table(index="who", columns="column", values="value", aggfunc="first", sort=False)
+        table = one_row_per_cell(rows, "who", "column", what=f"published table {task}, {source}")
         if best_layer:
             table.insert(0, "layer", rows.groupby("who", sort=False)["layer"].first().reindex(table.index))
         table.index.name = "model (pretraining data)"

@@ -16,33 +16,33 @@ from .svm.protocol import TEST_SELECTED
 from .report_datasets import across_datasets_lines
 from .paths import atomic_write
 from .results import ResultStore
-from .rows import HEADLINE_METRICS, headline_rows, save_figure, text_column  # noqa: F401  (the report's helpers)
+from .rows import HEADLINE_METRICS, headline_rows, save_figure, section_label, text_column  # noqa: F401  (the report's helpers)
 from .scaling import annotate, plot_scaling
+from .tables import one_row_per_cell
 
 def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
-    """Adds 'section' (task, plus the cost selection where a task reports several) and 'column'."""
-    selection = text_column(rows, "cost_selection")
-    several = selection.groupby(rows["task"]).transform("nunique") > 1
-    section = rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
+    """Adds 'section' (task, plus the cost selection where a task reports several) and 'column':
+    every key column in which a task's headline rows differ is in the label, so that each
+    leaderboard cell is one row (``one_row_per_cell`` refuses anything else)."""
+    section = section_label(rows)
     k = text_column(rows, "k")
     evaluation = text_column(rows, "evaluation")  # training tasks report the best and the final evaluation
     backend = text_column(rows, "backend")  # detection: two backends' numbers never share (or average in) a column
+    dataset = text_column(rows, "dataset")
+    datasets = dataset.groupby(rows["task"]).transform("nunique") > 1  # a task instance over several datasets
     column = (section + "/" + text_column(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
               + evaluation.where(evaluation.eq(""), " (" + evaluation + ")")
-              + backend.where(backend.eq(""), " [" + backend + "]"))
+              + backend.where(backend.eq(""), " [" + backend + "]")
+              + (" {" + dataset + "}").where(datasets & dataset.ne(""), ""))
     return rows.assign(section=section, column=column)
 
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """models x (task, layer[, k]) table of headline metrics, columns in run order."""
+    """models x (task, layer[, k]) table of headline metrics, columns in run order; each cell one row."""
     rows = headline_rows(df)
     if rows.empty:
         return pd.DataFrame()
-    rows = _labelled(rows)
-    table = rows.pivot_table(index="model", columns="column", values="value", aggfunc="mean", sort=False)
-    model_order = list(dict.fromkeys(rows["model"]))
-    column_order = list(dict.fromkeys(rows["column"]))
-    return table.reindex(index=model_order, columns=column_order)
+    return one_row_per_cell(_labelled(rows), "model", "column", what="leaderboard")
 
 
 def convergence_notes(df: pd.DataFrame) -> list[str]:
@@ -71,7 +71,8 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     if rows.empty:
         return None
     backend = text_column(rows, "backend")  # one panel per detection backend: their numbers are never averaged
-    rows = rows.assign(task=rows["task"] + backend.where(backend.eq(""), " [" + backend + "]"))
+    rows = _labelled(rows)
+    rows = rows.assign(task=rows["section"] + backend.where(backend.eq(""), " [" + backend + "]"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +81,9 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     groups = list(rows.groupby(["task", "metric"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, ((task, metric), sub) in zip(axes[0], groups):
-        layers = list(dict.fromkeys(sub["layer"]))
-        for model, per_model in sub.groupby("model", sort=False):
-            values = per_model.groupby("layer")["value"].mean().reindex(layers)
-            ax.plot(layers, values.values, marker="o", label=model)
+        values = one_row_per_cell(sub, "model", "layer", what=f"leaderboard.png panel {task} {metric}")
+        for model, per_layer in values.iterrows():
+            ax.plot(list(values.columns), per_layer.values, marker="o", label=model)
         ax.set_title(f"{task}")
         ax.set_xlabel("layer")
         ax.set_ylabel(metric)
@@ -194,11 +194,16 @@ def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None
         family = family_of.get(task, task)
         if family not in DETAIL_TASKS:
             continue
-        column = text_column(sub, "layer") + ":" + sub["metric"].astype(str)
-        table = sub.assign(column=column).pivot_table(index="model", columns="column", values="value",
-                                                       aggfunc="mean", sort=False)
-        table.index.name = "model"
-        out.append((f"{DETAIL_TASKS[family]}: {task}", table))
+        # the model's own numbers first, then the evaluator's checks (perturbed ground truth, the
+        # mean-normal baseline) in their own labelled columns: never averaged with the model's
+        sub = _labelled(sub.assign(layer=text_column(sub, "layer"), metric=sub["metric"].astype(str)))
+        sub = sub.iloc[text_column(sub, "evaluation").ne("").to_numpy().argsort(kind="stable")]
+        table = one_row_per_cell(sub.assign(column=sub["column"].str.split("/", n=1).str[1]), "model", "column",
+                                 what=f"report.html {DETAIL_TASKS[family]}: {task}")
+        checks = list(dict.fromkeys(v for v in text_column(sub, "evaluation") if v))
+        note = (f" (columns marked ({'), ('.join(checks)}) are the evaluator's own checks, not the model's numbers)"
+                if checks else "")
+        out.append((f"{DETAIL_TASKS[family]}: {task}{note}", table))
     return out
 
 

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .tables import one_row_per_cell
+
+
+def mean_label(datasets: int) -> str:
+    """The aggregate column's label: what it averages and over how many rows."""
+    return f"mean of {datasets} datasets"
+
 
 def across_datasets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if df.empty or "transfer_column" not in df:
@@ -14,11 +21,10 @@ def across_datasets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     rows = df[df["transfer_column"].fillna("").astype(str) != ""]
     tables = {}
     for column, sub in rows.groupby("transfer_column", sort=False):
-        table = sub.pivot_table(index="model", columns="dataset", values="value", aggfunc="mean", sort=False)
-        table = table.reindex(index=list(dict.fromkeys(sub["model"])), columns=list(dict.fromkeys(sub["dataset"])))
+        table = one_row_per_cell(sub, "model", "dataset", what=f"across datasets, {column}")
         if table.shape[1] < 2:
             continue  # one dataset: its task's own table says it all
-        table["mean"] = table.mean(axis=1, skipna=False)
+        table[mean_label(table.shape[1])] = table.mean(axis=1, skipna=False)
         tables[column] = table
     return tables
 

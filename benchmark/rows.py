@@ -20,6 +20,14 @@ def text_column(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
 
 
+def section_label(rows: pd.DataFrame) -> pd.Series:
+    """The task of each row, plus its cost selection where the task reports several (the SVM tasks'
+    validation-selected and reference test-selected costs are different numbers)."""
+    selection = text_column(rows, "cost_selection")
+    several = selection.groupby(rows["task"]).transform("nunique") > 1
+    return rows["task"].where(~several, rows["task"] + " [cost: " + selection + "]")
+
+
 def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate rows (no per-class or per-sample breakdown) of the metrics a leaderboard shows."""
     if df.empty:

@@ -14,6 +14,7 @@ import pandas as pd
 from .engine import ReportItem
 from .errors import BenchmarkError
 from .paths import inside
+from .tables import aggregate_cells
 from .sweeps import AXIS_PREFIX, SEED_AXES, SWEEP_COLUMN, axis_label, expand_models, sweep_columns
 
 CURVE_COLUMNS = ["sweep", "axis", "fixed", "task", "metric", "layer", "x", "mean", "std", "n", "log_axis"]
@@ -69,13 +70,15 @@ def scaling_curves(df: pd.DataFrame) -> pd.DataFrame:
     metric, layer, axis value) with the mean, sample std (ddof 1; 0 for one value) and count over
     the seed axes and repeated rows. Low-shot rows (per k) are left out; of a training task's
     evaluations the reported (best) one is kept."""
-    from .rows import headline_rows, text_column
+    from .rows import headline_rows, section_label, text_column
 
     if df.empty or SWEEP_COLUMN not in df:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     rows = headline_rows(df)
     rows = rows[text_column(rows, "k").eq("") & text_column(rows, "evaluation").isin(["", "best"])
                 & rows[SWEEP_COLUMN].notna()]
+    backend = text_column(rows, "backend")  # a panel per cost selection and detection backend: never mixed
+    rows = rows.assign(task=section_label(rows) + backend.where(backend.eq(""), " [" + backend + "]"))
     out = []
     for sweep, sub in rows.groupby(SWEEP_COLUMN, sort=False):
         axes = [c for c in sub.columns if c.startswith(AXIS_PREFIX) and sub[c].notna().any()]
@@ -92,12 +95,14 @@ def scaling_curves(df: pd.DataFrame) -> pd.DataFrame:
                 order = sorted(values, key=float) if numbers else values
                 label = ", ".join(f"{axis_label(o[len(AXIS_PREFIX):])}={v}" for o, v in zip(others, fixed.split(", "))) if others else ""
                 log = log_axis(values)
-                stats = group.groupby(["task", "metric", "layer", "_x"], sort=False)["value"].agg(["mean", "std", "count"])
-                for (task, metric, layer, x), s in stats.iterrows():
-                    out.append({"sweep": sweep, "axis": axis[len(AXIS_PREFIX):], "fixed": label, "task": task,
-                                "metric": metric, "layer": layer, "x": x, "mean": s["mean"],
-                                "std": 0.0 if s["count"] < 2 else s["std"], "n": int(s["count"]), "log_axis": log,
-                                "_order": [str(v) for v in order].index(x)})
+                # a point repeated over the seed axes (other models) or replicates: their mean, std and n
+                stats = aggregate_cells(group, ["task", "metric", "layer", "_x"], over=["model", "replicate"],
+                                        what=f"scaling curve of sweep {sweep!r} along {axis}")
+                for s in stats.to_dict("records"):
+                    out.append({"sweep": sweep, "axis": axis[len(AXIS_PREFIX):], "fixed": label, "task": s["task"],
+                                "metric": s["metric"], "layer": s["layer"], "x": s["_x"], "mean": s["mean"],
+                                "std": s["std"], "n": int(s["n"]), "log_axis": log,
+                                "_order": [str(v) for v in order].index(s["_x"])})
     if not out:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     curves = pd.DataFrame(out)

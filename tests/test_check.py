@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, JOIN, STEP_COLUMN, add_replicate,
-                             build_reference, compare, read_reference, run_check, write_reference)
+from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, GUARDED_WITHIN, JOIN, STEP_COLUMN,
+                             add_replicate, build_reference, compare, read_reference, run_check, unguarded_rows,
+                             unguarded_summary, write_reference)
 from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.errors import BenchmarkError, ConfigError
@@ -117,6 +118,32 @@ def test_each_rule_flags_what_it_should(tmp_path) -> None:
     nan = run.copy()
     nan.loc[0, "value"] = np.nan
     assert len(compare(nan, ref)["regressions"]) == 1
+
+
+def test_rows_with_wide_tolerances_are_counted_as_unguarded(tmp_path, capsys) -> None:
+    run, rep1, rep2 = _frames()
+    reference = build_reference(run, [rep1, rep2])
+    reference.loc[(reference.model == "supervised") & (reference.layer == "res4"), "tolerance"] = GUARDED_WITHIN + 0.5
+    compared = compare(run, reference)["compared"]
+    # res5's band from three replicates 1 point apart is already wider than 5 points (t at 1e-4 on 2 dof);
+    # the per-class row of the trained model is an aggregate (reported, never failing): not counted
+    band = _pick(reference, "supervised", "res5")["tolerance"]
+    assert band > GUARDED_WITHIN
+    unguarded = unguarded_rows(compared)
+    assert sorted(zip(unguarded.model, unguarded.layer)) == [("supervised", "res4"), ("supervised", "res5")]
+    summary = unguarded_summary(unguarded)
+    assert summary.to_dict("records") == [{"task": "voc07_svm", "metric": "mAP", "rows": 2,
+                                           "tolerance_min": GUARDED_WITHIN + 0.5, "tolerance_max": band}]
+    # in the CLI's summary and on its last line: never a plain OK
+    store = ResultStore(tmp_path / "run")
+    for (model, task), rows in run.groupby(["model", "task"]):
+        store.write_unit(f"{model}/{task}/all", rows.to_dict("records"))
+    write_reference(reference, tmp_path / "ref.csv")
+    assert run_check(tmp_path / "run", tmp_path / "ref.csv") == 0
+    out = capsys.readouterr().out
+    held = int((compared["rule"] != "aggregate").sum())
+    assert f"guarded: {held - 2} of {held} held metrics" in out and "2 are UNGUARDED" in out
+    assert f"RESULT: OK (2 of {held} held metrics unguarded)" in out
 
 
 def test_override_tolerance_holds_every_row_against_its_stored_value(tmp_path) -> None:

@@ -15,9 +15,9 @@ def test_table_per_column_with_mean_and_no_mean_for_a_missing_dataset():
     tables = across_datasets(df)
     assert list(tables) == ["knn pool5 20-NN top1", "logreg pool5 top1"]
     knn = tables["knn pool5 20-NN top1"]
-    assert list(knn.columns) == ["food", "dtd", "mean"]
-    assert knn.loc["a", "mean"] == 60.0 and np.isnan(knn.loc["b", "mean"])
-    assert tables["logreg pool5 top1"].loc["a", "mean"] == 70.0
+    assert list(knn.columns) == ["food", "dtd", "mean of 2 datasets"]
+    assert knn.loc["a", "mean of 2 datasets"] == 60.0 and np.isnan(knn.loc["b", "mean of 2 datasets"])
+    assert tables["logreg pool5 top1"].loc["a", "mean of 2 datasets"] == 70.0
     assert "## Across datasets" in across_datasets_lines(df)
     assert across_datasets_lines(df.drop(columns="transfer_column")) == []
     assert across_datasets_lines(df[df.dataset == "food"]) == []  # one dataset: nothing to average

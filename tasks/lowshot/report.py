@@ -10,6 +10,7 @@ import pandas as pd
 from benchmark.engine import ReportItem
 from benchmark.paths import inside
 from benchmark.rows import headline_rows, save_figure, text_column
+from benchmark.tables import one_row_per_cell
 from benchmark.svm.protocol import TEST_SELECTED
 
 
@@ -26,14 +27,16 @@ def lowshot_curves(df: pd.DataFrame) -> pd.DataFrame:
         for selection in dict.fromkeys(text_column(sub, "cost_selection")):
             panel = sub[text_column(sub, "cost_selection") == selection]
             for (model, layer, metric), line in panel.groupby(["model", "layer", "metric"], sort=False):
-                line = line.assign(k=pd.to_numeric(line["k"])).sort_values("k")
+                what = f"{task} figure, {model} {layer} {metric}" + (f" (cost: {selection})" if selection else "")
+                line = one_row_per_cell(line.assign(k=pd.to_numeric(line["k"])).sort_values("k"), "metric", "k",
+                                        what=what).iloc[0]
                 half = ci[(ci.task == task) & (ci.model == model) & (ci.layer == layer)
                           & (text_column(ci, "cost_selection") == selection)
                           & (ci.metric == metric.replace("_mean", "_ci95"))]
-                half = half.assign(k=pd.to_numeric(half["k"])).set_index("k")["value"]
-                half = half[~half.index.duplicated()].reindex(line["k"]).fillna(0)
+                half = (one_row_per_cell(half.assign(k=pd.to_numeric(half["k"])), "metric", "k", what=what + " 95 % CI")
+                        .iloc[0].reindex(line.index).fillna(0) if len(half) else pd.Series(0.0, index=line.index))
                 out.append(pd.DataFrame({"task": task, "cost_selection": selection, "model": model, "layer": layer,
-                                         "metric": metric, "k": line["k"].values, "value": line["value"].values,
+                                         "metric": metric, "k": line.index.values, "value": line.values,
                                          "ci95": half.values}))
     return pd.concat(out, ignore_index=True)
 

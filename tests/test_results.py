@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmark.errors import BenchmarkError
 from benchmark.report import convergence_notes, leaderboard, write_report
 from benchmark.paths import atomic_write
 from benchmark.results import KEY_COLUMNS, ResultStore, unit_filename
@@ -141,10 +142,8 @@ def test_empty_store(tmp_path: Path) -> None:
 
 def _table_rows() -> pd.DataFrame:
     rows = []
-    # model "moco": conv1 20.0, res5 70.0 (two runs of res5 averaged: (60 + 80) / 2 = 70)
     rows += _svm_rows("moco", "conv1", 20.0, {"cat": 1.0})
-    rows += _svm_rows("moco", "res5", 60.0, {"cat": 2.0})
-    rows += _svm_rows("moco", "res5", 80.0, {"cat": 3.0})
+    rows += _svm_rows("moco", "res5", 70.0, {"cat": 2.0})
     # model "random": res5 first, conv1 later (column order is first appearance overall)
     rows += _svm_rows("random", "res5", 5.5, {"cat": 4.0}, not_converged=3)
     rows += _svm_rows("random", "conv1", 9.25, {"cat": 5.0})
@@ -161,9 +160,13 @@ def test_leaderboard_pivots_models_by_task_and_layer() -> None:
     expected = pd.DataFrame(
         [[20.0, 70.0, np.nan], [9.25, 5.5, 12.5]],
         index=pd.Index(["moco", "random"], name="model"),
-        columns=pd.Index(["voc07_svm/conv1:mAP", "voc07_svm/res5:mAP", "places205_linear/res4:top1"], name="column"),
+        columns=pd.Index(["voc07_svm/conv1:mAP", "voc07_svm/res5:mAP", "places205_linear/res4:top1"]),
     )
     pd.testing.assert_frame_equal(table, expected)
+    # a second row with the same keys is not averaged into the cell (it was once): an error naming both
+    twice = pd.concat([_table_rows(), pd.DataFrame(_svm_rows("moco", "res5", 80.0, {"cat": 3.0}))], ignore_index=True)
+    with pytest.raises(BenchmarkError, match=r"(?s)model='moco', column='voc07_svm/res5:mAP'.*value=70.0.*value=80.0"):
+        leaderboard(twice)
 
 
 def test_convergence_notes() -> None:

@@ -45,11 +45,14 @@ WHEELHOUSE ?= $(or $(SSL_BENCH_WHEELHOUSE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache
 detectron2: $(VENV)/.installed
 	$(PY) tools/build_detectron2.py --wheelhouse $(WHEELHOUSE)
 
+# two pytest workers (pytest-xdist), a test file per worker so that module fixtures are built once;
+# the slowest tests are listed at the end
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=30
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" --durations=10
 
 # CI: the mini suite from scratch, then its numbers against the stored reference
 regression-check: demo

@@ -15,6 +15,11 @@ validation split is absent, it is carved out of the training split: per class, `
 n_c)`` images (at least one where a class has two or more), drawn with a recorded seed. The carving
 is an index set on the training split, so the training split's cached features serve both parts.
 
+Every listed path must stay inside the dataset folder: a path that leaves it (``../x.jpg``, an
+absolute path elsewhere) is an error naming the list file, its line and the path, and so is an
+image that is a symlink (or lies under one) pointing outside the folder, unless the dataset option
+``follow_symlinks`` is true; the choice is recorded in the rows' provenance.
+
 Only existence (and a non-zero size) of the listed files is checked at load; an image that cannot
 be decoded is a DatasetError naming the file when it is read (``benchmark.datasets.images``).
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +93,7 @@ class ClassificationData:
     val: SplitPart
     test: SplitPart
     carved: dict = field(default_factory=dict)  # {fraction, seed} when val was carved out of train
+    follow_symlinks: bool = False  # images may be symlinks to files outside the folder
 
     @property
     def num_classes(self) -> int:
@@ -100,7 +108,7 @@ class ClassificationData:
         return {"dataset": self.name, "layout": self.layout, "n_classes": self.num_classes,
                 "train_split": self.train.description, "val_split": self.val.description,
                 "test_split": self.test.description, "n_train": len(self.train), "n_val": len(self.val),
-                "n_test": len(self.test)}
+                "n_test": len(self.test), **({"follow_symlinks": True} if self.follow_symlinks else {})}
 
 
 def detect_layout(root: Path, train_split: str) -> str:
@@ -122,14 +130,37 @@ def split_exists(root: Path, split: str, layout: str) -> bool:
     return (root / f"{split}.csv").is_file() if layout == "csv" else (root / split).is_dir()
 
 
-def load_split(root: Path, split: str, layout: str, class_names: list[str] | None = None) -> ClassificationSplit:
+def load_split(root: Path, split: str, layout: str, class_names: list[str] | None = None, *,
+               follow_symlinks: bool = False) -> ClassificationSplit:
     """Read one split; ``class_names`` (the training split's) fixes the label indices, and a label
-    outside them is an error. Without it the split defines the classes (sorted)."""
+    outside them is an error. Without it the split defines the classes (sorted). Every image must
+    lie inside ``root`` (``follow_symlinks``: symlinks may point elsewhere)."""
     if layout == "places205":
         return _load_places205(root, split)
     if layout == "csv":
-        return _load_csv(root, split, class_names)
-    return _load_folder(root, split, class_names)
+        return _load_csv(root, split, class_names, follow_symlinks)
+    return _load_folder(root, split, class_names, follow_symlinks)
+
+
+def inside_dataset(root: Path, relative: str, where: str, follow_symlinks: bool = False) -> Path:
+    """``root/relative``, refused (naming ``where``, e.g. ``list.csv:12``) when it leaves ``root``:
+    by its name (``..``, an absolute path) always, through a symlink unless ``follow_symlinks``."""
+    path = root / relative
+    resolved_root = root.resolve()
+    lexical = Path(os.path.normpath(root.absolute() / relative))
+    if not _within(lexical, Path(os.path.normpath(root.absolute()))):
+        raise DatasetError(f"{where}: path {relative!r} leaves the dataset folder {root} (it names {lexical}); "
+                           f"list paths must be relative to {root} and stay inside it")
+    resolved = path.resolve()
+    if not follow_symlinks and not _within(resolved, resolved_root):
+        raise DatasetError(f"{where}: path {relative!r} is a symlink (or lies under one) pointing outside the "
+                           f"dataset folder {root}, to {resolved}; copy the file into the dataset, or set the "
+                           f"dataset option follow_symlinks: true if you trust it")
+    return path
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _load_places205(root: Path, split: str) -> ClassificationSplit:
@@ -154,7 +185,7 @@ def _check_files(paths: list[Path], where: str) -> None:
                            f"replace or re-extract them")
 
 
-def _load_folder(root: Path, split: str, class_names: list[str] | None) -> ClassificationSplit:
+def _load_folder(root: Path, split: str, class_names: list[str] | None, follow_symlinks: bool) -> ClassificationSplit:
     folder = root / split
     if not folder.is_dir():
         raise DatasetError(f"split folder {folder} does not exist (ImageFolder layout: {split}/<class>/<image>.jpg); "
@@ -177,19 +208,20 @@ def _load_folder(root: Path, split: str, class_names: list[str] | None) -> Class
         if not images:
             raise DatasetError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                                f"add images or remove the folder")
-        paths += images
+        paths += [inside_dataset(root, p.relative_to(root).as_posix(), str(folder / name), follow_symlinks)
+                  for p in images]
         labels += [index[name]] * len(images)
     _check_files(paths, str(folder))
     return ClassificationSplit(root, split, paths, np.asarray(labels, dtype=np.int64), list(class_names), str(folder))
 
 
-def _load_csv(root: Path, split: str, class_names: list[str] | None) -> ClassificationSplit:
+def _load_csv(root: Path, split: str, class_names: list[str] | None, follow_symlinks: bool) -> ClassificationSplit:
     list_file = root / f"{split}.csv"
     if not list_file.is_file():
         raise DatasetError(f"list file {list_file} does not exist (CSV layout: one 'path,label' line per image, "
                            f"paths relative to {root}); {_SYNTH_HINT}")
-    relative, names = [], []
-    with list_file.open(newline="") as handle:
+    relative, names, paths = [], [], []
+    with _open_list(list_file) as handle:
         for line_no, fields in enumerate(csv.reader(handle), start=1):
             if not fields or all(not f.strip() for f in fields):
                 continue
@@ -200,6 +232,7 @@ def _load_csv(root: Path, split: str, class_names: list[str] | None) -> Classifi
                                    f"got {','.join(fields)!r}")
             relative.append(fields[0].strip())
             names.append(fields[1].strip())
+            paths.append(inside_dataset(root, relative[-1], f"{list_file}:{line_no}", follow_symlinks))
     if not relative:
         raise DatasetError(f"list file {list_file} lists no images; expected one 'path,label' line per image")
     if class_names is None:
@@ -210,10 +243,25 @@ def _load_csv(root: Path, split: str, class_names: list[str] | None) -> Classifi
             raise DatasetError(f"{list_file}: label {name!r} (data line {position + 1}: {relative[position]}) is not "
                                f"a class of the training list; its classes: "
                                f"{', '.join(class_names[:10])}{'...' if len(class_names) > 10 else ''}")
-    paths = [root / r for r in relative]
     _check_files(paths, str(list_file))
     return ClassificationSplit(root, split, paths, np.asarray([index[n] for n in names], dtype=np.int64),
                                list(class_names), str(list_file))
+
+
+def _open_list(list_file: Path):
+    """The list as text; one that is not UTF-8 text (a binary file, another encoding) is refused."""
+    try:
+        data = list_file.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"list file {list_file} cannot be read ({exc.strerror}); check its permissions") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"list file {list_file} is not UTF-8 text (byte {exc.start}); expected 'path,label' "
+                           f"lines, saved as UTF-8") from None
+    if "\0" in text:
+        raise DatasetError(f"list file {list_file} holds NUL bytes (a binary file?); expected 'path,label' lines")
+    return io.StringIO(text, newline="")
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,10 +282,10 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def load_classification(data_root: str | Path, name: str, *, layout: str = "auto", train_split: str = "train",
                         val_split: str = "val", test_split: str = "test", val_fraction: float = 0.1,
-                        val_seed: int = 0) -> ClassificationData:
+                        val_seed: int = 0, follow_symlinks: bool = False) -> ClassificationData:
     """The dataset ``data_root/name`` with its three parts. A missing ``val_split`` is carved out of
     ``train_split`` (``val_fraction``, stratified, ``val_seed``); a missing training or test split
-    is an error."""
+    is an error. ``follow_symlinks``: images may be symlinks pointing outside the dataset folder."""
     root = Path(data_root).expanduser() / name
     if not root.is_dir():
         raise DatasetError(f"classification dataset folder {root} does not exist; expected {name}/ under the data "
@@ -246,18 +294,18 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
         raise DatasetError(f"unknown layout {layout!r} for {root}; expected one of {', '.join(LAYOUTS)}")
     if layout == "auto":
         layout = detect_layout(root, train_split)
-    train = load_split(root, train_split, layout)
+    train = load_split(root, train_split, layout, follow_symlinks=follow_symlinks)
     if len(train.class_names) < 2:
         raise DatasetError(f"{train.source} has {len(train.class_names)} class; classification needs at least 2")
     if not split_exists(root, test_split, layout):
         where = root / (f"{test_split}.csv" if layout == "csv" else test_split)
         raise DatasetError(f"test split {where} does not exist; name the test split with the task option test_split "
                            f"(splits found: {', '.join(_splits_found(root, layout)) or 'none'})")
-    test = load_split(root, test_split, layout, train.class_names)
+    test = load_split(root, test_split, layout, train.class_names, follow_symlinks=follow_symlinks)
     everything = np.arange(len(train.labels))
     carved = {}
     if val_split and split_exists(root, val_split, layout):
-        val = load_split(root, val_split, layout, train.class_names)
+        val = load_split(root, val_split, layout, train.class_names, follow_symlinks=follow_symlinks)
         train_part = SplitPart(train, everything, train_split)
         val_part = SplitPart(val, np.arange(len(val.labels)), val_split)
     else:
@@ -270,7 +318,7 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
         val_part = SplitPart(train, val_idx, f"val carved from {how}")
         carved = {"fraction": val_fraction, "seed": val_seed}
     return ClassificationData(name, root, layout, train.class_names, train_part, val_part,
-                              SplitPart(test, np.arange(len(test.labels)), test_split), carved)
+                              SplitPart(test, np.arange(len(test.labels)), test_split), carved, follow_symlinks)
 
 
 def _splits_found(root: Path, layout: str) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from benchmark.datasets.classification import LAYOUTS, ClassificationData, SplitPart, load_classification
 from benchmark.engine import LoadedModel, RunContext
 from benchmark.models import Architecture
-from benchmark.options import Choice, Device, Float, Int, ListOf, Name
+from benchmark.options import Bool, Choice, Device, Float, Int, ListOf, Name
 
 from ..common import IMAGE_SIZE, LAYERS, aggregate, resolve_layers, split_features, split_needs
 
@@ -23,6 +23,9 @@ DATA_OPTIONS = {
     "test_split": Name("test"),
     "val_fraction": Float(0.1, min=0, max=0.5, min_open=True),
     "val_seed": Int(0, min=0),
+    # images that are symlinks pointing outside the dataset folder are read only when true (recorded
+    # in the rows); added later: hashes unchanged at its default
+    "follow_symlinks": Bool(False, omit_at_default=True),
     "layers": LAYERS,
     "image_size": IMAGE_SIZE,
 }
@@ -46,7 +49,8 @@ class ClassificationTask:
         c = self.config
         return load_classification(ctx.data_root, c["dataset"], layout=c["layout"], train_split=c["train_split"],
                                    val_split=c["val_split"], test_split=c["test_split"],
-                                   val_fraction=c["val_fraction"], val_seed=c["val_seed"])
+                                   val_fraction=c["val_fraction"], val_seed=c["val_seed"],
+                                   follow_symlinks=c["follow_symlinks"])
 
     def layers(self, arch: Architecture) -> list[str]:
         return resolve_layers(self.name, self.config["layers"], arch)

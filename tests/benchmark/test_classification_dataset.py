@@ -1,5 +1,7 @@
 """benchmark.datasets.classification: both layouts, own split names, carved validation, errors."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,76 @@ def test_cli_writes_a_loadable_dataset(tmp_path, capsys):
     assert (data.layout, len(data.train), len(data.val), len(data.test)) == ("csv", 9, 3, 3)
     first = open_rgb(data.train.split.image_paths[0])
     assert 64 <= min(first.size) and max(first.size) <= 96
+
+
+def _csv_dataset(base, name="ds"):
+    """A CSV-layout dataset of two classes, two images each, under ``base/name``; returns its folder."""
+    root = base / name
+    (root / "img").mkdir(parents=True)
+    for image in ("a1", "a2", "b1", "b2"):
+        (root / "img" / f"{image}.jpg").write_bytes(b"x")
+    (root / "train.csv").write_text("path,label\nimg/a1.jpg,a\nimg/a2.jpg,a\nimg/b1.jpg,b\nimg/b2.jpg,b\n")
+    (root / "test.csv").write_text("img/a1.jpg,a\nimg/b1.jpg,b\n")
+    return root
+
+
+@pytest.mark.parametrize("listed", ["../outside.jpg", "img/../../outside.jpg", "ABSOLUTE"])
+def test_a_list_path_leaving_the_dataset_is_refused_with_file_line_and_path(tmp_path, listed):
+    root = _csv_dataset(tmp_path)
+    (tmp_path / "outside.jpg").write_bytes(b"secret")
+    listed = str(tmp_path / "outside.jpg") if listed == "ABSOLUTE" else listed
+    (root / "test.csv").write_text(f"img/a1.jpg,a\n{listed},b\n")
+    for follow in (False, True):  # a path that leaves by its name is refused even with follow_symlinks
+        with pytest.raises(DatasetError) as caught:
+            load_classification(tmp_path, "ds", follow_symlinks=follow)
+        assert f"{root / 'test.csv'}:2: path {listed!r} leaves the dataset folder" in str(caught.value)
+
+
+def test_a_symlink_pointing_outside_is_refused_unless_followed_and_recorded(tmp_path):
+    root = _csv_dataset(tmp_path)
+    (tmp_path / "elsewhere.jpg").write_bytes(b"elsewhere")
+    (root / "img" / "b2.jpg").unlink()
+    (root / "img" / "b2.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    with pytest.raises(DatasetError) as caught:
+        load_classification(tmp_path, "ds")
+    message = str(caught.value)
+    assert f"{root / 'train.csv'}:5: path 'img/b2.jpg' is a symlink" in message
+    assert "follow_symlinks: true" in message and str(tmp_path / "elsewhere.jpg") in message
+    data = load_classification(tmp_path, "ds", follow_symlinks=True)
+    assert data.provenance()["follow_symlinks"] is True
+    (root / "img" / "b2.jpg").unlink()
+    (root / "img" / "b2.jpg").symlink_to(root / "img" / "b1.jpg")  # a symlink inside the dataset is fine
+    assert "follow_symlinks" not in load_classification(tmp_path, "ds").provenance()
+
+
+def test_an_imagefolder_symlink_or_linked_class_folder_pointing_outside_is_refused(tmp_path):
+    tree = tmp_path / "tree"
+    for split, cls in (("train", "cat"), ("train", "dog"), ("test", "cat")):
+        (tree / split / cls).mkdir(parents=True)
+        (tree / split / cls / "1.jpg").write_bytes(b"x")
+        (tree / split / cls / "2.jpg").write_bytes(b"x")
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "key.jpg").write_bytes(b"x")
+    (tree / "test" / "dog").symlink_to(tmp_path / "private")
+    with pytest.raises(DatasetError, match=r"test/dog: path 'test/dog/key.jpg' is a symlink .*pointing outside"):
+        load_classification(tmp_path, "tree")
+    assert len(load_classification(tmp_path, "tree", follow_symlinks=True).test) == 3
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfe\x00b\x00i\x00n", "is not UTF-8 text"),
+    (b"img/a1.jpg,a\x00\nimg/b1.jpg,b\n", "holds NUL bytes"),
+])
+def test_a_binary_or_non_utf8_list_is_refused_naming_it(tmp_path, content, expected):
+    root = _csv_dataset(tmp_path)
+    (root / "test.csv").write_bytes(content)
+    with pytest.raises(DatasetError, match=f"list file {root / 'test.csv'} {expected}"):
+        load_classification(tmp_path, "ds")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_list_is_refused_naming_it(tmp_path):
+    root = _csv_dataset(tmp_path)
+    (root / "test.csv").chmod(0)
+    with pytest.raises(DatasetError, match=f"list file {root / 'test.csv'} cannot be read"):
+        load_classification(tmp_path, "ds")

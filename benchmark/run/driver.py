@@ -25,15 +25,56 @@ from .plan import Plan, Unit, plan_run, write_plan
 from .units import RunSummary, pending_units
 
 
+def _existing_ancestor(directory: Path) -> Path:
+    """``directory`` itself when it exists, else its nearest existing parent (where it would be made)."""
+    path = Path(os.path.abspath(directory))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_writable(directory: Path, what: str) -> None:
-    """Fail before any work when results could not be saved (unwritable dir)."""
+    """Fail before any work when results could not be saved (unwritable dir). Writes nothing that
+    stays: the probe goes into ``directory``, or, while it does not exist yet, into the folder it
+    would be made in."""
+    where = _existing_ancestor(directory)
+    if not where.is_dir():
+        raise BenchmarkError(f"{what} {directory} cannot be made: {where} is a file, not a folder; "
+                             f"choose another with --out/--cache")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-probe.{os.getpid()}"
+        probe = where / f".write-probe.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise BenchmarkError(f"{what} {directory} is not writable ({exc.strerror}); choose another with --out/--cache") from exc
+        raise BenchmarkError(f"{what} {directory} is not writable ({exc.strerror} in {where}); "
+                             f"choose another with --out/--cache") from exc
+
+
+def _missing_folders(*directories: Path) -> list[Path]:
+    """The topmost folder of each of ``directories`` that does not exist yet (what a run makes)."""
+    made = []
+    for directory in directories:
+        path = Path(os.path.abspath(directory))
+        top = None
+        while not path.exists() and path != path.parent:
+            top, path = path, path.parent
+        if top is not None and top not in made:
+            made.append(top)
+    return made
+
+
+def _undo(lock: "RunLock", lock_existed: bool, made: list[Path]) -> None:
+    """Remove what a refused run wrote before any unit ran: its lock file and the folders it made
+    (only while they hold nothing else)."""
+    lock.release()
+    if not lock_existed:
+        lock.path.unlink(missing_ok=True)
+    for top in made:
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty: someone else's files, kept
 
 
 def estimate_writes(plan: Plan, pending: list[Unit], tasks: dict[str, Task], ctx: RunContext) -> Estimate:
@@ -83,26 +124,41 @@ def check_devices(plan: Plan, executor: str) -> None:
             check_device(name, source)
 
 
+def preflight(plan: Plan, executor: str) -> RunContext:
+    """Every check that needs neither the lock nor a folder (devices, writable places, the data of
+    every task); it writes nothing, so a refusal here leaves the output tree as it was."""
+    check_devices(plan, executor)
+    check_writable(plan.run_dir, "run directory")
+    check_writable(plan.cache_dir, "feature cache")
+    ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
+                           device=resolve_device(plan.device))
+    for task_name in dict.fromkeys(u.task for u in plan.units):
+        plan.tasks[task_name].check_data(ctx_probe)
+    return ctx_probe
+
+
 def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
              log: Callable[[str], None] = print, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
     """Check, lock, then run the plan's pending units; ``after_unit`` is called as each one ends
     (e.g. to refresh the leaderboard while a long run works)."""
-    check_devices(plan, (executor or {}).get("name", "local"))
-    check_writable(plan.run_dir, "run directory")
-    check_writable(plan.cache_dir, "feature cache")
-    lock = RunLock(plan.run_dir, command_line()).acquire(log)
+    ctx_probe = preflight(plan, (executor or {}).get("name", "local"))
+    made = _missing_folders(plan.run_dir, plan.cache_dir)
+    lock = RunLock(plan.run_dir, command_line())
+    lock_existed = lock.path.exists()
+    lock.acquire(log)
     try:
+        plan.cache_dir.mkdir(parents=True, exist_ok=True)
         for root in (plan.run_dir, plan.cache_dir):
             removed = remove_stale_temporaries(root)
             if removed:
                 log(f"[ssl-bench] removed {len(removed)} temporary file(s) of killed processes under {root}")
-        ctx_probe = RunContext(run_dir=plan.run_dir, data_root=plan.data_root, cache=FeatureCache(plan.cache_dir),
-                               device=resolve_device(plan.device))
-        for task_name in dict.fromkeys(u.task for u in plan.units):
-            plan.tasks[task_name].check_data(ctx_probe)
         pending, skipped = pending_units(plan, force, log)
         if pending:  # a finished run can always be reported again, even on a full disk
             check_space(estimate_writes(plan, pending, plan.tasks, ctx_probe), plan.run_dir, plan.cache_dir)
+    except BaseException:
+        _undo(lock, lock_existed, made)
+        raise
+    try:
         write_plan(plan)
         summary = RunSummary(plan.run_dir, skipped=skipped)
         if not pending:

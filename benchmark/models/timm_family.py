@@ -188,6 +188,41 @@ def _probe(model: str, kwargs: dict) -> tuple[nn.Module, bool]:
             return _create(model, kwargs, False), False
 
 
+_KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a word"))
+
+
+def _expected(default) -> tuple[tuple[type, ...], str] | None:
+    """(accepted types, description) of a keyword whose default is ``default``; None: not checked."""
+    for kind, described in _KINDS:
+        if type(default) is kind:
+            accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[kind]
+            return accepted, described
+    return None
+
+
+def check_keyword_types(name: str, model_name: str, kwargs: dict) -> None:
+    """Every keyword value has the type of the model class's default for it (``depth=x`` is refused
+    naming the keyword, the value and the type); keywords the class does not declare are left to
+    timm."""
+    import inspect
+
+    import timm
+
+    if not kwargs:
+        return
+    with torch.device("meta"):
+        model_class = type(timm.create_model(model_name, pretrained=False))
+    parameters = inspect.signature(model_class.__init__).parameters
+    for key, value in kwargs.items():
+        parameter = parameters.get(key)
+        found = _expected(parameter.default) if parameter is not None else None
+        if found and not (isinstance(value, found[0]) and (bool in found[0] or not isinstance(value, bool))):
+            example = str(parameter.default).lower() if isinstance(parameter.default, bool) else parameter.default
+            raise ConfigError(f"architecture '{name}': keyword '{key}' is {value!r} ({type(value).__name__}); "
+                              f"timm {model_class.__name__} expects {found[1]} (its default is "
+                              f"{parameter.default!r}), e.g. {key}={example}")
+
+
 def _is_transformer(model: nn.Module) -> bool:
     import inspect
 
@@ -207,6 +242,7 @@ def timm_architecture(name: str) -> Architecture:
                           f"--filter '{model_name.split('_')[0]}*'")
     features = {k: options.pop(k) for k in list(options) if k in FEATURE_OPTIONS}
     kwargs = options
+    check_keyword_types(name, model_name, kwargs)
     probe, dynamic = _probe(model_name, kwargs)
     if not hasattr(probe, "forward_intermediates"):
         raise ConfigError(f"architecture '{name}': timm model '{model_name}' has no forward_intermediates(), which "

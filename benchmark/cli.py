@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import importlib.metadata
 import os
@@ -298,12 +299,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space on that file system, or choose another place (--out/--cache)",
+    errno.EDQUOT: "free space within your quota, or choose another place (--out/--cache)",
+    errno.EROFS: "the file system is read-only: copy the folder to a writable place, or choose another (--out)",
+    errno.EACCES: "check its permissions (chmod), or choose another place",
+    errno.EPERM: "check its permissions (chmod), or choose another place",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "pass a file, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an error of the file system: what failed, on which file, and the fix."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    where = f" ({' -> '.join(names)})" if names else ""
+    fix = _OS_ERROR_FIXES.get(exc.errno, "check the file and the file system holding it")
+    return f"{exc.strerror or exc}{where}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except BenchmarkError as exc:
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refused (read-only, full, permissions): one line, no traceback
+        print(f"ssl-bench: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except UnicodeError as exc:
+        print(f"ssl-bench: error: a file read by 'ssl-bench {args.command}' is not UTF-8 text ({exc}); "
+              f"check the files you passed, which must be text saved as UTF-8", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # results are written atomically, one unit at a time: what finished is on disk and complete

@@ -137,11 +137,24 @@ def safe_load_text(text: str, source: str):
         loader.dispose()
 
 
+def read_config_text(path: Path) -> str:
+    """The text of a config file; one that cannot be read or is not UTF-8 text (a binary file, an
+    archive passed by mistake) is a ConfigError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (undecodable byte at offset {exc.start}: a binary "
+                          f"file?); pass a benchmark.yaml-style YAML file saved as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check that it is a readable "
+                          f"file") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = safe_load_text(path.read_text(), str(path))
+    data = safe_load_text(read_config_text(path), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must contain a mapping with a 'suites' key")
     return data

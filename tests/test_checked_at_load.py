@@ -546,3 +546,127 @@ def test_ctrl_c_during_a_run_leaves_finished_units_byte_identical(tmp_path, caps
     assert len(err) == 1 and err[0].startswith("ssl-bench: interrupted (Ctrl-C)") and "ssl-bench resume" in err[0]
     assert {p: p.read_bytes() for p in finished} == finished
     assert not list(units.rglob("*.running"))  # the interrupted unit is not left marked as running
+
+
+# --- a refusal before work writes nothing (issue 47) ---------------------------------------------
+
+
+def _classification_data(base: Path) -> Path:
+    """data/ds (CSV lists, 2 classes) and data/tree (ImageFolder, 2 classes), tiny images."""
+    from benchmark.datasets.synth_classification import synth_classification
+
+    data = base / "data"
+    synth_classification(data, name="ds", num_classes=2, per_split={"train": 3, "test": 1}, layout="csv",
+                         min_side=32, max_side=36)
+    synth_classification(data, name="tree", num_classes=2, per_split={"train": 3, "test": 1}, min_side=32, max_side=36)
+    return data
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _replace_line(path: Path, index: int, line: str) -> None:
+    lines = _lines(path)
+    lines[index] = line
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _malformed_line(data):
+    _replace_line(data / "ds" / "test.csv", 1, "just-a-path.jpg")
+    return "ds", "test.csv:2: expected 'path,label'"
+
+
+def _label_missing_from_train(data):
+    path = _lines(data / "ds" / "test.csv")[1].split(",")[0]
+    _replace_line(data / "ds" / "test.csv", 1, f"{path},cow")
+    return "ds", "test.csv: label 'cow'"
+
+
+def _empty_class_folder(data):
+    (data / "tree" / "train" / "class_02").mkdir()
+    return "tree", "class_02 holds no images"
+
+
+def _missing_dataset(data):
+    return "absent", "absent does not exist"
+
+
+def _missing_image(data):
+    _replace_line(data / "ds" / "train.csv", 1, "images/train/class_00/nope.jpg,class_00")
+    return "ds", "nope.jpg"
+
+
+def _empty_image(data):
+    path = _lines(data / "ds" / "train.csv")[1].split(",")[0]
+    (data / "ds" / path).write_bytes(b"")
+    return "ds", "empty files (0 bytes)"
+
+
+def _escaping_path(data):
+    (data / "secret.jpg").write_bytes(b"x")
+    _replace_line(data / "ds" / "train.csv", 1, "../secret.jpg,class_00")
+    return "ds", "train.csv:2: path '../secret.jpg' leaves the dataset folder"
+
+
+def _symlink_outside(data):
+    (data / "secret.jpg").write_bytes(b"x")
+    image = data / "ds" / _lines(data / "ds" / "train.csv")[1].split(",")[0]
+    image.unlink()
+    image.symlink_to(data / "secret.jpg")
+    return "ds", "train.csv:2: path 'images/train/class_00"
+
+
+def _binary_list(data):
+    (data / "ds" / "test.csv").write_bytes(bytes(range(256)))
+    return "ds", "test.csv is not UTF-8 text"
+
+
+REFUSALS = [_malformed_line, _label_missing_from_train, _empty_class_folder, _missing_dataset, _missing_image,
+            _empty_image, _escaping_path, _symlink_outside, _binary_list]
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+def _run_refused(tmp_path: Path, dataset: str, capsys, *extra: str) -> str:
+    """``ssl-bench run`` of a knn task on ``dataset``: refused (exit 2), the output folder (holding
+    one file of the user's) and the feature cache as they were. Returns the error."""
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"suites": {"s": {
+        "data_root": str(tmp_path / "data"), "num_workers": 0,
+        "models": {"random": {"pretrainer": "random", "arch": "resnet18"}},
+        "tasks": {"knn": {"task": "knn", "dataset": dataset, "layers": ["res5"], "image_size": 32}}}}}))
+    out, cache = tmp_path / "out", tmp_path / "cache" / "features"
+    out.mkdir(exist_ok=True)
+    (out / "keep.txt").write_text("the user's")
+    before = _files(tmp_path / "data")
+    code = main(["run", "--suite", "s", "--config", str(config), "--out", str(out), "--cache", str(cache),
+                 "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert _files(out) == {"keep.txt"}  # no run directory, no lock
+    assert not (tmp_path / "cache").exists()  # no cache folder
+    assert _files(tmp_path / "data") == before  # nor anything beside the data
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("fault", REFUSALS, ids=lambda f: f.__name__.strip("_"))
+def test_a_data_refusal_before_work_leaves_the_output_tree_untouched(tmp_path, capsys, fault) -> None:
+    dataset, expected = fault(_classification_data(tmp_path))
+    err = _run_refused(tmp_path, dataset, capsys)
+    assert expected in err
+
+
+def test_other_refusals_before_work_leave_the_output_tree_untouched(tmp_path, capsys, monkeypatch) -> None:
+    _classification_data(tmp_path)
+    # a device this machine lacks
+    assert "cuda:7" in _run_refused(tmp_path, "ds", capsys, "--device", "cuda:7")
+    # not enough space: refused after the lock was taken, which is given back and removed with its folders
+    import benchmark.diskspace as diskspace
+
+    monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
+    err = _run_refused(tmp_path, "ds", capsys)
+    assert "are free there" in err

@@ -670,3 +670,21 @@ def test_other_refusals_before_work_leave_the_output_tree_untouched(tmp_path, ca
     monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
     err = _run_refused(tmp_path, "ds", capsys)
     assert "are free there" in err
+
+
+@pytest.mark.parametrize("keyword, value, expected", [
+    ("depth", "x", "'depth' is 'x' (str); timm VisionTransformer expects an integer (its default is 12)"),
+    ("depth", "2.5", "'depth' is 2.5 (float); timm VisionTransformer expects an integer"),
+    ("qkv_bias", "3", "'qkv_bias' is 3 (int); timm VisionTransformer expects true or false (its default is True), "
+                      "e.g. qkv_bias=true"),
+    ("drop_rate", "high", "'drop_rate' is 'high' (str); timm VisionTransformer expects a number"),
+])
+def test_a_timm_keyword_of_the_wrong_type_names_keyword_value_and_type(tmp_path, capsys, keyword, value,
+                                                                       expected) -> None:
+    arch = f"timm/vit_tiny_patch16_224[img_size=32,{keyword}={value}]"
+    config = _config(tmp_path, lambda s: s["models"]["random"].update(arch=arch))
+    out = tmp_path / "out"
+    assert main(["run", "--suite", "s", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"architecture '{arch}': keyword {expected}" in err and "Traceback" not in err
+    assert not out.exists()

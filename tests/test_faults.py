@@ -683,3 +683,81 @@ def test_without_fallocate_the_free_space_still_decides(tmp_path, monkeypatch) -
         cache.writer(key, (1000, 1000))
     assert "no space left" in str(info.value) and str(cache._path(key)) in str(info.value)
     assert _temporaries(tmp_path) == []
+
+
+# --- run directories on read-only or full file systems, binary inputs (issue 47) ------------------
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_report_on_a_read_only_run_directory_is_one_line_naming_it(tiny, tmp_path, capsys) -> None:
+    mount = _tmpfs(tmp_path / "ro", "64m")
+    try:
+        run_dir = mount / "tiny"
+        shutil.copytree(tiny["run_dir"], run_dir)
+        for name in ("leaderboard.md", "leaderboard.csv", "results.csv", "report.html"):
+            (run_dir / name).unlink(missing_ok=True)
+        before = _hashes(run_dir)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        assert main(["report", str(run_dir)]) == 2
+        err = _one_line_error(capsys)
+        assert str(run_dir) in err and "read-only" in err and "copy the folder to a writable place" in err
+        assert _hashes(run_dir) == before
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_report_on_a_full_file_system_is_one_line_and_leaves_no_temporaries(tiny, tmp_path, capsys) -> None:
+    mount = _tmpfs(tmp_path / "full", "16m")
+    try:
+        run_dir = mount / "tiny"
+        shutil.copytree(tiny["run_dir"], run_dir)
+        for name in ("leaderboard.md", "leaderboard.csv", "results.csv", "report.html"):
+            (run_dir / name).unlink(missing_ok=True)
+        with open(mount / "filler", "wb") as handle:  # fill the file system up
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        before = _hashes(run_dir)
+        assert main(["report", str(run_dir)]) == 2
+        err = _one_line_error(capsys)
+        assert str(run_dir) in err and ("space" in err or "full" in err)
+        assert _hashes(run_dir) == before
+        assert _temporaries(run_dir) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)), "suites: {caf\u00e9: {}}\n".encode("latin-1"),
+                                     b"\x1f\x8b\x08\x00 gzip"], ids=["binary", "latin-1", "gzip"])
+def test_a_binary_or_non_utf8_config_is_one_line_naming_it_and_writes_nothing(tmp_path, capsys, content) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["run", "--suite", "s", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    assert f"config file {config} is not UTF-8 text" in _one_line_error(capsys)
+    assert not out.exists()
+    assert main(["list", "suites", "--config", str(config)]) == 2
+    assert f"config file {config} is not UTF-8 text" in _one_line_error(capsys)
+
+
+def test_a_binary_reference_or_plan_file_is_one_line_naming_it(tiny, tmp_path, capsys) -> None:
+    run_dir = _copy_run(tiny, tmp_path)
+    before = _hashes(run_dir)
+    reference = tmp_path / "reference.csv"
+    reference.write_bytes(bytes(range(256)) * 4)
+    assert main(["check", str(run_dir), "--against", str(reference)]) == 2
+    err = capsys.readouterr().err
+    assert f"reference file {reference} is not a readable CSV" in err and "Traceback" not in err
+    (run_dir / "invocation.json").write_bytes(bytes(range(256)))
+    assert main(["status", str(run_dir)]) == 2
+    assert f"{run_dir / 'invocation.json'} is damaged" in _one_line_error(capsys)
+    assert {k: v for k, v in _hashes(run_dir).items() if k != "invocation.json"} == \
+        {k: v for k, v in before.items() if k != "invocation.json"}

@@ -167,6 +167,20 @@ TIMM_PRETRAIN_ONLY = re.compile(r"^(decoder_|mask_token|masked_embed|local_cls_n
                                 r"|\.periods$|\.bias_mask$")
 
 
+def _check_in_folder(folder: Path, member: Path) -> None:
+    """A file of a checkpoint folder must stay inside it: a symlink pointing elsewhere is refused.
+    A Hugging Face cache snapshot (``models--<name>/snapshots/<revision>/``) links its files to
+    ``models--<name>/blobs/``: for one, the ``models--<name>`` folder is the bound."""
+    bound = folder.resolve()
+    if bound.parent.name == "snapshots" and bound.parent.parent.name.startswith("models--"):
+        bound = bound.parent.parent
+    target = member.resolve()
+    if target != bound and bound not in target.parents:
+        raise CheckpointError(f"checkpoint folder {folder}: {member.name} is a symlink pointing outside the folder, "
+                              f"to {target}; copy the file into {folder} (symlinks are followed only within a "
+                              f"Hugging Face cache entry, models--<name>/)")
+
+
 def read_weights(path: str | Path) -> tuple[object, dict]:
     """A checkpoint as read from disk: a torch file (``weights_only``), a ``.safetensors`` file, or
     a Hugging Face ``save_pretrained`` folder (config.json + model.safetensors / pytorch_model.bin).
@@ -181,6 +195,8 @@ def read_weights(path: str | Path) -> tuple[object, dict]:
                                   f"not read, re-save with save_pretrained(..., max_shard_size='100GB')")
         import json
 
+        for member in (config_path, weights[0]):
+            _check_in_folder(path, member)
         try:
             config = json.loads(config_path.read_text())
         except ValueError as exc:

@@ -688,3 +688,39 @@ def test_a_timm_keyword_of_the_wrong_type_names_keyword_value_and_type(tmp_path,
     err = capsys.readouterr().err
     assert f"architecture '{arch}': keyword {expected}" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def _hf_like_folder(folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("member", ["config.json", "model.safetensors"])
+def test_a_checkpoint_folder_file_linking_outside_is_refused_naming_it(tmp_path, member) -> None:
+    from benchmark.checkpoint import read_weights
+
+    folder = _hf_like_folder(tmp_path / "ckpt")
+    elsewhere = tmp_path / f"elsewhere-{member}"
+    (folder / member).rename(elsewhere)
+    (folder / member).symlink_to(elsewhere)
+    with pytest.raises(CheckpointError) as caught:
+        read_weights(folder)
+    assert f"checkpoint folder {folder}: {member} is a symlink pointing outside the folder, to {elsewhere}" \
+        in str(caught.value)
+
+
+def test_a_hugging_face_cache_snapshot_may_link_to_its_blobs(tmp_path) -> None:
+    from benchmark.checkpoint import read_weights
+
+    repo = tmp_path / "hub" / "models--org--vit"
+    snapshot = _hf_like_folder(repo / "snapshots" / "abc123")
+    (repo / "blobs").mkdir()
+    for member in ("config.json", "model.safetensors"):  # the layout huggingface_hub writes
+        (snapshot / member).rename(repo / "blobs" / member)
+        (snapshot / member).symlink_to(Path("../..") / "blobs" / member)
+    content, config = read_weights(snapshot)
+    assert config == {"model_type": "vit"} and list(content) == ["w"]

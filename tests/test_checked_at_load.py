@@ -724,3 +724,74 @@ def test_a_hugging_face_cache_snapshot_may_link_to_its_blobs(tmp_path) -> None:
         (snapshot / member).symlink_to(Path("../..") / "blobs" / member)
     content, config = read_weights(snapshot)
     assert config == {"model_type": "vit"} and list(content) == ["w"]
+
+
+# --- VOC and Places205 lists stay inside their folders (issue 47) ---------------------------------
+
+
+@pytest.fixture
+def voc(tmp_path):
+    from benchmark.datasets.synth_voc import synth_voc07
+
+    synth_voc07(tmp_path / "data", n_images=12, seed=0)
+    return tmp_path / "data" / "VOCdevkit" / "VOC2007"
+
+
+@pytest.mark.parametrize("image_id", ["../../../secret", "/etc/passwd", ".."])
+def test_a_voc_image_id_holding_a_path_is_refused_with_file_and_line(voc, image_id) -> None:
+    from benchmark.datasets.voc import load_voc
+    from benchmark.errors import DatasetError
+
+    split = voc / "ImageSets" / "Main" / "test.txt"
+    split.write_text(split.read_text() + f"{image_id}\n")
+    line = len(split.read_text().splitlines())
+    with pytest.raises(DatasetError, match=f"{split}:{line}: image id '{image_id}' is not a file name"):
+        load_voc(voc.parent.parent, "test")
+
+
+def test_a_voc_jpeg_linking_outside_or_a_binary_split_file_is_refused(voc, tmp_path) -> None:
+    from benchmark.datasets.voc import load_voc
+    from benchmark.errors import DatasetError
+
+    first = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
+    image = voc / "JPEGImages" / f"{first}.jpg"
+    (tmp_path / "secret.jpg").write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(DatasetError, match=f"path '{first}.jpg' is a symlink .*pointing outside"):
+        load_voc(voc.parent.parent, "test")
+    (voc / "ImageSets" / "Main" / "test.txt").write_bytes(b"\x00\xff\xfe" * 10)
+    with pytest.raises(DatasetError, match="test.txt is not UTF-8 text"):
+        load_voc(voc.parent.parent, "test")
+
+
+@pytest.fixture
+def places(tmp_path):
+    from benchmark.datasets.synth_places import synth_places205
+
+    return synth_places205(tmp_path / "data", num_classes=2, train_per_class=2, val_per_class=1, min_side=32,
+                           max_side=36)
+
+
+@pytest.mark.parametrize("listed", ["../../secret.jpg", "/etc/passwd", "a/../../secret.jpg"])
+def test_a_places_list_path_leaving_the_images_folder_is_refused_with_file_and_line(places, listed) -> None:
+    from benchmark.datasets.places import load_places205
+    from benchmark.errors import DatasetError
+
+    lists = places / "trainvalsplit_places205" / "val_places205.csv"
+    lists.write_text(lists.read_text() + f"{listed} 0\n")
+    line = len(lists.read_text().splitlines())
+    with pytest.raises(DatasetError, match=f"{lists}:{line}: path '{listed}' leaves the images folder"):
+        load_places205(places, "val")
+
+
+def test_a_places_image_linking_outside_is_refused(places, tmp_path) -> None:
+    from benchmark.datasets.places import load_places205
+    from benchmark.errors import DatasetError
+
+    image = places / "images" / "a" / "abbey" / "00000001.jpg"
+    (tmp_path / "secret.jpg").write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(DatasetError, match="path 'a/abbey/00000001.jpg' is a symlink .*pointing outside"):
+        load_places205(places, "train")

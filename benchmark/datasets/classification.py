@@ -29,12 +29,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from benchmark.datasets.listed import inside_dataset, read_list_text
 from benchmark.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -142,27 +142,6 @@ def load_split(root: Path, split: str, layout: str, class_names: list[str] | Non
     return _load_folder(root, split, class_names, follow_symlinks)
 
 
-def inside_dataset(root: Path, relative: str, where: str, follow_symlinks: bool = False) -> Path:
-    """``root/relative``, refused (naming ``where``, e.g. ``list.csv:12``) when it leaves ``root``:
-    by its name (``..``, an absolute path) always, through a symlink unless ``follow_symlinks``."""
-    path = root / relative
-    resolved_root = root.resolve()
-    lexical = Path(os.path.normpath(root.absolute() / relative))
-    if not _within(lexical, Path(os.path.normpath(root.absolute()))):
-        raise DatasetError(f"{where}: path {relative!r} leaves the dataset folder {root} (it names {lexical}); "
-                           f"list paths must be relative to {root} and stay inside it")
-    resolved = path.resolve()
-    if not follow_symlinks and not _within(resolved, resolved_root):
-        raise DatasetError(f"{where}: path {relative!r} is a symlink (or lies under one) pointing outside the "
-                           f"dataset folder {root}, to {resolved}; copy the file into the dataset, or set the "
-                           f"dataset option follow_symlinks: true if you trust it")
-    return path
-
-
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def _load_places205(root: Path, split: str) -> ClassificationSplit:
     """Places205 in its official layout (``benchmark.datasets.places``): the train list and the val
     list (Places205's test set) with their integer labels and scene names."""
@@ -249,19 +228,7 @@ def _load_csv(root: Path, split: str, class_names: list[str] | None, follow_syml
 
 
 def _open_list(list_file: Path):
-    """The list as text; one that is not UTF-8 text (a binary file, another encoding) is refused."""
-    try:
-        data = list_file.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"list file {list_file} cannot be read ({exc.strerror}); check its permissions") from exc
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"list file {list_file} is not UTF-8 text (byte {exc.start}); expected 'path,label' "
-                           f"lines, saved as UTF-8") from None
-    if "\0" in text:
-        raise DatasetError(f"list file {list_file} holds NUL bytes (a binary file?); expected 'path,label' lines")
-    return io.StringIO(text, newline="")
+    return io.StringIO(read_list_text(list_file, "'path,label' lines"), newline="")
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

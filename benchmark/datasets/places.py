@@ -10,11 +10,14 @@ listed files exist, without opening any image (decoding is done lazily by the co
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from benchmark.datasets.listed import inside_dataset, read_list_text
 from benchmark.errors import DatasetError
 
 PLACES205_NUM_CLASSES = 205
@@ -151,7 +154,7 @@ def _read_list(path: Path) -> tuple[list[str], np.ndarray]:
     """Relative paths and int64 labels of a list file; blank lines are skipped."""
     paths: list[str] = []
     labels: list[int] = []
-    with path.open() as handle:
+    with io.StringIO(read_list_text(path, _LINE_FORMAT)) as handle:
         for line_no, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields:
@@ -172,6 +175,11 @@ def _read_list(path: Path) -> tuple[list[str], np.ndarray]:
                     f"{path}:{line_no}: label {label} is negative; expected a class index >= 0 "
                     f"(0..{PLACES205_NUM_CLASSES - 1} for Places205), got {text!r}"
                 )
+            if os.path.isabs(fields[0]) or os.path.normpath(fields[0]).split(os.sep)[0] == "..":
+                raise DatasetError(
+                    f"{path}:{line_no}: path {fields[0]!r} leaves the images folder; list paths must be "
+                    f"relative to it and stay inside it, e.g. 'a/abbey/00000001.jpg'"
+                )
             paths.append(fields[0])
             labels.append(label)
     if not paths:
@@ -182,8 +190,9 @@ def _read_list(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _image_paths(image_dir: Path, relative: list[str], list_path: Path) -> list[Path]:
-    """Paths of the images; only their existence is checked so loading stays fast."""
-    paths = [image_dir / r for r in relative]
+    """Paths of the images, each inside ``image_dir``; only their existence is checked so loading
+    stays fast."""
+    paths = [inside_dataset(image_dir, r, str(list_path), option=False) for r in relative]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])

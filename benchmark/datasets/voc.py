@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.datasets.listed import inside_dataset, read_list_text
 from benchmark.errors import DatasetError
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -101,7 +102,7 @@ def load_voc_per_class_labels(
             f"per-class label file {path} does not exist; expected lines like '000005 -1'"
         )
     labels: dict[str, int] = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_list_text(path, "lines like '000005 -1'").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -154,7 +155,13 @@ def _read_split_ids(voc_dir: Path, split: str) -> list[str]:
         raise DatasetError(
             f"split file {path} does not exist; splits available in {main}: {existing}. {_SYNTH_HINT}"
         )
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = read_list_text(path, "one image id per line").splitlines()
+    ids = [line.strip() for line in lines if line.strip()]
+    for line_no, line in enumerate(lines, start=1):
+        image_id = line.strip()
+        if image_id and (image_id in (".", "..") or "/" in image_id or "\\" in image_id):
+            raise DatasetError(f"{path}:{line_no}: image id {image_id!r} is not a file name (it contains a path); "
+                               f"expected one id per line, e.g. 000005")
     if not ids:
         raise DatasetError(f"split file {path} lists no image ids; expected one image id per line")
     return ids
@@ -167,8 +174,10 @@ def _available_splits(main: Path) -> list[str]:
 
 
 def _image_paths(voc_dir: Path, image_ids: list[str]) -> list[Path]:
-    """Paths of the JPEGs; only their existence is checked so loading stays fast."""
-    paths = [voc_dir / "JPEGImages" / f"{i}.jpg" for i in image_ids]
+    """Paths of the JPEGs, each inside JPEGImages/ (a symlink out of it is refused); only their
+    existence is checked so loading stays fast."""
+    paths = [inside_dataset(voc_dir / "JPEGImages", f"{i}.jpg", str(voc_dir / "JPEGImages"), option=False)
+             for i in image_ids]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])

@@ -795,3 +795,28 @@ def test_a_places_image_linking_outside_is_refused(places, tmp_path) -> None:
     image.symlink_to(tmp_path / "secret.jpg")
     with pytest.raises(DatasetError, match="path 'a/abbey/00000001.jpg' is a symlink .*pointing outside"):
         load_places205(places, "train")
+
+
+def test_a_decompression_bomb_image_is_refused_naming_it(tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    from benchmark.datasets.images import open_rgb
+    from benchmark.errors import DatasetError
+
+    path = tmp_path / "bomb.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 = 4096 pixels: over twice the limit
+    with pytest.raises(DatasetError, match=f"image {path} is refused: .*decompression bomb"):
+        open_rgb(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 truncated jpeg", b"<html>not an image</html>"],
+                         ids=["empty", "truncated", "html"])
+def test_a_corrupt_image_is_refused_naming_it(tmp_path, content) -> None:
+    from benchmark.datasets.images import open_rgb
+    from benchmark.errors import DatasetError
+
+    path = tmp_path / "image.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=f"image {path} is corrupt or not an image"):
+        open_rgb(path)

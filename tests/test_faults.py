@@ -707,6 +707,9 @@ def test_report_on_a_read_only_run_directory_is_one_line_naming_it(tiny, tmp_pat
         err = _one_line_error(capsys)
         assert str(run_dir) in err and "read-only" in err and "copy the folder to a writable place" in err
         assert _hashes(run_dir) == before
+        assert main(["data", "synth", "classification", "--out", str(mount / "data"), "--classes", "2"]) == 2
+        err = _one_line_error(capsys)
+        assert str(mount / "data") in err and "read-only" in err
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 

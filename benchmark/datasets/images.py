@@ -49,6 +49,9 @@ def open_rgb(path: Path) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError as exc:
         raise DatasetError(f"image {path} does not exist") from exc
+    except Image.DecompressionBombError as exc:  # a tiny file claiming billions of pixels
+        raise DatasetError(f"image {path} is refused: {exc} (a decompression bomb?); replace it with a "
+                           f"smaller image") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(
             f"image {path} is corrupt or not an image ({exc}); replace or re-extract it"

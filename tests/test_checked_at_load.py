@@ -820,3 +820,30 @@ def test_a_corrupt_image_is_refused_naming_it(tmp_path, content) -> None:
     path.write_bytes(content)
     with pytest.raises(DatasetError, match=f"image {path} is corrupt or not an image"):
         open_rgb(path)
+
+
+def test_follow_symlinks_lets_a_run_read_linked_images_and_is_recorded_in_its_rows(tmp_path, capsys) -> None:
+    from benchmark.results import ResultStore
+
+    data = _classification_data(tmp_path)
+    image = data / "ds" / _lines(data / "ds" / "train.csv")[1].split(",")[0]
+    image.rename(tmp_path / "shared.jpg")  # a real image, kept elsewhere and linked into the dataset
+    image.symlink_to(tmp_path / "shared.jpg")
+    config = tmp_path / "bench.yaml"
+    task = {"task": "knn", "dataset": "ds", "layers": ["res5"], "image_size": 32, "k_values": [1],
+            "knn_device": "cpu"}
+
+    def write(follow: bool) -> None:
+        config.write_text(yaml.safe_dump({"suites": {"s": {
+            "data_root": str(data), "num_workers": 0, "batch_size": 8,
+            "models": {"random": {"pretrainer": "random", "arch": "resnet18"}},
+            "tasks": {"knn": {**task, **({"follow_symlinks": True} if follow else {})}}}}}))
+
+    write(False)
+    command = ["run", "--suite", "s", "--config", str(config), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(command) == 2
+    assert "set the dataset option follow_symlinks: true" in capsys.readouterr().err
+    write(True)
+    assert main(command) == 0, capsys.readouterr().err
+    rows = ResultStore(tmp_path / "out" / "s").load()
+    assert len(rows) and rows["follow_symlinks"].eq(True).all()

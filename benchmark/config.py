@@ -152,6 +152,10 @@ def read_config_text(path: Path) -> str:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass the YAML file (e.g. {path / 'benchmark.yaml'})")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file (a pipe or a device?); pass the YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     data = safe_load_text(read_config_text(path), str(path))

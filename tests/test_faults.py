@@ -764,3 +764,23 @@ def test_a_binary_reference_or_plan_file_is_one_line_naming_it(tiny, tmp_path, c
     assert f"{run_dir / 'invocation.json'} is damaged" in _one_line_error(capsys)
     assert {k: v for k, v in _hashes(run_dir).items() if k != "invocation.json"} == \
         {k: v for k, v in before.items() if k != "invocation.json"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "not-a-mapping", "fifo"])
+def test_a_missing_or_malformed_config_is_one_line_naming_it_and_writes_nothing(tmp_path, capsys, kind) -> None:
+    config = tmp_path / "bench.yaml"
+    expected = {"missing": "does not exist", "folder": "is a folder", "empty": "must contain a mapping",
+                "not-a-mapping": "must contain a mapping", "fifo": "is not a regular file"}[kind]
+    if kind == "folder":
+        config.mkdir()
+    elif kind == "empty":
+        config.write_text("")
+    elif kind == "not-a-mapping":
+        config.write_text("- just\n- a list\n")
+    elif kind == "fifo":  # a named pipe would block a reader forever: refused as not a file
+        os.mkfifo(config)
+    out = tmp_path / "out"
+    assert main(["run", "--suite", "s", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{config}" in err and expected in err
+    assert not out.exists()

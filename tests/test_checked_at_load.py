@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -630,14 +631,15 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
 
 
-def _run_refused(tmp_path: Path, dataset: str, capsys, *extra: str) -> str:
-    """``ssl-bench run`` of a knn task on ``dataset``: refused (exit 2), the output folder (holding
-    one file of the user's) and the feature cache as they were. Returns the error."""
+def _run_refused(tmp_path: Path, dataset: str, capsys, *extra: str, task: dict | None = None) -> str:
+    """``ssl-bench run`` of a knn task on ``dataset`` (or of ``task``): refused (exit 2), the output
+    folder (holding one file of the user's) and the feature cache as they were. Returns the error."""
     config = tmp_path / "bench.yaml"
+    task = task or {"task": "knn", "dataset": dataset, "layers": ["res5"], "image_size": 32}
     config.write_text(yaml.safe_dump({"suites": {"s": {
         "data_root": str(tmp_path / "data"), "num_workers": 0,
         "models": {"random": {"pretrainer": "random", "arch": "resnet18"}},
-        "tasks": {"knn": {"task": "knn", "dataset": dataset, "layers": ["res5"], "image_size": 32}}}}}))
+        "tasks": {"probe": task}}}}))
     out, cache = tmp_path / "out", tmp_path / "cache" / "features"
     out.mkdir(exist_ok=True)
     (out / "keep.txt").write_text("the user's")
@@ -658,6 +660,39 @@ def test_a_data_refusal_before_work_leaves_the_output_tree_untouched(tmp_path, c
     dataset, expected = fault(_classification_data(tmp_path))
     err = _run_refused(tmp_path, dataset, capsys)
     assert expected in err
+
+
+def _voc_missing(voc):
+    shutil.rmtree(voc / "JPEGImages")
+    return "are missing"
+
+
+def _voc_id_with_path(voc):
+    split = voc / "ImageSets" / "Main" / "test.txt"
+    split.write_text(split.read_text() + "../../../../etc/passwd\n")
+    return "is not a file name"
+
+
+def _voc_binary_split(voc):
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_bytes(bytes(range(256)))
+    return "trainval.txt is not UTF-8 text"
+
+
+def _voc_malformed_annotation(voc):
+    first = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
+    (voc / "Annotations" / f"{first}.xml").write_text("<annotation><object>")
+    return f"{first}.xml"
+
+
+@pytest.mark.parametrize("fault", [_voc_missing, _voc_id_with_path, _voc_binary_split, _voc_malformed_annotation],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_a_voc_refusal_before_work_leaves_the_output_tree_untouched(tmp_path, capsys, fault) -> None:
+    from benchmark.datasets.synth_voc import synth_voc07
+
+    synth_voc07(tmp_path / "data", n_images=12, seed=0)
+    expected = fault(tmp_path / "data" / "VOCdevkit" / "VOC2007")
+    task = {"task": "voc07_svm", "layers": ["res5"], "image_size": 32, "costs": [1.0], "n_jobs": 1}
+    assert expected in _run_refused(tmp_path, "", capsys, task=task)
 
 
 def test_other_refusals_before_work_leave_the_output_tree_untouched(tmp_path, capsys, monkeypatch) -> None:

@@ -39,7 +39,7 @@ def check_writable(directory: Path, what: str) -> None:
     would be made in."""
     where = _existing_ancestor(directory)
     if not where.is_dir():
-        raise BenchmarkError(f"{what} {directory} cannot be made: {where} is a file, not a folder; "
+        raise BenchmarkError(f"{what} {directory} is not writable: {where} is a file, not a folder; "
                              f"choose another with --out/--cache")
     try:
         probe = where / f".write-probe.{os.getpid()}"

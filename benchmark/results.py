@@ -69,7 +69,14 @@ class ResultStore:
         return inside(self.run_dir, "units", unit_filename(unit_id))
 
     def inspect(self, path: Path) -> tuple[pd.DataFrame | None, str]:
-        """(rows, "") for an intact unit file; (None, what is wrong) for a damaged one."""
+        """(rows, "") for an intact unit file; (None, what is wrong) for a damaged one. A unit file or
+        record that is a symlink pointing outside the run directory is not read."""
+        for member in (path, record_path(path)):
+            target = member.resolve()
+            root = self.run_dir.resolve()
+            if member.is_symlink() and root not in target.parents:
+                return None, (f"is not read: {'its record ' if member != path else ''}{member.name} is a symlink "
+                              f"pointing outside the run directory, to {target}")
         try:
             data = path.read_bytes()
         except OSError as exc:

@@ -192,6 +192,14 @@ def _record_garbled(path: Path) -> None:
     record_path(path).write_text('{"rows": 3, "by')
 
 
+def _linked_outside(path: Path) -> None:  # a hostile run directory: an intact unit file read from elsewhere
+    elsewhere = path.parent.parent.parent / "elsewhere"
+    elsewhere.mkdir()
+    for member in (path, record_path(path)):
+        member.rename(elsewhere / member.name)
+        member.symlink_to(elsewhere / member.name)
+
+
 DAMAGES = [_empty, _cut_in_half, _drop_last_rows, _garbage, _record_removed, _record_garbled]
 
 
@@ -784,3 +792,21 @@ def test_a_missing_or_malformed_config_is_one_line_naming_it_and_writes_nothing(
     err = _one_line_error(capsys)
     assert f"{config}" in err and expected in err
     assert not out.exists()
+
+
+def test_a_unit_file_linked_from_outside_the_run_directory_is_never_read(tiny, tmp_path, capsys) -> None:
+    """A hostile run directory: an intact unit file and its record are symlinks to files elsewhere."""
+    run_dir = _copy_run(tiny, tmp_path)
+    victim = ResultStore(run_dir).unit_path("other/voc07_svm/res4")
+    _linked_outside(victim)
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 2  # resolving the unit's own file refuses the link
+    err = _one_line_error(capsys)
+    assert victim.name in err and "outside" in err
+    frame, problem = ResultStore(run_dir).inspect(victim)
+    assert frame is None and f"{victim.name} is a symlink pointing outside the run directory" in problem
+    assert main(["report", str(run_dir)]) == 0
+    captured = capsys.readouterr()
+    assert str(victim) in captured.err and "pointing outside the run directory" in captured.err
+    rows = pd.read_csv(run_dir / "results.csv")
+    assert not rows["unit_id"].astype(str).eq("other/voc07_svm/res4").any()  # its rows were not taken

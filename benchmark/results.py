@@ -71,10 +71,10 @@ class ResultStore:
     def inspect(self, path: Path) -> tuple[pd.DataFrame | None, str]:
         """(rows, "") for an intact unit file; (None, what is wrong) for a damaged one. A unit file or
         record that is a symlink pointing outside the run directory is not read."""
+        root = self.run_dir.resolve()
         for member in (path, record_path(path)):
             target = member.resolve()
-            root = self.run_dir.resolve()
-            if member.is_symlink() and root not in target.parents:
+            if root not in target.parents:  # the file, or a folder above it, links elsewhere
                 return None, (f"is not read: {'its record ' if member != path else ''}{member.name} is a symlink "
                               f"pointing outside the run directory, to {target}")
         try:

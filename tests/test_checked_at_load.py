@@ -882,3 +882,13 @@ def test_follow_symlinks_lets_a_run_read_linked_images_and_is_recorded_in_its_ro
     assert main(command) == 0, capsys.readouterr().err
     rows = ResultStore(tmp_path / "out" / "s").load()
     assert len(rows) and rows["follow_symlinks"].eq(True).all()
+
+
+@pytest.mark.parametrize("key", ["labeled_file", "splits_file", "normals_file"])
+def test_a_nyuv2_file_option_leaving_the_dataset_folder_is_refused_naming_it(tmp_path, key) -> None:
+    from benchmark.datasets.nyuv2 import load_nyuv2
+    from benchmark.errors import DatasetError
+
+    (tmp_path / "NYUv2").mkdir()
+    with pytest.raises(DatasetError, match=f"NYUv2 option {key}: path '../../secret.mat' leaves the dataset folder"):
+        load_nyuv2(tmp_path / "NYUv2", "train", **{key: "../../secret.mat"})

@@ -23,7 +23,7 @@ def inside_dataset(root: Path, relative: str, where: str, follow_symlinks: bool 
     lexical = Path(os.path.normpath(root.absolute() / relative))
     if not _within(lexical, Path(os.path.normpath(root.absolute()))):
         raise DatasetError(f"{where}: path {relative!r} leaves the dataset folder {root} (it names {lexical}); "
-                           f"list paths must be relative to {root} and stay inside it")
+                           f"paths must be relative to {root} and stay inside it")
     resolved = path.resolve()
     if not follow_symlinks and not _within(resolved, resolved_root):
         raise DatasetError(f"{where}: path {relative!r} is a symlink (or lies under one) pointing outside the "

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from .listed import inside_dataset
 from ..paths import atomic_output
 
 LABELED_FILE = "nyu_depth_v2_labeled.mat"
@@ -275,8 +276,13 @@ def load_nyuv2(root: str | Path, split: str, *, normals: str = "file", normals_f
     if not root.is_dir():
         raise DatasetError(f"NYUv2 folder {root} does not exist; it should hold {LABELED_FILE}, {SPLITS_FILE} "
                            f"and {normals_file}; {_DOWNLOAD}")
-    files = {"labeled": _require(root / labeled_file, "labelled dataset")}
-    indices = read_split_indices(root / splits_file)
+    # the file options name files of the folder (a symlink to a big .mat kept elsewhere is fine)
+    labeled_path, splits_path, normals_path = (inside_dataset(root, name, f"NYUv2 option {key}", follow_symlinks=True)
+                                               for key, name in (("labeled_file", labeled_file),
+                                                                 ("splits_file", splits_file),
+                                                                 ("normals_file", normals_file)))
+    files = {"labeled": _require(labeled_path, "labelled dataset")}
+    indices = read_split_indices(splits_path)
     with _open_hdf5(files["labeled"], "labelled dataset") as handle:
         for key in ("images", "depths"):
             if key not in handle:
@@ -296,7 +302,7 @@ def load_nyuv2(root: str | Path, split: str, *, normals: str = "file", normals_f
                                f"{idx.max() + 1} but {files['labeled']} holds {num} images")
     layout = ""
     if normals == "file":
-        path = root / normals_file
+        path = normals_path
         if not path.is_file():
             raise DatasetError(
                 f"NYUv2 ground-truth normals {path} do not exist; provide them as HDF5/MATLAB v7.3 with "
@@ -336,8 +342,9 @@ def write_normals_from_depth(root: str | Path, out_name: str = NORMALS_FILE, *, 
     import h5py
 
     root = Path(root).expanduser()
-    source = _require(root / labeled_file, "labelled dataset")
-    out = root / out_name
+    source = _require(inside_dataset(root, labeled_file, "NYUv2 option labeled_file", follow_symlinks=True),
+                      "labelled dataset")
+    out = inside_dataset(root, out_name, "NYUv2 normals file to write", follow_symlinks=True)
     with atomic_output(out) as tmp:
         with _open_hdf5(source, "labelled dataset") as labeled, h5py.File(tmp, "w", userblock_size=512) as handle:
             depths = labeled["depths"]

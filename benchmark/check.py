@@ -144,7 +144,8 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
     try:
         df = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise BenchmarkError(f"reference file {path} is not a readable CSV ({exc}); rebuild it with --update") from None
+        reason = " ".join(str(exc).split())  # pandas' messages span lines: the error is one line
+        raise BenchmarkError(f"reference file {path} is not a readable CSV ({reason}); rebuild it with --update") from None
     required = JOIN + ["value"] + (SPREAD_COLUMNS if fmt >= 2 else [])
     missing = [c for c in required if c not in df]
     if missing and fmt == 1:  # format 1 files may leave out the newer join columns

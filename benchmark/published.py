@@ -55,13 +55,17 @@ def load_published(name: str, root: Path = PUBLISHED_DIR) -> pd.DataFrame:
     protocol on every row, values finite and in range, no key given twice. Errors name the file,
     the line and the column."""
     path = resolve(name, root)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (binary, or another encoding); a published set is a "
+                          f"UTF-8 CSV file (see {PUBLISHED_DIR / 'README.md'})") from None
     lines = text.splitlines()
     comments = sum(1 for line in lines if line.startswith("#"))
     try:
         df = pd.read_csv(io.StringIO(text), comment="#", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable CSV ({exc})") from None
+        raise ConfigError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; a published file has the columns "

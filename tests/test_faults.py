@@ -765,8 +765,11 @@ def test_a_binary_reference_or_plan_file_is_one_line_naming_it(tiny, tmp_path, c
     reference = tmp_path / "reference.csv"
     reference.write_bytes(bytes(range(256)) * 4)
     assert main(["check", str(run_dir), "--against", str(reference)]) == 2
-    err = capsys.readouterr().err
-    assert f"reference file {reference} is not a readable CSV" in err and "Traceback" not in err
+    assert f"reference file {reference} is not a readable CSV" in _one_line_error(capsys)
+    published = tmp_path / "published.csv"
+    published.write_bytes(bytes(range(256)) * 4)
+    assert main(["report", str(run_dir), "--published", str(published)]) == 2
+    assert f"{published}: not a UTF-8 text file" in _one_line_error(capsys)
     (run_dir / "invocation.json").write_bytes(bytes(range(256)))
     assert main(["status", str(run_dir)]) == 2
     assert f"{run_dir / 'invocation.json'} is damaged" in _one_line_error(capsys)

@@ -1,0 +1,114 @@
+"""Can a CPU training give the same bits on another x86-64 machine, and at what cost?
+
+A ResNet-18 at 64 px (batch 32, SGD momentum 0.9, 20 classes, BatchNorm in train mode) trains for
+--iterations steps on seeded data, in one child process per (pin set, emulated machine). A machine
+is emulated by the environment a process starts with: ATen's kernel level, oneDNN's and MKL's
+instruction sets, the thread count. A pin set is what the training process does to itself before
+and after importing torch. For every pin set the script prints, per emulated machine, whether the
+final weights are bit-identical to the first machine's, and the median seconds per step beside the
+unpinned training's (the cost of the pins, measured in the same run).
+
+    python perf/cpu_determinism.py --iterations 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+# environment variables that emulate another processor or machine (read when torch loads)
+MACHINES = {
+    "this machine": {},
+    "ATen avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "ATen default (no SIMD)": {"ATEN_CPU_CAPABILITY": "default"},
+    "oneDNN AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "oneDNN SSE4.1": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "MKL AVX2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "MKL SSE4.2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "1 thread": {"EMULATED_THREADS": "1"},
+    "3 threads": {"EMULATED_THREADS": "3"},
+}
+
+# what the training process does to itself: env set before torch loads, then torch settings
+PIN_SETS = {
+    "none": {},
+    "cross-vendor": {"env": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}, "gemm_convolutions": True,
+                     "threads": 1},
+    "AVX2 Intel": {"env": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}, "gemm_convolutions": True, "threads": 1},
+}
+
+
+def train(iterations: int, pins: dict) -> dict:
+    """The child: pins, then the training; prints the weights' hash and the step times."""
+    import hashlib
+    import time
+
+    os.environ.update(pins.get("env", {}))
+    import torch
+    import torchvision
+
+    if "EMULATED_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["EMULATED_THREADS"]))
+    if pins.get("gemm_convolutions"):  # oneDNN and NNPACK pick kernels by ISA and cache size: im2col + MKL
+        torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
+    if pins.get("threads"):
+        torch.set_num_threads(pins["threads"])
+    generator = torch.Generator().manual_seed(1234)
+    images = torch.randn(128, 3, 64, 64, generator=generator)
+    labels = torch.randint(0, 20, (128,), generator=generator)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=20).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    times = []
+    for step in range(iterations):
+        batch = slice(32 * (step % 4), 32 * (step % 4 + 1))
+        began = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - began)
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return {"weights": digest.hexdigest()[:16], "step_s": statistics.median(times[2:] or times),
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def run_child(iterations: int, pin_set: str, machine: dict) -> dict:
+    env = {**os.environ, **machine}
+    result = subprocess.run([sys.executable, __file__, "--child", pin_set, "--iterations", str(iterations)],
+                            env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--pin-sets", nargs="+", default=list(PIN_SETS), choices=list(PIN_SETS))
+    parser.add_argument("--child", choices=list(PIN_SETS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(train(args.iterations, PIN_SETS[args.child])))
+        return
+    unpinned_step = None
+    for pin_set in args.pin_sets:
+        results = {name: run_child(args.iterations, pin_set, machine) for name, machine in MACHINES.items()}
+        first = results["this machine"]
+        identical = [name for name, r in results.items() if r["weights"] == first["weights"]]
+        step = statistics.median(r["step_s"] for r in results.values())
+        unpinned_step = step if pin_set == "none" else unpinned_step
+        cost = f", x{step / unpinned_step:.2f} the unpinned step" if unpinned_step and pin_set != "none" else ""
+        print(f"pins {pin_set!r}: {len(identical)} of {len(results)} emulated machines give this machine's weights; "
+              f"median step {step:.3f} s{cost}")
+        for name, r in results.items():
+            print(f"  {name:24s} {'same' if r['weights'] == first['weights'] else 'DIFFERENT':9s} "
+                  f"{r['step_s']:.3f} s/step (ATen {r['capability']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -702,13 +702,19 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+def _unreported_copy(tiny, mount: Path) -> Path:
+    """The tiny run copied onto ``mount`` without the files ``ssl-bench report`` writes."""
+    run_dir = mount / "tiny"
+    shutil.copytree(tiny["run_dir"], run_dir)
+    for name in ("leaderboard.md", "leaderboard.csv", "results.csv", "report.html"):
+        (run_dir / name).unlink(missing_ok=True)
+    return run_dir
+
+
 def test_report_on_a_read_only_run_directory_is_one_line_naming_it(tiny, tmp_path, capsys) -> None:
     mount = _tmpfs(tmp_path / "ro", "64m")
     try:
-        run_dir = mount / "tiny"
-        shutil.copytree(tiny["run_dir"], run_dir)
-        for name in ("leaderboard.md", "leaderboard.csv", "results.csv", "report.html"):
-            (run_dir / name).unlink(missing_ok=True)
+        run_dir = _unreported_copy(tiny, mount)
         before = _hashes(run_dir)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         assert main(["report", str(run_dir)]) == 2
@@ -725,10 +731,7 @@ def test_report_on_a_read_only_run_directory_is_one_line_naming_it(tiny, tmp_pat
 def test_report_on_a_full_file_system_is_one_line_and_leaves_no_temporaries(tiny, tmp_path, capsys) -> None:
     mount = _tmpfs(tmp_path / "full", "16m")
     try:
-        run_dir = mount / "tiny"
-        shutil.copytree(tiny["run_dir"], run_dir)
-        for name in ("leaderboard.md", "leaderboard.csv", "results.csv", "report.html"):
-            (run_dir / name).unlink(missing_ok=True)
+        run_dir = _unreported_copy(tiny, mount)
         with open(mount / "filler", "wb") as handle:  # fill the file system up
             try:
                 while True:

@@ -1,6 +1,6 @@
 """Can a CPU training give the same bits on another x86-64 machine, and at what cost?
 
-A ResNet-18 at 64 px (batch 32, SGD momentum 0.9, 20 classes, BatchNorm in train mode) trains for
+A ResNet-18 (or the mini suite's ViT-Tiny) at 64 px (batch 32, SGD momentum 0.9, 20 classes, BatchNorm in train mode) trains for
 --iterations steps on seeded data, in one child process per (pin set, emulated machine). A machine
 is emulated by the environment a process starts with: ATen's kernel level, oneDNN's and MKL's
 instruction sets, the thread count. A pin set is what the training process does to itself before
@@ -9,6 +9,7 @@ final weights are bit-identical to the first machine's, and the median seconds p
 unpinned training's (the cost of the pins, measured in the same run).
 
     python perf/cpu_determinism.py --iterations 8
+    python perf/cpu_determinism.py --arch vit --pin-sets none   # the mini suite's ViT-Tiny (4 blocks)
 """
 
 from __future__ import annotations
@@ -42,14 +43,24 @@ PIN_SETS = {
 }
 
 
-def train(iterations: int, pins: dict) -> dict:
+def build(arch: str):
+    """The network: torchvision's ResNet-18, or the mini suite's timm ViT-Tiny cut to 4 blocks at 64 px."""
+    if arch == "vit":
+        import timm
+
+        return timm.create_model("vit_tiny_patch16_224", img_size=64, depth=4, num_classes=20)
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=20)
+
+
+def train(iterations: int, pins: dict, arch: str) -> dict:
     """The child: pins, then the training; prints the weights' hash and the step times."""
     import hashlib
     import time
 
     os.environ.update(pins.get("env", {}))
     import torch
-    import torchvision
 
     if "EMULATED_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["EMULATED_THREADS"]))
@@ -62,7 +73,7 @@ def train(iterations: int, pins: dict) -> dict:
     images = torch.randn(128, 3, 64, 64, generator=generator)
     labels = torch.randint(0, 20, (128,), generator=generator)
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=20).train()
+    model = build(arch).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     times = []
     for step in range(iterations):
@@ -79,9 +90,10 @@ def train(iterations: int, pins: dict) -> dict:
             "capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def run_child(iterations: int, pin_set: str, machine: dict) -> dict:
+def run_child(iterations: int, pin_set: str, machine: dict, arch: str) -> dict:
     env = {**os.environ, **machine}
-    result = subprocess.run([sys.executable, __file__, "--child", pin_set, "--iterations", str(iterations)],
+    result = subprocess.run([sys.executable, __file__, "--child", pin_set, "--iterations", str(iterations),
+                             "--arch", arch],
                             env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -90,14 +102,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--pin-sets", nargs="+", default=list(PIN_SETS), choices=list(PIN_SETS))
+    parser.add_argument("--arch", choices=["resnet18", "vit"], default="resnet18")
     parser.add_argument("--child", choices=list(PIN_SETS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(train(args.iterations, PIN_SETS[args.child])))
+        print(json.dumps(train(args.iterations, PIN_SETS[args.child], args.arch)))
         return
     unpinned_step = None
     for pin_set in args.pin_sets:
-        results = {name: run_child(args.iterations, pin_set, machine) for name, machine in MACHINES.items()}
+        results = {name: run_child(args.iterations, pin_set, machine, args.arch) for name, machine in MACHINES.items()}
         first = results["this machine"]
         identical = [name for name, r in results.items() if r["weights"] == first["weights"]]
         step = statistics.median(r["step_s"] for r in results.values())

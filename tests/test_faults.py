@@ -816,3 +816,21 @@ def test_a_unit_file_linked_from_outside_the_run_directory_is_never_read(tiny, t
     assert str(victim) in captured.err and "pointing outside the run directory" in captured.err
     rows = pd.read_csv(run_dir / "results.csv")
     assert not rows["unit_id"].astype(str).eq("other/voc07_svm/res4").any()  # its rows were not taken
+
+
+@pytest.mark.parametrize("fault", ["no images", "missing VOC", "unknown arch"])
+def test_a_refused_pretraining_writes_nothing(tmp_path, capsys, fault) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    if fault != "no images":
+        from PIL import Image
+
+        Image.new("RGB", (32, 32)).save(images / "a.jpg")
+    args = {"no images": ["--data", str(images)],
+            "missing VOC": ["--data", "voc07:trainval", "--data-root", str(tmp_path / "nowhere")],
+            "unknown arch": ["--data", str(images), "--arch", "resnet99"]}[fault]
+    out = tmp_path / "out" / "ckpt.pt"
+    assert main(["pretrain", "rotation", *args, "--out", str(out), "--epochs", "1", "--device", "cpu"]) == 2
+    expected = {"no images": "no images", "missing VOC": str(tmp_path / "nowhere"), "unknown arch": "resnet99"}[fault]
+    assert expected in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no out folder, checkpoint or log

@@ -10,6 +10,7 @@ unpinned training's (the cost of the pins, measured in the same run).
 
     python perf/cpu_determinism.py --iterations 8
     python perf/cpu_determinism.py --arch vit --pin-sets none   # the mini suite's ViT-Tiny (4 blocks)
+    python perf/cpu_determinism.py --divergence --iterations 64 [--arch vit] [--lr 0.005]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def build(arch: str):
     return torchvision.models.resnet18(num_classes=20)
 
 
-def train(iterations: int, pins: dict, arch: str) -> dict:
+def train(iterations: int, pins: dict, arch: str, lr: float = 0.05, probes: str = "") -> dict:
     """The child: pins, then the training; prints the weights' hash and the step times."""
     import hashlib
     import time
@@ -74,15 +75,24 @@ def train(iterations: int, pins: dict, arch: str) -> dict:
     labels = torch.randint(0, 20, (128,), generator=generator)
     torch.manual_seed(0)
     model = build(arch).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    times = []
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    times, logits = [], {}
     for step in range(iterations):
+        if probes and step & (step - 1) == 0:  # steps 0, 1, 2, 4, 8, ...: the model's outputs on a fixed batch
+            model.eval()
+            with torch.no_grad():
+                logits[str(step)] = model(images[:32]).double().numpy()
+            model.train()
         batch = slice(32 * (step % 4), 32 * (step % 4 + 1))
         began = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
         optimizer.step()
         times.append(time.perf_counter() - began)
+    if probes:
+        import numpy as np
+
+        np.savez(probes, **logits)
     digest = hashlib.sha256()
     for tensor in model.state_dict().values():
         digest.update(tensor.contiguous().numpy().tobytes())
@@ -90,12 +100,31 @@ def train(iterations: int, pins: dict, arch: str) -> dict:
             "capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def run_child(iterations: int, pin_set: str, machine: dict, arch: str) -> dict:
+def run_child(iterations: int, pin_set: str, machine: dict, arch: str, lr: float = 0.05, probes: str = "") -> dict:
     env = {**os.environ, **machine}
     result = subprocess.run([sys.executable, __file__, "--child", pin_set, "--iterations", str(iterations),
-                             "--arch", arch],
+                             "--arch", arch, "--lr", str(lr), "--probes", probes],
                             env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def divergence(iterations: int, arch: str, lr: float) -> None:
+    """Relative difference of the outputs on a fixed batch, this machine against ATen at avx2 (the
+    smallest emulated change), at steps 0, 1, 2, 4, ...: rounding that training damps stays near
+    1e-7; rounding it amplifies grows to the size of the outputs themselves."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, f"{i}.npz") for i in range(2)]
+        for path, machine in zip(paths, (MACHINES["this machine"], MACHINES["ATen avx2"])):
+            run_child(iterations, "none", machine, arch, lr, path)
+        first, second = (np.load(p) for p in paths)
+        steps = sorted(first.files, key=int)
+        drift = [float(np.linalg.norm(first[s] - second[s]) / np.linalg.norm(first[s])) for s in steps]
+    print(f"{arch}, lr {lr}: relative output difference, this machine vs ATen avx2, by step: "
+          + ", ".join(f"{s}: {d:.1e}" for s, d in zip(steps, drift)))
 
 
 def main() -> None:
@@ -103,10 +132,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--pin-sets", nargs="+", default=list(PIN_SETS), choices=list(PIN_SETS))
     parser.add_argument("--arch", choices=["resnet18", "vit"], default="resnet18")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--divergence", action="store_true",
+                        help="instead: how far two emulated machines' outputs drift apart over the steps, unpinned")
     parser.add_argument("--child", choices=list(PIN_SETS), help=argparse.SUPPRESS)
+    parser.add_argument("--probes", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(train(args.iterations, PIN_SETS[args.child], args.arch)))
+        print(json.dumps(train(args.iterations, PIN_SETS[args.child], args.arch, args.lr, args.probes)))
+        return
+    if args.divergence:
+        divergence(args.iterations, args.arch, args.lr)
         return
     unpinned_step = None
     for pin_set in args.pin_sets:

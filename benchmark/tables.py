@@ -16,27 +16,21 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .errors import BenchmarkError
+from .rows import text_column
 
 # The columns that tell two result rows apart: two rows equal in all of them are the same number.
 ROW_KEYS = ("model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection",
             "evaluation", "backend", "replicate", "source_file", "pretrain_data", "arch", "train_set")
 
 
-def _text(rows: pd.DataFrame, column: str) -> pd.Series:
-    if column not in rows:
-        return pd.Series("", index=rows.index)
-    return rows[column].astype(object).where(rows[column].notna(), "").astype(str).str.replace(r"\.0$", "", regex=True)
-
-
 def _describe(rows: pd.DataFrame, *, besides: Sequence[str] = ()) -> str:
     """The colliding rows, by the key columns in which they differ (all keys when none differs)."""
     keys = [c for c in ROW_KEYS if c in rows and c not in besides]
-    differing = [c for c in keys if _text(rows, c).nunique() > 1] or keys
+    differing = [c for c in keys if text_column(rows, c).nunique() > 1] or keys
     shown = [c for c in keys if c in differing or c in ("model", "task", "layer", "metric")]
-    lines = []
-    for _, row in rows.head(4).iterrows():
-        fields = ", ".join(f"{c}={_text(row.to_frame().T, c).iloc[0]!s}" for c in shown)
-        lines.append(f"  {fields}, value={row.get('value')}")
+    texts = {c: text_column(rows, c) for c in shown}
+    lines = [f"  {', '.join(f'{c}={texts[c][i]}' for c in shown)}, value={rows.at[i, 'value']}"
+             for i in rows.index[:4]]
     return "\n".join(lines) + (f"\n  ... ({len(rows)} rows)" if len(rows) > 4 else "")
 
 
@@ -74,7 +68,7 @@ def aggregate_cells(rows: pd.DataFrame, cell: Sequence[str], *, over: Sequence[s
         return pd.DataFrame(columns=list(cell) + ["mean", "std", "n"])
     others = [c for c in ROW_KEYS if c in rows and c not in over and c not in cell]
     if others:
-        spread = rows.assign(**{f"_key_{c}": _text(rows, c) for c in others}).groupby(list(cell), sort=False)[
+        spread = rows.assign(**{f"_key_{c}": text_column(rows, c) for c in others}).groupby(list(cell), sort=False)[
             [f"_key_{c}" for c in others]].nunique()
         mixed = spread[(spread > 1).any(axis=1)]
         if not mixed.empty:

@@ -218,7 +218,9 @@ def test_each_thread_keeps_its_own_block_workspace(features) -> None:
             seen[name] = [layout.class_blocks(index)[0].data_ptr() for _ in range(2)]
 
     def outside():
-        seen["outside"] = [layout.class_blocks(index)[0].data_ptr() for _ in range(2)]
+        # both kept alive: a freed block's memory may be handed out again at the same address
+        first, second = (layout.class_blocks(index)[0] for _ in range(2))
+        seen["outside"] = [first.data_ptr(), second.data_ptr()]
 
     with layout.block_workspace():
         mine = layout.class_blocks(index)[0].data_ptr()

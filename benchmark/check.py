@@ -22,6 +22,13 @@ another machine, and says which rule gives the tolerance:
   aggregates they make up (mAP, means over samples), which are ``band`` rows. They are compared
   and reported, but never fail a check.
 - ``fixed``: a trained number whose spread was not measured (no replicates): ``BASE_TOLERANCE``.
+- ``machine``: a trained number that another processor reproduces. The reference records, per row,
+  how far runs of the same suite at the same seeds on other machines (or emulated ones: another
+  ATen kernel level, oneDNN or MKL instruction set, thread count) moved it (``machine_spread``
+  over ``machine_runs``). Where every trained row of a (model, task) stayed within
+  ``EXACT_TOLERANCE`` or one count step, that training does not amplify rounding (a ViT's does
+  not; a ReLU ResNet's turns it into points within a few steps, see perf/README.md), and its rows
+  are held around the stored value within ``MACHINE_TOLERANCE``: a regression of a few points fails.
 
 ``--tolerance T`` overrides every rule: each row (aggregate rows included) against its stored
 value within T, which with T = 0 asserts that a refactor changed no number on the same machine.
@@ -61,13 +68,18 @@ BASE_TOLERANCE = 0.5  # points; trained numbers without a measured band, and for
 # the check counts such rows and says so instead of calling them OK
 GUARDED_WITHIN = 5.0
 SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are not scores to hold
-RULES = ("exact", "band", "aggregate", "fixed")
+# points; a (model, task) whose trained rows same-seed runs on other machines reproduced is held
+# this close: far above the 0.001 points they moved by (perf/README.md), a third of a 3-point change
+MACHINE_TOLERANCE = 1.0
+RULES = ("exact", "band", "aggregate", "fixed", "machine")
 SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"]
+MACHINE_COLUMNS = ["machine_runs", "machine_spread"]  # optional: references before them have none
 # the smallest move of a count metric (100 / n scored items, points), written by the tasks on their
 # rows; an exact row may move by one step (see the module docstring)
 STEP_COLUMN = "metric_step"
-PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device"]
-REFERENCE_COLUMNS = JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + [STEP_COLUMN] + PROVENANCE_COLUMNS
+PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device", "finished_at"]
+REFERENCE_COLUMNS = (JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + MACHINE_COLUMNS + [STEP_COLUMN]
+                     + PROVENANCE_COLUMNS)
 FORMAT = 2
 HEADER = re.compile(r"^# ssl-bench reference: format (\d+), (\d+) rows, sha256 ([0-9a-f]{64})$")
 
@@ -163,6 +175,8 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
             df[column] = _numeric(df, column, f"reference file {path}")
         if STEP_COLUMN in df:  # references written before rows recorded it lack the column
             df[STEP_COLUMN] = _numeric(df, STEP_COLUMN, f"reference file {path}")
+        for column in MACHINE_COLUMNS:
+            df[column] = _numeric(df, column, f"reference file {path}") if column in df else np.nan
         unknown = sorted(set(df["rule"]) - set(RULES))
         if unknown:
             raise BenchmarkError(f"reference file {path}: unknown rule(s) {', '.join(unknown)} (known: {', '.join(RULES)})")
@@ -280,6 +294,7 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     exact_rows = ref["rule"] == "exact"
     ref.loc[exact_rows, ["mean", "min", "max"]] = ref.loc[exact_rows, ["value"] * 3].to_numpy()
     ref.loc[exact_rows, ["std", "pooled_std", "pooled_dof"]] = 0.0
+    ref["machine_runs"], ref["machine_spread"] = 0.0, np.nan
     return ref.reset_index(drop=True)
 
 
@@ -321,6 +336,77 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     # never narrower than before: one more run adds degrees of freedom, which alone would shrink a
     # band (Student's t), and runs that passed the reference must keep passing it
     ref["tolerance"] = np.fmax(measured, ref["tolerance"])
+    return _machine_rule(ref)
+
+
+def add_rows(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
+    """``reference`` with the rows of ``run`` it lacks (a model or task added to the suite), as
+    ``build_reference`` makes them from one run: exact rows exact, trained ones ``fixed`` until
+    replicates or machine runs measure them. The reference's own rows stay as they are."""
+    keys = join_keys(reference, run)
+    present = pd.MultiIndex.from_frame(reference[keys])
+    new = run[~pd.MultiIndex.from_frame(run[keys]).isin(present)]
+    if new.empty:
+        raise BenchmarkError("the run has no row that the reference lacks: nothing to add")
+    added = build_reference(new, [])
+    columns = [c for c in REFERENCE_COLUMNS if c in reference or c in added]
+    return pd.concat([reference, added[[c for c in columns if c in added]]], ignore_index=True)[columns]
+
+
+def add_machine_run(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
+    """``reference`` with ``run`` as a run of the same suite at the same seeds on another machine
+    (or an emulated one): each trained row it holds records how far it moved from the stored value
+    (``machine_spread``, the largest such move, over ``machine_runs``), and the ``machine`` rule is
+    set again (module docstring). The run may hold a subset of the suite (``--models``); its exact
+    rows must pass the reference, and a run that moves exact numbers is a change, not a machine."""
+    exact_moved = compare(run, reference)["regressions"]
+    exact_moved = exact_moved[exact_moved["rule"] == "exact"]
+    if len(exact_moved):
+        key = dict(zip(JOIN, exact_moved[JOIN].iloc[0]))
+        raise BenchmarkError(f"the run moves {len(exact_moved)} exact number(s) beyond their tolerance ({key}): that is "
+                             f"a change, not another machine's rounding; it cannot be a machine run")
+    keys = join_keys(reference, run)
+    ref = reference.set_index(keys)
+    x = run.set_index(keys)["value"].reindex(ref.index)
+    held = (ref["rule"] != "exact") & x.notna()
+    if not held.any():
+        raise BenchmarkError("the run holds none of the reference's trained rows: it is not a run of this suite")
+    if "finished_at" in ref and "finished_at" in run:  # a stored value's own unit says nothing about a machine
+        made = run.set_index(keys)["finished_at"].reindex(ref.index).astype(str)
+        held &= ~(made == ref["finished_at"].astype(str)) | ref["finished_at"].isna() | (ref["finished_at"] == "")
+        if not held.any():
+            raise BenchmarkError("every trained row of the run is the very result the reference stores (the same "
+                                 "units): a machine run must be another run, made on another or an emulated processor")
+    moved = (x - ref["value"]).abs()
+    ref["machine_runs"] = ref["machine_runs"].fillna(0.0) + held.astype(float)
+    ref["machine_spread"] = np.fmax(ref["machine_spread"], moved.where(held))
+    return _machine_rule(ref.reset_index())
+
+
+def _machine_rule(ref: pd.DataFrame) -> pd.DataFrame:
+    """Trained rows of a (model, task) that machine runs reproduced take the ``machine`` rule; the
+    others keep the rule their replicates give (a row leaves ``machine`` when a run moves it)."""
+    ref = ref.copy()
+    for column in MACHINE_COLUMNS:
+        if column not in ref:
+            ref[column] = 0.0 if column == "machine_runs" else np.nan
+    trained = ref["rule"] != "exact"
+    within = np.fmax(EXACT_TOLERANCE, _steps(ref).fillna(0.0))
+    reproduced = (ref["machine_runs"].fillna(0) >= 1) & (ref["machine_spread"] <= within + 1e-9)
+    group = [ref["model"], ref["task"]]
+    stable = (reproduced | ~trained).groupby(group).transform("all") & trained.groupby(group).transform("any")
+    machine = trained & stable
+    was_machine = (ref["rule"] == "machine") & ~machine
+    if was_machine.any():  # back to the rule its replicates give
+        per_item = (ref["class"] != "") | (ref["sample"] != "")
+        ref.loc[was_machine, "rule"] = np.where(ref.loc[was_machine, "n_runs"] < 2, "fixed",
+                                                np.where(per_item[was_machine], "aggregate", "band"))
+        ref.loc[was_machine, "tolerance"] = np.where(
+            ref.loc[was_machine, "rule"] == "fixed", BASE_TOLERANCE,
+            band_tolerance(ref.loc[was_machine, "std"], ref.loc[was_machine, "pooled_std"],
+                           ref.loc[was_machine, "n_runs"], ref.loc[was_machine, "pooled_dof"]))
+    ref.loc[machine, "rule"] = "machine"
+    ref.loc[machine, "tolerance"] = MACHINE_TOLERANCE
     return ref
 
 
@@ -358,7 +444,7 @@ def compare(run: pd.DataFrame, reference: pd.DataFrame, tolerance: float | None 
     both = merged[merged["_merge"] == "both"].copy()
     # a count may move by one step on an exact row: the reference's step, or for references written
     # before rows recorded it, the run's (the same dataset split: the join holds the dataset)
-    step = both["step_reference"].fillna(both["step_run"]).where(both["rule"] == "exact")
+    step = both["step_reference"].fillna(both["step_run"]).where(both["rule"].isin(["exact", "machine"]))
     both[STEP_COLUMN] = step
     both["tolerance"] = np.fmax(both["tolerance"], step.fillna(0.0))
     # band and aggregate rows are held around the replicates' mean, the rest around the stored value
@@ -431,29 +517,33 @@ def _table(df: pd.DataFrame, limit: int = 50) -> str:
     return text + (f"\n\n... and {len(df) - limit} more" if len(df) > limit else "")
 
 
+# the ways a run can extend a stored reference (``ssl-bench check RUN --against REF --add-...``)
+EXTENSIONS = ("replicate", "machine-run", "rows")
+
+
 def run_check(run_dir: Path, against: Path, tolerance: float | None = None, update: bool = False,
-              replicates: list[Path] | None = None, allow_new: bool = False, add_to_spread: bool = False) -> int:
+              replicates: list[Path] | None = None, allow_new: bool = False, add_to_spread: bool = False,
+              extend: str | None = None) -> int:
     run_dir, against = Path(run_dir), Path(against)
+    extend = extend or ("replicate" if add_to_spread else None)
     if tolerance is not None and not (tolerance >= 0):  # also refuses NaN
         raise BenchmarkError(f"--tolerance must be a number >= 0, got {tolerance}")
     if replicates and not update:
         raise BenchmarkError("--replicates builds a reference: use it with --update")
-    if add_to_spread and (update or tolerance is not None):
-        raise BenchmarkError("--add-replicate updates the stored reference's spreads: use it without --update "
-                             "and --tolerance")
+    if extend is not None and extend not in EXTENSIONS:
+        raise BenchmarkError(f"unknown reference extension {extend!r} (known: {', '.join(EXTENSIONS)})")
+    if extend and (update or tolerance is not None):
+        raise BenchmarkError(f"--add-{extend} updates the stored reference: use it without --update and --tolerance")
     plan = _load_plan(run_dir) if (run_dir / "invocation.json").is_file() else None
     run = load_run(run_dir, plan)
-    if add_to_spread:
+    if extend:
         reference, fmt = read_reference(against)
         if fmt < 2:
             raise BenchmarkError(f"{against} is a format-1 reference (no spreads); rebuild it with --update "
                                  f"--replicates first")
-        extended = add_replicate(reference, run)
+        extended = {"replicate": add_replicate, "machine-run": add_machine_run, "rows": add_rows}[extend](reference, run)
         write_reference(extended, against)
-        trained = extended["rule"] != "exact"
-        widened = int((extended.loc[trained, "tolerance"] > reference.loc[trained, "tolerance"] + 1e-12).sum())
-        print(f"added {run_dir} to the spreads of {int(trained.sum())} trained rows of {against} "
-              f"({widened} tolerances wider, none narrower); stored values and {int((~trained).sum())} exact rows unchanged")
+        print(_extension_summary(extend, run_dir, against, reference, extended))
         return 0
     if update:
         reference = build_reference(run, [load_run(Path(r)) for r in replicates or []])
@@ -514,6 +604,26 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
     print("RESULT: " + ("FAIL" if failed else "OK") + (f" ({len(unguarded)} of {held} held metrics unguarded)"
                                                       if len(unguarded) and not failed else ""))
     return 1 if failed else 0
+
+
+def _extension_summary(extend: str, run_dir: Path, against: Path, before: pd.DataFrame, after: pd.DataFrame) -> str:
+    trained = before["rule"] != "exact"
+    if extend == "replicate":
+        widened = int((after.loc[trained, "tolerance"] > before.loc[trained, "tolerance"] + 1e-12).sum())
+        return (f"added {run_dir} to the spreads of {int(trained.sum())} trained rows of {against} "
+                f"({widened} tolerances wider, none narrower); stored values and {int((~trained).sum())} exact rows "
+                f"unchanged")
+    if extend == "rows":
+        added = after.iloc[len(before):]
+        return (f"added {len(added)} rows of {run_dir} to {against} ({int((added['rule'] == 'exact').sum())} exact, "
+                f"{int((added['rule'] != 'exact').sum())} trained without a measured spread yet: add replicates or "
+                f"machine runs); its {len(before)} rows unchanged")
+    machine = after["rule"] == "machine"
+    groups = after.loc[machine, ["model", "task"]].drop_duplicates()
+    return (f"added {run_dir} as a machine run to {against}: {int(machine.sum())} trained rows of {len(groups)} "
+            f"(model, task) pairs are reproduced across machines and held within {MACHINE_TOLERANCE:g} points "
+            f"({', '.join(f'{m}/{t}' for m, t in groups.itertuples(index=False))}); the largest move of the "
+            f"others: {after.loc[~machine & (after['rule'] != 'exact'), 'machine_spread'].max():.3g} points")
 
 
 def write_comparison(compared: pd.DataFrame, path: Path) -> None:

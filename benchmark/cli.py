@@ -131,7 +131,9 @@ def cmd_check(args) -> int:
     from .check import run_check
 
     return run_check(args.run_dir, args.against, tolerance=args.tolerance, update=args.update,
-                     replicates=args.replicates, allow_new=args.allow_new, add_to_spread=args.add_replicate)
+                     replicates=args.replicates, allow_new=args.allow_new,
+                     extend="replicate" if args.add_replicate else "machine-run" if args.add_machine_run
+                     else "rows" if args.add_rows else None)
 
 
 def cmd_report(args) -> int:
@@ -254,9 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--replicates", type=Path, nargs="+", metavar="RUN_DIR",
                        help="with --update: replicate runs (ssl-bench run --replicate N) whose spread sets "
                             "the band of every trained number")
-    check.add_argument("--add-replicate", action="store_true",
-                       help="add RUN_DIR (a clean run of the same suite, e.g. on another machine) to the spreads of "
-                            "the reference's trained rows; stored values and exact rows stay")
+    extension = check.add_mutually_exclusive_group()  # each rewrites the stored reference one way
+    extension.add_argument("--add-replicate", action="store_true",
+                           help="add RUN_DIR (a clean run of the same suite, e.g. on another machine) to the spreads of "
+                                "the reference's trained rows; stored values and exact rows stay")
+    extension.add_argument("--add-machine-run", action="store_true",
+                           help="RUN_DIR is the same suite at the same seeds on another (or an emulated) processor: "
+                                "record how far it moved each trained row; (model, task) pairs it reproduces are then "
+                                "held within a point (rule 'machine')")
+    extension.add_argument("--add-rows", action="store_true",
+                           help="add the rows of RUN_DIR that the reference lacks (a model or task added to the suite); "
+                                "the reference's rows stay")
     check.add_argument("--allow-new", action="store_true",
                        help="rows the reference does not cover are reported but do not fail the check")
     check.set_defaults(func=cmd_check)

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, GUARDED_WITHIN, JOIN, STEP_COLUMN,
-                             add_replicate, build_reference, compare, read_reference, run_check, unguarded_rows,
+from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, GUARDED_WITHIN, JOIN,
+                             MACHINE_TOLERANCE, STEP_COLUMN, add_machine_run, add_replicate, add_rows, build_reference, compare, read_reference, run_check, unguarded_rows,
                              unguarded_summary, write_reference)
 from benchmark.cli import main
 from benchmark.config import load_suite
@@ -491,3 +491,81 @@ def test_a_replicate_added_to_a_reference_widens_the_bands_it_should(tmp_path) -
         add_replicate(reference, moved)
     with pytest.raises(BenchmarkError, match="lacks 1 trained row"):
         add_replicate(reference, other.iloc[:-1])
+
+
+def _machine_frames():
+    """Replicate 0 and two reseeded replicates of a suite with a ViT (trained, but another
+    processor reproduces it) and a ResNet (trained, another processor moves it as a seed would)."""
+    def rows(vit, vit_cat, resnet, top1, exact=30.0):
+        return pd.DataFrame([_row("random", "res5", value=exact, determinism="exact"),
+                             _row("vit", "block3", value=vit), _row("vit", "block3", cls="cat", value=vit_cat),
+                             {**_row("vit", "block3", metric="top1", value=top1, task="knn"), STEP_COLUMN: 0.5},
+                             _row("supervised", "res5", value=resnet)])
+    return rows(40.0, 50.0, 60.0, 70.0), rows(43.0, 55.0, 61.0, 72.5), rows(38.0, 47.0, 62.0, 69.0), rows
+
+
+def test_a_machine_run_holds_the_trainings_it_reproduces_within_a_point() -> None:
+    """``add_machine_run``: a (model, task) whose every trained row a same-seed run on another
+    machine moved by at most EXACT_TOLERANCE (or one count step) takes the ``machine`` rule,
+    MACHINE_TOLERANCE around the stored value; a pair with one row moved further keeps its
+    bands. A 3-point change fails a machine row and passes the band it would hide in."""
+    run, rep1, rep2, rows = _machine_frames()
+    reference = build_reference(run, [rep1, rep2])
+    band_before = _pick(reference, "vit", "block3")["tolerance"]
+    assert band_before > GUARDED_WITHIN  # seeds spread the ViT: a band cannot hold it
+    other_machine = rows(40.0004, 49.999, 60.9, 70.5)  # ViT: rounding and one flipped image; ResNet: 0.9
+    extended = add_machine_run(reference, other_machine)
+    vit = extended[extended["model"] == "vit"]
+    assert set(vit["rule"]) == {"machine"} and (vit["tolerance"] == MACHINE_TOLERANCE).all()
+    assert _pick(extended, "vit", "block3")["machine_spread"] == pytest.approx(0.0004)
+    assert _pick(extended, "vit", "block3", "cat")["machine_runs"] == 1
+    resnet = _pick(extended, "supervised", "res5")
+    assert resnet["rule"] == "band" and resnet["machine_spread"] == pytest.approx(0.9)
+    assert _pick(extended, "random", "res5")["rule"] == "exact"
+
+    def check(vit_value, knn_value=70.0, resnet_value=60.0):
+        result = compare(rows(vit_value, 50.0, resnet_value, knn_value), extended)
+        return sorted(zip(result["regressions"]["model"], result["regressions"]["task"]))
+
+    assert check(40.0) == [] and check(40.99) == []
+    assert check(43.0) == [("vit", "voc07_svm")] and check(37.0) == [("vit", "voc07_svm")]
+    assert check(40.0, knn_value=73.0) == [("vit", "knn")]  # a count: 3 points is 6 images
+    assert check(40.0, resnet_value=57.0) == []  # inside the ResNet's band: what the summary calls unguarded
+
+    # a second machine that moves one ViT row beyond the threshold: the pair goes back to its bands
+    again = add_machine_run(extended, rows(40.0, 50.3, 60.0, 70.0))
+    vit_svm = (again["model"] == "vit") & (again["task"] == "voc07_svm")
+    assert set(again.loc[vit_svm, "rule"]) == {"band", "aggregate"}
+    assert _pick(again[again["task"] == "knn"], "vit", "block3")["rule"] == "machine"  # a pair of its own
+    assert _pick(again, "vit", "block3")["tolerance"] == pytest.approx(band_before)
+    assert _pick(again, "vit", "block3", "cat")["rule"] == "aggregate"
+    assert _pick(again, "vit", "block3", "cat")["machine_runs"] == 2
+
+
+def test_machine_runs_that_prove_nothing_are_refused(tmp_path) -> None:
+    """A machine run that moves an exact number, that holds no trained row of the reference, or
+    whose trained rows are the very units the reference stores, is refused; ``add_rows`` adds the
+    rows a suite gained (and only those) and refuses a run with none."""
+    run, rep1, rep2, rows = _machine_frames()
+    reference = build_reference(run, [rep1, rep2])
+    with pytest.raises(BenchmarkError, match="exact number"):
+        add_machine_run(reference, rows(40.0, 50.0, 60.0, 70.0, exact=31.0))
+    with pytest.raises(BenchmarkError, match="none of the reference's trained rows"):
+        add_machine_run(reference, run[run["determinism"] == "exact"])
+    stamped = run.assign(finished_at="2026-12-07T10:00:00+00:00")
+    own = build_reference(stamped, [rep1, rep2])
+    with pytest.raises(BenchmarkError, match="the very result the reference stores"):
+        add_machine_run(own, stamped)
+
+    grown = pd.concat([stamped, pd.DataFrame([_row("vit", "block3", value=12.0, task="logreg")])], ignore_index=True)
+    added = add_rows(own, grown)
+    assert len(added) == len(own) + 1
+    new = _pick(added[added["task"] == "logreg"], "vit", "block3")
+    assert (new["rule"], new["value"], new["tolerance"]) == ("fixed", 12.0, BASE_TOLERANCE)
+    pd.testing.assert_frame_equal(added.iloc[:len(own)][own.columns], own, check_dtype=False)
+    with pytest.raises(BenchmarkError, match="nothing to add"):
+        add_rows(added, grown)
+    path = tmp_path / "ref.csv"  # the machine columns survive writing and reading
+    write_reference(add_machine_run(added, rows(40.0, 50.0, 60.5, 70.0)), path)
+    back, _ = read_reference(path)
+    assert _pick(back, "vit", "block3")["rule"] == "machine" and back["machine_runs"].max() == 1

@@ -5,8 +5,8 @@
 
 1. kNN: a bank of --train (100,000) x --dim (2,048) float32 features memory-mapped from a file,
    --queries query rows, k in {10, 20, 100, 200}, T = 0.07. tasks.classification.knn_classifier
-   (chunked top-k merge, every k from one search) vs a plain numpy version: the full query x bank similarity matrix in memory,
-   argsort of each row, one vote per k. Same predictions asserted.
+   (chunked top-k merge, every k from one search) vs a plain numpy version: the full query x bank
+   similarity matrix in memory, argsort of each row, one vote per k. Same predictions asserted.
 2. Linear-probe grid: 13 learning rates x 4 layers (dims 2048, 2304, 2048, 512 as ResNet-18's
    res3/res4/res5/pool5 at 64 px) heads trained together (one pass over each batch, the heads of a
    layer as one batched product) vs the same heads one at a time (a pass per head).

@@ -55,11 +55,8 @@ import pandas as pd
 from .errors import BenchmarkError
 from .paths import atomic_write
 from .results import ResultStore
+from .row_schema import JOIN, OPTIONAL_JOIN, STEP_COLUMN
 
-JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
-# Keys only some rows carry ('' on the others): a key wherever both sides of a join have the
-# column, so rows and references without it (other tasks, older references) join as before
-OPTIONAL_JOIN = ["backend"]
 EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
 BAND_FALSE_ALARM = 1e-4  # per band and clean run: the two-sided level of the prediction interval
 BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
@@ -76,9 +73,6 @@ SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "p
 # optional: references before them have none. spread_tolerance: the tolerance the row's own rule
 # gives (its replicates' band), kept while the machine rule holds the row tighter
 MACHINE_COLUMNS = ["machine_runs", "machine_spread", "spread_tolerance"]
-# the smallest move of a count metric (100 / n scored items, points), written by the tasks on their
-# rows; an exact row may move by one step (see the module docstring)
-STEP_COLUMN = "metric_step"
 PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device", "finished_at"]
 REFERENCE_COLUMNS = (JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + MACHINE_COLUMNS + [STEP_COLUMN]
                      + PROVENANCE_COLUMNS)

@@ -133,10 +133,9 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .run import load_plan
-    from .run import print_status
+    from .run.status import PlannedUnits, print_status
 
-    return print_status(load_plan(args.run_dir))
+    return print_status(PlannedUnits.read(args.run_dir))
 
 
 def cmd_check(args) -> int:

@@ -4,15 +4,28 @@
 - ``units``: running units in this process (``UnitRunner``), with provenance and failure records;
 - ``executors``: where units run (in this process, submitit's debug executor, SLURM job arrays);
 - ``driver``: the checks before any work, the run lock, then an executor (``run_plan``);
-- ``status``: what ``ssl-bench status`` shows of a run directory.
+- ``status``: what ``ssl-bench status`` shows of a run directory;
+- ``manifest``: the planned units as the run directory records them (read without any plugin).
 """
 
-from .driver import check_devices, estimate_writes, run_plan, run_suite
-from .executors import UnitJob, execute
-from .plan import Plan, Unit, build_tasks, load_plan, plan_run, unit_trains, write_plan
-from .status import print_status, unit_states
-from .units import RunSummary, UnitRunner, pending_units
+import importlib
 
-__all__ = ["Plan", "RunSummary", "Unit", "UnitJob", "UnitRunner", "build_tasks", "check_devices",
-           "estimate_writes", "execute", "load_plan", "pending_units", "plan_run", "print_status",
-           "run_plan", "run_suite", "unit_trains", "unit_states", "write_plan"]
+# name -> module: loaded on first use, so that `ssl-bench status` (status, manifest) does not import
+# the driver, the plugins and torch before its first line
+_EXPORTS = {
+    "check_devices": "driver", "estimate_writes": "driver", "run_plan": "driver", "run_suite": "driver",
+    "UnitJob": "executors", "execute": "executors",
+    "Plan": "plan", "build_tasks": "plan", "load_plan": "plan", "plan_run": "plan", "unit_trains": "plan",
+    "write_plan": "plan", "Unit": "manifest", "read_manifest": "manifest",
+    "PlannedUnits": "status", "print_status": "status", "unit_states": "status",
+    "RunSummary": "units", "UnitRunner": "units", "pending_units": "units",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

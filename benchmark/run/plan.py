@@ -19,16 +19,7 @@ from ..errors import BenchmarkError, ConfigError
 from ..models.backbone import get_architecture
 from ..registry import PRETRAINERS, TASKS, closest
 from ..paths import atomic_write
-
-
-@dataclass(frozen=True)
-class Unit:
-    unit_id: str
-    model: str
-    task: str
-    unit: str
-    config_hash: str
-    needs_gpu: bool
+from .manifest import CONFIG_COPY, INVOCATION, MANIFEST, Unit, config_digest, read_invocation
 
 
 @dataclass
@@ -46,7 +37,8 @@ class Plan:
     def invocation(self) -> dict:
         return {"suite": self.suite.name, "cache_dir": str(self.cache_dir), "data_root": str(self.data_root),
                 "device": self.device, "models": sorted({u.model for u in self.units}),
-                "tasks": sorted({u.task for u in self.units}), "replicate": self.replicate}
+                "tasks": sorted({u.task for u in self.units}), "replicate": self.replicate,
+                "config_sha256": config_digest(Path(self.suite.source).read_text())}
 
 
 def select(names: list[str] | None, available: list[str], what: str) -> list[str]:
@@ -113,30 +105,18 @@ def plan_run(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | 
 
 def write_plan(plan: Plan) -> None:
     """Everything a job (or a later resume) needs to rebuild this plan, inside the run directory."""
-    atomic_write(plan.run_dir / "config.yaml", Path(plan.suite.source).read_text())
-    atomic_write(plan.run_dir / "invocation.json", json.dumps(plan.invocation(), indent=1))
-    atomic_write(plan.run_dir / "manifest.json", json.dumps([asdict(u) for u in plan.units], indent=1))
+    atomic_write(plan.run_dir / CONFIG_COPY, Path(plan.suite.source).read_text())
+    atomic_write(plan.run_dir / INVOCATION, json.dumps(plan.invocation(), indent=1))
+    atomic_write(plan.run_dir / MANIFEST, json.dumps([asdict(u) for u in plan.units], indent=1))
     atomic_write(plan.run_dir / "suite.yaml", yaml.safe_dump(_resolved(plan), sort_keys=False))
 
 
 def load_plan(run_dir: Path, *, only: list[str] | None = None) -> Plan:
     """The plan of an existing run directory (for resume, status and jobs)."""
     run_dir = Path(run_dir)
-    invocation_path = run_dir / "invocation.json"
-    if not invocation_path.is_file():
-        raise BenchmarkError(f"{run_dir} is not a run directory (no invocation.json); pass the folder that "
-                             f"'ssl-bench run' created, e.g. runs/goyal2019-mini")
-    try:
-        invocation = json.loads(invocation_path.read_text())
-        missing = [key for key in ("suite", "cache_dir", "data_root", "models", "tasks", "device")
-                   if key not in invocation]
-        problem = f"keys {missing} are missing" if missing else ""
-    except (ValueError, TypeError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    if problem:
-        raise BenchmarkError(f"{invocation_path} is damaged ({problem}); 'ssl-bench run' writes it: run the "
-                             f"suite again with the same options (finished units are kept)")
-    config = run_dir / "config.yaml"
+    invocation_path = run_dir / INVOCATION
+    invocation = read_invocation(run_dir)
+    config = run_dir / CONFIG_COPY
     try:
         suite = load_suite(invocation["suite"], config)
         plan = plan_run(suite, run_dir, Path(invocation["cache_dir"]), data_root=Path(invocation["data_root"]),

@@ -8,9 +8,11 @@ import socket
 import time
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from ..paths import process_alive
 from ..results import ResultStore
-from .plan import Plan, Unit
+from .manifest import Unit, read_manifest
 
 
 @dataclass
@@ -57,9 +59,21 @@ def unit_state(store: ResultStore, unit: Unit) -> UnitState:
     return UnitState("pending")
 
 
-def unit_states(plan: Plan) -> list[tuple[Unit, UnitState]]:
+def unit_states(plan) -> list[tuple[Unit, UnitState]]:
+    """Each unit of ``plan`` (a Plan, or anything with ``run_dir`` and ``units``) with its state."""
     store = ResultStore(plan.run_dir)
     return [(unit, unit_state(store, unit)) for unit in plan.units]
+
+
+@dataclass
+class PlannedUnits:
+    """A run directory's units as its manifest records them: enough for status, no plugin loaded."""
+    run_dir: Path
+    units: list[Unit]
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "PlannedUnits":
+        return cls(Path(run_dir), read_manifest(run_dir))
 
 
 def unit_durations(store: ResultStore) -> dict[str, float]:
@@ -104,7 +118,7 @@ def _duration(seconds: float) -> str:
     return f"about {minutes} min" if minutes < 120 else f"about {minutes / 60:.1f} h"
 
 
-def print_status(plan: Plan) -> int:
+def print_status(plan) -> int:
     states = unit_states(plan)
     counts = {name: sum(s.state == name for _, s in states) for name in ("done", "running", "failed", "pending")}
     print(f"{plan.run_dir}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import fnmatch
 import importlib.metadata
@@ -339,13 +340,47 @@ def describe_os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}; {fix}"
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((action.choices for action in parser._actions if isinstance(action.choices, dict)), {})
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse's parse_args, but an option the (innermost) sub-command does not have is reported
+    first, by that sub-command (its usage, not the top-level one), with its closest options: 'did
+    you mean ...?'."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, start = parser, 0
+    while True:  # down the sub-commands named: 'data synth voc07 --out ...'
+        choices = _subcommands(command)
+        position = next((i for i in range(start, len(argv)) if argv[i] in choices), None)
+        if position is None:
+            break
+        command, start = choices[argv[position]], position + 1
+    if command is not parser:
+        options = [option for action in command._actions for option in action.option_strings]
+        unknown = [token for token in argv[start:] if token.startswith("--")
+                   and not any(option.startswith(token.split("=", 1)[0]) for option in options)]
+        if unknown:
+            hints = []
+            for token in unknown:
+                close = difflib.get_close_matches(token.split("=", 1)[0], options, n=3, cutoff=0.6)
+                hints += [f"{token}: did you mean {' or '.join(close)}?"] if close else []
+            command.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     try:
         return args.func(args)
     except BenchmarkError as exc:
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader stopped early (`ssl-bench list archs | head`): as other command-line tools, stop
+        # quietly; stdout goes to /dev/null so that the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool that a closed pipe stopped
     except OSError as exc:  # a file system refused (read-only, full, permissions): one line, no traceback
         print(f"ssl-bench: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2

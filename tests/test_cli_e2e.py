@@ -133,3 +133,36 @@ def test_third_party_plugin_registers_through_an_entry_point(tmp_path, monkeypat
     assert pretrainers.get("my_method").options == {"arch": "resnet18"}
     assert "my_task" in tasks.names() and "voc07_svm" in tasks.names()
     assert tasks.get("my_task").name == "my_task"  # named after its entry point, as a registered class is
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(monkeypatch, capsys) -> None:
+    """``ssl-bench list archs | head -1``: the pipe's reader is gone before the listing is written;
+    the command stops with 141 (128 + SIGPIPE, as other tools) and no error message."""
+    import io
+    import os
+
+    from benchmark.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone: writing raises BrokenPipeError (Python ignores SIGPIPE)
+    with io.open(write_end, "w", buffering=1) as closed_pipe:
+        monkeypatch.setattr("sys.stdout", closed_pipe)
+        assert main(["list", "archs"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_a_mistyped_option_is_named_by_its_sub_command_with_the_closest_ones(capsys) -> None:
+    from benchmark.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "runs/x", "--agianst", "ref.csv"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("usage: ssl-bench check")  # the sub-command's usage, not the top-level one
+    assert "unrecognized arguments: --agianst; --agianst: did you mean --against?" in err
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "mini", "--modles", "a", "--tasks=knn"])
+    assert "--modles: did you mean --models?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a unique prefix is argparse's abbreviation, still accepted
+        main(["status", "--nonsense"])
+    assert "unrecognized arguments: --nonsense" in capsys.readouterr().err

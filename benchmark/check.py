@@ -127,11 +127,31 @@ def _numeric(df: pd.DataFrame, column: str, where: str) -> pd.Series:
     return values
 
 
+# the references ssl-bench ships: `--against goyal2019-mini` names results/reference/goyal2019-mini.csv
+SHIPPED_REFERENCES = Path(__file__).resolve().parent.parent / "results" / "reference"
+
+
+def shipped_references() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_REFERENCES.glob("*.csv"))
+
+
+def resolve_reference(against: Path | str) -> Path:
+    """A reference file: a path, or the name of a shipped reference (no folder, no suffix)."""
+    path = Path(against)
+    if not path.exists() and path.parent == Path(".") and not path.suffix:
+        shipped = SHIPPED_REFERENCES / f"{path.name}.csv"
+        if shipped.is_file():
+            return shipped
+    return path
+
+
 def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
     """The reference rows (join columns as strings, numbers as floats) and the file's format."""
     path = Path(path)
     if not path.is_file():
-        raise BenchmarkError(f"reference file {path} does not exist; build one from a trusted run with "
+        shipped = ", ".join(shipped_references()) or "none"
+        raise BenchmarkError(f"no such reference file: {path}. References shipped with ssl-bench, given by name "
+                             f"(--against NAME): {shipped}. To make a new reference from a trusted run: "
                              f"'ssl-bench check RUN_DIR --against {path} --update' (see README: Regression checks)")
     raw = path.read_bytes()
     if not raw.strip():
@@ -198,6 +218,21 @@ def load_run(run_dir: Path, plan=None) -> pd.DataFrame:
     if "determinism" not in run or (run["determinism"].fillna("") == "").any():
         run["determinism"] = _determinism_from_plan(run, plan or _load_plan(run_dir))
     return run
+
+
+def expected_rows(reference: pd.DataFrame, units, run: pd.DataFrame) -> pd.Series:
+    """Which reference rows the run should hold: those of a (model, task) it planned or ran and,
+    where that pair's units are layers (one unit per layer), of a layer it planned or ran."""
+    planned: dict[tuple, set] = {}
+    for unit in units:
+        planned.setdefault((unit.model, unit.task), set()).add(unit.unit)
+    for model, task, layer in zip(run["model"], run["task"], run["layer"]):
+        planned.setdefault((model, task), set()).add(layer)
+    layers = reference.groupby(["model", "task"])["layer"].agg(set).to_dict()
+    per_layer = {pair for pair, names in planned.items() if names & layers.get(pair, set())}
+    return pd.Series([(m, t) in planned and ((m, t) not in per_layer or layer in planned[(m, t)])
+                      for m, t, layer in zip(reference["model"], reference["task"], reference["layer"])],
+                     index=reference.index)
 
 
 def _planned_units(run_dir: Path):
@@ -532,7 +567,8 @@ EXTENSIONS = ("replicate", "machine-run", "rows")
 def run_check(run_dir: Path, against: Path, tolerance: float | None = None, update: bool = False,
               replicates: list[Path] | None = None, allow_new: bool = False, add_to_spread: bool = False,
               extend: str | None = None) -> int:
-    run_dir, against = Path(run_dir), Path(against)
+    run_dir = Path(run_dir)
+    against = Path(against) if update else resolve_reference(against)  # --update writes where it is told
     extend = extend or ("replicate" if add_to_spread else None)
     if tolerance is not None and not (tolerance >= 0):  # also refuses NaN
         raise BenchmarkError(f"--tolerance must be a number >= 0, got {tolerance}")
@@ -565,14 +601,12 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
                   f"({BASE_TOLERANCE} points) instead of a measured band; see README: Regression checks")
         return 0
     reference, fmt = read_reference(against)
-    planned = {(unit.model, unit.task) for unit in units} if units is not None else None
-    if planned is not None:  # rows of models/tasks the run neither planned nor ran (--models, a replicate)
-        planned |= set(zip(run["model"], run["task"]))
-        expected = pd.Series([pair in planned for pair in zip(reference["model"], reference["task"])],
-                             index=reference.index)
+    if units is not None:  # rows of models, tasks or layers the run neither planned nor ran
+        expected = expected_rows(reference, units, run)
         if not expected.all():
-            print(f"{int((~expected).sum())} reference rows belong to model x task pairs that {run_dir} neither planned "
-                  f"nor ran (--models/--tasks, or a replicate, which reruns only what trains): not expected\n")
+            print(f"{int((~expected).sum())} reference rows belong to models, tasks or layers that {run_dir} neither "
+                  f"planned nor ran (--models/--tasks, a task's layers, or a replicate, which reruns only what "
+                  f"trains): not expected\n")
         reference = reference[expected]
     result = compare(run, reference, tolerance)
     write_comparison(result["compared"], run_dir / "check.csv")

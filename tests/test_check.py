@@ -13,7 +13,8 @@ import pytest
 import scipy.stats
 
 from benchmark.check import (BAND_FALSE_ALARM, BAND_FLOOR, BASE_TOLERANCE, EXACT_TOLERANCE, GUARDED_WITHIN, JOIN,
-                             MACHINE_TOLERANCE, STEP_COLUMN, add_machine_run, add_replicate, add_rows, build_reference, compare, read_reference, run_check, unguarded_rows,
+                             MACHINE_TOLERANCE, STEP_COLUMN, add_machine_run, add_replicate, add_rows, build_reference,
+                             expected_rows, resolve_reference, compare, read_reference, run_check, unguarded_rows,
                              unguarded_summary, write_reference)
 from benchmark.cli import main
 from benchmark.config import load_suite
@@ -260,7 +261,7 @@ def test_empty_and_garbled_references_are_errors(tmp_path) -> None:
     path.write_text("# something else\nmodel,value\n")
     with pytest.raises(BenchmarkError, match="unreadable header"):
         read_reference(path)
-    with pytest.raises(BenchmarkError, match="does not exist.*--update"):
+    with pytest.raises(BenchmarkError, match="no such reference file.*--update"):
         read_reference(tmp_path / "none.csv")
 
 
@@ -438,7 +439,7 @@ def test_a_replicate_run_is_checked_on_its_trained_rows_only(tmp_path, capsys) -
     store.write_unit("supervised/voc07_svm/res5", trained.to_dict("records"))
     assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 0
     out = capsys.readouterr().out
-    assert "2 reference rows belong to model x task pairs that" in out and "0 missing" in out
+    assert "2 reference rows belong to models, tasks or layers that" in out and "0 missing" in out
     far = trained.assign(value=trained["value"] + 100)  # every trained row far outside its band
     store.write_unit("supervised/voc07_svm/res5", far.to_dict("records"))
     assert main(["check", str(plan.run_dir), "--against", str(reference)]) == 1
@@ -575,3 +576,26 @@ def test_machine_runs_that_prove_nothing_are_refused(tmp_path) -> None:
     write_reference(add_machine_run(added, rows(40.0, 50.0, 60.5, 70.0)), path)
     back, _ = read_reference(path)
     assert _pick(back, "vit", "block3")["rule"] == "machine" and back["machine_runs"].max() == 1
+
+
+def test_a_run_is_held_to_the_models_tasks_and_layers_it_planned(tmp_path, capsys) -> None:
+    """A run that planned fewer layers than the reference holds is not missing the others; a pair
+    whose unit is not a layer (one unit for all layers) expects every layer of the reference; a
+    shipped reference is found by name, and a wrong path is 'no such reference file'."""
+    from benchmark.run.manifest import Unit
+
+    run, _, _ = _frames()
+    reference = build_reference(run, [])
+    layer_units = [Unit("supervised/voc07_svm/res5", "supervised", "voc07_svm", "res5", "h", False)]
+    nothing_ran = pd.DataFrame({"model": [], "task": [], "layer": []})
+    expected = expected_rows(reference, layer_units, nothing_ran)
+    assert [(m, layer, c) for m, layer, c, e in zip(reference["model"], reference["layer"], reference["class"], expected)
+            if e] == [("supervised", "res5", ""), ("supervised", "res5", "cat")]
+    heads = reference.assign(task="linear_places205")
+    one_unit = [Unit("supervised/linear_places205/all-layers", "supervised", "linear_places205", "all-layers", "h",
+                     False)]
+    assert expected_rows(heads, one_unit, nothing_ran).tolist() == [False, False, True, True, True]
+    assert resolve_reference("goyal2019-mini") == STORED.resolve()
+    assert resolve_reference(tmp_path / "goyal2019-mini") == tmp_path / "goyal2019-mini"  # a path stays a path
+    with pytest.raises(BenchmarkError, match="no such reference file: .*shipped with ssl-bench.*goyal2019-mini"):
+        read_reference(tmp_path / "nowhere.csv")

@@ -120,10 +120,54 @@ def _listing(keys, limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_trunk_weights(model: nn.Module, arch: Architecture, path: str | Path, which: str = "teacher") -> dict:
-    """Load the checkpoint at ``path`` into ``model``'s trunk; returns a provenance dict."""
+def _select_prefix(raw: dict[str, torch.Tensor], prefix: str, path) -> tuple[dict[str, torch.Tensor], int]:
+    """The keys under ``prefix`` with it removed (a Lightning module's 'model.backbone.'), and how
+    many other keys (heads, projectors, optimiser-side modules) were left out."""
+    kept = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+    if not kept:
+        starts = sorted({k.split(".", 1)[0] + "." for k in raw})
+        raise CheckpointError(f"checkpoint {path}: no key starts with prefix '{prefix}' (the model's 'prefix' "
+                              f"option); its keys start with {_listing(starts, 8)}")
+    return kept, len(raw) - len(kept)
+
+
+def _prefix_hint(keys, expected) -> str:
+    """Where the checkpoint's keys are the architecture's under a prefix no rule strips (e.g.
+    'model.backbone.'), the 'prefix' option that would load them."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        for name in expected:
+            if key.endswith(name) and len(key) > len(name) and key[-len(name) - 1] == ".":
+                counts[key[: -len(name)]] = counts.get(key[: -len(name)], 0) + 1
+    if not counts:
+        return ""
+    prefix, found = max(counts.items(), key=lambda item: (item[1], -len(item[0])))
+    if found < len(expected) / 2:
+        return ""
+    return f" {found} of the {len(expected)} trunk keys are there under '{prefix}': set the model's option prefix: '{prefix}'."
+
+
+def _depth_hint(keys, expected) -> str:
+    """A ViT checkpoint with fewer or more blocks than the architecture: the depth that fits."""
+    def blocks(names):
+        return {int(m.group(1)) for m in map(re.compile(r"^blocks\.(\d+)\.").match, names) if m}
+
+    have, want = blocks(keys), blocks(expected)
+    if not have or not want or have == want:
+        return ""
+    return (f" The checkpoint has blocks {min(have)}-{max(have)}, the architecture {min(want)}-{max(want)}: "
+            f"add [depth={max(have) + 1}] to the arch name, e.g. timm/vit_small_patch16_224[depth={max(have) + 1}].")
+
+
+def load_trunk_weights(model: nn.Module, arch: Architecture, path: str | Path, which: str = "teacher",
+                       prefix: str | None = None) -> dict:
+    """Load the checkpoint at ``path`` into ``model``'s trunk; returns a provenance dict. ``prefix``:
+    take only the keys under it, without it (the keys of a module inside a training wrapper)."""
     content, config = read_weights(path)
     raw, container = unwrap_state_dict(content, which=which)
+    left_out = 0
+    if prefix:
+        raw, left_out = _select_prefix(raw, prefix, path)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(arch.head_prefixes)}
     notes: list[str] = []
     if arch.feature_maps is not None and any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in raw):
@@ -150,11 +194,19 @@ def load_trunk_weights(model: nn.Module, arch: Architecture, path: str | Path, w
             parts.append(f"  {len(unexpected)} unexpected key(s): {_listing(unexpected)}")
         if mismatched:
             parts.append(f"  {len(mismatched)} shape mismatch(es): {_listing(mismatched, 6)}")
-        parts.append("  Nothing was loaded; check the model's 'arch', or re-save the trunk with torchvision key names.")
+        if arch.feature_maps is not None:  # timm family
+            advice = (" Nothing was loaded; check the model's 'arch' (timm/<model>[keyword=value,...]) against "
+                      "the checkpoint's model." + _depth_hint(trunk, expected))
+        else:
+            advice = " Nothing was loaded; check the model's 'arch', or re-save the trunk with torchvision key names."
+        hint = _prefix_hint(raw, expected) if not prefix and len(set(trunk) & set(expected)) < len(expected) / 2 else ""
+        parts.append(" " + (advice + hint).strip())
         raise CheckpointError("\n".join(parts))
     head_state = {k: v for k, v in model.state_dict().items() if k.startswith(arch.head_prefixes)}
     model.load_state_dict({**head_state, **trunk}, strict=True)
     info = {"checkpoint": str(path), "container": container, "ignored_head_keys": len(ignored)}
+    if prefix:
+        info.update(checkpoint_prefix=prefix, keys_outside_prefix=left_out)
     return {**info, "layout": notes} if notes else info
 
 

@@ -76,6 +76,11 @@ class Pretrainer:
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         raise NotImplementedError
 
+    def check_inputs(self, ctx: RunContext, model_name: str) -> None:
+        """Raise a BenchmarkError when the pretrainer's own inputs are wrong (a checkpoint that is
+        missing or does not fit the architecture): called once per model before a run makes its
+        directory, so that a refusal writes nothing. Default: nothing to check."""
+
     def checkpoint_bytes(self, arch: Architecture) -> int:
         """What ``build`` leaves in the run directory (the trained weights), for the disk-space
         estimate made before a run starts; non-zero means it also writes a resumable training

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
+from benchmark.errors import BenchmarkError
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Str, declare
@@ -16,17 +17,29 @@ from .common import ARCH, freeze
 class CheckpointFile(Pretrainer):
     name = "checkpoint"
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
+    # prefix: take only the keys under it, without it (a Lightning module's 'model.backbone.'); the
+    # common wrappers (DDP 'module.', MoCo 'encoder_q.', 'backbone.', ...) are stripped without it
     options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch/.safetensors file or a Hugging "
                                                "Face save_pretrained folder"),
-                       "which": Str("teacher")})
+                       "which": Str("teacher"), "prefix": Str(None)})
     trains = False
 
-    def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+    def check_inputs(self, ctx: RunContext, model_name: str) -> None:
+        try:
+            self._load()
+        except BenchmarkError as exc:
+            raise type(exc)(f"model '{model_name}': {exc}") from None
+
+    def _load(self) -> tuple[str, object, dict]:
         path = Path(self.config.path).expanduser()
-        arch_name = self.config.arch
-        model = create_model(arch_name, seed=0)
+        model = create_model(self.config.arch, seed=0)
+        info = load_trunk_weights(model, get_architecture(self.config.arch), path, which=self.config.which,
+                                  prefix=self.config.prefix)
+        return self.config.arch, model, info
+
+    def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+        arch_name, model, info = self._load()
         arch = get_architecture(arch_name)
-        info = load_trunk_weights(model, arch, path, which=self.config.which)
         # weights trained elsewhere expect the normalisation of their timm pretrained_cfg
         family = arch.family_info
         stats = (family.mean, family.std) if family is not None and family.stats == "pretrained" else None

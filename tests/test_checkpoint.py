@@ -245,3 +245,54 @@ def test_checkpoint_pretrainer_end_to_end(tmp_path, checkpoint_files, original, 
 def test_checkpoint_pretrainer_needs_path(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"pretrainer 'checkpoint'\.path is required; expected the path of a \.pth"):
         PRETRAINERS.get("checkpoint")(arch="resnet18", path=None, which="teacher").build(_context(tmp_path), "m")
+
+
+def test_a_prefix_selects_the_trunk_inside_a_training_wrapper(tmp_path, original) -> None:
+    """A Lightning-style {'state_dict': {'model.backbone.*', 'model.head.*'}}: without a prefix it
+    is refused with the prefix that would load it; with it, exactly the trunk loads and the rows
+    record the prefix and how many keys lay outside it; a prefix no key has is refused."""
+    wrapped = {f"model.backbone.{k}": v for k, v in original.items()}
+    wrapped.update({"model.head.weight": torch.zeros(10, 512), "model.head.bias": torch.zeros(10)})
+    path = _save(tmp_path, {"state_dict": wrapped, "epoch": 3})
+    message = _load_fails(path)
+    assert f"{len(original)} of the {len(original)} trunk keys are there under 'model.backbone.'" in message
+    assert "prefix: 'model.backbone.'" in message
+    model = _fresh()
+    info = load_trunk_weights(model, ARCH, path, prefix="model.backbone.")
+    _assert_trunk_equals(model, original)
+    assert (info["checkpoint_prefix"], info["keys_outside_prefix"]) == ("model.backbone.", 2)
+    with pytest.raises(CheckpointError, match=r"no key starts with prefix 'backbone\.'.*model\."):
+        load_trunk_weights(_fresh(), ARCH, path, prefix="backbone.")
+
+
+def test_a_vit_checkpoint_of_another_depth_names_the_depth_that_fits(tmp_path) -> None:
+    small = create_model("timm/vit_tiny_patch16_224[img_size=32,depth=2]", seed=1)
+    path = _save(tmp_path, small.state_dict())
+    deep = "timm/vit_tiny_patch16_224[img_size=32,depth=4]"
+    with pytest.raises(CheckpointError) as info:
+        load_trunk_weights(create_model(deep, seed=0), get_architecture(deep), path)
+    message = str(info.value)
+    assert "The checkpoint has blocks 0-1, the architecture 0-3: add [depth=2]" in message
+    assert "torchvision key names" not in message  # that advice is for ResNets
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_directory_exists(tmp_path, capsys) -> None:
+    """ssl-bench run: a missing checkpoint file, or one of another architecture, is one error
+    (exit 2) naming the model, before any folder is made."""
+    from benchmark.cli import main
+    from tests.suites import suite_yaml, voc07_svm
+
+    assert main(["data", "synth", "voc07", "--out", str(tmp_path / "data"), "--images", "40", "--seed", "2"]) == 0
+    resnet50 = create_model("resnet50", seed=0)
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(resnet50.state_dict(), wrong)
+    for path, expected in ((tmp_path / "nowhere.pth", "does not exist"), (wrong, "does not match architecture")):
+        config = tmp_path / "bench.yaml"
+        config.write_text(suite_yaml(tmp_path / "data", {"mine": {"pretrainer": "checkpoint", "arch": "resnet18",
+                                                                  "path": str(path)}},
+                                     {"voc07_svm": voc07_svm()}))
+        out = tmp_path / "runs"
+        assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ssl-bench: error: model 'mine': ") and expected in err and str(path) in err
+        assert not out.exists()

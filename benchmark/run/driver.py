@@ -134,6 +134,10 @@ def preflight(plan: Plan, executor: str) -> RunContext:
                            device=resolve_device(plan.device))
     for task_name in dict.fromkeys(u.task for u in plan.units):
         plan.tasks[task_name].check_data(ctx_probe)
+    specs = {spec.name: spec for spec in plan.suite.models}
+    for model_name in dict.fromkeys(u.model for u in plan.units):  # checkpoints exist and fit, once
+        spec = specs[model_name]
+        PRETRAINERS.get(spec.pretrainer)(**spec.options).check_inputs(ctx_probe, model_name)
     return ctx_probe
 
 

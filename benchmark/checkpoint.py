@@ -12,6 +12,8 @@ plausible-looking but meaningless benchmark numbers.
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 import pickle
 import re
@@ -114,6 +116,14 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _listing(keys, limit: int = 12) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -205,6 +215,8 @@ def load_trunk_weights(model: nn.Module, arch: Architecture, path: str | Path, w
     head_state = {k: v for k, v in model.state_dict().items() if k.startswith(arch.head_prefixes)}
     model.load_state_dict({**head_state, **trunk}, strict=True)
     info = {"checkpoint": str(path), "container": container, "ignored_head_keys": len(ignored)}
+    if Path(path).is_file():  # which file exactly: a path alone does not say (it can be overwritten)
+        info["checkpoint_sha256"] = file_sha256(Path(path))[:16]
     if prefix:
         info.update(checkpoint_prefix=prefix, keys_outside_prefix=left_out)
     return {**info, "layout": notes} if notes else info

@@ -119,6 +119,30 @@ def cmd_run(args) -> int:
     return _finish(summary, run_dir)
 
 
+def cmd_eval(args) -> int:
+    import tempfile
+
+    import yaml
+
+    from .evaluate import eval_suite
+    from .paths import inside
+    from .run import run_suite
+
+    name, suite_map = eval_suite(args.checkpoints, args.arch, args.suite, args.tasks, args.config, args.prefix)
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-eval-") as folder:  # the run keeps its own copy
+        source = Path(folder) / "eval.yaml"
+        source.write_text(yaml.safe_dump({"suites": {name: suite_map}}, sort_keys=False, default_flow_style=None))
+        suite = load_suite(name, source)
+        run_dir = inside(Path(args.out), name)
+        cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
+        summary = run_suite(suite, run_dir, cache, data_root=args.data_root, device=args.device,
+                            executor=_executor(suite.settings["executor"], args.executor),
+                            after_unit=LiveReport(run_dir, _live_report_interval()))
+    status = _finish(summary, run_dir)
+    print(f"the same run again: ssl-bench run --config {run_dir / 'config.yaml'} --suite {name} --out {args.out}")
+    return status
+
+
 def cmd_resume(args) -> int:
     from .run import load_plan, run_plan
     from .run import unit_states
@@ -248,6 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where units run (default: the suite's executor, 'local')")
     run.set_defaults(func=cmd_run, interrupted_hint="Run the same command again (or ssl-bench resume RUN_DIR) "
                      "to continue where it stopped.")
+
+    evaluate = sub.add_parser("eval", help="evaluate checkpoints on a suite's tasks, no YAML file needed")
+    evaluate.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT",
+                          help=".pth/.pt/.safetensors files or Hugging Face folders (the model is named after each)")
+    evaluate.add_argument("--arch", nargs="+", required=True,
+                          help="the architecture of every checkpoint, or one per checkpoint: resnet50, "
+                               "timm/vit_small_patch16_224, ... (ssl-bench list archs)")
+    evaluate.add_argument("--suite", default="goyal2019", help="whose tasks and settings (default: goyal2019)")
+    evaluate.add_argument("--tasks", nargs="+", metavar="TASK[:LAYERS]",
+                          help="only these tasks of the suite, each with its layers if given: voc07_svm:res4,res5 "
+                               "knn (default: every task, each architecture's own layers)")
+    evaluate.add_argument("--prefix", help="take the checkpoints' keys under this prefix, e.g. model.backbone.")
+    evaluate.add_argument("--config", type=Path, default=default_config(), help="suite file (default: benchmark.yaml)")
+    evaluate.add_argument("--data-root", type=Path, help="overrides the suite's data_root")
+    evaluate.add_argument("--out", type=Path, default=Path("runs"), help="results go to OUT/eval-<suite>")
+    evaluate.add_argument("--cache", type=Path, help="feature cache (default: $SSL_BENCH_CACHE or OUT/feature-cache)")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1 (default: the suite's, 'auto')")
+    evaluate.add_argument("--executor", choices=["local", "debug", "slurm"],
+                          help="where units run (default: the suite's executor, 'local')")
+    evaluate.set_defaults(func=cmd_eval, interrupted_hint="Run the same command again to continue where it stopped.")
 
     resume = sub.add_parser("resume", help="continue an interrupted run (finished units are skipped)")
     resume.add_argument("run_dir", type=Path)

@@ -206,7 +206,7 @@ def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None
 
 
 COST_COLUMNS = ["wall_time_s", "peak_rss_mb", "peak_gpu_mb", "device", "host", "finished_at", "determinism",
-                "config_hash", "weights_sha256", "git_sha"]
+                "config_hash", "weights_sha256", "checkpoint_path", "checkpoint_sha256", "checkpoint_prefix", "git_sha"]
 
 
 def unit_costs(df: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from .paths import atomic_write, inside
 
 KEY_COLUMNS = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample"]
 ORDER_FIRST = KEY_COLUMNS + ["value"]
-TEXT_COLUMNS = ("class", "k", "sample", "layer", "weights_sha256", "config_hash", "git_sha")
+TEXT_COLUMNS = ("class", "k", "sample", "layer", "weights_sha256", "checkpoint_sha256", "config_hash", "git_sha")
 RECORD_SUFFIX = ".record.json"
 
 

@@ -32,6 +32,14 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+def checkpoint_provenance(model: LoadedModel) -> dict:
+    """Which weights file a model was loaded from (path, sha256, key prefix), for its rows."""
+    info = model.info
+    found = {"checkpoint_path": info.get("checkpoint"), "checkpoint_sha256": info.get("checkpoint_sha256"),
+             "checkpoint_prefix": info.get("checkpoint_prefix")}
+    return {key: value for key, value in found.items() if value}
+
+
 class UnitRunner:
     """Runs units in this process; each model is built (trained, loaded) at most once."""
 
@@ -101,7 +109,8 @@ class UnitRunner:
                           "arch": model.arch.name, "config_hash": unit.config_hash, "seed": ctx.seed,
                           "replicate": self.plan.replicate,
                           "determinism": "trained" if unit_trains(self.plan.suite, unit.model, unit.task) else "exact",
-                          "weights_sha256": model.weights[:16], **spec.row_columns(), **stats,
+                          "weights_sha256": model.weights[:16], **checkpoint_provenance(model),
+                          **spec.row_columns(), **stats,
                           **static_provenance(self.device), **family_provenance(model)}
             # a task may mark rows computed without its training (evaluator checks) as exact itself;
             # a full disk here fails this unit only, and its earlier result file, if any, stays whole

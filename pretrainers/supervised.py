@@ -24,8 +24,8 @@ from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Choice, Float, Int, Name, declare, identity_options
 from benchmark.paths import inside
-from benchmark.training import Schedule, atomic_torch_save, atomic_write, seed_everything, seed_worker
-from benchmark.training.loop import Part, TrainingLoop, build_optimizer
+from benchmark.training import (Part, Schedule, TrainingLoop, atomic_torch_save, atomic_write, build_optimizer,
+                                seed_everything, seed_worker)
 
 from benchmark.sweeps import nested_subset
 

@@ -21,12 +21,15 @@ A checkpoint is ``{"format", <key>: fingerprint, "done", "iteration", <parts>}``
 order the task declares them: a part with ``state_dict`` / ``load_state_dict`` (an optimiser) is
 saved and restored through them, a ``Part`` through its functions, and any other callable is a
 value computed from the loop when saving (``lambda loop: loop.iteration // per_epoch``) that the
-task reads back from the state itself. ``end()`` may replace parts' values in the final
-checkpoint (the test metrics) without moving them.
+task reads back from the state itself; anything else is saved as it is. ``end()`` may replace
+parts' values in the final checkpoint (the test metrics) without moving them.
 
 The sequence of an update is the one every loop ran before sharing this one (LR, forward, zero
 grad, backward, optimiser step, scheduler step, ``after_step``, record, hooks, save), so the
-numbers, bit for bit, and the RNG draws are unchanged.
+numbers, bit for bit, and the RNG draws are unchanged. ``batches`` is read lazily, like a for loop
+over it: what it draws when asked for the next batch (a DataLoader's base seed, a sampler that
+runs out) happens after the previous update's checkpoint, so a task whose state must include such
+a draw makes it happen while the batch is produced (``pretrainers.supervised``).
 """
 
 from __future__ import annotations

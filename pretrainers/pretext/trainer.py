@@ -42,10 +42,9 @@ from benchmark.provenance import resolve_device
 from benchmark.registry import PRETEXT_METHODS
 from benchmark.sweeps import nested_subset
 from pretrainers.common import ARCH, DATA_FRACTION, DATA_SEED, SEED, subset_meta
-from benchmark.training import (CsvLog, ResumableBatches, Schedule, atomic_torch_save, atomic_write, derived_seed,
-                                epoch_order)
-from benchmark.training.loop import Part, TrainingLoop
-from benchmark.training.loop import build_optimizer as training_optimizer
+from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, atomic_torch_save, atomic_write,
+                                derived_seed, epoch_order)
+from benchmark.training import build_optimizer as training_optimizer
 
 from .lars import LARS
 from .method import PretextMethod

@@ -28,9 +28,8 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from benchmark.errors import ConfigError
-from benchmark.training import (Schedule, atomic_torch_save, derived_seed, load_matching_checkpoint, progress,
-                                stream_items)
-from benchmark.training.loop import Part, RowsCsv, TrainingLoop, build_optimizer
+from benchmark.training import (Part, RowsCsv, Schedule, TrainingLoop, atomic_torch_save, build_optimizer, derived_seed,
+                                load_matching_checkpoint, progress, stream_items)
 
 from . import NAME
 from .data import DetectionData, load_image, transform_boxes

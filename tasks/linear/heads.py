@@ -38,10 +38,10 @@ from torchvision import transforms as T
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError
 from benchmark.models.backbone import FrozenBackbone, LayerPool, get_architecture
-from benchmark.training import (CsvLog, ResumableBatches, Schedule, all_reduce, autocast, average_buffers, barrier,
-                                channels_last, derived_seed, free_port, load_matching_checkpoint, loader_batches,
-                                process_group, rank_divergence, resolve_world_size, to_device)
-from benchmark.training.loop import Part, TrainingLoop, build_optimizer
+from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, all_reduce, autocast,
+                                average_buffers, barrier, build_optimizer, channels_last, derived_seed, free_port,
+                                load_matching_checkpoint, loader_batches, process_group, rank_divergence,
+                                resolve_world_size, to_device)
 
 from . import NAME
 

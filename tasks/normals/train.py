@@ -35,9 +35,9 @@ from torchvision.transforms import functional as TF
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError, DatasetError
-from benchmark.training import (ResumableBatches, Schedule, autocast, channels_last, cpu_state, derived_seed,
-                                load_matching_checkpoint, load_matching_weights, loader_batches, to_device)
-from benchmark.training.loop import Part, RowsCsv, TrainingLoop, build_optimizer
+from benchmark.training import (Part, ResumableBatches, RowsCsv, Schedule, TrainingLoop, autocast, build_optimizer,
+                                channels_last, cpu_state, derived_seed, load_matching_checkpoint, load_matching_weights,
+                                loader_batches, to_device)
 from .codebook import assign, decode
 from .metrics import AngularErrors
 from .model import NormalsNet

@@ -54,10 +54,11 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" --durations=10
 
-# CI: the mini suite from scratch, then its numbers against the stored reference
+# CI: the mini suite from scratch, then its numbers against the stored reference; the demo tests
+# check the report's cells against the rows, and that a 3-point move of any guarded headline fails
 regression-check: demo
 	$(VENV)/bin/ssl-bench check runs/goyal2019-mini --against $(REFERENCE)
-	SSL_BENCH_DEMO_RUN=runs/goyal2019-mini $(PY) -m pytest -q tests/test_demo_report.py
+	SSL_BENCH_DEMO_RUN=runs/goyal2019-mini $(PY) -m pytest -q tests/test_demo_report.py tests/test_demo_check.py
 
 # Deliberate, not part of CI: rebuild the reference after a change that moves numbers, with the
 # spread of every trained number measured over replicate runs (each reseeds every SGD training)

@@ -55,11 +55,8 @@ import pandas as pd
 from .errors import BenchmarkError
 from .paths import atomic_write
 from .results import ResultStore
+from .row_schema import JOIN, OPTIONAL_JOIN, STEP_COLUMN
 
-JOIN = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample", "cost_selection", "evaluation"]
-# Keys only some rows carry ('' on the others): a key wherever both sides of a join have the
-# column, so rows and references without it (other tasks, older references) join as before
-OPTIONAL_JOIN = ["backend"]
 EXACT_TOLERANCE = 0.05  # points; what feature rounding across processors may do to an exact number
 BAND_FALSE_ALARM = 1e-4  # per band and clean run: the two-sided level of the prediction interval
 BAND_FLOOR = 1.0  # points; a band is never narrower (few replicates can agree by chance)
@@ -73,10 +70,9 @@ SPREAD_SUFFIXES = ("_std", "_ci95")  # spreads describe the samples; they are no
 MACHINE_TOLERANCE = 1.0
 RULES = ("exact", "band", "aggregate", "fixed", "machine")
 SPREAD_COLUMNS = ["rule", "tolerance", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"]
-MACHINE_COLUMNS = ["machine_runs", "machine_spread"]  # optional: references before them have none
-# the smallest move of a count metric (100 / n scored items, points), written by the tasks on their
-# rows; an exact row may move by one step (see the module docstring)
-STEP_COLUMN = "metric_step"
+# optional: references before them have none. spread_tolerance: the tolerance the row's own rule
+# gives (its replicates' band), kept while the machine rule holds the row tighter
+MACHINE_COLUMNS = ["machine_runs", "machine_spread", "spread_tolerance"]
 PROVENANCE_COLUMNS = ["determinism", "ssl_bench_version", "git_sha", "device", "finished_at"]
 REFERENCE_COLUMNS = (JOIN + OPTIONAL_JOIN + ["value"] + SPREAD_COLUMNS + MACHINE_COLUMNS + [STEP_COLUMN]
                      + PROVENANCE_COLUMNS)
@@ -294,7 +290,7 @@ def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.Dat
     exact_rows = ref["rule"] == "exact"
     ref.loc[exact_rows, ["mean", "min", "max"]] = ref.loc[exact_rows, ["value"] * 3].to_numpy()
     ref.loc[exact_rows, ["std", "pooled_std", "pooled_dof"]] = 0.0
-    ref["machine_runs"], ref["machine_spread"] = 0.0, np.nan
+    ref["machine_runs"], ref["machine_spread"], ref["spread_tolerance"] = 0.0, np.nan, ref["tolerance"]
     return ref.reset_index(drop=True)
 
 
@@ -331,11 +327,12 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
         ref.loc[trained, column] = values[trained]
     ref = ref.reset_index()
     exact = ref["rule"] == "exact"
+    previous = ref["spread_tolerance"].fillna(ref["tolerance"]) if "spread_tolerance" in ref else ref["tolerance"]
     measured = _rules_and_tolerances(ref, exact, ref["tolerance"])
     ref.loc[exact, ["pooled_std", "pooled_dof"]] = 0.0
     # never narrower than before: one more run adds degrees of freedom, which alone would shrink a
     # band (Student's t), and runs that passed the reference must keep passing it
-    ref["tolerance"] = np.fmax(measured, ref["tolerance"])
+    ref["tolerance"] = np.fmax(measured, previous)
     return _machine_rule(ref)
 
 
@@ -390,6 +387,8 @@ def _machine_rule(ref: pd.DataFrame) -> pd.DataFrame:
     for column in MACHINE_COLUMNS:
         if column not in ref:
             ref[column] = 0.0 if column == "machine_runs" else np.nan
+    own_rule = ref["rule"] != "machine"
+    ref.loc[own_rule, "spread_tolerance"] = ref.loc[own_rule, "tolerance"]
     trained = ref["rule"] != "exact"
     within = np.fmax(EXACT_TOLERANCE, _steps(ref).fillna(0.0))
     reproduced = (ref["machine_runs"].fillna(0) >= 1) & (ref["machine_spread"] <= within + 1e-9)
@@ -401,10 +400,10 @@ def _machine_rule(ref: pd.DataFrame) -> pd.DataFrame:
         per_item = (ref["class"] != "") | (ref["sample"] != "")
         ref.loc[was_machine, "rule"] = np.where(ref.loc[was_machine, "n_runs"] < 2, "fixed",
                                                 np.where(per_item[was_machine], "aggregate", "band"))
-        ref.loc[was_machine, "tolerance"] = np.where(
-            ref.loc[was_machine, "rule"] == "fixed", BASE_TOLERANCE,
-            band_tolerance(ref.loc[was_machine, "std"], ref.loc[was_machine, "pooled_std"],
-                           ref.loc[was_machine, "n_runs"], ref.loc[was_machine, "pooled_dof"]))
+        back = ref.loc[was_machine]
+        rebuilt = np.where(back["rule"] == "fixed", BASE_TOLERANCE,
+                           band_tolerance(back["std"], back["pooled_std"], back["n_runs"], back["pooled_dof"]))
+        ref.loc[was_machine, "tolerance"] = back["spread_tolerance"].fillna(pd.Series(rebuilt, index=back.index))
     ref.loc[machine, "rule"] = "machine"
     ref.loc[machine, "tolerance"] = MACHINE_TOLERANCE
     return ref

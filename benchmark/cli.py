@@ -17,6 +17,18 @@ from .errors import BenchmarkError
 
 # each entry is a callable that adds a sub-command to the parser (plugins' commands, e.g. `pretrain`)
 COMMANDS_ENTRY_POINT_GROUP = "ssl_bench.commands"
+# each entry adds `ssl-bench list NAME` (NAME: the entry's name) for parts a plugin keeps in a registry
+# of its own, e.g. the pretext methods: a callable given the --filter pattern (or None) that returns
+# the lines to print
+LISTINGS_ENTRY_POINT_GROUP = "ssl_bench.listings"
+BUILT_IN_LISTINGS = ("suites", "tasks", "pretrainers", "archs", "published")
+
+
+def plugin_listings() -> dict[str, importlib.metadata.EntryPoint]:
+    """Listing name -> entry point, not loaded: building the parser must not import the plugins.
+    A plugin cannot replace a built-in listing."""
+    return {entry_point.name: entry_point for entry_point in importlib.metadata.entry_points(
+        group=LISTINGS_ENTRY_POINT_GROUP) if entry_point.name not in BUILT_IN_LISTINGS}
 
 
 def default_config() -> Path:
@@ -151,15 +163,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .registry import PRETEXT_METHODS, PRETRAINERS, TASKS
+    from .registry import PRETRAINERS, TASKS
 
     if args.what == "suites":
         for name, description in list_suites(args.config).items():
             print(f"{name:24s} {description}")
-    elif args.what == "pretext":
-        for name in PRETEXT_METHODS.names():  # the first line of the method module's docstring
-            doc = (sys.modules[PRETEXT_METHODS.get(name).__module__].__doc__ or "").strip()
-            print(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
+    elif args.what not in BUILT_IN_LISTINGS:
+        for line in plugin_listings()[args.what].load()(args.filter):
+            print(line)
     elif args.what == "published":
         from .published import available, describe
 
@@ -279,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "measured here, never mixed into the results")
     report.set_defaults(func=cmd_report)
 
-    listing = sub.add_parser("list", help="list suites, tasks, pretrainers, architectures, pretext methods or "
-                                             "published number sets")
-    listing.add_argument("what", choices=["suites", "tasks", "pretrainers", "archs", "pretext", "published"])
+    listing = sub.add_parser("list", help="list suites, tasks, pretrainers, architectures, published number sets "
+                                             "or the parts a plugin lists (ssl-bench list -h shows them)")
+    listing.add_argument("what", choices=[*BUILT_IN_LISTINGS, *sorted(plugin_listings())])
     listing.add_argument("--config", type=Path, default=default_config())
     listing.add_argument("--filter", metavar="PATTERN", help="shell-style pattern, e.g. 'vit_*' or '*convnext*' "
                          "(archs: matched with and without the timm/ prefix)")

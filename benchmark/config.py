@@ -48,6 +48,8 @@ SUITE_OPTIONS = declare({
     "device": Device("auto"),
     "batch_size": Int(64, min=1),
     "num_workers": Int(2, min=0),
+    # torch threads for every unit, whatever the machine: trained numbers depend on the count
+    "threads": Int(None, min=1),
     "executor": Anything(None),  # checked against EXECUTOR_OPTIONS
     "models": Anything(None),
     "tasks": Anything(None),

@@ -97,6 +97,14 @@ class Task:
     # run gives such tasks another run seed; tasks that do not train (SVMs solved to a tolerance,
     # seeded sampling) keep theirs, so their results on a fixed model are exact.
     trains: ClassVar[bool] = True
+    # Tasks whose numbers are not per layer (a trained detector, a normals decoder) report more
+    # aggregate metrics than the leaderboard's headline one: report.html shows all of them, per task
+    # instance, in a table under this title. "" (the default): the leaderboard says it all.
+    detail_title: ClassVar[str] = ""
+    # Values of the rows' ``evaluation`` column that are the evaluator checking itself (a known
+    # answer scored by the task's metric code), not the model: the detail table shows them after
+    # the model's numbers and labels them, so that nobody reads them as the model's.
+    evaluator_checks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options):
         where = f"task '{getattr(self, 'name', type(self).__name__)}'"

@@ -1,4 +1,6 @@
-"""Name -> builder registries for pluggable parts (tasks, pretrainers, pretext methods, architectures).
+"""Name -> builder registries for pluggable parts (tasks, pretrainers, architectures; a plugin
+package keeps a registry of its own parts beside their base class, e.g. the pretext methods in
+``pretrainers/pretext/method.py``).
 
 Parts come through Python entry points (group ``ssl_bench.<registry name>``), loaded the first
 time a registry is queried, so ``pip install my-ssl-plugin`` is all a user has to do. The built-in
@@ -121,6 +123,4 @@ class Registry(Generic[T]):
 
 TASKS: Registry = Registry("tasks")
 PRETRAINERS: Registry = Registry("pretrainers")
-# the methods the `pretext` pretrainer and `ssl-bench pretrain` train with
-PRETEXT_METHODS: Registry = Registry("pretext_methods")
 ARCHITECTURES: Registry = Registry("architectures", builtin_modules=("benchmark.models",))

@@ -177,14 +177,11 @@ def _meta_line(df: pd.DataFrame) -> str:
             f"device {first.get('device')}")
 
 
-# the aggregate metrics of the tasks whose numbers are not per layer, shown in full in the HTML report
-DETAIL_TASKS = {"detection_voc07": "Detection (VOC07 test)", "normals_nyuv2": "Surface normals (NYUv2 test)"}
-
-
 def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None) -> list[tuple[str, pd.DataFrame]]:
-    """Per detection/normals task instance: model x (mode/layer: metric) of every aggregate row.
-    ``families``: registered task -> instance names (``task_families``); by default an instance is
-    its own family."""
+    """Per instance of a task that declares a ``detail_title`` (``Task.detail_title``): model x
+    (mode/layer: metric) of every aggregate row. ``families``: registered task -> instance names
+    (``task_families``); by default an instance is its own family. A family whose plugin is not
+    installed here is skipped: its rows are still in the leaderboard."""
     if df.empty:
         return []
     family_of = {instance: family for family, instances in (families or {}).items() for instance in instances}
@@ -192,18 +189,19 @@ def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None
     out = []
     for task, sub in rows.groupby("task", sort=False):
         family = family_of.get(task, task)
-        if family not in DETAIL_TASKS:
+        if family not in TASKS or not TASKS.get(family).detail_title:
             continue
-        # the model's own numbers first, then the evaluator's checks (perturbed ground truth, the
-        # mean-normal baseline) in their own labelled columns: never averaged with the model's
+        title, evaluator_checks = TASKS.get(family).detail_title, TASKS.get(family).evaluator_checks
+        # the model's own numbers first, then the evaluator's checks in their own labelled columns:
+        # never averaged with the model's
         sub = _labelled(sub.assign(layer=text_column(sub, "layer"), metric=sub["metric"].astype(str)))
-        sub = sub.iloc[text_column(sub, "evaluation").ne("").to_numpy().argsort(kind="stable")]
+        sub = sub.iloc[text_column(sub, "evaluation").isin(evaluator_checks).to_numpy().argsort(kind="stable")]
         table = one_row_per_cell(sub.assign(column=sub["column"].str.split("/", n=1).str[1]), "model", "column",
-                                 what=f"report.html {DETAIL_TASKS[family]}: {task}")
-        checks = list(dict.fromkeys(v for v in text_column(sub, "evaluation") if v))
+                                 what=f"report.html {title}: {task}")
+        checks = list(dict.fromkeys(v for v in text_column(sub, "evaluation") if v in evaluator_checks))
         note = (f" (columns marked ({'), ('.join(checks)}) are the evaluator's own checks, not the model's numbers)"
                 if checks else "")
-        out.append((f"{DETAIL_TASKS[family]}: {task}{note}", table))
+        out.append((f"{title}: {task}{note}", table))
     return out
 
 

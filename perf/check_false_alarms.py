@@ -36,7 +36,8 @@ def leave_one_out(machines: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     names = list(machines)
     for held_out in names:
-        others = [n for n in names if n != held_out]
+        # values from the machine with the most rows: rows only newer runs hold get tested too
+        others = sorted((n for n in names if n != held_out), key=lambda n: -len(machines[n]))
         reference = build_reference(machines[others[0]], [])
         for name in others[1:]:
             reference = add_machine_run(reference, machines[name])

@@ -4,16 +4,16 @@
     python perf/classification.py --only knn --queries 500
 
 1. kNN: a bank of --train (100,000) x --dim (2,048) float32 features memory-mapped from a file,
-   --queries query rows, k in {10, 20, 100, 200}, T = 0.07. benchmark.knn (chunked top-k merge, every
-   k from one search) vs a plain numpy version: the full query x bank similarity matrix in memory,
-   argsort of each row, one vote per k. Same predictions asserted.
+   --queries query rows, k in {10, 20, 100, 200}, T = 0.07. tasks.classification.knn_classifier
+   (chunked top-k merge, every k from one search) vs a plain numpy version: the full query x bank
+   similarity matrix in memory, argsort of each row, one vote per k. Same predictions asserted.
 2. Linear-probe grid: 13 learning rates x 4 layers (dims 2048, 2304, 2048, 512 as ResNet-18's
    res3/res4/res5/pool5 at 64 px) heads trained together (one pass over each batch, the heads of a
    layer as one batched product) vs the same heads one at a time (a pass per head).
-3. Logistic regression: the warm-started cost path of benchmark.logreg vs scikit-learn's
+3. Logistic regression: the warm-started cost path of tasks.classification.logreg_solver vs scikit-learn's
    LogisticRegression fitted once per C (lbfgs, its default tolerance), on full data (one problem)
    and on 10 few-shot draws (one batch for the engine, 10 fits per C for scikit-learn); the
-   objective values of both solutions are compared (same problem: see benchmark.logreg).
+   objective values of both solutions are compared (same problem: see tasks.classification.logreg_solver).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.knn import DINO_K, DINO_T, nearest, vote  # noqa: E402
-from benchmark.logreg import fit_path, predict  # noqa: E402
+from tasks.classification.knn_classifier import DINO_K, DINO_T, nearest, vote  # noqa: E402
+from tasks.classification.logreg_solver import fit_path, predict  # noqa: E402
 from tasks.classification.linear_probe import LEARNING_RATES, HeadGrid  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def bench_logreg(args) -> None:
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     costs = [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
 
-    def objective(W, b, X, y, C):  # scikit-learn's objective divided by C n (benchmark.logreg)
+    def objective(W, b, X, y, C):  # scikit-learn's objective divided by C n (tasks.classification.logreg_solver)
         logits = X @ W + b
         logits -= logits.max(1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))

@@ -537,7 +537,13 @@ def test_a_machine_run_holds_the_trainings_it_reproduces_within_a_point() -> Non
     vit_svm = (again["model"] == "vit") & (again["task"] == "voc07_svm")
     assert set(again.loc[vit_svm, "rule"]) == {"band", "aggregate"}
     assert _pick(again[again["task"] == "knn"], "vit", "block3")["rule"] == "machine"  # a pair of its own
-    assert _pick(again, "vit", "block3")["tolerance"] == pytest.approx(band_before)
+    assert _pick(again, "vit", "block3")["tolerance"] == pytest.approx(band_before)  # its band, as it was
+    wider = add_replicate(add_machine_run(reference, other_machine), rows(48.0, 50.0, 60.0, 70.0))
+    assert _pick(wider, "vit", "block3")["rule"] == "machine" and _pick(wider, "vit", "block3")["tolerance"] == 1.0
+    widened = add_machine_run(wider, rows(40.3, 50.0, 60.0, 70.0))  # a replicate's widening is kept when it leaves
+    assert _pick(widened, "vit", "block3")["tolerance"] == pytest.approx(
+        _pick(add_replicate(reference, rows(48.0, 50.0, 60.0, 70.0)), "vit", "block3")["tolerance"])
+    assert _pick(widened, "vit", "block3")["tolerance"] > band_before
     assert _pick(again, "vit", "block3", "cat")["rule"] == "aggregate"
     assert _pick(again, "vit", "block3", "cat")["machine_runs"] == 2
 

@@ -18,15 +18,13 @@ from benchmark.results import ResultStore
 RUN = os.environ.get("SSL_BENCH_DEMO_RUN")
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "goyal2019-mini.csv"
 
-# (model, task, metric): trained headline numbers of the mini suite that another processor
-# reproduces, so the reference holds them within MACHINE_TOLERANCE (rule 'machine'); every layer
-# and evaluation of each is planted. The ResNets' trainings turn rounding into points (perf/README.md):
-# their numbers (supervised's SVMs, detection) stay under bands, counted as unguarded by the check.
+# (model, task, metric): trained headline numbers of the mini suite that other processors
+# reproduce, so the reference holds them within MACHINE_TOLERANCE (rule 'machine'); every layer
+# and evaluation of each is planted. The other trainings turn rounding into tenths of a point
+# (normals head, SimCLR ViT) or points (ResNets; perf/README.md): their numbers stay under bands.
 HEADLINES = [
     ("vit", "voc07_svm_vit", "mAP"),                # the supervised ViT, per block
-    ("simclr_vit", "voc07_svm_vit", "mAP"),         # a pretext model, per block
     ("vit", "linear_places205_vit", "top1"),        # per layer, best and final
-    ("random", "normals_nyuv2", "median_error"),    # the trained head (the baseline row is exact)
     ("vit", "knn_vit", "top1"),                     # per k
     ("vit", "logreg_vit", "top1"),
 ]
@@ -84,5 +82,5 @@ def test_the_demo_passes_and_one_headline_moved_by_3_points_fails(copied_run, ca
                     unit_file.write_bytes(original)
                     unit_file.with_suffix(".record.json").write_bytes(record)
                     planted += 1
-    assert planted >= 2 * (10 + 4 + 1 + 4 + 1), planted  # every layer, evaluation and k of each headline
+    assert planted >= 2 * (5 + 4 + 4 + 1), planted  # every layer, evaluation and k of each headline
     assert run_check(copied_run, REFERENCE) == 0  # restored

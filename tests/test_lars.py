@@ -7,7 +7,7 @@ import torch
 
 from pretrainers.pretext.lars import LARS
 from pretrainers.pretext.trainer import build_optimizer, resolve_training
-from benchmark.registry import PRETEXT_METHODS
+from pretrainers.pretext.method import PRETEXT_METHODS
 from benchmark.errors import ConfigError
 
 

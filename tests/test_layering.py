@@ -1,11 +1,12 @@
 """The layers of the code base, read from the source (ast, nothing is imported): the engine
-(``benchmark/``) never imports a plugin package (``tasks/``, ``pretrainers/``), and the modules of
-the three packages import one another without cycles."""
+(``benchmark/``) never imports a plugin package (``tasks/``, ``pretrainers/``) nor names one of the
+parts they register, and the modules of the three packages import one another without cycles."""
 
 from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,54 @@ def test_the_engine_imports_no_plugin_package(graph) -> None:
                         if module.split(".")[0] == ENGINE for name in named_plugin_modules(path))
     assert not offending, ("benchmark/ is the engine: tasks and pretrainers register through entry points "
                            "(pyproject.toml) and it must not import them:\n" + "\n".join(offending))
+
+
+# The entry point groups through which the plugin packages register their parts (pyproject.toml).
+PLUGIN_GROUPS = ("ssl_bench.tasks", "ssl_bench.pretrainers", "ssl_bench.pretext_methods", "ssl_bench.commands",
+                 "ssl_bench.listings")
+# Registered names that are also ordinary words the engine uses in another sense, each with where
+# and why; a name listed here is not looked for at all, so the list stays this short.
+GENERIC_WORDS = {
+    "checkpoint": "benchmark/checkpoint.py's provenance key for the weights file it read",
+}
+
+
+def built_in_part_names() -> dict[str, str]:
+    """Name -> entry point group of every part ssl-bench's own pyproject.toml registers."""
+    entry_points = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    return {name: group for group in PLUGIN_GROUPS for name in entry_points.get(group, {})}
+
+
+def named_parts(path: Path, names: dict[str, str]) -> list[tuple[int, str]]:
+    """(line, name) of the string constants of ``path`` that equal a registered name: exact matches
+    only, so that docstrings, messages and identifiers (``lowshot_voc07`` as a solver method) are
+    not counted."""
+    return [(node.lineno, node.value) for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+
+
+def test_the_engine_names_no_built_in_part() -> None:
+    names = built_in_part_names()
+    # the names come from the file that declares them: an empty or mis-read table must fail, not pass
+    assert {"detection_voc07", "normals_nyuv2", "voc07_svm", "knn"} <= set(names)
+    assert {"rotation", "simclr", "moco", "relative_position", "pretext", "pretrain"} <= set(names)
+    names = {name: group for name, group in names.items() if name not in GENERIC_WORDS}
+    offending = [f"{path.relative_to(REPO)}:{line} '{name}' ({names[name]})"
+                 for path in sorted((REPO / ENGINE).rglob("*.py")) for line, name in named_parts(path, names)]
+    assert not offending, ("benchmark/ is the engine: what it needs of a task or pretext method comes from the "
+                           "registered class (a hook or class attribute), never from its name:\n"
+                           + "\n".join(offending))
+
+
+def test_the_name_check_sees_a_named_part(tmp_path) -> None:
+    """The check above is only as good as its matching: probe it on a file like the old report.py."""
+    engine_file = tmp_path / "report.py"
+    engine_file.write_text('"""Tables of detection_voc07."""\n'
+                           'DETAIL = {"detection_voc07": "Detection (VOC07 test)"}\n'
+                           'def f(x):\n    return x == "rotation" or x.lowshot_voc07\n')
+    found = named_parts(engine_file, {"detection_voc07": "ssl_bench.tasks", "rotation": "ssl_bench.pretext_methods",
+                                      "lowshot_voc07": "ssl_bench.tasks"})
+    assert found == [(2, "detection_voc07"), (4, "rotation")]
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:

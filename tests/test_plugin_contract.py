@@ -16,8 +16,8 @@ from benchmark.engine import Pretrainer, Task
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Declared, Option, declared, validate
-from benchmark.registry import PRETEXT_METHODS, PRETRAINERS, TASKS
-from pretrainers.pretext.method import PretextMethod
+from benchmark.registry import PRETRAINERS, TASKS
+from pretrainers.pretext.method import PRETEXT_METHODS, PretextMethod
 from pretrainers.pretext.trainer import OPTIMIZERS, TRAIN_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")

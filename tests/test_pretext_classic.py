@@ -24,7 +24,7 @@ from pretrainers.pretext.methods import deepcluster as dc
 from pretrainers.pretext.methods import nat as nat_mod
 from pretrainers.pretext.methods import pirl as pirl_mod
 from pretrainers.pretext.methods import relative_position as rp
-from benchmark.registry import PRETEXT_METHODS
+from pretrainers.pretext.method import PRETEXT_METHODS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

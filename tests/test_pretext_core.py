@@ -24,7 +24,7 @@ from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
 from pretrainers.pretext.methods import jigsaw as jigsaw_mod
 from pretrainers.pretext.methods.moco import MoCo
-from benchmark.registry import PRETEXT_METHODS
+from pretrainers.pretext.method import PRETEXT_METHODS
 from pretrainers.pretext.methods.simclr import nt_xent
 
 pytestmark = pytest.mark.usefixtures("single_thread")

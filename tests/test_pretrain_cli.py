@@ -1,8 +1,10 @@
 """`ssl-bench pretrain` end to end on a tiny image folder, --opt parsing and validation, `list
-pretext`, and the `pretext` pretrainer of benchmark.yaml (train once, reuse, strict load)."""
+pretext` and a plugin's methods and listings, and the `pretext` pretrainer of benchmark.yaml
+(train once, reuse, strict load)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+import pretrainers.pretext.methods.rotation as pretext_rotation
 import pretrainers.pretext.pretrainer as pretext_pretrainer
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.cli import main
@@ -20,7 +23,8 @@ from benchmark.errors import ConfigError
 from benchmark.features import FeatureCache
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
-from benchmark.registry import PRETRAINERS
+from benchmark.registry import PRETRAINERS, Registry
+from pretrainers.pretext.method import PRETEXT_METHODS
 from pretrainers.pretext.trainer import parse_opts
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -85,10 +89,45 @@ def test_opt_values_are_yaml() -> None:
 
 def test_list_pretext(capsys) -> None:
     assert main(["list", "pretext"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert {"rotation", "jigsaw", "simclr", "moco"} <= set(listed)
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in lines]
+    assert {"rotation", "jigsaw", "simclr", "moco"} <= set(listed) and listed == sorted(listed)
+    assert set(listed) == set(PRETEXT_METHODS.names())
+    # each with the first line of its module's docstring
+    assert next(line for line in lines if line.startswith("rotation ")).endswith(
+        pretext_rotation.__doc__.strip().splitlines()[0])
+    assert main(["list", "pretext", "--filter", "*c*"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        name for name in listed if "c" in name]
     assert main(["list", "pretrainers"]) == 0
     assert "pretext" in capsys.readouterr().out.split()
+
+
+def test_a_plugin_adds_a_pretext_method_and_a_listing(tmp_path, monkeypatch, capsys) -> None:
+    """A pip-installed plugin is a distribution with entry points: emulate one on sys.path. Its
+    pretext method joins the methods' registry, its listing `ssl-bench list`."""
+    (tmp_path / "my_pretext_plugin.py").write_text(textwrap.dedent("""
+        \"\"\"`my_method`: a plugin's pretext method.\"\"\"
+        from pretrainers.pretext.method import PretextMethod
+        class MyMethod(PretextMethod):
+            pass
+        def list_my_parts(pattern):
+            return [f"part-{i} (filter {pattern})" for i in range(2)]
+    """))
+    dist = tmp_path / "my_pretext_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-pretext-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ssl_bench.pretext_methods]\nmy_method = my_pretext_plugin:MyMethod\n\n"
+                                           "[ssl_bench.listings]\nmy_parts = my_pretext_plugin:list_my_parts\n"
+                                           "tasks = my_pretext_plugin:list_my_parts\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    methods = Registry("pretext_methods")  # PRETEXT_METHODS itself was loaded before the plugin existed
+    assert "my_method" in methods.names() and "rotation" in methods.names()
+    assert methods.get("my_method").name == "my_method"
+    assert main(["list", "my_parts", "--filter", "x*"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["part-0 (filter x*)", "part-1 (filter x*)"]
+    assert main(["list", "tasks"]) == 0  # a plugin cannot replace a built-in listing
+    assert "voc07_svm" in capsys.readouterr().out.split()
 
 
 def _ctx(run_dir: Path, data_root: Path) -> RunContext:

@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.engine import ReportItem, Task
 from benchmark.registry import TASKS
-from benchmark.report import task_families, task_report_items
+from benchmark.report import detail_tables, task_families, task_report_items
 
 
 class _Toy(Task):
@@ -73,3 +73,34 @@ def test_lowshot_curve_data_and_figure(tmp_path):
     assert curves["ci95"].tolist() == [1.0, 0.0, 2.5]  # no interval recorded: drawn without one
     items = LowShotReport.report_figures(df, tmp_path)
     assert [item.path.name for item in items] == ["lowshot_voc07.png"] and items[0].path.stat().st_size > 0
+
+
+class _ToyDetail(Task):
+    detail_title = "Toy detail (test set)"
+    evaluator_checks = ("known_answer",)
+
+
+@pytest.fixture
+def toy_detail_registered():
+    TASKS.names()
+    TASKS._add("toy_detail_family", _ToyDetail)
+    yield
+    TASKS._items.pop("toy_detail_family", None)
+
+
+def test_detail_tables_come_from_the_task_class(tmp_path, toy_detail_registered):
+    """A task's ``detail_title`` gives its instances a detail table; its ``evaluator_checks`` are put
+    after the model's numbers and named in the title; other evaluations are the model's own."""
+    rows = pd.DataFrame({
+        "model": "m", "task": ["mine"] * 4 + ["other"], "layer": "head",
+        "metric": ["err", "err", "err", "acc", "mAP"],
+        "evaluation": ["known_answer", "", "final", "", ""], "value": [1.5, 2.5, 3.5, 4.5, 5.5]})
+    (tmp_path / "suite.yaml").write_text("tasks:\n  mine: {task: toy_detail_family}\n  other: {task: voc07_svm}\n")
+    [(title, table)] = detail_tables(rows, task_families(rows, tmp_path))
+    assert title == ("Toy detail (test set): mine (columns marked (known_answer) are the evaluator's own checks, "
+                     "not the model's numbers)")
+    assert list(table.columns) == ["head:err", "head:err (final)", "head:acc", "head:err (known_answer)"]
+    assert table.loc["m"].tolist() == [2.5, 3.5, 4.5, 1.5]
+    # a task without a detail title (voc07_svm) or not installed here gets none
+    assert detail_tables(rows[rows["task"] == "other"]) == []
+    assert detail_tables(rows.assign(task="not_installed")) == []

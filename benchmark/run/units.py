@@ -37,7 +37,8 @@ class UnitRunner:
 
     def __init__(self, plan: Plan, log: Callable[[str], None] = print, log_path: str = ""):
         settings = plan.suite.settings
-        configure_threads(log)  # before any work: a SLURM job or container may own fewer cores than the node
+        # before any work: a SLURM job or container may own fewer cores than the node
+        configure_threads(log, fixed=settings["threads"])
         self.log_path = log_path  # where this process's output goes (a job's log file)
         self.plan = plan
         self.log = log

@@ -1,8 +1,11 @@
-"""``ssl-bench pretrain``: added to the command line through the entry point group ``ssl_bench.commands``."""
+"""``ssl-bench pretrain`` and ``ssl-bench list pretext``: added to the command line through the entry
+point groups ``ssl_bench.commands`` and ``ssl_bench.listings``."""
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import sys
 from pathlib import Path
 
 
@@ -44,3 +47,17 @@ def run_pretrain(args) -> int:
           f"images; final pretext loss {meta['final_loss']:.4f}, metrics {meta['final_metrics']})")
     print(f"evaluate it with a suite model: {{pretrainer: checkpoint, arch: {meta['arch']}, path: {args.out}}}")
     return 0
+
+
+def list_pretext_methods(pattern: str | None) -> list[str]:
+    """Each registered method whose name matches ``pattern`` (all without one), with the first line
+    of its module's docstring."""
+    from .method import PRETEXT_METHODS
+
+    lines = []
+    for name in PRETEXT_METHODS.names():
+        if pattern and not fnmatch.fnmatch(name, pattern):
+            continue
+        doc = (sys.modules[PRETEXT_METHODS.get(name).__module__].__doc__ or "").strip()
+        lines.append(f"{name:20s} {doc.splitlines()[0] if doc else ''}")
+    return lines

@@ -1,5 +1,6 @@
-"""The interface every pretext method implements (registered in ``benchmark.registry.PRETEXT_METHODS``
-through the entry point group ``ssl_bench.pretext_methods``, one module per method in ``methods/``).
+"""The interface every pretext method implements, and the registry of the methods
+(``PRETEXT_METHODS``, filled through the entry point group ``ssl_bench.pretext_methods``, one
+module per method in ``methods/``).
 
 A method owns the trunk (a torchvision-layout network from ``benchmark.models.create_model``) and
 whatever heads, memory banks or momentum encoders its paper needs. The shared training loop
@@ -31,6 +32,11 @@ from torch import nn
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import validate
+from benchmark.registry import Registry
+
+# The methods the `pretext` pretrainer and `ssl-bench pretrain` train with, PretextMethod
+# subclasses by name: ssl-bench's own and a plugin's alike come through the entry points
+PRETEXT_METHODS: Registry = Registry("pretext_methods")
 
 
 class PretextMethod(nn.Module):
@@ -50,8 +56,6 @@ class PretextMethod(nn.Module):
     def check_arch(cls, arch: Architecture, where: str) -> None:
         """A ConfigError, before anything is trained, when the method cannot train this trunk."""
         if arch.feature_maps is not None and "timm" not in cls.trunks:
-            from benchmark.registry import PRETEXT_METHODS
-
             able = [n for n in PRETEXT_METHODS.names() if "timm" in getattr(PRETEXT_METHODS.get(n), "trunks", ())]
             raise ConfigError(f"{where}: pretext method '{cls.name}' needs a convolutional trunk (a torchvision-layout "
                               f"resnet*/alexnet, trained stage by stage on its spatial maps); {arch.name} is a timm "

@@ -31,7 +31,7 @@ class PretextPretrainer(Pretrainer):
     @staticmethod
     def check_config(options: dict, where: str) -> None:
         """At load: the method must be able to train the architecture (ViTs: simclr, moco, rotation)."""
-        from benchmark.registry import PRETEXT_METHODS
+        from .method import PRETEXT_METHODS
 
         PRETEXT_METHODS.get(options["method"]).check_arch(get_architecture(options["arch"]), where)
 

@@ -39,7 +39,6 @@ from benchmark.models.backbone import get_architecture, trunk_state_dict
 from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,
                                validate)
 from benchmark.provenance import resolve_device
-from benchmark.registry import PRETEXT_METHODS
 from benchmark.sweeps import nested_subset
 from pretrainers.common import ARCH, DATA_FRACTION, DATA_SEED, SEED, subset_meta
 from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, atomic_torch_save, atomic_write,
@@ -47,7 +46,7 @@ from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, Traini
 from benchmark.training import build_optimizer as training_optimizer
 
 from .lars import LARS
-from .method import PretextMethod
+from .method import PRETEXT_METHODS, PretextMethod
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 # suite datasets usable as unlabeled images: "NAME:SPLIT" (labels are never read for training)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 
 import numpy as np
-import torch
 
 from benchmark.datasets.classification import LAYOUTS, ClassificationData, SplitPart, load_classification
 from benchmark.engine import LoadedModel, RunContext
@@ -32,12 +31,6 @@ DATA_OPTIONS = {
 FEW_SHOT = ListOf(Int(min=1), [], unique=True)  # images per class; [] = full data only
 DRAWS = Int(5, min=1)
 COMPUTE_DEVICE = Device("auto")  # where the kNN search / logistic regression runs (auto: cuda if available)
-
-
-def compute_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class ClassificationTask:

@@ -2,7 +2,7 @@
 
 Per layer (one unit each): the training part's cached features are the neighbour bank, the test
 split the queries; cosine similarity of L2-normalised features, votes exp(s / T), every k of
-``k_values`` from one top-k search (``benchmark.knn``), top-1 and top-5. Nothing is selected: every
+``k_values`` from one top-k search (``knn_classifier``), top-1 and top-5. Nothing is selected: every
 k is reported (rows say ``selection: none``). ``few_shot: [n, ...]``: the bank is n images per
 class drawn from the training part (``draws`` seeded draws, never from validation or test): per
 draw and mean/std/min/max/ci95 over draws.
@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.check import STEP_COLUMN
 from benchmark.engine import LoadedModel, RunContext, Task
-from benchmark.knn import DINO_K, DINO_T, knn_classify
 from benchmark.models import Architecture
 from benchmark.options import Float, Int, ListOf, declare
+from benchmark.provenance import resolve_device
+from benchmark.row_schema import STEP_COLUMN
 
-from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, FEW_SHOT, ClassificationTask, compute_device, draw_rows,
+from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, FEW_SHOT, ClassificationTask, draw_rows,
                      few_shot_draw, part_rows)
+from .knn_classifier import DINO_K, DINO_T, knn_classify
 
 NAME = "knn"
 
@@ -49,7 +50,7 @@ class KNN(ClassificationTask, Task):
         test, test_rows = part_rows(features, data.test, layer)
         queries = test if len(test_rows) == len(test) else test[test_rows]
         train_labels = data.train.labels
-        device = compute_device(c["knn_device"])
+        device = resolve_device(c["knn_device"])
 
         def classify(rows):
             return knn_classify(bank, train_labels[rows], queries, data.test.labels, data.num_classes,

@@ -33,7 +33,6 @@ import pandas as pd
 import torch
 
 from benchmark.engine import LoadedModel, RunContext, Task
-from benchmark.logreg import small_problem_threads
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, ListOf, declare
 from benchmark.paths import inside
@@ -41,6 +40,7 @@ from benchmark.paths import atomic_write
 from benchmark.training import Schedule, atomic_torch_save, derived_seed, epoch_order
 
 from .common import DATA_OPTIONS, ClassificationTask, load_part
+from .logreg_solver import small_problem_threads
 
 NAME = "linear_probe"
 # dinov2's grid (eval/linear.py): 13 learning rates, scaled by batch / 256

@@ -1,7 +1,7 @@
 """`logreg`: multinomial logistic regression on frozen features, full data and few-shot.
 
 Per layer (one unit each). Features are L2-normalised (float64). For every cost C of ``costs`` the
-problem is scikit-learn's ``LogisticRegression(C=C)`` (``benchmark.logreg``: C * sum of the
+problem is scikit-learn's ``LogisticRegression(C=C)`` (``logreg_solver``: C * sum of the
 cross-entropy + 0.5 ||W||^2, intercept not penalised), solved along the whole path in increasing
 C with warm starts. C is chosen by top-1 on the validation part only (ties: the smaller C), and
 only the chosen model is evaluated on test: no refit, no test-set selection.
@@ -16,14 +16,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.check import STEP_COLUMN
 from benchmark.engine import LoadedModel, RunContext, Task
-from benchmark.logreg import fit_path, predict
 from benchmark.models import Architecture
 from benchmark.options import Bool, Float, Int, ListOf, declare
+from benchmark.provenance import resolve_device
+from benchmark.row_schema import STEP_COLUMN
 
-from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, ClassificationTask, compute_device, draw_rows,
+from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, ClassificationTask, draw_rows,
                      few_shot_draw, load_part)
+from .logreg_solver import fit_path, predict
 
 NAME = "logreg"
 COSTS = [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
@@ -74,7 +75,7 @@ class LogReg(ClassificationTask, Task):
         layer, c = unit, self.config
         data = self.data(ctx)
         features = self.split_features(ctx, model, data)
-        device = compute_device(c["logreg_device"])
+        device = resolve_device(c["logreg_device"])
         X_train = _normalise(load_part(features, data.train, layer), device)
         X_val = _normalise(load_part(features, data.val, layer), device)
         y_train = torch.as_tensor(data.train.labels, device=device)

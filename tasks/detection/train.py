@@ -24,7 +24,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from benchmark.errors import ConfigError
@@ -32,6 +31,7 @@ from benchmark.training import (Part, RowsCsv, Schedule, TrainingLoop, atomic_to
                                 load_matching_checkpoint, progress, stream_items)
 
 from . import NAME
+from .box_targets import BELOW_THRESHOLD, decode_boxes, encode_boxes, match_to_ground_truth, sample_balanced
 from .data import DetectionData, load_image, transform_boxes
 from .evaluate import Detections
 from .model import FastRCNNC4
@@ -154,24 +154,22 @@ def training_gt(data: DetectionData, index: int) -> tuple[np.ndarray, np.ndarray
     return np.asarray(gt.boxes)[keep], np.asarray(gt.labels)[keep]
 
 
-def sample_rois(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, setup: DetectionSetup,
-                matcher: Matcher, sampler: BalancedPositiveNegativeSampler, coder: BoxCoder):
+def sample_rois(proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, setup: DetectionSetup):
     """Sampled RoIs, their class labels (0 = background) and regression targets (CPU tensors;
-    the sampler draws from torch's global generator, which the caller seeds)."""
+    the sampling draws from torch's global generator, which the caller seeds)."""
     rois = torch.cat([proposals, gt_boxes]) if len(gt_boxes) else proposals
     if len(gt_boxes):
-        matched = matcher(box_iou(gt_boxes, rois))
+        matched = match_to_ground_truth(box_iou(gt_boxes, rois), setup.fg_iou)
         labels = gt_labels[matched.clamp(min=0)].clone()
-        labels[matched == Matcher.BELOW_LOW_THRESHOLD] = 0
-        labels[matched == Matcher.BETWEEN_THRESHOLDS] = -1
+        labels[matched == BELOW_THRESHOLD] = 0
         targets_boxes = gt_boxes[matched.clamp(min=0)]
     else:
         labels = torch.zeros(len(rois), dtype=torch.int64)
         targets_boxes = rois
-    positive, negative = sampler([labels])
-    keep = torch.where(positive[0] | negative[0])[0]
+    positive, negative = sample_balanced(labels, setup.rois_per_image, setup.fg_fraction)
+    keep = torch.where(positive | negative)[0]
     rois, labels = rois[keep], labels[keep]
-    targets = coder.encode_single(targets_boxes[keep], rois)
+    targets = encode_boxes(targets_boxes[keep], rois, BOX_WEIGHTS)
     return rois, labels, targets
 
 
@@ -237,9 +235,6 @@ def train_detector(detector: FastRCNNC4, data: DetectionData, proposals: list[np
         loop.restore(state)
         log.extend(state["log"])
     features = features or ImageFeatures(detector, data, setup, device, setup.cache_features_mb)
-    matcher = Matcher(setup.fg_iou, setup.fg_iou, allow_low_quality_matches=False)
-    sampler = BalancedPositiveNegativeSampler(setup.rois_per_image, setup.fg_fraction)
-    coder = BoxCoder(BOX_WEIGHTS)
     gts = [training_gt(data, i) for i in range(len(data))]
 
     def step(_, iteration):
@@ -251,7 +246,7 @@ def train_detector(detector: FastRCNNC4, data: DetectionData, proposals: list[np
                 gt_boxes, gt_labels = gts[index]
                 r, lab, t = sample_rois(_proposal_tensor(proposals[index], factor, width, flip),
                                         _proposal_tensor(gt_boxes, factor, width, flip),
-                                        torch.as_tensor(gt_labels), setup, matcher, sampler, coder)
+                                        torch.as_tensor(gt_labels), setup)
                 maps.append(fmap)
                 rois.append(r.to(device))
                 labels.append(lab)
@@ -289,7 +284,6 @@ def detect(detector: FastRCNNC4, data: DetectionData, proposals: list[np.ndarray
     ``features``: res4 maps of ``data`` to reuse (a frozen trunk's, computed for the proposals)."""
     detector.to(device).eval()
     features = features or ImageFeatures(detector, data, setup, device)
-    coder = BoxCoder(BOX_WEIGHTS)
     parts = []
     with progress(len(data), desc, unit="img") as bar:
         for index in range(len(data)):
@@ -301,7 +295,7 @@ def detect(detector: FastRCNNC4, data: DetectionData, proposals: list[np.ndarray
             logits, deltas = detector.box_head([fmap], [boxes])
             scores = F.softmax(logits.float(), dim=1)
             classes = scores.shape[1]
-            decoded = coder.decode_single(deltas.float(), boxes).view(-1, classes, 4)
+            decoded = decode_boxes(deltas.float(), boxes, BOX_WEIGHTS).view(-1, classes, 4)
             decoded = clip_boxes_to_image(decoded, (height, width))
             labels = torch.arange(classes, device=device).expand(len(boxes), classes)
             decoded, scores, labels = decoded[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)

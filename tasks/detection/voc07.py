@@ -58,6 +58,8 @@ MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
 PROPOSAL_SOURCES = ("auto", "selective_search", "rpn", "files")
 PROPOSAL_FILE_KEYS = ("voc07_trainval", "voc12_trainval", "voc07_test")
+# the rows of the AP code scoring jittered ground truth (evaluator_check_rows), not the detector
+PERTURBED_GROUND_TRUTH = "perturbed_ground_truth"
 # options that do not change the trained detector (a checkpoint made with others is resumed)
 RESULT_NEUTRAL = ("checkpoint_every", "cache_features_mb", "evaluate_untrained", "modes")
 SCHEDULE_KEYS = ("iterations", "milestones", "base_lr", "batch_size", "warmup_iterations", "weight_decay")
@@ -75,6 +77,8 @@ class DetectionVOC07(Task):
     name = NAME
     dataset = "voc07"
     needs_gpu = True
+    detail_title = "Detection (VOC07 test)"
+    evaluator_checks = (PERTURBED_GROUND_TRUTH,)
     options = declare({
         "modes": ListOf(Choice(*MODES), ["frozen", "finetune"], min_length=1, unique=True),  # one unit each
         # voc07 (VOC2007 trainval) | voc07+12 (+ VOC2012 trainval); test: VOC2007 test
@@ -351,7 +355,7 @@ def evaluator_check_rows(test_data: DetectionData, mode: str) -> list[dict]:
     metrics = evaluate_detections(perturbed_ground_truth(test_data.ground_truth, len(VOC_CLASSES), seed=0),
                                   test_data.ground_truth, len(VOC_CLASSES))
     return [{"dataset": "voc07", "layer": mode, "metric": mean, "class": "", "value": 100 * float(np.nanmean(metrics[key])),
-             "evaluation": "perturbed_ground_truth", "determinism": "exact", "ap_definition": definition,
+             "evaluation": PERTURBED_GROUND_TRUTH, "determinism": "exact", "ap_definition": definition,
              "n_test": len(test_data), "note": "ground truth with seeded jitter, misses and false positives: "
                                                 "independent of the model"}
             for key, mean, definition in (("ap11", "mAP", "voc07-11point-iou0.5"), ("ap_all", "mAP_all", "all-point-iou0.5"),

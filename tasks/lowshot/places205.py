@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.check import STEP_COLUMN
 from benchmark.datasets.places import load_places205
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Str, declare
+from benchmark.row_schema import STEP_COLUMN
 from benchmark.svm.protocol import FitLog, l2_normalize, resolve_costs
 from benchmark.svm.solvers import Solver
 

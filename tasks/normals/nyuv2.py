@@ -35,6 +35,8 @@ from .train import HEADS, NormalsSchedule, NormalsSetup, train_normals
 NAME = "normals_nyuv2"  # the name the task is registered and configured under
 
 UNIT = "res5"
+# the rows of the metric code scoring the training set's mean normal as a prediction, not the model
+MEAN_NORMAL_BASELINE = "mean_normal_baseline"
 REFERENCE_HEIGHT = 480  # NYUv2 frames; the training short sides are given for them
 # The reference's optimiser (PROTOCOL: SGD LR 0.02 poly 0.9, weight decay 1e-4, momentum 0.9). The
 # protocol gives no iteration count or batch size: ssl-bench chose 10,000 iterations of 16 images
@@ -78,6 +80,8 @@ class NormalsNYUv2(Task):
     name = NAME
     dataset = "nyuv2"
     needs_gpu = True  # trains res5 and a decoder on dense maps
+    detail_title = "Surface normals (NYUv2 test)"
+    evaluator_checks = (MEAN_NORMAL_BASELINE,)
     options = declare({
         "data_dir": Str("NYUv2"),  # relative to the data root, or absolute
         "labeled_file": Str(LABELED_FILE),
@@ -178,6 +182,6 @@ class NormalsNYUv2(Task):
         baseline = mean_normal_baseline(train, test)  # exact: annotations and metrics only, no model
         return [{**common, "metric": name, "value": float(metrics[name])} for name in METRIC_NAMES] + [
             {"dataset": "nyuv2", "layer": UNIT, "metric": name, "value": float(baseline[name]),
-             "evaluation": "mean_normal_baseline", "determinism": "exact", "n_train": len(train), "n_test": len(test),
+             "evaluation": MEAN_NORMAL_BASELINE, "determinism": "exact", "n_train": len(train), "n_test": len(test),
              "note": "every pixel predicted as the training set's mean normal: independent of the model"}
             for name in METRIC_NAMES]

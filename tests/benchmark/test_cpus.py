@@ -54,3 +54,17 @@ def test_threads_are_lowered_never_raised_and_a_users_choice_is_kept(tmp_path, t
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_suites_thread_count_is_set_whatever_the_machine_and_environment(tmp_path, two_cores) -> None:
+    """``threads`` of a suite: raised or lowered to that count, OMP_NUM_THREADS and the usable
+    cores notwithstanding (trained numbers depend on the count), and said once."""
+    before = torch.get_num_threads()
+    messages = []
+    try:
+        torch.set_num_threads(1)
+        assert cpus.configure_threads(messages.append, {"OMP_NUM_THREADS": "1"}, tmp_path, fixed=3) == 3
+        assert torch.get_num_threads() == 3 and "fixed by the suite (threads: 3)" in messages[0]
+        assert cpus.configure_threads(messages.append, {}, tmp_path, fixed=3) == 3 and len(messages) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -1,11 +1,11 @@
-"""benchmark.knn against a brute-force numpy implementation: full similarity matrix, lexicographic
-(similarity desc, index asc) neighbour order, votes summed class by class."""
+"""tasks.classification.knn_classifier against a brute-force numpy implementation: full similarity
+matrix, lexicographic (similarity desc, index asc) neighbour order, votes summed class by class."""
 
 import numpy as np
 import pytest
 import torch
 
-from benchmark.knn import knn_classify, nearest, topk_accuracy, vote
+from tasks.classification.knn_classifier import knn_classify, nearest, topk_accuracy, vote
 
 
 def brute_force(train, train_labels, query, num_classes, ks, temperature):

@@ -1,5 +1,5 @@
-"""benchmark.logreg against scikit-learn's LogisticRegression at the same C (lbfgs run to a tight
-tolerance as the oracle): coefficients, intercepts and probabilities within 1e-4."""
+"""tasks.classification.logreg_solver against scikit-learn's LogisticRegression at the same C
+(lbfgs run to a tight tolerance as the oracle): coefficients, intercepts and probabilities within 1e-4."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from benchmark.logreg import fit, fit_path, lam_of, predict
+from tasks.classification.logreg_solver import fit, fit_path, lam_of, predict
 
 
 def problem(seed, n=90, d=12, k=4):

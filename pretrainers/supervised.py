@@ -24,7 +24,7 @@ from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Choice, Float, Int, Name, declare, identity_options
 from benchmark.paths import inside
-from benchmark.training import (Schedule, atomic_torch_save, atomic_write, load_resume_state, progress,
+from benchmark.training import (Part, Schedule, TrainingLoop, atomic_torch_save, atomic_write, build_optimizer,
                                 seed_everything, seed_worker)
 
 from benchmark.sweeps import nested_subset
@@ -93,48 +93,59 @@ class Supervised(Pretrainer):
         )
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0}],
-            lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
-        )
-        steps = cfg["epochs"] * len(loader)
-        schedule = Schedule("onecycle", steps, cfg["lr"], cfg["batch_size"], weight_decay=cfg["weight_decay"],
-                            momentum=cfg["momentum"], **SCHEDULE)
+        per_epoch = len(loader)
+        schedule = Schedule("onecycle", cfg["epochs"] * per_epoch, cfg["lr"], cfg["batch_size"],
+                            weight_decay=cfg["weight_decay"], momentum=cfg["momentum"], **SCHEDULE)
+        optimizer = build_optimizer([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                                     {"params": no_decay, "weight_decay": 0}], schedule, nesterov=True)
         scheduler = schedule.scheduler(optimizer)
         model.to(ctx.device).train()
         loss_fn = nn.BCEWithLogitsLoss()
         history = []
-        # resumable at epoch boundaries: a preempted or killed job continues where it stopped and
-        # ends with the weights an uninterrupted run would have
-        partial = path.with_name(path.stem + ".partial.pth")
-        start_epoch = 0
-        state = load_resume_state(partial, "supervised", map_location=ctx.device)
+        epoch_sums = [0.0, 0]  # the epoch's summed loss and image count
+        # resumable at epoch boundaries (the loader's shuffle cannot start mid-epoch): a preempted or
+        # killed job continues where it stopped and ends with the weights an uninterrupted run would have
+        loop = TrainingLoop(path.with_name(path.stem + ".partial.pth"), iterations=schedule.iterations,
+                            desc=f"train {model_name}", optimizer=optimizer, scheduler=scheduler,
+                            fingerprint=self.config_hash(), tag="supervised", map_location=ctx.device,
+                            epoch_length=per_epoch, save_every_epoch=True,
+                            parts={"model": Part.weights(model), "optimizer": optimizer,
+                                   "scheduler": Part.scheduler(scheduler),
+                                   "generator": Part(generator.get_state, generator.set_state),
+                                   "torch_rng": Part(torch.get_rng_state, torch.set_rng_state),
+                                   "epoch": lambda loop: loop.iteration // per_epoch,
+                                   "history": lambda loop: history})
+        state = loop.resume()
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, history = state["epoch"], state["history"]
-        with progress(steps, f"train {model_name}", initial=start_epoch * len(loader)) as bar:
-            for epoch in range(start_epoch, cfg["epochs"]):
-                total, count = 0.0, 0
-                for images, labels in loader:
-                    images, labels = images.to(ctx.device), labels.to(ctx.device)
-                    loss = loss_fn(model(images), labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    total += loss.item() * len(images)
-                    count += len(images)
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-                history.append(round(total / count, 4))
-                atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                   "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                                   "history": history}, partial)
+            loop.restore(state)
+            history = state["history"]
+
+        def batches():
+            # the sampler draws from ``generator`` once more as it runs out: it must run out before the
+            # epoch's last update, so that the epoch's checkpoint holds the generator past that draw
+            for _ in range(loop.start // per_epoch, cfg["epochs"]):
+                epoch = iter(loader)
+                for _ in range(per_epoch - 1):
+                    yield next(epoch)
+                last = next(epoch)
+                for _ in epoch:
+                    raise AssertionError("the loader yielded more batches than its length")
+                yield last
+
+        def step(batch, iteration):
+            images, labels = batch[0].to(ctx.device), batch[1].to(ctx.device)
+            return loss_fn(model(images), labels), len(images)
+
+        def record(iteration, lr, loss, n):
+            epoch_sums[0] += loss.item() * n
+            epoch_sums[1] += n
+            return {"epoch": iteration // per_epoch, "loss": f"{loss.item():.3f}"}
+
+        def epoch_end(iteration):
+            history.append(round(epoch_sums[0] / epoch_sums[1], 4))
+            epoch_sums[:] = [0.0, 0]
+
+        loop.run(batches(), step, record=record, epoch_end=epoch_end)
         meta = {"trained_on": f"{cfg['dataset']}/{cfg['split']}", "train_images": len(targets),
                 "epochs": cfg["epochs"], "final_train_loss": history[-1], "loss_history": history,
                 "train_config_hash": self.config_hash(),
@@ -142,4 +153,4 @@ class Supervised(Pretrainer):
         # metadata first: the checkpoint's existence is what marks training as done
         atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
         atomic_torch_save({"state_dict": model.cpu().state_dict(), "meta": meta}, path)
-        partial.unlink(missing_ok=True)
+        loop.path.unlink(missing_ok=True)

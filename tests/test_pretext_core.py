@@ -17,6 +17,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 import pretrainers.pretext.trainer as trainer
+import benchmark.training.loop as training_loop
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.models import create_model
@@ -310,12 +311,14 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(tmp_path, monkeypa
             raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(training_loop, "atomic_torch_save", save_then_die)  # the loop's checkpoints
     out = tmp_path / "b" / "m.pth"
     with pytest.raises(KeyboardInterrupt):
         trainer.train_pretext("moco", root, out, num_workers=0, **kwargs)
     state = torch.load(saves[-1], weights_only=True)
     assert (state["iteration"], state["epoch"], state["position"]) == (4, 1, 1)
     monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+    monkeypatch.setattr(training_loop, "atomic_torch_save", real_save)
     resumed = trainer.train_pretext("moco", root, out, num_workers=1, **kwargs)  # workers do not matter
 
     a = torch.load(tmp_path / "a" / "m.pth", weights_only=True)["state_dict"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmark.training.loop as loop
 import pretrainers.supervised as supervised
 from benchmark.datasets.synth_voc import synth_voc07
 from benchmark.engine import RunContext
@@ -42,11 +43,13 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(data, tmp_path, mo
             raise KeyboardInterrupt
 
     monkeypatch.setattr(supervised, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(loop, "atomic_torch_save", save_then_die)  # the training loop's checkpoints
     with pytest.raises(KeyboardInterrupt):
         pretrainer.build(_ctx(tmp_path / "b", data), "sup")
     partial = saves[-1]
     assert partial.name.endswith(".partial.pth") and torch.load(partial, weights_only=True)["epoch"] == 2
     monkeypatch.setattr(supervised, "atomic_torch_save", real_save)
+    monkeypatch.setattr(loop, "atomic_torch_save", real_save)
     resumed = pretrainer.build(_ctx(tmp_path / "b", data), "sup")
     assert not partial.exists()
     assert resumed.weights == whole.weights  # bit-identical trunk

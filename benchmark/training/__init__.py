@@ -9,7 +9,9 @@
 - ``csvlog``: resumable CSV logs;
 - ``distributed``: world size, process groups, keeping ranks identical;
 - ``precision``: channels-last and bf16 autocast on CUDA;
-- ``progress``: a tqdm bar on a terminal, periodic plain lines elsewhere.
+- ``progress``: a tqdm bar on a terminal, periodic plain lines elsewhere;
+- ``loop``: the one resumable training loop (resume, update, save cadence, final check, progress,
+  log) and the one optimiser builder: a training writes only its model, data and loss.
 """
 
 from ..paths import atomic_output, atomic_write
@@ -18,6 +20,7 @@ from .checkpoint import (atomic_torch_save, cpu_state, load_matching_checkpoint,
 from .csvlog import CsvLog, write_csv
 from .distributed import (all_reduce, average_buffers, barrier, free_port, process_group, rank_divergence,
                           resolve_world_size)
+from .loop import Part, RowsCsv, TrainingLoop, build_optimizer
 from .precision import autocast, channels_last, to_device
 from .progress import LineProgress, progress
 from .sampling import ORDER_TAG, ResumableBatches, epoch_order, loader_batches, stream_items
@@ -30,5 +33,6 @@ __all__ = [
     "write_csv", "all_reduce", "average_buffers", "barrier", "free_port", "process_group", "rank_divergence",
     "resolve_world_size", "autocast", "channels_last", "to_device", "LineProgress", "progress", "ORDER_TAG",
     "ResumableBatches", "epoch_order", "loader_batches", "stream_items", "Schedule", "derived_seed",
-    "replicate_seed", "rng_state", "seed_everything", "seed_worker", "set_rng_state",
+    "replicate_seed", "rng_state", "seed_everything", "seed_worker", "set_rng_state", "Part", "RowsCsv",
+    "TrainingLoop", "build_optimizer",
 ]

@@ -41,9 +41,9 @@ from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Reg
 from benchmark.provenance import resolve_device
 from benchmark.sweeps import nested_subset
 from pretrainers.common import ARCH, DATA_FRACTION, DATA_SEED, SEED, subset_meta
-from benchmark.training import (CsvLog, ResumableBatches, Schedule, atomic_torch_save, atomic_write, cpu_state,
-                                derived_seed, epoch_order, load_matching_checkpoint, loader_batches, progress,
-                                rng_state, set_rng_state)
+from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, atomic_torch_save, atomic_write,
+                                derived_seed, epoch_order)
+from benchmark.training import build_optimizer as training_optimizer
 
 from .lars import LARS
 from .method import PRETEXT_METHODS, PretextMethod
@@ -238,19 +238,19 @@ def resolve_training(method_cls, **given) -> dict:
     return out
 
 
-def build_optimizer(parameter_groups, training: dict) -> torch.optim.Optimizer:
+def build_optimizer(parameter_groups, training: dict, schedule: Schedule | None = None) -> torch.optim.Optimizer:
     """SGD with momentum (the default), or LARS (SimCLR's large-batch optimiser)."""
-    if training.get("optimizer", "sgd") == "lars":
-        return LARS(parameter_groups, lr=training["lr"], momentum=training["momentum"],
-                    weight_decay=training["weight_decay"])
-    return torch.optim.SGD(parameter_groups, lr=training["lr"], momentum=training["momentum"],
-                           weight_decay=training["weight_decay"])
+    schedule = schedule or cosine_schedule(training["lr"], 1, 0, 1, training["momentum"], training["weight_decay"])
+    lars = training.get("optimizer", "sgd") == "lars"
+    return training_optimizer(parameter_groups, schedule, optimizer=LARS if lars else torch.optim.SGD)
 
 
-def cosine_schedule(lr: float, total: int, warmup: int, batch_size: int) -> Schedule:
+def cosine_schedule(lr: float, total: int, warmup: int, batch_size: int, momentum: float = 0.9,
+                    weight_decay: float = 0.0) -> Schedule:
     """Linear warm-up over ``warmup`` iterations (LR ``lr * (it + 1) / warmup``), then half a cosine
     from ``lr`` to 0 over the rest (SimCLR's and MoCo v2's schedule), stepped once per iteration."""
-    return Schedule("cosine", total, lr, batch_size, decay="cosine", warmup_iterations=warmup, warmup="ramp")
+    return Schedule("cosine", total, lr, batch_size, decay="cosine", warmup_iterations=warmup, warmup="ramp",
+                    momentum=momentum, weight_decay=weight_decay)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -304,48 +304,42 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     run_id = config_hash(run_config)
 
     model = build_method(method, arch, image_size, seed, options).to(device)
-    optimizer = build_optimizer(model.parameter_groups(), training)
     warmup = round(training["warmup_epochs"] * per_epoch)
-    scheduler = cosine_schedule(training["lr"], total, warmup, batch_size).scheduler(optimizer)
+    schedule = cosine_schedule(training["lr"], total, warmup, batch_size, training["momentum"],
+                               training["weight_decay"])
+    optimizer = build_optimizer(model.parameter_groups(), training, schedule)
+    scheduler = schedule.scheduler(optimizer)
 
-    partial = out.with_name(out.stem + ".partial.pth")
     log_path = out.with_name(out.stem + ".log.csv")
-    start, history, sums, log_bytes, log_columns = 0, [], {}, None, None
+    history, sums, metric_columns = [], {}, [None]  # the CSV columns: known with the first iteration's metrics
+    loop = TrainingLoop(out.with_name(out.stem + ".partial.pth"), iterations=total, desc=f"pretrain {method}",
+                        optimizer=optimizer, scheduler=scheduler, fingerprint=run_id, fmt=CHECKPOINT_FORMAT,
+                        key="run_id", tag="pretext", mismatch="was made with another configuration or data",
+                        checkpoint_every=checkpoint_every, epoch_length=per_epoch, save_every_epoch=True,
+                        parts={"run_config": run_config, "epoch": lambda loop: loop.iteration // per_epoch,
+                               "position": lambda loop: loop.iteration % per_epoch, "method": Part.weights(model),
+                               "optimizer": optimizer, "scheduler": Part.scheduler(scheduler), "rng": Part.rng(),
+                               "history": lambda loop: history, "sums": lambda loop: sums,
+                               "log_bytes": lambda loop: loop.log_bytes,
+                               "log_columns": lambda loop: metric_columns[0]})
     torch.manual_seed(derived_seed(seed, _RUN_TAG))  # what forward() draws (MoCo's key shuffle, dropout)
-    state = load_matching_checkpoint(partial, CHECKPOINT_FORMAT, run_id, "pretext", key="run_id",
-                                     mismatch="was made with another configuration or data")
+    state = loop.resume()
     if state is not None:
-        model.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start, history, sums = state["iteration"], state["history"], state["sums"]
-        log_bytes, log_columns = state["log_bytes"], state["log_columns"]
-        print(f"[pretext] resuming {partial} at iteration {start}/{total}")
-
+        loop.restore(state)
+        history, sums = state["history"], state["sums"]
     # the header is written with the first row, once the method's metrics are known
-    log = CsvLog(log_path, None, log_bytes)
-    metric_columns = None if log.fresh else log_columns
+    loop.log = log = CsvLog(log_path, None, state["log_bytes"] if state is not None else None)
+    if not log.fresh:
+        metric_columns[0] = state["log_columns"]
     dataset = PretextDataset(paths, model, seed)
     plain = DataLoader(ImageFileDataset(paths, plain_transform(image_size)), batch_size=batch_size,
                        num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
-    iteration = start
     began = time.time()
 
-    def save() -> None:
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "run_id": run_id, "run_config": run_config, "iteration": iteration,
-            "epoch": iteration // per_epoch, "position": iteration % per_epoch,
-            "method": cpu_state(model),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-            "history": history, "sums": sums, "log_bytes": log.sync(), "log_columns": metric_columns,
-        }, partial)
-
-    bar = progress(total, f"pretrain {method}", initial=start)
-    model.train()
-    try:
-        for epoch in range(start // per_epoch, epochs):
-            position = iteration - epoch * per_epoch
+    def batches():
+        nonlocal sums
+        for epoch in range(loop.start // per_epoch, epochs):
+            position = loop.iteration - epoch * per_epoch
             if position == 0:
                 model.epoch_start(epoch, plain, device)
                 model.train()
@@ -354,43 +348,34 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
             # its own generator: a loader draws a base seed, which must not come from the global RNG
             # (forward's draws, checkpointed) or a resumed run would draw it at another moment
             order = model.epoch_indices(seed, epoch, len(paths))
-            loader = DataLoader(dataset, batch_sampler=EpochBatches(len(paths), batch_size, seed, epoch, position, order),
-                                num_workers=num_workers, pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(derived_seed(seed, _RUN_TAG, epoch)))
-            for batch in loader_batches(loader):
-                batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                         for k, v in batch.items()}
-                loss, metrics = model(batch)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"pretext {method}: the loss is {loss.item()} at iteration {iteration} "
-                                      f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower the learning rate")
-                lr_now = optimizer.param_groups[0]["lr"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                model.after_step()
-                value = float(loss.detach())
-                for key, metric in (("loss", value), *metrics.items()):
-                    sums[key] = sums.get(key, 0.0) + float(metric)
-                sums["count"] = sums.get("count", 0.0) + 1
-                if metric_columns is None:
-                    metric_columns = sorted(metrics)
-                    log.header(["iteration", "epoch", "lr", "loss", *metric_columns])
-                log.row([iteration, epoch, f"{lr_now:.6g}", f"{value:.5f}",
-                         *(f"{metrics.get(c, float('nan')):.5f}" for c in metric_columns)])
-                iteration += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}",
-                                **{k: f"{v:.3f}" for k, v in list(metrics.items())[:2]})
-                if iteration % per_epoch == 0:
-                    history.append(round(sums["loss"] / sums["count"], 5))
-                    save()
-                elif iteration % checkpoint_every == 0:
-                    save()
-    finally:
-        bar.close()
-        log.close()
+            yield from DataLoader(dataset, batch_sampler=EpochBatches(len(paths), batch_size, seed, epoch, position,
+                                                                      order),
+                                  num_workers=num_workers, pin_memory=device.type == "cuda",
+                                  generator=torch.Generator().manual_seed(derived_seed(seed, _RUN_TAG, epoch)))
+
+    def step(batch, iteration):
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return model(batch)
+
+    def record(iteration, lr, loss, metrics):
+        epoch = iteration // per_epoch
+        value = float(loss.detach())
+        for key, metric in (("loss", value), *metrics.items()):
+            sums[key] = sums.get(key, 0.0) + float(metric)
+        sums["count"] = sums.get("count", 0.0) + 1
+        if metric_columns[0] is None:
+            metric_columns[0] = sorted(metrics)
+            log.header(["iteration", "epoch", "lr", "loss", *metric_columns[0]])
+        log.row([iteration, epoch, f"{lr:.6g}", f"{value:.5f}",
+                 *(f"{metrics.get(c, float('nan')):.5f}" for c in metric_columns[0])])
+        return {"epoch": epoch, "loss": f"{value:.3f}", **{k: f"{v:.3f}" for k, v in list(metrics.items())[:2]}}
+
+    def diverged(value, iteration, lr):
+        return f"pretext {method}: the loss is {value} at iteration {iteration} (lr {lr:.3g}); lower the learning rate"
+
+    model.train()
+    loop.run(batches(), step, record=record, after_step=model.after_step, diverged=diverged,
+             epoch_end=lambda iteration: history.append(round(sums["loss"] / sums["count"], 5)))
 
     arch_obj = get_architecture(arch)
     meta = {
@@ -408,5 +393,5 @@ def train_pretext(method: str, data: str | Path, out: str | Path, *, arch: str =
     # metadata first: the checkpoint's existence is what marks training as done
     atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=1))
     atomic_torch_save({"state_dict": state_dict, "meta": meta}, out)
-    partial.unlink(missing_ok=True)
+    loop.path.unlink(missing_ok=True)
     return meta

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from benchmark.errors import ConfigError
-from benchmark.training import (Schedule, atomic_torch_save, cpu_state, derived_seed, load_matching_checkpoint,
-                                progress, stream_items, write_csv)
+from benchmark.training import (Part, RowsCsv, Schedule, TrainingLoop, atomic_torch_save, build_optimizer, derived_seed,
+                                load_matching_checkpoint, progress, stream_items)
 
 from . import NAME
 from .box_targets import BELOW_THRESHOLD, decode_boxes, encode_boxes, match_to_ground_truth, sample_balanced
@@ -202,7 +202,7 @@ def make_optimizer(detector: FastRCNNC4, schedule: Schedule) -> torch.optim.SGD:
     groups = [{"params": weights, "weight_decay": schedule.weight_decay, "lr_mult": 1.0}]
     if biases:
         groups.append({"params": biases, "weight_decay": 0.0, "lr_mult": 2.0})
-    return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum)
+    return build_optimizer(groups, schedule)
 
 
 def _proposal_tensor(boxes: np.ndarray, factor, width: int, flip: bool) -> torch.Tensor:
@@ -221,58 +221,48 @@ def train_detector(detector: FastRCNNC4, data: DetectionData, proposals: list[np
     detector.to(device).train()
     optimizer = make_optimizer(detector, schedule)
     state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, "detection")
-    start, log = 0, []
-    if state is not None:
+    if state is not None and state["done"]:
         detector.load_state_dict(state["model"])
-        if state["done"]:
-            return state
-        optimizer.load_state_dict(state["optimizer"])
-        start, log = state["iteration"], state["log"]
-        print(f"[detection] resuming {path} at iteration {start}/{schedule.iterations}")
+        return state
+    log = []
+    loop = TrainingLoop(path, iterations=schedule.iterations, desc=setup.desc, optimizer=optimizer, schedule=schedule,
+                        fingerprint=setup.fingerprint, fmt=CHECKPOINT_FORMAT, tag="detection",
+                        checkpoint_every=setup.checkpoint_every,
+                        log=RowsCsv(out_dir / "log.csv", LOG_COLUMNS, log, lambda iteration, row: row),
+                        parts={"model": Part.weights(detector), "optimizer": optimizer, "log": lambda loop: log,
+                               "schedule": schedule.describe()})
+    if state is not None:
+        loop.restore(state)
+        log.extend(state["log"])
     features = features or ImageFeatures(detector, data, setup, device, setup.cache_features_mb)
     gts = [training_gt(data, i) for i in range(len(data))]
 
-    def save(iteration: int, done: bool) -> None:
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done,
-                           "iteration": iteration, "model": cpu_state(detector),
-                           "optimizer": optimizer.state_dict(), "log": log, "schedule": schedule.describe()}, path)
-        write_csv(out_dir / "log.csv", LOG_COLUMNS, log)
+    def step(_, iteration):
+        maps, rois, labels, targets = [], [], [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(setup.seed, _SAMPLE_TAG, iteration))
+            for index, flip in batch_items(iteration, schedule.batch_size, len(data), setup.flip, setup.seed):
+                fmap, factor, (height, width) = features(index, flip)
+                gt_boxes, gt_labels = gts[index]
+                r, lab, t = sample_rois(_proposal_tensor(proposals[index], factor, width, flip),
+                                        _proposal_tensor(gt_boxes, factor, width, flip),
+                                        torch.as_tensor(gt_labels), setup)
+                maps.append(fmap)
+                rois.append(r.to(device))
+                labels.append(lab)
+                targets.append(t)
+        labels_t, targets_t = torch.cat(labels).to(device), torch.cat(targets).to(device)
+        logits, deltas = detector.box_head(maps, rois)
+        loss_cls, loss_box = detection_loss(logits, deltas, labels_t, targets_t)
+        return loss_cls + loss_box, (loss_cls, loss_box, labels_t)
 
-    bar = progress(schedule.iterations, setup.desc, initial=start)
-    try:
-        for iteration in range(start, schedule.iterations):
-            lr = schedule.set_lr(optimizer, iteration)
-            maps, rois, labels, targets = [], [], [], []
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derived_seed(setup.seed, _SAMPLE_TAG, iteration))
-                for index, flip in batch_items(iteration, schedule.batch_size, len(data), setup.flip, setup.seed):
-                    fmap, factor, (height, width) = features(index, flip)
-                    gt_boxes, gt_labels = gts[index]
-                    r, lab, t = sample_rois(_proposal_tensor(proposals[index], factor, width, flip),
-                                            _proposal_tensor(gt_boxes, factor, width, flip),
-                                            torch.as_tensor(gt_labels), setup)
-                    maps.append(fmap)
-                    rois.append(r.to(device))
-                    labels.append(lab)
-                    targets.append(t)
-            labels_t, targets_t = torch.cat(labels).to(device), torch.cat(targets).to(device)
-            logits, deltas = detector.box_head(maps, rois)
-            loss_cls, loss_box = detection_loss(logits, deltas, labels_t, targets_t)
-            optimizer.zero_grad(set_to_none=True)
-            (loss_cls + loss_box).backward()
-            optimizer.step()
-            log.append([iteration, f"{lr:.6g}", f"{loss_cls.item():.5f}", f"{loss_box.item():.5f}",
-                        int((labels_t > 0).sum())])
-            bar.update(1)
-            done = iteration + 1 == schedule.iterations
-            if done or (iteration + 1) % setup.checkpoint_every == 0:
-                save(iteration + 1, done)
-            if on_iteration is not None:
-                on_iteration(iteration + 1)
-    finally:
-        bar.close()
-    if start >= schedule.iterations:  # defensive: a checkpoint at the end is always marked done
-        save(schedule.iterations, True)
+    def record(iteration, lr, loss, recorded):
+        loss_cls, loss_box, labels_t = recorded
+        log.append([iteration, f"{lr:.6g}", f"{loss_cls.item():.5f}", f"{loss_box.item():.5f}",
+                    int((labels_t > 0).sum())])
+
+    # the batches are made in step(): a function of (seed, iteration)
+    loop.run(range(loop.start, schedule.iterations), step, record=record, on_iteration=on_iteration)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

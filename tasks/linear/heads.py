@@ -36,13 +36,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from benchmark.errors import ConfigError, DatasetError
+from benchmark.errors import ConfigError
 from benchmark.models.backbone import FrozenBackbone, LayerPool, get_architecture
-from benchmark.training import (CsvLog, ResumableBatches, Schedule, all_reduce, atomic_torch_save, autocast,
-                                average_buffers, barrier, channels_last, cpu_state, derived_seed, free_port,
-                                load_matching_checkpoint, loader_batches, process_group, progress, rank_divergence,
-                                resolve_world_size, restore_scheduler_state, rng_state, scheduler_state,
-                                set_rng_state, to_device)
+from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, all_reduce, autocast,
+                                average_buffers, barrier, build_optimizer, channels_last, derived_seed, free_port,
+                                load_matching_checkpoint, loader_batches, process_group, rank_divergence,
+                                resolve_world_size, to_device)
 
 from . import NAME
 
@@ -246,11 +245,9 @@ def make_optimizer(heads: MultiHead, schedule: Schedule):
     """Nesterov SGD (momentum 0.9), weight decay on the Linear weights only; the schedule's
     scheduler (MultiStepLR x0.1) stepped once per iteration."""
     modules = list(heads.heads.values())
-    optimizer = torch.optim.SGD(
-        [{"params": [h.fc.weight for h in modules], "weight_decay": schedule.weight_decay},
-         {"params": [h.fc.bias for h in modules], "weight_decay": 0.0}],
-        lr=schedule.lr, momentum=schedule.momentum, nesterov=True,
-    )
+    optimizer = build_optimizer([{"params": [h.fc.weight for h in modules], "weight_decay": schedule.weight_decay},
+                                 {"params": [h.fc.bias for h in modules], "weight_decay": 0.0}], schedule,
+                                nesterov=True)
     return optimizer, schedule.scheduler(optimizer)
 
 
@@ -402,57 +399,49 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
     state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, "linear", verbose=main)
     if state is not None and state["done"]:
         return state
-    start = 0
+    ipe = schedule.iterations_per_epoch
     evaluations: list[dict] = []
     best: dict = {}
     known_orders = {}
+    loop = TrainingLoop(
+        path, iterations=schedule.iterations, desc=setup.desc, optimizer=optimizer, scheduler=scheduler,
+        fingerprint=setup.fingerprint, fmt=CHECKPOINT_FORMAT, tag="linear", writes=main, verbose=main,
+        checkpoint_every=setup.checkpoint_every, epoch_length=ipe,
+        parts={"epoch": lambda loop: loop.iteration // ipe, "position": lambda loop: loop.iteration % ipe,
+               # the order of the epoch under way (drawn again if the loader has not reached it yet)
+               "epoch_order": lambda loop: torch.empty(0, dtype=torch.int32) if loop.done else
+               sampler.order(loop.iteration // ipe).to(torch.int32),
+               "heads": Part.weights(heads), "optimizer": optimizer, "scheduler": Part.scheduler(scheduler),
+               "rng": Part.rng(), "evaluations": lambda loop: evaluations, "best": lambda loop: best,
+               "final": lambda loop: evaluations[-1] if loop.done else None,
+               "log_bytes": lambda loop: loop.log_bytes, "schedule": schedule.describe(), "layers": layers,
+               "feature_dims": {layer: h.fc.in_features for layer, h in heads.heads.items()}})
     if state is not None:
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(restore_scheduler_state(state["scheduler"]))
-        set_rng_state(state["rng"])
-        start, evaluations, best = state["iteration"], state["evaluations"], state["best"]
+        loop.restore(state)
+        evaluations, best = state["evaluations"], state["best"]
         known_orders = {state["epoch"]: state["epoch_order"].long()}
-        if main:
-            print(f"[linear] resuming {path} at iteration {start}/{schedule.iterations}")
     if distributed:
         # the checkpoint was loaded by every rank; fresh heads are identical by their seeded init
         ddp_heads = nn.parallel.DistributedDataParallel(heads, device_ids=[device.index] if device.type == "cuda"
                                                         else None, broadcast_buffers=False)
     else:
         ddp_heads = heads
-    log = _Log(out_dir / LOG_NAME, layers, state["log_bytes"] if state is not None else None, enabled=main)
+    loop.log = log = _Log(out_dir / LOG_NAME, layers, state["log_bytes"] if state is not None else None,
+                          enabled=main)
 
-    sampler = ResumableBatches(len(train_set), schedule.batch_size, schedule.iterations, start, setup.seed,
-                               iterations_per_epoch=schedule.iterations_per_epoch, rank=rank, world_size=world_size,
+    sampler = ResumableBatches(len(train_set), schedule.batch_size, schedule.iterations, loop.start, setup.seed,
+                               iterations_per_epoch=ipe, rank=rank, world_size=world_size,
                                known_orders=known_orders)
     loader = DataLoader(SeededAugmentation(train_set, setup.seed), batch_sampler=sampler,
                         num_workers=setup.num_workers, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=4 if setup.num_workers else None)
     val_part = Subset(val_set, range(rank, len(val_set), world_size)) if distributed else val_set
     precision = autocast(device)
-    ipe = schedule.iterations_per_epoch
-
-    def save(iteration: int, done: bool, extra: dict | None = None) -> None:
-        log_bytes = log.sync()
-        if not main:
-            return
-        epoch, position = divmod(iteration, ipe)
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done,
-            "iteration": iteration, "epoch": epoch, "position": position,
-            "epoch_order": sampler.order(epoch).to(torch.int32) if not done else torch.empty(0, dtype=torch.int32),
-            "heads": cpu_state(heads),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler_state(scheduler),
-            "rng": rng_state(),
-            "evaluations": evaluations, "best": best, "final": evaluations[-1] if done else None,
-            "log_bytes": log_bytes, "schedule": schedule.describe(), "layers": layers,
-            "feature_dims": {layer: h.fc.in_features for layer, h in heads.heads.items()}, **(extra or {}),
-        }, path)
 
     def evaluate(iteration: int) -> None:
+        heads.eval()
         counts, n = _evaluate(backbone, heads, val_part, layers, device, setup, precision)
+        heads.train()
         if distributed:
             all_reduce(counts, n)
         accuracy = {layer: {k: 100.0 * float(c) / float(n) for k, c in zip(TOPK, counts[i].tolist())}
@@ -466,48 +455,34 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
                     best[key] = (accuracy[layer][k], iteration)
         log.evaluation(iteration, iteration // ipe, accuracy)
 
-    bar = progress(schedule.iterations, setup.desc, initial=start, enabled=main)
+    def step(batch, iteration):
+        images, targets = to_device(batch[0], device), batch[1].to(device, non_blocking=True)
+        with torch.no_grad(), precision():
+            maps = backbone.feature_maps(images, layers)
+        logits = ddp_heads(maps)
+        losses = torch.stack([F.cross_entropy(logits[layer].float(), targets) for layer in layers])
+        return losses.sum(), losses.detach()
+
+    def record(iteration, lr, loss, losses):
+        log.train(iteration, iteration // ipe, lr, losses)
+        if (iteration + 1) % setup.log_every == 0:
+            last = log.flush()
+            if last:
+                return {"loss": f"{sum(last) / len(last):.3f}", "lr": f"{lr:.2g}"}
+        return None
+
+    def epoch_end(iteration):
+        if iteration != schedule.iterations and (iteration // ipe) % setup.eval_every == 0:
+            evaluate(iteration)
+
+    def end():
+        evaluate(schedule.iterations)
+        return {"rank_divergence": rank_divergence(heads) if distributed else 0.0}
+
     heads.train()
-    iteration = start
-    try:
-        for images, targets in loader_batches(loader):
-            images = to_device(images, device)
-            targets = targets.to(device, non_blocking=True)
-            with torch.no_grad(), precision():
-                maps = backbone.feature_maps(images, layers)
-            logits = ddp_heads(maps)
-            losses = torch.stack([F.cross_entropy(logits[layer].float(), targets) for layer in layers])
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            scheduler.step()
-            if distributed:
-                average_buffers(heads, world_size)
-            log.train(iteration, iteration // ipe, lr, losses.detach())
-            iteration += 1
-            bar.update(1)
-            if iteration % setup.log_every == 0:
-                last = log.flush()
-                if last:
-                    bar.set_postfix(loss=f"{sum(last) / len(last):.3f}", lr=f"{lr:.2g}")
-            end = iteration == schedule.iterations
-            if end or (iteration % ipe == 0 and (iteration // ipe) % setup.eval_every == 0):
-                heads.eval()
-                evaluate(iteration)
-                heads.train()
-            if end:
-                divergence = rank_divergence(heads) if distributed else 0.0
-                save(iteration, True, {"rank_divergence": divergence})
-            elif iteration % setup.checkpoint_every == 0:
-                save(iteration, False)
-            if on_iteration is not None:
-                on_iteration(iteration)
-    finally:
-        bar.close()
-        log.close()
-    if iteration != schedule.iterations:  # an empty loader: the data is smaller than one batch
-        raise DatasetError(f"training stopped at iteration {iteration} of {schedule.iterations}")
+    loop.run(loader, step, record=record, epoch_end=epoch_end, end=end,
+             after_step=(lambda: average_buffers(heads, world_size)) if distributed else None,
+             on_iteration=on_iteration)
     if distributed:
         barrier()
     return load_checkpoint(path) if main else {}

@@ -23,7 +23,6 @@ normal, renormalised. ``regression`` head: three outputs per pixel, normalised; 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,9 +35,9 @@ from torchvision.transforms import functional as TF
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import ConfigError, DatasetError
-from benchmark.training import (ResumableBatches, Schedule, atomic_torch_save, autocast, channels_last, cpu_state,
-                                derived_seed, load_matching_checkpoint, load_matching_weights, loader_batches,
-                                progress, to_device, write_csv)
+from benchmark.training import (Part, ResumableBatches, RowsCsv, Schedule, TrainingLoop, autocast, build_optimizer,
+                                channels_last, cpu_state, derived_seed, load_matching_checkpoint, load_matching_weights,
+                                loader_batches, to_device)
 from .codebook import assign, decode
 from .metrics import AngularErrors
 from .model import NormalsNet
@@ -175,14 +174,11 @@ def build_model(resnet: torch.nn.Module, setup: NormalsSetup) -> NormalsNet:
 
 
 def make_optimizer(model: NormalsNet, schedule: Schedule) -> torch.optim.SGD:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=schedule.lr_at(0), momentum=schedule.momentum,
-                           weight_decay=schedule.weight_decay)
+    return build_optimizer([p for p in model.parameters() if p.requires_grad], schedule)
 
 
-def _write_log(path: Path, losses: list[float], schedule: Schedule) -> None:
-    write_csv(path, ["iteration", "lr", "loss"],
-              ([iteration, f"{schedule.lr_at(iteration):.6g}", f"{loss:.6f}"] for iteration, loss in enumerate(losses)))
+def _log_row(iteration: int, loss: float, schedule: Schedule) -> list:
+    return [iteration, f"{schedule.lr_at(iteration):.6g}", f"{loss:.6f}"]
 
 
 def train_normals(resnet: torch.nn.Module, train_set, test_set, setup: NormalsSetup, out_dir: Path,
@@ -208,58 +204,45 @@ def train_normals(resnet: torch.nn.Module, train_set, test_set, setup: NormalsSe
     cuda = device.type == "cuda"
     model = channels_last(build_model(resnet, setup), device)
     optimizer = make_optimizer(model, schedule)
-    start, losses = 0, []
+    losses = []
+    loop = TrainingLoop(path, iterations=schedule.iterations, desc=setup.desc, optimizer=optimizer, schedule=schedule,
+                        fingerprint=setup.fingerprint, fmt=CHECKPOINT_FORMAT, tag="normals",
+                        checkpoint_every=setup.checkpoint_every,
+                        log=RowsCsv(out_dir / LOG_NAME, ["iteration", "lr", "loss"], losses,
+                                    lambda iteration, loss: _log_row(iteration, loss, schedule)),
+                        parts={"model": Part(lambda: cpu_state(model.trainable_state()),
+                                             lambda weights: load_matching_weights(model, weights, path,
+                                                                                   ignore=("frozen.",))),
+                               "optimizer": optimizer, "losses": lambda loop: losses,
+                               "schedule": schedule.describe(), "metrics": None, "head": setup.head})
     if state is not None:
-        load_matching_weights(model, state["model"], path, ignore=("frozen.",))
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses = state["iteration"], list(state["losses"])
-        print(f"[normals] resuming {path} at iteration {start}/{schedule.iterations}")
+        loop.restore(state)
+        losses.extend(state["losses"])
 
-    def save(iteration: int, done: bool, metrics: dict | None = None) -> None:
-        _write_log(out_dir / LOG_NAME, losses, schedule)
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": done, "iteration": iteration,
-            "model": cpu_state(model.trainable_state()),
-            "optimizer": optimizer.state_dict(), "losses": losses, "schedule": schedule.describe(),
-            "metrics": metrics, "head": setup.head,
-        }, path)
-
-    sampler = training_batches(len(train_set), schedule, start, setup.seed, setup.short_side)
+    sampler = training_batches(len(train_set), schedule, loop.start, setup.seed, setup.short_side)
     loader = DataLoader(NormalsData(train_set, resizable=True), batch_sampler=sampler, num_workers=setup.num_workers,
                         pin_memory=cuda, generator=torch.Generator())
     precision = autocast(device)
+
+    def step(batch, iteration):
+        images, normals, mask = batch
+        images = to_device(images, device)
+        normals, mask = normals.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        # dropout seeded per iteration, nothing drawn from the process's RNG (not checkpointed)
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            torch.manual_seed(derived_seed(setup.seed, _DROPOUT_TAG, iteration))
+            with precision():
+                out = model(images)
+            return loss_of(out.float(), normals, mask, setup), None
+
+    def record(iteration, lr, loss, _):
+        losses.append(float(loss.detach()))
+        return {"loss": f"{losses[-1]:.3f}"}
+
+    def diverged(value, iteration, lr):
+        return f"normals training diverged at iteration {iteration} (loss {value}); lower base_lr"
+
     model.train()
-    iteration = start
-    bar = progress(schedule.iterations, setup.desc, initial=start)
-    try:
-        for images, normals, mask in loader_batches(loader):
-            images = to_device(images, device)
-            normals, mask = normals.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            schedule.set_lr(optimizer, iteration)
-            with torch.random.fork_rng(devices=[device] if cuda else []):
-                torch.manual_seed(derived_seed(setup.seed, _DROPOUT_TAG, iteration))
-                with precision():
-                    out = model(images)
-                loss = loss_of(out.float(), normals, mask, setup)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"normals training diverged at iteration {iteration} (loss {value}); "
-                                  f"lower base_lr")
-            losses.append(value)
-            iteration += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}")
-            if iteration < schedule.iterations and iteration % setup.checkpoint_every == 0:
-                save(iteration, False)
-            if on_iteration is not None:
-                on_iteration(iteration)
-    finally:
-        bar.close()
-    if iteration != schedule.iterations:
-        raise DatasetError(f"normals training stopped at iteration {iteration} of {schedule.iterations}")
-    metrics = evaluate(model, NormalsData(test_set), setup, device)
-    save(iteration, True, metrics)
+    loop.run(loader, step, record=record, diverged=diverged, on_iteration=on_iteration,
+             end=lambda: {"metrics": evaluate(model, NormalsData(test_set), setup, device)})
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -42,14 +42,25 @@ def _torch_detail(message: str) -> str:
 
 
 def pickled_objects_message(path: Path, refused: str) -> str:
-    """What to do with a checkpoint that holds Python objects besides tensors."""
+    """What to do with a checkpoint that holds Python objects besides tensors. A training dict whose
+    only such object is an argparse.Namespace (DINO's, MoCo's 'args') can be re-saved without
+    running any pickled code: torch's safe_globals admits that one class."""
+    new = path.with_name(path.stem + "-weights.pth")
+    if refused == "argparse.Namespace":
+        return (
+            f"checkpoint {path} holds pickled Python objects ({refused}: the 'args' entry that DINO, MoCo and most "
+            f"training scripts save), not only tensors, and ssl-bench reads checkpoints with "
+            f"torch.load(weights_only=True). Re-save its dicts of tensors, admitting only that class: "
+            f"import argparse, torch; with torch.serialization.safe_globals([argparse.Namespace]): "
+            f"ckpt = torch.load('{path}'); then torch.save({{k: v for k, v in ckpt.items() if isinstance(v, dict)}}, "
+            f"'{new}'), and set the model's 'path' to the new file."
+        )
     return (
         f"checkpoint {path} holds pickled Python objects ({refused}), not only tensors. Unpickling them can run "
         f"arbitrary code, so ssl-bench (which reads checkpoints with torch.load(weights_only=True)) will not "
         f"execute them. Re-save only the tensors: in an environment you trust, load the file with the code that "
         f"wrote it and save the network's state dict, "
-        f"torch.save(model.state_dict(), '{path.with_name(path.stem + '-weights.pth')}'), then set the model's "
-        f"'path' to the new file."
+        f"torch.save(model.state_dict(), '{new}'), then set the model's 'path' to the new file."
     )
 
 

@@ -296,3 +296,24 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_directory_exis
         err = capsys.readouterr().err
         assert err.startswith("ssl-bench: error: model 'mine': ") and expected in err and str(path) in err
         assert not out.exists()
+
+
+def test_a_training_dict_with_args_gets_a_recipe_that_works(tmp_path, original) -> None:
+    """DINO's layout: {'teacher', 'student', 'epoch', 'args': argparse.Namespace}. The refusal names
+    the 'args' entry and gives a re-save recipe; following it (as a user would, on a file they
+    trust) gives a file that loads."""
+    import argparse
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": original, "student": original, "epoch": 100, "args": argparse.Namespace(lr=0.1)}, path)
+    message = _load_fails(path)
+    assert "argparse.Namespace: the 'args' entry" in message and "weights_only=False" not in message
+    assert "with torch.serialization.safe_globals([argparse.Namespace])" in message
+    assert "torch.save({k: v for k, v in ckpt.items() if isinstance(v, dict)}" in message
+    with torch.serialization.safe_globals([argparse.Namespace]):  # the recipe: no other class admitted
+        ckpt = torch.load(path)
+    torch.save({k: v for k, v in ckpt.items() if isinstance(v, dict)}, tmp_path / "checkpoint-weights.pth")
+    assert str(tmp_path / "checkpoint-weights.pth") in message
+    model = _fresh()
+    load_trunk_weights(model, ARCH, tmp_path / "checkpoint-weights.pth")
+    _assert_trunk_equals(model, original)

@@ -296,14 +296,35 @@ def pooled_std(ref: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
             pd.Series(dof.reindex(index).to_numpy(), index=ref.index))
 
 
+def _replicate_rules(ref: pd.DataFrame, exact: pd.Series) -> np.ndarray:
+    """The rule each row's runs give: exact, fixed (one run), aggregate (per class / sample), band."""
+    per_item = (ref["class"] != "") | (ref["sample"] != "")
+    return np.select([exact, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
+
+
+def _replicate_tolerances(ref: pd.DataFrame, exact_tolerance) -> np.ndarray:
+    """The tolerance of each row's rule (set by ``_replicate_rules``) from its stored spreads."""
+    return np.select([ref["rule"] == "exact", ref["rule"] == "fixed"], [exact_tolerance, BASE_TOLERANCE],
+                     band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
+
+
 def _rules_and_tolerances(ref: pd.DataFrame, exact: pd.Series, exact_tolerance) -> np.ndarray:
     """Sets each row's rule and pooled spread from its runs (``exact`` rows keep the rule exact) and
     returns its tolerance: ``exact_tolerance`` for exact rows, the band for measured ones."""
-    per_item = (ref["class"] != "") | (ref["sample"] != "")
-    ref["rule"] = np.select([exact, ref["n_runs"] < 2, per_item], ["exact", "fixed", "aggregate"], "band")
+    ref["rule"] = _replicate_rules(ref, exact)
     ref["pooled_std"], ref["pooled_dof"] = pooled_std(ref)
-    return np.select([exact, ref["rule"] == "fixed"], [exact_tolerance, BASE_TOLERANCE],
-                     band_tolerance(ref["std"], ref["pooled_std"], ref["n_runs"], ref["pooled_dof"]))
+    return _replicate_tolerances(ref, exact_tolerance)
+
+
+def _refuse_moved_exact(run: pd.DataFrame, reference: pd.DataFrame, what: str) -> None:
+    """A run that moves an exact number beyond its tolerance is a change: it cannot extend a
+    reference as ``what`` (a replicate, a machine run)."""
+    moved = compare(run, reference)["regressions"]
+    moved = moved[moved["rule"] == "exact"]
+    if len(moved):
+        key = dict(zip(JOIN, moved[JOIN].iloc[0]))
+        raise BenchmarkError(f"the run moves {len(moved)} exact number(s) beyond their tolerance ({key}): that is "
+                             f"a change, not {what}'s rounding or spread; it cannot be {what}")
 
 
 def build_reference(run: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.DataFrame:
@@ -346,12 +367,7 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     rounds differently from the ones the replicates came from (another processor: a trained model moves as with another seed), so the
     bands measure that spread too. The run must hold every trained row, and its exact rows must
     pass the reference (they are not spread: a moved exact number is a change)."""
-    exact_moved = compare(run, reference)["regressions"]
-    exact_moved = exact_moved[exact_moved["rule"] == "exact"]
-    if len(exact_moved):
-        key = dict(zip(JOIN, exact_moved[JOIN].iloc[0]))
-        raise BenchmarkError(f"the run moves {len(exact_moved)} exact number(s) beyond their tolerance ({key}): that is "
-                             f"a change, not the spread of training; it cannot be a replicate")
+    _refuse_moved_exact(run, reference, "a replicate")
     keys = join_keys(reference, run)
     ref = reference.set_index(keys)
     x = run.set_index(keys)["value"].reindex(ref.index)
@@ -400,12 +416,7 @@ def add_machine_run(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     (``machine_spread``, the largest such move, over ``machine_runs``), and the ``machine`` rule is
     set again (module docstring). The run may hold a subset of the suite (``--models``); its exact
     rows must pass the reference, and a run that moves exact numbers is a change, not a machine."""
-    exact_moved = compare(run, reference)["regressions"]
-    exact_moved = exact_moved[exact_moved["rule"] == "exact"]
-    if len(exact_moved):
-        key = dict(zip(JOIN, exact_moved[JOIN].iloc[0]))
-        raise BenchmarkError(f"the run moves {len(exact_moved)} exact number(s) beyond their tolerance ({key}): that is "
-                             f"a change, not another machine's rounding; it cannot be a machine run")
+    _refuse_moved_exact(run, reference, "a machine run")
     keys = join_keys(reference, run)
     ref = reference.set_index(keys)
     x = run.set_index(keys)["value"].reindex(ref.index)
@@ -440,14 +451,11 @@ def _machine_rule(ref: pd.DataFrame) -> pd.DataFrame:
     stable = (reproduced | ~trained).groupby(group).transform("all") & trained.groupby(group).transform("any")
     machine = trained & stable
     was_machine = (ref["rule"] == "machine") & ~machine
-    if was_machine.any():  # back to the rule its replicates give
-        per_item = (ref["class"] != "") | (ref["sample"] != "")
-        ref.loc[was_machine, "rule"] = np.where(ref.loc[was_machine, "n_runs"] < 2, "fixed",
-                                                np.where(per_item[was_machine], "aggregate", "band"))
+    if was_machine.any():  # back to the rule its replicates give, and the tolerance it had under it
+        ref.loc[was_machine, "rule"] = _replicate_rules(ref, ~trained)[was_machine.to_numpy()]
         back = ref.loc[was_machine]
-        rebuilt = np.where(back["rule"] == "fixed", BASE_TOLERANCE,
-                           band_tolerance(back["std"], back["pooled_std"], back["n_runs"], back["pooled_dof"]))
-        ref.loc[was_machine, "tolerance"] = back["spread_tolerance"].fillna(pd.Series(rebuilt, index=back.index))
+        rebuilt = pd.Series(_replicate_tolerances(back, EXACT_TOLERANCE), index=back.index)
+        ref.loc[was_machine, "tolerance"] = back["spread_tolerance"].fillna(rebuilt)
     ref.loc[machine, "rule"] = "machine"
     ref.loc[machine, "tolerance"] = MACHINE_TOLERANCE
     return ref

@@ -186,6 +186,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .report import write_comparison
+
+    paths = write_comparison(args.run_dirs, args.out, published=args.published)
+    print(paths["md"].read_text())
+    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
+    print(f"report: {paths['html']}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from .registry import PRETRAINERS, TASKS
 
@@ -333,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "pirl2020, openselfsup (ssl-bench list published), or a CSV path); marked as not "
                              "measured here, never mixed into the results")
     report.set_defaults(func=cmd_report)
+
+    compare = sub.add_parser("compare", help="several runs' models side by side in one leaderboard and report.html")
+    compare.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--out", type=Path, required=True,
+                         help="folder for the combined leaderboard.md/.csv/.png, report.html and results.csv "
+                              "(not one of the runs)")
+    compare.add_argument("--published", nargs="+", metavar="NAME",
+                         help="published numbers to show beside them, as for 'ssl-bench report'")
+    compare.set_defaults(func=cmd_compare)
 
     listing = sub.add_parser("list", help="list suites, tasks, pretrainers, architectures, published number sets "
                                              "or the parts a plugin lists (ssl-bench list -h shows them)")

@@ -57,6 +57,8 @@ SCRIPT = """
 class HtmlReport:
     title: str
     leaderboard: list[tuple[str, pd.DataFrame, str]] = field(default_factory=list)  # (section, table, warning)
+    best_layer: pd.DataFrame | None = None  # numbers each followed by a '[layer]' column naming their layer
+    best_layer_note: str = ""
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG)
     details: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # detection/normals and other tables
     published: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
@@ -112,6 +114,9 @@ def render(report: HtmlReport) -> str:
         section("leaderboard", "Leaderboard", "".join(body))
     else:
         section("leaderboard", "Leaderboard", "<p>No finished results yet.</p>")
+    if report.best_layer is not None and not report.best_layer.empty:
+        section("best-layer", "Best layer per model",
+                f"<p>{html.escape(report.best_layer_note)}</p>{table_html(report.best_layer, 'model')}")
     if report.figures:
         section("figures", "Figures", "".join(_figure(c, p) for c, p in report.figures))
     if report.details:

@@ -16,33 +16,17 @@ from .svm.protocol import TEST_SELECTED
 from .report_datasets import across_datasets_lines
 from .paths import atomic_write
 from .results import ResultStore
-from .rows import HEADLINE_METRICS, headline_rows, save_figure, section_label, text_column  # noqa: F401  (the report's helpers)
+from .rows import HEADLINE_METRICS, headline_rows, labelled, save_figure, section_label, text_column  # noqa: F401  (the report's helpers)
 from .scaling import annotate, plot_scaling
+from .best_layer import best_layer_markdown, best_layer_rows, best_layer_table
 from .tables import one_row_per_cell
-
-def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
-    """Adds 'section' (task, plus the cost selection where a task reports several) and 'column':
-    every key column in which a task's headline rows differ is in the label, so that each
-    leaderboard cell is one row (``one_row_per_cell`` refuses anything else)."""
-    section = section_label(rows)
-    k = text_column(rows, "k")
-    evaluation = text_column(rows, "evaluation")  # training tasks report the best and the final evaluation
-    backend = text_column(rows, "backend")  # detection: two backends' numbers never share (or average in) a column
-    dataset = text_column(rows, "dataset")
-    datasets = dataset.groupby(rows["task"]).transform("nunique") > 1  # a task instance over several datasets
-    column = (section + "/" + text_column(rows, "layer") + k.where(k.eq(""), " k=" + k) + ":" + rows["metric"]
-              + evaluation.where(evaluation.eq(""), " (" + evaluation + ")")
-              + backend.where(backend.eq(""), " [" + backend + "]")
-              + (" {" + dataset + "}").where(datasets & dataset.ne(""), ""))
-    return rows.assign(section=section, column=column)
-
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     """models x (task, layer[, k]) table of headline metrics, columns in run order; each cell one row."""
     rows = headline_rows(df)
     if rows.empty:
         return pd.DataFrame()
-    return one_row_per_cell(_labelled(rows), "model", "column", what="leaderboard")
+    return one_row_per_cell(labelled(rows), "model", "column", what="leaderboard")
 
 
 def convergence_notes(df: pd.DataFrame) -> list[str]:
@@ -71,7 +55,7 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     if rows.empty:
         return None
     backend = text_column(rows, "backend")  # one panel per detection backend: their numbers are never averaged
-    rows = _labelled(rows)
+    rows = labelled(rows)
     rows = rows.assign(task=rows["section"] + backend.where(backend.eq(""), " [" + backend + "]"))
     import matplotlib
 
@@ -94,6 +78,12 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+BEST_LAYER_NOTE = ("Each model's best layer per task, named beside its number, so that models of different "
+                   "architectures (ResNet stages, ViT blocks) are read side by side. The layer is picked on "
+                   "the reported metric itself, as Goyal et al. 2019 report best layers: a summary for "
+                   "comparison; the per-layer tables above are the full record.")
+
+
 def write_report(run_dir: str | Path, published: list[str] | None = None) -> dict[str, Path]:
     """leaderboard.md/.csv/.png, the task families' and scaling figures, and report.html.
     ``published``: names of published sets (results/published/NAME.csv) or CSV paths shown in their
@@ -103,11 +93,28 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
     store = ResultStore(run_dir)
     df = store.load(damaged="skip")  # intact units still make a leaderboard; the damaged are listed
     df = annotate(df, run_dir)  # sweep columns of swept models, from the run's config where rows lack them
+    paths = {"results": store.gather(rows=df)}
+    damaged = [f"- {problem}" for problem in store.damaged]
+    if damaged:
+        damaged.append(f"\nTheir units count as not done: `ssl-bench resume {run_dir}` recomputes them.")
+    return {**paths, **write_outputs(df, run_dir, title=run_dir.name, families=task_families(df, run_dir),
+                                     damaged=damaged, failures=failed_units(run_dir),
+                                     published_rows=published_rows, published=published)}
+
+
+def write_outputs(df: pd.DataFrame, out_dir: Path, *, title: str, families: dict[str, list[str]],
+                  damaged: list[str], failures: list[tuple[str, str]], published_rows: pd.DataFrame | None = None,
+                  published: list[str] | None = None, notes: list[tuple[str, list[str]]] = ()) -> dict[str, Path]:
+    """Writes the leaderboard (md, csv, png), the best-layer table, the families' figures and
+    report.html of the rows ``df`` into ``out_dir``: one run's rows, or several runs' side by side."""
     table = leaderboard(df)
-    paths = {"results": store.gather(rows=df), "csv": run_dir / "leaderboard.csv", "md": run_dir / "leaderboard.md"}
+    paths = {"csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md"}
     atomic_write(paths["csv"], table.to_csv())
-    page = HtmlReport(title=f"ssl-bench report: {run_dir.resolve().name}", meta=_meta_line(df))
-    lines = [f"# Leaderboard: {run_dir.name}", ""]
+    page = HtmlReport(title=f"ssl-bench report: {Path(out_dir).resolve().name}", meta=_meta_line(df))
+    lines = [f"# Leaderboard: {title}", ""]
+    for heading, notes_lines in notes:
+        lines += [f"## {heading}", ""] + notes_lines + [""]
+        page.notes.append((heading, notes_lines))
     if table.empty:
         lines.append("No finished results yet.")
     else:
@@ -122,23 +129,29 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
                 lines += ["> " + warning, ""]
             lines += [sub.to_markdown(floatfmt=".2f"), ""]
             page.leaderboard.append((section, sub, warning))
+        best = best_layer_table(df)
+        if not best.empty:
+            lines += ["## Best layer per model", "", BEST_LAYER_NOTE, "",
+                      best_layer_markdown(best).to_markdown(), ""]
+            page.best_layer, page.best_layer_note = best, BEST_LAYER_NOTE
+            rows = best_layer_rows(df)
+            paths["best_layer_csv"] = out_dir / "leaderboard_best_layer.csv"
+            atomic_write(paths["best_layer_csv"], rows[["model", "across_layers", "layer", "value"]].rename(
+                columns={"across_layers": "task_metric"}).to_csv(index=False))
         lines += across_datasets_lines(df)
         protocol = _protocol_lines(df)
         lines += protocol
         page.notes.append(("How these numbers were made", protocol[2:]))
-    damaged = [f"- {problem}" for problem in store.damaged]
-    if damaged:
-        damaged.append(f"\nTheir units count as not done: `ssl-bench resume {run_dir}` recomputes them.")
-    for title, notes in (("Skipped", skipped_notes(df)), ("Convergence warnings", convergence_notes(df)),
-                         ("Damaged result files (left out)", damaged)):
-        if notes:
-            lines += ["", f"## {title}", ""] + notes
-            page.notes.append((title, notes))
-    png = plot_layers(df, run_dir / "leaderboard.png")
+    for heading, notes_lines in (("Skipped", skipped_notes(df)), ("Convergence warnings", convergence_notes(df)),
+                                 ("Damaged result files (left out)", damaged)):
+        if notes_lines:
+            lines += ["", f"## {heading}", ""] + notes_lines
+            page.notes.append((heading, notes_lines))
+    png = plot_layers(df, out_dir / "leaderboard.png")
     if png:
         paths["png"] = png
         page.figures.append(("headline metric per layer, one line per model (per-layer curves)", png))
-    for item in task_report_items(df, run_dir) + plot_scaling(df, run_dir):
+    for item in task_report_items(df, out_dir, families) + plot_scaling(df, out_dir):
         if item.path is not None:
             paths[item.path.stem] = item.path
             page.figures.append((item.caption, item.path))
@@ -154,10 +167,10 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
     if figures:
         lines += ["", "Figures: " + ", ".join(figures)]
     atomic_write(paths["md"], "\n".join(lines) + "\n")
-    page.details = detail_tables(df, task_families(df, run_dir)) + page.details
+    page.details = detail_tables(df, families) + page.details
     page.costs = unit_costs(df)
-    page.failures = failed_units(run_dir)
-    paths["html"] = run_dir / "report.html"
+    page.failures = failures
+    paths["html"] = out_dir / "report.html"
     atomic_write(paths["html"], render(page))
     return paths
 
@@ -194,7 +207,7 @@ def detail_tables(df: pd.DataFrame, families: dict[str, list[str]] | None = None
         title, evaluator_checks = TASKS.get(family).detail_title, TASKS.get(family).evaluator_checks
         # the model's own numbers first, then the evaluator's checks in their own labelled columns:
         # never averaged with the model's
-        sub = _labelled(sub.assign(layer=text_column(sub, "layer"), metric=sub["metric"].astype(str)))
+        sub = labelled(sub.assign(layer=text_column(sub, "layer"), metric=sub["metric"].astype(str)))
         sub = sub.iloc[text_column(sub, "evaluation").isin(evaluator_checks).to_numpy().argsort(kind="stable")]
         table = one_row_per_cell(sub.assign(column=sub["column"].str.split("/", n=1).str[1]), "model", "column",
                                  what=f"report.html {title}: {task}")
@@ -258,14 +271,15 @@ def task_families(df: pd.DataFrame, run_dir: Path) -> dict[str, list[str]]:
     return families
 
 
-def task_report_items(df: pd.DataFrame, run_dir: Path) -> list[ReportItem]:
-    """What each task family present in the results adds to the report (``Task.report_figures``).
-    A family whose plugin is not installed here is skipped: its rows are still in the tables."""
+def task_report_items(df: pd.DataFrame, out_dir: Path, families: dict[str, list[str]]) -> list[ReportItem]:
+    """What each task family present in the results adds to the report (``Task.report_figures``),
+    written into ``out_dir``. A family whose plugin is not installed here is skipped: its rows are
+    still in the tables."""
     items = []
-    for family, instances in task_families(df, run_dir).items():
+    for family, instances in families.items():
         if family not in TASKS:
             continue
-        items += TASKS.get(family).report_figures(df[df["task"].astype(str).isin(instances)], run_dir)
+        items += TASKS.get(family).report_figures(df[df["task"].astype(str).isin(instances)], out_dir)
     return items
 
 
@@ -292,3 +306,72 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
     lines.append(f"- ssl-bench {meta.get('ssl_bench_version')} at git {meta.get('git_sha')}, "
                  f"device {meta.get('device')}, seed {meta.get('seed')}")
     return lines
+
+
+# the settings that make two runs' numbers of one task comparable; a difference is said in the report
+PROTOCOL_COLUMNS = ("dataset", "n_train", "n_test", "image_size", "cost_list", "solver", "cost_selection", "schedule",
+                    "batch_size", "epochs", "iterations", "svm_precision", "backend")
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """A short, unique label per run: its folder name, with as many parent folders as it takes."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise BenchmarkError(f"compare: a run is named twice: {' '.join(str(d) for d in run_dirs)}")
+
+
+def protocol_differences(df: pd.DataFrame) -> list[str]:
+    """One line per task whose runs were made with different settings (data, sizes, solver...)."""
+    lines = []
+    for task, sub in headline_rows(df).groupby("task", sort=False):
+        for column in PROTOCOL_COLUMNS:
+            values = {run: "/".join(sorted(set(text_column(group, column)))) for run, group in sub.groupby("run", sort=False)}
+            if len(set(values.values())) > 1:
+                lines.append(f"- {task}: the runs differ in {column} ("
+                             + "; ".join(f"{run}: {value or '-'}" for run, value in values.items())
+                             + "): their numbers are not the same measurement")
+    return lines
+
+
+def write_comparison(run_dirs: list[str | Path], out_dir: str | Path,
+                     published: list[str] | None = None) -> dict[str, Path]:
+    """Several runs' models side by side in one leaderboard and report.html, written into
+    ``out_dir`` (never into a run). Each model is named ``RUN:MODEL``; rows keep a ``run`` column.
+    Tasks that the runs made with different settings are listed first, as not comparable."""
+    run_dirs, out_dir = [Path(d) for d in run_dirs], Path(out_dir)
+    if len(run_dirs) < 2:
+        raise BenchmarkError("compare: give two or more run directories (ssl-bench compare RUN_A RUN_B --out DIR)")
+    for run_dir in run_dirs:
+        if not (run_dir / "units").is_dir():
+            raise BenchmarkError(f"compare: {run_dir} is not a run directory (no units/ inside); pass the folders "
+                                 f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
+        if out_dir.resolve() == run_dir.resolve():
+            raise BenchmarkError(f"compare: --out {out_dir} is one of the runs; its own report would be replaced. "
+                                 f"Choose another folder, e.g. runs/compare")
+    if (out_dir / "units").is_dir():
+        raise BenchmarkError(f"compare: --out {out_dir} is a run directory; choose an empty or new folder")
+    published_rows = _load_published(published)
+    frames, families, damaged, failures = [], {}, [], []
+    for label, run_dir in zip(run_labels(run_dirs), run_dirs):
+        store = ResultStore(run_dir)
+        rows = annotate(store.load(damaged="skip"), run_dir)
+        damaged += [f"- {label}: {problem}" for problem in store.damaged]
+        failures += [(f"{label}:{unit}", text) for unit, text in failed_units(run_dir)]
+        for family, instances in task_families(rows, run_dir).items():
+            families[family] = list(dict.fromkeys(families.get(family, []) + instances))
+        if not rows.empty:
+            frames.append(rows.assign(model=label + ":" + rows["model"].astype(str), run=label,
+                                      unit_id=label + ":" + rows["unit_id"].astype(str)))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"results": out_dir / "results.csv"}
+    atomic_write(paths["results"], df.to_csv(index=False))
+    differences = protocol_differences(df) if not df.empty else []
+    notes = [("Not comparable: settings that differ between the runs", differences)] if differences else []
+    title = "compare " + ", ".join(run_labels(run_dirs))
+    return {**paths, **write_outputs(df, out_dir, title=title, families=families, damaged=damaged,
+                                     failures=failures, published_rows=published_rows, published=published,
+                                     notes=notes)}

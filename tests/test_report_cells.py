@@ -180,3 +180,46 @@ def test_no_table_is_built_with_a_silent_aggregate():
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if re.search(r"pivot_table\(|aggfunc\s*=", line)]
     assert offenders == []
+
+
+def test_best_layer_cells_are_the_best_row_of_their_model(run):
+    """The best-layer section: each number is one row, the layer beside it is that row's, and no
+    other layer of the same model, task and metric beats it (angular errors: lower is better)."""
+    paths = write_report(run)
+    rows = ResultStore(run).load()
+    values = pd.to_numeric(rows["value"])
+    (table,) = [t for t in html_tables(paths["html"].read_text()) if t.section == "best-layer"]
+    # two cost selections of voc07_svm are two columns, linear's best evaluation one; normals,
+    # detection and knn have one layer and no column
+    assert sorted(table.header[1::2]) == ["linear_places205: top1 (best)", "voc07_svm [cost: 3-fold-cv-ap]: mAP",
+                                          "voc07_svm [cost: test-selected]: mAP"]
+    assert table.header[2::2] == [label + " [layer]" for label in table.header[1::2]]
+    checked = 0
+    for cells in table.rows:
+        model = cells[0][0]
+        for label, (_, value), (layer, _) in zip(table.header[1::2], cells[1::2], cells[2::2]):
+            if label.startswith("voc07_svm"):
+                task, metric, evaluation = "voc07_svm", "mAP", ""
+                selection = re.search(r"\[cost: (.*)\]", label).group(1)
+            else:
+                task, metric, evaluation, selection = "linear_places205", "top1", "best", ""
+            candidates = rows[(rows["model"] == model) & (rows["task"] == task) & (rows["metric"] == metric)
+                              & rows["class"].isna() & (rows["evaluation"].fillna("") == evaluation)
+                              & (rows["cost_selection"].fillna("") == selection)]
+            assert ((candidates["layer"] == layer) & (pd.to_numeric(candidates["value"]) == value)).sum() == 1
+            assert value == pd.to_numeric(candidates["value"]).max() and len(candidates) == 2
+            checked += 1
+    assert checked == 2 * 3
+    best = pd.read_csv(paths["best_layer_csv"])
+    assert len(best) == 6 and all(((rows["model"] == r.model) & (rows["layer"] == r.layer)
+                                   & (values == r.value)).sum() == 1 for r in best.itertuples())
+
+
+def test_the_lowest_angular_error_is_the_best_layer():
+    from benchmark.best_layer import best_layer_rows
+
+    rows = pd.DataFrame({"model": ["m"] * 4, "task": ["normals_nyuv2"] * 4, "layer": ["res4", "res5"] * 2,
+                         "metric": ["mean_error", "mean_error", "within_11.25", "within_11.25"],
+                         "value": [30.0, 25.0, 40.0, 35.0]})
+    best = best_layer_rows(rows)
+    assert dict(zip(best["metric"], best["layer"])) == {"mean_error": "res5", "within_11.25": "res4"}

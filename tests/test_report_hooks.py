@@ -39,14 +39,15 @@ def test_instances_are_mapped_to_their_family_through_suite_yaml(tmp_path, toy_r
     df = _rows(["mine_a", "voc07_svm", "mine_b", "unknown_plugin"])
     assert task_families(df, tmp_path) == {"toy_report_family": ["mine_a", "mine_b"], "voc07_svm": ["voc07_svm"],
                                            "unknown_plugin": ["unknown_plugin"]}
-    items = task_report_items(df, tmp_path)
+    items = task_report_items(df, tmp_path, task_families(df, tmp_path))
     # one call per family, with the rows of all its instances; an uninstalled family is skipped
     assert _Toy.calls == [["mine_a", "mine_b"]]
     assert [item.caption for item in items] == ["toy"]
 
 
 def test_without_suite_yaml_an_instance_named_like_a_task_is_that_task(tmp_path, toy_registered):
-    task_report_items(_rows(["toy_report_family"]), tmp_path)
+    df = _rows(["toy_report_family"])
+    task_report_items(df, tmp_path, task_families(df, tmp_path))
     assert _Toy.calls == [["toy_report_family"]]
 
 

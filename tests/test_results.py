@@ -191,7 +191,10 @@ def test_write_report_files(run_dir: Path) -> None:
     paths = write_report(run_dir)
     assert {k: p.name for k, p in paths.items()} == {
         "results": "results.csv", "csv": "leaderboard.csv", "md": "leaderboard.md", "png": "leaderboard.png",
-        "html": "report.html"}
+        "best_layer_csv": "leaderboard_best_layer.csv", "html": "report.html"}
+    best = pd.read_csv(paths["best_layer_csv"])  # each model's best layer: moco res5 (70 > 20), random conv1
+    assert best[["model", "layer", "value"]].values.tolist() == [["moco", "res5", 70.0], ["random", "conv1", 9.25]]
+    assert best["task_metric"].tolist() == ["voc07_svm: mAP"] * 2
     board = pd.read_csv(paths["csv"], index_col=0)
     assert board.index.tolist() == ["moco", "random"]
     assert board.columns.tolist() == ["voc07_svm/conv1:mAP", "voc07_svm/res5:mAP"]

@@ -2,6 +2,7 @@
 architectures also timm, .safetensors, DINO/iBOT, DINOv2/v3, MAE, MoCo v3 and Hugging Face
 save_pretrained folders), loaded strictly."""
 
+import logging
 from pathlib import Path
 
 from benchmark.checkpoint import load_trunk_weights
@@ -12,6 +13,8 @@ from benchmark.models.backbone import get_architecture
 from benchmark.options import Str, declare
 
 from .common import ARCH, freeze
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointFile(Pretrainer):
@@ -29,6 +32,11 @@ class CheckpointFile(Pretrainer):
             self._load()
         except BenchmarkError as exc:
             raise type(exc)(f"model '{model_name}': {exc}") from None
+        # input statistics are never chosen silently: said before any work, and in every row
+        family = get_architecture(self.config.arch).family_info
+        notice = family.stats_notice() if hasattr(family, "stats_notice") else None
+        if notice:
+            logger.warning("note: model '%s': %s", model_name, notice)
 
     def _load(self) -> tuple[str, object, dict]:
         path = Path(self.config.path).expanduser()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -30,9 +32,10 @@ def setting(tmp_path_factory):
     return root, config, resnet, vit
 
 
-def test_a_resnet_and_a_dino_vit_in_one_command_and_one_leaderboard(setting, capsys) -> None:
+def test_a_resnet_and_a_dino_vit_in_one_command_and_one_leaderboard(setting, capsys, caplog) -> None:
     root, config, resnet, vit = setting
     out = root / "runs"
+    caplog.set_level("WARNING")
     assert main(["eval", str(resnet), str(vit), "--arch", "resnet18", VIT, "--suite", "tiny", "--config", str(config),
                  "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
@@ -45,6 +48,17 @@ def test_a_resnet_and_a_dino_vit_in_one_command_and_one_leaderboard(setting, cap
     assert set(maps.loc[maps["model"] == "dino_vit", "layer"]) == {"block0", "block1", "last2_cls"}  # depth 2: its last 2 CLS
     assert set(rows["checkpoint_path"]) == {str(resnet.resolve()), str(vit.resolve())}
     assert rows["checkpoint_sha256"].str.len().eq(16).all()  # the file itself, not only its path
+    # one table reads both side by side: each model's best layer, named
+    best = printed[printed.index("## Best layer per model"):]
+    assert re.search(r"\| my_resnet +\| [0-9.]+ \((conv1|res[2-5])\)", best)
+    assert re.search(r"\| dino_vit +\| [0-9.]+ \((block[01]|last2_cls)\)", best)
+    # the untagged timm name: the ViT checkpoint's statistics come from timm's default tag, and
+    # the run says so before any work and in every row
+    notices = [r.getMessage() for r in caplog.records if "names no pretrained tag" in r.getMessage()]
+    assert len(notices) == 1 and "model 'dino_vit'" in notices[0] and "[stats=imagenet]" in notices[0]
+    vit_rows = rows[rows["model"] == "dino_vit"]
+    assert vit_rows["input_stats_source"].str.contains("timm's default tag").all()
+    assert vit_rows["native_input_size"].eq(32).all() and "input_size" not in rows
     suite = load_suite("eval-tiny", run_dir / "config.yaml")  # the run's copy reruns it
     assert [m.name for m in suite.models] == ["my_resnet", "dino_vit"]
 

@@ -79,8 +79,8 @@ def test_the_base_family_and_no_family_add_no_columns(tmp_path) -> None:
 def test_timm_family_declares_its_row_keys_and_the_engine_names_none() -> None:
     from benchmark.models.timm_family import TimmInfo
 
-    assert TimmInfo.row_keys == ("timm_model", "input_size", "pretrained_cfg_mean", "pretrained_cfg_std",
-                                 "input_mean", "input_std")
+    assert TimmInfo.row_keys == ("timm_model", "native_input_size", "pretrained_cfg_mean", "pretrained_cfg_std",
+                                 "input_stats_source", "input_mean", "input_std")
     # the engine's runner holds no family's keys: no string constant in units.py is one of them
     tree = ast.parse((ROOT / "benchmark" / "run" / "units.py").read_text())
     constants = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}

@@ -171,3 +171,20 @@ def test_list_archs_filter(capsys) -> None:
     assert "timm/convnext_atto" in names and "timm/convnext_atto.d2_in1k" in names  # pretrained tags too
     assert all(name.startswith("timm/convnext_at") for name in names)
     assert main(["list", "archs", "--filter", "no_such_model*"]) == 1
+
+
+def test_input_statistics_are_never_chosen_silently() -> None:
+    """An untagged name whose timm default tag is not ImageNet-normalised gets a notice; a tag or
+    [stats=imagenet] chooses the statistics explicitly, and the rows say where they came from."""
+    from benchmark.models.timm_family import timm_architecture
+
+    untagged = timm_architecture("timm/vit_tiny_patch16_224[img_size=32,depth=2]").family_info
+    assert untagged.mean == (0.5, 0.5, 0.5) and untagged.stats_tag  # timm's default tag (augreg)
+    assert f"'{untagged.stats_tag}'" in untagged.stats_notice() and "[stats=imagenet]" in untagged.stats_notice()
+    assert untagged.provenance()["input_stats_source"].endswith("(timm's default tag: the name has none)")
+    tagged = timm_architecture("timm/vit_small_patch16_224.dino").family_info
+    assert tagged.stats_notice() is None
+    assert tagged.provenance()["input_stats_source"] == "pretrained_cfg of vit_small_patch16_224.dino"
+    imagenet = timm_architecture("timm/vit_tiny_patch16_224[img_size=32,depth=2,stats=imagenet]").family_info
+    assert imagenet.stats_notice() is None and imagenet.provenance()["input_stats_source"].startswith("imagenet")
+    assert timm_architecture("timm/resnet18").family_info.stats_notice() is None  # default tag is ImageNet's

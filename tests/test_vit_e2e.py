@@ -94,7 +94,7 @@ def test_per_block_results_with_the_architecture_in_every_row(vit_run) -> None:
     assert first.loc["vit", "pretrained_cfg_mean"] == "0.5 0.5 0.5"  # the timm config's ...
     assert first.loc["vit", "input_mean"] == "0.485 0.456 0.406"  # ... but trained here on ImageNet statistics
     assert first.loc["dino", "input_mean"] == first.loc["dino", "pretrained_cfg_mean"] == "0.485 0.456 0.406"
-    assert first.loc["vit", "input_size"] in (32, "32", 32.0)
+    assert first.loc["vit", "native_input_size"] in (32, "32", 32.0)
     low = df[df.task == "lowshot_voc07"]
     assert set(low.layer) == {"block1", "last2_cls"} and set(low.model) == {"dino", "vit"}
     assert set(df[df.task == "lowshot_places205"].layer) == {"block0"}

@@ -139,8 +139,10 @@ class TimmInfo(FamilyInfo):
     # on every row: the timm model, its pretrained_cfg statistics and the statistics the weights
     # were fed with (input_mean/input_std, added by the pretrainer that loads them), since the
     # same architecture name can be fed either
-    row_keys: ClassVar[tuple[str, ...]] = ("timm_model", "input_size", "pretrained_cfg_mean", "pretrained_cfg_std",
-                                           "input_mean", "input_std")
+    # the size images are fed at is every row's image_size; native_input_size is the model's own
+    # img_size (other sizes interpolate its position embeddings)
+    row_keys: ClassVar[tuple[str, ...]] = ("timm_model", "native_input_size", "pretrained_cfg_mean",
+                                           "pretrained_cfg_std", "input_stats_source", "input_mean", "input_std")
 
     model: str
     kind: str  # "transformer" | "resnet" | "stages"
@@ -149,6 +151,8 @@ class TimmInfo(FamilyInfo):
     std: tuple
     stats: str
     input_size: int
+    stats_tag: str = ""  # the pretrained tag whose mean/std these are
+    tag_named: bool = False  # whether the architecture's name chose that tag
     depth: int = 0
     num_prefix: int = 0
     has_cls: bool = False
@@ -158,10 +162,33 @@ class TimmInfo(FamilyInfo):
     stage_modules: tuple = ()  # the timm module behind stage<i> (non-transformers)
 
     def provenance(self) -> dict:
-        return {"timm_model": self.model, "timm_kwargs": dict(self.kwargs), "input_size": self.input_size,
+        return {"timm_model": self.model, "timm_kwargs": dict(self.kwargs), "native_input_size": self.input_size,
                 "pretrained_cfg_mean": list(self.mean), "pretrained_cfg_std": list(self.std),
-                "input_stats": self.stats,
+                "input_stats": self.stats, "input_stats_source": self.stats_source(),
                 **({"timm_stage_modules": list(self.stage_modules)} if self.stage_modules else {})}
+
+
+    def stats_source(self) -> str:
+        """Where the mean/std a checkpoint of this architecture is fed come from, in words."""
+        if self.stats == "imagenet":
+            return "imagenet ([stats=imagenet])"
+        base = self.model.split(".")[0]
+        if self.tag_named:
+            return f"pretrained_cfg of {base}.{self.stats_tag}"
+        return f"pretrained_cfg of {base}.{self.stats_tag} (timm's default tag: the name has none)"
+
+    def stats_notice(self) -> str | None:
+        """What to tell a user whose checkpoint gets statistics chosen by timm's default tag and
+        not ImageNet's: the name did not say which, and self-supervised checkpoints (DINO, MoCo v3,
+        MAE, iBOT) were trained on ImageNet's. None when the name or an option chose them."""
+        if self.stats != "pretrained" or self.tag_named or (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD):
+            return None
+        base = self.model.split(".")[0]
+        return (f"timm/{base} names no pretrained tag, so its checkpoint is fed mean {list(self.mean)} and std "
+                f"{list(self.std)}: the statistics of timm's default tag '{self.stats_tag}'. A checkpoint trained "
+                f"with ImageNet statistics (DINO, MoCo v3, MAE, iBOT, most self-supervised ViTs) needs "
+                f"'timm/{base}.<tag>' with its tag (ssl-bench list archs --filter '{base}.*') or "
+                f"'timm/{base}[stats=imagenet]'")
 
 
 def grid_for(channels: int) -> int:
@@ -258,7 +285,7 @@ def timm_architecture(name: str) -> Architecture:
     head = cfg.get("classifier", "head")
     head_prefixes = tuple(f"{h}." for h in ((head,) if isinstance(head, str) else head))
     common = dict(model=model_name, kwargs=tuple(sorted(kwargs.items())), mean=mean, std=std, stats=stats,
-                  input_size=input_size)
+                  input_size=input_size, stats_tag=str(cfg.get("tag") or ""), tag_named="." in model_name)
     build = partial(_create, model_name, kwargs, dynamic)
 
     if _is_transformer(probe):

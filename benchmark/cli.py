@@ -104,10 +104,10 @@ def _executor(suite_executor: dict, name: str | None) -> dict:
 
 
 def cmd_run(args) -> int:
+    suite = load_suite(args.suite, args.config)  # before the engine's imports: a config error answers at once
     from .paths import inside
     from .run import run_suite
 
-    suite = load_suite(args.suite, args.config)
     # a replicate never shares the directory of the suite's own run: its units would replace those;
     # and a suite name cannot place the run outside --out
     run_dir = inside(Path(args.out), suite.name if not args.replicate else f"{suite.name}.replicate{args.replicate}")

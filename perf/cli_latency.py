@@ -12,6 +12,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cli = [sys.executable, "-m", "benchmark.cli"]
+    # an error only a plugin's declarations can find: the task plugins (and torch) are imported first
+    typo = Path(tempfile.mkdtemp(prefix="cli-latency-")) / "typo.yaml"
+    typo.write_text("suites:\n  s:\n    models: {r: {pretrainer: random, arch: resnet18}}\n"
+                    "    tasks: {voc07_svm: {foldz: 3}}\n")
     commands = {
         "python -c pass (floor)": [sys.executable, "-c", "pass"],
         "ssl-bench --help": cli + ["--help"],
@@ -40,6 +45,7 @@ def main() -> None:
         "ssl-bench status RUN": cli + ["status", str(args.run)],
         "ssl-bench check RUN --against REF": cli + ["check", str(args.run), "--against", str(args.reference)],
         "ssl-bench run --suite nosuchsuite (config error)": cli + ["run", "--suite", "nosuchsuite"],
+        "ssl-bench run (a task option's typo)": cli + ["run", "--config", str(typo), "--suite", "s"],
         "ssl-bench report RUN": cli + ["report", str(args.run)],
     }
     floor = None

@@ -221,7 +221,7 @@ def cmd_list(args) -> int:
             return 1
         print("\n".join(names))
     else:
-        names = {"tasks": TASKS.names, "pretrainers": PRETRAINERS.names}[args.what]()
+        names = {"tasks": TASKS.declared_names, "pretrainers": PRETRAINERS.declared_names}[args.what]()
         print("\n".join(n for n in names if not args.filter or fnmatch.fnmatch(n, args.filter)))
     return 0
 

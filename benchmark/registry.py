@@ -104,6 +104,12 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._items)
 
+    def declared_names(self) -> list[str]:
+        """The names registered so far and those the installed entry points declare, without
+        importing any plugin (``ssl-bench list tasks`` answers at once; ``names`` imports them)."""
+        declared = {entry.name for entry in importlib.metadata.entry_points(group=self.entry_point_group)}
+        return sorted(set(self._items) | declared)
+
     def __contains__(self, name: str) -> bool:
         self._load()
         if name in self._items:

@@ -308,19 +308,33 @@ def check_layers(task: TaskSpec, models: list[ModelSpec], where: str) -> None:
 
     declared_layers = [key for key, option in declared(TASKS.get(task.task).options).items()
                        if isinstance(option, Layers) and task.options.get(key) is not None]
-    for model in models:
-        if task.models is not None and model.name not in task.models:
+    evaluated = [m for m in models if task.models is None or m.name in task.models]
+    known = {m.name: get_architecture(m.options["arch"]) for m in evaluated
+             if isinstance(m.options.get("arch"), str) and m.options["arch"] in ARCHITECTURES}
+    for model in evaluated:
+        if model.name not in known:
             continue
-        arch_name = model.options.get("arch")
-        if not isinstance(arch_name, str) or arch_name not in ARCHITECTURES:
-            continue
-        arch = get_architecture(arch_name)
+        arch, arch_name = known[model.name], model.options["arch"]
         for key in declared_layers:
             for index, layer in enumerate(task.options[key]):
                 if layer not in arch.layers:
                     raise ConfigError(
                         f"{where}.{key}[{index}]: {layer!r} is not a layer of {arch_name} (the architecture of "
-                        f"model '{model.name}'); expected one of {', '.join(arch.layers)}")
+                        f"model '{model.name}'); expected one of {', '.join(arch.layers)}"
+                        + _other_family_fix(task, layer, model.name, known))
+
+
+def _other_family_fix(task: TaskSpec, layer: str, model: str, known: dict) -> str:
+    """How to fix layers that belong to another model's architecture (a ResNet's res4 asked of a
+    ViT): the task's layers apply to every model it evaluates."""
+    owners = [name for name, arch in known.items() if layer in arch.layers]
+    if not owners:
+        return ""
+    return (f". The task's layers apply to every model it evaluates, and '{layer}' is a layer of "
+            f"{', '.join(repr(o) for o in owners)} only: leave 'layers' out (each model then gets its own "
+            f"architecture's default layers), or give the task 'models: [{', '.join(owners)}]' and add an "
+            f"instance for '{model}', e.g. '{task.name}_{model}: {{task: {task.task}, models: [{model}], "
+            f"layers: [...]}}'")
 
 
 def load_suite(name: str, path: str | Path = DEFAULT_CONFIG) -> Suite:

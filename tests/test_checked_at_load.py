@@ -151,6 +151,15 @@ def test_layers_must_exist_in_every_evaluated_architecture(tmp_path) -> None:
         load_suite("s", path)
     assert (f"{path}: suites.s.tasks.voc07_svm.layers[1]: 'res5' is not a layer of alexnet (the architecture of "
             f"model 'alex'); expected one of conv1") in str(info.value)
+    # res5 is the other model's layer: the message names both ways out
+    assert ("'res5' is a layer of 'random' only: leave 'layers' out (each model then gets its own architecture's "
+            "default layers), or give the task 'models: [random]' and add an instance for 'alex', e.g. "
+            "'voc07_svm_alex: {task: voc07_svm, models: [alex], layers: [...]}'") in str(info.value)
+
+    def no_layers(s):  # without layers, each model its own architecture's defaults
+        edit(s)
+        del s["tasks"]["voc07_svm"]["layers"]
+    assert load_suite("s", _config(tmp_path, no_layers)).tasks[0].options["layers"] is None
 
     def only_resnet(s):  # the task evaluates only the ResNet: its layers are fine
         edit(s)

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+SIGNIFICANCE_LEGEND = ("Bold: not significantly worse than the best of its column (paired permutation test over "
+                       "the test images, p > 0.05, as in SimCLR's Table 8); [low, high]: bootstrap 95 % interval "
+                       "over the test images; hover a number for its p-value.")
+
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:0 1.2em 3em;color:#1d2430}
 h1{font-size:1.6em;margin:1em 0 .2em}h2{border-bottom:1px solid #d0d6de;padding-bottom:.2em;margin-top:1.8em}
@@ -27,7 +31,7 @@ td:first-child,th:first-child{text-align:left}tr:nth-child(even) td{background:#
 .failed{background:#fdecec;border-left:4px solid #d33;padding:.5em .8em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e3e7ec}figcaption{color:#4b5563;font-size:.9em}
 pre{background:#f4f6f8;padding:.6em;overflow-x:auto;font-size:.8em;max-height:18em}
-.meta{color:#4b5563}
+.meta{color:#4b5563}td.not-worse{font-weight:700}td small{color:#6b7280;font-weight:400}
 """
 
 # click a header: sort by that column (numbers numerically, empty cells last); click again: reverse
@@ -57,6 +61,7 @@ SCRIPT = """
 class HtmlReport:
     title: str
     leaderboard: list[tuple[str, pd.DataFrame, str]] = field(default_factory=list)  # (section, table, warning)
+    marks: dict = field(default_factory=dict)  # leaderboard section -> {(model, column): significance Mark}
     best_layer: pd.DataFrame | None = None  # numbers each followed by a '[layer]' column naming their layer
     best_layer_note: str = ""
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG)
@@ -69,23 +74,30 @@ class HtmlReport:
     meta: str = ""
 
 
-def _cell(value, digits: int = 2) -> str:
+def _cell(value, digits: int = 2, mark=None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "<td></td>"
     if isinstance(value, float):
+        if mark is not None:  # a benchmark.report_significance.Mark
+            bold = ' class="not-worse"' if mark.not_worse else ""
+            return (f'<td data-v="{float(value)!r}"{bold} title="{html.escape(mark.title())}">{value:.{digits}f}'
+                    f'<small> [{mark.low:.1f}, {mark.high:.1f}]</small></td>')
         return f'<td data-v="{float(value)!r}">{value:.{digits}f}</td>'
     return f"<td>{html.escape(str(value))}</td>"
 
 
-def table_html(table: pd.DataFrame, index_name: str | None = None, digits: int = 2) -> str:
-    """A sortable table; the index (when named or given) is the first column."""
+def table_html(table: pd.DataFrame, index_name: str | None = None, digits: int = 2, marks: dict | None = None) -> str:
+    """A sortable table; the index (when named or given) is the first column. ``marks``: (index,
+    column) -> significance Mark, shown bold where not worse than the best, with its interval."""
     show_index = index_name is not None or table.index.name is not None
     heads = ([index_name or table.index.name] if show_index else []) + [str(c) for c in table.columns]
     out = ['<div class="scroll"><table class="sortable"><thead><tr>']
     out += [f"<th>{html.escape(str(h))}</th>" for h in heads]
     out.append("</tr></thead><tbody>")
     for index, row in table.iterrows():
-        out.append("<tr>" + (_cell(index) if show_index else "") + "".join(_cell(v, digits) for v in row.values) + "</tr>")
+        out.append("<tr>" + (_cell(index) if show_index else "")
+                   + "".join(_cell(v, digits, (marks or {}).get((index, c))) for c, v in zip(table.columns, row.values))
+                   + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -110,7 +122,10 @@ def render(report: HtmlReport) -> str:
             body.append(f"<h3>{html.escape(title)}</h3>")
             if warning:
                 body.append(f'<p class="warn">{html.escape(warning)}</p>')
-            body.append(table_html(table, "model"))
+            marks = report.marks.get(title)
+            body.append(table_html(table, "model", marks=marks))
+            if marks:
+                body.append(f"<p class=\"meta\">{html.escape(SIGNIFICANCE_LEGEND)}</p>")
         section("leaderboard", "Leaderboard", "".join(body))
     else:
         section("leaderboard", "Leaderboard", "<p>No finished results yet.</p>")

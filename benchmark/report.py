@@ -19,6 +19,7 @@ from .results import ResultStore
 from .rows import HEADLINE_METRICS, headline_rows, labelled, save_figure, section_label, text_column  # noqa: F401  (the report's helpers)
 from .scaling import annotate, plot_scaling
 from .best_layer import best_layer_markdown, best_layer_rows, best_layer_table
+from .report_significance import LEGEND, markdown_cells, significance_marks
 from .tables import one_row_per_cell
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
@@ -98,16 +99,21 @@ def write_report(run_dir: str | Path, published: list[str] | None = None) -> dic
     if damaged:
         damaged.append(f"\nTheir units count as not done: `ssl-bench resume {run_dir}` recomputes them.")
     return {**paths, **write_outputs(df, run_dir, title=run_dir.name, families=task_families(df, run_dir),
-                                     damaged=damaged, failures=failed_units(run_dir),
+                                     damaged=damaged, failures=failed_units(run_dir), stores={"": store},
                                      published_rows=published_rows, published=published)}
 
 
 def write_outputs(df: pd.DataFrame, out_dir: Path, *, title: str, families: dict[str, list[str]],
-                  damaged: list[str], failures: list[tuple[str, str]], published_rows: pd.DataFrame | None = None,
-                  published: list[str] | None = None, notes: list[tuple[str, list[str]]] = ()) -> dict[str, Path]:
+                  damaged: list[str], failures: list[tuple[str, str]], stores: dict[str, ResultStore],
+                  published_rows: pd.DataFrame | None = None, published: list[str] | None = None,
+                  notes: list[tuple[str, list[str]]] = ()) -> dict[str, Path]:
     """Writes the leaderboard (md, csv, png), the best-layer table, the families' figures and
-    report.html of the rows ``df`` into ``out_dir``: one run's rows, or several runs' side by side."""
+    report.html of the rows ``df`` into ``out_dir``: one run's rows, or several runs' side by side
+    (``stores``: run label, '' for a single run -> its ResultStore, where per-image outcomes are)."""
     table = leaderboard(df)
+    unreadable: list[str] = []
+    marks = significance_marks(labelled(headline_rows(df)), ("model", "column"), stores, unreadable) \
+        if not df.empty else {}
     paths = {"csv": out_dir / "leaderboard.csv", "md": out_dir / "leaderboard.md"}
     atomic_write(paths["csv"], table.to_csv())
     page = HtmlReport(title=f"ssl-bench report: {Path(out_dir).resolve().name}", meta=_meta_line(df))
@@ -127,7 +133,13 @@ def write_outputs(df: pd.DataFrame, out_dir: Path, *, title: str, families: dict
                 warning = ("The reference protocol picks this cost on the TEST set (argmax of mean test "
                            "mAP): optimistic numbers, kept for comparison with published results.")
                 lines += ["> " + warning, ""]
-            lines += [sub.to_markdown(floatfmt=".2f"), ""]
+            shown = {(model, label.split("/", 1)[1]): mark for (model, label), mark in marks.items()
+                     if label in columns}
+            if shown:
+                lines += [markdown_cells(sub, shown).to_markdown(), "", LEGEND, ""]
+                page.marks[section] = shown
+            else:
+                lines += [sub.to_markdown(floatfmt=".2f"), ""]
             page.leaderboard.append((section, sub, warning))
         best = best_layer_table(df)
         if not best.empty:
@@ -138,12 +150,13 @@ def write_outputs(df: pd.DataFrame, out_dir: Path, *, title: str, families: dict
             paths["best_layer_csv"] = out_dir / "leaderboard_best_layer.csv"
             atomic_write(paths["best_layer_csv"], rows[["model", "across_layers", "layer", "value"]].rename(
                 columns={"across_layers": "task_metric"}).to_csv(index=False))
-        lines += across_datasets_lines(df)
+        lines += across_datasets_lines(df, stores, unreadable)
         protocol = _protocol_lines(df)
         lines += protocol
         page.notes.append(("How these numbers were made", protocol[2:]))
     for heading, notes_lines in (("Skipped", skipped_notes(df)), ("Convergence warnings", convergence_notes(df)),
-                                 ("Damaged result files (left out)", damaged)):
+                                 ("Damaged result files (left out)", damaged),
+                                 ("Per-image outcomes left out of the significance marks", unreadable)):
         if notes_lines:
             lines += ["", f"## {heading}", ""] + notes_lines
             page.notes.append((heading, notes_lines))
@@ -354,9 +367,9 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path,
     if (out_dir / "units").is_dir():
         raise BenchmarkError(f"compare: --out {out_dir} is a run directory; choose an empty or new folder")
     published_rows = _load_published(published)
-    frames, families, damaged, failures = [], {}, [], []
+    frames, families, damaged, failures, stores = [], {}, [], [], {}
     for label, run_dir in zip(run_labels(run_dirs), run_dirs):
-        store = ResultStore(run_dir)
+        store = stores[label] = ResultStore(run_dir)
         rows = annotate(store.load(damaged="skip"), run_dir)
         damaged += [f"- {label}: {problem}" for problem in store.damaged]
         failures += [(f"{label}:{unit}", text) for unit, text in failed_units(run_dir)]
@@ -373,5 +386,5 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path,
     notes = [("Not comparable: settings that differ between the runs", differences)] if differences else []
     title = "compare " + ", ".join(run_labels(run_dirs))
     return {**paths, **write_outputs(df, out_dir, title=title, families=families, damaged=damaged,
-                                     failures=failures, published_rows=published_rows, published=published,
-                                     notes=notes)}
+                                     failures=failures, stores=stores, published_rows=published_rows,
+                                     published=published, notes=notes)}

@@ -29,13 +29,24 @@ def across_datasets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def across_datasets_lines(df: pd.DataFrame) -> list[str]:
+def across_datasets_lines(df: pd.DataFrame, stores: dict | None = None, notes: list[str] | None = None) -> list[str]:
+    """The section's markdown; where models saved per-image outcomes (``stores``: run label ->
+    ResultStore), each dataset's column marks the models not significantly worse than its best."""
+    from .report_significance import LEGEND, markdown_cells, significance_marks
+
     tables = across_datasets(df)
     if not tables:
         return []
     lines = ["## Across datasets", "",
              "Each table: one comparable number per dataset (its task's own table above has the details) and "
              "their mean; a model missing a dataset has no mean.", ""]
+    rows = df[df["transfer_column"].fillna("").astype(str) != ""]
     for column, table in tables.items():
-        lines += [f"### {column}", "", table.to_markdown(floatfmt=".2f"), ""]
+        marks = significance_marks(rows[rows["transfer_column"] == column], ("model", "dataset"), stores or {},
+                                   notes if notes is not None else []) if stores else {}
+        if marks:
+            lines += [f"### {column}", "", markdown_cells(table, marks).to_markdown(), "",
+                      LEGEND + " The mean is not tested.", ""]
+        else:
+            lines += [f"### {column}", "", table.to_markdown(floatfmt=".2f"), ""]
     return lines

@@ -17,10 +17,14 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import BenchmarkError
 from .paths import atomic_write, inside
+from .row_schema import OUTCOMES, OUTCOMES_ENTRY, OUTCOMES_FILE
+
+OUTCOMES_SUFFIX = ".outcomes.npz"
 
 KEY_COLUMNS = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample"]
 ORDER_FIRST = KEY_COLUMNS + ["value"]
@@ -163,13 +167,14 @@ class ResultStore:
                                                          "sha256": _digest(data)}))
 
     def write_unit(self, unit_id: str, rows: list[dict]) -> Path:
+        path = self.unit_path(unit_id)
+        rows = self._write_outcomes(path, rows)
         frame = pd.DataFrame(rows)
         for column in KEY_COLUMNS:
             if column not in frame:
                 frame[column] = ""
         frame["unit_id"] = unit_id
         frame = frame[ORDER_FIRST + [c for c in frame.columns if c not in ORDER_FIRST]]
-        path = self.unit_path(unit_id)
         data = frame.to_csv(index=False).encode()
         # the file, then its record: a full disk at the first write leaves the earlier file and
         # record as they were; a crash between the two leaves a file that fails its record (the
@@ -178,6 +183,42 @@ class ResultStore:
         self._write_record(path, unit_id, len(frame), data)
         path.with_suffix(".error.txt").unlink(missing_ok=True)
         return path
+
+    @staticmethod
+    def _write_outcomes(path: Path, rows: list[dict]) -> list[dict]:
+        """Rows without their per-image outcomes, which go to ``<unit>.outcomes.npz`` (written
+        before the CSV: a unit file that names outcomes always has them beside it)."""
+        arrays, out = {}, []
+        for index, row in enumerate(rows):
+            outcomes = row.get(OUTCOMES)
+            row = {k: v for k, v in row.items() if k != OUTCOMES}
+            if outcomes is not None:
+                entry = f"row{index}"
+                arrays[f"{entry}.values"] = np.asarray(outcomes.values)
+                arrays[f"{entry}.statistic"] = np.asarray(outcomes.statistic)
+                if outcomes.classes is not None:
+                    arrays[f"{entry}.classes"] = np.asarray(outcomes.classes)
+                row = {**row, OUTCOMES_FILE: path.with_suffix(OUTCOMES_SUFFIX).name, OUTCOMES_ENTRY: entry}
+            out.append(row)
+        if arrays:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            atomic_write(path.with_suffix(OUTCOMES_SUFFIX), buffer.getvalue())
+        return out
+
+    def read_outcomes(self, file_name: str, entry: str):
+        """The ``Outcomes`` a row names (its OUTCOMES_FILE and OUTCOMES_ENTRY), read from this run's
+        units folder only; a file that is missing or damaged is a BenchmarkError naming it."""
+        from .significance import Outcomes
+
+        path = inside(self.units_dir, file_name)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                classes = data[f"{entry}.classes"] if f"{entry}.classes" in data.files else None
+                return Outcomes(str(data[f"{entry}.statistic"]), data[f"{entry}.values"], classes)
+        except (OSError, ValueError, KeyError) as exc:
+            raise BenchmarkError(f"{path}: per-image outcomes of {entry} cannot be read ({exc}); "
+                                 f"rerun its unit ('ssl-bench run ... --force') to write it again") from None
 
     def write_error(self, unit_id: str, message: str) -> Path:
         path = self.unit_path(unit_id).with_suffix(".error.txt")

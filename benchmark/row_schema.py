@@ -11,3 +11,9 @@ OPTIONAL_JOIN = ["backend"]
 # the smallest move of a count metric (100 / n scored items, points), written by the tasks on their
 # rows; the regression check lets an exact row move by one step (benchmark/check.py)
 STEP_COLUMN = "metric_step"
+# A row may carry its per-test-image outcomes (a benchmark.significance.Outcomes) under OUTCOMES;
+# the result store keeps them in a file beside the unit's CSV, named on the row in OUTCOMES_FILE
+# with the row's entry in it in OUTCOMES_ENTRY. The report's significance marks read them.
+OUTCOMES = "outcomes"
+OUTCOMES_FILE = "outcomes_file"
+OUTCOMES_ENTRY = "outcomes_entry"

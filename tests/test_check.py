@@ -462,8 +462,8 @@ def test_a_replicate_added_to_a_reference_widens_the_bands_it_should(tmp_path) -
     same_exact = other.copy()  # another machine's rounding of an exact number (within tolerance) is not spread
     same_exact.loc[0, "value"] = 30.0
     expected = build_reference(run, [rep1, rep2, same_exact])
-    for frame in (extended, expected):
-        frame.sort_values(["model", "layer", "class"], inplace=True, ignore_index=True)
+    extended, expected = (frame.sort_values(["model", "layer", "class"], ignore_index=True)
+                          for frame in (extended, expected))
     assert list(extended["rule"]) == list(expected["rule"])
     trained = extended["rule"] != "exact"
     for column in ("value", "n_runs", "mean", "std", "min", "max", "pooled_std", "pooled_dof"):

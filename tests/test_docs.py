@@ -6,6 +6,7 @@ strictly (no broken link or anchor), and the user docs hold no development log."
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -130,7 +131,7 @@ def test_mkdocs_site_builds_strictly(tmp_path) -> None:
         pytest.skip("mkdocs is not installed (it comes with the dev extra: pip install -e '.[dev]')")
     build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
                             str(REPO / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-                           capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""})
+                           capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert build.returncode == 0, build.stderr[-4000:]
     assert (tmp_path / "site" / "tasks" / "detection" / "index.html").is_file()
 
@@ -160,3 +161,12 @@ def test_no_reference_to_files_outside_the_repository() -> None:
                  and "shared/PROTOCOL.md" in path.read_text()]
     offending += ["README.md"] if "shared/PROTOCOL.md" in (REPO / "README.md").read_text() else []
     assert not offending, offending
+
+
+def test_readme_command_table_names_every_sub_command() -> None:
+    parser = build_parser()
+    sub_commands = next(action.choices for action in parser._actions if isinstance(action.choices, dict))
+    readme = (REPO / "README.md").read_text()
+    table = {match for match in re.findall(r"^\| `ssl-bench ([a-z-]+)", readme, re.MULTILINE)}
+    missing = sorted(set(sub_commands) - table)
+    assert not missing, f"README.md's command table lacks: {missing} (ssl-bench --help lists them)"

@@ -8,7 +8,7 @@ DEMO_IMAGES ?= 1200
 
 REFERENCE ?= results/reference/goyal2019-mini.csv
 
-.PHONY: demo test test-fast venv clean-demo regression-check reference detectron2
+.PHONY: demo test test-fast docs venv clean-demo regression-check reference detectron2
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,11 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" --durations=10
+
+# the documentation site (mkdocs.yml, docs/); --strict: a broken link or missing page is an error.
+# tests/test_docs.py builds it too, so `make test` (and CI) fails on a broken page
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 # CI: the mini suite from scratch, then its numbers against the stored reference; the demo tests
 # check the report's cells against the rows, and that a 3-point move of any guarded headline fails

@@ -152,7 +152,7 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
         shipped = ", ".join(shipped_references()) or "none"
         raise BenchmarkError(f"no such reference file: {path}. References shipped with ssl-bench, given by name "
                              f"(--against NAME): {shipped}. To make a new reference from a trusted run: "
-                             f"'ssl-bench check RUN_DIR --against {path} --update' (see README: Regression checks)")
+                             f"'ssl-bench check RUN_DIR --against {path} --update' (see docs/regression-checks.md)")
     raw = path.read_bytes()
     if not raw.strip():
         raise BenchmarkError(f"reference file {path} is empty; rebuild it with --update")
@@ -606,7 +606,7 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
               + ", ".join(f"{counts.get(rule, 0)} {rule}" for rule in RULES))
         if not replicates and (reference["determinism"] != "exact").any():
             print("note: no --replicates given, so trained numbers get the fixed tolerance "
-                  f"({BASE_TOLERANCE} points) instead of a measured band; see README: Regression checks")
+                  f"({BASE_TOLERANCE} points) instead of a measured band; see docs/regression-checks.md")
         return 0
     reference, fmt = read_reference(against)
     if units is not None:  # rows of models, tasks or layers the run neither planned nor ran

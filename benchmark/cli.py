@@ -22,7 +22,7 @@ COMMANDS_ENTRY_POINT_GROUP = "ssl_bench.commands"
 # of its own, e.g. the pretext methods: a callable given the --filter pattern (or None) that returns
 # the lines to print
 LISTINGS_ENTRY_POINT_GROUP = "ssl_bench.listings"
-BUILT_IN_LISTINGS = ("suites", "tasks", "pretrainers", "archs", "published")
+BUILT_IN_LISTINGS = ("suites", "tasks", "pretrainers", "archs", "published", "options")
 
 
 def plugin_listings() -> dict[str, importlib.metadata.EntryPoint]:
@@ -199,7 +199,13 @@ def cmd_compare(args) -> int:
 def cmd_list(args) -> int:
     from .registry import PRETRAINERS, TASKS
 
-    if args.what == "suites":
+    if args.name is not None and args.what != "options":
+        raise BenchmarkError(f"'ssl-bench list {args.what}' takes no NAME; only 'ssl-bench list options NAME' does")
+    if args.what == "options":
+        from .options_reference import markdown, text
+
+        print(markdown(args.name) if args.markdown else text(args.name), end="")
+    elif args.what == "suites":
         for name, description in list_suites(args.config).items():
             print(f"{name:24s} {description}")
     elif args.what not in BUILT_IN_LISTINGS:
@@ -356,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list suites, tasks, pretrainers, architectures, published number sets "
                                              "or the parts a plugin lists (ssl-bench list -h shows them)")
     listing.add_argument("what", choices=[*BUILT_IN_LISTINGS, *sorted(plugin_listings())])
+    listing.add_argument("name", nargs="?", help="options only: the task, pretrainer or pretext method whose "
+                                                 "options to list (default: all)")
+    listing.add_argument("--markdown", action="store_true", help="options only: as the Markdown of docs/options.md")
     listing.add_argument("--config", type=Path, default=default_config())
     listing.add_argument("--filter", metavar="PATTERN", help="shell-style pattern, e.g. 'vit_*' or '*convnext*' "
                          "(archs: matched with and without the timm/ prefix)")

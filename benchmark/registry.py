@@ -49,6 +49,11 @@ class Registry(Generic[T]):
                 return resolve
         return None
 
+    def family_prefixes(self) -> list[str]:
+        """The name prefixes of the open-ended families (``timm/``)."""
+        self._load()
+        return list(self._families)
+
     def all_names(self, pattern: str | None = None) -> list[str]:
         """Registered names and every family member (e.g. >1,300 timm models), filtered by an
         fnmatch ``pattern`` (matched against the name with and without the family prefix)."""

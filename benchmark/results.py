@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -50,9 +51,54 @@ def legacy_unit_filename(unit_id: str) -> str:
 
 
 
+# Where a column holds an integer setting in some rows and nothing in others (detection's
+# `iterations`, `batch_size`, `freeze_at` beside rows that lack them), pandas stores it as float64
+# with NaN and would print `300.0`. The columns written as integers are remembered here, in the
+# frame's attrs, and printed as integers again by ``csv_text``.
+INTEGER_COLUMNS_ATTR = "integer_columns"
+_INTEGER_TEXT = r"-?[0-9]+"
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def integer_columns_of_rows(rows: list[dict]) -> set[str]:
+    """The keys whose every given (not None) value in ``rows`` is an integer."""
+    seen: dict[str, bool] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            seen[key] = seen.get(key, True) and _is_integer(value)
+    return {key for key, integer in seen.items() if integer}
+
+
+def csv_text(frame: pd.DataFrame, integer_columns=None, **to_csv) -> str:
+    """``frame.to_csv``, with the float columns among ``integer_columns`` (default: the frame's
+    ``attrs``) printed as integers where every value they hold is integral: the same numbers, the
+    text they were written with. Other columns are printed exactly as ``to_csv`` prints them."""
+    if integer_columns is None:
+        integer_columns = frame.attrs.get(INTEGER_COLUMNS_ATTR, ())
+    convert = [c for c in integer_columns if c in frame.columns and pd.api.types.is_float_dtype(frame[c])
+               and np.all(np.mod(frame[c].dropna().to_numpy(), 1) == 0)]
+    if convert:
+        frame = frame.astype({c: "Int64" for c in convert})
+    return frame.to_csv(**to_csv)
+
+
 def _read_csv(data: bytes) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(data), dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
-                       na_values=[""])
+    frame = pd.read_csv(io.BytesIO(data), dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                        na_values=[""])
+    integer = {c for c in frame.columns if pd.api.types.is_integer_dtype(frame[c])}
+    # an integer column with empty cells is read as float64: its text says whether it was integers
+    gapped = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c]) and frame[c].isna().any()
+              and frame[c].notna().any()]
+    if gapped:
+        text = pd.read_csv(io.BytesIO(data), usecols=gapped, dtype=str, keep_default_na=False)
+        integer |= {c for c in gapped if text[c][text[c] != ""].str.fullmatch(_INTEGER_TEXT).all()}
+    frame.attrs[INTEGER_COLUMNS_ATTR] = integer
+    return frame
 
 
 def _digest(data: bytes) -> str:
@@ -175,7 +221,7 @@ class ResultStore:
                 frame[column] = ""
         frame["unit_id"] = unit_id
         frame = frame[ORDER_FIRST + [c for c in frame.columns if c not in ORDER_FIRST]]
-        data = frame.to_csv(index=False).encode()
+        data = csv_text(frame, integer_columns_of_rows(rows), index=False).encode()
         # the file, then its record: a full disk at the first write leaves the earlier file and
         # record as they were; a crash between the two leaves a file that fails its record (the
         # unit reruns)
@@ -246,10 +292,16 @@ class ResultStore:
             print(f"ssl-bench: warning: {message}", file=sys.stderr)
         if not frames:
             return pd.DataFrame(columns=ORDER_FIRST)
-        return pd.concat(frames, ignore_index=True, sort=False)
+        # a column is integer where every file that holds it wrote it as integers
+        integer = {column for frame in frames for column in frame.attrs[INTEGER_COLUMNS_ATTR]}
+        integer -= {column for frame in frames for column in frame.columns
+                    if column not in frame.attrs[INTEGER_COLUMNS_ATTR] and frame[column].notna().any()}
+        rows = pd.concat(frames, ignore_index=True, sort=False)
+        rows.attrs = {INTEGER_COLUMNS_ATTR: integer}
+        return rows
 
     def gather(self, damaged: str = "raise", rows: pd.DataFrame | None = None) -> Path:
         """Write results.csv (all rows of all finished units, or ``rows`` already loaded) atomically."""
         path = self.run_dir / "results.csv"
-        atomic_write(path, (self.load(damaged) if rows is None else rows).to_csv(index=False))
+        atomic_write(path, csv_text(self.load(damaged) if rows is None else rows, index=False))
         return path

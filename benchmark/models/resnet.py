@@ -10,7 +10,8 @@ from torch import nn
 from ..registry import ARCHITECTURES
 from .backbone import Architecture, LayerPool
 
-# Protocol pooling at 224 px input (../shared/PROTOCOL.md); the key is the map's spatial size.
+# Protocol pooling at 224 px input (the reference code's kernels, written up in docs/tasks/voc07-svm.md);
+# the key is the map's spatial size.
 RESNET_POOLS = {
     "conv1": LayerPool(12, {112: (10, 10, 4)}),
     "res2": LayerPool(6, {56: (16, 8, 0)}),

@@ -1,5 +1,5 @@
 """`detection_voc07`: Fast R-CNN ResNet-C4 object detection, VOC07 test 11-point mAP (Goyal et al.
-2019, "object detection"; ../shared/PROTOCOL.md).
+2019, Section 6 and Table 6; the protocol is written up in docs/tasks/detection.md).
 
 One unit per mode: ``frozen`` (conv1..res4 frozen, res5 box head and predictors trained, the
 reference's FREEZE_AT 4) and ``finetune`` (every layer trained; BatchNorm frozen in both). The

@@ -38,7 +38,7 @@ UNIT = "res5"
 # the rows of the metric code scoring the training set's mean normal as a prediction, not the model
 MEAN_NORMAL_BASELINE = "mean_normal_baseline"
 REFERENCE_HEIGHT = 480  # NYUv2 frames; the training short sides are given for them
-# The reference's optimiser (PROTOCOL: SGD LR 0.02 poly 0.9, weight decay 1e-4, momentum 0.9). The
+# The reference's optimiser (docs/tasks/normals.md: SGD LR 0.02 poly 0.9, weight decay 1e-4, momentum 0.9). The
 # protocol gives no iteration count or batch size: ssl-bench chose 10,000 iterations of 16 images
 # (about 200 epochs of the 795 training images).
 SCHEDULES = {"reference": {"iterations": 10_000, "batch_size": 16, "base_lr": 0.02, "weight_decay": 1e-4}}

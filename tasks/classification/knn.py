@@ -16,7 +16,8 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Float, Int, ListOf, declare
 from benchmark.provenance import resolve_device
-from benchmark.row_schema import STEP_COLUMN
+from benchmark.row_schema import OUTCOMES, STEP_COLUMN
+from benchmark.significance import Outcomes
 
 from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, FEW_SHOT, ClassificationTask, draw_rows,
                      few_shot_draw, part_rows)
@@ -52,20 +53,23 @@ class KNN(ClassificationTask, Task):
         train_labels = data.train.labels
         device = resolve_device(c["knn_device"])
 
-        def classify(rows):
+        def classify(rows, with_outcomes=False):
             return knn_classify(bank, train_labels[rows], queries, data.test.labels, data.num_classes,
                                 ks=c["k_values"], temperature=c["temperature"], train_rows=bank_rows[rows],
-                                train_chunk=c["train_chunk"], query_chunk=c["query_chunk"], device=device)
+                                train_chunk=c["train_chunk"], query_chunk=c["query_chunk"], device=device,
+                                with_outcomes=with_outcomes)
 
         common = {**self.common_row(model, data, layer), "temperature": c["temperature"],
                   "feature_dim": int(bank.shape[1]), "selection": "none: every k reported, nothing chosen",
                   "evaluated_on": data.test.description, "knn_device": str(device),
                   STEP_COLUMN: 100.0 / len(test_rows)}  # top-1 and top-5 count test images
         rows = []
-        for k, scores in classify(np.arange(len(bank_rows))).items():
+        scores_by_k, correct_by_k = classify(np.arange(len(bank_rows)), with_outcomes=True)
+        for k, scores in scores_by_k.items():
             for metric, value in scores.items():
+                outcomes = {OUTCOMES: Outcomes("top1", correct_by_k[k])} if metric == "top1" else {}
                 rows.append({**common, "evaluation": f"{k}-NN", "neighbours": k, "metric": metric, "value": value,
-                             "bank": data.train.description,
+                             "bank": data.train.description, **outcomes,
                              # the leaderboard's across-datasets tables (benchmark.report_datasets)
                              "transfer_column": f"{NAME} {layer} {k}-NN top1" if metric == "top1" else ""})
         for shots in c["few_shot"]:

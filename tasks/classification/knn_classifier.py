@@ -111,8 +111,9 @@ def topk_accuracy(ranked: np.ndarray, labels: np.ndarray, k: int) -> float:
 def knn_classify(train, train_labels, query, query_labels, num_classes: int, ks=DINO_K,
                  temperature: float = DINO_T, *, train_rows: np.ndarray | None = None,
                  query_chunk: int = 1024, train_chunk: int = 16384, device="cpu",
-                 dtype=torch.float32) -> dict[int, dict[str, float]]:
-    """{k: {"top1": %, "top5": %}}. ``train_labels`` are the labels of the rows searched (of
+                 dtype=torch.float32, with_outcomes: bool = False):
+    """{k: {"top1": %, "top5": %}}; with ``with_outcomes``, also {k: per-query top-1 correct (0/1)}
+    (the significance test's input). ``train_labels`` are the labels of the rows searched (of
     ``train_rows`` when given). The query set is processed in chunks, votes included, so only the
     ranked predictions of every query are kept."""
     labels = np.asarray(train_labels)
@@ -123,5 +124,8 @@ def knn_classify(train, train_labels, query, query_labels, num_classes: int, ks=
         for k, r in vote(found, labels, num_classes, ks, temperature).items():
             ranked[k].append(r)
     truth = np.asarray(query_labels)
-    return {k: {"top1": topk_accuracy(np.concatenate(r), truth, 1), "top5": topk_accuracy(np.concatenate(r), truth, 5)}
-            for k, r in ranked.items()}
+    ranked = {k: np.concatenate(r) for k, r in ranked.items()}
+    scores = {k: {"top1": topk_accuracy(r, truth, 1), "top5": topk_accuracy(r, truth, 5)} for k, r in ranked.items()}
+    if not with_outcomes:
+        return scores
+    return scores, {k: (r[:, 0] == truth).astype(np.float64) for k, r in ranked.items()}

@@ -20,7 +20,8 @@ from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Bool, Float, Int, ListOf, declare
 from benchmark.provenance import resolve_device
-from benchmark.row_schema import STEP_COLUMN
+from benchmark.row_schema import OUTCOMES, STEP_COLUMN
+from benchmark.significance import Outcomes
 
 from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, ClassificationTask, draw_rows,
                      few_shot_draw, load_part)
@@ -93,15 +94,17 @@ class LogReg(ClassificationTask, Task):
             X_test = _normalise(load_part(features, data.test, layer), device)  # read only after selection
             y_test = torch.as_tensor(data.test.labels, device=device)
             logits = predict(theta, X_test)
-            return _topk(logits, y_test, 1), _topk(logits, y_test, 5)
+            correct = (logits.argmax(dim=-1) == y_test).double().cpu().numpy()  # per image: the significance test's input
+            return _topk(logits, y_test, 1), _topk(logits, y_test, 5), correct
 
         if c["full_data"]:
             costs, val, thetas, not_converged = self.solve(X_train, y_train, K, X_val, y_val)
             best = int(torch.argmax(val[0]))  # first maximum: the smallest C among ties
-            top1, top5 = test_scores(thetas[best])
+            top1, top5, correct = test_scores(thetas[best])
             base = {**common, "cost": costs[best], "val_top1": float(val[0, best]), "not_converged": not_converged,
                     "fits": len(costs), STEP_COLUMN: test_step}
-            rows += [{**base, "metric": "top1", "value": float(top1[0]), "transfer_column": f"{NAME} {layer} top1"},
+            rows += [{**base, "metric": "top1", "value": float(top1[0]), "transfer_column": f"{NAME} {layer} top1",
+                      OUTCOMES: Outcomes("top1", correct.reshape(-1))},
                      {**base, "metric": "top5", "value": float(top5[0])}]
             rows += [{**common, "metric": "val_top1", "evaluation": f"C={cost:g}", "cost": cost,
                       "value": float(val[0, i]), STEP_COLUMN: val_step} for i, cost in enumerate(costs)]
@@ -115,7 +118,7 @@ class LogReg(ClassificationTask, Task):
             costs, val, thetas, not_converged = self.solve(X_train[index], y_train[index], K, X_val, y_val)
             best = torch.argmax(val, dim=1)  # per draw
             chosen = torch.stack([thetas[int(b)][d] for d, b in enumerate(best)])
-            top1, top5 = test_scores(chosen)
+            top1, top5, _ = test_scores(chosen)
             base = {**common, "fits": len(costs) * len(draws), "not_converged": not_converged, STEP_COLUMN: test_step,
                     "training_images": f"{shots} per class from {data.train.description}, seed {ctx.seed}"}
             for metric, values in (("top1", top1), ("top5", top5)):

@@ -102,9 +102,14 @@ def test_knn_rows_equal_brute_force(run):
         train, train_labels = part(run, "train", layer)
         test, test_labels = part(run, "test", layer)
         for k in (1, 5, 200):  # 200 > n: every neighbour
-            expected = 100 * np.mean(brute_knn(train, train_labels, test, k) == test_labels)
+            correct = brute_knn(train, train_labels, test, k) == test_labels
+            expected = 100 * np.mean(correct)
             got = value(df[df.k.isna()], layer=layer, metric="top1", evaluation=f"{k}-NN")
             assert got == pytest.approx(expected, abs=1e-9)
+            # each test image's outcome is kept for the significance marks
+            row = df[df.k.isna() & (df.layer == layer) & (df.metric == "top1") & (df.evaluation == f"{k}-NN")].iloc[0]
+            saved = ResultStore(run.run_dir).read_outcomes(row["outcomes_file"], row["outcomes_entry"])
+            assert np.array_equal(saved.values, correct.astype(float)) and saved.statistic == "top1"
         draws = []
         for d in range(2):
             chosen = few_shot_draw(train_labels, 2, 0, d)
@@ -125,6 +130,8 @@ def test_logreg_choice_on_val_and_test_equal_sklearn(run):
     full = df[df.k.isna() & (df.metric == "top1")]
     assert float(full["cost"].iloc[0]) == chosen
     assert float(full["value"].iloc[0]) == pytest.approx(100 * np.mean(models[chosen].predict(norm(Xte)) == yte))
+    saved = ResultStore(run.run_dir).read_outcomes(full["outcomes_file"].iloc[0], full["outcomes_entry"].iloc[0])
+    assert np.array_equal(saved.values, (models[chosen].predict(norm(Xte)) == yte).astype(float))
     for C in val:
         assert value(df, metric="val_top1", evaluation=f"C={C:g}") == pytest.approx(val[C])
     assert (df.loc[df.metric == "top1", "cost_selection"] == "C by top-1 on val").all()

@@ -112,6 +112,14 @@ def cmd_run(args) -> int:
     # and a suite name cannot place the run outside --out
     run_dir = inside(Path(args.out), suite.name if not args.replicate else f"{suite.name}.replicate{args.replicate}")
     cache = Path(args.cache or os.environ.get("SSL_BENCH_CACHE") or Path(args.out) / "feature-cache")
+    if args.dry_run:
+        from .run.dry_run import describe_plan
+        from .run.plan import plan_run
+
+        plan = plan_run(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
+                        device=args.device, replicate=args.replicate)
+        print("\n".join(describe_plan(plan, _executor(suite.settings["executor"], args.executor).get("name", "local"))))
+        return 0
     summary = run_suite(suite, run_dir, cache, data_root=args.data_root, models=args.models, tasks=args.tasks,
                         device=args.device, force=args.force, replicate=args.replicate,
                         executor=_executor(suite.settings["executor"], args.executor),
@@ -281,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", type=Path, help="feature cache (default: $SSL_BENCH_CACHE or OUT/feature-cache)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: the suite's, 'auto')")
     run.add_argument("--force", action="store_true", help="rerun units that are already done")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything a run checks and say what it would run, read and write, and how long "
+                          "it should take; writes nothing")
     run.add_argument("--replicate", type=int, default=0, metavar="N",
                      help="N > 0: rerun only the units downstream of SGD training, every training reseeded "
                           "(into OUT/<suite>.replicateN), to measure their spread for 'check --replicates'")

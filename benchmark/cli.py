@@ -240,6 +240,11 @@ def cmd_list(args) -> int:
     return 0
 
 
+# the real datasets' sizes, for `data synth --full-size`
+VOC07_IMAGES, VOC07_TEST = 9963, 4952
+PLACES205_CLASSES, PLACES205_VAL_PER_CLASS = 205, 100
+
+
 def cmd_data_synth(args) -> int:
     if args.dataset == "classification":
         from .datasets.synth_classification import synth_classification
@@ -262,14 +267,23 @@ def cmd_data_synth(args) -> int:
         from .datasets.synth_places import synth_places205
 
         val_per_class = args.per_class // 3
-        root = synth_places205(Path(args.out), num_classes=args.classes, train_per_class=args.per_class,
-                               val_per_class=val_per_class, seed=args.seed)
+        classes, sides = args.classes, {}
+        if args.full_size:  # the real set's 205 scenes, 256 x 256 images and 100 val images per scene
+            classes, val_per_class, sides = PLACES205_CLASSES, PLACES205_VAL_PER_CLASS, {"min_side": 256, "max_side": 256}
+        root = synth_places205(Path(args.out), num_classes=classes, train_per_class=args.per_class,
+                               val_per_class=val_per_class, seed=args.seed, **sides)
+        args.classes = classes
         print(f"wrote {args.classes} classes x ({args.per_class} train + {val_per_class} val) images "
               f"in Places205 layout to {root}")
         return 0
     from .datasets.synth_voc import synth_voc07
 
-    root = synth_voc07(Path(args.out), n_images=args.images, seed=args.seed)
+    if args.full_size:  # VOC2007's 5,011 trainval + 4,952 test images, at its resolutions (sides up to 500)
+        root = synth_voc07(Path(args.out), n_images=VOC07_IMAGES, seed=args.seed, min_side=333, max_side=500,
+                           test_fraction=VOC07_TEST / VOC07_IMAGES)
+        args.images = VOC07_IMAGES
+    else:
+        root = synth_voc07(Path(args.out), n_images=args.images, seed=args.seed)
     print(f"wrote {args.images} images in VOC2007 layout to {root}")
     return 0
 
@@ -395,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "many images per class (default none: tasks carve one out of train)")
     synth.add_argument("--layout", choices=["imagefolder", "csv"], default="imagefolder", help="classification only")
     synth.add_argument("--name", default="synth-classification", help="classification only: the dataset folder")
+    synth.add_argument("--full-size", action="store_true",
+                       help="voc07: the real set's 9,963 images (5,011 trainval + 4,952 test) at VOC's resolutions; "
+                            "places205: its 205 scenes at 256 x 256 with 100 val images each (--per-class train "
+                            "images each). To time and size runs as on the real data (minutes to write)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
 

@@ -38,7 +38,10 @@ from benchmark.datasets.listed import inside_dataset, read_list_text
 from benchmark.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LAYOUTS = ("auto", "imagefolder", "csv", "places205")
+# the twelve transfer datasets in their official layouts are read by benchmark.datasets.transfer
+TRANSFER_LAYOUTS = ("food101", "cifar10", "cifar100", "birdsnap", "sun397", "stanford_cars", "fgvc_aircraft",
+                    "voc2007", "dtd", "oxford_pets", "caltech101", "flowers102")
+LAYOUTS = ("auto", "imagefolder", "csv", "places205") + TRANSFER_LAYOUTS
 _SYNTH_HINT = "generate a small one with: ssl-bench data synth classification --out DIR"
 
 
@@ -94,6 +97,7 @@ class ClassificationData:
     test: SplitPart
     carved: dict = field(default_factory=dict)  # {fraction, seed} when val was carved out of train
     follow_symlinks: bool = False  # images may be symlinks to files outside the folder
+    protocol: dict = field(default_factory=dict)  # how a transfer dataset's splits were chosen, its metric
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +112,8 @@ class ClassificationData:
         return {"dataset": self.name, "layout": self.layout, "n_classes": self.num_classes,
                 "train_split": self.train.description, "val_split": self.val.description,
                 "test_split": self.test.description, "n_train": len(self.train), "n_val": len(self.val),
-                "n_test": len(self.test), **({"follow_symlinks": True} if self.follow_symlinks else {})}
+                "n_test": len(self.test), **({"follow_symlinks": True} if self.follow_symlinks else {}),
+                **self.protocol}
 
 
 def detect_layout(root: Path, train_split: str) -> str:
@@ -116,6 +121,11 @@ def detect_layout(root: Path, train_split: str) -> str:
         return "csv"
     if (root / train_split).is_dir():
         return "imagefolder"
+    from benchmark.datasets.transfer import detect_transfer_layout
+
+    transfer = detect_transfer_layout(root)
+    if transfer:
+        return transfer
     raise DatasetError(
         f"classification dataset {root}: found neither {root / train_split}/ (ImageFolder layout: "
         f"{train_split}/<class>/<image>.jpg) nor {root / (train_split + '.csv')} (CSV layout: 'path,label' lines); "
@@ -261,6 +271,11 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
         raise DatasetError(f"unknown layout {layout!r} for {root}; expected one of {', '.join(LAYOUTS)}")
     if layout == "auto":
         layout = detect_layout(root, train_split)
+    if layout in TRANSFER_LAYOUTS:  # the protocol fixes the splits: the split options do not apply
+        from benchmark.datasets.transfer import load_transfer
+
+        return load_transfer(root, name, layout, val_fraction=val_fraction, val_seed=val_seed,
+                             follow_symlinks=follow_symlinks)
     train = load_split(root, train_split, layout, follow_symlinks=follow_symlinks)
     if len(train.class_names) < 2:
         raise DatasetError(f"{train.source} has {len(train.class_names)} class; classification needs at least 2")

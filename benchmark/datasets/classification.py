@@ -27,93 +27,22 @@ be decoded is a DatasetError naming the file when it is read (``benchmark.datase
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.datasets.listed import inside_dataset, read_list_text
+from benchmark.datasets.splits import ClassificationData, ClassificationSplit, SplitPart, carve_validation, check_files
+from benchmark.datasets.transfer import TRANSFER_LAYOUTS, detect_transfer_layout, load_transfer
 from benchmark.errors import DatasetError
 
+# ClassificationSplit, SplitPart, ClassificationData and carve_validation live in
+# benchmark.datasets.splits (shared with the transfer readers); they are imported from here as before
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # the twelve transfer datasets in their official layouts are read by benchmark.datasets.transfer
-TRANSFER_LAYOUTS = ("food101", "cifar10", "cifar100", "birdsnap", "sun397", "stanford_cars", "fgvc_aircraft",
-                    "voc2007", "dtd", "oxford_pets", "caltech101", "flowers102")
 LAYOUTS = ("auto", "imagefolder", "csv", "places205") + TRANSFER_LAYOUTS
 _SYNTH_HINT = "generate a small one with: ssl-bench data synth classification --out DIR"
-
-
-@dataclass
-class ClassificationSplit:
-    """One on-disk split: image ``i`` at ``image_paths[i]`` has class ``labels[i]``."""
-
-    root: Path
-    name: str
-    image_paths: list[Path]
-    labels: np.ndarray  # int64 indices into class_names
-    class_names: list[str]
-    source: str  # the folder or list file it was read from
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def fingerprint(self) -> str:
-        """Cache key of the split: changes when its paths, labels or any image file size change."""
-        digest = hashlib.sha256(f"{self.name}\n".encode())
-        for path, label in zip(self.image_paths, self.labels.tolist()):
-            digest.update(f"{path.relative_to(self.root).as_posix()}\t{label}\t{path.stat().st_size}\n".encode())
-        return digest.hexdigest()
-
-
-@dataclass
-class SplitPart:
-    """Rows ``indices`` of an on-disk split (all of them, or one side of a carved validation set)."""
-
-    split: ClassificationSplit
-    indices: np.ndarray
-    description: str  # e.g. "train" or "train minus 10 % carved out (stratified, seed 0)"
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.split.labels[self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-@dataclass
-class ClassificationData:
-    """A dataset folder with its training, validation and test parts resolved."""
-
-    name: str
-    root: Path
-    layout: str
-    class_names: list[str]
-    train: SplitPart
-    val: SplitPart
-    test: SplitPart
-    carved: dict = field(default_factory=dict)  # {fraction, seed} when val was carved out of train
-    follow_symlinks: bool = False  # images may be symlinks to files outside the folder
-    protocol: dict = field(default_factory=dict)  # how a transfer dataset's splits were chosen, its metric
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def disk_splits(self) -> dict[str, ClassificationSplit]:
-        """The on-disk splits the parts read (one entry per split, whose features are extracted once)."""
-        return {part.split.name: part.split for part in (self.train, self.val, self.test)}
-
-    def provenance(self) -> dict:
-        """What every result row says about the data it was computed on."""
-        return {"dataset": self.name, "layout": self.layout, "n_classes": self.num_classes,
-                "train_split": self.train.description, "val_split": self.val.description,
-                "test_split": self.test.description, "n_train": len(self.train), "n_val": len(self.val),
-                "n_test": len(self.test), **({"follow_symlinks": True} if self.follow_symlinks else {}),
-                **self.protocol}
 
 
 def detect_layout(root: Path, train_split: str) -> str:
@@ -121,8 +50,6 @@ def detect_layout(root: Path, train_split: str) -> str:
         return "csv"
     if (root / train_split).is_dir():
         return "imagefolder"
-    from benchmark.datasets.transfer import detect_transfer_layout
-
     transfer = detect_transfer_layout(root)
     if transfer:
         return transfer
@@ -162,18 +89,6 @@ def _load_places205(root: Path, split: str) -> ClassificationSplit:
                                places.class_names, str(root / split))
 
 
-def _check_files(paths: list[Path], where: str) -> None:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(str(p) for p in missing[:5])
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DatasetError(f"{len(missing)} image(s) listed in {where} are missing: {shown}{more}")
-    empty = [p for p in paths if p.stat().st_size == 0]
-    if empty:
-        raise DatasetError(f"{len(empty)} image(s) of {where} are empty files (0 bytes), e.g. {empty[0]}; "
-                           f"replace or re-extract them")
-
-
 def _load_folder(root: Path, split: str, class_names: list[str] | None, follow_symlinks: bool) -> ClassificationSplit:
     folder = root / split
     if not folder.is_dir():
@@ -200,7 +115,7 @@ def _load_folder(root: Path, split: str, class_names: list[str] | None, follow_s
         paths += [inside_dataset(root, p.relative_to(root).as_posix(), str(folder / name), follow_symlinks)
                   for p in images]
         labels += [index[name]] * len(images)
-    _check_files(paths, str(folder))
+    check_files(paths, str(folder))
     return ClassificationSplit(root, split, paths, np.asarray(labels, dtype=np.int64), list(class_names), str(folder))
 
 
@@ -232,29 +147,13 @@ def _load_csv(root: Path, split: str, class_names: list[str] | None, follow_syml
             raise DatasetError(f"{list_file}: label {name!r} (data line {position + 1}: {relative[position]}) is not "
                                f"a class of the training list; its classes: "
                                f"{', '.join(class_names[:10])}{'...' if len(class_names) > 10 else ''}")
-    _check_files(paths, str(list_file))
+    check_files(paths, str(list_file))
     return ClassificationSplit(root, split, paths, np.asarray([index[n] for n in names], dtype=np.int64),
                                list(class_names), str(list_file))
 
 
 def _open_list(list_file: Path):
     return io.StringIO(read_list_text(list_file, "'path,label' lines"), newline="")
-
-
-def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, val indices), stratified: per class round(fraction x n_c) images to val (at
-    least one where the class has two or more, never all of them), drawn from ``seed``."""
-    rng = np.random.default_rng([seed, 0xCA7E])
-    val = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        take = int(round(fraction * len(members)))
-        take = min(max(take, 1 if len(members) >= 2 else 0), len(members) - 1)
-        if take:
-            val.append(rng.choice(members, take, replace=False))
-    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
-    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
-    return train_idx, val_idx
 
 
 def load_classification(data_root: str | Path, name: str, *, layout: str = "auto", train_split: str = "train",
@@ -272,8 +171,6 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
     if layout == "auto":
         layout = detect_layout(root, train_split)
     if layout in TRANSFER_LAYOUTS:  # the protocol fixes the splits: the split options do not apply
-        from benchmark.datasets.transfer import load_transfer
-
         return load_transfer(root, name, layout, val_fraction=val_fraction, val_seed=val_seed,
                              follow_symlinks=follow_symlinks)
     train = load_split(root, train_split, layout, follow_symlinks=follow_symlinks)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.datasets.classification import TRANSFER_LAYOUTS
 from benchmark.datasets.synth_classification import class_image
+from benchmark.datasets.transfer import TRANSFER_LAYOUTS
 from benchmark.errors import DatasetError
 
 _JPEG_QUALITY = 90
@@ -183,7 +183,7 @@ def _write_stanford_cars(root: Path, rng: np.random.Generator) -> None:
     names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012"][:NUM_CLASSES]
     (folder / "devkit").mkdir(parents=True, exist_ok=True)
     savemat(folder / "devkit" / "cars_meta.mat", {"class_names": np.array([names], dtype=object)})
-    for split, annotations in (("train", folder / "devkit" / "cars_train_annos.mat"),
+    for split, annotation_file in (("train", folder / "devkit" / "cars_train_annos.mat"),
                                ("test", folder / "cars_test_annos_withlabels.mat")):
         records = []
         count = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
@@ -193,7 +193,7 @@ def _write_stanford_cars(root: Path, rng: np.random.Generator) -> None:
             box = [int(v) for v in rng.integers(1, 40, 4)]
             records.append({"bbox_x1": np.uint8(box[0]), "bbox_y1": np.uint8(box[1]), "bbox_x2": np.uint8(box[2]),
                             "bbox_y2": np.uint8(box[3]), "class": np.uint8(cls + 1), "fname": fname})
-        savemat(annotations, {"annotations": _mat_struct_array(records)})
+        savemat(annotation_file, {"annotations": _mat_struct_array(records)})
 
 
 def _write_fgvc_aircraft(root: Path, rng: np.random.Generator) -> None:

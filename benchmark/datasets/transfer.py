@@ -28,20 +28,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from benchmark.datasets.classification import (TRANSFER_LAYOUTS, ClassificationData, ClassificationSplit, SplitPart,
-                                               _check_files, carve_validation)
-from benchmark.datasets.images import DecodedImage
 from benchmark.datasets.listed import inside_dataset, read_list_text
+from benchmark.datasets.splits import ClassificationData, ClassificationSplit, SplitPart, carve_validation, check_files
 from benchmark.errors import DatasetError
 from benchmark.metrics import eleven_point_map, mean_per_class_accuracy, top1_accuracy
 
-
+TRANSFER_LAYOUTS = ("food101", "cifar10", "cifar100", "birdsnap", "sun397", "stanford_cars", "fgvc_aircraft",
+                    "voc2007", "dtd", "oxford_pets", "caltech101", "flowers102")
 # the metric the protocol reports on each dataset (Kornblith et al. 2019, Table 1 / Appendix A)
 METRICS = {
     "food101": "top1", "cifar10": "top1", "cifar100": "top1", "birdsnap": "top1", "sun397": "top1",
@@ -215,10 +214,11 @@ def _official_folder(root: Path, layout: str) -> Path:
     raise DatasetError(f"{layout} dataset not found: looked for {looked}; expected {EXPECTED[layout]}; {_SYNTH_HINT}")
 
 
-def _torchvision(layout: str, root: Path, make: Callable):
-    """``make()`` (a torchvision dataset built with download=False), its errors rephrased."""
+def _torchvision(layout: str, root: Path, dataset_class, *args, **kwargs):
+    """``dataset_class(*args, **kwargs)``, a torchvision dataset, built with download=False (nothing
+    is ever fetched), its errors rephrased."""
     try:
-        return make()
+        return dataset_class(*args, download=False, **kwargs)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         raise DatasetError(f"torchvision could not read the {layout} dataset in {root} ({exc}); "
                            f"expected {EXPECTED[layout]}") from None
@@ -233,7 +233,7 @@ def _split(root: Path, name: str, paths, labels, class_names: list[str], source:
     if not len(paths):
         raise DatasetError(f"{source} lists no images for the {name} split")
     kept = [inside_dataset(root, os.path.relpath(p, root), str(source), follow_symlinks) for p in paths]
-    _check_files(kept, str(source))
+    check_files(kept, str(source))
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim == 1 and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise DatasetError(f"{source}: labels run from {labels.min()} to {labels.max()} but there are "
@@ -250,7 +250,7 @@ def _read_food101(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     folder = _official_folder(root, "food101")
     splits = {}
     for split in ("train", "test"):
-        data = _torchvision("food101", root, lambda: Food101(folder.parent, split=split, download=False))
+        data = _torchvision("food101", root, Food101, folder.parent, split=split)
         splits[split] = _split(root, split, data._image_files, data._labels, data.classes,
                                folder / "meta" / f"{split}.json", follow_symlinks)
     _same_classes(splits["train"], splits["test"])
@@ -272,11 +272,14 @@ def _unchecked_cifar(layout: str):
 
 def _read_cifar(layout: str) -> Callable:
     def read(root: Path, follow_symlinks: bool, seed: int) -> _Read:
+        # imported here: it imports torch, which only CIFAR's reader needs
+        from benchmark.datasets.images import DecodedImage
+
         folder = _official_folder(root, layout)
         cls = _unchecked_cifar(layout)
         splits = {}
         for split in ("train", "test"):
-            data = _torchvision(layout, root, lambda: cls(str(folder.parent), train=split == "train", download=False))
+            data = _torchvision(layout, root, cls, str(folder.parent), train=split == "train")
             pixels = np.asarray(data.data)
             if pixels.ndim != 4 or pixels.shape[1:] != (32, 32, 3) or pixels.dtype != np.uint8:
                 raise DatasetError(f"{folder}: the {split} batches hold {pixels.dtype} images of shape "
@@ -370,7 +373,7 @@ def _read_sun397(root: Path, follow_symlinks: bool, seed: int) -> _Read:
         raise DatasetError(f"sun397: partition lists {' and '.join(names)} not found in "
                            f"{', '.join(str(p) for p in places)} (they come in Partitions.zip, apart from "
                            f"SUN397.tar.gz); expected {EXPECTED['sun397']}")
-    data = _torchvision("sun397", root, lambda: SUN397(folder.parent, download=False))
+    data = _torchvision("sun397", root, SUN397, folder.parent)
     label_of = {Path(p).relative_to(folder).as_posix(): label for p, label in zip(data._image_files, data._labels)}
     splits = {}
     for split, list_name in zip(("train", "test"), names):
@@ -396,11 +399,11 @@ def _read_stanford_cars(root: Path, follow_symlinks: bool, seed: int) -> _Read:
 
     folder = _official_folder(root, "stanford_cars")
     splits = {}
-    for split, annotations in (("train", "devkit/cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
-        data = _torchvision("stanford_cars", root, lambda: StanfordCars(folder.parent, split=split, download=False))
+    for split, annotation_file in (("train", "devkit/cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+        data = _torchvision("stanford_cars", root, StanfordCars, folder.parent, split=split)
         paths = [p for p, _ in data._samples]
         labels = [t for _, t in data._samples]
-        splits[split] = _split(root, split, paths, labels, data.classes, folder / annotations, follow_symlinks)
+        splits[split] = _split(root, split, paths, labels, data.classes, folder / annotation_file, follow_symlinks)
     return _Read(splits["train"], None, splits["test"],
                  {"official_splits": "train/test of cars_train_annos.mat / cars_test_annos_withlabels.mat"})
 
@@ -411,9 +414,8 @@ def _read_fgvc_aircraft(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     folder = _official_folder(root, "fgvc_aircraft")
     splits = {}
     for split in ("train", "val", "test"):
-        data = _torchvision("fgvc_aircraft", root,
-                            lambda: FGVCAircraft(folder.parent, split=split, annotation_level="variant",
-                                                 download=False))
+        data = _torchvision("fgvc_aircraft", root, FGVCAircraft, folder.parent, split=split,
+                            annotation_level="variant")
         splits[split] = _split(root, split, data._image_files, data._labels, data.classes,
                                folder / "data" / f"images_variant_{split}.txt", follow_symlinks)
     return _Read(splits["train"], splits["val"], splits["test"],
@@ -462,8 +464,7 @@ def _dtd_split(root: Path, folder: Path, split: str, list_file: Path) -> tuple[l
     if folder.parent.name == "dtd":
         from torchvision.datasets import DTD
 
-        data = _torchvision("dtd", root, lambda: DTD(folder.parent.parent, split=split, partition=DTD_PARTITION,
-                                                     download=False))
+        data = _torchvision("dtd", root, DTD, folder.parent.parent, split=split, partition=DTD_PARTITION)
         return list(data._image_files), [data.classes[label] for label in data._labels]
     paths, classes = [], []
     text = read_list_text(list_file, "'<class>/<file>.jpg' lines")
@@ -484,7 +485,7 @@ def _read_oxford_pets(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     folder = _official_folder(root, "oxford_pets")
     splits = {}
     for split in ("trainval", "test"):
-        data = _torchvision("oxford_pets", root, lambda: OxfordIIITPet(folder.parent, split=split, download=False))
+        data = _torchvision("oxford_pets", root, OxfordIIITPet, folder.parent, split=split)
         splits[split] = _split(root, split, data._images, data._labels, data.classes,
                                folder / "annotations" / f"{split}.txt", follow_symlinks)
     _same_classes(splits["trainval"], splits["test"])
@@ -497,8 +498,7 @@ def _read_caltech101(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     folder = _official_folder(root, "caltech101")
     categories_dir = folder / "101_ObjectCategories"
     # checked above: torchvision's Caltech101 would otherwise create its folder (os.makedirs) first
-    data = _torchvision("caltech101", root, lambda: Caltech101(folder.parent, target_type="category",
-                                                               download=False))
+    data = _torchvision("caltech101", root, Caltech101, folder.parent, target_type="category")
     paths = [categories_dir / data.categories[y] / f"image_{i:04d}.jpg" for y, i in zip(data.y, data.index)]
     labels = list(data.y)
     class_names = list(data.categories)
@@ -537,7 +537,7 @@ def _read_flowers102(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     # (which would refuse a synthetic copy); the labels are checked below
     unchecked = type("UncheckedFlowers102", (Flowers102,), {"_file_dict": {
         **Flowers102._file_dict, "label": ("imagelabels.mat", None), "setid": ("setid.mat", None)}})
-    read = {split: _torchvision("flowers102", root, lambda: unchecked(folder.parent, split=split, download=False))
+    read = {split: _torchvision("flowers102", root, unchecked, folder.parent, split=split)
             for split in ("train", "val", "test")}
     n_classes = 1 + max(max(data._labels) for data in read.values())
     if n_classes > len(Flowers102.classes):

@@ -222,9 +222,10 @@ def _torchvision(layout: str, root: Path, dataset_class, *args, **kwargs):
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         raise DatasetError(f"torchvision could not read the {layout} dataset in {root} ({exc}); "
                            f"expected {EXPECTED[layout]}") from None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+    except Exception as exc:  # a truncated pickle or .mat, a list line torchvision cannot split, ...
         raise DatasetError(f"{layout} dataset {root}: a file of the official layout is malformed "
-                           f"({type(exc).__name__}: {exc}); expected {EXPECTED[layout]}; re-extract the archive") from None
+                           f"({type(exc).__name__}: {exc}); expected {EXPECTED[layout]}; re-extract the "
+                           f"archive") from exc
 
 
 def _split(root: Path, name: str, paths, labels, class_names: list[str], source: Path | str,

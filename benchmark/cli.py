@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the twelve transfer datasets (food101, cifar10, ...; written to OUT/NAME in its official "
                        "layout), or all")
     synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007, OUT/Places205, "
-                       "OUT/NYUv2 or OUT/NAME (classification)")
+                       "OUT/NYUv2 or OUT/NAME (classification, transfer)")
     synth.add_argument("--images", type=int, default=400, help="voc07 only")
     synth.add_argument("--classes", type=int, default=10, help="places205 and classification")
     synth.add_argument("--per-class", type=int, default=30, help="places205 and classification: train images per "

@@ -78,7 +78,7 @@ def tree(root: Path) -> list[str]:
 
 
 def load(root: Path, name: str, layout: str = "auto", **kwargs):
-    return load_classification(root, name, layout=layout, val_fraction=0.2, **kwargs)
+    return load_classification(root, name, layout=layout, val_fraction=0.2, multi_label=True, **kwargs)
 
 
 def test_every_transfer_layout_is_a_classification_layout():
@@ -151,6 +151,17 @@ def test_labels_of_known_images(data_root):
     voc = load(data_root, "voc2007")
     assert voc.train.split.labels.shape == (6, 20) and voc.provenance()["multi_label"] is True
     assert set(np.unique(voc.test.split.labels)) <= {-1, 0, 1}
+
+
+def test_single_label_callers_get_a_clear_error_for_voc2007(data_root):
+    with pytest.raises(DatasetError, match=r"multi-label .*voc07_svm"):
+        load_classification(data_root, "voc2007", layout="voc2007")
+
+
+def test_no_layout_recognised_names_the_transfer_layouts(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DatasetError, match=r"nor the official files of one transfer dataset .*food101, cifar10"):
+        load_classification(tmp_path, "x")
 
 
 def test_cifar_images_are_decoded_from_the_batches(data_root):

@@ -55,8 +55,9 @@ def detect_layout(root: Path, train_split: str) -> str:
         return transfer
     raise DatasetError(
         f"classification dataset {root}: found neither {root / train_split}/ (ImageFolder layout: "
-        f"{train_split}/<class>/<image>.jpg) nor {root / (train_split + '.csv')} (CSV layout: 'path,label' lines); "
-        f"{_SYNTH_HINT}")
+        f"{train_split}/<class>/<image>.jpg) nor {root / (train_split + '.csv')} (CSV layout: 'path,label' lines) "
+        f"nor the official files of one transfer dataset (docs/tasks/transfer.md; name it with the option layout: "
+        f"{', '.join(TRANSFER_LAYOUTS)}); {_SYNTH_HINT}")
 
 
 def split_exists(root: Path, split: str, layout: str) -> bool:
@@ -158,10 +159,13 @@ def _open_list(list_file: Path):
 
 def load_classification(data_root: str | Path, name: str, *, layout: str = "auto", train_split: str = "train",
                         val_split: str = "val", test_split: str = "test", val_fraction: float = 0.1,
-                        val_seed: int = 0, follow_symlinks: bool = False) -> ClassificationData:
+                        val_seed: int = 0, follow_symlinks: bool = False,
+                        multi_label: bool = False) -> ClassificationData:
     """The dataset ``data_root/name`` with its three parts. A missing ``val_split`` is carved out of
     ``train_split`` (``val_fraction``, stratified, ``val_seed``); a missing training or test split
-    is an error. ``follow_symlinks``: images may be symlinks pointing outside the dataset folder."""
+    is an error. ``follow_symlinks``: images may be symlinks pointing outside the dataset folder.
+    A transfer layout (``benchmark.datasets.transfer``) fixes its splits itself; a multi-label one
+    (VOC2007) is refused unless the caller scores multi-label labels (``multi_label``)."""
     root = Path(data_root).expanduser() / name
     if not root.is_dir():
         raise DatasetError(f"classification dataset folder {root} does not exist; expected {name}/ under the data "
@@ -171,8 +175,14 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
     if layout == "auto":
         layout = detect_layout(root, train_split)
     if layout in TRANSFER_LAYOUTS:  # the protocol fixes the splits: the split options do not apply
-        return load_transfer(root, name, layout, val_fraction=val_fraction, val_seed=val_seed,
+        data = load_transfer(root, name, layout, val_fraction=val_fraction, val_seed=val_seed,
                              follow_symlinks=follow_symlinks)
+        if data.protocol.get("multi_label") and not multi_label:
+            # refused here, at the run's checks, rather than deep inside a single-label classifier
+            raise DatasetError(f"{root} ({layout}) is multi-label (several classes per image); the single-label "
+                               f"classification tasks cannot score it: evaluate VOC2007 with voc07_svm, or with an "
+                               f"evaluator that fits one binary classifier per class (docs/tasks/transfer.md)")
+        return data
     train = load_split(root, train_split, layout, follow_symlinks=follow_symlinks)
     if len(train.class_names) < 2:
         raise DatasetError(f"{train.source} has {len(train.class_names)} class; classification needs at least 2")

@@ -20,7 +20,7 @@ from benchmark.cli import main
 from benchmark.datasets.classification import LAYOUTS, load_classification
 from benchmark.datasets.images import DecodedImage, open_rgb
 from benchmark.datasets.synth_transfer import synth_transfer
-from benchmark.datasets.transfer import METRICS, TRANSFER_LAYOUTS, InMemorySplit, metric_function
+from benchmark.datasets.transfer import METRICS, OFFICIAL_FOLDERS, TRANSFER_LAYOUTS, InMemorySplit, metric_function
 from benchmark.errors import DatasetError
 from benchmark.metrics import eleven_point_ap, eleven_point_map, mean_per_class_accuracy, precision_recall, top1_accuracy
 
@@ -222,9 +222,26 @@ def test_dtd_in_torchvision_nesting_reads_the_same(data_root, tmp_path):
         assert a.labels.tolist() == b.labels.tolist() and a.class_names == b.class_names
 
 
-def test_dataset_folder_may_be_the_official_folder_itself(data_root):
-    data = load(data_root / "food101", "food-101", layout="food101")
-    assert len(data.test) == 6
+@pytest.mark.parametrize("name", sorted(set(OFFICIAL_FOLDERS) - {"sun397"}))
+def test_dataset_folder_may_be_the_official_folder_itself(data_root, name):
+    """``data_root: /datasets`` with ``dataset: food-101``: the archive's own top folder."""
+    base = OFFICIAL_FOLDERS[name][0]
+    data = load(data_root / name, base, layout=name)
+    assert (data.num_classes, len(data.test)) == (EXPECTED[name][0], EXPECTED[name][3])
+
+
+def test_sun397_folder_itself_with_its_partitions_inside(copy_of):
+    root = copy_of("sun397")
+    shutil.move(root / "sun397/Partitions", root / "sun397/SUN397/Partitions")
+    assert len(load(root / "sun397", "SUN397", layout="sun397").test) == 6
+
+
+def test_decoded_images_go_through_the_extraction_dataset(data_root):
+    from benchmark.datasets.images import ImageFileDataset, svm_transform
+
+    test = load(data_root, "cifar10").test.split
+    image, index = ImageFileDataset(test.image_paths, svm_transform(32)[0])[3]
+    assert tuple(image.shape) == (3, 32, 32) and index == 3
 
 
 def test_official_files_in_a_folder_of_another_name_say_how_to_fix(copy_of):

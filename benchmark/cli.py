@@ -246,6 +246,8 @@ PLACES205_CLASSES, PLACES205_VAL_PER_CLASS = 205, 100
 
 
 def cmd_data_synth(args) -> int:
+    if args.dataset == "transfer":
+        return _synth_transfer(args)
     if args.dataset == "classification":
         from .datasets.synth_classification import synth_classification
 
@@ -285,6 +287,21 @@ def cmd_data_synth(args) -> int:
     else:
         root = synth_voc07(Path(args.out), n_images=args.images, seed=args.seed)
     print(f"wrote {args.images} images in VOC2007 layout to {root}")
+    return 0
+
+
+def _synth_transfer(args) -> int:
+    from .datasets.transfer import TRANSFER_LAYOUTS
+    from .datasets.synth_transfer import synth_transfer
+    from .errors import DatasetError
+
+    if args.transfer_dataset not in (*TRANSFER_LAYOUTS, "all"):
+        raise DatasetError(f"data synth transfer needs --dataset NAME or --dataset all, NAME one of "
+                           f"{', '.join(TRANSFER_LAYOUTS)} (got {args.transfer_dataset})")
+    names = TRANSFER_LAYOUTS if args.transfer_dataset == "all" else (args.transfer_dataset,)
+    for name in names:
+        root = synth_transfer(Path(args.out), name, seed=args.seed)
+        print(f"wrote a tiny {name} in its official layout to {root} (dataset: {name}, layout: {name})")
     return 0
 
 
@@ -398,9 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
-    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2", "classification"])
+    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2", "classification", "transfer"])
+    synth.add_argument("--dataset", dest="transfer_dataset", metavar="NAME|all", help="transfer only: which of "
+                       "the twelve transfer datasets (food101, cifar10, ...; written to OUT/NAME in its official "
+                       "layout), or all")
     synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007, OUT/Places205, "
-                       "OUT/NYUv2 or OUT/NAME (classification)")
+                       "OUT/NYUv2 or OUT/NAME (classification, transfer)")
     synth.add_argument("--images", type=int, default=400, help="voc07 only")
     synth.add_argument("--classes", type=int, default=10, help="places205 and classification")
     synth.add_argument("--per-class", type=int, default=30, help="places205 and classification: train images per "

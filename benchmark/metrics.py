@@ -72,3 +72,49 @@ def stepwise_ap(y_true, scores) -> float:
     precision = tp / (last_of_tie + 1)
     recall_gain = np.diff(np.r_[0, tp]) / n_pos
     return float(np.sum(recall_gain * precision))
+
+
+def top1_accuracy(y_true, y_pred) -> float:
+    """Fraction of samples whose predicted class is the true one."""
+    y_true, y_pred = _label_pair(y_true, y_pred)
+    return float(np.mean(y_true == y_pred))
+
+
+def mean_per_class_accuracy(y_true, y_pred) -> float:
+    """Mean over the classes present in ``y_true`` of each class's accuracy (its recall), so a
+    large class weighs no more than a small one: the metric of Aircraft, Pets, Caltech-101 and
+    Flowers in the Kornblith et al. transfer protocol. A class only ever predicted, never true,
+    does not enter the mean (as in scikit-learn's ``balanced_accuracy_score``)."""
+    y_true, y_pred = _label_pair(y_true, y_pred)
+    classes, true_index = np.unique(y_true, return_inverse=True)
+    correct = np.bincount(true_index, weights=(y_true == y_pred).astype(np.float64), minlength=len(classes))
+    return float(np.mean(correct / np.bincount(true_index, minlength=len(classes))))
+
+
+def eleven_point_map(labels, scores) -> float:
+    """VOC2007 classification mAP: the mean over classes of the 11-point AP of each class's
+    ranking. ``labels`` (n, classes) holds 1 (present), 0 (absent) or -1 (only difficult
+    instances: left out of that class's ranking, as the VOC devkit does); a class without a
+    positive has no AP and does not enter the mean."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be (n, classes)")
+    per_class = []
+    for c in range(labels.shape[1]):
+        kept = labels[:, c] != -1
+        truth = labels[kept, c] > 0
+        if truth.any():
+            precision, recall = precision_recall(truth, scores[kept, c])
+            per_class.append(eleven_point_ap(precision, recall))
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def _label_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true).ravel()
+    y_pred = np.asarray(y_pred).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} entries but y_pred has {y_pred.size}")
+    if not y_true.size:
+        raise ValueError("no samples to score")
+    return y_true, y_pred

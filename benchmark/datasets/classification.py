@@ -27,88 +27,22 @@ be decoded is a DatasetError naming the file when it is read (``benchmark.datase
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.datasets.listed import inside_dataset, read_list_text
+from benchmark.datasets.splits import ClassificationData, ClassificationSplit, SplitPart, carve_validation, check_files
+from benchmark.datasets.transfer import TRANSFER_LAYOUTS, detect_transfer_layout, load_transfer
 from benchmark.errors import DatasetError
 
+# ClassificationSplit, SplitPart, ClassificationData and carve_validation live in
+# benchmark.datasets.splits (shared with the transfer readers); they are imported from here as before
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LAYOUTS = ("auto", "imagefolder", "csv", "places205")
+# the twelve transfer datasets in their official layouts are read by benchmark.datasets.transfer
+LAYOUTS = ("auto", "imagefolder", "csv", "places205") + TRANSFER_LAYOUTS
 _SYNTH_HINT = "generate a small one with: ssl-bench data synth classification --out DIR"
-
-
-@dataclass
-class ClassificationSplit:
-    """One on-disk split: image ``i`` at ``image_paths[i]`` has class ``labels[i]``."""
-
-    root: Path
-    name: str
-    image_paths: list[Path]
-    labels: np.ndarray  # int64 indices into class_names
-    class_names: list[str]
-    source: str  # the folder or list file it was read from
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def fingerprint(self) -> str:
-        """Cache key of the split: changes when its paths, labels or any image file size change."""
-        digest = hashlib.sha256(f"{self.name}\n".encode())
-        for path, label in zip(self.image_paths, self.labels.tolist()):
-            digest.update(f"{path.relative_to(self.root).as_posix()}\t{label}\t{path.stat().st_size}\n".encode())
-        return digest.hexdigest()
-
-
-@dataclass
-class SplitPart:
-    """Rows ``indices`` of an on-disk split (all of them, or one side of a carved validation set)."""
-
-    split: ClassificationSplit
-    indices: np.ndarray
-    description: str  # e.g. "train" or "train minus 10 % carved out (stratified, seed 0)"
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.split.labels[self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-@dataclass
-class ClassificationData:
-    """A dataset folder with its training, validation and test parts resolved."""
-
-    name: str
-    root: Path
-    layout: str
-    class_names: list[str]
-    train: SplitPart
-    val: SplitPart
-    test: SplitPart
-    carved: dict = field(default_factory=dict)  # {fraction, seed} when val was carved out of train
-    follow_symlinks: bool = False  # images may be symlinks to files outside the folder
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def disk_splits(self) -> dict[str, ClassificationSplit]:
-        """The on-disk splits the parts read (one entry per split, whose features are extracted once)."""
-        return {part.split.name: part.split for part in (self.train, self.val, self.test)}
-
-    def provenance(self) -> dict:
-        """What every result row says about the data it was computed on."""
-        return {"dataset": self.name, "layout": self.layout, "n_classes": self.num_classes,
-                "train_split": self.train.description, "val_split": self.val.description,
-                "test_split": self.test.description, "n_train": len(self.train), "n_val": len(self.val),
-                "n_test": len(self.test), **({"follow_symlinks": True} if self.follow_symlinks else {})}
 
 
 def detect_layout(root: Path, train_split: str) -> str:
@@ -116,10 +50,14 @@ def detect_layout(root: Path, train_split: str) -> str:
         return "csv"
     if (root / train_split).is_dir():
         return "imagefolder"
+    transfer = detect_transfer_layout(root)
+    if transfer:
+        return transfer
     raise DatasetError(
         f"classification dataset {root}: found neither {root / train_split}/ (ImageFolder layout: "
-        f"{train_split}/<class>/<image>.jpg) nor {root / (train_split + '.csv')} (CSV layout: 'path,label' lines); "
-        f"{_SYNTH_HINT}")
+        f"{train_split}/<class>/<image>.jpg) nor {root / (train_split + '.csv')} (CSV layout: 'path,label' lines) "
+        f"nor the official files of one transfer dataset (docs/tasks/transfer.md; name it with the option layout: "
+        f"{', '.join(TRANSFER_LAYOUTS)}); {_SYNTH_HINT}")
 
 
 def split_exists(root: Path, split: str, layout: str) -> bool:
@@ -152,18 +90,6 @@ def _load_places205(root: Path, split: str) -> ClassificationSplit:
                                places.class_names, str(root / split))
 
 
-def _check_files(paths: list[Path], where: str) -> None:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(str(p) for p in missing[:5])
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DatasetError(f"{len(missing)} image(s) listed in {where} are missing: {shown}{more}")
-    empty = [p for p in paths if p.stat().st_size == 0]
-    if empty:
-        raise DatasetError(f"{len(empty)} image(s) of {where} are empty files (0 bytes), e.g. {empty[0]}; "
-                           f"replace or re-extract them")
-
-
 def _load_folder(root: Path, split: str, class_names: list[str] | None, follow_symlinks: bool) -> ClassificationSplit:
     folder = root / split
     if not folder.is_dir():
@@ -190,7 +116,7 @@ def _load_folder(root: Path, split: str, class_names: list[str] | None, follow_s
         paths += [inside_dataset(root, p.relative_to(root).as_posix(), str(folder / name), follow_symlinks)
                   for p in images]
         labels += [index[name]] * len(images)
-    _check_files(paths, str(folder))
+    check_files(paths, str(folder))
     return ClassificationSplit(root, split, paths, np.asarray(labels, dtype=np.int64), list(class_names), str(folder))
 
 
@@ -222,7 +148,7 @@ def _load_csv(root: Path, split: str, class_names: list[str] | None, follow_syml
             raise DatasetError(f"{list_file}: label {name!r} (data line {position + 1}: {relative[position]}) is not "
                                f"a class of the training list; its classes: "
                                f"{', '.join(class_names[:10])}{'...' if len(class_names) > 10 else ''}")
-    _check_files(paths, str(list_file))
+    check_files(paths, str(list_file))
     return ClassificationSplit(root, split, paths, np.asarray([index[n] for n in names], dtype=np.int64),
                                list(class_names), str(list_file))
 
@@ -231,28 +157,15 @@ def _open_list(list_file: Path):
     return io.StringIO(read_list_text(list_file, "'path,label' lines"), newline="")
 
 
-def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, val indices), stratified: per class round(fraction x n_c) images to val (at
-    least one where the class has two or more, never all of them), drawn from ``seed``."""
-    rng = np.random.default_rng([seed, 0xCA7E])
-    val = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        take = int(round(fraction * len(members)))
-        take = min(max(take, 1 if len(members) >= 2 else 0), len(members) - 1)
-        if take:
-            val.append(rng.choice(members, take, replace=False))
-    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
-    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
-    return train_idx, val_idx
-
-
 def load_classification(data_root: str | Path, name: str, *, layout: str = "auto", train_split: str = "train",
                         val_split: str = "val", test_split: str = "test", val_fraction: float = 0.1,
-                        val_seed: int = 0, follow_symlinks: bool = False) -> ClassificationData:
+                        val_seed: int = 0, follow_symlinks: bool = False,
+                        multi_label: bool = False) -> ClassificationData:
     """The dataset ``data_root/name`` with its three parts. A missing ``val_split`` is carved out of
     ``train_split`` (``val_fraction``, stratified, ``val_seed``); a missing training or test split
-    is an error. ``follow_symlinks``: images may be symlinks pointing outside the dataset folder."""
+    is an error. ``follow_symlinks``: images may be symlinks pointing outside the dataset folder.
+    A transfer layout (``benchmark.datasets.transfer``) fixes its splits itself; a multi-label one
+    (VOC2007) is refused unless the caller scores multi-label labels (``multi_label``)."""
     root = Path(data_root).expanduser() / name
     if not root.is_dir():
         raise DatasetError(f"classification dataset folder {root} does not exist; expected {name}/ under the data "
@@ -261,6 +174,15 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
         raise DatasetError(f"unknown layout {layout!r} for {root}; expected one of {', '.join(LAYOUTS)}")
     if layout == "auto":
         layout = detect_layout(root, train_split)
+    if layout in TRANSFER_LAYOUTS:  # the protocol fixes the splits: the split options do not apply
+        data = load_transfer(root, name, layout, val_fraction=val_fraction, val_seed=val_seed,
+                             follow_symlinks=follow_symlinks)
+        if data.protocol.get("multi_label") and not multi_label:
+            # refused here, at the run's checks, rather than deep inside a single-label classifier
+            raise DatasetError(f"{root} ({layout}) is multi-label (several classes per image); the single-label "
+                               f"classification tasks cannot score it: evaluate VOC2007 with voc07_svm, or with an "
+                               f"evaluator that fits one binary classifier per class (docs/tasks/transfer.md)")
+        return data
     train = load_split(root, train_split, layout, follow_symlinks=follow_symlinks)
     if len(train.class_names) < 2:
         raise DatasetError(f"{train.source} has {len(train.class_names)} class; classification needs at least 2")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -43,7 +45,22 @@ def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0)) -
     ])
 
 
-def open_rgb(path: Path) -> Image.Image:
+@dataclass(eq=False)
+class DecodedImage:
+    """An image a dataset ships inside a container file rather than as an image file (CIFAR's
+    pickled batches): it stands where a file path stands in a split's ``image_paths``, so the
+    extraction pipeline reads both alike through ``open_rgb``."""
+
+    pixels: np.ndarray  # (height, width, 3) uint8, RGB
+    origin: str  # where it was decoded from, for messages: "cifar-10-batches-py test image 17"
+
+    def __str__(self) -> str:
+        return self.origin
+
+
+def open_rgb(path: "Path | DecodedImage") -> Image.Image:
+    if isinstance(path, DecodedImage):
+        return Image.fromarray(path.pixels)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")

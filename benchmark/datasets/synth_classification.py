@@ -27,7 +27,8 @@ def class_name(cls: int) -> str:
     return f"class_{cls:02d}"
 
 
-def _image(rng: np.random.Generator, cls: int, min_side: int, max_side: int) -> Image.Image:
+def class_image(rng: np.random.Generator, cls: int, min_side: int, max_side: int) -> Image.Image:
+    """One image of class ``cls``: its object on a textured background (the other generators reuse it)."""
     width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
     short = min(width, height)
     base = rng.uniform(60, 200) + rng.uniform(-25, 25, 3)
@@ -74,7 +75,7 @@ def synth_classification(out: str | Path, *, name: str = "synth-classification",
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
                 path = folder / f"{index:05d}.jpg"
-                _image(rng, cls, min_side, max_side).save(path, quality=_JPEG_QUALITY)
+                class_image(rng, cls, min_side, max_side).save(path, quality=_JPEG_QUALITY)
                 lines.append(f"{path.relative_to(root).as_posix()},{class_name(cls)}\n")
         if layout == "csv":
             (root / f"{split}.csv").write_text("".join(lines))

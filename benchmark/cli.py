@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_CONFIG, list_suites, load_suite
+from .console_log import configure_console_logging
 from .errors import BenchmarkError
 
 
@@ -414,6 +415,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_console_logging()  # the library's messages on the console, as they were printed
     args = _parse(build_parser(), argv)
     try:
         return args.func(args)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import BenchmarkError
 from .paths import atomic_write, inside
+
+logger = logging.getLogger(__name__)
 
 KEY_COLUMNS = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample"]
 ORDER_FIRST = KEY_COLUMNS + ["value"]
@@ -202,7 +204,7 @@ class ResultStore:
                        + f"\n'ssl-bench resume {self.run_dir}' recomputes the units of this run's plan")
             if damaged == "raise":
                 raise DamagedResultsError(message)
-            print(f"ssl-bench: warning: {message}", file=sys.stderr)
+            logger.warning(f"ssl-bench: warning: {message}")
         if not frames:
             return pd.DataFrame(columns=ORDER_FIRST)
         return pd.concat(frames, ignore_index=True, sort=False)

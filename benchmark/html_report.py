@@ -28,7 +28,7 @@ td:first-child,th:first-child{text-align:left}tr:nth-child(even) td{background:#
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e3e7ec}figcaption{color:#4b5563;font-size:.9em}
 pre{background:#f4f6f8;padding:.6em;overflow-x:auto;font-size:.8em;max-height:18em}
 .meta{color:#4b5563}
-"""
+"""  # noqa: E501 - one CSS rule set per line, as the report carries it
 
 # click a header: sort by that column (numbers numerically, empty cells last); click again: reverse
 SCRIPT = """
@@ -83,7 +83,8 @@ def table_html(table: pd.DataFrame, index_name: str | None = None, digits: int =
     out += [f"<th>{html.escape(str(h))}</th>" for h in heads]
     out.append("</tr></thead><tbody>")
     for index, row in table.iterrows():
-        out.append("<tr>" + (_cell(index) if show_index else "") + "".join(_cell(v, digits) for v in row.values) + "</tr>")
+        cells = "".join(_cell(v, digits) for v in row.values)
+        out.append("<tr>" + (_cell(index) if show_index else "") + cells + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -135,7 +136,8 @@ def render(report: HtmlReport) -> str:
                         + "</ul>")
         section("notes", "Notes", "".join(body))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(report.title)}</title>"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(report.title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}</h1>"
             f"<p class=\"meta\">{html.escape(report.meta)}</p><nav>{''.join(nav)}</nav>"
             + "".join(sections) + f"<script>{SCRIPT}</script></body></html>\n")

@@ -281,7 +281,8 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
     lines = ["## How these numbers were made", ""]
     for task, sub in rows.groupby("task", sort=False):
         first = sub.iloc[0]
-        details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
+        details = [f"{col}={first[col]}"
+                   for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
                    if col in sub and pd.notna(first.get(col)) and first.get(col) != ""]
         for column, label in (("cost_selection", "cost selection"), ("evaluation", "evaluations")):
             values = [v for v in dict.fromkeys(text_column(sub, column)) if v]

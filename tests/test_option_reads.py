@@ -190,7 +190,8 @@ def test_every_option_read_names_a_declared_option(uses) -> None:
     for module, module_use in uses.items():
         unchecked = sorted(set(module_use.by_class) - {name for mod, name in checked_classes if mod == module})
         problems += [f"{module}.{name} reads self.config but is not (a base of) a registered plugin, so its "
-                     f"reads cannot be checked: register it or derive a registered plugin from it" for name in unchecked]
+                     f"reads cannot be checked: register it or derive a registered plugin from it"
+                     for name in unchecked]
         if not module_use.module_level:
             continue
         owners = HELPER_MODULES.get(module) or tuple(

@@ -84,7 +84,8 @@ def convert_key(key: str) -> str | None:
         try:
             part = _block_part(rest)
         except KeyError:
-            raise ConfigError(f"cannot convert torchvision key {key!r} to detectron2: unknown block part {rest!r}") from None
+            raise ConfigError(f"cannot convert torchvision key {key!r} to detectron2: "
+                              f"unknown block part {rest!r}") from None
         prefix = "roi_heads.res5" if stage == 4 else f"backbone.res{stage + 1}"
         return f"{prefix}.{block}.{part}"
     raise ConfigError(f"cannot convert torchvision key {key!r} to detectron2 R-C4 names (not a ResNet key)")
@@ -125,7 +126,8 @@ def check_converted_weights(model_shapes: Mapping[str, tuple], converted: Mappin
     (what keeps its random initialisation); anything else is an error listing the keys."""
     unexpected = sorted(k for k in converted if k not in model_shapes)
     mismatched = sorted(f"{k}: {tuple(np.shape(converted[k]))} vs model {tuple(model_shapes[k])}"
-                        for k in converted if k in model_shapes and tuple(np.shape(converted[k])) != tuple(model_shapes[k]))
+                        for k in converted
+                        if k in model_shapes and tuple(np.shape(converted[k])) != tuple(model_shapes[k]))
     untouched = sorted(k for k in model_shapes if k not in converted)
     missing = [k for k in untouched if not k.startswith(NEW_HEADS)]
     problems = []
@@ -260,7 +262,8 @@ def run_detectron2(options: Options, splits: Sequence[tuple[str, str]], out_root
     cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR = schedule.batch_size, schedule.lr
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = schedule.iterations, tuple(schedule.milestones)
     cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = schedule.warmup_iterations, schedule.warmup_factor
-    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.MOMENTUM, cfg.SOLVER.GAMMA = schedule.weight_decay, schedule.momentum, schedule.gamma
+    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.MOMENTUM = schedule.weight_decay, schedule.momentum
+    cfg.SOLVER.GAMMA = schedule.gamma
     cfg.SOLVER.CHECKPOINT_PERIOD = cfg_opts.checkpoint_every
     cfg.MODEL.DEVICE = str(ctx.device)
     cfg.SEED = ctx.seed

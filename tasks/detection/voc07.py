@@ -270,7 +270,8 @@ class DetectionVOC07(Task):
                                   inside(ctx.run_dir, self.name, model.name), ctx, model, unit)
         cfg, mode = self.config, unit
         names = self.split_names()
-        loaded = [(key, DetectionData.from_voc([load_voc(ctx.data_root, split, year=year)])) for year, split, key in names]
+        loaded = [(key, DetectionData.from_voc([load_voc(ctx.data_root, split, year=year)]))
+                  for year, split, key in names]
         splits = {"train": loaded[:-1], "test": loaded[-1:]}
         train_data, test_data = _joined([d for _, d in splits["train"]]), loaded[-1][1]
         detector = self.detector(ctx, model, mode).to(ctx.device)
@@ -323,7 +324,8 @@ class DetectionVOC07(Task):
             "schedule": schedule.name, "iterations": schedule.iterations,
             "milestones": "/".join(str(m) for m in schedule.milestones), "batch_size": schedule.batch_size,
             "base_lr": schedule.base_lr, "lr": schedule.lr, "warmup_iterations": schedule.warmup_iterations,
-            "scale": setup.scale, "max_size": setup.max_size, "size_multiple": setup.size_multiple, "roi_op": cfg.roi_op, "roi_size": cfg.roi_size,
+            "scale": setup.scale, "max_size": setup.max_size, "size_multiple": setup.size_multiple,
+            "roi_op": cfg.roi_op, "roi_size": cfg.roi_size,
             "rois_per_image": setup.rois_per_image, "n_train": len(train_data), "n_test": len(test_data),
             "proposals_per_image_train": round(float(np.mean([len(p) for p in train_props])), 1),
             "proposals_per_image_test": round(float(np.mean([len(p) for p in test_props])), 1),
@@ -354,11 +356,13 @@ def evaluator_check_rows(test_data: DetectionData, mode: str) -> list[dict]:
     change in the annotation reader or the AP computation even where trained numbers are noisy."""
     metrics = evaluate_detections(perturbed_ground_truth(test_data.ground_truth, len(VOC_CLASSES), seed=0),
                                   test_data.ground_truth, len(VOC_CLASSES))
-    return [{"dataset": "voc07", "layer": mode, "metric": mean, "class": "", "value": 100 * float(np.nanmean(metrics[key])),
+    return [{"dataset": "voc07", "layer": mode, "metric": mean, "class": "",
+             "value": 100 * float(np.nanmean(metrics[key])),
              "evaluation": PERTURBED_GROUND_TRUTH, "determinism": "exact", "ap_definition": definition,
              "n_test": len(test_data), "note": "ground truth with seeded jitter, misses and false positives: "
                                                 "independent of the model"}
-            for key, mean, definition in (("ap11", "mAP", "voc07-11point-iou0.5"), ("ap_all", "mAP_all", "all-point-iou0.5"),
+            for key, mean, definition in (("ap11", "mAP", "voc07-11point-iou0.5"),
+                                          ("ap_all", "mAP_all", "all-point-iou0.5"),
                                           ("ap50_95", "mAP50_95", "coco101-iou0.50:0.95"))]
 
 

@@ -122,7 +122,8 @@ class LinearPlaces205(Task):
         )
         train_set = ImageFileDataset(train.image_paths, train_transform(size),
                                      torch.as_tensor(train.labels, dtype=torch.int64))
-        val_set = ImageFileDataset(val.image_paths, eval_transform(size), torch.as_tensor(val.labels, dtype=torch.int64))
+        val_set = ImageFileDataset(val.image_paths, eval_transform(size),
+                                   torch.as_tensor(val.labels, dtype=torch.int64))
         result = train_linear_heads(model.backbone, train_set, val_set, setup, out_dir, ctx.device)
 
         ipe = schedule.iterations_per_epoch

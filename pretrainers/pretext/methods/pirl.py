@@ -139,7 +139,8 @@ class PIRL(SizedState, PretextMethod):
         plain = nce_loss(positives, f, negatives, temperature, n, z)
         lam = self.config.loss_lambda
         self._pending = (indices.detach(), f.detach())
-        return lam * jigsaw + (1 - lam) * plain, {"nce_jigsaw": float(jigsaw.detach()), "nce_image": float(plain.detach())}
+        metrics = {"nce_jigsaw": float(jigsaw.detach()), "nce_image": float(plain.detach())}
+        return lam * jigsaw + (1 - lam) * plain, metrics
 
     def after_step(self) -> None:
         if self._pending is not None:

@@ -315,8 +315,8 @@ def test_task_end_to_end_with_rpn_proposals_and_a_proposal_file(voc, tmp_path) -
     files = sorted((tmp_path / "cache" / "proposals").glob("rpn-*.pkl"))
     assert len(files) == 2
     # a rerun reads the proposals and the finished checkpoint: same rows, no training
-    task = DetectionVOC07(**{**DetectionVOC07.options, **options, "evaluate_untrained": False})
-    again = task.run(ctx, model, "frozen")
+    rerun = DetectionVOC07(**{**DetectionVOC07.options, **options, "evaluate_untrained": False})
+    again = rerun.run(ctx, model, "frozen")
     assert [r["value"] for r in again] == [r["value"] for r in rows + checks if r["metric"] != "mAP_untrained_head"]
     # the generated proposals as Detectron files: the same numbers through proposals: files
     from tasks.detection.proposals import read_proposals

@@ -38,8 +38,9 @@ evaluation), and on ``backend`` (detection: torchvision or detectron2) where bot
 reference carry that column: the two backends' numbers are different metrics, so a detectron2 row
 is not covered by a torchvision reference. A reference written before references kept the
 backend joins as before (and the check names the backends of the run's rows). A reference row
-the run lacks is missing, a run row the reference lacks is uncovered; both fail the check. A reference is written with a header line that carries its row
-count and checksum, so a truncated or damaged file is an error, not a pass.
+the run lacks is missing, a run row the reference lacks is uncovered; both fail the check. A
+reference is written with a header line that carries its row count and checksum, so a truncated
+or damaged file is an error, not a pass.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
         df = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())  # pandas' messages span lines: the error is one line
-        raise BenchmarkError(f"reference file {path} is not a readable CSV ({reason}); rebuild it with --update") from None
+        raise BenchmarkError(f"reference file {path} is not a readable CSV ({reason}); "
+                             f"rebuild it with --update") from None
     required = JOIN + ["value"] + (SPREAD_COLUMNS if fmt >= 2 else [])
     missing = [c for c in required if c not in df]
     if missing and fmt == 1:  # format 1 files may leave out the newer join columns
@@ -195,7 +197,8 @@ def read_reference(path: Path) -> tuple[pd.DataFrame, int]:
             df[column] = _numeric(df, column, f"reference file {path}") if column in df else np.nan
         unknown = sorted(set(df["rule"]) - set(RULES))
         if unknown:
-            raise BenchmarkError(f"reference file {path}: unknown rule(s) {', '.join(unknown)} (known: {', '.join(RULES)})")
+            raise BenchmarkError(f"reference file {path}: unknown rule(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(RULES)})")
     return df, fmt
 
 
@@ -364,9 +367,10 @@ def add_replicate(reference: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     trained row's count, mean, standard deviation, min and max take the run's value in, and the
     pooled spreads and tolerances are computed again as ``build_reference`` does, a tolerance never
     getting narrower than it was; stored values and exact rows stay. For a machine whose training
-    rounds differently from the ones the replicates came from (another processor: a trained model moves as with another seed), so the
-    bands measure that spread too. The run must hold every trained row, and its exact rows must
-    pass the reference (they are not spread: a moved exact number is a change)."""
+    rounds differently from the ones the replicates came from (another processor: a trained model
+    moves as with another seed), so the bands measure that spread too. The run must hold every
+    trained row, and its exact rows must pass the reference (they are not spread: a moved exact
+    number is a change)."""
     _refuse_moved_exact(run, reference, "a replicate")
     keys = join_keys(reference, run)
     ref = reference.set_index(keys)
@@ -537,8 +541,9 @@ def _steps(frame: pd.DataFrame) -> pd.Series:
     bad = step.notna() & ~((step > 0) & (step <= 100))
     if bad.any():
         row = frame[bad].iloc[0]
-        raise BenchmarkError(f"row {row['model']}/{row['task']}/{row['metric']} has {STEP_COLUMN}={row[STEP_COLUMN]!r}: "
-                             f"a count's step is 100 / n scored items, in (0, 100]; the results are damaged")
+        raise BenchmarkError(f"row {row['model']}/{row['task']}/{row['metric']} has "
+                             f"{STEP_COLUMN}={row[STEP_COLUMN]!r}: a count's step is 100 / n scored items, "
+                             f"in (0, 100]; the results are damaged")
     return step
 
 
@@ -594,7 +599,8 @@ def run_check(run_dir: Path, against: Path, tolerance: float | None = None, upda
         if fmt < 2:
             raise BenchmarkError(f"{against} is a format-1 reference (no spreads); rebuild it with --update "
                                  f"--replicates first")
-        extended = {"replicate": add_replicate, "machine-run": add_machine_run, "rows": add_rows}[extend](reference, run)
+        add = {"replicate": add_replicate, "machine-run": add_machine_run, "rows": add_rows}[extend]
+        extended = add(reference, run)
         write_reference(extended, against)
         print(_extension_summary(extend, run_dir, against, reference, extended))
         return 0

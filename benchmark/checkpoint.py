@@ -165,7 +165,8 @@ def _prefix_hint(keys, expected) -> str:
     prefix, found = max(counts.items(), key=lambda item: (item[1], -len(item[0])))
     if found < len(expected) / 2:
         return ""
-    return f" {found} of the {len(expected)} trunk keys are there under '{prefix}': set the model's option prefix: '{prefix}'."
+    return (f" {found} of the {len(expected)} trunk keys are there under '{prefix}': set the model's option "
+            f"prefix: '{prefix}'.")
 
 
 def _depth_hint(keys, expected) -> str:
@@ -365,7 +366,8 @@ def timm_layout(state: dict[str, torch.Tensor], model: nn.Module, expected: dict
         state = _hf_vit_to_timm(state, config)
         notes.append("hugging-face-vit")
     state = {k: v for k, v in state.items() if k in expected or not TIMM_PRETRAIN_ONLY.search(k)}
-    if any(re.match(r"^blocks\.\d+\.\d+\.", k) for k in state) and not any(re.match(r"^blocks\.\d+\.\d+\.", k) for k in expected):
+    chunked = re.compile(r"^blocks\.\d+\.\d+\.")
+    if any(chunked.match(k) for k in state) and not any(chunked.match(k) for k in expected):
         state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}  # DINOv2 BlockChunk
         notes.append("dinov2-block-chunks")
     for old in ("register_tokens", "storage_tokens"):

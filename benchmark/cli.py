@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_CONFIG, list_suites, load_suite
+from .console_log import configure_console_logging
 from .errors import BenchmarkError
 
 
@@ -271,7 +272,8 @@ def cmd_data_synth(args) -> int:
         val_per_class = args.per_class // 3
         classes, sides = args.classes, {}
         if args.full_size:  # the real set's 205 scenes, 256 x 256 images and 100 val images per scene
-            classes, val_per_class, sides = PLACES205_CLASSES, PLACES205_VAL_PER_CLASS, {"min_side": 256, "max_side": 256}
+            classes, val_per_class = PLACES205_CLASSES, PLACES205_VAL_PER_CLASS
+            sides = {"min_side": 256, "max_side": 256}
         root = synth_places205(Path(args.out), num_classes=classes, train_per_class=args.per_class,
                                val_per_class=val_per_class, seed=args.seed, **sides)
         args.classes = classes
@@ -371,15 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "the band of every trained number")
     extension = check.add_mutually_exclusive_group()  # each rewrites the stored reference one way
     extension.add_argument("--add-replicate", action="store_true",
-                           help="add RUN_DIR (a clean run of the same suite, e.g. on another machine) to the spreads of "
-                                "the reference's trained rows; stored values and exact rows stay")
+                           help="add RUN_DIR (a clean run of the same suite, e.g. on another machine) to the spreads "
+                                "of the reference's trained rows; stored values and exact rows stay")
     extension.add_argument("--add-machine-run", action="store_true",
                            help="RUN_DIR is the same suite at the same seeds on another (or an emulated) processor: "
                                 "record how far it moved each trained row; (model, task) pairs it reproduces are then "
                                 "held within a point (rule 'machine')")
     extension.add_argument("--add-rows", action="store_true",
-                           help="add the rows of RUN_DIR that the reference lacks (a model or task added to the suite); "
-                                "the reference's rows stay")
+                           help="add the rows of RUN_DIR that the reference lacks (a model or task added to the "
+                                "suite); the reference's rows stay")
     check.add_argument("--allow-new", action="store_true",
                        help="rows the reference does not cover are reported but do not fail the check")
     check.set_defaults(func=cmd_check)
@@ -491,6 +493,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_console_logging()  # the library's messages on the console, as they were printed
     args = _parse(build_parser(), argv)
     try:
         return args.func(args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from .config import DEFAULT_CONFIG, check_name, load_yaml
 from .errors import ConfigError

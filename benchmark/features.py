@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +29,8 @@ from .paths import AtomicFile, atomic_write, inside
 from .training.precision import autocast, channels_last, to_device
 from .training.progress import progress
 from .training.sampling import loader_batches
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, warn=None):
         self.root = Path(root)
-        self.warn = warn or (lambda message: print(message, file=sys.stderr))
+        self.warn = warn or logger.warning
 
     def _path(self, key: FeatureKey) -> Path:
         digest = key.digest()

@@ -32,7 +32,7 @@ td:first-child,th:first-child{text-align:left}tr:nth-child(even) td{background:#
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e3e7ec}figcaption{color:#4b5563;font-size:.9em}
 pre{background:#f4f6f8;padding:.6em;overflow-x:auto;font-size:.8em;max-height:18em}
 .meta{color:#4b5563}td.not-worse{font-weight:700}td small{color:#6b7280;font-weight:400}
-"""
+"""  # noqa: E501 - one CSS rule set per line, as the report carries it
 
 # click a header: sort by that column (numbers numerically, empty cells last); click again: reverse
 SCRIPT = """
@@ -155,7 +155,8 @@ def render(report: HtmlReport) -> str:
                         + "</ul>")
         section("notes", "Notes", "".join(body))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(report.title)}</title>"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(report.title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(report.title)}</h1>"
             f"<p class=\"meta\">{html.escape(report.meta)}</p><nav>{''.join(nav)}</nav>"
             + "".join(sections) + f"<script>{SCRIPT}</script></body></html>\n")

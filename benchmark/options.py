@@ -361,13 +361,18 @@ class PluginOptions(Option):
 
 class Options(dict):
     """Validated options: a read-only dict with attribute access (``cfg.folds``). A dict, so
-    ``json.dumps``, ``{**cfg}`` and ``cfg.get`` behave exactly as they did with plain dicts."""
+    ``json.dumps`` and ``{**cfg}`` behave exactly as they did with plain dicts. Plugins read their
+    options as attributes (tests/test_option_reads.py checks each read against the declaration)."""
 
     def __getattr__(self, key: str) -> Any:
         try:
             return self[key]
         except KeyError:
-            raise AttributeError(f"no option '{key}'; options are {', '.join(self)}") from None
+            # dunder look-ups (copy, pickle, numpy probing) are not option reads: no suggestion
+            if key.startswith("__"):
+                raise AttributeError(key) from None
+            raise AttributeError(f"no option '{key}' is declared.{closest(key, self)} "
+                                 f"Declared options: {', '.join(sorted(self))}") from None
 
     def _read_only(self, *args, **kwargs):
         raise TypeError("validated options are read-only; build a new mapping ({**options, key: value}) instead")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .options import (Anything, Bool, Choice, Device, Float, Int, Layers, ListOf, MappingOf, Name, OneOf, Option,
                       PluginOptions, Range, Registered, Str, declared)

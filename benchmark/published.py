@@ -94,7 +94,8 @@ def load_published(name: str, root: Path = PUBLISHED_DIR) -> pd.DataFrame:
     duplicated = df[df.duplicated(KEY, keep=False)]
     if not duplicated.empty:
         first = duplicated.iloc[0]
-        raise ConfigError(f"{path}: the same number is given twice ({', '.join(f'{k}={first[k]}' for k in KEY if first[k])}); "
+        given = ", ".join(f"{k}={first[k]}" for k in KEY if first[k])
+        raise ConfigError(f"{path}: the same number is given twice ({given}); "
                           f"keep one row per model, task, layer, metric, k and training set")
     df["source_file"] = path.name
     df[ORIGIN_COLUMN] = "published"
@@ -129,5 +130,6 @@ def markdown_lines(published: pd.DataFrame, names: list[str]) -> list[str]:
              f"They were not measured by this run and are comparable only on the real datasets with the same "
              f"architecture and protocol; each row's source and protocol are in its CSV file.", ""]
     for task, table in published_tables(published).items():
-        lines += [f"### {task} (published)", "", table.astype(object).where(table.notna(), "").to_markdown(floatfmt=".2f"), ""]
+        shown = table.astype(object).where(table.notna(), "")
+        lines += [f"### {task} (published)", "", shown.to_markdown(floatfmt=".2f"), ""]
     return lines

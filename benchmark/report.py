@@ -308,7 +308,8 @@ def _protocol_lines(df: pd.DataFrame) -> list[str]:
     lines = ["## How these numbers were made", ""]
     for task, sub in rows.groupby("task", sort=False):
         first = sub.iloc[0]
-        details = [f"{col}={first[col]}" for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
+        details = [f"{col}={first[col]}"
+                   for col in ("cost_list", "solver", "schedule", "batch_size", "n_train", "n_test")
                    if col in sub and pd.notna(first.get(col)) and first.get(col) != ""]
         for column, label in (("cost_selection", "cost selection"), ("evaluation", "evaluations")):
             values = [v for v in dict.fromkeys(text_column(sub, column)) if v]
@@ -341,7 +342,8 @@ def protocol_differences(df: pd.DataFrame) -> list[str]:
     lines = []
     for task, sub in headline_rows(df).groupby("task", sort=False):
         for column in PROTOCOL_COLUMNS:
-            values = {run: "/".join(sorted(set(text_column(group, column)))) for run, group in sub.groupby("run", sort=False)}
+            values = {run: "/".join(sorted(set(text_column(group, column))))
+                      for run, group in sub.groupby("run", sort=False)}
             if len(set(values.values())) > 1:
                 lines.append(f"- {task}: the runs differ in {column} ("
                              + "; ".join(f"{run}: {value or '-'}" for run, value in values.items())

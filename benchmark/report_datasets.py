@@ -1,7 +1,7 @@
 """Leaderboard section "Across datasets": for every result column that a task marks comparable
 across datasets (rows with a ``transfer_column``, e.g. "knn pool5 20-NN top1"), a models x datasets
-table with the mean over the datasets (where a column has two datasets or more). A model that lacks a dataset gets no mean (an average over
-different datasets would not compare)."""
+table with the mean over the datasets (where a column has two datasets or more). A model that
+lacks a dataset gets no mean (an average over different datasets would not compare)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ from .paths import atomic_write, inside
 from .row_schema import OUTCOMES, OUTCOMES_ENTRY, OUTCOMES_FILE
 
 OUTCOMES_SUFFIX = ".outcomes.npz"
+
+logger = logging.getLogger(__name__)
 
 KEY_COLUMNS = ["model", "task", "dataset", "layer", "metric", "class", "k", "sample"]
 ORDER_FIRST = KEY_COLUMNS + ["value"]
@@ -289,7 +291,7 @@ class ResultStore:
                        + f"\n'ssl-bench resume {self.run_dir}' recomputes the units of this run's plan")
             if damaged == "raise":
                 raise DamagedResultsError(message)
-            print(f"ssl-bench: warning: {message}", file=sys.stderr)
+            logger.warning(f"ssl-bench: warning: {message}")
         if not frames:
             return pd.DataFrame(columns=ORDER_FIRST)
         # a column is integer where every file that holds it wrote it as integers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from .errors import BenchmarkError
 from .paths import process_alive
+
+logger = logging.getLogger(__name__)
 
 
 class RunLockedError(BenchmarkError):
@@ -49,7 +52,7 @@ class RunLock:
             return {"damaged": text[:80]}
         return holder if isinstance(holder, dict) else {"damaged": text[:80]}
 
-    def acquire(self, log=print) -> "RunLock":
+    def acquire(self, log=logger.info) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a+", errors="replace")
         try:

@@ -93,7 +93,8 @@ def scaling_curves(df: pd.DataFrame) -> pd.DataFrame:
                     continue
                 numbers = _numeric(values)
                 order = sorted(values, key=float) if numbers else values
-                label = ", ".join(f"{axis_label(o[len(AXIS_PREFIX):])}={v}" for o, v in zip(others, fixed.split(", "))) if others else ""
+                label = ", ".join(f"{axis_label(o[len(AXIS_PREFIX):])}={v}"
+                                  for o, v in zip(others, fixed.split(", "))) if others else ""
                 log = log_axis(values)
                 # a point repeated over the seed axes (other models) or replicates: their mean, std and n
                 stats = aggregate_cells(group, ["task", "metric", "layer", "_x"], over=["model", "replicate"],

@@ -45,7 +45,8 @@ def one_row_per_cell(rows: pd.DataFrame, index: str, columns: str, values: str =
     cell = [index, columns]
     clashing = rows[rows.duplicated(cell, keep=False)]
     if not clashing.empty:
-        first = clashing[(clashing[index] == clashing[index].iloc[0]) & (clashing[columns] == clashing[columns].iloc[0])]
+        first = clashing[(clashing[index] == clashing[index].iloc[0])
+                         & (clashing[columns] == clashing[columns].iloc[0])]
         raise BenchmarkError(
             f"{what}: {len(clashing)} result rows would share table cells, e.g. {index}={clashing[index].iloc[0]!r}, "
             f"{columns}={clashing[columns].iloc[0]!r} holds:\n{_describe(first)}\n"

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.classification.knn_classifier import DINO_K, DINO_T, nearest, vote  # noqa: E402
-from tasks.classification.logreg_solver import fit_path, predict  # noqa: E402
+from tasks.classification.logreg_solver import fit_path  # noqa: E402
 from tasks.classification.linear_probe import LEARNING_RATES, HeadGrid  # noqa: E402
 
 

@@ -1,12 +1,13 @@
 """Can a CPU training give the same bits on another x86-64 machine, and at what cost?
 
-A ResNet-18 (or the mini suite's ViT-Tiny) at 64 px (batch 32, SGD momentum 0.9, 20 classes, BatchNorm in train mode) trains for
---iterations steps on seeded data, in one child process per (pin set, emulated machine). A machine
-is emulated by the environment a process starts with: ATen's kernel level, oneDNN's and MKL's
-instruction sets, the thread count. A pin set is what the training process does to itself before
-and after importing torch. For every pin set the script prints, per emulated machine, whether the
-final weights are bit-identical to the first machine's, and the median seconds per step beside the
-unpinned training's (the cost of the pins, measured in the same run).
+A ResNet-18 (or the mini suite's ViT-Tiny) at 64 px (batch 32, SGD momentum 0.9, 20 classes,
+BatchNorm in train mode) trains for --iterations steps on seeded data, in one child process per
+(pin set, emulated machine). A machine is emulated by the environment a process starts with: ATen's
+kernel level, oneDNN's and MKL's instruction sets, the thread count. A pin set is what the training
+process does to itself before and after importing torch. For every pin set the script prints, per
+emulated machine, whether the final weights are bit-identical to the first machine's, and the
+median seconds per step beside the unpinned training's (the cost of the pins, measured in the same
+run).
 
     python perf/cpu_determinism.py --iterations 8
     python perf/cpu_determinism.py --arch vit --pin-sets none   # the mini suite's ViT-Tiny (4 blocks)
@@ -281,7 +282,8 @@ def main() -> None:
         return
     unpinned_step = None
     for pin_set in args.pin_sets:
-        results = {name: run_child(args.iterations, pin_set, machine, args.arch, dtype=args.dtype) for name, machine in MACHINES.items()}
+        results = {name: run_child(args.iterations, pin_set, machine, args.arch, dtype=args.dtype)
+                   for name, machine in MACHINES.items()}
         first = results["this machine"]
         identical = [name for name, r in results.items() if r["weights"] == first["weights"]]
         step = statistics.median(r["step_s"] for r in results.values())

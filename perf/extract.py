@@ -45,7 +45,8 @@ def measure(arch_name: str, args) -> None:
     backbone = FrozenBackbone(arch, model).to(device)
     layers = list(arch.default_layers)
     generator = torch.Generator().manual_seed(0)
-    batches = [torch.randn(min(args.batch_size, args.images - i), 3, args.size, args.size, generator=generator).to(device)
+    batches = [torch.randn(min(args.batch_size, args.images - i), 3, args.size, args.size,
+                           generator=generator).to(device)
                for i in range(0, args.images, args.batch_size)]
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -114,7 +114,8 @@ def voc07(args) -> int:
                     if round_ == 0:
                         reference_not_converged += log.not_converged
                         if log.not_converged == 0:
-                            worst_ap = max(worst_ap, float(np.nanmax(np.abs(ref_aps[0] - engine_aps[k][0, :, c]))) * 100)
+                            gap = float(np.nanmax(np.abs(ref_aps[0] - engine_aps[k][0, :, c]))) * 100
+                            worst_ap = max(worst_ap, gap)
                 reference_rounds.append(t_k / args.reference_classes * 20)  # all classes of a sample
             reference_per_layer[k] = float(np.median(reference_rounds)) * args.samples
             print(f"  reference k={k:3d}: {reference_per_layer[k] / (20 * args.samples):6.1f} s per class and sample "
@@ -124,8 +125,10 @@ def voc07(args) -> int:
                 ratios = [r / e for r, e in zip(reference_rounds, engine_rounds)]
                 repeated[k] = (float(np.median(engine_rounds)), float(np.median(ratios)))
                 print(f"  k={k:3d}, {args.repeat} rounds of engine then liblinear, per sample: engine "
-                      f"{' / '.join(f'{e:.1f}' for e in engine_rounds)} s, liblinear {' / '.join(f'{r:.1f}' for r in reference_rounds)}"
-                      f" s, ratios {' / '.join(f'x{q:.1f}' for q in ratios)} (median x{repeated[k][1]:.1f})", flush=True)
+                      f"{' / '.join(f'{e:.1f}' for e in engine_rounds)} s, "
+                      f"liblinear {' / '.join(f'{r:.1f}' for r in reference_rounds)}"
+                      f" s, ratios {' / '.join(f'x{q:.1f}' for q in ratios)} (median x{repeated[k][1]:.1f})",
+                      flush=True)
     layers = args.layers
     print()
     print(f"VOC07 whole low-shot protocol, {layers} layer(s), k = {ks}, {args.samples} samples, {len(costs)} costs, "
@@ -134,8 +137,8 @@ def voc07(args) -> int:
           f"the full-data CV costs of k < {FOLDS} when voc07_svm has not run")
     if reference_per_layer:
         reference_total = layers * (reference_per_layer["span"] + sum(reference_per_layer[k] for k in ks))
-        print(f"  liblinear loop, scaled from measured classes: {reference_total:.0f} s ({reference_total / 3600:.1f} h)"
-              f" -> engine x{reference_total / engine_total:.1f}")
+        print(f"  liblinear loop, scaled from measured classes: {reference_total:.0f} s "
+              f"({reference_total / 3600:.1f} h) -> engine x{reference_total / engine_total:.1f}")
         for k in ks:
             engine_k = per_k_engine[k] / (layers * args.samples)
             reference_k = reference_per_layer[k] / args.samples
@@ -173,7 +176,7 @@ def places205(args) -> int:
         # timed apart and not scaled; the solves and the val scores are per class
         layout, t_layout = clock(lambda: shared_layout(X, X_val, solver.device, kernel_form=args.kernel_form))
         sweep, t = clock(lambda: lowshot_sweep_torch(X, Y, X_val, costs, FOLDS, device=solver.device, layout=layout))
-        del layout
+        layout = None  # the sample's kernels are freed before the next sample's are built
         scaled = t_layout + t * 205 / classes
         per_sample[k] = scaled
         estimate += scaled * args.samples
@@ -219,7 +222,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sample-workers", type=int, default=None,
                         help="VOC07: samples solved at once (default: one per usable core; 1: one after the other)")
-    parser.add_argument("--reference-classes", type=int, default=1, help="VOC07: classes the liblinear loop is timed on")
+    parser.add_argument("--reference-classes", type=int, default=1,
+                        help="VOC07: classes the liblinear loop is timed on")
     parser.add_argument("--repeat", type=int, default=1,
                         help="VOC07: rounds of the engine then liblinear per k on the first layer, printed per round "
                              "with their median ratio (this machine's speed drifts by 20-30 %% over minutes)")

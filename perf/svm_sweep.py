@@ -141,7 +141,8 @@ def main() -> int:
               f"{max(r.log.max_iter_seen for r in results)}")
         if device == "cuda":
             print(f"{'':34s} peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-    print(f"{'':34s} peak RSS of this process so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{'':34s} peak RSS of this process so far {peak_gib:.2f} GiB")
     if args.skip_reference:
         return 0
     timed_classes = min(args.reference_classes or classes, classes)

@@ -22,8 +22,9 @@ class CheckpointFile(Pretrainer):
     # which: the sub-network to take from DINO-style {"teacher", "student"} checkpoints
     # prefix: take only the keys under it, without it (a Lightning module's 'model.backbone.'); the
     # common wrappers (DDP 'module.', MoCo 'encoder_q.', 'backbone.', ...) are stripped without it
-    options = declare({"arch": ARCH, "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch/.safetensors file or a Hugging "
-                                               "Face save_pretrained folder"),
+    options = declare({"arch": ARCH,
+                       "path": Str(None, required=True, rule="the path of a .pth/.pt/.torch/.safetensors file or a "
+                                                             "Hugging Face save_pretrained folder"),
                        "which": Str("teacher"), "prefix": Str(None)})
     trains = False
 

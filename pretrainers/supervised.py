@@ -65,38 +65,38 @@ class Supervised(Pretrainer):
         path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{self.config_hash()}.pth")
         if not path.exists():
             self.train(ctx, model_name, path)
-        model = create_model(cfg["arch"], seed=cfg["seed"])
-        info = load_trunk_weights(model, get_architecture(cfg["arch"]), path)
+        model = create_model(cfg.arch, seed=cfg.seed)
+        info = load_trunk_weights(model, get_architecture(cfg.arch), path)
         meta = json.loads(path.with_suffix(".json").read_text())
-        return freeze(model_name, cfg["arch"], model, {"pretrainer": "supervised", **info, **meta})
+        return freeze(model_name, cfg.arch, model, {"pretrainer": "supervised", **info, **meta})
 
     def config_hash(self) -> str:
         return config_hash(identity_options(self.config, type(self).options))
 
     def train(self, ctx: RunContext, model_name: str, path) -> None:
         cfg = self.config
-        data = load_voc(ctx.data_root, cfg["split"])
+        data = load_voc(ctx.data_root, cfg.split)
         total_images = len(data.image_ids)
-        if cfg["data_fraction"] < 1:
-            keep = nested_subset(list(data.image_ids), cfg["data_fraction"], cfg["data_seed"])
+        if cfg.data_fraction < 1:
+            keep = nested_subset(list(data.image_ids), cfg.data_fraction, cfg.data_seed)
             data = replace(data, image_ids=[data.image_ids[i] for i in keep],
                            image_paths=[data.image_paths[i] for i in keep], labels=data.labels[keep],
                            objects=[data.objects[i] for i in keep])
-        generator = seed_everything(cfg["seed"])
-        model = create_model(cfg["arch"], seed=cfg["seed"])
+        generator = seed_everything(cfg.seed)
+        model = create_model(cfg.arch, seed=cfg.seed)
         replace_head(model, data.labels.shape[1])
         targets = torch.as_tensor(data.labels == 1, dtype=torch.float32)
         loader = DataLoader(
-            ImageFileDataset(data.image_paths, train_transform(cfg["image_size"], cfg["crop_scale"]), targets),
-            batch_size=cfg["batch_size"], shuffle=True, drop_last=len(targets) > cfg["batch_size"],
+            ImageFileDataset(data.image_paths, train_transform(cfg.image_size, cfg.crop_scale), targets),
+            batch_size=cfg.batch_size, shuffle=True, drop_last=len(targets) > cfg.batch_size,
             num_workers=ctx.num_workers, worker_init_fn=seed_worker, generator=generator,
         )
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
         per_epoch = len(loader)
-        schedule = Schedule("onecycle", cfg["epochs"] * per_epoch, cfg["lr"], cfg["batch_size"],
-                            weight_decay=cfg["weight_decay"], momentum=cfg["momentum"], **SCHEDULE)
-        optimizer = build_optimizer([{"params": decay, "weight_decay": cfg["weight_decay"]},
+        schedule = Schedule("onecycle", cfg.epochs * per_epoch, cfg.lr, cfg.batch_size,
+                            weight_decay=cfg.weight_decay, momentum=cfg.momentum, **SCHEDULE)
+        optimizer = build_optimizer([{"params": decay, "weight_decay": cfg.weight_decay},
                                      {"params": no_decay, "weight_decay": 0}], schedule, nesterov=True)
         scheduler = schedule.scheduler(optimizer)
         model.to(ctx.device).train()
@@ -123,7 +123,7 @@ class Supervised(Pretrainer):
         def batches():
             # the sampler draws from ``generator`` once more as it runs out: it must run out before the
             # epoch's last update, so that the epoch's checkpoint holds the generator past that draw
-            for _ in range(loop.start // per_epoch, cfg["epochs"]):
+            for _ in range(loop.start // per_epoch, cfg.epochs):
                 epoch = iter(loader)
                 for _ in range(per_epoch - 1):
                     yield next(epoch)
@@ -146,10 +146,10 @@ class Supervised(Pretrainer):
             epoch_sums[:] = [0.0, 0]
 
         loop.run(batches(), step, record=record, epoch_end=epoch_end)
-        meta = {"trained_on": f"{cfg['dataset']}/{cfg['split']}", "train_images": len(targets),
-                "epochs": cfg["epochs"], "final_train_loss": history[-1], "loss_history": history,
+        meta = {"trained_on": f"{cfg.dataset}/{cfg.split}", "train_images": len(targets),
+                "epochs": cfg.epochs, "final_train_loss": history[-1], "loss_history": history,
                 "train_config_hash": self.config_hash(),
-                **subset_meta(cfg["data_fraction"], cfg["data_seed"], len(targets), total_images)}
+                **subset_meta(cfg.data_fraction, cfg.data_seed, len(targets), total_images)}
         # metadata first: the checkpoint's existence is what marks training as done
         atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1))
         atomic_torch_save({"state_dict": model.cpu().state_dict(), "meta": meta}, path)

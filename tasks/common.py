@@ -76,12 +76,17 @@ class SVMTask:
 
     @property
     def needs_gpu(self) -> bool:
-        return self.config.get("solver") == "torch" and str(self.config.get("svm_device", "auto")).startswith("cuda")
+        return self.config.solver == "torch" and str(self.config.svm_device).startswith("cuda")
+
+    def span_coordinates(self) -> bool:
+        """liblinear's exact speed-up for n < d (benchmark.svm.liblinear.span_coordinates): on,
+        unless the task declares the ``span_coordinates`` option and it is off (VOC07SVM)."""
+        return True
 
     def solver(self, ctx: RunContext) -> Solver:
         """The solver of this task's options (an unknown solver: ConfigError naming the task)."""
         return make_solver(self.config.solver, self.config.svm_device, n_jobs=self.config.n_jobs,
-                           seed=ctx.seed, span=self.config.get("span_coordinates", True), task=self.name,
+                           seed=ctx.seed, span=self.span_coordinates(), task=self.name,
                            mixed=self.config.svm_precision == "mixed")
 
 

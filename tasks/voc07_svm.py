@@ -36,6 +36,9 @@ class VOC07SVM(SVMTask, Task):
     def layers(self, arch: Architecture) -> list[str]:
         return resolve_layers(self.name, self.config.layers, arch)
 
+    def span_coordinates(self) -> bool:
+        return self.config.span_coordinates
+
     def units(self, arch: Architecture) -> list[str]:
         return self.layers(arch)
 

@@ -275,7 +275,8 @@ def tiny_run(tmp_path_factory):
     assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "80", "--seed", "3"]) == 0
     config = root / "bench.yaml"
     config.write_text(suite_yaml(root / "data", {"random": RANDOM}, {"voc07_svm": voc07_svm(["res5"])}))
-    assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(root / "runs"), "--device", "cpu"]) == 0
+    assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(root / "runs"),
+                 "--device", "cpu"]) == 0
     return root / "runs" / "tiny"
 
 
@@ -589,8 +590,9 @@ def test_a_run_is_held_to_the_models_tasks_and_layers_it_planned(tmp_path, capsy
     layer_units = [Unit("supervised/voc07_svm/res5", "supervised", "voc07_svm", "res5", "h", False)]
     nothing_ran = pd.DataFrame({"model": [], "task": [], "layer": []})
     expected = expected_rows(reference, layer_units, nothing_ran)
-    assert [(m, layer, c) for m, layer, c, e in zip(reference["model"], reference["layer"], reference["class"], expected)
-            if e] == [("supervised", "res5", ""), ("supervised", "res5", "cat")]
+    rows = zip(reference["model"], reference["layer"], reference["class"], expected)
+    assert [(m, layer, c) for m, layer, c, e in rows if e] == [
+        ("supervised", "res5", ""), ("supervised", "res5", "cat")]
     heads = reference.assign(task="linear_places205")
     one_unit = [Unit("supervised/linear_places205/all-layers", "supervised", "linear_places205", "all-layers", "h",
                      False)]

@@ -285,7 +285,8 @@ def test_suite_names_and_dataset_splits_are_checked(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"models\.sup\.split: 'a/b' is not allowed"):
         load_suite("s", path)
     path = _config(tmp_path, _model("rot", pretrainer="pretext", method="rotation", arch="resnet18", data="voc07:../x"))
-    with pytest.raises(ConfigError, match=r"models\.rot\.data: 'voc07:\.\./x' is not allowed; expected an image folder"):
+    with pytest.raises(ConfigError,
+                       match=r"models\.rot\.data: 'voc07:\.\./x' is not allowed; expected an image folder"):
         load_suite("s", path)
 
 
@@ -309,7 +310,8 @@ def test_an_alias_bomb_inside_a_valid_option_is_refused_quickly(tmp_path) -> Non
     # the bomb sits under a key that exists (description), so only the alias bound can stop it
     text = SUITE.format(data=tmp_path).replace(
         "    num_workers: 0\n",
-        "    num_workers: 0\n    description: &top\n" + "\n".join("      " + line for line in _bomb().splitlines()) + "\n",
+        "    num_workers: 0\n    description: &top\n"
+        + "\n".join("      " + line for line in _bomb().splitlines()) + "\n",
         1)
     path = _config(tmp_path, text=text)
     start = time.perf_counter()
@@ -479,7 +481,8 @@ def test_the_checkpoint_pretrainer_reports_pickled_objects_for_the_model(tmp_pat
     path = tmp_path / "moco.pth"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)
     pretrainer = PRETRAINERS.get("checkpoint")(arch="resnet18", path=str(path))
-    ctx = RunContext(run_dir=tmp_path, data_root=tmp_path, cache=FeatureCache(tmp_path / "c"), device=torch.device("cpu"))
+    ctx = RunContext(run_dir=tmp_path, data_root=tmp_path, cache=FeatureCache(tmp_path / "c"),
+                     device=torch.device("cpu"))
     with pytest.raises(CheckpointError, match=r"holds pickled Python objects \(torch\.nn\.modules\.linear\.Linear\)"):
         pretrainer.build(ctx, "m")
 

@@ -309,7 +309,8 @@ def test_executor_settings_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="partiton.*Did you mean 'partition'"):
         load_suite("s", _write(tmp_path, text))
     text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: kubernetes}\n")
-    with pytest.raises(ConfigError, match=r"suites\.s\.executor\.name: 'kubernetes' is not allowed; expected one of 'local', 'debug', 'slurm'"):
+    with pytest.raises(ConfigError, match=r"suites\.s\.executor\.name: 'kubernetes' is not allowed; "
+                                          r"expected one of 'local', 'debug', 'slurm'"):
         load_suite("s", _write(tmp_path, text))
     text = MINIMAL.replace("suites:\n  s:\n", "suites:\n  s:\n    executor: {name: slurm, partition: gpu}\n")
     executor = load_suite("s", _write(tmp_path, text)).settings["executor"]
@@ -328,7 +329,8 @@ TWO_MODELS = MINIMAL.replace("""        arch: resnet18
 def test_task_models_restricts_the_plan(tmp_path: Path) -> None:
     from benchmark.run import plan_run
 
-    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: [rnd2]"))
+    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]",
+                                               "        layers: [conv1, res5]\n        models: [rnd2]"))
     suite = load_suite("s", path)
     assert suite.tasks[0].models == ["rnd2"] and "models" not in suite.tasks[0].options
     plan = plan_run(suite, tmp_path / "run", tmp_path / "cache")
@@ -338,10 +340,12 @@ def test_task_models_restricts_the_plan(tmp_path: Path) -> None:
 
 
 def test_task_models_must_name_suite_models(tmp_path: Path) -> None:
-    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: [rnd3]"))
+    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]",
+                                               "        layers: [conv1, res5]\n        models: [rnd3]"))
     message = _error(path)
     assert "tasks.voc07_svm.models" in message and "'rnd3'" in message and "Did you mean" in message
-    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]", "        layers: [conv1, res5]\n        models: rnd2"))
+    path = _write(tmp_path, TWO_MODELS.replace("        layers: [conv1, res5]",
+                                               "        layers: [conv1, res5]\n        models: rnd2"))
     assert "must be a list of model names" in _error(path)
 
 

@@ -76,7 +76,8 @@ def test_the_demo_passes_and_one_headline_moved_by_3_points_fails(copied_run, ca
             for index in _headline_rows(frame, model, task, metric).index:
                 for delta in (3.0, -3.0):
                     _plant(copied_run, unit_file, index, delta)
-                    assert run_check(copied_run, REFERENCE) == 1, (model, task, metric, frame.loc[index, "layer"], delta)
+                    moved = (model, task, metric, frame.loc[index, "layer"], delta)
+                    assert run_check(copied_run, REFERENCE) == 1, moved
                     out = capsys.readouterr().out
                     assert "1 moved beyond tolerance" in out and "RESULT: FAIL" in out, out[-2000:]
                     unit_file.write_bytes(original)

@@ -45,7 +45,8 @@ def test_a_resnet_and_a_dino_vit_in_one_command_and_one_leaderboard(setting, cap
     maps = rows[(rows["metric"] == "mAP")]
     # each architecture family gets its own default layers (the suite's res4/res5 were for ResNets)
     assert set(maps.loc[maps["model"] == "my_resnet", "layer"]) == {"conv1", "res2", "res3", "res4", "res5"}
-    assert set(maps.loc[maps["model"] == "dino_vit", "layer"]) == {"block0", "block1", "last2_cls"}  # depth 2: its last 2 CLS
+    # depth 2: its last 2 CLS
+    assert set(maps.loc[maps["model"] == "dino_vit", "layer"]) == {"block0", "block1", "last2_cls"}
     assert set(rows["checkpoint_path"]) == {str(resnet.resolve()), str(vit.resolve())}
     assert rows["checkpoint_sha256"].str.len().eq(16).all()  # the file itself, not only its path
     # one table reads both side by side: each model's best layer, named

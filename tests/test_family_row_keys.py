@@ -83,5 +83,6 @@ def test_timm_family_declares_its_row_keys_and_the_engine_names_none() -> None:
                                  "input_stats_source", "input_mean", "input_std")
     # the engine's runner holds no family's keys: no string constant in units.py is one of them
     tree = ast.parse((ROOT / "benchmark" / "run" / "units.py").read_text())
-    constants = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    constants = {node.value for node in ast.walk(tree)
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not constants & set(TimmInfo.row_keys)

@@ -16,7 +16,8 @@ import pytest
 from benchmark.report import write_report
 from benchmark.results import ResultStore
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium installed: apt-get install -y chromium (CI installs it in .ci/run)")
 
@@ -46,7 +47,8 @@ def run(tmp_path) -> Path:
     store.write_unit("beta/detection_voc07/frozen", [
         {"model": "beta", "task": "detection_voc07", "dataset": "voc07", "layer": "frozen", "metric": metric,
          "value": value, **_provenance(7.0)} for metric, value in (("mAP", 43.75), ("mAP50_95", 12.5))])
-    store.write_error("alpha/lowshot_voc07/res5", "DatasetError: VOC2007 trainval is missing\nlog: x.log\n\nTraceback ...")
+    store.write_error("alpha/lowshot_voc07/res5",
+                      "DatasetError: VOC2007 trainval is missing\nlog: x.log\n\nTraceback ...")
     return run
 
 
@@ -120,7 +122,9 @@ def test_headers_sort_the_table_in_the_browser(run, tmp_path):
     page = write_report(run)["html"].read_text()
     probe = """<script>
       var t = document.querySelector('table.sortable'), th = t.tHead.rows[0].cells[1];
-      function order(){ return Array.prototype.map.call(t.tBodies[0].rows, function(r){ return r.cells[0].textContent; }).join(','); }
+      function order(){
+        return Array.prototype.map.call(t.tBodies[0].rows, function(r){ return r.cells[0].textContent; }).join(',');
+      }
       th.click(); var up = order(); th.click(); var down = order();
       document.body.setAttribute('data-order', up + '|' + down);
     </script></body>"""

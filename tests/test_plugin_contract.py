@@ -103,7 +103,8 @@ class _PlainLoader:
 
         from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
 
-        transform = T.Compose([T.Resize(SIZE), T.CenterCrop(SIZE), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        transform = T.Compose([T.Resize(SIZE), T.CenterCrop(SIZE), T.ToTensor(),
+                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         self.tensors = torch.stack([transform(image) for image in images])
         self.dataset = list(range(len(images)))
 

@@ -64,13 +64,15 @@ class PlainLoader:
     """What the loop's plain loader yields: (normalised images, indices) of the whole dataset."""
 
     def __init__(self, images, size=SIZE, batch=8):
-        transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         self.tensors = torch.stack([transform(image) for image in images])
         self.dataset, self.batch = list(range(len(images))), batch
 
     def __iter__(self):
         for start in range(0, len(self.dataset), self.batch):
-            yield self.tensors[start:start + self.batch], torch.arange(start, min(start + self.batch, len(self.dataset)))
+            end = min(start + self.batch, len(self.dataset))
+            yield self.tensors[start:start + self.batch], torch.arange(start, end)
 
 
 def build(name: str, arch: str = "resnet18", seed: int = 0, **overrides):
@@ -80,7 +82,8 @@ def build(name: str, arch: str = "resnet18", seed: int = 0, **overrides):
 
 
 def make_batch(method, images=IMAGES[:8], seed=0) -> dict[str, torch.Tensor]:
-    examples = [method.sample(image, i, torch.Generator().manual_seed(seed * 1000 + i)) for i, image in enumerate(images)]
+    examples = [method.sample(image, i, torch.Generator().manual_seed(seed * 1000 + i))
+                for i, image in enumerate(images)]
     return {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
 
 
@@ -88,7 +91,8 @@ def make_batch(method, images=IMAGES[:8], seed=0) -> dict[str, torch.Tensor]:
 
 
 def test_lab_conversion_known_values_and_round_trip():
-    rgb = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0.5, 0.5, 0.5]], dtype=torch.float64).T
+    rgb = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0.5, 0.5, 0.5]],
+                       dtype=torch.float64).T
     lab = col.rgb_to_lab(rgb).T
     # CIE Lab (D65) of the sRGB primaries, white, black and 50 % grey (standard published values)
     expected = torch.tensor([[53.2408, 80.0925, 67.2032], [87.7347, -86.1827, 83.1793], [32.2970, 79.1875, -107.8602],
@@ -98,7 +102,8 @@ def test_lab_conversion_known_values_and_round_trip():
     assert torch.allclose(col.lab_to_rgb(col.rgb_to_lab(colours)), colours, atol=1e-9)
     grey = col.lightness_to_gray(torch.tensor([0.0, 25.0, 53.3889, 100.0], dtype=torch.float64))
     assert torch.allclose(grey[0], grey[1]) and torch.allclose(grey[1], grey[2])
-    assert torch.allclose(col.rgb_to_lab(grey)[0], torch.tensor([0.0, 25.0, 53.3889, 100.0], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(col.rgb_to_lab(grey)[0], torch.tensor([0.0, 25.0, 53.3889, 100.0], dtype=torch.float64),
+                          atol=1e-3)
 
 
 def test_lab_conversion_matches_scikit_image_when_installed():
@@ -115,7 +120,8 @@ def test_in_gamut_bins():
     # not the paper's 313 (see the module docstring): the sRGB gamut of this D65 conversion
     # occupies 261 cells of the 10-unit grid, and 229 cell centres are reachable colours
     assert len(occupied) == 261 and len(centre) == 229
-    assert (occupied[:, 0].min(), occupied[:, 0].max(), occupied[:, 1].min(), occupied[:, 1].max()) == (-90, 100, -110, 90)
+    assert (occupied[:, 0].min(), occupied[:, 0].max(), occupied[:, 1].min(), occupied[:, 1].max()) == (
+        -90, 100, -110, 90)
     as_set = {tuple(p) for p in occupied.tolist()}
     assert {tuple(p) for p in centre.tolist()} <= as_set  # a reachable centre lies in its own cell
     # independent: random 8-bit colours all fall in occupied cells
@@ -124,7 +130,8 @@ def test_in_gamut_bins():
     assert {tuple(p) for p in cells.tolist()} <= as_set
     # a centre is reachable: some lightness makes it an sRGB colour
     for a, b in centre[::20].tolist():
-        lab = torch.stack([torch.linspace(0, 100, 2001, dtype=torch.float64), torch.full((2001,), a, dtype=torch.float64),
+        lab = torch.stack([torch.linspace(0, 100, 2001, dtype=torch.float64),
+                           torch.full((2001,), a, dtype=torch.float64),
                            torch.full((2001,), b, dtype=torch.float64)])
         rgb = col.lab_to_rgb(lab)
         assert ((rgb >= 0) & (rgb <= 1)).all(0).any()
@@ -150,7 +157,8 @@ def test_soft_encoding_and_rebalancing():
     three = torch.tensor([[0.0, 0.0], [0.0, 10.0], [0.0, 20.0]])
     counts = torch.tensor([6.0, 3.0, 1.0])
     smoothed, weights = col.rebalancing_weights(counts, three, 5.0, 0.5)
-    kernel = torch.tensor([[math.exp(-((i - j) * 10) ** 2 / 50) for j in range(3)] for i in range(3)], dtype=torch.float64)
+    kernel = torch.tensor([[math.exp(-((i - j) * 10) ** 2 / 50) for j in range(3)] for i in range(3)],
+                          dtype=torch.float64)
     hand = kernel @ (counts.double() / 10)
     hand = hand / hand.sum()
     assert torch.allclose(smoothed, hand)
@@ -228,7 +236,8 @@ def test_relative_position_chromatic_aberration_countermeasures():
 
 def test_empty_clusters_are_split():
     generator = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(10, 2, generator=generator) * 0.1 + 5, torch.randn(10, 2, generator=generator) * 0.1 - 5]).double()
+    x = torch.cat([torch.randn(10, 2, generator=generator) * 0.1 + 5,
+                   torch.randn(10, 2, generator=generator) * 0.1 - 5]).double()
     centroids = torch.tensor([[5.0, 5.0], [-5.0, -5.0], [100.0, 100.0], [-100.0, 100.0]], dtype=torch.float64)
     assignment = dc.nearest_centroid(x, centroids)
     assert torch.bincount(assignment, minlength=4).tolist() == [10, 10, 0, 0]
@@ -239,7 +248,8 @@ def test_empty_clusters_are_split():
         assert min(float((new_centroids[empty] - c).norm()) for c in centroids[:2]) < 0.02
     # identical points: the split cannot separate them by distance and falls back to halves
     same = torch.ones(6, 2, dtype=torch.float64)
-    fixed, _, _ = dc.split_empty_clusters(same, torch.zeros(6, dtype=torch.long), torch.ones(2, 2, dtype=torch.float64), generator)
+    fixed, _, _ = dc.split_empty_clusters(same, torch.zeros(6, dtype=torch.long), torch.ones(2, 2, dtype=torch.float64),
+                                          generator)
     assert torch.bincount(fixed, minlength=2).tolist() == [3, 3]
     # k-means on more clusters than natural groups: every cluster non-empty
     assignment, _, _ = dc.kmeans(x, 6, 10, torch.Generator().manual_seed(1))
@@ -368,7 +378,8 @@ def test_context_encoder_mask_and_loss():
     w = out["weights"][None]
     assert float(method.reconstruction_loss(target.clone(), target, w)) == 0.0
     # hand value: an error of 1 everywhere costs the mean weight over the predicted square
-    assert abs(float(method.reconstruction_loss(target + 1, target, w)) - (24 * 24 + 10 * (32 * 32 - 24 * 24)) / 1024) < 1e-5
+    hand = (24 * 24 + 10 * (32 * 32 - 24 * 24)) / 1024
+    assert abs(float(method.reconstruction_loss(target + 1, target, w)) - hand) < 1e-5
     blocks = build("context_encoder", mask="random_blocks")
     out = blocks.sample(IMAGES[0], 0, torch.Generator().manual_seed(0))
     assert out["erased"].any() and torch.equal(out["weights"], out["erased"].float())

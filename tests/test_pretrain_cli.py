@@ -165,7 +165,8 @@ def test_pretext_model_in_benchmark_yaml_is_validated(tmp_path) -> None:
     config["suites"]["s"]["models"]["rot"] = {"pretrainer": "pretext", "method": "simclr", "arch": "resnet18",
                                               "method_options": {"temprature": 0.1}}
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(ConfigError, match=r"bench\.yaml: suites\.s\.models\.rot\.method_options\. Did you mean 'temperature'"):
+    with pytest.raises(ConfigError,
+                       match=r"bench\.yaml: suites\.s\.models\.rot\.method_options\. Did you mean 'temperature'"):
         load_suite("s", path)
     mini = load_suite("goyal2019-mini")
     pretext_models = {m.name: m.options for m in mini.models if m.pretrainer == "pretext"}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import ConfigError
-from benchmark.published import COLUMNS, PUBLISHED_DIR, available, load_published, published_tables
+from benchmark.published import COLUMNS, available, load_published, published_tables
 from benchmark.report import write_report
 from benchmark.results import ResultStore
 

@@ -131,7 +131,7 @@ def test_leaderboard_csv_and_markdown_cells_are_rows(run):
         numbers = {label: float(c) for label, c in zip(header[1:], cells[1:]) if re.fullmatch(r"-?\d+\.\d\d", c)}
         for label, number in numbers.items():
             if label.startswith("mean of "):  # the labelled aggregate: the mean of the datasets beside it
-                others = [v for l, v in numbers.items() if l != label]
+                others = [v for other, v in numbers.items() if other != label]
                 assert len(others) == int(label.split()[2]) and abs(number - np.mean(others)) <= 0.0051, (line, label)
                 means += 1
             else:

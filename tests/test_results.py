@@ -171,7 +171,8 @@ def test_leaderboard_pivots_models_by_task_and_layer() -> None:
 
 def test_convergence_notes() -> None:
     notes = convergence_notes(_table_rows())
-    assert notes == ["- random voc07_svm/res5: 3 of 79 SVM fits stopped at the iteration limit without reaching the stopping tolerance"]
+    assert notes == ["- random voc07_svm/res5: 3 of 79 SVM fits stopped at the iteration limit without reaching the "
+                     "stopping tolerance"]
     df = _table_rows()
     df["not_converged"] = 0
     assert convergence_notes(df) == []

@@ -51,7 +51,8 @@ def test_mean_per_class_statistic_and_its_test():
     p = permutation_p_value(Outcomes("mean_per_class", correct, classes), Outcomes("mean_per_class", better, classes))
 
     def mpc(x, y, axis):
-        return statistic("mean_per_class", np.atleast_2d(x), classes) - statistic("mean_per_class", np.atleast_2d(y), classes)
+        return (statistic("mean_per_class", np.atleast_2d(x), classes)
+                - statistic("mean_per_class", np.atleast_2d(y), classes))
     oracle = stats.permutation_test((better, correct), mpc, permutation_type="samples", alternative="greater",
                                     n_resamples=np.inf, vectorized=True).pvalue
     assert p == pytest.approx(oracle, abs=1e-12)

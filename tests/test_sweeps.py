@@ -4,7 +4,6 @@ config hashes of the point that is the entry itself, and the data of the scaling
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,7 +58,8 @@ def test_bad_sweeps_are_refused_naming_the_key(sweep, message):
 
 def test_point_names_clashing_with_models_or_breaking_the_name_rule():
     with pytest.raises(ConfigError, match="named like other models"):
-        expand_models({"m.seed-1": {"pretrainer": "random"}, "m": {"pretrainer": "random", "sweep": {"seed": [1, 2]}}}, "w")
+        expand_models({"m.seed-1": {"pretrainer": "random"},
+                       "m": {"pretrainer": "random", "sweep": {"seed": [1, 2]}}}, "w")
     with pytest.raises(ConfigError, match="cannot be used"):
         expand_models({"m" * 60: {"pretrainer": "random", "sweep": {"seed": [1, 2]}}}, "w")
     # characters outside the name rule are spelt '_'
@@ -155,7 +155,8 @@ def test_pretext_subset_is_keyed_by_relative_paths(tmp_path):
     names = [f"x/{i}.jpg" for i in range(40)]
     a = select_subset([tmp_path / "a" / n for n in names], tmp_path / "a", 0.25, 0)
     b = select_subset([tmp_path / "b" / n for n in reversed(names)], tmp_path / "b", 0.25, 0)
-    assert len(a) == 10 and sorted(p.relative_to(tmp_path / "a") for p in a) == sorted(p.relative_to(tmp_path / "b") for p in b)
+    assert len(a) == 10
+    assert sorted(p.relative_to(tmp_path / "a") for p in a) == sorted(p.relative_to(tmp_path / "b") for p in b)
 
 
 def _sweep_rows():

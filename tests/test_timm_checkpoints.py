@@ -94,7 +94,8 @@ def test_moco_v3(tmp_path) -> None:
     arch, source, trunk = _source()
     state = {f"module.base_encoder.{k}": v for k, v in trunk.items()}
     state |= {f"module.momentum_encoder.{k}": v + 1 for k, v in trunk.items()}
-    state |= {"module.base_encoder.head.0.weight": torch.randn(64, 48), "module.predictor.0.weight": torch.randn(64, 64)}
+    state |= {"module.base_encoder.head.0.weight": torch.randn(64, 48),
+              "module.predictor.0.weight": torch.randn(64, 64)}
     torch.save({"epoch": 300, "arch": "vit_small", "state_dict": state}, tmp_path / "moco.pth.tar")
     model, _ = _load(VIT, tmp_path / "moco.pth.tar")
     _assert_same_trunk(arch, model, trunk)

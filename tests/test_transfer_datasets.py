@@ -22,7 +22,8 @@ from benchmark.datasets.images import DecodedImage, open_rgb
 from benchmark.datasets.synth_transfer import synth_transfer
 from benchmark.datasets.transfer import METRICS, OFFICIAL_FOLDERS, TRANSFER_LAYOUTS, InMemorySplit, metric_function
 from benchmark.errors import DatasetError
-from benchmark.metrics import eleven_point_ap, eleven_point_map, mean_per_class_accuracy, precision_recall, top1_accuracy
+from benchmark.metrics import (eleven_point_ap, eleven_point_map, mean_per_class_accuracy, precision_recall,
+                               top1_accuracy)
 
 # (classes, n_train, n_val, n_test, validation: the dataset's own or carved at 20 %) of each tiny copy
 EXPECTED = {
@@ -279,7 +280,8 @@ def test_torchvision_errors_are_rephrased(copy_of):
     images = root / "food101/food-101/images"
     shutil.rmtree(images)
     images.write_text("not a folder")  # present, so torchvision's own check is the one that fails
-    with pytest.raises(DatasetError, match=r"torchvision could not read the food101 dataset .*expected DATASET/food-101"):
+    with pytest.raises(DatasetError,
+                       match=r"torchvision could not read the food101 dataset .*expected DATASET/food-101"):
         load(root, "food101")
     root = copy_of("cifar10")
     (root / "cifar10/cifar-10-batches-py/data_batch_2").write_bytes(b"truncated")

@@ -150,7 +150,8 @@ def apply_patches(src: Path) -> list[str]:
         path = src / rel
         if old is None:
             if path.exists():
-                sys.exit(f"[detectron2] {rel} exists in the sdist; expected it absent (not the sdist this recipe is for)")
+                sys.exit(f"[detectron2] {rel} exists in the sdist; expected it absent "
+                         f"(not the sdist this recipe is for)")
             path.write_text(new)
             report.append(f"{rel}: added. {why}")
             continue

@@ -124,14 +124,16 @@ def normals_from_depth(depth: np.ndarray, intrinsics: Intrinsics, window: int = 
     count = _box_sum(valid.astype(np.float64), radius)
     mean = _box_sum(points, radius) / np.maximum(count, 1)[..., None]
     outer = points[..., :, None] * points[..., None, :]
-    second = _box_sum(outer.reshape(*outer.shape[:2], 9), radius).reshape(outer.shape) / np.maximum(count, 1)[..., None, None]
+    second = (_box_sum(outer.reshape(*outer.shape[:2], 9), radius).reshape(outer.shape)
+              / np.maximum(count, 1)[..., None, None])
     covariance = second - mean[..., :, None] * mean[..., None, :]
     values, vectors = np.linalg.eigh(covariance)
     normals = vectors[..., :, 0]
     towards = np.einsum("hwc,hwc->hw", normals, points) > 0
     normals = np.where(towards[..., None], -normals, normals)
     spread = values[..., 2]
-    mask = valid & (count >= max(3, min_fraction * window * window)) & (values[..., 1] > 1e-12 * np.maximum(spread, 1e-300))
+    mask = (valid & (count >= max(3, min_fraction * window * window))
+            & (values[..., 1] > 1e-12 * np.maximum(spread, 1e-300)))
     return np.where(mask[..., None], normals, 0.0).astype(np.float32), mask
 
 

@@ -310,7 +310,8 @@ def _read_birdsnap(root: Path, follow_symlinks: bool, seed: int) -> _Read:
         try:
             ids[int(row["id"])] = row["common"]
         except ValueError:
-            raise DatasetError(f"{root / 'species.txt'}:{line_no}: species id {row['id']!r} is not an integer") from None
+            raise DatasetError(f"{root / 'species.txt'}:{line_no}: species id {row['id']!r} is not an "
+                               f"integer") from None
     order = sorted(ids)
     class_names = [ids[i] for i in order]
     index = {species_id: position for position, species_id in enumerate(order)}
@@ -400,7 +401,8 @@ def _read_stanford_cars(root: Path, follow_symlinks: bool, seed: int) -> _Read:
 
     folder = _official_folder(root, "stanford_cars")
     splits = {}
-    for split, annotation_file in (("train", "devkit/cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+    annotation_files = (("train", "devkit/cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat"))
+    for split, annotation_file in annotation_files:
         data = _torchvision("stanford_cars", root, StanfordCars, folder.parent, split=split)
         paths = [p for p, _ in data._samples]
         labels = [t for _, t in data._samples]

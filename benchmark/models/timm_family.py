@@ -24,8 +24,9 @@ The name (with its options) is the architecture's identity: it is in the feature
 every result row. Layers:
 
 - transformers (timm models with ``blocks`` and prefix tokens, ViT/DeiT/EVA...): ``block0`` ..
-  ``block<depth-1>`` (the output of timm's ``blocks.<i>``) and ``last<n>_cls``; position embeddings are interpolated for input sizes
-  other than the model's ``img_size`` (``dynamic_img_size``).
+  ``block<depth-1>`` (the output of timm's ``blocks.<i>``) and ``last<n>_cls``; position
+  embeddings are interpolated for input sizes other than the model's ``img_size``
+  (``dynamic_img_size``).
 - timm ResNets: the protocol's ``conv1``, ``res2`` .. ``res5``, ``pool5`` with the torchvision
   ResNets' pooling (the same maps, and the same state-dict keys as torchvision's).
 - other ConvNets and hierarchical transformers (ConvNeXt, Swin, RegNet...): their feature stages

@@ -3,6 +3,7 @@ the run lock, then the plan's pending units handed to an executor."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,8 @@ from ..runlock import RunLock, command_line
 from .executors import execute
 from .plan import Plan, Unit, plan_run, write_plan
 from .units import RunSummary, pending_units
+
+logger = logging.getLogger(__name__)
 
 
 def _existing_ancestor(directory: Path) -> Path:
@@ -142,7 +145,7 @@ def preflight(plan: Plan, executor: str) -> RunContext:
 
 
 def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
-             log: Callable[[str], None] = print, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
+             log: Callable[[str], None] = logger.info, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
     """Check, lock, then run the plan's pending units; ``after_unit`` is called as each one ends
     (e.g. to refresh the leaderboard while a long run works)."""
     ctx_probe = preflight(plan, (executor or {}).get("name", "local"))
@@ -174,7 +177,7 @@ def run_plan(plan: Plan, *, force: bool = False, executor: dict | None = None,
 
 def run_suite(suite: Suite, run_dir: Path, cache_dir: Path, *, data_root: Path | None = None,
               models: list[str] | None = None, tasks: list[str] | None = None, device: str | None = None,
-              force: bool = False, executor: dict | None = None, log: Callable[[str], None] = print,
+              force: bool = False, executor: dict | None = None, log: Callable[[str], None] = logger.info,
               replicate: int = 0, after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
     plan = plan_run(suite, run_dir, cache_dir, data_root=data_root, models=models, tasks=tasks, device=device,
                     replicate=replicate)

@@ -11,13 +11,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
 from ..config import EXECUTOR_OPTIONS, validate_options
+from ..console_log import configure_console_logging
 from ..results import ResultStore
 from .plan import Plan, Unit, load_plan
 from .units import RunSummary, UnitRunner
+
+logger = logging.getLogger(__name__)
 
 
 def executor_config(raw: dict | None, where: str = "executor") -> dict:
@@ -25,7 +29,7 @@ def executor_config(raw: dict | None, where: str = "executor") -> dict:
 
 
 def execute(plan: Plan, pending: list[Unit], summary: RunSummary, executor: dict,
-            log: Callable[[str], None] = print,
+            log: Callable[[str], None] = logger.info,
             after_unit: Callable[[Unit], None] | None = None) -> RunSummary:
     """Run ``pending``; ``after_unit`` is called in this process as each unit finishes (or fails)."""
     cfg = executor_config(executor, "executor")
@@ -44,6 +48,7 @@ class UnitJob:
     model or runs units. Checkpointable, so preempted jobs are requeued with the same arguments."""
 
     def __call__(self, run_dir: str, unit_ids: list[str], prepare: bool = False) -> dict:
+        configure_console_logging()  # the job's log gets the messages a local run shows
         plan = load_plan(Path(run_dir), only=unit_ids)
         runner = UnitRunner(plan, log_path=_job_log_path())
         summary = RunSummary(plan.run_dir)

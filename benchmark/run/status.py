@@ -42,7 +42,8 @@ def unit_state(store: ResultStore, unit: Unit) -> UnitState:
     if info:
         here = info.get("host") == socket.gethostname()
         if not here or process_alive(int(info["pid"])):
-            where = f"pid {info.get('pid')} on {info.get('host')}" + (f", job {info['job_id']}" if info.get("job_id") else "")
+            where = (f"pid {info.get('pid')} on {info.get('host')}"
+                     + (f", job {info['job_id']}" if info.get("job_id") else ""))
             started = info.get("started")
             return UnitState("running", where, info.get("log", ""),
                              float(started) if isinstance(started, (int, float)) else None)

@@ -4,6 +4,7 @@ their provenance, and a failing unit is recorded next to the results without sto
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -22,6 +23,8 @@ from ..paths import atomic_write
 from ..results import ResultStore
 from ..training import replicate_seed
 from .plan import Plan, Unit, unit_trains
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,7 +46,7 @@ def checkpoint_provenance(model: LoadedModel) -> dict:
 class UnitRunner:
     """Runs units in this process; each model is built (trained, loaded) at most once."""
 
-    def __init__(self, plan: Plan, log: Callable[[str], None] = print, log_path: str = ""):
+    def __init__(self, plan: Plan, log: Callable[[str], None] = logger.info, log_path: str = ""):
         settings = plan.suite.settings
         # before any work: a SLURM job or container may own fewer cores than the node
         configure_threads(log, fixed=settings["threads"])
@@ -144,7 +147,7 @@ def family_provenance(model: LoadedModel) -> dict:
 
 
 def pending_units(plan: Plan, force: bool = False,
-                  log: Callable[[str], None] = print) -> tuple[list[Unit], list[str]]:
+                  log: Callable[[str], None] = logger.info) -> tuple[list[Unit], list[str]]:
     store = ResultStore(plan.run_dir)
     pending, skipped = [], []
     for unit in plan.units:

@@ -9,6 +9,7 @@ increasing order and every problem starts from its solution at the previous cost
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -26,10 +27,14 @@ from .newton import (TOL, BlockKernel, DenseKernel, FactoredKernel, LowRank, Sol
                      warm_start)
 from .protocol import ClassResult, FitLog, l2_normalize, normalized_features, to_binary, too_few_for_cv
 
+logger = logging.getLogger(__name__)
+
 SMALL_KERNEL = 2048  # training rows up to which CPU solves run single-threaded
 KERNEL_FORMS = ("auto", "dense", "factored")
 DENSE_UP_TO = 2.5  # training rows per feature dimension up to which the n x n kernel is kept
 BYTES_PER_COLUMN_ROW = 8 * 40  # float64 vectors the solver and the fold batches keep per problem and row
+# SSL_BENCH_SVM_DEBUG=1: one line per cost path (time, Newton and CG iterations), logged at INFO so
+# that the variable alone shows it, as it did when the line was printed
 DEBUG = bool(os.environ.get("SSL_BENCH_SVM_DEBUG"))
 
 
@@ -334,10 +339,11 @@ def cost_path(kernel, y: torch.Tensor, train: torch.Tensor, costs, options: Solv
                                tol=options.tol, max_newton=options.max_newton, max_cg=options.max_cg, lowrank=use,
                                groups=groups_all)
         if DEBUG:
-            print(f"C={','.join(f'{float(costs[k]):g}' for k in ks)} {label} {time.perf_counter() - started:.2f}s "
-                  f"newton max {int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "
-                  f"{int(info.cg_iters.max())} mean {info.cg_iters.float().mean():.0f} "
-                  f"not converged {int((~info.converged).sum())}")
+            logger.info(f"C={','.join(f'{float(costs[k]):g}' for k in ks)} {label} "
+                        f"{time.perf_counter() - started:.2f}s "
+                        f"newton max {int(info.newton_iters.max())} mean {info.newton_iters.float().mean():.1f} cg max "
+                        f"{int(info.cg_iters.max())} mean {info.cg_iters.float().mean():.0f} "
+                        f"not converged {int((~info.converged).sum())}")
         P = y.shape[1]
         for i, k in enumerate(ks):
             part = slice(i * P, (i + 1) * P)
@@ -663,7 +669,8 @@ def scores_all_costs(train_features, train_labels, test_features, costs, device=
     Xs = torch.as_tensor(l2_normalize(test_features), dtype=torch.float64, device=device)
     Y = np.stack([to_binary(train_labels[:, c]) for c in range(train_labels.shape[1])], axis=1)
     y = torch.as_tensor(np.repeat(Y, len(costs), axis=1), dtype=torch.float64, device=device)
-    c = torch.as_tensor(np.tile(np.asarray(costs, dtype=float), Y.shape[1]), device=device) * torch.where(y > 0, 2.0, 1.0)
+    c = (torch.as_tensor(np.tile(np.asarray(costs, dtype=float), Y.shape[1]), device=device)
+         * torch.where(y > 0, 2.0, 1.0))
     K = X @ X.T + 1.0
     beta, info = solve(K, y, c, torch.ones_like(y, dtype=torch.bool), tol=tol)
     scores = (Xs @ X.T + 1.0) @ beta

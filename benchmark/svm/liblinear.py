@@ -17,7 +17,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from ..metrics import voc_ap
-from .protocol import MAX_ITER, REFERENCE_COSTS, TOL, ClassResult, FitLog, normalized_features, to_binary, too_few_for_cv
+from .protocol import (MAX_ITER, REFERENCE_COSTS, TOL, ClassResult, FitLog, normalized_features, to_binary,
+                       too_few_for_cv)
 
 
 def make_svm(cost: float, seed: int = 0) -> LinearSVC:

@@ -192,7 +192,8 @@ class _Packing:
         counts = torch.bincount(owner, minlength=n_blocks)
         order = torch.argsort(owner, stable=True)
         self.slot = torch.empty_like(owner)
-        self.slot[order] = torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner[order]]
+        starts = torch.cumsum(counts, 0) - counts  # each block's first position in ``order``
+        self.slot[order] = torch.arange(len(owner), device=owner.device) - starts[owner[order]]
         self.owner, self.n_blocks = owner, n_blocks
         self.q = int(counts.max()) if len(owner) else 0
         present = torch.nonzero(counts).flatten()
@@ -777,7 +778,8 @@ def _line_search(beta, f, delta, dfx, y, c, train, iters: int = 30):
     cols = torch.nonzero(d1_hi > 0).flatten()  # otherwise the full step is (at least) as good as any shorter one
     if cols.numel() == 0:
         return t_all
-    beta, f, ydf, ymarg, ct, a, b = beta[:, cols], f[:, cols], ydf[:, cols], ymarg[:, cols], ct[:, cols], a[cols], b[cols]
+    beta, f, ydf, ymarg, ct = beta[:, cols], f[:, cols], ydf[:, cols], ymarg[:, cols], ct[:, cols]
+    a, b = a[cols], b[cols]
     lo = torch.zeros_like(a)
     hi = torch.ones_like(a)
     t = hi.clone()

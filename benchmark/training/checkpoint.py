@@ -8,6 +8,7 @@ that gives the same weights.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +18,8 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..paths import atomic_write
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -39,11 +42,11 @@ def load_resume_state(path: Path, tag: str, map_location="cpu", verbose: bool = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch reports damage as RuntimeError, EOFError, UnpicklingError...
         if verbose:
-            print(f"[{tag}] {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); starting afresh")
+            logger.info(f"[{tag}] {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); starting afresh")
         return None
     if not isinstance(state, dict):
         if verbose:
-            print(f"[{tag}] {path} does not hold a training state; starting afresh")
+            logger.info(f"[{tag}] {path} does not hold a training state; starting afresh")
         return None
     return state
 
@@ -59,7 +62,7 @@ def load_matching_checkpoint(path: Path, fmt: int, fingerprint: str, tag: str, *
         return None
     if state.get("format") != fmt or state.get(key) != fingerprint:
         if verbose:
-            print(f"[{tag}] {path} {mismatch}; starting afresh")
+            logger.info(f"[{tag}] {path} {mismatch}; starting afresh")
         return None
     return state
 

@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..console_log import configure_console_logging
 from ..errors import ConfigError
 
 
@@ -38,6 +39,10 @@ def process_group(rank: int, world_size: int, port: int, device_type: str) -> It
     """Join the group of a spawned process (rank ``rank``) and yield its device; on CPU the
     threads are shared out between the processes."""
     import torch.distributed as dist
+
+    # a spawned process starts without the parent's logging set-up: it shows its messages as the
+    # parent's command line does
+    configure_console_logging()
 
     if device_type == "cuda":
         torch.cuda.set_device(rank)

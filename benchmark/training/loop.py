@@ -34,6 +34,7 @@ a draw makes it happen while the batch is produced (``pretrainers.supervised``).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ from .progress import progress
 from .sampling import loader_batches
 from .schedule import Schedule
 from .seeding import rng_state, set_rng_state
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class TrainingLoop:
                 part.load(state[name])
         self.start = self.iteration = state["iteration"]
         if self.verbose:
-            print(f"[{self.tag}] resuming {self.path} at iteration {self.start}/{self.iterations}")
+            logger.info(f"[{self.tag}] resuming {self.path} at iteration {self.start}/{self.iterations}")
 
     def _value(self, part):
         if hasattr(part, "state_dict"):

@@ -14,9 +14,10 @@ whatever heads, memory banks or momentum encoders its paper needs. The shared tr
 ``sample`` runs in DataLoader workers: it turns ONE decoded RGB image (and its dataset index)
 into the tensors of that example, using only the given ``torch.Generator`` for randomness so that
 a run is reproducible. It must not touch the module's parameters or buffers: they may be on the
-GPU, which forked workers cannot use (keep CPU copies of what it needs, e.g. a permutation table). Only ``method.trunk``'s weights end up in the saved checkpoint (in the
-torchvision key layout the benchmark's strict checkpoint loader reads); everything else is the
-method's training state.
+GPU, which forked workers cannot use (keep CPU copies of what it needs, e.g. a permutation
+table). Only ``method.trunk``'s weights end up in the saved checkpoint (in the torchvision key
+layout the benchmark's strict checkpoint loader reads); everything else is the method's training
+state.
 """
 
 from __future__ import annotations

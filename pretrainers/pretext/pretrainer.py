@@ -17,7 +17,7 @@ from benchmark.diskspace import parameter_bytes
 from benchmark.engine import LoadedModel, Pretrainer, RunContext
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
-from benchmark.options import identity_options
+from benchmark.options import Options, identity_options
 from benchmark.paths import inside
 from pretrainers.common import freeze
 
@@ -29,11 +29,11 @@ class PretextPretrainer(Pretrainer):
     options = PRETEXT_OPTIONS
 
     @staticmethod
-    def check_config(options: dict, where: str) -> None:
+    def check_config(options: Options, where: str) -> None:
         """At load: the method must be able to train the architecture (ViTs: simclr, moco, rotation)."""
         from .method import PRETEXT_METHODS
 
-        PRETEXT_METHODS.get(options["method"]).check_arch(get_architecture(options["arch"]), where)
+        PRETEXT_METHODS.get(options.method).check_arch(get_architecture(options.arch), where)
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
         return parameter_bytes(arch.name)  # the trained weights; the training state is transient
@@ -41,21 +41,21 @@ class PretextPretrainer(Pretrainer):
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
         cfg = self.config
         where = f"model '{model_name}'"
-        paths, root, _ = resolve_images(cfg["data"], ctx.data_root)
-        if cfg["data_fraction"] < 1:
-            paths = select_subset(paths, root, cfg["data_fraction"], cfg["data_seed"])
+        paths, root, _ = resolve_images(cfg.data, ctx.data_root)
+        if cfg.data_fraction < 1:
+            paths = select_subset(paths, root, cfg.data_fraction, cfg.data_seed)
         fingerprint = data_fingerprint(paths, root)
         # an option added later stays out of the hash at its default: earlier checkpoints are found
         identity = {k: v for k, v in identity_options(cfg, PRETEXT_OPTIONS).items()
                     if not (k == "optimizer" and v is None)}
         path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{config_hash({**identity, 'data': fingerprint})}.pth")
         if not path.exists():
-            train_pretext(cfg["method"], cfg["data"], path, arch=cfg["arch"], epochs=cfg["epochs"],
-                          batch_size=cfg["batch_size"], lr=cfg["lr"], image_size=cfg["image_size"], seed=cfg["seed"],
-                          device=ctx.device, method_options=cfg["method_options"], num_workers=ctx.num_workers,
-                          optimizer=cfg["optimizer"], data_fraction=cfg["data_fraction"], data_seed=cfg["data_seed"],
+            train_pretext(cfg.method, cfg.data, path, arch=cfg.arch, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, lr=cfg.lr, image_size=cfg.image_size, seed=cfg.seed,
+                          device=ctx.device, method_options=cfg.method_options, num_workers=ctx.num_workers,
+                          optimizer=cfg.optimizer, data_fraction=cfg.data_fraction, data_seed=cfg.data_seed,
                           data_root=ctx.data_root, where=where)
-        model = create_model(cfg["arch"], seed=cfg["seed"])
-        info = load_trunk_weights(model, get_architecture(cfg["arch"]), path)
+        model = create_model(cfg.arch, seed=cfg.seed)
+        info = load_trunk_weights(model, get_architecture(cfg.arch), path)
         meta = json.loads(path.with_suffix(".json").read_text())
-        return freeze(model_name, cfg["arch"], model, {"pretrainer": "pretext", **info, **meta})
+        return freeze(model_name, cfg.arch, model, {"pretrainer": "pretext", **info, **meta})

@@ -40,23 +40,23 @@ class ClassificationTask:
 
     def data(self, ctx: RunContext) -> ClassificationData:
         c = self.config
-        return load_classification(ctx.data_root, c["dataset"], layout=c["layout"], train_split=c["train_split"],
-                                   val_split=c["val_split"], test_split=c["test_split"],
-                                   val_fraction=c["val_fraction"], val_seed=c["val_seed"],
-                                   follow_symlinks=c["follow_symlinks"])
+        return load_classification(ctx.data_root, c.dataset, layout=c.layout, train_split=c.train_split,
+                                   val_split=c.val_split, test_split=c.test_split,
+                                   val_fraction=c.val_fraction, val_seed=c.val_seed,
+                                   follow_symlinks=c.follow_symlinks)
 
     def layers(self, arch: Architecture) -> list[str]:
-        return resolve_layers(self.name, self.config["layers"], arch)
+        return resolve_layers(self.name, self.config.layers, arch)
 
     def check_data(self, ctx: RunContext) -> None:
         self.data(ctx)
 
     def feature_key(self) -> str:
-        return f"classification/{self.config['dataset']}"
+        return f"classification/{self.config.dataset}"
 
     def feature_needs(self, ctx: RunContext, arch: Architecture) -> list:
         return split_needs(arch, self.feature_key(), self.data(ctx).disk_splits(), self.layers(arch),
-                           self.config["image_size"])
+                           self.config.image_size)
 
     def prepare(self, ctx: RunContext, model: LoadedModel) -> None:
         self.split_features(ctx, model, self.data(ctx))
@@ -64,12 +64,12 @@ class ClassificationTask:
     def split_features(self, ctx: RunContext, model: LoadedModel, data: ClassificationData) -> dict:
         """{split name: {layer: memory-mapped (n, d) float32}} for every on-disk split the parts read."""
         return {name: split_features(ctx, model, split, self.feature_key(), name, self.layers(model.arch),
-                                     self.config["image_size"])
+                                     self.config.image_size)
                 for name, split in data.disk_splits().items()}
 
     def common_row(self, model: LoadedModel, data: ClassificationData, layer: str) -> dict:
         return {**data.provenance(), "layer": layer,
-                "image_size": self.config["image_size"] or model.arch.reference_input_size}
+                "image_size": self.config.image_size or model.arch.reference_input_size}
 
 
 def part_rows(features: dict, part: SplitPart, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -51,15 +51,15 @@ class KNN(ClassificationTask, Task):
         test, test_rows = part_rows(features, data.test, layer)
         queries = test if len(test_rows) == len(test) else test[test_rows]
         train_labels = data.train.labels
-        device = resolve_device(c["knn_device"])
+        device = resolve_device(c.knn_device)
 
         def classify(rows, with_outcomes=False):
             return knn_classify(bank, train_labels[rows], queries, data.test.labels, data.num_classes,
-                                ks=c["k_values"], temperature=c["temperature"], train_rows=bank_rows[rows],
-                                train_chunk=c["train_chunk"], query_chunk=c["query_chunk"], device=device,
+                                ks=c.k_values, temperature=c.temperature, train_rows=bank_rows[rows],
+                                train_chunk=c.train_chunk, query_chunk=c.query_chunk, device=device,
                                 with_outcomes=with_outcomes)
 
-        common = {**self.common_row(model, data, layer), "temperature": c["temperature"],
+        common = {**self.common_row(model, data, layer), "temperature": c.temperature,
                   "feature_dim": int(bank.shape[1]), "selection": "none: every k reported, nothing chosen",
                   "evaluated_on": data.test.description, "knn_device": str(device),
                   STEP_COLUMN: 100.0 / len(test_rows)}  # top-1 and top-5 count test images
@@ -72,9 +72,9 @@ class KNN(ClassificationTask, Task):
                              "bank": data.train.description, **outcomes,
                              # the leaderboard's across-datasets tables (benchmark.report_datasets)
                              "transfer_column": f"{NAME} {layer} {k}-NN top1" if metric == "top1" else ""})
-        for shots in c["few_shot"]:
+        for shots in c.few_shot:
             per_draw = {}
-            for draw in range(c["draws"]):
+            for draw in range(c.draws):
                 chosen = few_shot_draw(train_labels, shots, ctx.seed, draw)
                 if chosen is None:
                     break

@@ -74,7 +74,8 @@ def nearest(train, query, k: int, *, train_rows: np.ndarray | None = None, train
         best_i = torch.empty(len(q), 0, dtype=torch.int64, device=device)
         for t0 in range(0, n_train, train_chunk):
             rows = train_rows[t0:t0 + train_chunk] if train_rows is not None else slice(t0, t0 + train_chunk)
-            t = _normalise(torch.as_tensor(np.array(train[rows]), dtype=dtype, device=device))  # a copy: memmaps are read-only
+            # np.array: a copy, as memmaps are read-only
+            t = _normalise(torch.as_tensor(np.array(train[rows]), dtype=dtype, device=device))
             values, index = _chunk_topk(q @ t.T, t0, k)
             best_v, best_i = _order(torch.cat([best_v, values], 1), torch.cat([best_i, index], 1), k)
         out_sims.append(best_v)

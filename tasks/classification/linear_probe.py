@@ -138,7 +138,7 @@ class LinearProbe(ClassificationTask, Task):
         data = self.data(ctx)
         features = self.split_features(ctx, model, data)
         layers = self.layers(model.arch)
-        lrs = sorted(c["learning_rates"])
+        lrs = sorted(c.learning_rates)
         y_train = torch.as_tensor(data.train.labels)
         y_val = torch.as_tensor(data.val.labels)
         generator = torch.Generator().manual_seed(derived_seed(ctx.seed, 0x11EA))
@@ -147,18 +147,18 @@ class LinearProbe(ClassificationTask, Task):
             grid = model.arch.pools[layer].grid
             train = torch.from_numpy(load_part(features, data.train, layer))
             val = torch.from_numpy(load_part(features, data.val, layer))
-            for pooling in c["poolings"]:
+            for pooling in c.poolings:
                 if pooling == "mean" and grid == 1:
                     continue  # the same input as flat
                 inputs[layer, pooling] = (pooled(train, grid, pooling), pooled(val, grid, pooling))
                 grids[layer, pooling] = HeadGrid(inputs[layer, pooling][0].shape[1], data.num_classes, lrs, generator)
-        n, batch = len(y_train), min(c["batch_size"], len(y_train))
-        total = math.ceil(n / batch) * c["epochs"]
+        n, batch = len(y_train), min(c.batch_size, len(y_train))
+        total = math.ceil(n / batch) * c.epochs
         scale = batch / 256
         curves = []
         work = sum(batch * x[0].shape[1] * data.num_classes * len(lrs) for x in inputs.values())
         with small_problem_threads(torch.device("cpu"), work):
-            self.train(ctx, c["epochs"], n, batch, scale, total, inputs, grids, y_train, y_val, lrs, curves)
+            self.train(ctx, c.epochs, n, batch, scale, total, inputs, grids, y_train, y_val, lrs, curves)
         out = self.output_dir(ctx, model)
         curves = pd.DataFrame(curves)
         buffer = io.StringIO()
@@ -167,7 +167,7 @@ class LinearProbe(ClassificationTask, Task):
         atomic_torch_save({f"{layer}/{pooling}": {"weight": h.weight, "bias": h.bias, "lrs": h.lrs}
                            for (layer, pooling), h in grids.items()}, out / "heads.pt")
 
-        final = curves[curves.epoch == c["epochs"]].reset_index(drop=True)  # grid order: layer, pooling, lr
+        final = curves[curves.epoch == c.epochs].reset_index(drop=True)  # grid order: layer, pooling, lr
 
         def evaluate(row) -> tuple[float, float]:
             heads = grids[row.layer, row.pooling]
@@ -178,8 +178,8 @@ class LinearProbe(ClassificationTask, Task):
             y_test = torch.as_tensor(data.test.labels)
             return float(_topk(logits, y_test, 1)[0]), float(_topk(logits, y_test, 5)[0])
 
-        common = {**data.provenance(), "image_size": c["image_size"] or model.arch.reference_input_size,
-                  "epochs": c["epochs"], "batch_size": batch, "heads": len(final), "cost_selection": "val",
+        common = {**data.provenance(), "image_size": c.image_size or model.arch.reference_input_size,
+                  "epochs": c.epochs, "batch_size": batch, "heads": len(final), "cost_selection": "val",
                   "selection": SELECTION, "variant": "cached features, no augmentation",
                   "curves": str(out / "curves.csv")}
         rows = []

@@ -64,8 +64,8 @@ class LogReg(ClassificationTask, Task):
     def solve(self, X, y, num_classes, X_val, y_val):
         """Along the cost path: (costs, val top-1 (B, costs), thetas per cost, fits not converged)."""
         costs, val, thetas, not_converged = [], [], [], 0
-        for cost, theta, info in fit_path(X, y, num_classes, self.config["costs"], tol=self.config["tol"],
-                                          max_iter=self.config["max_iter"]):
+        for cost, theta, info in fit_path(X, y, num_classes, self.config.costs, tol=self.config.tol,
+                                          max_iter=self.config.max_iter):
             costs.append(cost)
             val.append(_topk(predict(theta, X_val), y_val, 1))
             thetas.append(theta)
@@ -76,14 +76,14 @@ class LogReg(ClassificationTask, Task):
         layer, c = unit, self.config
         data = self.data(ctx)
         features = self.split_features(ctx, model, data)
-        device = resolve_device(c["logreg_device"])
+        device = resolve_device(c.logreg_device)
         X_train = _normalise(load_part(features, data.train, layer), device)
         X_val = _normalise(load_part(features, data.val, layer), device)
         y_train = torch.as_tensor(data.train.labels, device=device)
         y_val = torch.as_tensor(data.val.labels, device=device)
         K = data.num_classes
         common = {**self.common_row(model, data, layer), "feature_dim": int(X_train.shape[1]),
-                  "cost_list": ",".join(f"{v:g}" for v in sorted(c["costs"])), "cost_selection": SELECTION,
+                  "cost_list": ",".join(f"{v:g}" for v in sorted(c.costs)), "cost_selection": SELECTION,
                   "selection": f"C on val ({data.val.description}); test evaluated once, on the chosen C",
                   "solver": "torch-lbfgs", "logreg_device": str(device)}
         rows = []
@@ -94,10 +94,11 @@ class LogReg(ClassificationTask, Task):
             X_test = _normalise(load_part(features, data.test, layer), device)  # read only after selection
             y_test = torch.as_tensor(data.test.labels, device=device)
             logits = predict(theta, X_test)
-            correct = (logits.argmax(dim=-1) == y_test).double().cpu().numpy()  # per image: the significance test's input
+            # per image: the significance test's input
+            correct = (logits.argmax(dim=-1) == y_test).double().cpu().numpy()
             return _topk(logits, y_test, 1), _topk(logits, y_test, 5), correct
 
-        if c["full_data"]:
+        if c.full_data:
             costs, val, thetas, not_converged = self.solve(X_train, y_train, K, X_val, y_val)
             best = int(torch.argmax(val[0]))  # first maximum: the smallest C among ties
             top1, top5, correct = test_scores(thetas[best])
@@ -108,8 +109,8 @@ class LogReg(ClassificationTask, Task):
                      {**base, "metric": "top5", "value": float(top5[0])}]
             rows += [{**common, "metric": "val_top1", "evaluation": f"C={cost:g}", "cost": cost,
                       "value": float(val[0, i]), STEP_COLUMN: val_step} for i, cost in enumerate(costs)]
-        for shots in c["few_shot"]:
-            draws = [few_shot_draw(data.train.labels, shots, ctx.seed, d) for d in range(c["draws"])]
+        for shots in c.few_shot:
+            draws = [few_shot_draw(data.train.labels, shots, ctx.seed, d) for d in range(c.draws)]
             if draws[0] is None:
                 rows.append({**common, "k": shots, "metric": "skipped", "value": float("nan"),
                              "note": f"a class of {data.train.description} has fewer than {shots} images"})

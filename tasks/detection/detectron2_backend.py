@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmark.errors import CheckpointError, ConfigError
+from benchmark.options import Options
 from benchmark.paths import inside
 
 from . import NAME
@@ -83,7 +84,8 @@ def convert_key(key: str) -> str | None:
         try:
             part = _block_part(rest)
         except KeyError:
-            raise ConfigError(f"cannot convert torchvision key {key!r} to detectron2: unknown block part {rest!r}") from None
+            raise ConfigError(f"cannot convert torchvision key {key!r} to detectron2: "
+                              f"unknown block part {rest!r}") from None
         prefix = "roi_heads.res5" if stage == 4 else f"backbone.res{stage + 1}"
         return f"{prefix}.{block}.{part}"
     raise ConfigError(f"cannot convert torchvision key {key!r} to detectron2 R-C4 names (not a ResNet key)")
@@ -124,7 +126,8 @@ def check_converted_weights(model_shapes: Mapping[str, tuple], converted: Mappin
     (what keeps its random initialisation); anything else is an error listing the keys."""
     unexpected = sorted(k for k in converted if k not in model_shapes)
     mismatched = sorted(f"{k}: {tuple(np.shape(converted[k]))} vs model {tuple(model_shapes[k])}"
-                        for k in converted if k in model_shapes and tuple(np.shape(converted[k])) != tuple(model_shapes[k]))
+                        for k in converted
+                        if k in model_shapes and tuple(np.shape(converted[k])) != tuple(model_shapes[k]))
     untouched = sorted(k for k in model_shapes if k not in converted)
     missing = [k for k in untouched if not k.startswith(NEW_HEADS)]
     problems = []
@@ -195,7 +198,7 @@ def register_voc_split(data_root: Path, year: str, split: str) -> str:
     return name
 
 
-def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root: Path, ctx, model,
+def run_detectron2(options: Options, splits: Sequence[tuple[str, str]], out_root: Path, ctx, model,
                    mode: str) -> list[dict]:  # pragma: no cover - runs in the slow test, where detectron2 is
     """Train and evaluate detectron2's R-C4 on ``splits`` ((year, split) pairs: the training sets,
     then the test set) with the task's ``options``; files go under ``out_root`` (one folder per
@@ -215,7 +218,7 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
 
     cfg_opts = options
     depth = check_arch(model.arch.name)
-    schedule = resolve_schedule(cfg_opts["schedule"], cfg_opts["train_set"],
+    schedule = resolve_schedule(cfg_opts.schedule, cfg_opts.train_set,
                                 **{k: cfg_opts[k] for k in ("iterations", "milestones", "base_lr", "batch_size",
                                                             "warmup_iterations", "weight_decay")})
     version = detectron2_version()
@@ -227,7 +230,7 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     converted = convert_to_detectron2(model.backbone.model.state_dict())
     weights = write_detectron2_checkpoint(model.backbone.model.state_dict(), out_dir / "converted.pkl")
     names = [register_voc_split(ctx.data_root, year, split) for year, split in splits]
-    freeze_at = {"frozen": 4, "finetune": 0}[mode] if cfg_opts["freeze_at"] is None else cfg_opts["freeze_at"]
+    freeze_at = {"frozen": 4, "finetune": 0}[mode] if cfg_opts.freeze_at is None else cfg_opts.freeze_at
     cfg = get_cfg()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
@@ -237,30 +240,31 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
     cfg.MODEL.RESNETS.NORM = "FrozenBN"
     cfg.MODEL.RPN.IN_FEATURES = ["res4"]
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [list(cfg_opts["rpn_anchor_sizes"])]
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = min(cfg_opts["rpn_post_nms"], cfg_opts["proposal_limit_train"])
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = min(cfg_opts["rpn_post_nms"], cfg_opts["proposal_limit_test"])
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [list(cfg_opts.rpn_anchor_sizes)]
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = min(cfg_opts.rpn_post_nms, cfg_opts.proposal_limit_train)
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = min(cfg_opts.rpn_post_nms, cfg_opts.proposal_limit_test)
     cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
     cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(VOC_CLASSES)
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = cfg_opts["rois_per_image"]
-    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = cfg_opts["fg_fraction"]
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = cfg_opts["roi_size"]
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = cfg_opts["sampling_ratio"]
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = {"pool": "ROIPool", "align": "ROIAlignV2"}[cfg_opts["roi_op"]]
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = cfg_opts.rois_per_image
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = cfg_opts.fg_fraction
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = cfg_opts.roi_size
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = cfg_opts.sampling_ratio
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = {"pool": "ROIPool", "align": "ROIAlignV2"}[cfg_opts.roi_op]
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     cfg.INPUT.FORMAT = "RGB"
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (cfg_opts["scale"],), cfg_opts["max_size"]
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = cfg_opts["scale"], cfg_opts["max_size"]
-    cfg.INPUT.RANDOM_FLIP = "horizontal" if cfg_opts["flip"] else "none"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (cfg_opts.scale,), cfg_opts.max_size
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = cfg_opts.scale, cfg_opts.max_size
+    cfg.INPUT.RANDOM_FLIP = "horizontal" if cfg_opts.flip else "none"
     cfg.MODEL.WEIGHTS = str(weights)
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = tuple(names[:-1]), (names[-1],)
     cfg.DATALOADER.NUM_WORKERS = workers
     cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR = schedule.batch_size, schedule.lr
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = schedule.iterations, tuple(schedule.milestones)
     cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR = schedule.warmup_iterations, schedule.warmup_factor
-    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.MOMENTUM, cfg.SOLVER.GAMMA = schedule.weight_decay, schedule.momentum, schedule.gamma
-    cfg.SOLVER.CHECKPOINT_PERIOD = cfg_opts["checkpoint_every"]
+    cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.MOMENTUM = schedule.weight_decay, schedule.momentum
+    cfg.SOLVER.GAMMA = schedule.gamma
+    cfg.SOLVER.CHECKPOINT_PERIOD = cfg_opts.checkpoint_every
     cfg.MODEL.DEVICE = str(ctx.device)
     cfg.SEED = ctx.seed
     cfg.OUTPUT_DIR = str(out_dir)
@@ -286,14 +290,14 @@ def run_detectron2(options: Mapping, splits: Sequence[tuple[str, str]], out_root
     np.savez_compressed(buffer, **detections_from_voc_lines(evaluator._predictions, test_ids))
     atomic_write(out_dir / "detections.npz", buffer.getvalue())
     atomic_write(out_dir / "initialised_keys.txt", "\n".join(initialised) + "\n")
-    common = {"dataset": "voc07", "layer": mode, "mode": mode, "train_set": cfg_opts["train_set"],
+    common = {"dataset": "voc07", "layer": mode, "mode": mode, "train_set": cfg_opts.train_set,
               "test_set": "voc07_test", "proposals": "rpn(detectron2 faster r-cnn, trained jointly)",
               "backend": "detectron2", **version, "freeze_at": freeze_at, "schedule": schedule.name,
               "iterations": schedule.iterations, "milestones": "/".join(str(m) for m in schedule.milestones),
               "batch_size": schedule.batch_size, "base_lr": schedule.base_lr, "lr": schedule.lr,
-              "warmup_iterations": schedule.warmup_iterations, "scale": cfg_opts["scale"],
-              "max_size": cfg_opts["max_size"], "roi_op": cfg_opts["roi_op"], "roi_size": cfg_opts["roi_size"],
-              "rois_per_image": cfg_opts["rois_per_image"], "num_workers": workers, "n_test": len(test_ids),
+              "warmup_iterations": schedule.warmup_iterations, "scale": cfg_opts.scale,
+              "max_size": cfg_opts.max_size, "roi_op": cfg_opts.roi_op, "roi_size": cfg_opts.roi_size,
+              "rois_per_image": cfg_opts.rois_per_image, "num_workers": workers, "n_test": len(test_ids),
               "initialised_keys": len(initialised), "checkpoint": str(out_dir / "model_final.pth"),
               "detections": str(out_dir / "detections.npz"),
               # detectron2 averages over all 20 classes, a class without test ground truth as AP 0;

@@ -73,7 +73,8 @@ class FastRCNNC4(nn.Module):
             self.bbox_pred.weight.normal_(0, 0.001, generator=generator)
             self.cls_score.bias.zero_()
             self.bbox_pred.bias.zero_()
-        self.num_classes, self.roi_size, self.roi_op, self.sampling_ratio = num_classes, roi_size, roi_op, sampling_ratio
+        self.num_classes, self.roi_size = num_classes, roi_size
+        self.roi_op, self.sampling_ratio = roi_op, sampling_ratio
         self.freeze_at = freeze_at
         for index, stage in enumerate(STAGES):
             getattr(self, stage).requires_grad_(index >= freeze_at)

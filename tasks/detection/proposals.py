@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.paths import atomic_write, inside
+
+logger = logging.getLogger(__name__)
 
 # the only globals a proposal pickle may name: numpy array / dtype / scalar reconstruction
 # (numpy 1.x pickles say numpy.core, numpy 2.x numpy._core)
@@ -98,7 +100,8 @@ def read_proposals(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
     for image_id, b, s in zip(ids, boxes, scores):
         b = np.asarray(b, dtype=np.float32)
         if b.size and (b.ndim != 2 or b.shape[1] != 4):
-            raise DatasetError(f"proposal file {path}: boxes of image {image_id!r} have shape {b.shape}, expected (n, 4)")
+            raise DatasetError(f"proposal file {path}: boxes of image {image_id!r} have shape {b.shape}, "
+                               f"expected (n, 4)")
         key = _id_text(image_id)
         out[key] = (b.reshape(-1, 4), np.asarray(s, dtype=np.float32).reshape(-1))
     return out
@@ -193,7 +196,7 @@ def cached_proposals(path: Path, ids: list[str], generate) -> tuple[list[np.ndar
         try:
             content = read_proposals(path)
         except DatasetError as exc:  # a damaged cache file: generated again and replaced
-            print(f"ssl-bench: warning: {exc}; generating the proposals again", file=sys.stderr)
+            logger.warning(f"ssl-bench: warning: {exc}; generating the proposals again")
     if content is None:
         boxes, scores = generate()
         write_proposals(path, ids, boxes, scores)

@@ -77,7 +77,8 @@ def resolve_schedule(schedule: str, train_set: str, *, iterations=None, mileston
         warmup = round(500 * factor) if warmup_iterations is None else warmup_iterations
     elif schedule == "custom":
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ConfigError(f"{where}: the custom schedule needs 'iterations' (a positive integer), got {iterations!r}")
+            raise ConfigError(f"{where}: the custom schedule needs 'iterations' (a positive integer), "
+                              f"got {iterations!r}")
         if not isinstance(milestones, (list, tuple)) or list(milestones) != sorted(set(milestones)) or \
                 any(isinstance(m, bool) or not isinstance(m, int) or not 0 < m < iterations for m in milestones):
             raise ConfigError(f"{where}: the custom schedule needs 'milestones': increasing integers inside "
@@ -298,7 +299,9 @@ def detect(detector: FastRCNNC4, data: DetectionData, proposals: list[np.ndarray
             decoded = decode_boxes(deltas.float(), boxes, BOX_WEIGHTS).view(-1, classes, 4)
             decoded = clip_boxes_to_image(decoded, (height, width))
             labels = torch.arange(classes, device=device).expand(len(boxes), classes)
-            decoded, scores, labels = decoded[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            # column 0 is the background class
+            decoded, scores = decoded[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+            labels = labels[:, 1:].reshape(-1)
             keep = torch.where(scores > setup.test_score_threshold)[0]
             decoded, scores, labels = decoded[keep], scores[keep], labels[keep]
             keep = batched_nms(decoded, scores, labels, setup.test_nms)[: setup.detections_per_image]

@@ -135,18 +135,18 @@ class DetectionVOC07(Task):
     def check_options(self) -> None:
         """What the declarations cannot say alone: installed back ends, and a schedule that fits."""
         cfg = self.config
-        if cfg["backend"] == "detectron2":
+        if cfg.backend == "detectron2":
             from .detectron2_backend import require_detectron2
 
             require_detectron2()
-            if cfg["proposals"] not in ("auto", "rpn"):
+            if cfg.proposals not in ("auto", "rpn"):
                 raise ConfigError(f"{self.name}: backend: detectron2 trains its own RPN jointly (Faster R-CNN); "
-                                  f"proposals: {cfg['proposals']} applies to backend: torchvision only. Use "
+                                  f"proposals: {cfg.proposals} applies to backend: torchvision only. Use "
                                   f"proposals: rpn (or auto) with detectron2, or backend: torchvision")
-        if cfg["proposals"] == "selective_search" and not selective_search_available():
+        if cfg.proposals == "selective_search" and not selective_search_available():
             raise ConfigError(f"{self.name}: proposals: selective_search, but cv2.ximgproc is not importable. "
                               f"{SS_INSTALL}; or use proposals: rpn / files")
-        resolve_schedule(cfg["schedule"], cfg["train_set"], **{k: cfg[k] for k in SCHEDULE_KEYS})
+        resolve_schedule(cfg.schedule, cfg.train_set, **{k: cfg[k] for k in SCHEDULE_KEYS})
 
     def split_names(self) -> list[tuple[str, str, str]]:
         """(year, split, proposal_files key) of the training splits and the test split."""
@@ -196,7 +196,7 @@ class DetectionVOC07(Task):
                     identity[key] = _file_digest(path)
                 out[part] = (boxes, scores)
         elif source == "selective_search":
-            mode, limit = cfg["selective_search_mode"], max(cfg["proposal_limit_train"], cfg["proposal_limit_test"])
+            mode, limit = cfg.selective_search_mode, max(cfg.proposal_limit_train, cfg.proposal_limit_test)
             for part, entries in splits.items():
                 boxes, scores = [], []
                 for key, data in entries:
@@ -215,8 +215,8 @@ class DetectionVOC07(Task):
         from .rpn import RPNSettings, propose, train_rpn
 
         cfg = self.config
-        settings = RPNSettings(iterations=cfg["rpn_iterations"], batch_size=cfg["rpn_batch_size"], lr=cfg["rpn_lr"],
-                               anchor_sizes=tuple(cfg["rpn_anchor_sizes"]), post_nms=cfg["rpn_post_nms"])
+        settings = RPNSettings(iterations=cfg.rpn_iterations, batch_size=cfg.rpn_batch_size, lr=cfg.rpn_lr,
+                               anchor_sizes=tuple(cfg.rpn_anchor_sizes), post_nms=cfg.rpn_post_nms)
         train_data = _joined([d for _, d in splits["train"]])
         test_data = splits["test"][0][1]
         ident = {"generator": "rpn", "weights": model.weights, "arch": model.arch.name, "rpn": settings.describe(),
@@ -243,20 +243,20 @@ class DetectionVOC07(Task):
 
     def setup(self, ctx: RunContext, model: LoadedModel, mode: str, fingerprint: str = "") -> DetectionSetup:
         cfg = self.config
-        schedule = resolve_schedule(cfg["schedule"], cfg["train_set"], **{k: cfg[k] for k in SCHEDULE_KEYS})
-        return DetectionSetup(schedule=schedule, seed=ctx.seed, scale=cfg["scale"], max_size=cfg["max_size"],
-                              size_multiple=cfg["size_multiple"],
-                              flip=bool(cfg["flip"]), rois_per_image=cfg["rois_per_image"],
-                              fg_fraction=cfg["fg_fraction"], checkpoint_every=cfg["checkpoint_every"],
-                              cache_features_mb=cfg["cache_features_mb"], fingerprint=fingerprint,
+        schedule = resolve_schedule(cfg.schedule, cfg.train_set, **{k: cfg[k] for k in SCHEDULE_KEYS})
+        return DetectionSetup(schedule=schedule, seed=ctx.seed, scale=cfg.scale, max_size=cfg.max_size,
+                              size_multiple=cfg.size_multiple,
+                              flip=bool(cfg.flip), rois_per_image=cfg.rois_per_image,
+                              fg_fraction=cfg.fg_fraction, checkpoint_every=cfg.checkpoint_every,
+                              cache_features_mb=cfg.cache_features_mb, fingerprint=fingerprint,
                               desc=f"detection {model.name} {mode}")
 
     def detector(self, ctx: RunContext, model: LoadedModel, mode: str) -> FastRCNNC4:
         cfg = self.config
-        freeze_at = MODES[mode] if cfg["freeze_at"] is None else cfg["freeze_at"]
+        freeze_at = MODES[mode] if cfg.freeze_at is None else cfg.freeze_at
         generator = torch.Generator().manual_seed(derived_seed(ctx.seed, 0xDE7))
-        return FastRCNNC4(model.backbone.model, model.arch.name, num_classes=len(VOC_CLASSES), roi_size=cfg["roi_size"],
-                          roi_op=cfg["roi_op"], sampling_ratio=cfg["sampling_ratio"], freeze_at=freeze_at,
+        return FastRCNNC4(model.backbone.model, model.arch.name, num_classes=len(VOC_CLASSES), roi_size=cfg.roi_size,
+                          roi_op=cfg.roi_op, sampling_ratio=cfg.sampling_ratio, freeze_at=freeze_at,
                           generator=generator)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
@@ -270,7 +270,8 @@ class DetectionVOC07(Task):
                                   inside(ctx.run_dir, self.name, model.name), ctx, model, unit)
         cfg, mode = self.config, unit
         names = self.split_names()
-        loaded = [(key, DetectionData.from_voc([load_voc(ctx.data_root, split, year=year)])) for year, split, key in names]
+        loaded = [(key, DetectionData.from_voc([load_voc(ctx.data_root, split, year=year)]))
+                  for year, split, key in names]
         splits = {"train": loaded[:-1], "test": loaded[-1:]}
         train_data, test_data = _joined([d for _, d in splits["train"]]), loaded[-1][1]
         detector = self.detector(ctx, model, mode).to(ctx.device)
@@ -280,8 +281,8 @@ class DetectionVOC07(Task):
                     "test": ImageFeatures(detector, test_data, setup, ctx.device, setup.cache_features_mb)} \
             if detector.freeze_at >= 4 else None
         raw, identity = self.proposals(ctx, model, splits, features, setup)
-        train_props = _cleaned(raw["train"], train_data, cfg["proposal_limit_train"])
-        test_props = _cleaned(raw["test"], test_data, cfg["proposal_limit_test"])
+        train_props = _cleaned(raw["train"], train_data, cfg.proposal_limit_train)
+        test_props = _cleaned(raw["test"], test_data, cfg.proposal_limit_test)
 
         fingerprint = config_hash({"weights": model.weights, "arch": model.arch.name, "mode": mode,
                                    "freeze_at": detector.freeze_at, "seed": ctx.seed,
@@ -292,7 +293,7 @@ class DetectionVOC07(Task):
         setup = self.setup(ctx, model, mode, fingerprint)
         out_dir = inside(ctx.run_dir, self.name, model.name, f"{mode}-{fingerprint}")
         untrained = None
-        if cfg["evaluate_untrained"]:
+        if cfg.evaluate_untrained:
             untrained = evaluate_detections(detect(detector, test_data, test_props, setup, ctx.device, "untrained",
                                                    features and features["test"]),
                                             test_data.ground_truth, len(VOC_CLASSES))
@@ -318,12 +319,13 @@ class DetectionVOC07(Task):
              train_props, test_props, out_dir) -> list[dict]:
         cfg, schedule = self.config, setup.schedule
         common = {
-            "dataset": "voc07", "layer": mode, "mode": mode, "train_set": cfg["train_set"], "test_set": "voc07_test",
+            "dataset": "voc07", "layer": mode, "mode": mode, "train_set": cfg.train_set, "test_set": "voc07_test",
             "proposals": identity["source"], "backend": "torchvision", "freeze_at": detector.freeze_at,
             "schedule": schedule.name, "iterations": schedule.iterations,
             "milestones": "/".join(str(m) for m in schedule.milestones), "batch_size": schedule.batch_size,
             "base_lr": schedule.base_lr, "lr": schedule.lr, "warmup_iterations": schedule.warmup_iterations,
-            "scale": setup.scale, "max_size": setup.max_size, "size_multiple": setup.size_multiple, "roi_op": cfg["roi_op"], "roi_size": cfg["roi_size"],
+            "scale": setup.scale, "max_size": setup.max_size, "size_multiple": setup.size_multiple,
+            "roi_op": cfg.roi_op, "roi_size": cfg.roi_size,
             "rois_per_image": setup.rois_per_image, "n_train": len(train_data), "n_test": len(test_data),
             "proposals_per_image_train": round(float(np.mean([len(p) for p in train_props])), 1),
             "proposals_per_image_test": round(float(np.mean([len(p) for p in test_props])), 1),
@@ -354,11 +356,13 @@ def evaluator_check_rows(test_data: DetectionData, mode: str) -> list[dict]:
     change in the annotation reader or the AP computation even where trained numbers are noisy."""
     metrics = evaluate_detections(perturbed_ground_truth(test_data.ground_truth, len(VOC_CLASSES), seed=0),
                                   test_data.ground_truth, len(VOC_CLASSES))
-    return [{"dataset": "voc07", "layer": mode, "metric": mean, "class": "", "value": 100 * float(np.nanmean(metrics[key])),
+    return [{"dataset": "voc07", "layer": mode, "metric": mean, "class": "",
+             "value": 100 * float(np.nanmean(metrics[key])),
              "evaluation": PERTURBED_GROUND_TRUTH, "determinism": "exact", "ap_definition": definition,
              "n_test": len(test_data), "note": "ground truth with seeded jitter, misses and false positives: "
                                                 "independent of the model"}
-            for key, mean, definition in (("ap11", "mAP", "voc07-11point-iou0.5"), ("ap_all", "mAP_all", "all-point-iou0.5"),
+            for key, mean, definition in (("ap11", "mAP", "voc07-11point-iou0.5"),
+                                          ("ap_all", "mAP_all", "all-point-iou0.5"),
                                           ("ap50_95", "mAP50_95", "coco101-iou0.50:0.95"))]
 
 

@@ -148,7 +148,8 @@ def resolve_schedule(schedule: str, arch_name: str, num_train: int, *, epochs=No
     return Schedule(
         name=schedule, iterations=max(total, 1), milestones=steps, decay="step", gamma=0.1,
         base_lr=float(base_lr if base_lr is not None else spec["base_lr"]), batch_size=batch,
-        reference_batch=REFERENCE_BATCH, weight_decay=float(wd if wd is not None else reference_weight_decay(arch_name)),
+        reference_batch=REFERENCE_BATCH,
+        weight_decay=float(wd if wd is not None else reference_weight_decay(arch_name)),
         momentum=0.9, iterations_per_epoch=ipe, recorded=RECORDED,
     )
 

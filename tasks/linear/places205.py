@@ -90,7 +90,7 @@ class LinearPlaces205(Task):
 
     def check_data(self, ctx: RunContext) -> None:
         cfg = self.config
-        check_schedule_options(cfg["schedule"], **{k: cfg[k] for k in SCHEDULE_KEYS})  # how they fit together
+        check_schedule_options(cfg.schedule, **{k: cfg[k] for k in SCHEDULE_KEYS})  # how they fit together
         load_places205(self.root(ctx), "train")
         load_places205(self.root(ctx), "val")
 
@@ -99,30 +99,31 @@ class LinearPlaces205(Task):
             raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         cfg = self.config
         layers = self.layers(model.arch)
-        size = cfg["image_size"] or model.arch.reference_input_size
+        size = cfg.image_size or model.arch.reference_input_size
         train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
         if train.num_classes != val.num_classes:  # load_places205 makes them agree; be explicit
             raise ConfigError(f"{self.name}: train and val disagree on the number of classes")
-        schedule = resolve_schedule(cfg["schedule"], model.arch.name, len(train.labels),
+        schedule = resolve_schedule(cfg.schedule, model.arch.name, len(train.labels),
                                     **{k: cfg[k] for k in SCHEDULE_KEYS})
-        world_size = resolve_world_size(cfg["world_size"], ctx.device)
+        world_size = resolve_world_size(cfg.world_size, ctx.device)
         fingerprint = config_hash({
             "weights": model.weights, "arch": model.arch.name, "layers": layers, "image_size": size,
-            "schedule": schedule.describe(), "eval_every": cfg["eval_every"], "seed": ctx.seed,
+            "schedule": schedule.describe(), "eval_every": cfg.eval_every, "seed": ctx.seed,
             "world_size": world_size, "train": _list_identity(train), "val": _list_identity(val),
             "num_classes": train.num_classes,
         })
         out_dir = inside(ctx.run_dir, self.name, model.name, fingerprint)
         setup = LinearSetup(
             layers=layers, num_classes=train.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
-            eval_every=cfg["eval_every"], checkpoint_every=cfg["checkpoint_every"],
-            num_workers=ctx.num_workers if cfg["num_workers"] is None else cfg["num_workers"],
+            eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+            num_workers=ctx.num_workers if cfg.num_workers is None else cfg.num_workers,
             eval_batch_size=max(ctx.batch_size, schedule.batch_size // world_size),
             world_size=world_size, fingerprint=fingerprint, desc=f"{self.name} {model.name}",
         )
         train_set = ImageFileDataset(train.image_paths, train_transform(size),
                                      torch.as_tensor(train.labels, dtype=torch.int64))
-        val_set = ImageFileDataset(val.image_paths, eval_transform(size), torch.as_tensor(val.labels, dtype=torch.int64))
+        val_set = ImageFileDataset(val.image_paths, eval_transform(size),
+                                   torch.as_tensor(val.labels, dtype=torch.int64))
         result = train_linear_heads(model.backbone, train_set, val_set, setup, out_dir, ctx.device)
 
         ipe = schedule.iterations_per_epoch

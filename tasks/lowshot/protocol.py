@@ -10,7 +10,7 @@ selection; the numbers are selected on test, which the report says). ssl-bench a
 from __future__ import annotations
 
 import io
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from benchmark.options import Int, ListOf
 from benchmark.paths import atomic_write, inside
 from ..common import Aggregate, aggregate  # noqa: F401  (the aggregation every draw-based task shares)
 from benchmark.svm.protocol import TEST_SELECTED  # noqa: F401  (the reference's selection, named in the rows)
+
+logger = logging.getLogger(__name__)
 
 K_VALUES = (1, 2, 4, 8, 16, 32, 64, 96)
 NUM_SAMPLES = 5
@@ -80,8 +82,8 @@ def load_or_draw(path: Path, draw) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             # the draw is a function of the recorded seed: drawing again restores the same sample
-            print(f"ssl-bench: warning: low-shot sample file {path} is damaged ({type(exc).__name__}: {exc}); "
-                  f"drawing it again from its seed", file=sys.stderr)
+            logger.warning(f"ssl-bench: warning: low-shot sample file {path} is damaged ({type(exc).__name__}: {exc}); "
+                           f"drawing it again from its seed")
     sample = draw()
     buffer = io.BytesIO()
     np.save(buffer, sample)

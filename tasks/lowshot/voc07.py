@@ -108,8 +108,9 @@ class LowShotVOC07(LowShotReport, SVMTask, Task):
         layers = resolve_layers(self.name, self.config.layers, model.arch)
         train = load_voc(ctx.data_root, self.config.train_split)
         test = load_voc(ctx.data_root, self.config.test_split)
-        X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, self.config.image_size)[layer])
-        X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, self.config.image_size)[layer])
+        image_size = self.config.image_size  # None: the architecture's reference size
+        X_train = l2_normalize(split_features(ctx, model, train, "voc07", train.split, layers, image_size)[layer])
+        X_test = l2_normalize(split_features(ctx, model, test, "voc07", test.split, layers, image_size)[layer])
         solver = self.solver(ctx)
         X_train, X_test = solver.shared_coordinates(X_train, X_test)  # every sample is a subset of trainval
 

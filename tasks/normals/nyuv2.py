@@ -23,7 +23,7 @@ from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
-from benchmark.options import Choice, Float, Int, Range, Str, declare
+from benchmark.options import Choice, Float, Int, Options, Range, Str, declare
 from benchmark.paths import inside
 from benchmark.training import Schedule
 
@@ -51,16 +51,16 @@ def _positive_int(value, what: str) -> int:
     return value
 
 
-def resolve_schedule(cfg: dict) -> Schedule:
-    name = cfg["schedule"]
+def resolve_schedule(cfg: Options) -> Schedule:
+    name = cfg.schedule
     if name not in SCHEDULE_NAMES:
         raise ConfigError(f"{NAME}: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
     if name == "custom":
-        if cfg["iterations"] is None:
+        if cfg.iterations is None:
             raise ConfigError(f"{NAME}: the custom schedule needs 'iterations'")
-        spec = {"iterations": cfg["iterations"], "batch_size": 16, "base_lr": 0.02, "weight_decay": 1e-4}
+        spec = {"iterations": cfg.iterations, "batch_size": 16, "base_lr": 0.02, "weight_decay": 1e-4}
     else:
-        if cfg["iterations"] is not None:
+        if cfg.iterations is not None:
             raise ConfigError(f"{NAME}: iterations only apply to schedule: custom; the {name!r} schedule "
                               f"fixes them (set schedule: custom to choose your own)")
         spec = dict(SCHEDULES[name])
@@ -144,37 +144,37 @@ class NormalsNYUv2(Task):
         schedule = resolve_schedule(cfg)
         train, test = self._splits(ctx)
         train_fp, test_fp = train.fingerprint(), test.fingerprint()
-        short_side = tuple(max(1, round(s * train.height / REFERENCE_HEIGHT)) for s in cfg["train_short_side"])
+        short_side = tuple(max(1, round(s * train.height / REFERENCE_HEIGHT)) for s in cfg.train_short_side)
         codes, codebook_path = None, ""
-        if cfg["head"] == "codebook":
-            array, path = cached_codebook(ctx.cache.root, train_fp, cfg["codebook_size"], train.normals, len(train),
-                                          samples=cfg["codebook_samples"], seed=ctx.seed,
-                                          iterations=cfg["codebook_iterations"])
+        if cfg.head == "codebook":
+            array, path = cached_codebook(ctx.cache.root, train_fp, cfg.codebook_size, train.normals, len(train),
+                                          samples=cfg.codebook_samples, seed=ctx.seed,
+                                          iterations=cfg.codebook_iterations)
             codes, codebook_path = torch.as_tensor(array, dtype=torch.float32), str(path)
         fingerprint = config_hash({
-            "weights": model.weights, "arch": model.arch.name, "schedule": schedule.describe(), "head": cfg["head"],
+            "weights": model.weights, "arch": model.arch.name, "schedule": schedule.describe(), "head": cfg.head,
             "codes": hashlib.sha256(np.asarray(codes).tobytes()).hexdigest() if codes is not None else "",
-            "short_side": short_side, "decoder_channels": cfg["decoder_channels"], "seed": ctx.seed,
+            "short_side": short_side, "decoder_channels": cfg.decoder_channels, "seed": ctx.seed,
             "train": train_fp, "test": test_fp,
         })
         out_dir = inside(ctx.run_dir, self.name, model.name, fingerprint)
         setup = NormalsSetup(
-            head=cfg["head"], schedule=schedule, short_side=short_side, codes=codes,
-            decoder_channels=cfg["decoder_channels"], seed=ctx.seed, checkpoint_every=cfg["checkpoint_every"],
-            num_workers=ctx.num_workers if cfg["num_workers"] is None else cfg["num_workers"],
+            head=cfg.head, schedule=schedule, short_side=short_side, codes=codes,
+            decoder_channels=cfg.decoder_channels, seed=ctx.seed, checkpoint_every=cfg.checkpoint_every,
+            num_workers=ctx.num_workers if cfg.num_workers is None else cfg.num_workers,
             eval_batch_size=max(2, min(ctx.batch_size, schedule.batch_size)), fingerprint=fingerprint,
             desc=f"{self.name} {model.name}",
         )
         result = train_normals(model.backbone.model, train, test, setup, out_dir, ctx.device)
         metrics = result["metrics"]
         common = {
-            "dataset": "nyuv2", "layer": UNIT, "head": cfg["head"], "schedule": schedule.name,
+            "dataset": "nyuv2", "layer": UNIT, "head": cfg.head, "schedule": schedule.name,
             "iterations": schedule.iterations, "batch_size": schedule.batch_size, "base_lr": schedule.base_lr,
             "lr_policy": f"poly{schedule.power:g}", "weight_decay": schedule.weight_decay,
             "momentum": schedule.momentum, "train_short_side": f"{short_side[0]}-{short_side[1]}",
             "image_size": f"{train.width}x{train.height}", "codebook_size": len(codes) if codes is not None else "",
-            "codebook": codebook_path, "normals_source": cfg["normals"], "frozen": "conv1-res4",
-            "decoder": f"psp{'/'.join(map(str, PSP_BINS))}-{cfg['decoder_channels']}", "output_stride": 8,
+            "codebook": codebook_path, "normals_source": cfg.normals, "frozen": "conv1-res4",
+            "decoder": f"psp{'/'.join(map(str, PSP_BINS))}-{cfg.decoder_channels}", "output_stride": 8,
             "n_train": len(train), "n_test": len(test), "valid_pixels": int(metrics["valid_pixels"]),
             "median_resolution_deg": MEDIAN_MAX_ERROR_DEG, "final_train_loss": round(float(result["losses"][-1]), 5),
             "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),

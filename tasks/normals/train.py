@@ -86,7 +86,8 @@ class NormalsSetup:
 def _to_tensors(image: np.ndarray, normals: np.ndarray, mask: np.ndarray):
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
     x = TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-    return x, torch.from_numpy(np.ascontiguousarray(normals)).permute(2, 0, 1).float(), torch.from_numpy(mask.astype(bool))
+    normals = torch.from_numpy(np.ascontiguousarray(normals)).permute(2, 0, 1).float()
+    return x, normals, torch.from_numpy(mask.astype(bool))
 
 
 class NormalsData(Dataset):

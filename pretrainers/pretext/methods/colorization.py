@@ -153,20 +153,20 @@ class Colorization(PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        if image_size % options["downsample"]:
+        if image_size % options.downsample:
             raise ConfigError(f"colorization: image_size {image_size} must be a multiple of downsample "
-                              f"{options['downsample']}")
-        self.register_buffer("centres", gamut_bins(int(options["grid"]), options["gamut_bins"]).float().clone())
+                              f"{options.downsample}")
+        self.register_buffer("centres", gamut_bins(int(options.grid), options.gamut_bins).float().clone())
         bins = len(self.centres)
         channels = check_input_size(self, image_size, "image_size")[0]
-        hidden = options["head_channels"]
+        hidden = options.head_channels
         self.head = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
                                   nn.ReLU(inplace=True), nn.Conv2d(hidden, bins, 1))
         # class-rebalancing state: filled by the first epoch_start, saved with the checkpoint
         self.register_buffer("prior", torch.full((bins,), 1.0 / bins))
         self.register_buffer("class_weights", torch.ones(bins))
         self.register_buffer("prior_ready", torch.zeros((), dtype=torch.bool))
-        self.transform = T.Compose([T.RandomResizedCrop(image_size, scale=tuple(options["crop_scale"])),
+        self.transform = T.Compose([T.RandomResizedCrop(image_size, scale=tuple(options.crop_scale)),
                                     T.RandomHorizontalFlip(), T.ToTensor()])
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -103,15 +103,15 @@ class ContextEncoder(PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        _, side = center_region(image_size, options["mask_fraction"])
-        if options["mask"] == "center" and not (0 < side and 2 * options["overlap"] < side):
-            raise ConfigError(f"context_encoder: mask_fraction {options['mask_fraction']} and overlap "
-                              f"{options['overlap']} leave nothing to erase at image_size {image_size}")
+        _, side = center_region(image_size, options.mask_fraction)
+        if options.mask == "center" and not (0 < side and 2 * options.overlap < side):
+            raise ConfigError(f"context_encoder: mask_fraction {options.mask_fraction} and overlap "
+                              f"{options.overlap} leave nothing to erase at image_size {image_size}")
         channels, map_side, _ = check_input_size(self, image_size, "image_size")
-        self.decoder = decoder(channels, map_side, image_size, options["decoder_width"])
-        self.discriminator = discriminator() if options["adversarial"] else None
+        self.decoder = decoder(channels, map_side, image_size, options.decoder_width)
+        self.discriminator = discriminator() if options.adversarial else None
         self.transform = T.Compose([
-            T.RandomResizedCrop(image_size, scale=tuple(options["crop_scale"])), T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(image_size, scale=tuple(options.crop_scale)), T.RandomHorizontalFlip(),
             T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def masks(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,14 +119,14 @@ class ContextEncoder(PretextMethod):
         size, cfg = self.image_size, self.config
         erased = torch.zeros(size, size, dtype=torch.bool)
         weights = torch.zeros(size, size)
-        if cfg["mask"] == "center":
-            top, side = center_region(size, cfg["mask_fraction"])
-            inner = slice(top + cfg["overlap"], top + side - cfg["overlap"])
-            weights[top:top + side, top:top + side] = cfg["overlap_weight"]
+        if cfg.mask == "center":
+            top, side = center_region(size, cfg.mask_fraction)
+            inner = slice(top + cfg.overlap, top + side - cfg.overlap)
+            weights[top:top + side, top:top + side] = cfg.overlap_weight
             weights[inner, inner] = 1.0
             erased[inner, inner] = True
             return erased, weights
-        for _ in range(cfg["num_blocks"]):
+        for _ in range(cfg.num_blocks):
             side = int(torch.randint(max(1, size // 8), max(2, size // 4) + 1, (1,), generator=generator))
             y, x = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=generator))
             erased[y:y + side, x:x + side] = True

@@ -124,17 +124,17 @@ class DeepCluster(SizedState, PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        if options["pca_dim"] > self.embed_dim:
-            raise ConfigError(f"deepcluster: pca_dim ({options['pca_dim']}) exceeds the {arch.name} feature "
+        if options.pca_dim > self.embed_dim:
+            raise ConfigError(f"deepcluster: pca_dim ({options.pca_dim}) exceeds the {arch.name} feature "
                               f"dimension {self.embed_dim}")
-        k = options["num_clusters"]
+        k = options.num_clusters
         self.head = nn.Linear(self.embed_dim, k)
         self.register_buffer("assignments", torch.zeros(0, dtype=torch.long))
         self.register_buffer("cluster_sizes", torch.zeros(k, dtype=torch.long))
         self.register_buffer("kmeans_seed", torch.randint(0, 2**62, ()))  # drawn from the loop's init seed
         self.register_buffer("refilled", torch.zeros((), dtype=torch.long))  # empty clusters split, last epoch
         self.transform = T.Compose([
-            T.RandomResizedCrop(image_size, scale=tuple(options["crop_scale"])), T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(image_size, scale=tuple(options.crop_scale)), T.RandomHorizontalFlip(),
             T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

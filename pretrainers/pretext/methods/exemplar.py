@@ -110,22 +110,22 @@ class Exemplar(SizedState, PretextMethod):
     def view(self, patch: Image.Image, generator: torch.Generator) -> torch.Tensor:
         """One randomly transformed view of a seed patch (context x context PIL) -> normalised tensor."""
         cfg, size = self.config, self.image_size
-        shift = [round(_uniform(generator, -cfg["translation"], cfg["translation"]) * size) for _ in range(2)]
-        out = TF.affine(patch, angle=_uniform(generator, -cfg["rotation"], cfg["rotation"]), translate=shift,
-                        scale=_uniform(generator, *cfg["scale"]), shear=[0.0, 0.0],
+        shift = [round(_uniform(generator, -cfg.translation, cfg.translation) * size) for _ in range(2)]
+        out = TF.affine(patch, angle=_uniform(generator, -cfg.rotation, cfg.rotation), translate=shift,
+                        scale=_uniform(generator, *cfg.scale), shear=[0.0, 0.0],
                         interpolation=TF.InterpolationMode.BILINEAR, fill=[124, 116, 104])
         out = TF.center_crop(out, [size, size])
         if float(torch.rand((), generator=generator)) < 0.5:
             out = TF.hflip(out)
         rgb = np.asarray(out, dtype=np.float64) / 255
-        factors = np.array([_uniform(generator, *cfg["contrast_pca"]) for _ in range(3)])
+        factors = np.array([_uniform(generator, *cfg.contrast_pca) for _ in range(3)])
         rgb = np.clip(contrast_pca(rgb, factors), 0, 1)
         hsv = np.asarray(Image.fromarray(np.round(rgb * 255).astype(np.uint8)).convert("HSV"), dtype=np.float64) / 255
         for channel in (1, 2):  # saturation, value
-            power = math.exp(_uniform(generator, *(math.log(v) for v in cfg["contrast_power"])))
-            hsv[..., channel] = (hsv[..., channel] ** power * _uniform(generator, *cfg["contrast_multiply"])
-                                 + _uniform(generator, *cfg["contrast_add"]))
-        hsv[..., 0] = (hsv[..., 0] + _uniform(generator, *cfg["hue"])) % 1.0
+            power = math.exp(_uniform(generator, *(math.log(v) for v in cfg.contrast_power)))
+            hsv[..., channel] = (hsv[..., channel] ** power * _uniform(generator, *cfg.contrast_multiply)
+                                 + _uniform(generator, *cfg.contrast_add))
+        hsv[..., 0] = (hsv[..., 0] + _uniform(generator, *cfg.hue)) % 1.0
         hsv = np.round(np.clip(hsv, 0, 1) * 255).astype(np.uint8)
         rgb = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"), dtype=np.float32) / 255
         return normalize(torch.from_numpy(rgb.copy()).permute(2, 0, 1))

@@ -148,32 +148,32 @@ class Jigsaw(PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        n = options["num_permutations"]
-        perms = permutation_set(n, options["permutation_seed"], options["selection"])
-        if options["min_distance"] is not None and n > 1 and min_hamming(perms) < options["min_distance"]:
+        n = options.num_permutations
+        perms = permutation_set(n, options.permutation_seed, options.selection)
+        if options.min_distance is not None and n > 1 and min_hamming(perms) < options.min_distance:
             raise ConfigError(f"jigsaw: {n} permutations reach a minimum Hamming distance of {min_hamming(perms)}, "
-                              f"less than min_distance {options['min_distance']}; use fewer permutations")
+                              f"less than min_distance {options.min_distance}; use fewer permutations")
         self.register_buffer("permutations", torch.as_tensor(perms, dtype=torch.int64))
         self._table = perms  # sample() reads this CPU copy: the buffer may live on the GPU
         self.cell = image_size // GRID
-        self.tile = max(1, round(self.cell * float(options["tile_fraction"])))
+        self.tile = max(1, round(self.cell * float(options.tile_fraction)))
         resize = round(image_size * 256 / 225)
         self.crop_transform = T.Compose([
             T.Resize((resize, resize)),
             T.RandomCrop(GRID * self.cell),
-            T.RandomGrayscale(float(options["grayscale_p"])),
+            T.RandomGrayscale(float(options.grayscale_p)),
             T.ToTensor(),
         ])
         dim = self.embed_dim
-        if options["head"] == "linear":
+        if options.head == "linear":
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(TILES * dim, n))
-        elif options["head"] == "mlp":
-            hidden = int(options["hidden_dim"])
+        elif options.head == "mlp":
+            hidden = int(options.hidden_dim)
             self.head = nn.Sequential(  # per-tile fc6 (shared), then fc7 and fc8 on the concatenation
                 nn.Linear(dim, hidden // 2), nn.ReLU(inplace=True), nn.Flatten(),
                 nn.Linear(TILES * (hidden // 2), hidden), nn.ReLU(inplace=True), nn.Linear(hidden, n))
         else:
-            raise ConfigError(f"jigsaw: head must be 'linear' or 'mlp', got {options['head']!r}")
+            raise ConfigError(f"jigsaw: head must be 'linear' or 'mlp', got {options.head!r}")
 
     def puzzle_crop(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         """The (3, 3c, 3c) crop in [0, 1] the tiles are cut from."""

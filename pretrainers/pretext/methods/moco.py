@@ -57,18 +57,18 @@ class MoCo(PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        k, groups = options["queue_size"], options["shuffle_groups"]
+        k, groups = options.queue_size, options.shuffle_groups
         dim = self.embed_dim
-        self.head = ProjectionHead(dim, options["hidden_dim"] or dim, options["dim"], batch_norm=False)
+        self.head = ProjectionHead(dim, options.hidden_dim or dim, options.dim, batch_norm=False)
         self.key_trunk = copy.deepcopy(self.trunk)
         self.key_head = copy.deepcopy(self.head)
         for p in self.key_parameters():
             p.requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(k, options["dim"]), dim=1))
+        self.register_buffer("queue", F.normalize(torch.randn(k, options.dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.int64))
-        self.m, self.temperature, self.groups = float(options["momentum"]), float(options["temperature"]), groups
-        self.transform = contrastive_views(image_size, options["crop_scale"], jitter_strength=0.5,
-                                           blur_p=0.5 if options["blur"] else 0.0)
+        self.m, self.temperature, self.groups = float(options.momentum), float(options.temperature), groups
+        self.transform = contrastive_views(image_size, options.crop_scale, jitter_strength=0.5,
+                                           blur_p=0.5 if options.blur else 0.0)
         self._keys: torch.Tensor | None = None
 
     def query_parameters(self) -> list[nn.Parameter]:

@@ -50,14 +50,14 @@ class NAT(SizedState, PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        dim = options["target_dim"] or self.embed_dim
+        dim = options.target_dim or self.embed_dim
         self.head = nn.Linear(self.embed_dim, dim)
         self.register_buffer("targets", torch.zeros(0, dim))
         self.register_buffer("assignment", torch.zeros(0, dtype=torch.long))  # image -> target row
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("init_seed", torch.randint(0, 2**62, ()))
         self.transform = T.Compose([
-            T.RandomResizedCrop(image_size, scale=tuple(options["crop_scale"])), T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(image_size, scale=tuple(options.crop_scale)), T.RandomHorizontalFlip(),
             T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def epoch_start(self, epoch, plain_loader, device) -> None:

@@ -68,12 +68,12 @@ class PIRL(SizedState, PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        grid = options["grid"]
-        self.tile_size = int(image_size // grid * options["tile_fraction"])
+        grid = options.grid
+        self.tile_size = int(image_size // grid * options.tile_fraction)
         if self.tile_size < 1:
             raise ConfigError(f"pirl: image_size {image_size} is too small for a {grid}x{grid} grid")
         check_input_size(self, self.tile_size, "the tile size (image_size / grid x tile_fraction)")
-        dim = options["dim"]
+        dim = options.dim
         self.image_head = nn.Linear(self.embed_dim, dim)
         self.tile_head = nn.Linear(self.embed_dim, dim)
         self.jigsaw_head = nn.Linear(grid * grid * dim, dim)
@@ -82,11 +82,11 @@ class PIRL(SizedState, PretextMethod):
         self.register_buffer("init_seed", torch.randint(0, 2**62, ()))
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.image_transform = T.Compose([
-            T.RandomResizedCrop(image_size, scale=tuple(options["crop_scale"])), T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(image_size, scale=tuple(options.crop_scale)), T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(0.2),
             T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         self.jigsaw_transform = T.Compose([
-            T.RandomResizedCrop(image_size, scale=tuple(options["crop_scale"])), T.RandomHorizontalFlip(),
+            T.RandomResizedCrop(image_size, scale=tuple(options.crop_scale)), T.RandomHorizontalFlip(),
             T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def epoch_start(self, epoch, plain_loader, device) -> None:
@@ -139,7 +139,8 @@ class PIRL(SizedState, PretextMethod):
         plain = nce_loss(positives, f, negatives, temperature, n, z)
         lam = self.config.loss_lambda
         self._pending = (indices.detach(), f.detach())
-        return lam * jigsaw + (1 - lam) * plain, {"nce_jigsaw": float(jigsaw.detach()), "nce_image": float(plain.detach())}
+        metrics = {"nce_jigsaw": float(jigsaw.detach()), "nce_image": float(plain.detach())}
+        return lam * jigsaw + (1 - lam) * plain, metrics
 
     def after_step(self) -> None:
         if self._pending is not None:

@@ -71,12 +71,12 @@ class RelativePosition(PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        patch, gap, jitter = options["patch_size"], options["gap"], options["jitter"]
+        patch, gap, jitter = options.patch_size, options.gap, options.jitter
         if gap <= 2 * jitter:
             raise ConfigError(f"relative_position: gap ({gap}) must be larger than 2 x jitter ({jitter}) "
                               f"so that patches never touch")
         check_input_size(self, patch, "patch_size")
-        dim, hidden = self.embed_dim, options["hidden"]
+        dim, hidden = self.embed_dim, options.hidden
         self.head = nn.Sequential(
             nn.Linear(2 * dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),

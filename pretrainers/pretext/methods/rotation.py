@@ -44,11 +44,11 @@ class Rotation(PretextMethod):
     def __init__(self, trunk, arch, image_size, **options):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
-        head = options["head"]
+        head = options.head
         dim = self.embed_dim
         self.head = nn.Linear(dim, ROTATIONS) if head == "linear" else nn.Sequential(
             nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, ROTATIONS))
-        scale = tuple(options["crop_scale"])
+        scale = tuple(options.crop_scale)
         self.transform = T.Compose([
             T.RandomResizedCrop(image_size, scale=scale),
             T.RandomHorizontalFlip(),

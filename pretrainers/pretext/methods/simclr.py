@@ -83,10 +83,10 @@ class SimCLR(PretextMethod):
         super().__init__(trunk, arch, image_size, **options)
         options = self.config  # validated, with the declared defaults
         dim = self.embed_dim
-        self.projector = ProjectionHead(dim, options["hidden_dim"] or dim, options["proj_dim"])
-        self.temperature = float(options["temperature"])
-        self.transform = contrastive_views(image_size, options["crop_scale"], options["jitter_strength"],
-                                           grayscale_p=options["grayscale_p"], blur_p=0.5 if options["blur"] else 0.0)
+        self.projector = ProjectionHead(dim, options.hidden_dim or dim, options.proj_dim)
+        self.temperature = float(options.temperature)
+        self.transform = contrastive_views(image_size, options.crop_scale, options.jitter_strength,
+                                           grayscale_p=options.grayscale_p, blur_p=0.5 if options.blur else 0.0)
 
     def sample(self, image: Image.Image, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {"view1": self.augment(self.transform, image, generator),

@@ -15,7 +15,6 @@ from benchmark.svm.newton import (
     BlockKernel,
     DenseKernel,
     _Packing,
-    kernel_with_bias,
     lowrank_eig,
     projected_gradient_range,
     solve,
@@ -290,7 +289,8 @@ def test_costs_are_batched_while_rows_stay_active_or_within_the_ratio() -> None:
 
     y = torch.tensor([[1.0], [-1.0], [1.0]], dtype=torch.float64)
     train = torch.tensor([[True], [True], [False]])
-    f = torch.tensor([[0.005], [-0.01], [5.0]], dtype=torch.float64)  # largest training margin 0.01 (the untrained row does not count)
+    # largest training margin 0.01 (the untrained row does not count)
+    f = torch.tensor([[0.005], [-0.01], [5.0]], dtype=torch.float64)
     assert batch_costs([1.0, 2.0], y, None, train, None) == 1  # nothing to extrapolate from yet
     # previous cost 1: margins 0.01 C; 50 is within the ratio, 80 keeps every row active (0.8),
     # 120 does neither (margin 1.2, ratio 120 > 64)

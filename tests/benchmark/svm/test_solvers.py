@@ -89,7 +89,8 @@ def test_lowshot_places_same_shapes_and_choices_from_both_solvers(data) -> None:
         assert log.fits == 3 * len(COSTS) * 4  # every class x cost on the sample, and 3 CV folds
         out[name] = scores, aps, cv
     Y = np.where(y[:, None] == np.arange(3)[None, :], 1, -1)
-    assert np.array_equal(out["torch"][0], np.moveaxis(lowshot_sweep_torch(X, Y, X_test, COSTS, 3, device=CPU).scores, 1, 0))
+    swept = lowshot_sweep_torch(X, Y, X_test, COSTS, 3, device=CPU).scores
+    assert np.array_equal(out["torch"][0], np.moveaxis(swept, 1, 0))
     Z, Z_test = span_coordinates(X, X_test)
     per_class = [lowshot_places_class(c, Z, y, Z_test, val_labels, COSTS, 3, 0) for c in range(3)]
     assert np.array_equal(out["liblinear"][0], np.stack([r[0] for r in per_class]))

@@ -54,7 +54,8 @@ def train(tmp_path, iterations=14, torch_scheduler=False, crash_at=None, checkpo
         parts["scheduler"] = Part.scheduler(scheduler)
     loop = TrainingLoop(tmp_path / "checkpoint.pt", iterations=iterations, desc="tiny", optimizer=optimizer,
                         parts=parts, fingerprint=f"tiny {iterations} {torch_scheduler}", schedule=plan,
-                        scheduler=scheduler, checkpoint_every=checkpoint_every, epoch_length=EPOCH, save_every_epoch=True, tag="tiny")
+                        scheduler=scheduler, checkpoint_every=checkpoint_every, epoch_length=EPOCH,
+                        save_every_epoch=True, tag="tiny")
     torch.manual_seed(SEED)  # dropout's draws: part of the checkpointed RNG state
     state = loop.resume()
     if state is not None:

@@ -3,12 +3,12 @@
 
 import numpy as np
 import pytest
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 import torch
 from sklearn.linear_model import LogisticRegression
 
 from tasks.classification.logreg_solver import fit, fit_path, lam_of, predict
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def problem(seed, n=90, d=12, k=4):

@@ -188,7 +188,8 @@ suites:
     ids = [str(i) for i in saved["ids"]]
     lines = {}
     for image, label, score, (x1, y1, x2, y2) in zip(saved["images"], saved["labels"], saved["scores"], saved["boxes"]):
-        lines.setdefault(int(label) - 1, []).append(f"{ids[image]} {score:.3f} {x1 + 1:.1f} {y1 + 1:.1f} {x2:.1f} {y2:.1f}")
+        line = f"{ids[image]} {score:.3f} {x1 + 1:.1f} {y1 + 1:.1f} {x2:.1f} {y2:.1f}"
+        lines.setdefault(int(label) - 1, []).append(line)
     voc_dir = data / "VOCdevkit" / "VOC2007"
     test = DetectionData.from_voc([load_voc(data, "test")])
     ours, theirs = _compare(lines, ids, voc_dir, test)

@@ -39,7 +39,8 @@ def _build_tool():
 def _r50_c4_shapes() -> dict[str, tuple]:
     """detectron2's R50-C4 state dict shapes: the converted trunk plus the heads it adds (RPN on
     1024-channel res4 with 15 anchors, box predictor on 2048-d res5 features for 20 classes)."""
-    shapes = {k: v.shape for k, v in convert_to_detectron2(torchvision.models.resnet50(weights=None).state_dict()).items()}
+    converted = convert_to_detectron2(torchvision.models.resnet50(weights=None).state_dict())
+    shapes = {k: v.shape for k, v in converted.items()}
     heads = {"proposal_generator.rpn_head.conv.weight": (1024, 1024, 3, 3),
              "proposal_generator.rpn_head.conv.bias": (1024,),
              "proposal_generator.rpn_head.objectness_logits.weight": (15, 1024, 1, 1),

@@ -192,11 +192,13 @@ def test_task_option_errors(voc, tmp_path) -> None:
         return DetectionVOC07(**{**DetectionVOC07.options, **options})
 
     ctx = RunContext(run_dir=tmp_path, data_root=voc, cache=FeatureCache(tmp_path / "c"), device=CPU)
-    with pytest.raises(ConfigError, match=r"detection_voc07'\.proposals: 'edgeboxes' is not allowed; expected one of 'auto', 'selective_search', 'rpn', 'files'"):
+    with pytest.raises(ConfigError, match=r"detection_voc07'\.proposals: 'edgeboxes' is not allowed; expected one of "
+                                          r"'auto', 'selective_search', 'rpn', 'files'"):
         task(proposals="edgeboxes").check_data(ctx)
     with pytest.raises(ConfigError, match="proposal_files.voc07_trainval"):
         task(proposals="files").check_data(ctx)
-    with pytest.raises(ConfigError, match=r"detection_voc07'\.modes\[1\]: 'linear' is not allowed; expected one of 'frozen', 'finetune'"):
+    with pytest.raises(ConfigError, match=r"detection_voc07'\.modes\[1\]: 'linear' is not allowed; "
+                                          r"expected one of 'frozen', 'finetune'"):
         task(modes=["frozen", "linear"]).check_data(ctx)
     with pytest.raises(ConfigError, match="C4 structure"):
         task().units(get_architecture("alexnet"))
@@ -224,7 +226,8 @@ def _expected_detectron2_names(blocks=(3, 4, 6, 3)) -> set[str]:
             convs = ["conv1", "conv2", "conv3"] + (["shortcut"] if block == 0 else [])
             for conv in convs:
                 names.add(f"{prefix}.{block}.{conv}.weight")
-                names |= {f"{prefix}.{block}.{conv}.norm.{p}" for p in ("weight", "bias", "running_mean", "running_var")}
+                names |= {f"{prefix}.{block}.{conv}.norm.{p}"
+                          for p in ("weight", "bias", "running_mean", "running_var")}
     return names
 
 
@@ -312,7 +315,8 @@ def test_task_end_to_end_with_rpn_proposals_and_a_proposal_file(voc, tmp_path) -
     files = sorted((tmp_path / "cache" / "proposals").glob("rpn-*.pkl"))
     assert len(files) == 2
     # a rerun reads the proposals and the finished checkpoint: same rows, no training
-    again = DetectionVOC07(**{**DetectionVOC07.options, **options, "evaluate_untrained": False}).run(ctx, model, "frozen")
+    rerun = DetectionVOC07(**{**DetectionVOC07.options, **options, "evaluate_untrained": False})
+    again = rerun.run(ctx, model, "frozen")
     assert [r["value"] for r in again] == [r["value"] for r in rows + checks if r["metric"] != "mAP_untrained_head"]
     # the generated proposals as Detectron files: the same numbers through proposals: files
     from tasks.detection.proposals import read_proposals

@@ -102,7 +102,8 @@ def test_reference_schedule_scaled_to_batch_32() -> None:
                           (640_000, 1.25e-5), (960_000, 1.25e-6), (1_119_999, 1.25e-6)):
         assert s.lr_at(iteration) == pytest.approx(lr, rel=1e-9), iteration
     full = resolve_schedule("reference", "resnet50", num_train=2_448_873)
-    assert (full.iterations, full.milestones, full.lr, full.batch_size) == (140_000, (40_000, 80_000, 120_000), 0.01, 256)
+    assert (full.iterations, full.milestones, full.lr, full.batch_size) == (
+        140_000, (40_000, 80_000, 120_000), 0.01, 256)
     assert round(full.epochs, 1) == 14.6  # 140k x 256 / 2.45M images
     assert resolve_schedule("reference", "alexnet", num_train=1000, batch_size=32).weight_decay == 5e-4
 
@@ -215,7 +216,8 @@ def test_one_pass_equals_each_head_trained_alone(tmp_path) -> None:
 
     schedule = setup.schedule
     data = SeededAugmentation(train, setup.seed)
-    batches = [[data[key] for key in keys] for keys in ResumableBatches(len(train), schedule.batch_size, schedule.iterations, 0, setup.seed)]
+    order = ResumableBatches(len(train), schedule.batch_size, schedule.iterations, 0, setup.seed)
+    batches = [[data[key] for key in keys] for keys in order]
     for layer in layers:
         head = MultiHead.build(trunk, [layer], 4, 32, seed=setup.seed).heads[layer]
         optimizer = torch.optim.SGD([{"params": [head.fc.weight], "weight_decay": schedule.weight_decay},

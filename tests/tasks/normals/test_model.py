@@ -71,7 +71,8 @@ def test_normals_net_shapes_and_trainable_parts() -> None:
     out = net(torch.randn(2, 3, 40, 56))
     assert out.shape == (2, 40, 40, 56)
     assert not any(p.requires_grad for p in net.frozen.parameters())
-    assert all(p.requires_grad for p in net.res5.parameters()) and all(p.requires_grad for p in net.decoder.parameters())
+    assert all(p.requires_grad for p in net.res5.parameters())
+    assert all(p.requires_grad for p in net.decoder.parameters())
     net.train()
     assert not net.frozen.training and not net.res5.training and net.decoder.training
     assert not any(k.startswith("frozen.") for k in net.trainable_state())

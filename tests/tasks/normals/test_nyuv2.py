@@ -26,7 +26,8 @@ def task(**options):
 
 def test_schedules() -> None:
     reference = resolve_schedule(task().config)
-    assert (reference.iterations, reference.batch_size, reference.base_lr, reference.weight_decay) == (10_000, 16, 0.02, 1e-4)
+    assert (reference.iterations, reference.batch_size, reference.base_lr, reference.weight_decay) == (
+        10_000, 16, 0.02, 1e-4)
     assert reference.lr_at(0) == 0.02 and reference.lr_at(5_000) == pytest.approx(0.02 * 0.5 ** 0.9)
     custom = resolve_schedule(task(schedule="custom", iterations=80, batch_size=8).config)
     assert (custom.iterations, custom.batch_size, custom.base_lr) == (80, 8, 0.02)
@@ -41,7 +42,8 @@ def test_schedules() -> None:
 @pytest.mark.parametrize("options, message", [
     ({"head": "classes"}, r"\.head: 'classes' is not allowed; expected one of 'codebook', 'regression'"),
     ({"normals": "ladicky"}, r"\.normals: 'ladicky' is not allowed; expected one of 'file', 'depth'"),
-    ({"train_short_side": [600, 300]}, r"\.train_short_side: \[600, 300\] is not allowed; expected \[low, high\] with low <= high"),
+    ({"train_short_side": [600, 300]},
+     r"\.train_short_side: \[600, 300\] is not allowed; expected \[low, high\] with low <= high"),
     ({"depth_window": 4}, r"\.depth_window: 4 is not allowed; expected an odd integer >= 3"),
     ({"codebook_size": 0}, r"\.codebook_size: 0 is not allowed; expected an integer >= 1"),
 ])
@@ -93,7 +95,8 @@ def test_cli_end_to_end(tmp_path, capsys) -> None:
                 codebook_samples: 2000
                 checkpoint_every: 2
     """))
-    args = ["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs"), "--data-root", str(data)]
+    args = ["run", "--suite", "tiny", "--config", str(config), "--out", str(tmp_path / "runs"),
+            "--data-root", str(data)]
     assert main(args) == 0
     results = pd.read_csv(tmp_path / "runs" / "tiny" / "results.csv")
     baseline = results[results["evaluation"] == "mean_normal_baseline"]

@@ -39,13 +39,14 @@ class ClassificationTask:
     """Mixin: the dataset of the task's options, its cached features, and its rows' provenance."""
 
     dataset = "classification"
+    multi_label = False  # whether the task scores multi-label data (VOC2007): one binary classifier per class
 
     def data(self, ctx: RunContext) -> ClassificationData:
         c = self.config
         return load_classification(ctx.data_root, c.dataset, layout=c.layout, train_split=c.train_split,
                                    val_split=c.val_split, test_split=c.test_split,
                                    val_fraction=c.val_fraction, val_seed=c.val_seed,
-                                   follow_symlinks=c.follow_symlinks)
+                                   follow_symlinks=c.follow_symlinks, multi_label=self.multi_label)
 
     def layers(self, arch: Architecture) -> list[str]:
         return resolve_layers(self.name, self.config.layers, arch)

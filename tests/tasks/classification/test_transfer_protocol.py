@@ -153,3 +153,75 @@ def test_linear_probe_reports_mean_per_class(run):
     _, y_test = part(run, "test")
     assert float(df.loc["mean_per_class", "value"]) == pytest.approx(mine.value())
     assert np.array_equal(mine.classes, y_test)
+
+
+VOC_SUITE = """
+suites:
+  voc:
+    data_root: {data}
+    num_workers: 0
+    batch_size: 32
+    models:
+      random:
+        pretrainer: random
+        arch: resnet18
+    tasks:
+      logreg:
+        dataset: voc2007
+        layout: voc2007
+        layers: [pool5]
+        image_size: 32
+        costs: [0.1, 10.0, 1000.0]  # apart enough for the near-separable fits to rank alike (see the test)
+        refit: true
+        few_shot: [2]
+        tol: 1.0e-9  # the oracle's precision: at C = 1000 a looser fit swaps two test images' ranks
+        max_iter: 5000
+"""
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    from benchmark.datasets.synth_voc import synth_voc07
+
+    root = tmp_path_factory.mktemp("transfer_voc")
+    synth_voc07(root / "data" / "voc2007", n_images=160, seed=3, min_side=40, max_side=56)  # every class in each split
+    config = root / "bench.yaml"
+    config.write_text(textwrap.dedent(VOC_SUITE).format(data=root / "data"))
+    out = root / "runs"
+    assert main(["run", "--suite", "voc", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
+    feats = {}
+    for meta in (out / "feature-cache").rglob("*.json"):
+        m = json.loads(meta.read_text())
+        feats[m["split"], m["layer"]] = np.load(meta.with_suffix(".npy")).astype(np.float64)
+    data = load_classification(root / "data", "voc2007", layout="voc2007", multi_label=True)
+    return SimpleNamespace(df=ResultStore(out / "voc").load(), feats=feats, data=data)
+
+
+def test_logreg_voc2007_one_vs_rest_choice_on_val_and_refit_equal_sklearn(voc_run):
+    from benchmark.metrics import eleven_point_map
+
+    run = voc_run
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    (Xtr, Ltr), (Xva, Lva), (Xte, Lte) = ((norm(f), y) for f, y in (part(run, w) for w in ("train", "val", "test")))
+    assert Ltr.shape[1] == 20 and (Lte == -1).any()  # difficult-only entries are in the test ranking's labels
+
+    def scores(X, L, C, Xq):  # per class: scikit-learn's binary LogisticRegression at C
+        return np.stack([LogisticRegression(C=C, tol=1e-10, max_iter=20000).fit(X, L[:, k] == 1).decision_function(Xq)
+                         for k in range(L.shape[1])], axis=1)
+
+    # three costs, not the 45 of costs: kornblith: at C >= 1e5 random features are nearly separable
+    # and two solvers' huge-norm solutions, each within its tolerance, rank a few images differently
+    val = {C: 100 * eleven_point_map(Lva, scores(Xtr, Ltr, C, Xva)) for C in (0.1, 10.0, 1000.0)}
+    chosen = max(val, key=lambda C: (round(val[C], 6), -C))  # one C for all classes, smaller C on ties
+    test = scores(np.vstack([Xtr, Xva]), np.vstack([Ltr, Lva]), chosen, Xte)
+    df = run.df[run.df.task == "logreg"]
+    row = df[df.metric == "voc07_11point_map"].iloc[0]
+    assert float(row["cost"]) == pytest.approx(chosen)
+    assert float(row["value"]) == pytest.approx(100 * eleven_point_map(Lte, test), abs=1e-6)
+    assert row["refit"] == "train+val" and row["transfer_column"] == "logreg pool5 protocol metric"
+    per_cost = df[df.metric == "val_voc07_11point_map"]
+    for C in val:
+        assert float(per_cost[np.isclose(per_cost.cost.astype(float), C)]["value"].iloc[0]) == pytest.approx(val[C])
+    aps = df[df.metric == "ap11"]
+    assert len(aps) == 20 and float(aps["value"].astype(float).mean()) == pytest.approx(float(row["value"]))
+    assert (df[df.metric == "skipped"]["k"].astype(float) == 2).all()  # few-shot is not defined on multi-label

@@ -100,6 +100,13 @@ class LogReg(ClassificationTask, Task):
     def units(self, arch: Architecture) -> list[str]:
         return self.layers(arch)
 
+    def cost_list_text(self) -> str:
+        """The rows' ``cost_list``: the values, or a named list's name and range (45 values read badly)."""
+        name, values = self.cost_list()
+        if name == "custom":
+            return ",".join(f"{v:g}" for v in sorted(values))
+        return f"{name}: {len(values)} log-spaced C, {min(values):g} .. {max(values):g}"
+
     def cost_list(self) -> tuple[str, list[float]]:
         """(name of the cost list: 'kornblith' or 'custom', its C values)."""
         costs = self.config.costs
@@ -138,7 +145,7 @@ class LogReg(ClassificationTask, Task):
         y_train = torch.as_tensor(data.train.labels, device=device)
         y_val = torch.as_tensor(data.val.labels, device=device)
         K = data.num_classes
-        list_name, cost_values = self.cost_list()
+        list_name = self.cost_list()[0]
         headline = headline_metric(data)
         select = headline if c.select_by == "protocol_metric" else "top1"
         selection = SELECTION if select == "top1" else f"C by {select} on val"
@@ -150,7 +157,7 @@ class LogReg(ClassificationTask, Task):
         if not c.l2_normalise:
             extra["l2_normalise"] = False
         common = {**self.common_row(model, data, layer), "feature_dim": int(X_train.shape[1]),
-                  "cost_list": ",".join(f"{v:g}" for v in sorted(cost_values)), "cost_selection": selection,
+                  "cost_list": self.cost_list_text(), "cost_selection": selection,
                   "selection": f"C on val ({data.val.description}); test evaluated once, on the chosen C",
                   "solver": "torch-lbfgs", "logreg_device": str(device), **extra}
         rows = []
@@ -209,7 +216,10 @@ class LogReg(ClassificationTask, Task):
             best = torch.argmax(val, dim=1)  # per draw
             chosen = torch.stack([thetas[int(b)][d] for d, b in enumerate(best)])
             top1, top5, _ = test_scores(chosen)
-            base = {**common, "fits": len(costs) * len(draws), "not_converged": not_converged, STEP_COLUMN: test_step,
+            # few-shot: C by top-1 on val per draw, never refit, whatever select_by and refit say
+            few = {k: v for k, v in common.items() if k != "select_by"}
+            base = {**few, "cost_selection": SELECTION, "fits": len(costs) * len(draws), "not_converged": not_converged,
+                    STEP_COLUMN: test_step,
                     "training_images": f"{shots} per class from {data.train.description}, seed {ctx.seed}"}
             for metric, values in (("top1", top1), ("top5", top5)):
                 part = draw_rows(base, shots, metric, values.tolist())
@@ -262,7 +272,7 @@ class LogReg(ClassificationTask, Task):
         if not c.l2_normalise:
             extra["l2_normalise"] = False
         common = {**self.common_row(model, data, layer), "feature_dim": int(X_train.shape[1]),
-                  "cost_list": ",".join(f"{v:g}" for v in sorted(cost_values)),
+                  "cost_list": self.cost_list_text(),
                   "cost_selection": f"one C for all classes by {MAP11} on val", "solver": "torch-lbfgs",
                   "classifier": "one-vs-rest binary logistic regression", "logreg_device": str(device), **extra}
         base = {**common, "cost": costs[best], f"val_{MAP11}": val_map[best], "fits": len(costs) * len(targets[0]),

@@ -249,6 +249,11 @@ class LogReg(ClassificationTask, Task):
         """One binary logistic regression per class, batched (the classes as problems on shared
         features); one C for all classes, chosen on val by 11-point mAP; optionally refit on train + val."""
         c = self.config
+        skipped = [{**self.common_row(model, data, layer), "k": shots, "metric": "skipped", "value": float("nan"),
+                    "note": "few-shot draws are per class of single-label data; not defined on multi-label"}
+                   for shots in c.few_shot]
+        if not c.full_data:
+            return skipped
         X_train = prepare(load_part(features, data.train, layer))
         X_val = prepare(load_part(features, data.val, layer))
         # (classes, n) binary targets: present -> 1; absent and difficult-only -> 0
@@ -296,7 +301,4 @@ class LogReg(ClassificationTask, Task):
             rows.append({**base, "metric": "ap11", "class": name, "value": 100.0 * ap})
         rows += [{**common, "metric": f"val_{MAP11}", "evaluation": f"C={cost:g}", "cost": cost, "value": v}
                  for cost, v in zip(costs, val_map)]
-        for shots in c.few_shot:
-            rows.append({**common, "k": shots, "metric": "skipped", "value": float("nan"),
-                         "note": "few-shot draws are per class of single-label data; not defined on multi-label"})
-        return rows
+        return rows + skipped

@@ -18,7 +18,7 @@ from benchmark.datasets.classification import load_classification
 from benchmark.datasets.synth_transfer import synth_transfer
 from benchmark.results import ResultStore
 from benchmark.row_schema import OUTCOMES
-from tasks.classification.common import mean_per_class_row
+from tasks.classification.common import headline_metric, mean_per_class_row, transfer_column
 from tasks.classification.logreg import KORNBLITH_COSTS, KORNBLITH_WEIGHT_DECAYS
 
 SUITE = """
@@ -92,6 +92,18 @@ def test_mean_per_class_row_equals_balanced_accuracy():
     assert row["value"] != pytest.approx(100 * correct.mean())
     assert row["metric"] == "mean_per_class" and "metric_step" not in row and row["transfer_column"] == "t"
     assert row[OUTCOMES].statistic == "mean_per_class" and np.array_equal(row[OUTCOMES].classes, labels)
+
+
+def test_transfer_column_on_the_protocol_metric_row_and_top1_elsewhere():
+    plain = SimpleNamespace(protocol={})  # an ImageFolder/CSV dataset: as before
+    pets = SimpleNamespace(protocol={"protocol_metric": "mean_per_class_accuracy"})
+    food = SimpleNamespace(protocol={"protocol_metric": "top1"})
+    assert headline_metric(plain) == headline_metric(food) == "top1" and headline_metric(pets) == "mean_per_class"
+    assert transfer_column(plain, "knn pool5 20-NN", "top1") == "knn pool5 20-NN top1"
+    assert transfer_column(plain, "knn pool5 20-NN", "top5") == ""
+    assert transfer_column(food, "knn pool5 20-NN", "top1") == "knn pool5 20-NN protocol metric"
+    assert transfer_column(pets, "knn pool5 20-NN", "top1") == ""
+    assert transfer_column(pets, "knn pool5 20-NN", "mean_per_class") == "knn pool5 20-NN protocol metric"
 
 
 def test_kornblith_costs_are_inverse_weight_decays():

@@ -15,7 +15,7 @@ features, as Ericsson et al.'s implementation of the protocol does.
 
 Multi-label data (VOC2007 of the transfer protocol): one binary L2 logistic regression per class
 (one-vs-rest; present = positive, absent or difficult-only = negative, as the VOC07 SVMs), solved
-as 2-class problems (see ``BINARY``), one C for every class chosen on validation by the VOC2007
+as 2-class multinomial problems (see ``BINARY_C_FACTOR``), one C for every class chosen on validation by the VOC2007
 11-point mAP (``benchmark.metrics.eleven_point_map``), refit on train + val with ``refit: true``,
 scored on test by the 11-point mAP (difficult-only images left out of that class's ranking).
 
@@ -54,11 +54,14 @@ SELECTION = "C by top-1 on val"
 KORNBLITH_WEIGHT_DECAYS = [float(v) for v in np.logspace(-6, 5, 45)]
 KORNBLITH_COSTS = [1.0 / wd for wd in KORNBLITH_WEIGHT_DECAYS]
 COST_LISTS = {"kornblith": KORNBLITH_COSTS}
-# A binary problem solved as a 2-class multinomial one: with logits (z0, z1) and penalty
-# 0.5 (||w0||^2 + ||w1||^2), the optimum has w0 = -w1, so the objective is that of the binary
-# logistic regression of w = w1 - w0 with penalty 0.25 ||w||^2: 2-class at C/2 = binary at C
-# (scikit-learn's binary LogisticRegression(C)), and z1 - z0 is its decision function.
-BINARY = 0.5
+# Each class of multi-label data is a 2-class MULTINOMIAL problem at C (logits z0, z1, penalty
+# 0.5 (||w0||^2 + ||w1||^2)), as Ericsson et al.'s implementation fits it: scikit-learn's
+# LogisticRegression(multi_class='multinomial', C) on binary labels fitted the 2-class softmax (and
+# kept w1) in the versions of the time (sklearn/linear_model/logistic.py, _logistic_regression_path:
+# "if classes.size == 2: multi_w0 = multi_w0[1][np.newaxis, :]"). At the optimum w0 = -w1, so it is
+# the binary logistic regression of w = w1 - w0 with penalty 0.25 ||w||^2: scikit-learn's binary
+# LogisticRegression(C=2 C) (today's behaviour for binary labels), with decision function z1 - z0.
+BINARY_C_FACTOR = 2.0  # the binary LogisticRegression's C equal to the 2-class multinomial problem at C
 MAP11 = "voc07_11point_map"
 
 
@@ -266,9 +269,8 @@ class LogReg(ClassificationTask, Task):
             return (logits[..., 1] - logits[..., 0]).T.cpu().numpy()
 
         costs, val_map, thetas, not_converged = [], [], [], 0
-        for half, theta, info in fit_path(X_train, targets[0], 2, [BINARY * v for v in cost_values],
-                                          tol=c.tol, max_iter=c.max_iter):
-            costs.append(half / BINARY)
+        for cost, theta, info in fit_path(X_train, targets[0], 2, cost_values, tol=c.tol, max_iter=c.max_iter):
+            costs.append(cost)
             val_map.append(100.0 * eleven_point_map(data.val.labels, decision(theta, X_val)))
             thetas.append(theta)
             not_converged += int((~info.converged).sum())
@@ -287,7 +289,7 @@ class LogReg(ClassificationTask, Task):
         if c.refit:
             X = torch.cat([X_train, X_val])
             y = torch.cat(targets, dim=1)
-            theta, info = fit(X, y, 2, lam_of(BINARY * costs[best], y.shape[1]), theta0=theta, tol=c.tol,
+            theta, info = fit(X, y, 2, lam_of(costs[best], y.shape[1]), theta0=theta, tol=c.tol,
                               max_iter=c.max_iter)
             base = {**base, "refit": "train+val", "n_refit": int(y.shape[1]), "fits": base["fits"] + len(y),
                     "not_converged": not_converged + int((~info.converged).sum()),

@@ -15,9 +15,10 @@ features, as Ericsson et al.'s implementation of the protocol does.
 
 Multi-label data (VOC2007 of the transfer protocol): one binary L2 logistic regression per class
 (one-vs-rest; present = positive, absent or difficult-only = negative, as the VOC07 SVMs), solved
-as 2-class multinomial problems (see ``BINARY_C_FACTOR``), one C for every class chosen on validation by the VOC2007
-11-point mAP (``benchmark.metrics.eleven_point_map``), refit on train + val with ``refit: true``,
-scored on test by the 11-point mAP (difficult-only images left out of that class's ranking).
+as 2-class multinomial problems (see ``BINARY_C_FACTOR``), one C for every class chosen on
+validation by the VOC2007 11-point mAP (``benchmark.metrics.eleven_point_map``), refit on
+train + val with ``refit: true``, scored on test by the 11-point mAP (difficult-only images left
+out of that class's ranking).
 
 ``few_shot: [n, ...]``: n images per class drawn from the training part (``draws`` seeded draws,
 disjoint from validation and test by construction); the draws of one n are solved together as one

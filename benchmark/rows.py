@@ -10,7 +10,9 @@ import pandas as pd
 from .paths import atomic_output
 
 # normals: angular errors in degrees (lower is better) and the share of pixels within 11.25 degrees
-HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25")
+# transfer protocol (benchmark.datasets.transfer.METRICS): mean per-class accuracy, VOC2007 11-point mAP
+HEADLINE_METRICS = ("mAP", "top1", "mAP_mean", "top1_mean", "mean_error", "median_error", "within_11.25",
+                    "mean_per_class", "voc07_11point_map")
 LOWER_IS_BETTER = ("mean_error", "median_error")
 
 

@@ -196,3 +196,21 @@ def test_cli_lists_the_published_sets(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert set(lines) == set(available())
     assert f"{len(load_published('pirl2020')):4d} rows" in lines["pirl2020"]
+
+
+def test_simclr_table8_rows_as_printed():
+    from benchmark.datasets.transfer import METRICS
+
+    rows = load_published("simclr2020")
+    assert len(rows) == 5 * 12 and (rows["table"] == "8").all()
+    assert (rows["url"] == "https://arxiv.org/abs/2002.05709").all() and (rows["arch"] == "resnet50x4").all()
+    # the metric of each row is the protocol's metric of its dataset, in the rows' metric names
+    names = {"top1": "top1", "mean_per_class_accuracy": "mean_per_class", "voc07_11point_map": "voc07_11point_map"}
+    assert all(m == names[METRICS[d]] for m, d in zip(rows["metric"], rows["train_set"]))
+    cell = rows.set_index(["model", "task", "train_set"])["value"]
+    # typed by hand from the seed tables' copy of Table 8 (one value per printed row, and the corners)
+    assert cell["simclr", "logreg", "food101"] == 76.9 and cell["simclr", "logreg", "flowers102"] == 95.0
+    assert cell["supervised", "logreg", "birdsnap"] == 56.4 and cell["supervised", "logreg", "voc2007"] == 83.8
+    assert cell["simclr", "finetune", "stanford_cars"] == 92.1
+    assert cell["supervised", "finetune", "fgvc_aircraft"] == 88.0
+    assert cell["random_init", "finetune", "caltech101"] == 72.5 and cell["random_init", "finetune", "dtd"] == 64.1

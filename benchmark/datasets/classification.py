@@ -179,9 +179,9 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
                              follow_symlinks=follow_symlinks)
         if data.protocol.get("multi_label") and not multi_label:
             # refused here, at the run's checks, rather than deep inside a single-label classifier
-            raise DatasetError(f"{root} ({layout}) is multi-label (several classes per image); the single-label "
-                               f"classification tasks cannot score it: evaluate VOC2007 with voc07_svm, or with an "
-                               f"evaluator that fits one binary classifier per class (docs/tasks/transfer.md)")
+            raise DatasetError(f"{root} ({layout}) is multi-label (several classes per image); knn and "
+                               f"linear_probe cannot score it: evaluate VOC2007 with voc07_svm, or with logreg, "
+                               f"which fits one binary classifier per class (docs/tasks/transfer.md)")
         return data
     train = load_split(root, train_split, layout, follow_symlinks=follow_symlinks)
     if len(train.class_names) < 2:

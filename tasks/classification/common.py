@@ -10,6 +10,8 @@ from benchmark.datasets.classification import LAYOUTS, ClassificationData, Split
 from benchmark.engine import LoadedModel, RunContext
 from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Device, Float, Int, ListOf, Name
+from benchmark.row_schema import OUTCOMES, STEP_COLUMN
+from benchmark.significance import Outcomes
 
 from ..common import IMAGE_SIZE, LAYERS, aggregate, resolve_layers, split_features, split_needs
 
@@ -37,13 +39,14 @@ class ClassificationTask:
     """Mixin: the dataset of the task's options, its cached features, and its rows' provenance."""
 
     dataset = "classification"
+    multi_label = False  # whether the task scores multi-label data (VOC2007): one binary classifier per class
 
     def data(self, ctx: RunContext) -> ClassificationData:
         c = self.config
         return load_classification(ctx.data_root, c.dataset, layout=c.layout, train_split=c.train_split,
                                    val_split=c.val_split, test_split=c.test_split,
                                    val_fraction=c.val_fraction, val_seed=c.val_seed,
-                                   follow_symlinks=c.follow_symlinks)
+                                   follow_symlinks=c.follow_symlinks, multi_label=self.multi_label)
 
     def layers(self, arch: Architecture) -> list[str]:
         return resolve_layers(self.name, self.config.layers, arch)
@@ -70,6 +73,37 @@ class ClassificationTask:
     def common_row(self, model: LoadedModel, data: ClassificationData, layer: str) -> dict:
         return {**data.provenance(), "layer": layer,
                 "image_size": self.config.image_size or model.arch.reference_input_size}
+
+
+# the per-dataset metric of the transfer protocol (benchmark.datasets.transfer.METRICS) as a row metric
+MEAN_PER_CLASS = "mean_per_class"
+
+
+def headline_metric(data: ClassificationData) -> str:
+    """The row metric the protocol compares on ``data``: ``mean_per_class`` where the transfer
+    protocol reports mean per-class accuracy (Aircraft, Pets, Caltech-101, Flowers), else ``top1``."""
+    return MEAN_PER_CLASS if data.protocol.get("protocol_metric") == "mean_per_class_accuracy" else "top1"
+
+
+def transfer_column(data: ClassificationData, stem: str, metric: str) -> str:
+    """The across-datasets column (``benchmark.report_datasets``) of a row of ``metric``, or "". On a
+    transfer dataset it is the row of the protocol's metric (``headline_metric``), named "STEM
+    protocol metric" so that the twelve datasets make one table (SimCLR's Table 8); elsewhere the
+    top-1 row, named "STEM top1" as before."""
+    if metric != headline_metric(data):
+        return ""
+    return f"{stem} protocol metric" if "protocol_metric" in data.protocol else f"{stem} top1"
+
+
+def mean_per_class_row(base: dict, correct: np.ndarray, labels: np.ndarray, transfer_column: str = "") -> dict:
+    """The ``mean_per_class`` row (percent: the mean over the test classes of each class's top-1, as
+    scikit-learn's ``balanced_accuracy_score``) with its per-image outcomes for the significance marks.
+    No ``metric_step``: one image moves it by 100 / (classes x that class's images), not one step."""
+    outcomes = Outcomes(MEAN_PER_CLASS, np.asarray(correct, dtype=np.float64).reshape(-1),
+                        classes=np.asarray(labels).reshape(-1))
+    row = {k: v for k, v in base.items() if k != STEP_COLUMN}
+    return {**row, "metric": MEAN_PER_CLASS, "value": float(outcomes.value()), OUTCOMES: outcomes,
+            "transfer_column": transfer_column}
 
 
 def part_rows(features: dict, part: SplitPart, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,8 @@ from benchmark.provenance import resolve_device
 from benchmark.row_schema import OUTCOMES, STEP_COLUMN
 from benchmark.significance import Outcomes
 
-from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, FEW_SHOT, ClassificationTask, draw_rows,
-                     few_shot_draw, part_rows)
+from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, FEW_SHOT, MEAN_PER_CLASS, ClassificationTask, draw_rows,
+                     few_shot_draw, headline_metric, mean_per_class_row, part_rows, transfer_column)
 from .knn_classifier import DINO_K, DINO_T, knn_classify
 
 NAME = "knn"
@@ -64,6 +64,7 @@ class KNN(ClassificationTask, Task):
                   "evaluated_on": data.test.description, "knn_device": str(device),
                   STEP_COLUMN: 100.0 / len(test_rows)}  # top-1 and top-5 count test images
         rows = []
+        headline = headline_metric(data)  # the protocol's metric of a transfer dataset: top1 elsewhere
         scores_by_k, correct_by_k = classify(np.arange(len(bank_rows)), with_outcomes=True)
         for k, scores in scores_by_k.items():
             for metric, value in scores.items():
@@ -71,7 +72,11 @@ class KNN(ClassificationTask, Task):
                 rows.append({**common, "evaluation": f"{k}-NN", "neighbours": k, "metric": metric, "value": value,
                              "bank": data.train.description, **outcomes,
                              # the leaderboard's across-datasets tables (benchmark.report_datasets)
-                             "transfer_column": f"{NAME} {layer} {k}-NN top1" if metric == "top1" else ""})
+                             "transfer_column": transfer_column(data, f"{NAME} {layer} {k}-NN", metric)})
+            if headline == MEAN_PER_CLASS:
+                rows.append(mean_per_class_row(
+                    {**common, "evaluation": f"{k}-NN", "neighbours": k, "bank": data.train.description},
+                    correct_by_k[k], data.test.labels, transfer_column(data, f"{NAME} {layer} {k}-NN", MEAN_PER_CLASS)))
         for shots in c.few_shot:
             per_draw = {}
             for draw in range(c.draws):

@@ -39,7 +39,8 @@ from benchmark.paths import inside
 from benchmark.paths import atomic_write
 from benchmark.training import Schedule, atomic_torch_save, derived_seed, epoch_order
 
-from .common import DATA_OPTIONS, ClassificationTask, load_part
+from .common import (DATA_OPTIONS, MEAN_PER_CLASS, ClassificationTask, headline_metric, load_part,
+                     mean_per_class_row, transfer_column)
 from .logreg_solver import small_problem_threads
 
 NAME = "linear_probe"
@@ -169,14 +170,15 @@ class LinearProbe(ClassificationTask, Task):
 
         final = curves[curves.epoch == c.epochs].reset_index(drop=True)  # grid order: layer, pooling, lr
 
-        def evaluate(row) -> tuple[float, float]:
+        def evaluate(row) -> tuple[float, float, torch.Tensor]:
             heads = grids[row.layer, row.pooling]
             h = lrs.index(row.lr)
             test = torch.from_numpy(load_part(features, data.test, row.layer))  # read only for the chosen head
             x = pooled(test, model.arch.pools[row.layer].grid, row.pooling)
             logits = heads.logits(x)[h:h + 1]
             y_test = torch.as_tensor(data.test.labels)
-            return float(_topk(logits, y_test, 1)[0]), float(_topk(logits, y_test, 5)[0])
+            correct = (logits[0].argmax(-1) == y_test).double().numpy()  # per image (ties: the lower class)
+            return float(_topk(logits, y_test, 1)[0]), float(_topk(logits, y_test, 5)[0]), correct
 
         common = {**data.provenance(), "image_size": c.image_size or model.arch.reference_input_size,
                   "epochs": c.epochs, "batch_size": batch, "heads": len(final), "cost_selection": "val",
@@ -185,14 +187,18 @@ class LinearProbe(ClassificationTask, Task):
         rows = []
         for scope, candidates in [("all", final)] + [(layer, final[final.layer == layer]) for layer in layers]:
             best = candidates.loc[candidates["val_top1"].idxmax()]  # first maximum in grid order
-            top1, top5 = evaluate(best)
+            top1, top5, correct = evaluate(best)
             base = {**common, "layer": scope, "selected_layer": best.layer, "selected_pooling": best.pooling,
                     "selected_lr": best.lr, "val_top1": best.val_top1,
                     "selection": SELECTION if scope == "all" else SELECTION.replace("lr x layer x pooling",
                                                                                       f"lr x pooling of {scope}")}
             rows += [{**base, "metric": "top1", "value": top1,
-                      "transfer_column": f"{NAME} best head top1" if scope == "all" else ""},
+                      "transfer_column": transfer_column(data, f"{NAME} best head", "top1") if scope == "all" else ""},
                      {**base, "metric": "top5", "value": top5}]
+            if headline_metric(data) == MEAN_PER_CLASS:  # the transfer protocol's metric of this dataset
+                rows.append(mean_per_class_row(base, correct, data.test.labels,
+                                               transfer_column(data, f"{NAME} best head", MEAN_PER_CLASS)
+                                               if scope == "all" else ""))
         for r in final.itertuples():
             rows.append({**common, "layer": r.layer, "metric": "val_top1", "evaluation": f"lr={r.lr:g} {r.pooling}",
                          "lr": r.lr, "pooling": r.pooling, "diverged": r.diverged, "value": r.val_top1})

@@ -314,6 +314,8 @@ class Finetune(Task):
         "label_list": Str(None),  # file of image names (relative: to the data root)
         "label_seed": Int(0, min=0),
         "layer_decay": Float(None, min=0, max=1, min_open=True),  # ViTs only; None: no decay
+        # the layer the classifier reads, with its protocol pooling; None: pool5 (ResNets), the last block (ViTs)
+        "layer": Str(None),
         "checkpoint_every": Int(500, min=1),
         "num_workers": Int(None, min=0),  # DataLoader workers; None = the suite's num_workers
     })
@@ -362,7 +364,19 @@ class Finetune(Task):
     def grid(self) -> list[tuple[str, float, float]]:
         return [(grid_unit(lr, wd), lr, wd) for lr in self.config.learning_rates for wd in self.config.weight_decays]
 
+    def layer(self, arch: Architecture) -> str:
+        """The classifier's input: the ``layer`` option, else the deepest layer that is one layer's output
+        (a ViT's ``lastN_cls`` concatenates several blocks: its last block is used instead)."""
+        if self.config.layer is not None:
+            if self.config.layer not in arch.layers:
+                raise ConfigError(f"{self.name}: layer {self.config.layer!r} is not a layer of {arch.name}; its layers "
+                                  f"are {list(arch.layers)}")
+            return self.config.layer
+        blocks = [layer for layer in arch.layers if layer.startswith("block")]
+        return blocks[-1] if blocks else arch.layers[-1]
+
     def units(self, arch: Architecture) -> list[str]:
+        self.layer(arch)
         if self.config.layer_decay is not None and not arch.name.startswith("timm/"):
             raise ConfigError(f"{self.name}: layer_decay is for ViTs (timm/...); {arch.name} has no blocks to decay "
                               f"over: remove layer_decay")
@@ -392,7 +406,8 @@ class Finetune(Task):
         return {"weights": model.weights, "arch": model.arch.name, "seed": ctx.seed,
                 "image_size": c.image_size or model.arch.reference_input_size, "steps": c.steps,
                 "batch_size": c.batch_size, "lr_schedule": c.lr_schedule, "crop_scale": list(c.crop_scale),
-                "layer_decay": c.layer_decay, "train": _identity([train]), "val": _identity([data.val])}
+                "layer_decay": c.layer_decay, "layer": self.layer(model.arch),
+                "train": _identity([train]), "val": _identity([data.val])}
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str, on_iteration=None) -> list[dict]:
         grid = {name: (lr, wd) for name, lr, wd in self.grid()}
@@ -415,7 +430,7 @@ class Finetune(Task):
         schedule = self.schedule(lr, wd, n_train)
         fingerprint = config_hash({**protocol, "lr": lr, "weight_decay": wd, "trained_on": _identity(train_parts),
                                    "evaluated_on": _identity([eval_part])})
-        layer = model.arch.layers[-1]
+        layer = self.layer(model.arch)
         setup = FinetuneSetup(layer=layer, num_classes=data.num_classes, image_size=size, schedule=schedule,
                               layer_decay=c.layer_decay, seed=ctx.seed, checkpoint_every=c.checkpoint_every,
                               num_workers=ctx.num_workers if c.num_workers is None else c.num_workers,

@@ -197,3 +197,35 @@ def test_cli_end_to_end_and_no_unit_repeats(tmp_path, data_root) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
     assert main(command) == 0  # every unit done: nothing trains again
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps
+
+
+VIT = "timm/vit_tiny_patch16_224[img_size=32,patch_size=8,depth=2,embed_dim=48,num_heads=2]"
+
+
+def test_vit_with_layer_decay(tmp_path, data_root) -> None:
+    arch = get_architecture(VIT)
+    model = LoadedModel("vit", arch, FrozenBackbone(arch, arch.build()), "vit0")
+    task = Finetune(**{**OPTIONS, "steps": 2, "layer_decay": 0.5})
+    assert task.layer(arch) == "block1"
+    net = FinetuneNet(model.backbone, "block1", 4, 32, 0)
+    groups = parameter_groups(net, 1e-4, 0.5)
+    mult = {id(p): g["lr_mult"] for g in groups for p in g["params"]}
+    params = dict(net.trunk.model.named_parameters())
+    assert mult[id(params["patch_embed.proj.weight"])] == 0.5 ** 3  # L = 2 blocks: embeddings at 0.5^(L+1)
+    assert mult[id(params["blocks.0.attn.qkv.weight"])] == 0.25 and mult[id(params["blocks.1.mlp.fc1.bias"])] == 0.5
+    assert mult[id(net.fc.weight)] == 1.0
+    rows = task.run(context(tmp_path, data_root), model, "lr0.01-wd0")
+    assert {r["metric"] for r in rows} == {"top1", "top5"} and rows[0]["layer_decay"] == 0.5
+    with pytest.raises(ConfigError, match="layer_decay is for ViTs"):
+        Finetune(layer_decay=0.5).units(get_architecture("resnet18"))
+
+
+def test_scores_protocol_metric() -> None:
+    from benchmark.metrics import mean_per_class_accuracy
+    from tasks.finetune.task import scores
+
+    targets = torch.tensor([0, 0, 0, 1])
+    top5 = torch.tensor([[0, 1], [0, 1], [1, 0], [0, 1]])
+    values = scores({"targets": targets, "top5": top5}, "mean_per_class_accuracy", mean_per_class_accuracy)
+    # class 0: 2 of 3 right, class 1: 0 of 1 -> mean 1/3; top-1 2/4; top-2 every row
+    assert values == pytest.approx({"mean_per_class_accuracy": 100 / 3, "top1": 50.0, "top5": 100.0})

@@ -7,9 +7,9 @@ flip) on any classification dataset ssl-bench reads, with the recipe of a paper 
 - ``dino``: DINO's ``eval_linear.py`` (facebookresearch/dino).
 
 docs/tasks/linear.md gives each recipe's values and source. The heads are trained by the engine of
-``tasks.linear.heads`` (one trunk pass per batch trains every layer's head; resumable at any step),
-unchanged: every recipe gets its head (pooling, BatchNorm without affine, Linear) and Nesterov SGD,
-which the MoCo and DINO scripts do not use (plain momentum, no BatchNorm); the rows say so.
+``tasks.linear.heads`` (one trunk pass per batch trains every layer's head; resumable at any step):
+the layer's protocol pooling, then BatchNorm without affine (goyal only) and a Linear layer, trained
+by SGD with Nesterov momentum (goyal, simclr) or plain momentum (mocov2, dino), as each source does.
 
 No hyper-parameter is chosen, so the heads train on train + validation and are scored once, at the
 end, on the test part (top-1 / top-5 per layer).
@@ -43,16 +43,16 @@ UNIT = "all-layers"
 # decay and its milestones as fractions of the run
 RECIPES: dict[str, dict] = {
     "goyal": {"epochs": None, "base_lr": 0.01, "batch_size": 256, "weight_decay": None, "decay": "step",
-              "milestones": (40 / 140, 80 / 140, 120 / 140), "layers": "all",
+              "milestones": (40 / 140, 80 / 140, 120 / 140), "layers": "all", "batchnorm": True, "nesterov": True,
               "source": "Goyal et al. 2019 (fair_ssb): 140k iterations at batch 256, LR 0.01 x0.1 at 40k/80k/120k"},
     "simclr": {"epochs": 90, "base_lr": 0.1, "batch_size": 4096, "weight_decay": 0.0, "decay": "cosine",
-               "milestones": (), "layers": "last",
+               "milestones": (), "layers": "last", "batchnorm": False, "nesterov": True,
                "source": "SimCLR arXiv 2002.05709 B.6/B.5: 90 epochs, LR 0.1 x batch/256, batch 4096, no weight decay"},
     "mocov2": {"epochs": 100, "base_lr": 30.0, "batch_size": 256, "weight_decay": 0.0, "decay": "step",
-               "milestones": (0.6, 0.8), "layers": "last",
+               "milestones": (0.6, 0.8), "layers": "last", "batchnorm": False, "nesterov": False,
                "source": "facebookresearch/moco main_lincls.py: 100 epochs, LR 30, batch 256, x0.1 at 60/80, wd 0"},
     "dino": {"epochs": 100, "base_lr": 0.001, "batch_size": 1024, "weight_decay": 0.0, "decay": "cosine",
-             "milestones": (), "layers": "last",
+             "milestones": (), "layers": "last", "batchnorm": False, "nesterov": False,
              "source": "facebookresearch/dino eval_linear.py: 100 epochs, LR 0.001 x batch/256, cosine, wd 0"},
 }
 
@@ -114,6 +114,7 @@ class LinearClassification(Task):
         if unit != UNIT:
             raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         c = self.config
+        recipe = RECIPES[c.recipe]
         data = self.data(ctx)
         layers = self.layers(model.arch)
         size = c.image_size or model.arch.reference_input_size
@@ -128,6 +129,7 @@ class LinearClassification(Task):
         fingerprint = config_hash({
             "weights": model.weights, "arch": model.arch.name, "layers": layers, "image_size": size,
             "schedule": {**schedule.describe(), "decay": schedule.decay}, "eval_every": eval_every, "seed": ctx.seed,
+            "head_batchnorm": recipe["batchnorm"], "nesterov": recipe["nesterov"],
             "train": config_hash([f"{p} {y}" for p, y in zip(map(str, paths), labels.tolist())]),
             "test": config_hash([f"{p} {y}" for p, y in zip(map(str, test_paths), data.test.labels.tolist())]),
         })
@@ -136,20 +138,22 @@ class LinearClassification(Task):
             layers=layers, num_classes=data.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
             eval_every=eval_every, checkpoint_every=c.checkpoint_every,
             num_workers=ctx.num_workers if c.num_workers is None else c.num_workers,
-            eval_batch_size=ctx.batch_size, world_size=1, fingerprint=fingerprint, desc=f"{self.name} {model.name}")
+            eval_batch_size=ctx.batch_size, world_size=1, fingerprint=fingerprint, desc=f"{self.name} {model.name}",
+            head_batchnorm=recipe["batchnorm"], nesterov=recipe["nesterov"])
         train_set = ImageFileDataset(paths, train_transform(size), labels)
         test_set = ImageFileDataset(test_paths, eval_transform(size),
                                     torch.as_tensor(data.test.labels, dtype=torch.int64))
         result = train_linear_heads(model.backbone, train_set, test_set, setup, out_dir, ctx.device)
         final = result["final"]
         common = {
-            **data.provenance(), "recipe": c.recipe, "recipe_source": RECIPES[c.recipe]["source"],
+            **data.provenance(), "recipe": c.recipe, "recipe_source": recipe["source"],
             "schedule": schedule.decay, "batch_size": schedule.batch_size, "lr": schedule.lr,
             "base_lr": schedule.base_lr, "weight_decay": schedule.weight_decay, "iterations": schedule.iterations,
             "epochs": round(schedule.epochs, 3), "milestones": "/".join(str(m) for m in schedule.milestones),
             "image_size": size, "trained_on": f"{data.train.description} + {data.val.description}",
             "n_trained": len(paths), "split": "test", "metric_step": 100.0 / len(test_paths),
-            "head": "avgpool-bn(no affine)-linear", "optimizer": "sgd-nesterov-0.9", "evaluation": "final",
+            "head": "pool-bn(no affine)-linear" if recipe["batchnorm"] else "pool-linear",
+            "optimizer": "sgd-nesterov-0.9" if recipe["nesterov"] else "sgd-momentum-0.9", "evaluation": "final",
             "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),
         }
         return [{**common, "layer": layer, "metric": f"top{k}", "value": float(final[f"top{k}/{layer}"]),

@@ -61,9 +61,11 @@ def test_linear_end_to_end_and_recomputed_top1(tmp_path, data_root) -> None:
     assert [(r["layer"], r["metric"]) for r in rows] == [("res5", "top1"), ("res5", "top5"), ("pool5", "top1"),
                                                          ("pool5", "top5")]
     assert all(r["recipe"] == "dino" and r["schedule"] == "cosine" and r["split"] == "test" for r in rows)
+    assert rows[0]["head"] == "pool-linear" and rows[0]["optimizer"] == "sgd-momentum-0.9"  # DINO's: no BN
     assert rows[0]["n_trained"] == 32 and rows[0]["iterations"] == 8  # train + carved val, 4 batches x 2 epochs
     state = torch.load(Path(rows[0]["checkpoint"]), weights_only=True)
-    heads = MultiHead.build(model.backbone, ["res5", "pool5"], 4, 32, 0)
+    assert state["optimizer"]["param_groups"][0]["nesterov"] is False and "bn.running_mean" not in str(state["heads"])
+    heads = MultiHead.build(model.backbone, ["res5", "pool5"], 4, 32, 0, batchnorm=False)
     heads.load_state_dict(state["heads"])
     heads.eval()
     test = sorted((data_root / "synth-classification" / "test").rglob("*.jpg"))

@@ -44,6 +44,7 @@ from benchmark.datasets.classification import ClassificationData, SplitPart, loa
 from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.transfer import TRANSFER_LAYOUTS, metric_function
 from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.errors import ConfigError
 from benchmark.metrics import top1_accuracy
 from benchmark.models import Architecture, FrozenBackbone
@@ -383,9 +384,7 @@ class Finetune(Task):
         return [unit for unit, _, _ in self.grid()] + [FINAL]
 
     def checkpoint_bytes(self, arch: Architecture) -> int:
-        # the trunk, the classifier and the momentum: about twice the weights in float32
-        model = arch.build()
-        return 2 * 4 * sum(p.numel() for p in model.parameters())
+        return training_checkpoint_bytes(arch.name)  # the trunk's weights and their momentum (the classifier is small)
 
     def folder(self, ctx: RunContext, model: LoadedModel, *parts: str) -> Path:
         return inside(ctx.run_dir, NAME, self.instance_name or NAME, model.name, *parts)

@@ -144,6 +144,7 @@ def test_label_fraction_and_label_list(tmp_path, data_root) -> None:
     data = Finetune().data(ctx)
     train, val, columns = Finetune(label_fraction=0.5, label_seed=1).labelled(ctx, data)
     assert np.bincount(train.labels).tolist() == [4] * 4 and columns["label_seed"] == 1  # 9 train per class
+    assert np.bincount(val.labels).tolist() == [1] * 4  # 1 val image per class: at least one is kept
     names = [data.train.split.image_paths[i] for i in data.train.indices[:3]]
     listing = tmp_path / "labels.txt"
     listing.write_text("".join(f"{p.name}\n" for p in names[:1]) + "\n")

@@ -50,8 +50,8 @@ from benchmark.metrics import top1_accuracy
 from benchmark.models import Architecture, FrozenBackbone
 from benchmark.options import Choice, Float, Int, ListOf, Str, declare
 from benchmark.paths import atomic_write, inside
-from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, autocast, build_optimizer,
-                                derived_seed, loader_batches, to_device)
+from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, atomic_torch_save, autocast,
+                                build_optimizer, derived_seed, loader_batches, to_device)
 from tasks.classification.common import DATA_OPTIONS
 from tasks.linear.heads import SeededAugmentation, eval_transform
 
@@ -171,6 +171,14 @@ class FinetuneSetup:
     log_every: int = 20
 
 
+class _Diverged(Exception):
+    """The loss of a grid point became non-finite (too large a learning rate for this model)."""
+
+    def __init__(self, iteration: int, value: float):
+        super().__init__(f"loss {value} at step {iteration}")
+        self.iteration, self.value = iteration, value
+
+
 class _LossLog:
     """log.csv: iteration, lr, loss; buffered (one device sync per flush), flushed before checkpoints."""
 
@@ -200,7 +208,9 @@ def finetune(backbone: FrozenBackbone, train_set, eval_set, setup: FinetuneSetup
              device: torch.device, on_iteration: Callable[[int], None] | None = None) -> dict:
     """Fine-tune on ``train_set`` (index -> (augmented image, label)), then score ``eval_set``
     (index -> (image, label)) once; resumes from ``out_dir/checkpoint.pt``. Returns the final
-    checkpoint: ``evaluation`` holds ``targets`` and ``top5`` (the 5 highest classes, best first)."""
+    checkpoint: ``evaluation`` holds ``targets`` and ``top5`` (the 5 highest classes, best first),
+    or is None with ``diverged_at`` the step whose loss was not finite (a finished, failed point:
+    the grid goes on without it, as in the papers' grids, instead of stopping the run)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     schedule = setup.schedule
@@ -242,7 +252,10 @@ def finetune(backbone: FrozenBackbone, train_set, eval_set, setup: FinetuneSetup
         images, targets = to_device(batch[0], device), batch[1].to(device, non_blocking=True)
         with precision():
             logits = net(images)
-        return F.cross_entropy(logits.float(), targets), None
+        loss = F.cross_entropy(logits.float(), targets)
+        if not torch.isfinite(loss):
+            raise _Diverged(iteration, float(loss.detach()))
+        return loss, None
 
     def record(iteration, lr, loss, _):
         log.add(iteration, lr, loss)
@@ -257,9 +270,12 @@ def finetune(backbone: FrozenBackbone, train_set, eval_set, setup: FinetuneSetup
         return {"evaluation": evaluation}
 
     net.train()
-    loop.run(loader, step, record=record, end=end, on_iteration=on_iteration,
-             diverged=lambda value, it, lr: f"{NAME}: the loss is {value} at step {it} (lr {lr:g}); this grid point "
-                                            f"diverges: drop it from learning_rates or lower it")
+    try:
+        loop.run(loader, step, record=record, end=end, on_iteration=on_iteration)
+    except _Diverged as exc:
+        logger.warning(f"[{NAME}] {setup.desc}: {exc}; this point scores 0")
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": setup.fingerprint, "done": True,
+                           "iteration": exc.iteration, "diverged_at": exc.iteration, "evaluation": None}, path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -438,7 +454,13 @@ class Finetune(Task):
         out_dir = self.folder(ctx, model, unit)
         state = finetune(model.backbone, _images(train_parts, train_transform(size, tuple(c.crop_scale))),
                          _images([eval_part], eval_transform(size)), setup, out_dir, ctx.device, on_iteration)
-        values = scores(state["evaluation"], metric, metric_fn)
+        diverged = state.get("diverged_at")
+        if diverged is not None and unit == FINAL:
+            raise ConfigError(f"{self.name}: retraining with the chosen point (lr {lr:g}, weight decay {wd:g}) on "
+                              f"train + validation diverged at step {diverged}; remove that point from the grid "
+                              f"(learning_rates / weight_decays) and run again")
+        values = ({name: 0.0 for name in dict.fromkeys((metric, "top1", "top5"))} if diverged is not None
+                  else scores(state["evaluation"], metric, metric_fn))
         common = {
             **data.provenance(), **label_columns, "recipe": RECIPE, "layer": layer, "lr": lr, "weight_decay": wd,
             "sgd_weight_decay": schedule.weight_decay, "steps": c.steps, "batch_size": c.batch_size,
@@ -447,6 +469,7 @@ class Finetune(Task):
             "bn_momentum": bn_momentum(schedule.iterations_per_epoch),
             "trained_on": " + ".join(p.description for p in train_parts), "n_trained": n_train,
             "split": split, "n_scored": len(eval_part), "metric_step": 100.0 / len(eval_part),
+            "diverged_at": "" if diverged is None else diverged,
             "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),
         }
         if unit == FINAL:
@@ -454,18 +477,19 @@ class Finetune(Task):
                            "selection_value": chosen, "grid_points": len(grid_results)})
         else:
             common.update({"evaluation": f"val {unit}", "chosen": "", "selected_on": ""})
-            self.write_grid_result(ctx, model, unit, protocol_hash, lr, wd, metric, values)
+            self.write_grid_result(ctx, model, unit, protocol_hash, lr, wd, metric, values, diverged is not None)
         return [{**common, "metric": name, "value": value} for name, value in values.items()]
 
     # --- the grid's results -------------------------------------------------------------------
 
-    def write_grid_result(self, ctx, model, unit, protocol_hash, lr, wd, metric, values) -> None:
+    def write_grid_result(self, ctx, model, unit, protocol_hash, lr, wd, metric, values, diverged) -> None:
         result = {"unit": unit, "protocol": protocol_hash, "lr": lr, "weight_decay": wd, "metric": metric,
-                  "value": values[metric], "scores": values}
+                  "value": values[metric], "scores": values, "diverged": diverged}
         atomic_write(self.folder(ctx, model, "grid", f"{unit}.json"), json.dumps(result, indent=1))
 
     def choose(self, ctx, model, protocol_hash: str, metric: str) -> tuple[tuple[float, float], float, list]:
-        """The grid point with the best validation ``metric`` (ties: the first in grid order)."""
+        """The grid point with the best validation ``metric`` (ties: the first in grid order); a point
+        whose training diverged is never chosen."""
         results, missing, stale = [], [], []
         for unit, lr, wd in self.grid():
             path = self.folder(ctx, model, "grid", f"{unit}.json")
@@ -476,7 +500,8 @@ class Finetune(Task):
             if result.get("protocol") != protocol_hash or result.get("metric") != metric:
                 stale.append(unit)
                 continue
-            results.append((result["value"], lr, wd))
+            if not result.get("diverged"):
+                results.append((result["value"], lr, wd))
         if missing or stale:
             where = f"{model.name}/{self.instance_name or self.name}/<unit>"
             problems = ([f"missing: {', '.join(missing)}"] if missing else []) + \
@@ -484,6 +509,8 @@ class Finetune(Task):
             raise ConfigError(f"{self.name}: the final unit chooses among every grid point's validation result, and "
                               f"{'; '.join(problems)} (units {where}); run those units first (ssl-bench run runs "
                               f"them before 'final'), then run 'final' again")
+        if not results:
+            raise ConfigError(f"{self.name}: every grid point diverged for {model.name}; lower learning_rates")
         best = max(value for value, _, _ in results)
         _, lr, wd = next(r for r in results if r[0] == best)
         logger.info(f"[{self.name}] {model.name}: chose lr {lr:g}, weight decay {wd:g} ({metric} {best:.2f} on val)")

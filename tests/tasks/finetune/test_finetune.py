@@ -230,3 +230,25 @@ def test_scores_protocol_metric() -> None:
     values = scores({"targets": targets, "top5": top5}, "mean_per_class_accuracy", mean_per_class_accuracy)
     # class 0: 2 of 3 right, class 1: 0 of 1 -> mean 1/3; top-1 2/4; top-2 every row
     assert values == pytest.approx({"mean_per_class_accuracy": 100 / 3, "top1": 50.0, "top5": 100.0})
+
+
+def test_a_diverging_point_scores_zero_and_is_not_retrained(tmp_path, data_root, monkeypatch) -> None:
+    import torch.nn.functional as F
+
+    original = F.cross_entropy
+    calls = []
+
+    def explode(logits, targets):
+        calls.append(1)
+        return original(logits, targets) * (float("nan") if len(calls) == 2 else 1.0)
+
+    monkeypatch.setattr(F, "cross_entropy", explode)
+    task, model, ctx = Finetune(**OPTIONS), loaded_model(), context(tmp_path, data_root)
+    rows = task.run(ctx, model, "lr0.1-wd0")
+    assert rows[0]["diverged_at"] == 1 and {r["value"] for r in rows} == {0.0}
+    calls.clear()
+    assert task.run(ctx, model, "lr0.1-wd0") == rows and not calls  # a finished point: not trained again
+    monkeypatch.setattr(F, "cross_entropy", original)
+    task.run(ctx, model, "lr0.01-wd0")
+    final = task.run(ctx, model, FINAL)
+    assert final[0]["lr"] == 0.01 and final[0]["grid_points"] == 1  # the diverged point is never chosen

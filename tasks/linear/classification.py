@@ -28,9 +28,9 @@ from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.engine import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
-from benchmark.options import Choice, Float, Int, declare
+from benchmark.options import Choice, Float, Int, OneOf, declare
 from benchmark.paths import inside
-from benchmark.training import Schedule
+from benchmark.training import Schedule, resolve_world_size
 from tasks.classification.common import DATA_OPTIONS
 from tasks.common import resolve_layers
 
@@ -89,6 +89,8 @@ class LinearClassification(Task):
         "weight_decay": Float(None, min=0),
         "eval_every": Int(None, min=1),  # epochs between evaluations on test for log.csv; None: only at the end
         "checkpoint_every": Int(1000, min=1),
+        # processes (GPUs); auto = every visible GPU when the device is cuda
+        "world_size": OneOf(Choice("auto"), Int(min=1), default="auto"),
         "num_workers": Int(None, min=0),
     })
 
@@ -125,11 +127,12 @@ class LinearClassification(Task):
         schedule = recipe_schedule(c.recipe, model.arch.name, len(paths), epochs=c.epochs, base_lr=c.base_lr,
                                    batch_size=c.batch_size, weight_decay=c.weight_decay)
         ipe = schedule.iterations_per_epoch
+        world_size = resolve_world_size(c.world_size, ctx.device)
         eval_every = c.eval_every if c.eval_every is not None else schedule.iterations // ipe + 1
         fingerprint = config_hash({
             "weights": model.weights, "arch": model.arch.name, "layers": layers, "image_size": size,
             "schedule": {**schedule.describe(), "decay": schedule.decay}, "eval_every": eval_every, "seed": ctx.seed,
-            "head_batchnorm": recipe["batchnorm"], "nesterov": recipe["nesterov"],
+            "head_batchnorm": recipe["batchnorm"], "nesterov": recipe["nesterov"], "world_size": world_size,
             "train": config_hash([f"{p} {y}" for p, y in zip(map(str, paths), labels.tolist())]),
             "test": config_hash([f"{p} {y}" for p, y in zip(map(str, test_paths), data.test.labels.tolist())]),
         })
@@ -138,7 +141,8 @@ class LinearClassification(Task):
             layers=layers, num_classes=data.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
             eval_every=eval_every, checkpoint_every=c.checkpoint_every,
             num_workers=ctx.num_workers if c.num_workers is None else c.num_workers,
-            eval_batch_size=ctx.batch_size, world_size=1, fingerprint=fingerprint, desc=f"{self.name} {model.name}",
+            eval_batch_size=max(ctx.batch_size, schedule.batch_size // world_size), world_size=world_size,
+            fingerprint=fingerprint, desc=f"{self.name} {model.name}",
             head_batchnorm=recipe["batchnorm"], nesterov=recipe["nesterov"])
         train_set = ImageFileDataset(paths, train_transform(size), labels)
         test_set = ImageFileDataset(test_paths, eval_transform(size),
@@ -150,7 +154,8 @@ class LinearClassification(Task):
             "schedule": schedule.decay, "batch_size": schedule.batch_size, "lr": schedule.lr,
             "base_lr": schedule.base_lr, "weight_decay": schedule.weight_decay, "iterations": schedule.iterations,
             "epochs": round(schedule.epochs, 3), "milestones": "/".join(str(m) for m in schedule.milestones),
-            "image_size": size, "trained_on": f"{data.train.description} + {data.val.description}",
+            "image_size": size, "world_size": world_size,
+            "trained_on": f"{data.train.description} + {data.val.description}",
             "n_trained": len(paths), "split": "test", "metric_step": 100.0 / len(test_paths),
             "head": "pool-bn(no affine)-linear" if recipe["batchnorm"] else "pool-linear",
             "optimizer": "sgd-nesterov-0.9" if recipe["nesterov"] else "sgd-momentum-0.9", "evaluation": "final",

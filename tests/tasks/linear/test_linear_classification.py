@@ -81,6 +81,19 @@ def test_linear_end_to_end_and_recomputed_top1(tmp_path, data_root) -> None:
 
 
 @pytest.mark.slow
+def test_two_processes_on_gloo(tmp_path, data_root) -> None:
+    arch = get_architecture("resnet18")
+    model = LoadedModel("random", arch, FrozenBackbone(arch, create_model("resnet18", seed=0)), "w0")
+    ctx = RunContext(run_dir=tmp_path, data_root=data_root, cache=None, device=torch.device("cpu"), batch_size=16,
+                     num_workers=0)
+    rows = LinearClassification(recipe="simclr", image_size=32, epochs=1, batch_size=8, base_lr=0.5,
+                                world_size=2).run(ctx, model, "all-layers")
+    assert rows[0]["world_size"] == 2 and rows[0]["iterations"] == 4
+    state = torch.load(Path(rows[0]["checkpoint"]), weights_only=True)
+    assert state["done"] and state["rank_divergence"] == 0.0  # both ranks hold the same head
+
+
+@pytest.mark.slow
 def test_cli(tmp_path, data_root) -> None:
     from benchmark.cli import main
 

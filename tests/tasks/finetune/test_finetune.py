@@ -252,3 +252,17 @@ def test_a_diverging_point_scores_zero_and_is_not_retrained(tmp_path, data_root,
     task.run(ctx, model, "lr0.01-wd0")
     final = task.run(ctx, model, FINAL)
     assert final[0]["lr"] == 0.01 and final[0]["grid_points"] == 1  # the diverged point is never chosen
+
+
+def test_transfer_dataset_uses_its_protocol_metric(tmp_path) -> None:
+    from benchmark.datasets.synth_transfer import synth_transfer
+
+    root = synth_transfer(tmp_path / "data", "fgvc_aircraft")
+    task = Finetune(**{**OPTIONS, "dataset": root.name, "layout": "fgvc_aircraft", "learning_rates": [0.01],
+                       "steps": 2})
+    model, ctx = loaded_model(), context(tmp_path / "run", tmp_path / "data")
+    grid = task.run(ctx, model, "lr0.01-wd0")
+    final = task.run(ctx, model, FINAL)
+    assert [r["metric"] for r in grid] == ["mean_per_class_accuracy", "top1", "top5"]
+    assert final[0]["selection_metric"] == "mean_per_class_accuracy" and final[0]["metric"] == "mean_per_class_accuracy"
+    assert "carved" not in grid[0]["val_split"]  # Aircraft has its own validation split, not a carve-out

@@ -379,7 +379,12 @@ class Finetune(Task):
     # --- units --------------------------------------------------------------------------------
 
     def grid(self) -> list[tuple[str, float, float]]:
-        return [(grid_unit(lr, wd), lr, wd) for lr in self.config.learning_rates for wd in self.config.weight_decays]
+        points = [(grid_unit(lr, wd), lr, wd) for lr in self.config.learning_rates for wd in self.config.weight_decays]
+        names = [name for name, _, _ in points]
+        if len(set(names)) != len(names):  # values equal to 6 significant digits would share a unit and its files
+            raise ConfigError(f"{self.name}: learning_rates / weight_decays hold values that differ only beyond 6 "
+                              f"significant digits ({sorted({n for n in names if names.count(n) > 1})}); drop one")
+        return points
 
     def layer(self, arch: Architecture) -> str:
         """The classifier's input: the ``layer`` option, else the deepest layer that is one layer's output

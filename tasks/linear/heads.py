@@ -190,12 +190,14 @@ def _layer_key(layer: str) -> int:
 
 
 class LinearHead(nn.Module):
-    """avg pool (the layer's protocol pooling) -> flatten -> BatchNorm1d(affine=False) -> Linear."""
+    """avg pool (the layer's protocol pooling) -> flatten -> BatchNorm1d(affine=False) -> Linear;
+    ``batchnorm`` False: no BatchNorm (the heads of MoCo's and DINO's linear evaluation)."""
 
-    def __init__(self, pool: LayerPool, dim: int, num_classes: int, generator: torch.Generator | None = None):
+    def __init__(self, pool: LayerPool, dim: int, num_classes: int, generator: torch.Generator | None = None,
+                 batchnorm: bool = True):
         super().__init__()
         self.pool = pool
-        self.bn = nn.BatchNorm1d(dim, affine=False)
+        self.bn = nn.BatchNorm1d(dim, affine=False) if batchnorm else nn.Identity()
         self.fc = nn.Linear(dim, num_classes)
         with torch.no_grad():
             self.fc.weight.normal_(0.0, 0.01, generator=generator)
@@ -224,14 +226,14 @@ class MultiHead(nn.Module):
 
     @classmethod
     def build(cls, backbone: FrozenBackbone, layers: Sequence[str], num_classes: int, image_size: int,
-              seed: int = 0) -> "MultiHead":
+              seed: int = 0, batchnorm: bool = True) -> "MultiHead":
         """One head per layer, dimensions probed at ``image_size``. Each head's initialisation
         depends on (seed, layer) only, so it is the same whichever other layers are trained."""
         dims = feature_dims(backbone, layers, image_size)
         heads = {}
         for layer in layers:
             generator = torch.Generator().manual_seed(derived_seed(seed, _layer_key(layer)))
-            heads[layer] = LinearHead(backbone.arch.pools[layer], dims[layer], num_classes, generator)
+            heads[layer] = LinearHead(backbone.arch.pools[layer], dims[layer], num_classes, generator, batchnorm)
         return cls(heads)
 
 
@@ -242,13 +244,13 @@ def feature_dims(backbone: FrozenBackbone, layers: Sequence[str], image_size: in
     return {layer: backbone.arch.pools[layer].pool(maps[layer]).flatten(1).shape[1] for layer in layers}
 
 
-def make_optimizer(heads: MultiHead, schedule: Schedule):
-    """Nesterov SGD (momentum 0.9), weight decay on the Linear weights only; the schedule's
-    scheduler (MultiStepLR x0.1) stepped once per iteration."""
+def make_optimizer(heads: MultiHead, schedule: Schedule, nesterov: bool = True):
+    """Nesterov SGD (momentum 0.9; plain momentum when not ``nesterov``), weight decay on the Linear
+    weights only; the schedule's scheduler (MultiStepLR x0.1) stepped once per iteration."""
     modules = list(heads.heads.values())
     optimizer = build_optimizer([{"params": [h.fc.weight for h in modules], "weight_decay": schedule.weight_decay},
                                  {"params": [h.fc.bias for h in modules], "weight_decay": 0.0}], schedule,
-                                nesterov=True)
+                                nesterov=nesterov)
     return optimizer, schedule.scheduler(optimizer)
 
 
@@ -293,6 +295,8 @@ class LinearSetup:
     fingerprint: str = ""  # identity of everything that changes the result; a checkpoint of another is ignored
     desc: str = "linear heads"
     log_every: int = 20  # iterations between CSV flushes / progress-bar loss updates
+    head_batchnorm: bool = True  # BatchNorm1d (no affine) before each head's Linear layer
+    nesterov: bool = True  # Nesterov momentum, else plain momentum
 
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -393,8 +397,9 @@ def _train(rank: int, world_size: int, backbone: FrozenBackbone, train_set: Data
     # as in feature extraction: channels-last trunk, bf16 autocast on CUDA; heads in float32
     backbone = channels_last(backbone, device).eval()
     cuda = device.type == "cuda"
-    heads = MultiHead.build(backbone, layers, setup.num_classes, setup.image_size, setup.seed).to(device)
-    optimizer, scheduler = make_optimizer(heads, schedule)
+    heads = MultiHead.build(backbone, layers, setup.num_classes, setup.image_size, setup.seed,
+                            setup.head_batchnorm).to(device)
+    optimizer, scheduler = make_optimizer(heads, schedule, setup.nesterov)
     path = out_dir / CHECKPOINT_NAME
 
     state = load_matching_checkpoint(path, CHECKPOINT_FORMAT, setup.fingerprint, "linear", verbose=main)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import safe_load_text
-from .engine import ReportItem
+from .plugin_api import ReportItem
 from .html_report import HtmlReport, render
 from .published import MARK, load_published, markdown_lines, published_tables
 from .errors import BenchmarkError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .engine import ReportItem
+from .plugin_api import ReportItem
 from .errors import BenchmarkError
 from .paths import inside
 from .tables import aggregate_cells

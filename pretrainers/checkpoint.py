@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from benchmark.checkpoint import load_trunk_weights
-from benchmark.engine import LoadedModel, Pretrainer, RunContext
+from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import BenchmarkError
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
-from benchmark.engine import LoadedModel
+from benchmark.plugin_api import LoadedModel
 from benchmark.models import FrozenBackbone
 from benchmark.models.backbone import get_architecture, trunk_state_dict, weights_hash
 from benchmark.options import Float, Int, Range, Registered

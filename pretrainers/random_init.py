@@ -1,6 +1,6 @@
 """`random`: the architecture's default initialisation from a recorded seed (the floor baseline)."""
 
-from benchmark.engine import LoadedModel, Pretrainer, RunContext
+from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
 from benchmark.models import create_model
 from benchmark.options import declare
 

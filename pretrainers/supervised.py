@@ -18,7 +18,7 @@ from benchmark.config import config_hash
 from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.voc import load_voc
 from benchmark.diskspace import parameter_bytes
-from benchmark.engine import LoadedModel, Pretrainer, RunContext
+from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture

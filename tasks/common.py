@@ -10,7 +10,7 @@ from scipy import stats as scipy_stats
 
 from benchmark.datasets.images import svm_transform
 from benchmark.diskspace import FeatureNeed
-from benchmark.engine import LoadedModel, RunContext
+from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.errors import ConfigError
 from benchmark.features import cached_features
 from benchmark.models import Architecture

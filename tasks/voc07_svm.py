@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Bool, Name, declare
 from benchmark.svm.protocol import resolve_costs

@@ -475,7 +475,7 @@ def test_a_plain_pickle_or_garbage_is_not_called_safe_to_load(tmp_path) -> None:
 
 
 def test_the_checkpoint_pretrainer_reports_pickled_objects_for_the_model(tmp_path) -> None:
-    from benchmark.engine import RunContext
+    from benchmark.plugin_api import RunContext
     from benchmark.features import FeatureCache
 
     path = tmp_path / "moco.pth"

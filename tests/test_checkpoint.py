@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmark.checkpoint import load_trunk_weights
-from benchmark.engine import LoadedModel, RunContext
+from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.features import FeatureCache
 from benchmark.models import FrozenBackbone, create_model

@@ -115,7 +115,7 @@ def test_third_party_plugin_registers_through_an_entry_point(tmp_path, monkeypat
     from benchmark.registry import Registry
 
     (tmp_path / "my_ssl_plugin.py").write_text(textwrap.dedent("""
-        from benchmark.engine import Pretrainer, Task
+        from benchmark.plugin_api import Pretrainer, Task
         class MyMethod(Pretrainer):
             options = {"arch": "resnet18"}
         class MyTask(Task):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.config import load_suite
-from benchmark.engine import LoadedModel, Task
+from benchmark.plugin_api import LoadedModel, Task
 from benchmark.models import FamilyInfo
 from benchmark.models.backbone import get_architecture
 from benchmark.run import UnitRunner, plan_run

@@ -415,7 +415,7 @@ def test_a_plan_larger_than_the_free_space_is_refused_with_the_estimate(tiny, tm
 
 def test_the_estimate_counts_images_times_layer_dims(tiny) -> None:
     from benchmark.datasets.voc import load_voc
-    from benchmark.engine import RunContext
+    from benchmark.plugin_api import RunContext
     from benchmark.run import build_tasks, estimate_writes, load_plan
 
     plan = load_plan(tiny["run_dir"])

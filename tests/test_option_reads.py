@@ -4,7 +4,7 @@ option name fails here instead of in the middle of a unit, hours into a run.
 
 What counts as an option object, inside ``tasks/`` and ``pretrainers/``:
 
-* ``self.config`` in a method (``benchmark.engine.Task``/``Pretrainer`` and the pretext methods
+* ``self.config`` in a method (``benchmark.plugin_api.Task``/``Pretrainer`` and the pretext methods
   set it to ``validate(...)``);
 * a parameter annotated ``Options`` (helpers given a plugin's options: ``run_detectron2``);
 * a local name bound to one of the above (``cfg = self.config``, ``size, cfg = ..., self.config``).

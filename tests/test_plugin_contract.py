@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.engine import Pretrainer, Task
+from benchmark.plugin_api import Pretrainer, Task
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Declared, Option, declared, validate
@@ -139,3 +139,11 @@ def test_pretext_method_contract(name, tmp_path, monkeypatch) -> None:
     trunk_grads = [p.grad for p in method.trunk.parameters() if p.grad is not None]
     assert trunk_grads, "the loss must train the trunk: only its weights are saved"
     method.after_step()
+
+
+def test_plugins_written_against_the_former_module_name_still_import():
+    import benchmark.engine as former
+    import benchmark.plugin_api as api
+
+    for name in ("Task", "Pretrainer", "RunContext", "LoadedModel", "ReportItem"):
+        assert getattr(former, name) is getattr(api, name)

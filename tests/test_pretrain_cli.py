@@ -18,7 +18,7 @@ import pretrainers.pretext.pretrainer as pretext_pretrainer
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.cli import main
 from benchmark.config import load_suite
-from benchmark.engine import RunContext
+from benchmark.plugin_api import RunContext
 from benchmark.errors import ConfigError
 from benchmark.features import FeatureCache
 from benchmark.models import create_model

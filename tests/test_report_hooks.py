@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmark.engine import ReportItem, Task
+from benchmark.plugin_api import ReportItem, Task
 from benchmark.registry import TASKS
 from benchmark.report import detail_tables, task_families, task_report_items
 

@@ -10,7 +10,7 @@ import torch
 import benchmark.training.loop as loop
 import pretrainers.supervised as supervised
 from benchmark.datasets.synth_voc import synth_voc07
-from benchmark.engine import RunContext
+from benchmark.plugin_api import RunContext
 from benchmark.features import FeatureCache
 
 pytestmark = pytest.mark.usefixtures("single_thread")

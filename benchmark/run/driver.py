@@ -12,7 +12,7 @@ from ..config import Suite
 from ..devices import check_device
 from ..diskspace import (FIXED_RUN_BYTES, RESULT_BYTES_PER_UNIT, Estimate, check_space, feature_bytes,
                          training_checkpoint_bytes)
-from ..engine import RunContext, Task
+from ..plugin_api import RunContext, Task
 from ..errors import BenchmarkError
 from ..features import FeatureCache
 from ..models.backbone import get_architecture

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..config import Suite, config_hash, load_suite
-from ..engine import Task
+from ..plugin_api import Task
 from ..errors import BenchmarkError, ConfigError
 from ..models.backbone import get_architecture
 from ..registry import PRETRAINERS, TASKS, closest

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cpus import configure_threads
-from ..engine import LoadedModel, RunContext
+from ..plugin_api import LoadedModel, RunContext
 from ..errors import BenchmarkError, ConfigError
 from ..features import FeatureCache
 from ..provenance import measure, resolve_device, static_provenance

@@ -14,7 +14,7 @@ import json
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash
 from benchmark.diskspace import parameter_bytes
-from benchmark.engine import LoadedModel, Pretrainer, RunContext
+from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
 from benchmark.models import Architecture, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.options import Options, identity_options

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmark.datasets.classification import LAYOUTS, ClassificationData, SplitPart, load_classification
-from benchmark.engine import LoadedModel, RunContext
+from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Device, Float, Int, ListOf, Name
 from benchmark.row_schema import OUTCOMES, STEP_COLUMN

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Float, Int, ListOf, declare
 from benchmark.provenance import resolve_device

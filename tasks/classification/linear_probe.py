@@ -32,7 +32,7 @@ import math
 import pandas as pd
 import torch
 
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, ListOf, declare
 from benchmark.paths import inside

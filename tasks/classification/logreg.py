@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.metrics import eleven_point_map, mean_per_class_accuracy
 from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, OneOf, declare

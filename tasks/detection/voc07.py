@@ -23,7 +23,7 @@ import torch
 from benchmark.config import config_hash
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.diskspace import training_checkpoint_bytes
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare

@@ -43,7 +43,7 @@ from benchmark.config import config_hash
 from benchmark.datasets.classification import ClassificationData, SplitPart, load_classification
 from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.transfer import TRANSFER_LAYOUTS, metric_function
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.errors import ConfigError
 from benchmark.metrics import top1_accuracy

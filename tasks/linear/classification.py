@@ -25,7 +25,7 @@ import torch
 from benchmark.config import config_hash
 from benchmark.datasets.classification import ClassificationData, load_classification
 from benchmark.datasets.images import ImageFileDataset, train_transform
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, OneOf, declare

@@ -18,7 +18,7 @@ import torch
 from benchmark.config import config_hash
 from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.places import PlacesSplit, load_places205
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.datasets.places import load_places205
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Str, declare

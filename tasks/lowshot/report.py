@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.engine import ReportItem
+from benchmark.plugin_api import ReportItem
 from benchmark.paths import inside
 from benchmark.rows import headline_rows, save_figure, text_column
 from benchmark.tables import one_row_per_cell

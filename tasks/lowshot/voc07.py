@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.datasets.voc import load_voc
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.models import Architecture
 from benchmark.options import Name, Str, declare
 from benchmark.paths import atomic_write, inside

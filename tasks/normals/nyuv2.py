@@ -20,7 +20,7 @@ import torch
 from benchmark.config import config_hash
 from benchmark.datasets.nyuv2 import LABELED_FILE, NORMALS_FILE, NORMALS_SOURCES, SPLITS_FILE, load_nyuv2
 from benchmark.diskspace import training_checkpoint_bytes
-from benchmark.engine import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Options, Range, Str, declare

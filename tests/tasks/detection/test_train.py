@@ -184,7 +184,7 @@ def test_schedules_scale_with_the_batch() -> None:
 
 
 def test_task_option_errors(voc, tmp_path) -> None:
-    from benchmark.engine import RunContext
+    from benchmark.plugin_api import RunContext
     from benchmark.features import FeatureCache
     from benchmark.models.backbone import get_architecture
 
@@ -286,7 +286,7 @@ def test_voc2012_layout_is_read_by_the_same_reader(tmp_path) -> None:
 def test_task_end_to_end_with_rpn_proposals_and_a_proposal_file(voc, tmp_path) -> None:
     """The task on generated data: RPN proposals (cached, then reused by a second task reading them
     as a Detectron file), rows per class and metric, a rerun answers from the finished checkpoint."""
-    from benchmark.engine import RunContext
+    from benchmark.plugin_api import RunContext
     from benchmark.features import FeatureCache
     from pretrainers.common import freeze
 

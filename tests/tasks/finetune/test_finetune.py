@@ -15,7 +15,7 @@ from torch import nn
 
 import benchmark.datasets.images as images_module
 from benchmark.datasets.synth_classification import synth_classification
-from benchmark.engine import LoadedModel, RunContext
+from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.models import FrozenBackbone, create_model
 from benchmark.models.backbone import get_architecture

@@ -12,7 +12,7 @@ import torch
 
 from benchmark.datasets.images import ImageFileDataset
 from benchmark.datasets.synth_classification import synth_classification
-from benchmark.engine import LoadedModel, RunContext
+from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.models import FrozenBackbone, create_model
 from benchmark.models.backbone import get_architecture
 from tasks.linear.classification import LinearClassification, recipe_schedule

@@ -10,7 +10,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.datasets.synth_nyuv2 import synth_nyuv2
-from benchmark.engine import RunContext
+from benchmark.plugin_api import RunContext
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.features import FeatureCache
 from benchmark.models.backbone import get_architecture

@@ -15,3 +15,23 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def synth_voc07(tmp_path_factory):
+    """A factory of generated VOC2007 data roots, each made once per test session (per xdist
+    worker) and shared by the modules that ask for the same size and seed. Read-only: a test that
+    damages data makes its own copy."""
+    from benchmark.cli import main
+
+    made = {}
+
+    def data_root(images: int, seed: int):
+        if (images, seed) not in made:
+            root = tmp_path_factory.mktemp(f"voc07_{images}_{seed}")
+            assert main(["data", "synth", "voc07", "--out", str(root), "--images", str(images),
+                         "--seed", str(seed)]) == 0
+            made[images, seed] = root
+        return made[images, seed]
+
+    return data_root

@@ -20,11 +20,10 @@ TASKS = {"voc07_svm": voc07_svm()}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, synth_voc07):
     root = tmp_path_factory.mktemp("e2e")
-    assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "120", "--seed", "1"]) == 0
     config = root / "bench.yaml"
-    config.write_text(suite_yaml(root / "data", MODELS, TASKS))
+    config.write_text(suite_yaml(synth_voc07(120, 1), MODELS, TASKS))
     out = root / "runs"
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     return root, config, out

@@ -29,11 +29,11 @@ def _rows(run_dir: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, synth_voc07):
     root = tmp_path_factory.mktemp("sched")
-    assert main(["data", "synth", "voc07", "--out", str(root / "data"), "--images", "120", "--seed", "2"]) == 0
     config = root / "bench.yaml"
-    config.write_text(suite_yaml(root / "data", {"random": RANDOM, "other": RANDOM_SEED1}, {"voc07_svm": voc07_svm()}))
+    config.write_text(suite_yaml(synth_voc07(120, 2), {"random": RANDOM, "other": RANDOM_SEED1},
+                                 {"voc07_svm": voc07_svm()}))
     out = root / "runs"
     assert main(["run", "--suite", "tiny", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     return root, config, out / "tiny"

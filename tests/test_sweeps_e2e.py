@@ -39,10 +39,9 @@ suites:
 """
 
 
-def test_swept_suite_runs_and_reports_scaling_curves(tmp_path):
-    assert main(["data", "synth", "voc07", "--out", str(tmp_path / "data"), "--images", "120", "--seed", "1"]) == 0
+def test_swept_suite_runs_and_reports_scaling_curves(tmp_path, synth_voc07):
     config = tmp_path / "bench.yaml"
-    config.write_text(SUITE.format(data=tmp_path / "data"))
+    config.write_text(SUITE.format(data=synth_voc07(120, 1)))
     out = tmp_path / "runs"
     assert main(["run", "--suite", "tinysweep", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
     run = out / "tinysweep"

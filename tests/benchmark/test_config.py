@@ -18,8 +18,8 @@ from benchmark.config import (DEFAULT_CONFIG, EXECUTOR_KEYS, SUITE_KEYS, config_
 from benchmark.errors import ConfigError
 from benchmark.registry import PRETRAINERS, TASKS
 from benchmark.svm.protocol import REFERENCE_COSTS, resolve_costs
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 MINIMAL = """\
 suites:

@@ -16,8 +16,9 @@ from benchmark.models.backbone import get_architecture
 from benchmark.run import UnitRunner, plan_run
 from benchmark.run.units import RunSummary, family_provenance
 from tests.suites import RANDOM, suite_yaml, voc07_svm
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 class ToyFamily(FamilyInfo):

@@ -23,6 +23,7 @@ from benchmark.results import ResultStore, record_path
 from benchmark.run import UnitRunner, plan_run, unit_trains
 from benchmark.training import replicate_seed
 from tests.suites import RANDOM, suite_yaml, voc07_svm
+from tests.paths import REPO
 
 
 def _row(model, layer, metric="mAP", cls="", sample="", value=0.0, determinism="trained", task="voc07_svm"):
@@ -382,7 +383,7 @@ def test_replicates_reseed_exactly_what_trains(tmp_path) -> None:
 
 # --- the stored reference of the mini suite --------------------------------------------------
 
-STORED = Path(__file__).resolve().parent.parent / "results" / "reference" / "goyal2019-mini.csv"
+STORED = REPO / "results" / "reference" / "goyal2019-mini.csv"
 
 
 def test_stored_reference_is_intact_and_holds_exact_rows_for_every_stage() -> None:

@@ -8,7 +8,6 @@ report.html's tables by an HTML parser, leaderboard.csv and .md as text."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from benchmark.results import ResultStore
 from benchmark.scaling import scaling_curves
 from benchmark.tables import aggregate_cells, one_row_per_cell
 from tests.report_cells import check_cells_are_rows, html_tables
+from tests.paths import REPO
 
 PROVENANCE = {"replicate": 0, "device": "cpu:x86_64x2threads", "git_sha": "deadbeef", "wall_time_s": 1.0}
 
@@ -174,7 +174,7 @@ def test_scaling_curves_keep_cost_selections_apart():
 def test_no_table_is_built_with_a_silent_aggregate():
     """pivot_table's aggfunc (mean by default, or 'first') merges rows unseen: tables go through
     benchmark/tables.py instead."""
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     offenders = [f"{path.relative_to(root)}:{number}"
                  for folder in ("benchmark", "tasks", "pretrainers") for path in sorted((root / folder).rglob("*.py"))
                  for number, line in enumerate(path.read_text().splitlines(), 1)

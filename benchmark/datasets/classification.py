@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.datasets.listed import inside_dataset, read_list_text
-from benchmark.datasets.splits import ClassificationData, ClassificationSplit, SplitPart, carve_validation, check_files
+from benchmark.datasets.splits import (ClassificationData, ClassificationSplit, SplitPart, carve_validation,  # noqa: F401  (re-exported, see below)
+                                       carved_parts, check_files)
 from benchmark.datasets.transfer import TRANSFER_LAYOUTS, detect_transfer_layout, load_transfer
 from benchmark.errors import DatasetError
 
@@ -198,14 +199,7 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
         train_part = SplitPart(train, everything, train_split)
         val_part = SplitPart(val, np.arange(len(val.labels)), val_split)
     else:
-        train_idx, val_idx = carve_validation(train.labels, val_fraction, val_seed)
-        if not len(val_idx):
-            raise DatasetError(f"{train.source}: no validation images can be carved out (every class has a single "
-                               f"image); add a {val_split} split")
-        how = f"{100 * val_fraction:g} % of {train_split} per class, seed {val_seed}"
-        train_part = SplitPart(train, train_idx, f"{train_split} minus val ({how})")
-        val_part = SplitPart(train, val_idx, f"val carved from {how}")
-        carved = {"fraction": val_fraction, "seed": val_seed}
+        train_part, val_part, carved = carved_parts(train, val_fraction, val_seed, fix=f"add a {val_split} split")
     return ClassificationData(name, root, layout, train.class_names, train_part, val_part,
                               SplitPart(test, np.arange(len(test.labels)), test_split), carved, follow_symlinks)
 

@@ -98,6 +98,20 @@ def check_files(paths: list[Path], where: str) -> None:
                            f"replace or re-extract them")
 
 
+def carved_parts(train: ClassificationSplit, fraction: float, seed: int,
+                 fix: str = "") -> tuple[SplitPart, SplitPart, dict]:
+    """(train part, val part, record of the carving): a validation set carved out of ``train`` per
+    class (``carve_validation``); a split whose every class has a single image is a DatasetError
+    (``fix``: what the user can do instead, appended to the message)."""
+    train_idx, val_idx = carve_validation(train.labels, fraction, seed)
+    if not len(val_idx):
+        raise DatasetError(f"{train.source}: no validation images can be carved out (every class has a single "
+                           f"training image)" + (f"; {fix}" if fix else ""))
+    how = f"{100 * fraction:g} % of {train.name} per class, seed {seed}"
+    return (SplitPart(train, train_idx, f"{train.name} minus val ({how})"),
+            SplitPart(train, val_idx, f"val carved from {how}"), {"fraction": fraction, "seed": seed})
+
+
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, val indices), stratified: per class round(fraction x n_c) images to val (at
     least one where the class has two or more, never all of them), drawn from ``seed``."""

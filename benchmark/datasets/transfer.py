@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.datasets.listed import inside_dataset, read_list_text
-from benchmark.datasets.splits import ClassificationData, ClassificationSplit, SplitPart, carve_validation, check_files
+from benchmark.datasets.splits import ClassificationData, ClassificationSplit, SplitPart, carved_parts, check_files
 from benchmark.errors import DatasetError
 from benchmark.metrics import eleven_point_map, mean_per_class_accuracy, top1_accuracy
 
@@ -152,14 +152,7 @@ def load_transfer(root: Path, name: str, layout: str, *, val_fraction: float = 0
         if train.labels.ndim != 1:
             raise DatasetError(f"{train.source}: a multi-label training split cannot be carved; it needs its own "
                                f"validation split")
-        train_idx, val_idx = carve_validation(train.labels, val_fraction, val_seed)
-        if not len(val_idx):
-            raise DatasetError(f"{train.source}: no validation images can be carved out (every class has a single "
-                               f"training image)")
-        how = f"{100 * val_fraction:g} % of {train.name} per class, seed {val_seed}"
-        train_part = SplitPart(train, train_idx, f"{train.name} minus val ({how})")
-        val_part = SplitPart(train, val_idx, f"val carved from {how}")
-        carved = {"fraction": val_fraction, "seed": val_seed}
+        train_part, val_part, carved = carved_parts(train, val_fraction, val_seed)
     test_part = SplitPart(read.test, np.arange(len(read.test.labels)), read.test.name)
     return ClassificationData(name, root, layout, train.class_names, train_part, val_part, test_part, carved,
                               follow_symlinks, protocol)

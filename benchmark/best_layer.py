@@ -38,10 +38,10 @@ def best_layer_rows(df: pd.DataFrame) -> pd.DataFrame:
     return rows.loc[best.to_numpy()].sort_index()
 
 
-def best_layer_table(df: pd.DataFrame) -> pd.DataFrame:
-    """model x task/metric: each number is one row (its model's best layer), followed by a
-    '<label> [layer]' column naming that layer. Empty when no task spans several layers."""
-    rows = best_layer_rows(df)
+def best_layer_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """model x task/metric of ``best_layer_rows``: each number is one row (its model's best layer),
+    followed by a '<label> [layer]' column naming that layer. Empty when no task spans several
+    layers."""
     if rows.empty:
         return pd.DataFrame()
     values = one_row_per_cell(rows, "model", "across_layers", what="best-layer table")

@@ -80,6 +80,13 @@ def _live_report_interval() -> float:
     return value
 
 
+def _print_report(paths: dict[str, Path]) -> None:
+    """The leaderboard's markdown, then where every file of the report is."""
+    print(paths["md"].read_text())
+    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
+    print(f"report: {paths['html']}")
+
+
 def _finish(summary, run_dir: Path) -> int:
     from .report import write_report
 
@@ -92,9 +99,7 @@ def _finish(summary, run_dir: Path) -> int:
             print(f"FAILED {unit_id}: {message}", file=sys.stderr)
         raise
     print(counts)
-    print(paths["md"].read_text())
-    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
-    print(f"report: {paths['html']}")
+    _print_report(paths)
     for unit_id, message in summary.failed.items():
         print(f"FAILED {unit_id}: {message}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -189,9 +194,7 @@ def cmd_report(args) -> int:
         raise BenchmarkError(f"{run_dir} is not a run directory (no units/ inside); pass the folder "
                              f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
     paths = write_report(run_dir, published=args.published)
-    print(paths["md"].read_text())
-    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
-    print(f"report: {paths['html']}")
+    _print_report(paths)
     return 0
 
 
@@ -199,9 +202,7 @@ def cmd_compare(args) -> int:
     from .report import write_comparison
 
     paths = write_comparison(args.run_dirs, args.out, published=args.published)
-    print(paths["md"].read_text())
-    print("leaderboard: " + "  ".join(str(p) for k, p in paths.items() if k not in ("results", "html")))
-    print(f"report: {paths['html']}")
+    _print_report(paths)
     return 0
 
 

@@ -141,12 +141,12 @@ def write_outputs(df: pd.DataFrame, out_dir: Path, *, title: str, families: dict
             else:
                 lines += [sub.to_markdown(floatfmt=".2f"), ""]
             page.leaderboard.append((section, sub, warning))
-        best = best_layer_table(df)
+        rows = best_layer_rows(df)
+        best = best_layer_table(rows)
         if not best.empty:
             lines += ["## Best layer per model", "", BEST_LAYER_NOTE, "",
                       best_layer_markdown(best).to_markdown(), ""]
             page.best_layer, page.best_layer_note = best, BEST_LAYER_NOTE
-            rows = best_layer_rows(df)
             paths["best_layer_csv"] = out_dir / "leaderboard_best_layer.csv"
             atomic_write(paths["best_layer_csv"], rows[["model", "across_layers", "layer", "value"]].rename(
                 columns={"across_layers": "task_metric"}).to_csv(index=False))

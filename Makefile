@@ -32,7 +32,18 @@ $(DEMO_DATA)/NYUv2/splits.mat: | $(VENV)/.installed
 $(DEMO_DATA)/synth-classification/test: | $(VENV)/.installed
 	$(VENV)/bin/ssl-bench data synth classification --out $(DEMO_DATA) --classes 10 --per-class 40 --seed 0
 
-demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv $(DEMO_DATA)/NYUv2/splits.mat $(DEMO_DATA)/synth-classification/test
+# three of the twelve transfer datasets in their official layouts, 3 classes x (30 train + 15 val + 15 test);
+# each rule's target is the last file its generator writes
+DEMO_TRANSFER := $(DEMO_DATA)/cifar10/cifar-10-batches-py/batches.meta $(DEMO_DATA)/flowers102/flowers-102/setid.mat \
+	$(DEMO_DATA)/voc2007/VOCdevkit/VOC2007/ImageSets/Main/test.txt
+$(DEMO_DATA)/cifar10/cifar-10-batches-py/batches.meta: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth transfer --dataset cifar10 --out $(DEMO_DATA) --per-class 30 --seed 0
+$(DEMO_DATA)/flowers102/flowers-102/setid.mat: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth transfer --dataset flowers102 --out $(DEMO_DATA) --per-class 30 --seed 0
+$(DEMO_DATA)/voc2007/VOCdevkit/VOC2007/ImageSets/Main/test.txt: | $(VENV)/.installed
+	$(VENV)/bin/ssl-bench data synth transfer --dataset voc2007 --out $(DEMO_DATA) --per-class 30 --seed 0
+
+demo: $(VENV)/.installed $(DEMO_DATA)/VOCdevkit/VOC2007/ImageSets/Main/test.txt $(DEMO_DATA)/Places205/trainvalsplit_places205/val_places205.csv $(DEMO_DATA)/NYUv2/splits.mat $(DEMO_DATA)/synth-classification/test $(DEMO_TRANSFER)
 	$(VENV)/bin/ssl-bench run --suite goyal2019-mini --data-root $(DEMO_DATA)
 	@echo "Leaderboard: runs/goyal2019-mini/leaderboard.md (also .csv and .png)"
 	@echo "Report: $(abspath runs/goyal2019-mini/report.html) (open it in a browser; self-contained)"

@@ -245,11 +245,14 @@ def cmd_list(args) -> int:
 # the real datasets' sizes, for `data synth --full-size`
 VOC07_IMAGES, VOC07_TEST = 9963, 4952
 PLACES205_CLASSES, PLACES205_VAL_PER_CLASS = 205, 100
+SYNTH_PER_CLASS = 30  # `data synth places205|classification`: train images per class
 
 
 def cmd_data_synth(args) -> int:
     if args.dataset == "transfer":
         return _synth_transfer(args)
+    if args.per_class is None:
+        args.per_class = SYNTH_PER_CLASS
     if args.dataset == "classification":
         from .datasets.synth_classification import synth_classification
 
@@ -303,8 +306,9 @@ def _synth_transfer(args) -> int:
                            f"{', '.join(TRANSFER_LAYOUTS)} (got {args.transfer_dataset})")
     names = TRANSFER_LAYOUTS if args.transfer_dataset == "all" else (args.transfer_dataset,)
     for name in names:
-        root = synth_transfer(Path(args.out), name, seed=args.seed)
-        print(f"wrote a tiny {name} in its official layout to {root} (dataset: {name}, layout: {name})")
+        sized = {} if args.per_class is None else {"per_class": args.per_class}
+        root = synth_transfer(Path(args.out), name, seed=args.seed, **sized)
+        print(f"wrote a small {name} in its official layout to {root} (dataset: {name}, layout: {name})")
     return 0
 
 
@@ -426,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/NYUv2 or OUT/NAME (classification, transfer)")
     synth.add_argument("--images", type=int, default=400, help="voc07 only")
     synth.add_argument("--classes", type=int, default=10, help="places205 and classification")
-    synth.add_argument("--per-class", type=int, default=30, help="places205 and classification: train images per "
-                       "class (val, or classification's test, gets per-class // 3)")
+    synth.add_argument("--per-class", type=int, default=None, help="places205 and classification (default 30): "
+                       "train images per class (val, or classification's test, gets per-class // 3); transfer "
+                       "(default 4): train images per class, val and test get per-class // 2 (at least 2)")
     synth.add_argument("--val-per-class", type=int, default=0, help="classification only: a val split with this "
                        "many images per class (default none: tasks carve one out of train)")
     synth.add_argument("--layout", choices=["imagefolder", "csv"], default="imagefolder", help="classification only")

@@ -5,7 +5,13 @@ on a textured background), so a classifier can learn them; the files around the 
 of the official downloads: CIFAR's pickled batches, Stanford Cars' and Flowers' .mat files,
 Food-101's JSON lists, Aircraft's variant lists, and so on (``benchmark.datasets.transfer`` lists
 each layout). ``synth_transfer(out, name)`` writes ``out/<name>/`` and returns it: the folder the
-option ``dataset`` names under the data root. Output is byte-identical for a given seed.
+option ``dataset`` names under the data root. The images and lists are byte-identical for a
+given seed and size (the .mat files' headers carry their creation time).
+
+``per_class`` sets the training images per class (4 by default: the readers' tests); val and test
+get half as many (at least 2). The mini suite uses 30, so that its accuracies move in steps of a
+few points and the significance intervals mean something. Caltech-101's 30 training images per
+class are the protocol's, so its size does not change.
 """
 
 from __future__ import annotations
@@ -25,19 +31,22 @@ _SIDES = (40, 56)  # small images: the whole set of twelve is written in a few s
 NUM_CLASSES = 3
 # images per class of each split written (Caltech-101: per class in all; 30 of them train)
 TRAIN_PER_CLASS = 4
-VAL_PER_CLASS = 2
-TEST_PER_CLASS = 2
+MIN_HELD_OUT_PER_CLASS = 2  # val and test images per class at the smallest size
 CALTECH_PER_CLASS = 32
 
 
-def synth_transfer(out: str | Path, name: str, *, seed: int = 0) -> Path:
-    """Write a tiny ``name`` (one of the twelve layouts) to ``out/name`` and return that folder."""
+def synth_transfer(out: str | Path, name: str, *, seed: int = 0, per_class: int = TRAIN_PER_CLASS) -> Path:
+    """Write a small ``name`` (one of the twelve layouts) to ``out/name`` and return that folder."""
     if name not in TRANSFER_LAYOUTS:
         raise DatasetError(f"unknown transfer dataset {name!r}; expected one of {', '.join(TRANSFER_LAYOUTS)}")
+    if not isinstance(per_class, int) or per_class < 2:
+        raise DatasetError(f"per_class (--per-class) must be an integer >= 2, got {per_class!r}")
     root = Path(out).expanduser() / name
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, TRANSFER_LAYOUTS.index(name)])
-    _WRITERS[name](root, rng)
+    held_out = max(MIN_HELD_OUT_PER_CLASS, per_class // 2)
+    counts = {"train": per_class, "val": held_out, "test": held_out, "trainval": per_class + held_out}
+    _WRITERS[name](root, rng, counts)
     return root
 
 
@@ -46,18 +55,16 @@ def _save(rng: np.random.Generator, cls: int, path: Path) -> None:
     class_image(rng, cls, *_SIDES).save(path, quality=_JPEG_QUALITY)
 
 
-def _per_split(*splits: str) -> dict[str, int]:
-    counts = {"train": TRAIN_PER_CLASS, "val": VAL_PER_CLASS, "test": TEST_PER_CLASS,
-              "trainval": TRAIN_PER_CLASS + VAL_PER_CLASS}
+def _per_split(counts: dict[str, int], *splits: str) -> dict[str, int]:
     return {s: counts[s] for s in splits}
 
 
-def _write_food101(root: Path, rng: np.random.Generator) -> None:
+def _write_food101(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     folder = root / "food-101"
     classes = ["apple_pie", "baby_back_ribs", "baklava"][:NUM_CLASSES]
     lists = {"train": {c: [] for c in classes}, "test": {c: [] for c in classes}}
     number = 1000
-    for split, count in _per_split("train", "test").items():
+    for split, count in _per_split(counts, "train", "test").items():
         for cls, name in enumerate(classes):
             for _ in range(count):
                 number += 17
@@ -85,13 +92,14 @@ def _pickle(path: Path, content: dict) -> None:
         pickle.dump(content, handle, protocol=2)
 
 
-def _write_cifar10(root: Path, rng: np.random.Generator) -> None:
+def _write_cifar10(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     classes = list(range(NUM_CLASSES))
-    # five training batches (one image of each class in each) and the test batch, as in the archive
-    for batch, count in [(f"data_batch_{i}", 1) for i in range(1, 6)] + [("test_batch", TEST_PER_CLASS)]:
+    # five training batches (a fifth of each class's images in each) and the test batch, as in the archive
+    per_batch = -(-counts["train"] // 5)
+    for batch, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", counts["test"])]:
         labels = [c for c in classes for _ in range(count)]
         label = "testing batch 1 of 1" if batch == "test_batch" else f"training batch {batch[-1]} of 5"
         _pickle(folder / batch, {"batch_label": label, "labels": labels, "data": _cifar_pixels(rng, labels),
@@ -100,12 +108,12 @@ def _write_cifar10(root: Path, rng: np.random.Generator) -> None:
                                       "num_vis": 3072})
 
 
-def _write_cifar100(root: Path, rng: np.random.Generator) -> None:
+def _write_cifar100(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     fine = ["apple", "aquarium_fish", "baby"][:NUM_CLASSES]
     coarse = ["fruit_and_vegetables", "fish", "people"][:NUM_CLASSES]
-    for split, count in (("train", 5), ("test", TEST_PER_CLASS)):
+    for split, count in (("train", 5 * -(-counts["train"] // 5)), ("test", counts["test"])):  # as CIFAR-10
         labels = [c for c in range(NUM_CLASSES) for _ in range(count)]
         _pickle(folder / split, {"filenames": [f"{fine[c]}_s_{i:06d}.png" for i, c in enumerate(labels)],
                                  "batch_label": f"{split}ing batch 1 of 1", "fine_labels": labels,
@@ -117,7 +125,7 @@ _BIRDSNAP_PARTS = ["back", "beak", "belly", "breast", "crown", "forehead", "left
                    "left_wing", "nape", "right_cheek", "right_eye", "right_leg", "right_wing", "tail", "throat"]
 
 
-def _write_birdsnap(root: Path, rng: np.random.Generator) -> None:
+def _write_birdsnap(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     species = [("Acadian Flycatcher", "Empidonax virescens"), ("Acorn Woodpecker", "Melanerpes formicivorus"),
                ("Alder Flycatcher", "Empidonax alnorum")][:NUM_CLASSES]
     dirs = [common.replace(" ", "_") for common, _ in species]
@@ -128,14 +136,14 @@ def _write_birdsnap(root: Path, rng: np.random.Generator) -> None:
     rows, tests = [], []
     number = 0
     for cls, directory in enumerate(dirs):
-        for position in range(TRAIN_PER_CLASS + TEST_PER_CLASS + 1):
+        for position in range(counts["train"] + counts["test"] + 1):
             number += 1
             relative = f"{directory}/{number:04d}.jpg"
             # the last image of the first species is listed but was never downloaded (a dead
             # Flickr link, as in every real copy): the reader counts it as missing
-            if not (cls == 0 and position == TRAIN_PER_CLASS + TEST_PER_CLASS):
+            if not (cls == 0 and position == counts["train"] + counts["test"]):
                 _save(rng, cls, root / "download" / "images" / relative)
-            if TRAIN_PER_CLASS <= position < TRAIN_PER_CLASS + TEST_PER_CLASS:
+            if counts["train"] <= position < counts["train"] + counts["test"]:
                 tests.append(relative)
             coordinates = [str(int(v)) for v in rng.integers(0, 40, 4 + 2 * len(_BIRDSNAP_PARTS))]
             rows.append([f"http://farm1.staticflickr.com/{number}/{number}_x.jpg", f"{number:032x}", relative,
@@ -144,7 +152,7 @@ def _write_birdsnap(root: Path, rng: np.random.Generator) -> None:
     (root / "test_images.txt").write_text("path\n" + "".join(f"{t}\n" for t in tests))
 
 
-def _write_sun397(root: Path, rng: np.random.Generator) -> None:
+def _write_sun397(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     folder = root / "SUN397"
     classes = ["/a/abbey", "/b/bakery/shop", "/c/canyon"][:NUM_CLASSES]  # a nested class as in the real set
     (folder).mkdir(parents=True, exist_ok=True)
@@ -152,12 +160,12 @@ def _write_sun397(root: Path, rng: np.random.Generator) -> None:
     partitions = {"Training_01.txt": [], "Testing_01.txt": []}
     for cls, name in enumerate(classes):
         # one more image than partition 1 uses: the partitions draw from all of a class's images
-        for position in range(TRAIN_PER_CLASS + TEST_PER_CLASS + 1):
+        for position in range(counts["train"] + counts["test"] + 1):
             relative = f"{name}/sun_{''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), 16))}.jpg"
             _save(rng, cls, folder / relative.lstrip("/"))
-            if position < TRAIN_PER_CLASS:
+            if position < counts["train"]:
                 partitions["Training_01.txt"].append(relative)
-            elif position < TRAIN_PER_CLASS + TEST_PER_CLASS:
+            elif position < counts["train"] + counts["test"]:
                 partitions["Testing_01.txt"].append(relative)
     # Partitions.zip is a separate download; extracted beside SUN397/ it gives Partitions/
     (root / "Partitions").mkdir(exist_ok=True)
@@ -176,7 +184,7 @@ def _mat_struct_array(records: list[dict]) -> np.ndarray:
     return array
 
 
-def _write_stanford_cars(root: Path, rng: np.random.Generator) -> None:
+def _write_stanford_cars(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     from scipy.io import savemat
 
     folder = root / "stanford_cars"
@@ -186,7 +194,7 @@ def _write_stanford_cars(root: Path, rng: np.random.Generator) -> None:
     for split, annotation_file in (("train", folder / "devkit" / "cars_train_annos.mat"),
                                ("test", folder / "cars_test_annos_withlabels.mat")):
         records = []
-        count = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
+        count = counts[split]
         for index, cls in enumerate(c for c in range(NUM_CLASSES) for _ in range(count)):
             fname = f"{index + 1:05d}.jpg"
             _save(rng, cls, folder / f"cars_{split}" / fname)
@@ -196,7 +204,7 @@ def _write_stanford_cars(root: Path, rng: np.random.Generator) -> None:
         savemat(annotation_file, {"annotations": _mat_struct_array(records)})
 
 
-def _write_fgvc_aircraft(root: Path, rng: np.random.Generator) -> None:
+def _write_fgvc_aircraft(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     data = root / "fgvc-aircraft-2013b" / "data"
     variants = ["707-320", "727-200", "A300B4"][:NUM_CLASSES]
     families = ["Boeing 707", "Boeing 727", "A300"][:NUM_CLASSES]
@@ -207,7 +215,7 @@ def _write_fgvc_aircraft(root: Path, rng: np.random.Generator) -> None:
     (data / "manufacturers.txt").write_text("".join(f"{m}\n" for m in dict.fromkeys(manufacturers)))
     number = 1000000
     lists: dict[str, list[tuple[str, int]]] = {}
-    for split, count in _per_split("train", "val", "test").items():
+    for split, count in _per_split(counts, "train", "val", "test").items():
         lists[split] = []
         for cls in range(NUM_CLASSES):
             for _ in range(count):
@@ -221,19 +229,19 @@ def _write_fgvc_aircraft(root: Path, rng: np.random.Generator) -> None:
             (data / f"images_{level}_{split}.txt").write_text("".join(f"{i} {names[c]}\n" for i, c in entries))
 
 
-def _write_voc2007(root: Path, rng: np.random.Generator) -> None:
+def _write_voc2007(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     from benchmark.datasets.synth_voc import synth_voc07
 
-    synth_voc07(root, n_images=24, seed=int(rng.integers(1 << 31)), min_side=40, max_side=56)
+    synth_voc07(root, n_images=6 * counts["train"], seed=int(rng.integers(1 << 31)), min_side=40, max_side=56)
 
 
-def _write_dtd(root: Path, rng: np.random.Generator) -> None:
+def _write_dtd(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     folder = root / "dtd"  # the archive's top folder
     classes = ["banded", "blotchy", "braided"][:NUM_CLASSES]
     lists: dict[str, list[str]] = {s: [] for s in ("train", "val", "test")}
     for cls, name in enumerate(classes):
         number = 0
-        for split, count in _per_split("train", "val", "test").items():
+        for split, count in _per_split(counts, "train", "val", "test").items():
             for _ in range(count):
                 number += 1
                 relative = f"{name}/{name}_{number:04d}.jpg"
@@ -247,14 +255,14 @@ def _write_dtd(root: Path, rng: np.random.Generator) -> None:
         "".join(f"{e} {e.split('/')[0]} \n" for entries in lists.values() for e in entries))
 
 
-def _write_oxford_pets(root: Path, rng: np.random.Generator) -> None:
+def _write_oxford_pets(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     folder = root / "oxford-iiit-pet"
     # cat breeds are capitalised, dog breeds not: the species column says which (1 cat, 2 dog)
     breeds = [("Abyssinian", 1, 1), ("american_bulldog", 2, 1), ("Bengal", 1, 2)][:NUM_CLASSES]
     lists: dict[str, list[str]] = {"trainval": [], "test": []}
     for cls, (breed, species, breed_id) in enumerate(breeds):
         number = 0
-        for split, count in _per_split("trainval", "test").items():
+        for split, count in _per_split(counts, "trainval", "test").items():
             for _ in range(count):
                 number += 1
                 image_id = f"{breed}_{number}"
@@ -268,7 +276,7 @@ def _write_oxford_pets(root: Path, rng: np.random.Generator) -> None:
         + "".join(f"{line}\n" for lines in lists.values() for line in lines))
 
 
-def _write_caltech101(root: Path, rng: np.random.Generator) -> None:
+def _write_caltech101(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     categories = root / "caltech101" / "101_ObjectCategories"
     # the background clutter class too, drawn as one more class
     names = ["Faces", "accordion", "airplanes"][:NUM_CLASSES] + ["BACKGROUND_Google"]
@@ -277,7 +285,7 @@ def _write_caltech101(root: Path, rng: np.random.Generator) -> None:
             _save(rng, cls, categories / name / f"image_{number:04d}.jpg")
 
 
-def _write_flowers102(root: Path, rng: np.random.Generator) -> None:
+def _write_flowers102(root: Path, rng: np.random.Generator, counts: dict[str, int]) -> None:
     from scipy.io import savemat
 
     folder = root / "flowers-102"
@@ -285,7 +293,7 @@ def _write_flowers102(root: Path, rng: np.random.Generator) -> None:
     image_id = 0
     for split, key in (("train", "trnid"), ("val", "valid"), ("test", "tstid")):
         for cls in range(NUM_CLASSES):
-            for _ in range(_per_split(split)[split]):
+            for _ in range(counts[split]):
                 image_id += 1
                 _save(rng, cls, folder / "jpg" / f"image_{image_id:05d}.jpg")
                 labels.append(cls + 1)

@@ -327,6 +327,31 @@ def test_synth_transfer_cli(tmp_path, capsys):
     assert "--dataset NAME" in capsys.readouterr().err
 
 
+# --per-class 10: 10 train images per class, 5 val and 5 test (per-class // 2); CIFAR's train is
+# five batches of ceil(10 / 5) per class; VOC2007 gets 6 images per --per-class
+SIZED = {"dtd": (30, 15, 15), "fgvc_aircraft": (30, 15, 15), "flowers102": (30, 15, 15),
+         "cifar10": (30, None, 15), "cifar100": (30, None, 15)}
+
+
+@pytest.mark.parametrize("name", [*SIZED, "voc2007"])
+def test_synth_transfer_per_class_sets_the_split_sizes(tmp_path, name):
+    assert main(["data", "synth", "transfer", "--dataset", name, "--out", str(tmp_path), "--per-class", "10"]) == 0
+    data = load(tmp_path, name, layout=name)
+    if name == "voc2007":
+        assert len(data.train) + len(data.val) + len(data.test) == 60
+        return
+    n_train, n_val, n_test = SIZED[name]
+    if n_val is None:  # no validation split of its own: 20 % of train carved out
+        assert (len(data.train) + len(data.val), len(data.val), len(data.test)) == (n_train, n_train // 5, n_test)
+    else:
+        assert (len(data.train), len(data.val), len(data.test)) == (n_train, n_val, n_test)
+
+
+def test_synth_transfer_refuses_a_size_below_two(tmp_path):
+    with pytest.raises(DatasetError, match="--per-class"):
+        synth_transfer(tmp_path, "dtd", per_class=1)
+
+
 # --- metrics
 
 

@@ -36,7 +36,7 @@ from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, OneOf, declare
 from benchmark.provenance import resolve_device
 from benchmark.row_schema import OUTCOMES, STEP_COLUMN
-from benchmark.significance import Outcomes
+from benchmark.significance import MAP11, Outcomes, rank_scores
 
 from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, MEAN_PER_CLASS, ClassificationTask, draw_rows,
                      few_shot_draw, headline_metric, load_part, mean_per_class_row, transfer_column)
@@ -63,7 +63,6 @@ COST_LISTS = {"kornblith": KORNBLITH_COSTS}
 # the binary logistic regression of w = w1 - w0 with penalty 0.25 ||w||^2: scikit-learn's binary
 # LogisticRegression(C=2 C) (today's behaviour for binary labels), with decision function z1 - z0.
 BINARY_C_FACTOR = 2.0  # the binary LogisticRegression's C equal to the 2-class multinomial problem at C
-MAP11 = "voc07_11point_map"
 
 
 def _normalise(x: np.ndarray, device) -> torch.Tensor:
@@ -297,8 +296,10 @@ class LogReg(ClassificationTask, Task):
                     "selection": f"C on val ({data.val.description}); refit on train + val at the chosen C; "
                                  f"test evaluated once, after the refit"}
         scores = decision(theta, prepare(load_part(features, data.test, layer)))  # read only after selection
+        # per-image outcomes for the significance marks: each class's scores as percentile ranks (same mAP)
+        outcomes = Outcomes(MAP11, rank_scores(scores), np.asarray(data.test.labels))
         rows = [{**base, "metric": MAP11, "value": 100.0 * eleven_point_map(data.test.labels, scores),
-                 "transfer_column": f"{NAME} {layer} protocol metric"}]
+                 "transfer_column": f"{NAME} {layer} protocol metric", OUTCOMES: outcomes}]
         for k, name in enumerate(data.class_names):
             ap = eleven_point_map(data.test.labels[:, [k]], scores[:, [k]])
             rows.append({**base, "metric": "ap11", "class": name, "value": 100.0 * ap})

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmark.significance import Outcomes, bootstrap_interval, not_worse_than_best, permutation_p_value, statistic
+from benchmark.significance import (Outcomes, bootstrap_interval, not_worse_than_best, permutation_p_value, rank_scores,
+                                   statistic)
 
 
 def _pair(n=14, seed=0):
@@ -90,3 +91,74 @@ def test_not_worse_than_best_marks():
     assert min(p["tied"], p["best"]) > 0.05 or best == "tied"
     with pytest.raises(ValueError, match="same test images"):
         permutation_p_value(Outcomes("top1", np.ones(3)), Outcomes("top1", np.ones(4)))
+
+
+# --- VOC2007's 11-point mAP (multi-label: per image, a score and a label for every class)
+
+def _devkit_eleven_point_map(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The VOC2007 devkit's VOCevalcls, one class at a time: rank by decreasing confidence (the
+    later image first on a tie), difficult images (-1) left out, then the mean over t = 0, 0.1, ...,
+    1 of the best precision at recall >= t; classes without a positive left out of the mean."""
+    aps = []
+    for c in range(labels.shape[1]):
+        kept = [i for i in range(len(labels)) if labels[i, c] != -1]
+        ranked = sorted(kept, key=lambda i: (scores[i, c], i), reverse=True)
+        truth = [labels[i, c] == 1 for i in ranked]
+        if not any(truth):
+            continue
+        tp = fp = 0
+        precision, recall = [], []
+        for hit in truth:
+            tp, fp = tp + hit, fp + (not hit)
+            precision.append(tp / (tp + fp))
+            recall.append(tp / sum(truth))
+        aps.append(np.mean([max([p for p, r in zip(precision, recall) if r >= t], default=0.0)
+                            for t in np.arange(0.0, 1.1, 0.1)]))  # the devkit's 0:0.1:1 (3 x 0.1 > 0.3)
+    return 100.0 * float(np.mean(aps))
+
+
+def _multi_label(n, classes, seed, shift=1.0):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice([1, 0, 0, 0, -1], size=(n, classes))
+    scores = np.round(rng.normal(size=(n, classes)) + shift * (labels == 1), 1)  # rounded: ties
+    return labels, scores
+
+
+def test_map_statistic_hand_case_and_devkit():
+    # one class, ranked 1 0 1 0: precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1 -> six thresholds
+    # (0 .. 0.5) at precision 1 and five (0.6 .. 1) at 2/3
+    labels, scores = np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.7], [0.6]])
+    assert statistic("voc07_11point_map", scores[None], labels)[0] == pytest.approx((6 + 5 * 2 / 3) / 11 * 100)
+    for seed in range(3):
+        labels, scores = _multi_label(40, 5, seed)
+        expected = _devkit_eleven_point_map(labels, scores)
+        assert statistic("voc07_11point_map", scores[None], labels)[0] == pytest.approx(expected, abs=1e-9)
+        # stored as percentile ranks per class: the same rankings, so the same mAP
+        assert Outcomes("voc07_11point_map", rank_scores(scores), labels).value() == pytest.approx(expected, abs=1e-9)
+
+
+def test_map_exact_p_value_equals_scipy_paired_permutation_test():
+    labels, good = _multi_label(12, 3, seed=4, shift=2.0)
+    _, weak = _multi_label(12, 3, seed=5, shift=0.3)
+    best, model = rank_scores(good), rank_scores(weak)
+    ours = permutation_p_value(Outcomes("voc07_11point_map", model, labels),
+                               Outcomes("voc07_11point_map", best, labels))
+
+    # scipy swaps paired items: each item is an image's row, named by its index in [best; model]
+    rows = np.concatenate([best, model])
+
+    def difference(x, y):
+        return _devkit_eleven_point_map(labels, rows[x]) - _devkit_eleven_point_map(labels, rows[y])
+    oracle = stats.permutation_test((np.arange(12), np.arange(12) + 12), difference, permutation_type="samples",
+                                    alternative="greater", n_resamples=np.inf, vectorized=False).pvalue
+    assert ours == pytest.approx(oracle, abs=1e-12) and ours < 1.0
+
+
+def test_map_bootstrap_interval_is_close_to_scipy():
+    labels, scores = _multi_label(60, 4, seed=6, shift=1.5)
+    low, high = bootstrap_interval(Outcomes("voc07_11point_map", rank_scores(scores), labels), n_resamples=1000)
+    oracle = stats.bootstrap((np.arange(60),), lambda i: _devkit_eleven_point_map(labels[i], scores[i]),
+                             vectorized=False, method="percentile", n_resamples=1000,
+                             random_state=1).confidence_interval
+    assert low < _devkit_eleven_point_map(labels, scores) < high
+    assert abs(low - oracle.low) < 3.0 and abs(high - oracle.high) < 3.0

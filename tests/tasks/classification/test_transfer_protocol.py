@@ -17,7 +17,7 @@ from benchmark.cli import main
 from benchmark.datasets.classification import load_classification
 from benchmark.datasets.synth_transfer import synth_transfer
 from benchmark.results import ResultStore
-from benchmark.row_schema import OUTCOMES
+from benchmark.row_schema import OUTCOMES, OUTCOMES_ENTRY, OUTCOMES_FILE
 from tasks.classification.common import headline_metric, mean_per_class_row, transfer_column
 from tasks.classification.logreg import BINARY_C_FACTOR, KORNBLITH_COSTS, KORNBLITH_WEIGHT_DECAYS
 
@@ -206,7 +206,8 @@ def voc_run(tmp_path_factory):
         m = json.loads(meta.read_text())
         feats[m["split"], m["layer"]] = np.load(meta.with_suffix(".npy")).astype(np.float64)
     data = load_classification(root / "data", "voc2007", layout="voc2007", multi_label=True)
-    return SimpleNamespace(df=ResultStore(out / "voc").load(), feats=feats, data=data)
+    store = ResultStore(out / "voc")
+    return SimpleNamespace(df=store.load(), store=store, feats=feats, data=data)
 
 
 def test_logreg_voc2007_one_vs_rest_choice_on_val_and_refit_equal_sklearn(voc_run):
@@ -231,6 +232,11 @@ def test_logreg_voc2007_one_vs_rest_choice_on_val_and_refit_equal_sklearn(voc_ru
     assert float(row["cost"]) == pytest.approx(chosen)
     assert float(row["value"]) == pytest.approx(100 * eleven_point_map(Lte, test), abs=1e-6)
     assert row["refit"] == "train+val" and row["transfer_column"] == "logreg pool5 protocol metric"
+    # the per-image outcomes behind the significance marks give the same mAP (percentile-ranked scores)
+    outcomes = run.store.read_outcomes(row[OUTCOMES_FILE], row[OUTCOMES_ENTRY])
+    assert outcomes.statistic == "voc07_11point_map" and outcomes.values.shape == Lte.shape
+    assert outcomes.value() == pytest.approx(float(row["value"]), abs=1e-9)
+    assert np.array_equal(outcomes.classes, Lte)
     per_cost = df[df.metric == "val_voc07_11point_map"]
     for C in val:
         assert float(per_cost[np.isclose(per_cost.cost.astype(float), C)]["value"].iloc[0]) == pytest.approx(val[C])

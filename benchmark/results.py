@@ -116,6 +116,8 @@ class ResultStore:
         self.run_dir = Path(run_dir)
         self.units_dir = self.run_dir / "units"
         self.damaged: list[str] = []  # "path: problem" of the files the last load() left out
+        # outcomes file name -> its arrays: a unit's rows share one file, read once per store
+        self._outcome_arrays: dict[str, dict[str, np.ndarray]] = {}
 
     def unit_path(self, unit_id: str) -> Path:
         return inside(self.run_dir, "units", unit_filename(unit_id))
@@ -216,6 +218,7 @@ class ResultStore:
 
     def write_unit(self, unit_id: str, rows: list[dict]) -> Path:
         path = self.unit_path(unit_id)
+        self._outcome_arrays.pop(path.with_suffix(OUTCOMES_SUFFIX).name, None)
         rows = self._write_outcomes(path, rows)
         frame = pd.DataFrame(rows)
         for column in KEY_COLUMNS:
@@ -261,9 +264,12 @@ class ResultStore:
 
         path = inside(self.units_dir, file_name)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                classes = data[f"{entry}.classes"] if f"{entry}.classes" in data.files else None
-                return Outcomes(str(data[f"{entry}.statistic"]), data[f"{entry}.values"], classes)
+            if file_name not in self._outcome_arrays:
+                with np.load(path, allow_pickle=False) as data:
+                    self._outcome_arrays[file_name] = {name: data[name] for name in data.files}
+            arrays = self._outcome_arrays[file_name]
+            return Outcomes(str(arrays[f"{entry}.statistic"]), arrays[f"{entry}.values"],
+                            arrays.get(f"{entry}.classes"))
         except (OSError, ValueError, KeyError) as exc:
             raise BenchmarkError(f"{path}: per-image outcomes of {entry} cannot be read ({exc}); "
                                  f"rerun its unit ('ssl-bench run ... --force') to write it again") from None

@@ -10,25 +10,14 @@ the disk the run would write (the same estimate a run checks free space against)
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
-import pandas as pd
 
 from ..diskspace import FeatureNeed
 from ..models.backbone import get_architecture
 from ..results import ResultStore
 from .driver import estimate_writes, preflight
 from .plan import Plan
-
-
-def _finished_units(run_dir: Path) -> pd.DataFrame:
-    """One row per finished unit of an existing run directory: task, arch, wall time."""
-    if not (run_dir / "units").is_dir():
-        return pd.DataFrame(columns=["task", "arch", "wall_time_s"])
-    rows = ResultStore(run_dir).load(damaged="skip")
-    if rows.empty or "wall_time_s" not in rows:
-        return pd.DataFrame(columns=["task", "arch", "wall_time_s"])
-    return rows.dropna(subset=["wall_time_s"]).groupby("unit_id").first()[["task", "arch", "wall_time_s"]]
+from .status import finished_units
 
 
 def _duration(seconds: float) -> str:
@@ -44,7 +33,7 @@ def describe_plan(plan: Plan, executor: str = "local") -> list[str]:
     done = {u.unit_id for u in plan.units if (plan.run_dir / "units").is_dir()
             and store.unit_state(u.unit_id, u.config_hash)[0] == "done"}
     pending = [u for u in plan.units if u.unit_id not in done]
-    finished = _finished_units(plan.run_dir)
+    finished = finished_units(store)
     specs = {m.name: m for m in plan.suite.models}
     lines = [f"dry run of suite '{plan.suite.name}' into {plan.run_dir} (nothing is written)", "",
              f"{len(plan.units)} units: {len(pending)} to run, {len(done)} already done", ""]

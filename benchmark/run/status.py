@@ -7,8 +7,9 @@ import json
 import socket
 import time
 from dataclasses import dataclass
-
 from pathlib import Path
+
+import pandas as pd
 
 from ..paths import process_alive
 from ..results import ResultStore
@@ -77,15 +78,30 @@ class PlannedUnits:
         return cls(Path(run_dir), read_manifest(run_dir))
 
 
-def unit_durations(store: ResultStore) -> dict[str, float]:
-    """Wall time of every finished unit (the ``wall_time_s`` its rows carry), by unit id."""
+FINISHED_COLUMNS = ["task", "arch", "wall_time_s"]
+
+
+def finished_units(store: ResultStore) -> pd.DataFrame:
+    """One row per finished unit, indexed by unit id: its task, architecture and wall time (the
+    ``wall_time_s`` its rows carry); empty where the run has none or its results cannot be read."""
+    empty = pd.DataFrame(columns=FINISHED_COLUMNS)
+    if not store.units_dir.is_dir():
+        return empty
     try:
         rows = store.load(damaged="skip")
-    except Exception:  # status must show what it can, whatever the results' state
-        return {}
+    except Exception:  # status and --dry-run show what they can, whatever the results' state
+        return empty
     if rows.empty or "wall_time_s" not in rows or "unit_id" not in rows:
-        return {}
-    times = rows.dropna(subset=["wall_time_s"]).groupby("unit_id")["wall_time_s"].first()
+        return empty
+    for column in FINISHED_COLUMNS:
+        if column not in rows:
+            rows[column] = ""
+    return rows.dropna(subset=["wall_time_s"]).groupby("unit_id").first()[FINISHED_COLUMNS]
+
+
+def unit_durations(store: ResultStore) -> dict[str, float]:
+    """Wall time of every finished unit, by unit id."""
+    times = finished_units(store)["wall_time_s"]
     return {str(k): float(v) for k, v in times.items()}
 
 

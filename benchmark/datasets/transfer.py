@@ -238,17 +238,26 @@ def _split(root: Path, name: str, paths, labels, class_names: list[str], source:
 # --- the readers
 
 
+def _two_official_splits(root: Path, layout: str, dataset_class, image_attribute: str, names: tuple[str, str],
+                         list_file: str, follow_symlinks: bool) -> _Read:
+    """A dataset whose torchvision class reads a training and a test split from the official lists
+    (``list_file`` formatted with the split's name, under the official folder); no validation split."""
+    folder = _official_folder(root, layout)
+    splits = {}
+    for split in names:
+        data = _torchvision(layout, root, dataset_class, folder.parent, split=split)
+        splits[split] = _split(root, split, getattr(data, image_attribute), data._labels, data.classes,
+                               folder / list_file.format(split=split), follow_symlinks)
+    train, test = (splits[name] for name in names)
+    _same_classes(train, test)
+    return _Read(train, None, test, {"official_splits": f"{'/'.join(names)} of {list_file.format(split='*')}"})
+
+
 def _read_food101(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     from torchvision.datasets import Food101
 
-    folder = _official_folder(root, "food101")
-    splits = {}
-    for split in ("train", "test"):
-        data = _torchvision("food101", root, Food101, folder.parent, split=split)
-        splits[split] = _split(root, split, data._image_files, data._labels, data.classes,
-                               folder / "meta" / f"{split}.json", follow_symlinks)
-    _same_classes(splits["train"], splits["test"])
-    return _Read(splits["train"], None, splits["test"], {"official_splits": "train/test of meta/*.json"})
+    return _two_official_splits(root, "food101", Food101, "_image_files", ("train", "test"), "meta/{split}.json",
+                                follow_symlinks)
 
 
 def _unchecked_cifar(layout: str):
@@ -478,14 +487,8 @@ def _dtd_split(root: Path, folder: Path, split: str, list_file: Path) -> tuple[l
 def _read_oxford_pets(root: Path, follow_symlinks: bool, seed: int) -> _Read:
     from torchvision.datasets import OxfordIIITPet
 
-    folder = _official_folder(root, "oxford_pets")
-    splits = {}
-    for split in ("trainval", "test"):
-        data = _torchvision("oxford_pets", root, OxfordIIITPet, folder.parent, split=split)
-        splits[split] = _split(root, split, data._images, data._labels, data.classes,
-                               folder / "annotations" / f"{split}.txt", follow_symlinks)
-    _same_classes(splits["trainval"], splits["test"])
-    return _Read(splits["trainval"], None, splits["test"], {"official_splits": "trainval/test of annotations/"})
+    return _two_official_splits(root, "oxford_pets", OxfordIIITPet, "_images", ("trainval", "test"),
+                                "annotations/{split}.txt", follow_symlinks)
 
 
 def _read_caltech101(root: Path, follow_symlinks: bool, seed: int) -> _Read:

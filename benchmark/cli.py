@@ -224,9 +224,11 @@ def cmd_list(args) -> int:
     elif args.what == "published":
         from .published import available, describe
 
-        for name in available():  # loaded, so a broken file is reported here and not first in a report
+        names = available()
+        width = max(map(len, names), default=0)
+        for name in names:  # loaded, so a broken file is reported here and not first in a report
             rows, description = describe(name)
-            print(f"{name:16s} {rows:4d} rows  {description}")
+            print(f"{name:{width}s} {rows:4d} rows  {description}")
     elif args.what == "archs":
         from .registry import ARCHITECTURES
 

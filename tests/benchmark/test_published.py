@@ -214,3 +214,21 @@ def test_simclr_table8_rows_as_printed():
     assert cell["simclr", "finetune", "stanford_cars"] == 92.1
     assert cell["supervised", "finetune", "fgvc_aircraft"] == 88.0
     assert cell["random_init", "finetune", "caltech101"] == 72.5 and cell["random_init", "finetune", "dtd"] == 64.1
+
+
+def test_simclr_tables_6_and_7_rows_as_printed():
+    rows = load_published("simclr2020-imagenet")
+    linear, finetune = rows[rows["task"] == "linear"], rows[rows["task"] == "finetune"]
+    # Table 6: 13 methods' top-1 and the 7 top-5 values printed; Table 7: 9 values at 1 %, 12 at 10 %
+    assert (len(linear), len(finetune)) == (20, 21) and set(linear["table"]) == {"6", "SimCLR Table 6"}
+    assert set(finetune["metric"]) == {"top5"} and set(finetune["train_set"]) == {"imagenet-1pct", "imagenet-10pct"}
+    cell = rows.set_index(["model", "arch", "task", "metric", "train_set"])["value"]
+    # typed by hand from the seed tables' copy of Tables 6 and 7
+    assert cell["simclr", "resnet50", "linear", "top1", "imagenet"] == 69.3
+    assert cell["simclr", "resnet50x4", "linear", "top5", "imagenet"] == 93.2
+    assert cell["moco", "resnet50x4", "linear", "top1", "imagenet"] == 68.6
+    assert cell["cpc_v2", "resnet161", "linear", "top5", "imagenet"] == 90.1
+    assert cell["simclr", "resnet50", "finetune", "top5", "imagenet-1pct"] == 75.5
+    assert cell["simclr", "resnet50x2", "finetune", "top5", "imagenet-10pct"] == 91.2
+    assert cell["pseudo_label", "resnet50", "finetune", "top5", "imagenet-1pct"] == 51.6
+    assert ("fixmatch_randaugment", "resnet50", "finetune", "top5", "imagenet-1pct") not in cell.index  # '-'

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import DEFAULT_CONFIG, list_suites, load_suite
 from .console_log import configure_console_logging
-from .errors import BenchmarkError
+from .errors import BenchmarkError, ConfigError
 
 
 # each entry is a callable that adds a sub-command to the parser (plugins' commands, e.g. `pretrain`)
@@ -255,6 +255,21 @@ def cmd_data_synth(args) -> int:
         return _synth_transfer(args)
     if args.per_class is None:
         args.per_class = SYNTH_PER_CLASS
+    layouts = {"classification": ("imagefolder", "csv"), "imagenet": ("kaggle", "folders")}.get(args.dataset, ())
+    if args.layout is not None and args.layout not in layouts:
+        raise ConfigError(f"data synth {args.dataset}: --layout {args.layout} is not one of its layouts "
+                          f"({', '.join(layouts) or 'it has one layout: leave --layout out'})")
+    args.layout = args.layout or (layouts[0] if layouts else None)
+    if args.dataset == "imagenet":
+        from .datasets.synth_imagenet import synth_imagenet
+
+        val_per_class = max(1, args.per_class // 3)
+        root = synth_imagenet(Path(args.out), num_classes=args.classes, train_per_class=args.per_class,
+                              val_per_class=val_per_class, layout=args.layout, seed=args.seed)
+        print(f"wrote {args.classes} classes x ({args.per_class} train + {val_per_class} val) images in ImageNet's "
+              f"{args.layout} layout to {root} (dataset: imagenet, layout: imagenet, test_split: val, "
+              f"val_split: holdout)")
+        return 0
     if args.dataset == "classification":
         from .datasets.synth_classification import synth_classification
 
@@ -424,20 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="generate a small dataset in the real on-disk format")
-    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2", "classification", "transfer"])
+    synth.add_argument("dataset", choices=["voc07", "places205", "nyuv2", "classification", "imagenet", "transfer"])
     synth.add_argument("--dataset", dest="transfer_dataset", metavar="NAME|all", help="transfer only: which of "
                        "the twelve transfer datasets (food101, cifar10, ...; written to OUT/NAME in its official "
                        "layout), or all")
     synth.add_argument("--out", type=Path, required=True, help="writes OUT/VOCdevkit/VOC2007, OUT/Places205, "
-                       "OUT/NYUv2 or OUT/NAME (classification, transfer)")
+                       "OUT/NYUv2, OUT/imagenet or OUT/NAME (classification, transfer)")
     synth.add_argument("--images", type=int, default=400, help="voc07 only")
-    synth.add_argument("--classes", type=int, default=10, help="places205 and classification")
-    synth.add_argument("--per-class", type=int, default=None, help="places205 and classification (default 30): "
-                       "train images per class (val, or classification's test, gets per-class // 3); transfer "
+    synth.add_argument("--classes", type=int, default=10, help="places205, classification and imagenet")
+    synth.add_argument("--per-class", type=int, default=None, help="places205, classification and imagenet (default "
+                       "30): train images per class (val, or classification's test, gets per-class // 3); transfer "
                        "(default 4): train images per class, val and test get per-class // 2 (at least 2)")
     synth.add_argument("--val-per-class", type=int, default=0, help="classification only: a val split with this "
                        "many images per class (default none: tasks carve one out of train)")
-    synth.add_argument("--layout", choices=["imagefolder", "csv"], default="imagefolder", help="classification only")
+    synth.add_argument("--layout", choices=["imagefolder", "csv", "kaggle", "folders"], default=None,
+                       help="classification: imagefolder (default) or csv; imagenet: kaggle (default: Kaggle's "
+                            "ILSVRC tree with LOC_val_solution.csv) or folders (train/<wnid>/, val/<wnid>/)")
     synth.add_argument("--name", default="synth-classification", help="classification only: the dataset folder")
     synth.add_argument("--full-size", action="store_true",
                        help="voc07: the real set's 9,963 images (5,011 trainval + 4,952 test) at VOC's resolutions; "

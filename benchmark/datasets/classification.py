@@ -1,4 +1,5 @@
-"""Generic single-label image classification datasets: an ImageFolder tree or CSV lists.
+"""Generic single-label image classification datasets: an ImageFolder tree or CSV lists (and, through
+their own modules, Places205, ImageNet and the twelve transfer datasets in their official layouts).
 
 Two on-disk layouts, detected per dataset folder:
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.datasets import imagenet
 from benchmark.datasets.listed import inside_dataset, read_list_text
 from benchmark.datasets.splits import (ClassificationData, ClassificationSplit, SplitPart, carve_validation,  # noqa: F401  (re-exported, see below)
                                        carved_parts, check_files)
@@ -42,11 +44,13 @@ from benchmark.errors import DatasetError
 # benchmark.datasets.splits (shared with the transfer readers); they are imported from here as before
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # the twelve transfer datasets in their official layouts are read by benchmark.datasets.transfer
-LAYOUTS = ("auto", "imagefolder", "csv", "places205") + TRANSFER_LAYOUTS
+LAYOUTS = ("auto", "imagefolder", "csv", "places205", "imagenet") + TRANSFER_LAYOUTS
 _SYNTH_HINT = "generate a small one with: ssl-bench data synth classification --out DIR"
 
 
 def detect_layout(root: Path, train_split: str) -> str:
+    if imagenet.looks_like_imagenet(root):
+        return "imagenet"
     if (root / f"{train_split}.csv").is_file():
         return "csv"
     if (root / train_split).is_dir():
@@ -66,6 +70,8 @@ def split_exists(root: Path, split: str, layout: str) -> bool:
         from benchmark.datasets.places import PLACES205_SPLITS
 
         return split in PLACES205_SPLITS
+    if layout == "imagenet":
+        return imagenet.split_exists(root, split)
     return (root / f"{split}.csv").is_file() if layout == "csv" else (root / split).is_dir()
 
 
@@ -76,6 +82,8 @@ def load_split(root: Path, split: str, layout: str, class_names: list[str] | Non
     lie inside ``root`` (``follow_symlinks``: symlinks may point elsewhere)."""
     if layout == "places205":
         return _load_places205(root, split)
+    if layout == "imagenet":
+        return imagenet.load_imagenet_split(root, split, class_names, follow_symlinks, _load_folder)
     if layout == "csv":
         return _load_csv(root, split, class_names, follow_symlinks)
     return _load_folder(root, split, class_names, follow_symlinks)
@@ -189,8 +197,13 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
         raise DatasetError(f"{train.source} has {len(train.class_names)} class; classification needs at least 2")
     if not split_exists(root, test_split, layout):
         where = root / (f"{test_split}.csv" if layout == "csv" else test_split)
+        hint = "; ImageNet's test set is its official validation set: test_split: val" if layout == "imagenet" else ""
         raise DatasetError(f"test split {where} does not exist; name the test split with the task option test_split "
-                           f"(splits found: {', '.join(_splits_found(root, layout)) or 'none'})")
+                           f"(splits found: {', '.join(_splits_found(root, layout)) or 'none'}){hint}")
+    if val_split == test_split:  # choosing on the test set would report a selected, optimistic number
+        raise DatasetError(f"{root}: the validation split and the test split are both {test_split!r}; set the task "
+                           f"option val_split to a split of its own, or to one that does not exist (e.g. holdout) "
+                           f"to carve the validation part out of {train_split}")
     test = load_split(root, test_split, layout, train.class_names, follow_symlinks=follow_symlinks)
     everything = np.arange(len(train.labels))
     carved = {}
@@ -205,6 +218,8 @@ def load_classification(data_root: str | Path, name: str, *, layout: str = "auto
 
 
 def _splits_found(root: Path, layout: str) -> list[str]:
+    if layout == "imagenet":
+        return [s for s in imagenet.SPLITS if imagenet.split_exists(root, s)]
     if layout == "csv":
         return sorted(p.stem for p in root.glob("*.csv"))
     return sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -1,4 +1,5 @@
-"""The linear classification task on Places205 (`linear_places205`, places205.py) and its
-multi-head trainer over a frozen trunk (heads.py)."""
+"""Linear heads on a frozen trunk trained from images: `linear` on any classification dataset
+(classification.py), its Places205 preset `linear_places205` (places205.py), and their multi-head
+trainer (heads.py)."""
 
 NAME = "linear_places205"  # the name the task is registered and configured under

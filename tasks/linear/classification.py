@@ -13,11 +13,19 @@ by SGD with Nesterov momentum (goyal, simclr) or plain momentum (mocov2, dino), 
 
 No hyper-parameter is chosen, so the heads train on train + validation and are scored once, at the
 end, on the test part (top-1 / top-5 per layer).
+
+``run`` is written once, in ``LinearHeadsTask``, for this task and its presets: ``linear`` and
+``linear_places205`` derive from it and give what differs (their options, ``images``,
+``schedule``, ``eval_every``, ``fingerprint``, ``out_dir``, ``rows``), so both train through the
+same code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +83,97 @@ def recipe_schedule(recipe: str, arch_name: str, num_train: int, *, epochs=None,
     return dataclasses.replace(schedule, name=recipe, decay=spec["decay"])
 
 
-class LinearClassification(Task):
+@dataclass
+class LinearImages:
+    """The labelled images a run trains on and is scored on; ``source``: what they were read from
+    (the rows describe it)."""
+
+    train_paths: list
+    train_labels: torch.Tensor
+    test_paths: list
+    test_labels: torch.Tensor
+    num_classes: int
+    source: Any
+
+
+@dataclass
+class LinearRun:
+    """What a run resolved before training: its identity (the fingerprint) and its rows read it."""
+
+    model: LoadedModel
+    layers: list[str]
+    image_size: int
+    images: LinearImages
+    schedule: Schedule
+    eval_every: int
+    world_size: int
+    out_dir: Path | None = None
+
+
+class LinearHeadsTask(Task):
+    """The run of linear heads from images, written once: `linear` and its presets (``linear_places205``)
+    derive from it and give what differs between them, through the methods below; options read here
+    (``image_size``, ``world_size``, ``checkpoint_every``, ``num_workers``) are declared by each."""
+
+    @property
+    def recipe(self) -> dict:
+        """The recipe (an entry of ``RECIPES``) whose heads and optimiser the run uses."""
+        raise NotImplementedError
+
+    def layers(self, arch: Architecture) -> list[str]:
+        raise NotImplementedError
+
+    def images(self, ctx: RunContext) -> LinearImages:
+        raise NotImplementedError
+
+    def schedule(self, arch_name: str, num_train: int) -> Schedule:
+        raise NotImplementedError
+
+    def eval_every(self, schedule: Schedule) -> int:
+        """Epochs between evaluations on the test images (one also ends the run)."""
+        raise NotImplementedError
+
+    def fingerprint(self, run: LinearRun, seed: int) -> str:
+        """The identity of the run's result: its checkpoints and its folder."""
+        raise NotImplementedError
+
+    def out_dir(self, ctx: RunContext, model: LoadedModel, fingerprint: str) -> Path:
+        raise NotImplementedError
+
+    def rows(self, run: LinearRun, result: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def units(self, arch: Architecture) -> list[str]:
+        self.layers(arch)
+        return [UNIT]
+
+    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        if unit != UNIT:
+            raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
+        c = self.config
+        layers = self.layers(model.arch)
+        size = c.image_size or model.arch.reference_input_size
+        images = self.images(ctx)
+        schedule = self.schedule(model.arch.name, len(images.train_paths))
+        world_size = resolve_world_size(c.world_size, ctx.device)
+        run = LinearRun(model=model, layers=layers, image_size=size, images=images, schedule=schedule,
+                        eval_every=self.eval_every(schedule), world_size=world_size)
+        fingerprint = self.fingerprint(run, ctx.seed)
+        run.out_dir = self.out_dir(ctx, model, fingerprint)
+        setup = LinearSetup(
+            layers=layers, num_classes=images.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
+            eval_every=run.eval_every, checkpoint_every=c.checkpoint_every,
+            num_workers=ctx.num_workers if c.num_workers is None else c.num_workers,
+            eval_batch_size=max(ctx.batch_size, schedule.batch_size // world_size), world_size=world_size,
+            fingerprint=fingerprint, desc=f"{self.name} {model.name}",
+            head_batchnorm=self.recipe["batchnorm"], nesterov=self.recipe["nesterov"])
+        train_set = ImageFileDataset(images.train_paths, train_transform(size), images.train_labels)
+        test_set = ImageFileDataset(images.test_paths, eval_transform(size), images.test_labels)
+        result = train_linear_heads(model.backbone, train_set, test_set, setup, run.out_dir, ctx.device)
+        return self.rows(run, result)
+
+
+class LinearClassification(LinearHeadsTask):
     name = NAME
     dataset = "classification"
     needs_gpu = True
@@ -105,62 +203,67 @@ class LinearClassification(Task):
             return [arch.layers[-1]]
         return resolve_layers(self.name, self.config.layers, arch)
 
-    def units(self, arch: Architecture) -> list[str]:
-        self.layers(arch)
-        return [UNIT]
-
     def check_data(self, ctx: RunContext) -> None:
         self.data(ctx)
 
-    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
-        if unit != UNIT:
-            raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
-        c = self.config
-        recipe = RECIPES[c.recipe]
+    @property
+    def recipe(self) -> dict:
+        return RECIPES[self.config.recipe]
+
+    def images(self, ctx: RunContext) -> LinearImages:
+        """Train on train + validation (no hyper-parameter is chosen), score the test part."""
         data = self.data(ctx)
-        layers = self.layers(model.arch)
-        size = c.image_size or model.arch.reference_input_size
         parts = [data.train, data.val]
-        paths = [part.split.image_paths[i] for part in parts for i in part.indices]
-        labels = torch.as_tensor(np.concatenate([part.labels for part in parts]), dtype=torch.int64)
-        test_paths = [data.test.split.image_paths[i] for i in data.test.indices]
-        schedule = recipe_schedule(c.recipe, model.arch.name, len(paths), epochs=c.epochs, base_lr=c.base_lr,
-                                   batch_size=c.batch_size, weight_decay=c.weight_decay)
+        return LinearImages(
+            train_paths=[part.split.image_paths[i] for part in parts for i in part.indices],
+            train_labels=torch.as_tensor(np.concatenate([part.labels for part in parts]), dtype=torch.int64),
+            test_paths=[data.test.split.image_paths[i] for i in data.test.indices],
+            test_labels=torch.as_tensor(data.test.labels, dtype=torch.int64), num_classes=data.num_classes,
+            source=data)
+
+    def schedule(self, arch_name: str, num_train: int) -> Schedule:
+        c = self.config
+        return recipe_schedule(c.recipe, arch_name, num_train, epochs=c.epochs, base_lr=c.base_lr,
+                               batch_size=c.batch_size, weight_decay=c.weight_decay)
+
+    def eval_every(self, schedule: Schedule) -> int:
+        """Epochs between evaluations; by default one past the run's length: only the final one."""
         ipe = schedule.iterations_per_epoch
-        world_size = resolve_world_size(c.world_size, ctx.device)
-        eval_every = c.eval_every if c.eval_every is not None else schedule.iterations // ipe + 1
-        fingerprint = config_hash({
-            "weights": model.weights, "arch": model.arch.name, "layers": layers, "image_size": size,
-            "schedule": {**schedule.describe(), "decay": schedule.decay}, "eval_every": eval_every, "seed": ctx.seed,
-            "head_batchnorm": recipe["batchnorm"], "nesterov": recipe["nesterov"], "world_size": world_size,
-            "train": config_hash([f"{p} {y}" for p, y in zip(map(str, paths), labels.tolist())]),
-            "test": config_hash([f"{p} {y}" for p, y in zip(map(str, test_paths), data.test.labels.tolist())]),
+        return self.config.eval_every if self.config.eval_every is not None else schedule.iterations // ipe + 1
+
+    def fingerprint(self, run: LinearRun, seed: int) -> str:
+        images, recipe = run.images, self.recipe
+        return config_hash({
+            "weights": run.model.weights, "arch": run.model.arch.name, "layers": run.layers,
+            "image_size": run.image_size, "schedule": {**run.schedule.describe(), "decay": run.schedule.decay},
+            "eval_every": run.eval_every, "seed": seed, "head_batchnorm": recipe["batchnorm"],
+            "nesterov": recipe["nesterov"], "world_size": run.world_size,
+            "train": config_hash([f"{p} {y}" for p, y in zip(map(str, images.train_paths),
+                                                             images.train_labels.tolist())]),
+            "test": config_hash([f"{p} {y}" for p, y in zip(map(str, images.test_paths),
+                                                            images.test_labels.tolist())]),
         })
-        out_dir = inside(ctx.run_dir, NAME, self.instance_name or NAME, model.name, fingerprint)
-        setup = LinearSetup(
-            layers=layers, num_classes=data.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
-            eval_every=eval_every, checkpoint_every=c.checkpoint_every,
-            num_workers=ctx.num_workers if c.num_workers is None else c.num_workers,
-            eval_batch_size=max(ctx.batch_size, schedule.batch_size // world_size), world_size=world_size,
-            fingerprint=fingerprint, desc=f"{self.name} {model.name}",
-            head_batchnorm=recipe["batchnorm"], nesterov=recipe["nesterov"])
-        train_set = ImageFileDataset(paths, train_transform(size), labels)
-        test_set = ImageFileDataset(test_paths, eval_transform(size),
-                                    torch.as_tensor(data.test.labels, dtype=torch.int64))
-        result = train_linear_heads(model.backbone, train_set, test_set, setup, out_dir, ctx.device)
+
+    def out_dir(self, ctx: RunContext, model: LoadedModel, fingerprint: str) -> Path:
+        return inside(ctx.run_dir, NAME, self.instance_name or NAME, model.name, fingerprint)
+
+    def rows(self, run: LinearRun, result: dict) -> list[dict]:
+        """One row per layer and metric: the final evaluation on test."""
+        c, recipe, schedule, data = self.config, self.recipe, run.schedule, run.images.source
         final = result["final"]
         common = {
             **data.provenance(), "recipe": c.recipe, "recipe_source": recipe["source"],
             "schedule": schedule.decay, "batch_size": schedule.batch_size, "lr": schedule.lr,
             "base_lr": schedule.base_lr, "weight_decay": schedule.weight_decay, "iterations": schedule.iterations,
             "epochs": round(schedule.epochs, 3), "milestones": "/".join(str(m) for m in schedule.milestones),
-            "image_size": size, "world_size": world_size,
+            "image_size": run.image_size, "world_size": run.world_size,
             "trained_on": f"{data.train.description} + {data.val.description}",
-            "n_trained": len(paths), "split": "test", "metric_step": 100.0 / len(test_paths),
+            "n_trained": len(run.images.train_paths), "split": "test",
+            "metric_step": 100.0 / len(run.images.test_paths),
             "head": "pool-bn(no affine)-linear" if recipe["batchnorm"] else "pool-linear",
             "optimizer": "sgd-nesterov-0.9" if recipe["nesterov"] else "sgd-momentum-0.9", "evaluation": "final",
-            "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),
+            "log_csv": str(run.out_dir / "log.csv"), "checkpoint": str(run.out_dir / "checkpoint.pt"),
         }
         return [{**common, "layer": layer, "metric": f"top{k}", "value": float(final[f"top{k}/{layer}"]),
                  "iteration": int(final["iteration"]), "feature_dim": int(result["feature_dims"][layer])}
-                for layer in layers for k in TOPK]
+                for layer in run.layers for k in TOPK]

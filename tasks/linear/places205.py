@@ -1,11 +1,15 @@
-"""`linear_places205`: one linear head per layer on the frozen trunk, trained on Places205 train,
-top-1 / top-5 on Places205 val (Goyal et al. 2019, "image classification": Places205 linear).
+"""`linear_places205`: a preset of `linear` (tasks.linear.classification, whose run it shares
+through ``LinearHeadsTask``): one linear head per
+layer on the frozen trunk, trained on Places205 train, top-1 / top-5 on Places205 val (Goyal et al.
+2019, "image classification": Places205 linear), with the goyal recipe's heads and optimiser.
 
-All layers are one unit: their heads train together from a single trunk pass per batch
-(tasks.linear.heads). The run lives in ``RUN_DIR/linear_places205/<model>/<fingerprint>/``
-(checkpoint.pt, log.csv); a unit interrupted at any point resumes from its checkpoint when rerun
-and reaches the same heads and metrics. The reference reports the best evaluation during
-training; both the best and the final evaluation are reported (column ``evaluation``).
+What the preset sets: the data (Places205 in its official layout; the val list is the test set,
+training reads train only), the schedule options of the Places205 protocol (``reference``,
+``vissl`` or ``custom``), an evaluation on val every ``eval_every`` epochs, and rows with both the
+best evaluation during training (what the reference reports) and the final one (column
+``evaluation``). The run itself is `linear`'s. The run lives in
+``RUN_DIR/linear_places205/<model>/<fingerprint>/`` (checkpoint.pt, log.csv); a unit interrupted at
+any point resumes from its checkpoint when rerun and reaches the same heads and metrics.
 """
 
 from __future__ import annotations
@@ -16,29 +20,20 @@ from pathlib import Path
 import torch
 
 from benchmark.config import config_hash
-from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.places import PlacesSplit, load_places205
-from benchmark.plugin_api import LoadedModel, RunContext, Task
+from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
 from benchmark.paths import inside
-
-from benchmark.training import resolve_world_size
+from benchmark.training import Schedule
 
 from . import NAME
-from .heads import (
-    TOPK,
-    SCHEDULE_NAMES,
-    LinearSetup,
-    check_schedule_options,
-    eval_transform,
-    resolve_schedule,
-    train_linear_heads,
-)
+from .classification import RECIPES, LinearHeadsTask, LinearImages, LinearRun
+from .heads import TOPK, SCHEDULE_NAMES, check_schedule_options, resolve_schedule
 
-UNIT = "all-layers"
 SCHEDULE_KEYS = ("epochs", "iterations", "milestones", "base_lr", "batch_size", "weight_decay")
+RECIPE = "goyal"
 
 
 def _list_identity(split: PlacesSplit) -> str:
@@ -49,7 +44,7 @@ def _list_identity(split: PlacesSplit) -> str:
     return digest.hexdigest()[:16]
 
 
-class LinearPlaces205(Task):
+class LinearPlaces205(LinearHeadsTask):
     name = NAME
     dataset = "places205"
     needs_gpu = True  # trains heads on the trunk's outputs: no feature cache, an accelerator helps
@@ -74,6 +69,10 @@ class LinearPlaces205(Task):
         "num_workers": Int(None, min=0),  # DataLoader workers; None = the suite's num_workers
     })
 
+    @property
+    def recipe(self) -> dict:
+        return RECIPES[RECIPE]
+
     def root(self, ctx: RunContext) -> Path:
         return ctx.data_root / self.config.data_dir
 
@@ -84,62 +83,60 @@ class LinearPlaces205(Task):
             raise ConfigError(f"{self.name}: {arch.name} has no layer(s) {unknown}; it has {list(arch.layers)}")
         return list(requested)
 
-    def units(self, arch: Architecture) -> list[str]:
-        self.layers(arch)
-        return [UNIT]
-
     def check_data(self, ctx: RunContext) -> None:
         cfg = self.config
         check_schedule_options(cfg.schedule, **{k: cfg[k] for k in SCHEDULE_KEYS})  # how they fit together
         load_places205(self.root(ctx), "train")
         load_places205(self.root(ctx), "val")
 
-    def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
-        if unit != UNIT:
-            raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
-        cfg = self.config
-        layers = self.layers(model.arch)
-        size = cfg.image_size or model.arch.reference_input_size
+    def images(self, ctx: RunContext) -> LinearImages:
+        """Train on train only; the val list is the test set."""
         train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
         if train.num_classes != val.num_classes:  # load_places205 makes them agree; be explicit
             raise ConfigError(f"{self.name}: train and val disagree on the number of classes")
-        schedule = resolve_schedule(cfg.schedule, model.arch.name, len(train.labels),
-                                    **{k: cfg[k] for k in SCHEDULE_KEYS})
-        world_size = resolve_world_size(cfg.world_size, ctx.device)
-        fingerprint = config_hash({
-            "weights": model.weights, "arch": model.arch.name, "layers": layers, "image_size": size,
-            "schedule": schedule.describe(), "eval_every": cfg.eval_every, "seed": ctx.seed,
-            "world_size": world_size, "train": _list_identity(train), "val": _list_identity(val),
+        return LinearImages(train_paths=list(train.image_paths),
+                            train_labels=torch.as_tensor(train.labels, dtype=torch.int64),
+                            test_paths=list(val.image_paths),
+                            test_labels=torch.as_tensor(val.labels, dtype=torch.int64),
+                            num_classes=train.num_classes, source=(train, val))
+
+    def schedule(self, arch_name: str, num_train: int) -> Schedule:
+        cfg = self.config
+        return resolve_schedule(cfg.schedule, arch_name, num_train, **{k: cfg[k] for k in SCHEDULE_KEYS})
+
+    def eval_every(self, schedule: Schedule) -> int:
+        return self.config.eval_every
+
+    def fingerprint(self, run: LinearRun, seed: int) -> str:
+        train, val = run.images.source
+        return config_hash({
+            "weights": run.model.weights, "arch": run.model.arch.name, "layers": run.layers,
+            "image_size": run.image_size, "schedule": run.schedule.describe(), "eval_every": run.eval_every,
+            "seed": seed, "world_size": run.world_size, "train": _list_identity(train), "val": _list_identity(val),
             "num_classes": train.num_classes,
         })
-        out_dir = inside(ctx.run_dir, self.name, model.name, fingerprint)
-        setup = LinearSetup(
-            layers=layers, num_classes=train.num_classes, image_size=size, schedule=schedule, seed=ctx.seed,
-            eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-            num_workers=ctx.num_workers if cfg.num_workers is None else cfg.num_workers,
-            eval_batch_size=max(ctx.batch_size, schedule.batch_size // world_size),
-            world_size=world_size, fingerprint=fingerprint, desc=f"{self.name} {model.name}",
-        )
-        train_set = ImageFileDataset(train.image_paths, train_transform(size),
-                                     torch.as_tensor(train.labels, dtype=torch.int64))
-        val_set = ImageFileDataset(val.image_paths, eval_transform(size),
-                                   torch.as_tensor(val.labels, dtype=torch.int64))
-        result = train_linear_heads(model.backbone, train_set, val_set, setup, out_dir, ctx.device)
 
+    def out_dir(self, ctx: RunContext, model: LoadedModel, fingerprint: str) -> Path:
+        return inside(ctx.run_dir, self.name, model.name, fingerprint)
+
+    def rows(self, run: LinearRun, result: dict) -> list[dict]:
+        """Per layer and metric, the best evaluation during training and the final one."""
+        schedule, out_dir = run.schedule, run.out_dir
         ipe = schedule.iterations_per_epoch
         common = {
             "dataset": "places205", "schedule": schedule.name, "batch_size": schedule.batch_size,
             "lr": schedule.lr, "base_lr": schedule.base_lr, "weight_decay": schedule.weight_decay,
             "iterations": schedule.iterations, "epochs": round(schedule.epochs, 3),
-            "milestones": "/".join(str(m) for m in schedule.milestones), "image_size": size,
-            "world_size": world_size, "n_train": len(train.labels), "n_test": len(val.labels),
-            "num_classes": train.num_classes, "evaluations": len(result["evaluations"]),
+            "milestones": "/".join(str(m) for m in schedule.milestones), "image_size": run.image_size,
+            "world_size": run.world_size, "n_train": len(run.images.train_paths),
+            "n_test": len(run.images.test_paths), "num_classes": run.images.num_classes,
+            "evaluations": len(result["evaluations"]),
             "head": "avgpool-bn(no affine)-linear", "optimizer": "sgd-nesterov-0.9",
             "log_csv": str(out_dir / "log.csv"), "checkpoint": str(out_dir / "checkpoint.pt"),
         }
         final = result["final"]
         rows = []
-        for layer in layers:
+        for layer in run.layers:
             for k in TOPK:
                 key = f"top{k}/{layer}"
                 best_value, best_iteration = result["best"][key]

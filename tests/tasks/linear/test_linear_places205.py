@@ -75,6 +75,21 @@ def setup_for(layers, *, epochs=2, batch=8, n=32, milestones=(1,), checkpoint_ev
                        checkpoint_every=checkpoint_every, num_workers=workers, eval_batch_size=16, log_every=3, **kw)
 
 
+# --- the preset ----------------------------------------------------------------------------------
+
+
+def test_linear_places205_is_a_preset_of_linear() -> None:
+    """One run() for both tasks: the preset overrides what it sets, never the run itself."""
+    from tasks.linear.classification import RECIPES, LinearClassification, LinearHeadsTask
+    from tasks.linear.places205 import LinearPlaces205
+
+    for task_class in (LinearClassification, LinearPlaces205):
+        assert issubclass(task_class, LinearHeadsTask) and "run" not in vars(task_class)
+    task = LinearPlaces205()
+    assert task.name == "linear_places205" and task.recipe is RECIPES["goyal"]
+    assert task.recipe["batchnorm"] and task.recipe["nesterov"]
+
+
 # --- top-k and schedules -------------------------------------------------------------------------
 
 

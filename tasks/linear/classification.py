@@ -18,23 +18,23 @@ end, on the test part (top-1 / top-5 per layer).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from benchmark.config import config_hash
 from benchmark.datasets.classification import ClassificationData, load_classification
-from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, OneOf, declare
 from benchmark.paths import inside
-from benchmark.training import Schedule, resolve_world_size
 from tasks.classification.common import DATA_OPTIONS
 from tasks.common import resolve_layers
 
-from .heads import TOPK, LinearSetup, eval_transform, resolve_schedule, train_linear_heads
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
+    from benchmark.training import Schedule
+
 
 NAME = "linear"
 UNIT = "all-layers"
@@ -60,6 +60,8 @@ RECIPES: dict[str, dict] = {
 def recipe_schedule(recipe: str, arch_name: str, num_train: int, *, epochs=None, base_lr=None, batch_size=None,
                     weight_decay=None) -> Schedule:
     """The recipe's schedule for this data; ``epochs`` etc. override the recipe's values (tiny runs)."""
+    from .heads import resolve_schedule
+
     spec = RECIPES[recipe]
     if recipe == "goyal" and epochs is None:
         schedule = resolve_schedule("reference", arch_name, num_train, base_lr=base_lr, batch_size=batch_size,
@@ -113,6 +115,13 @@ class LinearClassification(Task):
         self.data(ctx)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        import torch
+
+        from benchmark.datasets.images import ImageFileDataset, train_transform
+        from benchmark.training import resolve_world_size
+
+        from .heads import LinearSetup, TOPK, eval_transform, train_linear_heads
+
         if unit != UNIT:
             raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         c = self.config

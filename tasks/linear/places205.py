@@ -12,30 +12,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from benchmark.config import config_hash
-from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.places import PlacesSplit, load_places205
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
 from benchmark.paths import inside
 
-from benchmark.training import resolve_world_size
+from . import NAME, SCHEDULE_NAMES
 
-from . import NAME
-from .heads import (
-    TOPK,
-    SCHEDULE_NAMES,
-    LinearSetup,
-    check_schedule_options,
-    eval_transform,
-    resolve_schedule,
-    train_linear_heads,
-)
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
 
 UNIT = "all-layers"
 SCHEDULE_KEYS = ("epochs", "iterations", "milestones", "base_lr", "batch_size", "weight_decay")
@@ -89,12 +78,21 @@ class LinearPlaces205(Task):
         return [UNIT]
 
     def check_data(self, ctx: RunContext) -> None:
+        from .heads import check_schedule_options
+
         cfg = self.config
         check_schedule_options(cfg.schedule, **{k: cfg[k] for k in SCHEDULE_KEYS})  # how they fit together
         load_places205(self.root(ctx), "train")
         load_places205(self.root(ctx), "val")
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        import torch
+
+        from benchmark.datasets.images import ImageFileDataset, train_transform
+        from benchmark.training import resolve_world_size
+
+        from .heads import LinearSetup, TOPK, eval_transform, resolve_schedule, train_linear_heads
+
         if unit != UNIT:
             raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         cfg = self.config

@@ -303,7 +303,7 @@ def parse_task(name: str, raw: dict | None, where: str) -> TaskSpec:
 def check_layers(task: TaskSpec, models: list[ModelSpec], where: str) -> None:
     """Layers a task asks for must exist in the architecture of every model it evaluates; checked
     at load where the model declares a known architecture."""
-    from .models.backbone import get_architecture
+    from .models.architecture import get_architecture
     from .registry import ARCHITECTURES
 
     declared_layers = [key for key, option in declared(TASKS.get(task.task).options).items()

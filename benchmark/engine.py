@@ -4,3 +4,9 @@ New code imports ``benchmark.plugin_api``."""
 
 from .plugin_api import *  # noqa: F401,F403
 from .plugin_api import LoadedModel, Pretrainer, ReportItem, RunContext, Task  # noqa: F401
+
+
+def __getattr__(name: str):
+    from . import plugin_api
+
+    return getattr(plugin_api, name)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from .datasets.images import ImageFileDataset
 from .errors import FeatureError
+from .extraction_stats import ExtractionStats
 from .models import FrozenBackbone
 from .paths import AtomicFile, atomic_write, inside
 from .training.precision import autocast, channels_last, to_device
@@ -169,14 +170,6 @@ def _preallocate(fd: int, size: int) -> None:
         stats = os.fstatvfs(fd)
         if stats.f_bavail * stats.f_frsize < size:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
-
-
-@dataclass
-class ExtractionStats:
-    images: int = 0
-    seconds: float = 0.0
-    cache_hits: int = 0
-    cache_misses: int = 0
 
 
 def extract_features(

@@ -8,15 +8,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
-import torch
-
-from .features import ExtractionStats, FeatureCache
-from .models import Architecture, FrozenBackbone
+from .extraction_stats import ExtractionStats
 from .options import validate
 
 if TYPE_CHECKING:
+    # annotations only: reading a plugin's declared options or report hooks must not import torch
     import pandas as pd
+    import torch
 
+    from .features import FeatureCache
+    from .models import Architecture, FrozenBackbone
+
+
+def __getattr__(name: str):
+    """The engine types this module held before it stopped importing torch (plugins that import them
+    from here, or from ``benchmark.engine``, still do), imported when first asked for."""
+    if name in ("Architecture", "FrozenBackbone"):
+        from . import models
+
+        return getattr(models, name)
+    if name == "FeatureCache":
+        from .features import FeatureCache
+
+        return FeatureCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 @dataclass
 class ReportItem:

@@ -91,8 +91,23 @@ class Registry(Generic[T]):
             if entry_point.name not in self._items:
                 self._add(entry_point.name, entry_point.load())
 
+    def _load_one(self, name: str) -> None:
+        """Registers the entry point called ``name`` alone: a suite that names two plugins imports
+        those two, not every installed plugin (and the libraries each imports)."""
+        if self._loaded or name in self._items:
+            return
+        for module in self._builtin_modules:
+            importlib.import_module(module)
+        if name in self._items:
+            return
+        for entry_point in importlib.metadata.entry_points(group=self.entry_point_group, name=name):
+            self._add(entry_point.name, entry_point.load())
+            return
+
     def get(self, name: str) -> T:
-        self._load()
+        self._load_one(name)
+        if name not in self._items:
+            self._load()
         resolve = self.family(name) if name not in self._items else None
         if resolve is not None:
             return partial(resolve, name)
@@ -116,6 +131,9 @@ class Registry(Generic[T]):
         return sorted(set(self._items) | declared)
 
     def __contains__(self, name: str) -> bool:
+        self._load_one(name)
+        if name in self._items:
+            return True
         self._load()
         if name in self._items:
             return True

@@ -16,7 +16,8 @@ from .svm.protocol import TEST_SELECTED
 from .report_datasets import across_datasets_lines
 from .paths import atomic_write
 from .results import ResultStore
-from .rows import HEADLINE_METRICS, headline_rows, labelled, save_figure, section_label, text_column  # noqa: F401  (the report's helpers)
+from .rows import (HEADLINE_METRICS, figure_is_current, figure_key, headline_rows, labelled,  # noqa: F401  (the report's helpers)
+                   save_figure, section_label, text_column)
 from .scaling import annotate, plot_scaling
 from .best_layer import best_layer_markdown, best_layer_rows, best_layer_table
 from .report_significance import LEGEND, markdown_cells, significance_marks
@@ -55,6 +56,9 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
     rows = rows[text_column(rows, "k").eq("") & text_column(rows, "evaluation").isin(["", "best"])]
     if rows.empty:
         return None
+    key = figure_key(rows, "per-layer curves", __file__)
+    if figure_is_current(path, key):
+        return path
     backend = text_column(rows, "backend")  # one panel per detection backend: their numbers are never averaged
     rows = labelled(rows)
     rows = rows.assign(task=rows["section"] + backend.where(backend.eq(""), " [" + backend + "]"))
@@ -75,7 +79,7 @@ def plot_layers(df: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, key)
     return path
 
 

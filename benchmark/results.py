@@ -92,10 +92,16 @@ def csv_text(frame: pd.DataFrame, integer_columns=None, **to_csv) -> str:
 def _read_csv(data: bytes) -> pd.DataFrame:
     frame = pd.read_csv(io.BytesIO(data), dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
                         na_values=[""])
-    integer = {c for c in frame.columns if pd.api.types.is_integer_dtype(frame[c])}
+    # read from the dtypes, and the arrays of the float columns alone: a Series per column costs more
+    # than the parse
+    integer = {c for c, dtype in frame.dtypes.items() if pd.api.types.is_integer_dtype(dtype)}
     # an integer column with empty cells is read as float64: its text says whether it was integers
-    gapped = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c]) and frame[c].isna().any()
-              and frame[c].notna().any()]
+    gapped = []
+    for index, (column, dtype) in enumerate(frame.dtypes.items()):
+        if pd.api.types.is_float_dtype(dtype):
+            missing = np.isnan(frame.iloc[:, index].to_numpy())
+            if missing.any() and not missing.all():
+                gapped.append(column)
     if gapped:
         text = pd.read_csv(io.BytesIO(data), usecols=gapped, dtype=str, keep_default_na=False)
         integer |= {c for c in gapped if text[c][text[c] != ""].str.fullmatch(_INTEGER_TEXT).all()}
@@ -302,8 +308,10 @@ class ResultStore:
             return pd.DataFrame(columns=ORDER_FIRST)
         # a column is integer where every file that holds it wrote it as integers
         integer = {column for frame in frames for column in frame.attrs[INTEGER_COLUMNS_ATTR]}
-        integer -= {column for frame in frames for column in frame.columns
+        integer -= {column for frame in frames for column in integer & set(frame.columns)
                     if column not in frame.attrs[INTEGER_COLUMNS_ATTR] and frame[column].notna().any()}
+        for frame in frames:
+            frame.attrs = {}  # replaced below; concat would copy each frame's attrs for nothing
         rows = pd.concat(frames, ignore_index=True, sort=False)
         rows.attrs = {INTEGER_COLUMNS_ATTR: integer}
         return rows

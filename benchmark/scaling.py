@@ -122,6 +122,22 @@ def plot_scaling(df: pd.DataFrame, run_dir: Path) -> list[ReportItem]:
     curves = scaling_curves(df)
     if curves.empty:
         return []
+    from .rows import figure_is_current, figure_key
+
+    items = []
+    for (sweep, axis, fixed), figure in curves.groupby(["sweep", "axis", "fixed"], sort=False):
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"scaling_{sweep}_{axis_label(axis)}" + (f"_{fixed}" if fixed else ""))
+        path = inside(run_dir, stem[:120] + ".png")
+        key = figure_key(figure, "scaling curves", __file__)
+        if not figure_is_current(path, key):  # redrawn only when its curves changed
+            _draw_scaling(figure, sweep, axis, fixed, path, key)
+        items.append(ReportItem(caption=f"Sweep '{sweep}': metric vs {axis}" + (f" at {fixed}" if fixed else "")
+                                + ", one line per layer" + (", log axis" if bool(figure["log_axis"].iloc[0]) else ""),
+                                path=path))
+    return items
+
+
+def _draw_scaling(figure: pd.DataFrame, sweep: str, axis: str, fixed: str, path: Path, key: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,32 +145,24 @@ def plot_scaling(df: pd.DataFrame, run_dir: Path) -> list[ReportItem]:
 
     from .rows import save_figure
 
-    items = []
-    for (sweep, axis, fixed), figure in curves.groupby(["sweep", "axis", "fixed"], sort=False):
-        panels = list(figure.groupby(["task", "metric"], sort=False))
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        for ax, ((task, metric), panel) in zip(axes[0], panels):
-            numeric = _numeric(panel["x"])
-            for layer, line in panel.groupby("layer", sort=False):
-                x = [float(v) for v in line["x"]] if numeric else list(line["x"])
-                ax.plot(x, line["mean"], marker="o", label=layer)
-                if (line["n"] > 1).any():
-                    ax.fill_between(x, line["mean"] - line["std"], line["mean"] + line["std"], alpha=0.2)
-            if bool(panel["log_axis"].iloc[0]):
-                ax.set_xscale("log")
-                ticks = sorted({float(v) for v in panel["x"]})
-                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-                ax.minorticks_off()
-            ax.set_xlabel(axis)
-            ax.set_ylabel(metric + (" (mean +- std over seeds)" if (panel["n"] > 1).any() else ""))
-            ax.set_title(f"{sweep}: {task}" + (f" ({fixed})" if fixed else ""), fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8, title="layer")
-        fig.tight_layout()
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"scaling_{sweep}_{axis_label(axis)}" + (f"_{fixed}" if fixed else ""))
-        path = inside(run_dir, stem[:120] + ".png")
-        save_figure(fig, path)
-        items.append(ReportItem(caption=f"Sweep '{sweep}': metric vs {axis}" + (f" at {fixed}" if fixed else "")
-                                + ", one line per layer" + (", log axis" if bool(figure["log_axis"].iloc[0]) else ""),
-                                path=path))
-    return items
+    panels = list(figure.groupby(["task", "metric"], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, ((task, metric), panel) in zip(axes[0], panels):
+        numeric = _numeric(panel["x"])
+        for layer, line in panel.groupby("layer", sort=False):
+            x = [float(v) for v in line["x"]] if numeric else list(line["x"])
+            ax.plot(x, line["mean"], marker="o", label=layer)
+            if (line["n"] > 1).any():
+                ax.fill_between(x, line["mean"] - line["std"], line["mean"] + line["std"], alpha=0.2)
+        if bool(panel["log_axis"].iloc[0]):
+            ax.set_xscale("log")
+            ticks = sorted({float(v) for v in panel["x"]})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        ax.set_xlabel(axis)
+        ax.set_ylabel(metric + (" (mean +- std over seeds)" if (panel["n"] > 1).any() else ""))
+        ax.set_title(f"{sweep}: {task}" + (f" ({fixed})" if fixed else ""), fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, title="layer")
+    fig.tight_layout()
+    save_figure(fig, path, key)

@@ -43,7 +43,8 @@ def one_row_per_cell(rows: pd.DataFrame, index: str, columns: str, values: str =
     if rows.empty:
         return pd.DataFrame()
     cell = [index, columns]
-    clashing = rows[rows.duplicated(cell, keep=False)]
+    # duplicated on the two key columns alone: DataFrame.duplicated(subset) walks every column
+    clashing = rows[rows[cell].duplicated(keep=False)]
     if not clashing.empty:
         first = clashing[(clashing[index] == clashing[index].iloc[0])
                          & (clashing[columns] == clashing[columns].iloc[0])]

@@ -5,11 +5,8 @@ save_pretrained folders), loaded strictly."""
 import logging
 from pathlib import Path
 
-from benchmark.checkpoint import load_trunk_weights
 from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import BenchmarkError
-from benchmark.models import create_model
-from benchmark.models.backbone import get_architecture
 from benchmark.options import Str, declare
 
 from .common import ARCH, freeze
@@ -29,6 +26,8 @@ class CheckpointFile(Pretrainer):
     trains = False
 
     def check_inputs(self, ctx: RunContext, model_name: str) -> None:
+        from benchmark.models.backbone import get_architecture
+
         try:
             self._load()
         except BenchmarkError as exc:
@@ -40,6 +39,10 @@ class CheckpointFile(Pretrainer):
             logger.warning("note: model '%s': %s", model_name, notice)
 
     def _load(self) -> tuple[str, object, dict]:
+        from benchmark.checkpoint import load_trunk_weights
+        from benchmark.models import create_model
+        from benchmark.models.backbone import get_architecture
+
         path = Path(self.config.path).expanduser()
         model = create_model(self.config.arch, seed=0)
         info = load_trunk_weights(model, get_architecture(self.config.arch), path, which=self.config.which,
@@ -47,6 +50,8 @@ class CheckpointFile(Pretrainer):
         return self.config.arch, model, info
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+        from benchmark.models.backbone import get_architecture
+
         arch_name, model, info = self._load()
         arch = get_architecture(arch_name)
         # weights trained elsewhere expect the normalisation of their timm pretrained_cfg

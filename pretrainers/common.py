@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from benchmark.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from benchmark.datasets.imagenet_stats import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.plugin_api import LoadedModel
-from benchmark.models import FrozenBackbone
-from benchmark.models.backbone import get_architecture, trunk_state_dict, weights_hash
+from benchmark.models.architecture import get_architecture
 from benchmark.options import Float, Int, Range, Registered
 from benchmark.registry import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Options the pretrainers share, declared once (see benchmark.options)
 ARCH = Registered(ARCHITECTURES, "resnet50")
@@ -38,6 +40,8 @@ def freeze(name: str, arch_name: str, model: nn.Module, info: dict, input_stats=
 
     ``input_stats``: the (mean, std) the weights expect, when not the pipeline's ImageNet ones
     (weights trained elsewhere); None for weights made here."""
+    from benchmark.models.backbone import FrozenBackbone, trunk_state_dict, weights_hash
+
     arch = get_architecture(arch_name)
     digest = weights_hash(trunk_state_dict(arch, model))
     family = arch.family_info.provenance() if hasattr(arch.family_info, "provenance") else {}

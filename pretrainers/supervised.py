@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
-from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash
-from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.datasets.voc import load_voc
 from benchmark.diskspace import parameter_bytes
 from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture, create_model
-from benchmark.models.backbone import get_architecture
 from benchmark.options import Choice, Float, Int, Name, declare, identity_options
 from benchmark.paths import inside
-from benchmark.training import (Part, Schedule, TrainingLoop, atomic_torch_save, atomic_write, build_optimizer,
-                                seed_everything, seed_worker)
 
 from benchmark.sweeps import nested_subset
 
 from .common import ARCH, CROP_SCALE, DATA_FRACTION, DATA_SEED, IMAGE_SIZE, SEED, freeze, subset_meta
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from benchmark.models import Architecture
 
 
 # torch's OneCycleLR (momentum cycling between 0.85 and 0.95 included), 15 % of the run rising
@@ -37,6 +33,8 @@ SCHEDULE = {"decay": "onecycle", "pct_start": 0.15}
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
+    from torch import nn
+
     if hasattr(model, "fc"):
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     elif hasattr(model, "reset_classifier"):  # timm/<model> architectures (ViT's head, ConvNeXt's head.fc)
@@ -61,6 +59,10 @@ class Supervised(Pretrainer):
         return parameter_bytes(arch.name)  # the trained weights; the training state is transient
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+        from benchmark.checkpoint import load_trunk_weights
+        from benchmark.models import create_model
+        from benchmark.models.backbone import get_architecture
+
         cfg = self.config
         path = inside(ctx.run_dir, "checkpoints", f"{model_name}-{self.config_hash()}.pth")
         if not path.exists():
@@ -74,6 +76,15 @@ class Supervised(Pretrainer):
         return config_hash(identity_options(self.config, type(self).options))
 
     def train(self, ctx: RunContext, model_name: str, path) -> None:
+        import torch
+        from torch import nn
+        from torch.utils.data import DataLoader
+
+        from benchmark.datasets.images import ImageFileDataset, train_transform
+        from benchmark.models import create_model
+        from benchmark.training import (Part, Schedule, TrainingLoop, atomic_torch_save, atomic_write, build_optimizer,
+                                        seed_everything, seed_worker)
+
         cfg = self.config
         data = load_voc(ctx.data_root, cfg.split)
         total_images = len(data.image_ids)

@@ -4,19 +4,21 @@ SVM tasks' options and solver, and the aggregation over seeded samples or draws.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats as scipy_stats
 
-from benchmark.datasets.images import svm_transform
 from benchmark.diskspace import FeatureNeed
 from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.errors import ConfigError
-from benchmark.features import cached_features
-from benchmark.models import Architecture
 from benchmark.options import Choice, Device, Float, Int, Layers, ListOf, OneOf
-from benchmark.svm.protocol import COST_LISTS
-from benchmark.svm.solvers import SOLVERS, Solver, make_solver
+from benchmark.svm.protocol import COST_LISTS, SOLVERS
+
+if TYPE_CHECKING:
+    # the tasks' options and report hooks are read without torch: what extracts and solves is
+    # imported where it runs
+    from benchmark.models import Architecture
+    from benchmark.svm.solvers import Solver
 
 # Options the feature-based tasks share, declared once (see benchmark.options)
 LAYERS = Layers(None)  # default: the architecture's protocol layers
@@ -50,6 +52,9 @@ def split_features(ctx: RunContext, model: LoadedModel, data, dataset: str, spli
                    image_size: int | None) -> dict:
     """{layer: (n, d) float32} for a loaded split (anything with image_paths and fingerprint()),
     extracted with the SVM transform in one pass, from the cache when possible."""
+    from benchmark.datasets.images import svm_transform
+    from benchmark.features import cached_features
+
     size = image_size or model.arch.reference_input_size
     transform, description = svm_transform(size)
     return cached_features(
@@ -85,6 +90,8 @@ class SVMTask:
 
     def solver(self, ctx: RunContext) -> Solver:
         """The solver of this task's options (an unknown solver: ConfigError naming the task)."""
+        from benchmark.svm.solvers import make_solver
+
         return make_solver(self.config.solver, self.config.svm_device, n_jobs=self.config.n_jobs,
                            seed=ctx.seed, span=self.span_coordinates(), task=self.name,
                            mixed=self.config.svm_precision == "mixed")
@@ -102,6 +109,8 @@ class Aggregate:
 
 
 def aggregate(values) -> Aggregate:
+    from scipy import stats as scipy_stats
+
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     half = (scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")

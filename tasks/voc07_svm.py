@@ -7,15 +7,19 @@ trainval, refit, all-point AP on test with difficult-only images removed per cla
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.plugin_api import LoadedModel, RunContext, Task
-from benchmark.models import Architecture
 from benchmark.options import Bool, Name, declare
 from benchmark.svm.protocol import resolve_costs
 
 from .common import IMAGE_SIZE, LAYERS, SVM_OPTIONS, SVMTask, resolve_layers, split_features, split_needs
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
 
 NAME = "voc07_svm"  # the name the task is registered and configured under
 

@@ -13,9 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from ..errors import DatasetError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .imagenet_stats import IMAGENET_MEAN, IMAGENET_STD
 
 
 def svm_transform(size: int = 224) -> tuple[T.Compose, str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision.models as tvm
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..registry import ARCHITECTURES
-from .backbone import Architecture, LayerPool
+from .architecture import Architecture, LayerPool
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Protocol pooling at 224 px input (the reference code's kernels, written up in docs/tasks/voc07-svm.md);
 # the key is the map's spatial size.
@@ -25,6 +27,8 @@ RESNET_LAYERS = ("conv1", "res2", "res3", "res4", "res5", "pool5")
 
 
 def resnet_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from torch import nn
+
     return [
         ("conv1", nn.Sequential(model.conv1, model.bn1, model.relu)),
         ("res2", nn.Sequential(model.maxpool, model.layer1)),
@@ -35,10 +39,16 @@ def resnet_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _resnet(name: str, builder) -> Architecture:
+def _torchvision_resnet(name: str):
+    import torchvision.models as tvm
+
+    return getattr(tvm, name)(weights=None)
+
+
+def _resnet(name: str) -> Architecture:
     return Architecture(
         name=name,
-        build=partial(builder, weights=None),
+        build=partial(_torchvision_resnet, name),
         layers=RESNET_LAYERS,
         pools=RESNET_POOLS,
         stages=resnet_stages,
@@ -50,4 +60,4 @@ def _resnet(name: str, builder) -> Architecture:
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
               "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"):
-    ARCHITECTURES.register(_name)(partial(_resnet, _name, getattr(tvm, _name)))
+    ARCHITECTURES.register(_name)(partial(_resnet, _name))

@@ -42,16 +42,17 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import nn
-
-from ..datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from ..datasets.imagenet_stats import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..registry import ARCHITECTURES, closest
-from .backbone import Architecture, FamilyInfo, LayerPool
+from .architecture import Architecture, FamilyInfo, LayerPool
 from .resnet import RESNET_LAYERS, RESNET_POOLS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 PREFIX = "timm/"
 TOKENS = ("cls+mean", "cls", "mean")
@@ -111,6 +112,8 @@ class TokenPool:
     final_norm: bool
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.token == "cls":
             return tokens[:, 0]
         mean = tokens[:, self.num_prefix:].mean(dim=1)  # patch tokens only: registers are not the image
@@ -209,6 +212,8 @@ def _create(model: str, kwargs: dict, dynamic: bool) -> nn.Module:
 
 def _probe(model: str, kwargs: dict) -> tuple[nn.Module, bool]:
     """The model on the meta device (its configuration, no memory) and whether it takes dynamic_img_size."""
+    import torch
+
     with torch.device("meta"):
         try:
             return _create(model, kwargs, True), True
@@ -235,6 +240,7 @@ def check_keyword_types(name: str, model_name: str, kwargs: dict) -> None:
     import inspect
 
     import timm
+    import torch
 
     if not kwargs:
         return
@@ -253,6 +259,8 @@ def check_keyword_types(name: str, model_name: str, kwargs: dict) -> None:
 
 def _is_transformer(model: nn.Module) -> bool:
     import inspect
+
+    from torch import nn
 
     method = getattr(model, "forward_intermediates", None)
     return (method is not None and isinstance(getattr(model, "blocks", None), nn.Sequential | nn.ModuleList)
@@ -338,6 +346,8 @@ def timm_architecture(name: str) -> Architecture:
 def _feature_maps(info: TimmInfo, model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
     """{layer: what its pool reads}: tokens (N, T, D) of a block, (N, n, D) normed CLS tokens of the
     last n blocks, or a stage's (N, C, H, W) map. One forward, stopped after the deepest layer."""
+    import torch
+
     if info.kind == "transformer":
         last = [f"last{info.last_n}_cls"] if f"last{info.last_n}_cls" in layers else []
         wanted = {int(layer[5:]) for layer in layers if layer.startswith("block")}

@@ -20,6 +20,8 @@ REFERENCE_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0) + 
     0.5 ** k for k in range(4, 20)
 )
 VISSL_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
+# the SVM solvers (benchmark.svm.solvers), named here so that a task declares its options without importing them
+SOLVERS = ("torch", "liblinear")
 COST_LISTS = {"reference": REFERENCE_COSTS, "vissl": VISSL_COSTS}
 MAX_ITER = 2000
 TOL = 1e-4

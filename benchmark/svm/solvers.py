@@ -30,9 +30,7 @@ from ..metrics import voc_ap
 from ..provenance import resolve_device
 from .batched import cv_costs_torch, lowshot_sweep_torch, shared_layout, voc07_svm_torch
 from .liblinear import cv_cost, lowshot_places_class, lowshot_voc07_class, span_coordinates, voc07_svm
-from .protocol import ClassResult, FitLog
-
-SOLVERS = ("torch", "liblinear")
+from .protocol import SOLVERS, ClassResult, FitLog
 
 
 def check_solver(solver: str, task: str) -> str:

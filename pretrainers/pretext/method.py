@@ -33,11 +33,8 @@ from torch import nn
 from benchmark.errors import ConfigError
 from benchmark.models import Architecture
 from benchmark.options import validate
-from benchmark.registry import Registry
 
-# The methods the `pretext` pretrainer and `ssl-bench pretrain` train with, PretextMethod
-# subclasses by name: ssl-bench's own and a plugin's alike come through the entry points
-PRETEXT_METHODS: Registry = Registry("pretext_methods")
+from .options import PRETEXT_METHODS
 
 
 class PretextMethod(nn.Module):

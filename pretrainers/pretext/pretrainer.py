@@ -10,18 +10,19 @@ same path a user's own checkpoint takes.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from benchmark.checkpoint import load_trunk_weights
 from benchmark.config import config_hash
 from benchmark.diskspace import parameter_bytes
 from benchmark.plugin_api import LoadedModel, Pretrainer, RunContext
-from benchmark.models import Architecture, create_model
-from benchmark.models.backbone import get_architecture
 from benchmark.options import Options, identity_options
 from benchmark.paths import inside
 from pretrainers.common import freeze
 
-from .trainer import PRETEXT_OPTIONS, data_fingerprint, resolve_images, select_subset, train_pretext
+from .options import PRETEXT_OPTIONS
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
 
 
 class PretextPretrainer(Pretrainer):
@@ -31,6 +32,8 @@ class PretextPretrainer(Pretrainer):
     @staticmethod
     def check_config(options: Options, where: str) -> None:
         """At load: the method must be able to train the architecture (ViTs: simclr, moco, rotation)."""
+        from benchmark.models.backbone import get_architecture
+
         from .method import PRETEXT_METHODS
 
         PRETEXT_METHODS.get(options.method).check_arch(get_architecture(options.arch), where)
@@ -39,6 +42,12 @@ class PretextPretrainer(Pretrainer):
         return parameter_bytes(arch.name)  # the trained weights; the training state is transient
 
     def build(self, ctx: RunContext, model_name: str) -> LoadedModel:
+        from benchmark.checkpoint import load_trunk_weights
+        from benchmark.models import create_model
+        from benchmark.models.backbone import get_architecture
+
+        from .trainer import data_fingerprint, resolve_images, select_subset, train_pretext
+
         cfg = self.config
         where = f"model '{model_name}'"
         paths, root, _ = resolve_images(cfg.data, ctx.data_root)

@@ -36,25 +36,20 @@ from benchmark.devices import check_device
 from benchmark.errors import ConfigError, DatasetError
 from benchmark.models import create_model
 from benchmark.models.backbone import get_architecture, trunk_state_dict
-from benchmark.options import (NAME_RULE, Choice, Float, Int, PluginOptions, Registered, Str, declare, name_problem,
-                               validate)
+from benchmark.options import validate
 from benchmark.provenance import resolve_device
 from benchmark.sweeps import nested_subset
-from pretrainers.common import ARCH, DATA_FRACTION, DATA_SEED, SEED, subset_meta
+from pretrainers.common import subset_meta
 from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, TrainingLoop, atomic_torch_save, atomic_write,
                                 derived_seed, epoch_order)
 from benchmark.training import build_optimizer as training_optimizer
 
 from .lars import LARS
 from .method import PRETEXT_METHODS, PretextMethod
+from .options import (LOOP_OPTIONS, OPTIMIZERS, PRETEXT_OPTIONS, SUITE_DATASETS,  # noqa: F401  (their old home)
+                      TRAIN_DEFAULTS)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
-# suite datasets usable as unlabeled images: "NAME:SPLIT" (labels are never read for training)
-SUITE_DATASETS = ("voc07", "places205")
-# optimiser defaults of the loop; a method's ``training`` ClassVar (its paper's values) overrides
-# them, and a value the user gives overrides both
-TRAIN_DEFAULTS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 0}
-OPTIMIZERS = ("sgd", "lars")
 CHECKPOINT_FORMAT = 1
 _EXAMPLE_TAG, _INIT_TAG, _RUN_TAG = 0x5A31, 0x1A17, 0x7E57  # keep the derived seeds apart
 
@@ -181,47 +176,6 @@ def parse_opts(pairs: list[str] | None) -> dict:
             raise ConfigError(f"--opt {key} is given twice")
         out[key] = safe_load_text(value, f"--opt {pair!r}")
     return out
-
-
-class ImageSource(Str):
-    """An IMAGE_DIR (absolute, or relative to the data root) or a suite dataset ``NAME:SPLIT``,
-    whose split is a name (it becomes part of a dataset path)."""
-
-    def describe(self) -> str:
-        return (f"an image folder or one of {', '.join(n + ':SPLIT' for n in SUITE_DATASETS)} with SPLIT "
-                f"{NAME_RULE}")
-
-    def problem(self, value, where):
-        if not isinstance(value, str) or not value:
-            return where, value, self.allowed()
-        name, sep, split = value.partition(":")
-        if sep and name in SUITE_DATASETS and name_problem(split):
-            return where, value, self.allowed()
-        return None
-
-
-# What a pretext training takes, declared once: the `pretext` pretrainer's options (a suite
-# model) and the arguments of `ssl-bench pretrain` are these
-PRETEXT_OPTIONS = declare({
-    "method": Registered(PRETEXT_METHODS, None, required=True),  # `ssl-bench list pretext`
-    "arch": ARCH,
-    "data": ImageSource("voc07:trainval"),  # an IMAGE_DIR (absolute, or relative to the data root) or NAME:SPLIT
-    "epochs": Int(30, min=1),
-    "batch_size": Int(64, min=1),
-    "lr": Float(None, min=0),  # default: the method's paper value
-    "optimizer": Choice(*OPTIMIZERS, default=None),  # sgd (default) | lars
-    "image_size": Int(224, min=16),
-    "seed": SEED,
-    "method_options": PluginOptions(PRETEXT_METHODS, "method"),
-    "data_fraction": DATA_FRACTION,  # a nested subset of the images (a sweep's data-size axis)
-    "data_seed": DATA_SEED,
-})
-# the loop's own settings, beyond a suite model's identity
-LOOP_OPTIONS = declare({
-    **PRETEXT_OPTIONS.spec,
-    "momentum": Float(None, min=0), "weight_decay": Float(None, min=0), "warmup_epochs": Float(None, min=0),
-    "num_workers": Int(2, min=0), "checkpoint_every": Int(500, min=1),
-})
 
 
 def resolve_training(method_cls, **given) -> dict:

@@ -3,7 +3,6 @@ few-shot draws and their aggregation."""
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from benchmark.datasets.classification import LAYOUTS, ClassificationData, SplitPart, load_classification
@@ -30,6 +29,9 @@ DATA_OPTIONS = {
     "layers": LAYERS,
     "image_size": IMAGE_SIZE,
 }
+# DINO's k-NN protocol: the k values and the softmax temperature of the votes (knn_classifier.py)
+DINO_K = (10, 20, 100, 200)
+DINO_T = 0.07
 FEW_SHOT = ListOf(Int(min=1), [], unique=True)  # images per class; [] = full data only
 DRAWS = Int(5, min=1)
 COMPUTE_DEVICE = Device("auto")  # where the kNN search / logistic regression runs (auto: cuda if available)

@@ -10,18 +10,20 @@ draw and mean/std/min/max/ci95 over draws.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from benchmark.plugin_api import LoadedModel, RunContext, Task
-from benchmark.models import Architecture
 from benchmark.options import Float, Int, ListOf, declare
-from benchmark.provenance import resolve_device
 from benchmark.row_schema import OUTCOMES, STEP_COLUMN
 from benchmark.significance import Outcomes
 
-from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, FEW_SHOT, MEAN_PER_CLASS, ClassificationTask, draw_rows,
-                     few_shot_draw, headline_metric, mean_per_class_row, part_rows, transfer_column)
-from .knn_classifier import DINO_K, DINO_T, knn_classify
+from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DINO_K, DINO_T, DRAWS, FEW_SHOT, MEAN_PER_CLASS, ClassificationTask,
+                     draw_rows, few_shot_draw, headline_metric, mean_per_class_row, part_rows, transfer_column)
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
 
 NAME = "knn"
 
@@ -44,6 +46,10 @@ class KNN(ClassificationTask, Task):
         return self.layers(arch)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        from benchmark.provenance import resolve_device
+
+        from .knn_classifier import knn_classify
+
         layer, c = unit, self.config
         data = self.data(ctx)
         features = self.split_features(ctx, model, data)

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DINO_K = (10, 20, 100, 200)
-DINO_T = 0.07
+from .common import DINO_K, DINO_T
 NORM_EPS = 1e-12
 
 

@@ -28,20 +28,22 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from benchmark.plugin_api import LoadedModel, RunContext, Task
-from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, ListOf, declare
 from benchmark.paths import inside
 from benchmark.paths import atomic_write
-from benchmark.training import Schedule, atomic_torch_save, derived_seed, epoch_order
 
 from .common import (DATA_OPTIONS, MEAN_PER_CLASS, ClassificationTask, headline_metric, load_part,
                      mean_per_class_row, transfer_column)
-from .logreg_solver import small_problem_threads
+
+if TYPE_CHECKING:
+    import torch
+
+    from benchmark.models import Architecture
 
 NAME = "linear_probe"
 # dinov2's grid (eval/linear.py): 13 learning rates, scaled by batch / 256
@@ -62,6 +64,8 @@ class HeadGrid:
     """H linear heads per input (layer, pooling) with their own learning rates, as batched tensors."""
 
     def __init__(self, dim: int, num_classes: int, lrs: list[float], generator: torch.Generator):
+        import torch
+
         self.lrs = torch.tensor(lrs, dtype=torch.float32)
         self.weight = torch.randn(len(lrs), dim, num_classes, generator=generator) * 0.01
         self.bias = torch.zeros(len(lrs), 1, num_classes)
@@ -69,10 +73,14 @@ class HeadGrid:
         self.diverged = torch.zeros(len(lrs), dtype=torch.bool)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.matmul(x, self.weight) + self.bias  # (H, b, K)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
         """One SGD step of every head on the batch; returns each head's mean loss."""
+        import torch
+
         logits = self.logits(x)
         logp = torch.log_softmax(logits, -1)
         loss = -logp.gather(-1, y.expand(len(self.lrs), -1).unsqueeze(-1)).squeeze(-1).mean(-1)
@@ -90,6 +98,8 @@ class HeadGrid:
 
 
 def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    import torch
+
     k = min(k, logits.shape[-1])
     ranked = torch.argsort(logits, dim=-1, descending=True, stable=True)[..., :k]
     return 100.0 * (ranked == labels[None, :, None]).any(-1).double().mean(-1)
@@ -112,6 +122,10 @@ class LinearProbe(ClassificationTask, Task):
     @staticmethod
     def train(ctx, epochs, n, batch, scale, total, inputs, grids, y_train, y_val, lrs, curves) -> None:
         """Every head sees the same batches in the same order: one pass over the features per epoch."""
+        import torch
+
+        from benchmark.training import Schedule, epoch_order
+
         steps_per_epoch = math.ceil(n / batch)
         # each head's LR is its grid value x scale x this cosine factor (1 at the first step, 0 at the end)
         cosine = Schedule("linear_probe", iterations=total, base_lr=1.0, batch_size=batch, decay="cosine")
@@ -135,6 +149,12 @@ class LinearProbe(ClassificationTask, Task):
         return inside(ctx.run_dir, NAME, self.instance_name or NAME, model.name)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        import torch
+
+        from benchmark.training import atomic_torch_save, derived_seed
+
+        from .logreg_solver import small_problem_threads
+
         c = self.config
         data = self.data(ctx)
         features = self.split_features(ctx, model, data)

@@ -27,20 +27,23 @@ batch, C chosen per draw on the full validation part; rows per draw and mean/std
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.metrics import eleven_point_map, mean_per_class_accuracy
-from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, OneOf, declare
-from benchmark.provenance import resolve_device
 from benchmark.row_schema import OUTCOMES, STEP_COLUMN
 from benchmark.significance import MAP11, Outcomes, rank_scores
 
 from .common import (COMPUTE_DEVICE, DATA_OPTIONS, DRAWS, MEAN_PER_CLASS, ClassificationTask, draw_rows,
                      few_shot_draw, headline_metric, load_part, mean_per_class_row, transfer_column)
-from .logreg_solver import fit, fit_path, lam_of, predict
+
+if TYPE_CHECKING:
+    import torch
+
+    from benchmark.models import Architecture
 
 NAME = "logreg"
 COSTS = [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
@@ -66,12 +69,16 @@ BINARY_C_FACTOR = 2.0  # the binary LogisticRegression's C equal to the 2-class 
 
 
 def _normalise(x: np.ndarray, device) -> torch.Tensor:
+    import torch
+
     t = torch.as_tensor(x, dtype=torch.float64, device=device)
     return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(B,) percentage of rows whose label is among the k highest logits (ties: lower class first)."""
+    import torch
+
     k = min(k, logits.shape[-1])
     ranked = torch.argsort(logits, dim=-1, descending=True, stable=True)[..., :k]
     return 100.0 * (ranked == labels[None, :, None]).any(-1).double().mean(-1)
@@ -120,6 +127,10 @@ class LogReg(ClassificationTask, Task):
     def solve(self, X, y, num_classes, X_val, y_val, score=None):
         """Along the cost path: (costs, val top-1 (B, costs), thetas per cost, fits not converged,
         val ``score`` (B, costs) when a scoring function of the val logits is given)."""
+        import torch
+
+        from .logreg_solver import fit_path, predict
+
         costs, val, scored, thetas, not_converged = [], [], [], [], 0
         for cost, theta, info in fit_path(X, y, num_classes, self.cost_list()[1], tol=self.config.tol,
                                           max_iter=self.config.max_iter):
@@ -133,6 +144,12 @@ class LogReg(ClassificationTask, Task):
         return costs, torch.stack(val, 1), thetas, not_converged, (torch.stack(scored, 1) if scored else None)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        import torch
+
+        from benchmark.provenance import resolve_device
+
+        from .logreg_solver import predict
+
         layer, c = unit, self.config
         data = self.data(ctx)
         features = self.split_features(ctx, model, data)
@@ -238,6 +255,10 @@ class LogReg(ClassificationTask, Task):
         """Kornblith et al.: the model refit on train + val at the chosen C (scikit-learn's C on the
         n_train + n_val images: the same C, a mean-loss weight lam_of(C, n_train + n_val)), warm
         started from the train-only solution. Returns (theta, the rows' base with the refit recorded)."""
+        import torch
+
+        from .logreg_solver import fit, lam_of
+
         c = self.config
         X = torch.cat([X_train, X_val])
         y = torch.cat([y_train, y_val])
@@ -251,6 +272,10 @@ class LogReg(ClassificationTask, Task):
     def run_multi_label(self, data, features, model, layer, prepare, device) -> list[dict]:
         """One binary logistic regression per class, batched (the classes as problems on shared
         features); one C for all classes, chosen on val by 11-point mAP; optionally refit on train + val."""
+        import torch
+
+        from .logreg_solver import fit, fit_path, lam_of, predict
+
         c = self.config
         skipped = [{**self.common_row(model, data, layer), "k": shots, "metric": "skipped", "value": float("nan"),
                     "note": "few-shot draws are per class of single-label data; not defined on multi-label"}

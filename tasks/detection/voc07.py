@@ -16,24 +16,20 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from benchmark.config import config_hash
 from benchmark.datasets.voc import VOC_CLASSES, load_voc
 from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Bool, Choice, Float, Int, ListOf, MappingOf, Str, declare
 from benchmark.paths import atomic_write, inside
-from benchmark.training import derived_seed, progress
 
 from . import NAME
-from .data import DetectionData
 from .evaluate import evaluate_detections, perturbed_ground_truth
-from .model import FastRCNNC4, check_c4
 from .proposals import (
     SS_INSTALL,
     cache_path,
@@ -45,14 +41,13 @@ from .proposals import (
     selective_search_available,
     to_continuous,
 )
-from .train import (
-    DetectionSetup,
-    ImageFeatures,
-    detect,
-    mark_evaluated,
-    resolve_schedule,
-    train_detector,
-)
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
+
+    from .data import DetectionData
+    from .model import FastRCNNC4
+    from .train import DetectionSetup
 
 MODES = {"frozen": 4, "finetune": 0}  # mode -> default freeze_at
 TRAIN_SETS = {"voc07": [("2007", "trainval")], "voc07+12": [("2007", "trainval"), ("2012", "trainval")]}
@@ -121,6 +116,8 @@ class DetectionVOC07(Task):
         return training_checkpoint_bytes(arch.name)
 
     def units(self, arch: Architecture) -> list[str]:
+        from .model import check_c4
+
         if arch.feature_maps is not None:  # the timm/<model> family (ViTs, ConvNeXt, timm's own ResNets)
             raise ConfigError(f"{self.name} is ResNet-only for now (a torchvision ResNet-C4 trunk); {arch.name} is a "
                               f"timm architecture. Use resnet50 (or resnet18/34/101/152) for this task, or give it "
@@ -134,6 +131,8 @@ class DetectionVOC07(Task):
 
     def check_options(self) -> None:
         """What the declarations cannot say alone: installed back ends, and a schedule that fits."""
+        from .train import resolve_schedule
+
         cfg = self.config
         if cfg.backend == "detectron2":
             from .detectron2_backend import require_detectron2
@@ -212,7 +211,9 @@ class DetectionVOC07(Task):
         return out, identity
 
     def rpn_proposals(self, ctx, model, splits, features, setup):
+        from .model import FastRCNNC4
         from .rpn import RPNSettings, propose, train_rpn
+        from .train import ImageFeatures
 
         cfg = self.config
         settings = RPNSettings(iterations=cfg.rpn_iterations, batch_size=cfg.rpn_batch_size, lr=cfg.rpn_lr,
@@ -242,6 +243,8 @@ class DetectionVOC07(Task):
     # --- running -------------------------------------------------------------------------------
 
     def setup(self, ctx: RunContext, model: LoadedModel, mode: str, fingerprint: str = "") -> DetectionSetup:
+        from .train import DetectionSetup, resolve_schedule
+
         cfg = self.config
         schedule = resolve_schedule(cfg.schedule, cfg.train_set, **{k: cfg[k] for k in SCHEDULE_KEYS})
         return DetectionSetup(schedule=schedule, seed=ctx.seed, scale=cfg.scale, max_size=cfg.max_size,
@@ -252,6 +255,12 @@ class DetectionVOC07(Task):
                               desc=f"detection {model.name} {mode}")
 
     def detector(self, ctx: RunContext, model: LoadedModel, mode: str) -> FastRCNNC4:
+        import torch
+
+        from benchmark.training import derived_seed
+
+        from .model import FastRCNNC4
+
         cfg = self.config
         freeze_at = MODES[mode] if cfg.freeze_at is None else cfg.freeze_at
         generator = torch.Generator().manual_seed(derived_seed(ctx.seed, 0xDE7))
@@ -260,6 +269,11 @@ class DetectionVOC07(Task):
                           generator=generator)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        import torch
+
+        from .data import DetectionData
+        from .train import ImageFeatures, detect, mark_evaluated, train_detector
+
         self.check_options()
         if unit not in self.modes():
             raise ConfigError(f"{self.name}: unknown unit {unit!r}; units are the modes {self.modes()}")
@@ -367,6 +381,8 @@ def evaluator_check_rows(test_data: DetectionData, mode: str) -> list[dict]:
 
 
 def _joined(parts: list[DetectionData]) -> DetectionData:
+    from .data import DetectionData
+
     if len(parts) == 1:
         return parts[0]
     return DetectionData(sum((p.ids for p in parts), []), sum((p.paths for p in parts), []),
@@ -384,6 +400,8 @@ def _cleaned(raw: tuple[list, list], data: DetectionData, limit: int) -> list[np
 
 
 def _selective_search_all(data: DetectionData, mode: str, limit: int) -> tuple[list, list]:
+    from benchmark.training import progress
+
     results = []
     with progress(len(data.paths), "selective search", unit="img") as bar:
         for path in data.paths:

@@ -25,24 +25,24 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from benchmark.config import config_hash
 from benchmark.datasets.classification import ClassificationData, load_classification
-from benchmark.datasets.images import ImageFileDataset, train_transform
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, OneOf, declare
 from benchmark.paths import inside
-from benchmark.training import Schedule, resolve_world_size
 from tasks.classification.common import DATA_OPTIONS
 from tasks.common import resolve_layers
 
-from .heads import TOPK, LinearSetup, eval_transform, resolve_schedule, train_linear_heads
+if TYPE_CHECKING:  # torch is imported where a run trains: the options are read without it
+    import torch
+
+    from benchmark.models import Architecture
+    from benchmark.training import Schedule
 
 NAME = "linear"
 UNIT = "all-layers"
@@ -68,6 +68,8 @@ RECIPES: dict[str, dict] = {
 def recipe_schedule(recipe: str, arch_name: str, num_train: int, *, epochs=None, base_lr=None, batch_size=None,
                     weight_decay=None) -> Schedule:
     """The recipe's schedule for this data; ``epochs`` etc. override the recipe's values (tiny runs)."""
+    from .heads import resolve_schedule
+
     spec = RECIPES[recipe]
     if recipe == "goyal" and epochs is None:
         schedule = resolve_schedule("reference", arch_name, num_train, base_lr=base_lr, batch_size=batch_size,
@@ -148,6 +150,11 @@ class LinearHeadsTask(Task):
         return [UNIT]
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        from benchmark.datasets.images import ImageFileDataset, train_transform
+        from benchmark.training import resolve_world_size
+
+        from .heads import LinearSetup, eval_transform, train_linear_heads
+
         if unit != UNIT:
             raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         c = self.config
@@ -212,6 +219,8 @@ class LinearClassification(LinearHeadsTask):
 
     def images(self, ctx: RunContext) -> LinearImages:
         """Train on train + validation (no hyper-parameter is chosen), score the test part."""
+        import torch
+
         data = self.data(ctx)
         parts = [data.train, data.val]
         return LinearImages(
@@ -249,6 +258,8 @@ class LinearClassification(LinearHeadsTask):
 
     def rows(self, run: LinearRun, result: dict) -> list[dict]:
         """One row per layer and metric: the final evaluation on test."""
+        from .heads import TOPK
+
         c, recipe, schedule, data = self.config, self.recipe, run.schedule, run.images.source
         final = result["final"]
         common = {

@@ -43,25 +43,13 @@ from benchmark.training import (CsvLog, Part, ResumableBatches, Schedule, Traini
                                 load_matching_checkpoint, loader_batches, process_group, rank_divergence,
                                 resolve_world_size, to_device)
 
-from . import NAME
+from . import NAME, SCHEDULE_NAMES, SCHEDULES
 
 REFERENCE_BATCH = 256  # the batch size the reference learning rates are given for
 CHECKPOINT_FORMAT = 1
 TOPK = (1, 5)
 
 # --- schedules ----------------------------------------------------------------------------------
-
-# The two reference schedules as data. "length"/"milestones" are in "unit" (iterations at
-# batch_size, or epochs); weight_decay None = the reference's per-architecture value.
-SCHEDULES: dict[str, dict] = {
-    # fair_ssb (Caffe2): LR 0.01 x0.1 at 40k/80k/120k, 140k iterations at batch 256 (~14.6 epochs)
-    "reference": {"unit": "iterations", "length": 140_000, "milestones": (40_000, 80_000, 120_000),
-                  "base_lr": 0.01, "batch_size": 256, "weight_decay": None},
-    # VISSL: 14 epochs, x0.1 at epochs 4/8/12, weight decay 5e-4
-    "vissl": {"unit": "epochs", "length": 14, "milestones": (4, 8, 12),
-              "base_lr": 0.01, "batch_size": 256, "weight_decay": 5e-4},
-}
-SCHEDULE_NAMES = (*SCHEDULES, "custom")
 
 
 def reference_weight_decay(arch_name: str) -> float:

@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from benchmark.config import config_hash
 from benchmark.datasets.places import PlacesSplit, load_places205
 from benchmark.plugin_api import LoadedModel, RunContext
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Layers, ListOf, OneOf, Str, declare
 from benchmark.paths import inside
-from benchmark.training import Schedule
 
-from . import NAME
+from . import NAME, SCHEDULE_NAMES
 from .classification import RECIPES, LinearHeadsTask, LinearImages, LinearRun
-from .heads import TOPK, SCHEDULE_NAMES, check_schedule_options, resolve_schedule
+
+if TYPE_CHECKING:  # torch is imported where a run trains: the options are read without it
+    from benchmark.models import Architecture
+    from benchmark.training import Schedule
 
 SCHEDULE_KEYS = ("epochs", "iterations", "milestones", "base_lr", "batch_size", "weight_decay")
 RECIPE = "goyal"
@@ -84,6 +84,8 @@ class LinearPlaces205(LinearHeadsTask):
         return list(requested)
 
     def check_data(self, ctx: RunContext) -> None:
+        from .heads import check_schedule_options
+
         cfg = self.config
         check_schedule_options(cfg.schedule, **{k: cfg[k] for k in SCHEDULE_KEYS})  # how they fit together
         load_places205(self.root(ctx), "train")
@@ -91,6 +93,8 @@ class LinearPlaces205(LinearHeadsTask):
 
     def images(self, ctx: RunContext) -> LinearImages:
         """Train on train only; the val list is the test set."""
+        import torch
+
         train, val = load_places205(self.root(ctx), "train"), load_places205(self.root(ctx), "val")
         if train.num_classes != val.num_classes:  # load_places205 makes them agree; be explicit
             raise ConfigError(f"{self.name}: train and val disagree on the number of classes")
@@ -101,6 +105,8 @@ class LinearPlaces205(LinearHeadsTask):
                             num_classes=train.num_classes, source=(train, val))
 
     def schedule(self, arch_name: str, num_train: int) -> Schedule:
+        from .heads import resolve_schedule
+
         cfg = self.config
         return resolve_schedule(cfg.schedule, arch_name, num_train, **{k: cfg[k] for k in SCHEDULE_KEYS})
 
@@ -121,6 +127,8 @@ class LinearPlaces205(LinearHeadsTask):
 
     def rows(self, run: LinearRun, result: dict) -> list[dict]:
         """Per layer and metric, the best evaluation during training and the final one."""
+        from .heads import TOPK
+
         schedule, out_dir = run.schedule, run.out_dir
         ipe = schedule.iterations_per_epoch
         common = {

@@ -9,22 +9,25 @@ metric) and top-1 (argmax over the class SVMs).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmark.datasets.places import load_places205
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Str, declare
 from benchmark.row_schema import STEP_COLUMN
 from benchmark.svm.protocol import FitLog, l2_normalize, resolve_costs
-from benchmark.svm.solvers import Solver
 
 from ..common import IMAGE_SIZE, LAYERS, SVM_OPTIONS, SVMTask, resolve_layers, split_features, split_needs
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
 from .report import LowShotReport
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
+    from benchmark.svm.solvers import Solver
 
 NAME = "lowshot_places205"  # the name the task is registered and configured under
 

@@ -9,8 +9,9 @@ import pandas as pd
 
 from benchmark.plugin_api import ReportItem
 from benchmark.paths import inside
-from benchmark.rows import headline_rows, save_figure, text_column
+from benchmark.rows import figure_is_current, figure_key, headline_rows, save_figure, text_column
 from benchmark.tables import one_row_per_cell
+from benchmark.svm import protocol
 from benchmark.svm.protocol import TEST_SELECTED
 
 
@@ -43,16 +44,23 @@ def lowshot_curves(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
     """Per low-shot task: mean metric vs k (log axis), one line per model and layer, shaded 95 %
-    confidence interval over samples; one panel per cost selection."""
-    curves = lowshot_curves(df)
+    confidence interval over samples; one panel per cost selection. A task's figure is redrawn only
+    when its rows changed (``benchmark.rows.figure_is_current``)."""
+    # a task's curves come from its own rows with a k and its intervals alone
+    inputs = df[text_column(df, "k").ne("") | df["metric"].astype(str).str.endswith("_ci95")] if not df.empty else df
+    tasks = list(dict.fromkeys(headline_rows(inputs)["task"])) if not inputs.empty else []
+    paths = {task: inside(run_dir, f"{task}.png") for task in tasks}
+    keys = {task: figure_key(inputs[inputs["task"] == task], "low-shot curves", __file__, protocol.__file__)
+            for task in tasks}
+    stale = [task for task in tasks if not figure_is_current(paths[task], keys[task])]
+    curves = lowshot_curves(df[df["task"].isin(stale)]) if stale else pd.DataFrame()
     if curves.empty:
-        return []
+        return list(paths.values())
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
     for task, sub in curves.groupby("task", sort=False):
         selections = list(dict.fromkeys(sub["cost_selection"]))
         fig, axes = plt.subplots(1, len(selections), figsize=(6 * len(selections), 4.2), squeeze=False)
@@ -72,10 +80,8 @@ def plot_lowshot(df: pd.DataFrame, run_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
         fig.tight_layout()
-        path = inside(run_dir, f"{task}.png")
-        save_figure(fig, path)
-        paths.append(path)
-    return paths
+        save_figure(fig, paths[task], keys[task])
+    return list(paths.values())
 
 
 class LowShotReport:

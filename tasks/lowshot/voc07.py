@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from benchmark.datasets.voc import load_voc
 from benchmark.plugin_api import LoadedModel, RunContext, Task
-from benchmark.models import Architecture
 from benchmark.options import Name, Str, declare
 from benchmark.paths import atomic_write, inside
 from benchmark.results import ResultStore
 from benchmark.svm.protocol import l2_normalize, resolve_costs, to_binary
-from benchmark.svm.solvers import Solver
 
 from ..common import IMAGE_SIZE, LAYERS, SVM_OPTIONS, SVMTask, resolve_layers, split_features, split_needs
 from . import protocol as lowshot
 from .protocol import K_SHOTS, SAMPLES
 from .report import LowShotReport
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
+    from benchmark.svm.solvers import Solver
 
 NAME = "lowshot_voc07"  # the name the task is registered and configured under
 

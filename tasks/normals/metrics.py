@@ -25,7 +25,6 @@ constant error gives that error). Tests check it against ``numpy.median``.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 THRESHOLDS_DEG = (11.25, 22.5, 30.0)
 MEDIAN_BIN_DEG = 1e-3
@@ -36,6 +35,8 @@ METRIC_NAMES = ("mean_error", "median_error", *(f"within_{t:g}" for t in THRESHO
 
 def _channels_last(x, name: str) -> np.ndarray:
     """(..., 3) float64 from a 4-D (N, 3, H, W) batch (the network's layout) or any other (..., 3)."""
+    import torch
+
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float64).numpy()
     x = np.asarray(x, dtype=np.float64)
@@ -54,6 +55,8 @@ def angular_errors(pred, gt, mask=None) -> np.ndarray:
     ``pred``/``gt``: 4-D (N, 3, H, W) batches, or (..., 3) with the vector last for any other number
     of dimensions; ``mask``: bool of the pixel shape ((N, H, W) / ...) or None.
     """
+    import torch
+
     p, g = _channels_last(pred, "pred"), _channels_last(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"prediction shape {p.shape} differs from ground-truth shape {g.shape}")

@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from benchmark.config import config_hash
 from benchmark.datasets.nyuv2 import LABELED_FILE, NORMALS_FILE, NORMALS_SOURCES, SPLITS_FILE, load_nyuv2
 from benchmark.diskspace import training_checkpoint_bytes
 from benchmark.plugin_api import LoadedModel, RunContext, Task
 from benchmark.errors import ConfigError
-from benchmark.models import Architecture
 from benchmark.options import Choice, Float, Int, Options, Range, Str, declare
 from benchmark.paths import inside
-from benchmark.training import Schedule
 
-from .codebook import cached_codebook
 from .metrics import MEDIAN_MAX_ERROR_DEG, METRIC_NAMES, mean_normal_baseline
-from .model import PSP_BINS
-from .train import HEADS, NormalsSchedule, NormalsSetup, train_normals
+from . import HEADS
+
+if TYPE_CHECKING:
+    from benchmark.models import Architecture
+    from benchmark.training import Schedule
 
 NAME = "normals_nyuv2"  # the name the task is registered and configured under
 
@@ -52,6 +52,8 @@ def _positive_int(value, what: str) -> int:
 
 
 def resolve_schedule(cfg: Options) -> Schedule:
+    from .train import NormalsSchedule
+
     name = cfg.schedule
     if name not in SCHEDULE_NAMES:
         raise ConfigError(f"{NAME}: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
@@ -137,6 +139,12 @@ class NormalsNYUv2(Task):
         self._splits(ctx)
 
     def run(self, ctx: RunContext, model: LoadedModel, unit: str) -> list[dict]:
+        import torch
+
+        from .codebook import cached_codebook
+        from .model import PSP_BINS
+        from .train import NormalsSetup, train_normals
+
         if unit != UNIT:
             raise ConfigError(f"{self.name} has one unit, {UNIT!r}; got {unit!r}")
         self._check_options()

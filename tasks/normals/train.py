@@ -38,6 +38,7 @@ from benchmark.errors import ConfigError, DatasetError
 from benchmark.training import (Part, ResumableBatches, RowsCsv, Schedule, TrainingLoop, autocast, build_optimizer,
                                 channels_last, cpu_state, derived_seed, load_matching_checkpoint, load_matching_weights,
                                 loader_batches, to_device)
+from . import HEADS
 from .codebook import assign, decode
 from .metrics import AngularErrors
 from .model import NormalsNet
@@ -45,7 +46,6 @@ from .model import NormalsNet
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
-HEADS = ("codebook", "regression")
 _SCALE_TAG = 0x5CA1E
 _DROPOUT_TAG = 0xD509
 

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 import pretrainers.pretext.methods.rotation as pretext_rotation
-import pretrainers.pretext.pretrainer as pretext_pretrainer
+import pretrainers.pretext.trainer as pretext_trainer
 from benchmark.checkpoint import load_trunk_weights
 from benchmark.cli import main
 from benchmark.config import load_suite
@@ -143,7 +143,7 @@ def test_pretext_pretrainer_trains_once_then_reuses(image_dir, tmp_path, monkeyp
     checkpoints = list((tmp_path / "run" / "checkpoints").glob("rot-*.pth"))
     assert len(checkpoints) == 1 and first.info["method"] == "rotation" and first.info["pretrainer"] == "pretext"
     assert not any(p.requires_grad for p in first.backbone.parameters())
-    monkeypatch.setattr(pretext_pretrainer, "train_pretext", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(pretext_trainer, "train_pretext", lambda *a, **k: pytest.fail("trained again"))
     again = cls(**options).build(_ctx(tmp_path / "run", image_dir.parent), "rot")
     assert again.weights == first.weights
     # other data under the same options: another checkpoint key, so it trains

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmark.training as training
 import benchmark.training.loop as loop
 import pretrainers.supervised as supervised
 from benchmark.datasets.synth_voc import synth_voc07
@@ -34,7 +35,7 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(data, tmp_path, mo
     whole = pretrainer.build(_ctx(tmp_path / "a", data), "sup")
 
     saves = []
-    real_save = supervised.atomic_torch_save
+    real_save = training.atomic_torch_save
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -42,13 +43,13 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(data, tmp_path, mo
         if len(saves) == 2:  # after the second epoch's checkpoint: the job is killed
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(supervised, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(training, "atomic_torch_save", save_then_die)  # supervised.py imports it where it saves
     monkeypatch.setattr(loop, "atomic_torch_save", save_then_die)  # the training loop's checkpoints
     with pytest.raises(KeyboardInterrupt):
         pretrainer.build(_ctx(tmp_path / "b", data), "sup")
     partial = saves[-1]
     assert partial.name.endswith(".partial.pth") and torch.load(partial, weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(supervised, "atomic_torch_save", real_save)
+    monkeypatch.setattr(training, "atomic_torch_save", real_save)
     monkeypatch.setattr(loop, "atomic_torch_save", real_save)
     resumed = pretrainer.build(_ctx(tmp_path / "b", data), "sup")
     assert not partial.exists()

@@ -20,8 +20,8 @@ from benchmark.errors import ConfigError, DatasetError
 from benchmark.models import FrozenBackbone, create_model
 from benchmark.models.backbone import get_architecture
 from tasks.finetune.labels import balanced_fraction
-from tasks.finetune.task import (FINAL, LEARNING_RATES, WEIGHT_DECAYS, Finetune, FinetuneNet, bn_momentum,
-                                 layer_ids, parameter_groups)
+from tasks.finetune.task import FINAL, LEARNING_RATES, WEIGHT_DECAYS, Finetune
+from tasks.finetune.train import FinetuneNet, bn_momentum, layer_ids, parameter_groups
 from tests.suites import RANDOM, suite_yaml
 
 OPTIONS = {"image_size": 32, "learning_rates": [0.01, 0.1], "weight_decays": [0.0], "steps": 3, "batch_size": 8,

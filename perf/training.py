@@ -48,7 +48,7 @@ from benchmark.datasets.synth_classification import synth_classification
 from benchmark.models import FrozenBackbone, create_model
 from benchmark.models.backbone import get_architecture
 from benchmark.training import Schedule, atomic_torch_save
-from tasks.finetune.task import FinetuneNet, FinetuneSetup, bn_momentum, finetune, parameter_groups
+from tasks.finetune.train import FinetuneNet, FinetuneSetup, bn_momentum, finetune, parameter_groups
 from tasks.linear.heads import LinearSetup, MultiHead, eval_transform, resolve_schedule, train_linear_heads
 
 LINEAR_CHECKPOINT_EVERY = 1000  # the tasks' default checkpoint intervals

@@ -17,6 +17,10 @@ L-BFGS (memory 10) whose two-loop recursion and backtracking (Armijo) line searc
 problem as batched tensor operations; a problem stops when its gradient's largest entry is below
 ``tol``. ``fit_path`` visits the costs in increasing order, each warm-started from the solution at
 the previous cost (weaker regularisation moves the optimum only a little).
+
+``precondition=True`` (``logreg``'s named cost lists) solves the same problem in the principal
+basis of the features with a diagonal preconditioner (``PrincipalBasis``); ``tol`` then bounds the
+gradient in that basis, whose largest entry is not the original one's (the objective is the same).
 """
 
 from __future__ import annotations

@@ -124,6 +124,12 @@ class LogReg(ClassificationTask, Task):
             return costs, list(COST_LISTS[costs])
         return "custom", [float(v) for v in costs]
 
+    def preconditioned(self) -> bool:
+        """The principal-basis solve (logreg_solver.PrincipalBasis) for the named lists, whose paths
+        run into weak regularisation where plain L-BFGS crawls; the custom lists keep the plain
+        solve, whose stored results it reproduces bit for bit."""
+        return self.cost_list()[0] != "custom"
+
     def solve(self, X, y, num_classes, X_val, y_val, score=None):
         """Along the cost path: (costs, val top-1 (B, costs), thetas per cost, fits not converged,
         val ``score`` (B, costs) when a scoring function of the val logits is given)."""
@@ -133,7 +139,7 @@ class LogReg(ClassificationTask, Task):
 
         costs, val, scored, thetas, not_converged = [], [], [], [], 0
         for cost, theta, info in fit_path(X, y, num_classes, self.cost_list()[1], tol=self.config.tol,
-                                          max_iter=self.config.max_iter):
+                                          max_iter=self.config.max_iter, precondition=self.preconditioned()):
             costs.append(cost)
             logits = predict(theta, X_val)
             val.append(_topk(logits, y_val, 1))
@@ -262,7 +268,8 @@ class LogReg(ClassificationTask, Task):
         c = self.config
         X = torch.cat([X_train, X_val])
         y = torch.cat([y_train, y_val])
-        theta, info = fit(X, y, K, lam_of(cost, len(y)), theta0=theta, tol=c.tol, max_iter=c.max_iter)
+        theta, info = fit(X, y, K, lam_of(cost, len(y)), theta0=theta, tol=c.tol, max_iter=c.max_iter,
+                          precondition=self.preconditioned())
         return theta, {**base, "refit": "train+val", "n_refit": int(len(y)),
                        "not_converged": base["not_converged"] + int((~info.converged).sum()),
                        "fits": base["fits"] + 1,
@@ -294,7 +301,8 @@ class LogReg(ClassificationTask, Task):
             return (logits[..., 1] - logits[..., 0]).T.cpu().numpy()
 
         costs, val_map, thetas, not_converged = [], [], [], 0
-        for cost, theta, info in fit_path(X_train, targets[0], 2, cost_values, tol=c.tol, max_iter=c.max_iter):
+        for cost, theta, info in fit_path(X_train, targets[0], 2, cost_values, tol=c.tol, max_iter=c.max_iter,
+                                          precondition=self.preconditioned()):
             costs.append(cost)
             val_map.append(100.0 * eleven_point_map(data.val.labels, decision(theta, X_val)))
             thetas.append(theta)
@@ -315,7 +323,7 @@ class LogReg(ClassificationTask, Task):
             X = torch.cat([X_train, X_val])
             y = torch.cat(targets, dim=1)
             theta, info = fit(X, y, 2, lam_of(costs[best], y.shape[1]), theta0=theta, tol=c.tol,
-                              max_iter=c.max_iter)
+                              max_iter=c.max_iter, precondition=self.preconditioned())
             base = {**base, "refit": "train+val", "n_refit": int(y.shape[1]), "fits": base["fits"] + len(y),
                     "not_converged": not_converged + int((~info.converged).sum()),
                     "selection": f"C on val ({data.val.description}); refit on train + val at the chosen C; "

@@ -29,6 +29,8 @@ class Table:
     note: str = ""
     # few-shot columns show the mean over draws, stored under another metric (top1_mean)
     few_shot_metric: str = ""
+    # column -> the metric its rows hold, where columns report different metrics (the transfer datasets)
+    column_metrics: dict[str, str] | None = None
 
 
 TABLES = [
@@ -61,7 +63,10 @@ TABLES = [
     Table("Linear heads trained from images (`linear`, goyal recipe scaled down), top-1 on test",
           {"task": "linear", "metric": "top1"}, "layer", ["res4", "res5", "pool5"]),
     Table("Kornblith et al.'s linear protocol on three transfer datasets, pool5, each dataset's metric on test",
-          {"layer": "pool5", "protocol_metric": "true"}, "dataset", ["cifar10", "flowers102", "voc2007"],
+          {"layer": "pool5", "class": "", "evaluation": ""}, "task",
+          ["logreg_cifar10", "logreg_flowers102", "logreg_voc2007"],
+          column_metrics={"logreg_cifar10": "top1", "logreg_flowers102": "mean_per_class",
+                          "logreg_voc2007": "voc07_11point_map"},
           note="CIFAR-10: top-1; Flowers-102: mean per-class accuracy; VOC2007: 11-point mAP (one binary "
                "classifier per class). The regularisation is chosen on validation among 45 values, then refit "
                "on train + validation."),
@@ -86,6 +91,8 @@ def table_lines(reference: pd.DataFrame, table: Table) -> list[str]:
         rows = rows[(rows["k"] == "") | few_shot]
     for column, value in table.rows_match.items():
         rows = rows[rows[column] == value]
+    if table.column_metrics:
+        rows = rows[rows["metric"] == rows[table.columns_from].map(table.column_metrics)]
     rows = rows[rows[table.columns_from].isin(table.columns)]
     if rows.empty:
         raise ValueError(f"no reference rows for table {table.title!r}")

@@ -462,6 +462,11 @@ def _machine_rule(ref: pd.DataFrame) -> pd.DataFrame:
         ref.loc[was_machine, "tolerance"] = back["spread_tolerance"].fillna(rebuilt)
     ref.loc[machine, "rule"] = "machine"
     ref.loc[machine, "tolerance"] = MACHINE_TOLERANCE
+    # A trained row without replicates has no band, only the fixed tolerance: where another machine
+    # moved it further, that move is the one spread measured, so the row is held within it (plus a
+    # step) rather than failing every other processor; a wide one is counted as unguarded.
+    moved = (ref["rule"] == "fixed") & (ref["machine_runs"].fillna(0) >= 1) & (ref["machine_spread"] > ref["tolerance"])
+    ref.loc[moved, "tolerance"] = (ref["machine_spread"] + within)[moved]
     return ref
 
 

@@ -579,6 +579,14 @@ def test_machine_runs_that_prove_nothing_are_refused(tmp_path) -> None:
     back, _ = read_reference(path)
     assert _pick(back, "vit", "block3")["rule"] == "machine" and back["machine_runs"].max() == 1
 
+    # a row added without replicates ("fixed") that a machine run moves by 3 points is held within
+    # that move and a step, no longer at the fixed tolerance; one it reproduces takes the machine rule
+    moved = add_machine_run(added, pd.concat([rows(40.0, 50.0, 60.5, 70.0), pd.DataFrame(
+        [_row("vit", "block3", value=15.0, task="logreg")])], ignore_index=True))
+    logreg = _pick(moved[moved["task"] == "logreg"], "vit", "block3")
+    assert logreg["rule"] == "fixed" and logreg["tolerance"] == pytest.approx(3.0 + EXACT_TOLERANCE)
+    assert logreg["value"] == 12.0
+
 
 def test_a_run_is_held_to_the_models_tasks_and_layers_it_planned(tmp_path, capsys) -> None:
     """A run that planned fewer layers than the reference holds is not missing the others; a pair

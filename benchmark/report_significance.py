@@ -6,8 +6,10 @@ and for every such cell a bootstrap 95 % interval over the test images
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from .errors import BenchmarkError
@@ -58,14 +60,33 @@ def significance_marks(rows: pd.DataFrame, cell: tuple[str, str], stores: dict[s
         if not outcomes:
             continue
         sizes = {len(o.values) for o in outcomes.values()}
-        p_values = not_worse_than_best(outcomes) if len(outcomes) > 1 and len(sizes) == 1 else {}
         if len(sizes) > 1:
             notes.append(f"- {column}: the models were scored on different numbers of test images "
                          f"({sorted(sizes)}); no significance test")
-        for name, o in outcomes.items():
-            low, high = bootstrap_interval(o)
-            marks[(name, column)] = Mark(p_values.get(name), low, high)
+        for name, mark in _tested(outcomes).items():
+            marks[(name, column)] = mark
     return marks
+
+
+# the marks of one set of outcomes, by content: a report shows the same outcomes in its per-task
+# tables and its across-datasets tables, and the tests (resampling) are the costly part
+_TESTED: dict[tuple, dict[str, Mark]] = {}
+
+
+def _tested(outcomes: dict) -> dict[str, Mark]:
+    key = tuple((name, o.statistic, _digest(o.values), _digest(o.classes)) for name, o in outcomes.items())
+    if key not in _TESTED:
+        sizes = {len(o.values) for o in outcomes.values()}
+        p_values = not_worse_than_best(outcomes) if len(outcomes) > 1 and len(sizes) == 1 else {}
+        _TESTED[key] = {name: Mark(p_values.get(name), *bootstrap_interval(o)) for name, o in outcomes.items()}
+    return _TESTED[key]
+
+
+def _digest(array) -> str:
+    if array is None:
+        return ""
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(str((array.dtype, array.shape)).encode() + array.tobytes()).hexdigest()
 
 
 def markdown_cells(table: pd.DataFrame, marks: dict[tuple[str, str], Mark]) -> pd.DataFrame:

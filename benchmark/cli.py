@@ -187,13 +187,21 @@ def cmd_check(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report_inputs import current_report, input_digest, record_report
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "units").is_dir():
         raise BenchmarkError(f"{run_dir} is not a run directory (no units/ inside); pass the folder "
                              f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
-    paths = write_report(run_dir, published=args.published)
+    # nothing it is made from changed since the last report: that report is this one (no pandas to import)
+    paths = None if args.published else current_report(run_dir)
+    if paths is None:
+        from .report import write_report
+
+        inputs = input_digest(run_dir)  # before writing: a unit finished meanwhile makes the next report anew
+        paths = write_report(run_dir, published=args.published)
+        if not args.published:
+            record_report(run_dir, paths, inputs)
     _print_report(paths)
     return 0
 

@@ -96,3 +96,21 @@ def test_the_report_imports_no_torch(tmp_path) -> None:
         """)
     assert {"report.html", "leaderboard.png", "lowshot_voc07.png", "lowshot_places205.png"} <= set(found["printed"])
     assert found["heavy"] == []
+
+
+def test_a_report_of_an_unchanged_run_imports_no_pandas(tmp_path) -> None:
+    """The second `ssl-bench report` of a run that did not change prints the kept report: file stats only."""
+    store = ResultStore(tmp_path)
+    for layer, value in (("res4", 40.0), ("res5", 50.0)):
+        store.write_unit(f"m/voc07_svm/{layer}", [{"model": "m", "task": "voc07_svm", "layer": layer, "metric": "mAP",
+                                                  "value": value}])
+    code = f"""
+        import contextlib, io, sys
+        from benchmark.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            main(["report", {str(tmp_path)!r}])
+        RESULT = "pandas" in sys.modules
+        """
+    assert heavy_modules_after(code)["printed"] is True  # the first report is written
+    again = heavy_modules_after(code)
+    assert again["printed"] is False and again["heavy"] == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 from .paths import atomic_write
@@ -64,7 +65,7 @@ def current_report(run_dir: Path) -> dict[str, Path] | None:
     none of its files was touched; None where it must be written again."""
     try:
         record = json.loads((Path(run_dir) / RECORD).read_text())
-        paths = {key: Path(path) for key, path in record["paths"].items()}
+        paths = {key: Path(run_dir) / path for key, path in record["paths"].items()}  # as the run is named now
         if record["inputs"] != input_digest(run_dir) or record["outputs"] != _outputs_state(paths):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -74,6 +75,7 @@ def current_report(run_dir: Path) -> dict[str, Path] | None:
 
 def record_report(run_dir: Path, paths: dict[str, Path], inputs: str) -> None:
     """Records what the report just written (``paths``) was made from (``inputs``, taken before it was written)."""
-    record = {"inputs": inputs, "paths": {key: str(path) for key, path in paths.items()},
+    # paths within the run: a run moved or named another way (relative, absolute) still finds its report
+    record = {"inputs": inputs, "paths": {key: os.path.relpath(path, run_dir) for key, path in paths.items()},
               "outputs": _outputs_state(paths)}
     atomic_write(Path(run_dir) / RECORD, json.dumps(record, indent=1))

@@ -82,3 +82,14 @@ def test_published_numbers_and_a_damaged_record_write_it(tmp_path, capsys, count
     (run / report_inputs.RECORD).write_text("{not json")
     _report(run, capsys)
     assert len(counted) == 4
+
+
+def test_a_moved_run_finds_its_own_report(tmp_path, capsys, counted, monkeypatch) -> None:
+    run = _run(tmp_path / "run")
+    first = _report(run, capsys)
+    moved = tmp_path / "elsewhere"
+    run.rename(moved)
+    monkeypatch.chdir(tmp_path)
+    again = _report(Path("elsewhere"), capsys)  # named relatively now: the paths printed are the moved run's
+    assert "elsewhere" in again and str(run) not in again and len(counted) == 1
+    assert again.split("leaderboard: ")[0] == first.split("leaderboard: ")[0]

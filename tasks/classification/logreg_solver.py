@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+MEMORY = 10  # L-BFGS's stored (step, gradient change) pairs
+
 
 def lam_of(cost: float, n: int) -> float:
     """The L2 weight of the mean-loss objective equivalent to scikit-learn's C (see module doc)."""
@@ -95,14 +97,14 @@ def small_problem_threads(device: torch.device, work: int, limit: int = 2**24):
 
 
 def fit(X: torch.Tensor, y: torch.Tensor, num_classes: int, lam, *, theta0: torch.Tensor | None = None,
-        tol: float = 1e-6, max_iter: int = 500, memory: int = 10,
+        tol: float = 1e-6, max_iter: int = 500, memory: int = MEMORY,
         precondition: bool = False) -> tuple[torch.Tensor, FitInfo]:
     """Solve B problems. X: (B, n, d) or (n, d) shared; y: (B, n) or (n,) int64; lam: (B,) or a
     float. Returns theta (B, d + 1, K) and per-problem convergence information. ``precondition``:
     solve in the features' principal basis with a diagonal preconditioner (see ``PrincipalBasis``)."""
     with small_problem_threads(X.device, X.numel() * num_classes):
         if not precondition:
-            return _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory)
+            return _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory)[:2]
         basis = PrincipalBasis(X)
         theta, info = basis.fit(y, num_classes, lam, basis.to_basis(theta0), tol, max_iter, memory)
         return basis.from_basis(theta), info
@@ -216,9 +218,9 @@ class PrincipalBasis:
 
 def _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory, inverse_hessian=None, start=None,
          objective=_objective_of_labels):
-    """L-BFGS; with an ``inverse_hessian`` diagonal (B, P) as the initial matrix (scaled per step)
-    instead of the identity, and the objective on label indices, returning (theta, info, f, g) with
-    the final objective and gradient; ``start``: f and g at theta0 when known."""
+    """L-BFGS, returning (theta, info, f, g) with the final objective and gradient; with an
+    ``inverse_hessian`` diagonal (B, P) as the initial matrix (scaled per step) instead of the
+    identity, and the objective on label indices; ``start``: f and g at theta0 when known."""
     if X.dim() == 2:
         X = X.unsqueeze(0)
     if y.dim() == 1:
@@ -310,8 +312,6 @@ def _fit(X, y, num_classes, lam, theta0, tol, max_iter, memory, inverse_hessian=
         active = active & ~stalled & (g.abs().amax(dim=1) > tol)
     grad_max = g.abs().amax(dim=1)
     info = FitInfo(iterations.cpu().numpy(), (grad_max <= tol).cpu().numpy(), grad_max.cpu().numpy())
-    if inverse_hessian is None:
-        return theta, info
     return theta, info, f, g
 
 
@@ -336,5 +336,5 @@ def fit_path(X: torch.Tensor, y: torch.Tensor, num_classes: int, costs, *, tol: 
         basis = PrincipalBasis(X)
     for cost in sorted(costs):
         with small_problem_threads(X.device, X.numel() * num_classes):
-            theta, info = basis.fit(y, num_classes, lam_of(cost, n), theta, tol, max_iter, 10)
+            theta, info = basis.fit(y, num_classes, lam_of(cost, n), theta, tol, max_iter, MEMORY)
         yield cost, basis.from_basis(theta), info

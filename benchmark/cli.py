@@ -255,7 +255,7 @@ def cmd_list(args) -> int:
 # the real datasets' sizes, for `data synth --full-size`
 VOC07_IMAGES, VOC07_TEST = 9963, 4952
 PLACES205_CLASSES, PLACES205_VAL_PER_CLASS = 205, 100
-SYNTH_PER_CLASS = 30  # `data synth places205|classification`: train images per class
+SYNTH_PER_CLASS = 30  # `data synth places205|classification|imagenet`: train images per class
 
 
 def cmd_data_synth(args) -> int:

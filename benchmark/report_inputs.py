@@ -4,7 +4,7 @@ since its last report prints that report instead of writing it again (and import
 What a report is made from, recorded beside it in ``report.inputs.json``: every file of the run's
 ``units/`` folder and the run's own files (``config.yaml``, ``suite.yaml``, ``manifest.json``, ...)
 by name, size and modification time; the source files of ssl-bench and of the packages that
-register plugins, the same way; the versions of the libraries that draw and compute it. Every file
+register plugins, the same way; the versions of Python and of the libraries that draw and compute it. Every file
 the report wrote is recorded the same way, so a deleted or edited output is written again. A report
 with published numbers (``--published``) is always written.
 """
@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import sys
 from pathlib import Path
 
 from .paths import atomic_write
@@ -26,15 +27,16 @@ _PACKAGES = ("benchmark", "tasks", "pretrainers")
 _ENTRY_POINT_GROUPS = ("ssl_bench.tasks", "ssl_bench.pretrainers", "ssl_bench.commands")
 
 
-def _stat_line(path: Path) -> str:
+def _stat_line(path: Path, name: str | None = None) -> str:
     state = path.stat()
-    return f"{path.name}\t{state.st_size}\t{state.st_mtime_ns}"
+    return f"{name or path.name}\t{state.st_size}\t{state.st_mtime_ns}"
 
 
 def _code_state() -> list[str]:
     root = Path(__file__).resolve().parent.parent
-    lines = [f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}"
-             for package in _PACKAGES for p in sorted((root / package).rglob("*.py"))]
+    lines = [_stat_line(p, str(p.relative_to(root))) for package in _PACKAGES
+             for p in sorted((root / package).rglob("*.py"))]
+    lines.append(f"python\t{sys.version}")
     for group in _ENTRY_POINT_GROUPS:  # third-party plugins: their distributions' versions
         for entry in importlib.metadata.entry_points(group=group):
             dist = entry.dist

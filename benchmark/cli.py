@@ -193,12 +193,13 @@ def cmd_report(args) -> int:
     if not (run_dir / "units").is_dir():
         raise BenchmarkError(f"{run_dir} is not a run directory (no units/ inside); pass the folder "
                              f"that 'ssl-bench run' printed, e.g. runs/goyal2019-mini")
+    # taken before writing: a unit finished meanwhile makes the next report anew
+    inputs = None if args.published else input_digest(run_dir)
     # nothing it is made from changed since the last report: that report is this one (no pandas to import)
-    paths = None if args.published else current_report(run_dir)
+    paths = None if args.published else current_report(run_dir, inputs)
     if paths is None:
         from .report import write_report
 
-        inputs = input_digest(run_dir)  # before writing: a unit finished meanwhile makes the next report anew
         paths = write_report(run_dir, published=args.published)
         if not args.published:
             record_report(run_dir, paths, inputs)

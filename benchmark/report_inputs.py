@@ -62,13 +62,13 @@ def _outputs_state(paths: dict[str, Path]) -> dict[str, str]:
     return {key: _stat_line(Path(path)) for key, path in paths.items()}
 
 
-def current_report(run_dir: Path) -> dict[str, Path] | None:
-    """The paths of the run's last report where nothing it was made from has changed since, and
-    none of its files was touched; None where it must be written again."""
+def current_report(run_dir: Path, inputs: str) -> dict[str, Path] | None:
+    """The paths of the run's last report where what it was made from is ``inputs`` (``input_digest``
+    now) and none of its files was touched; None where it must be written again."""
     try:
         record = json.loads((Path(run_dir) / RECORD).read_text())
         paths = {key: Path(run_dir) / path for key, path in record["paths"].items()}  # as the run is named now
-        if record["inputs"] != input_digest(run_dir) or record["outputs"] != _outputs_state(paths):
+        if record["inputs"] != inputs or record["outputs"] != _outputs_state(paths):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # no record, a damaged one, or an output gone: write the report
